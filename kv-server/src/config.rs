@@ -1,0 +1,234 @@
+//! Server configuration: command-line flags, each also read from a `KV_`
+//! environment variable, resolved into one validated [`Config`].
+//!
+//! Precedence: flag, then environment variable, then the documented default.
+//! The defaults live once, in the `DEFAULT_*` constants, and both
+//! [`Config::default`] and the flag definitions use them.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Default listen address: loopback only, so a fresh install is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./kv-data";
+/// Default largest key, in bytes.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 4096;
+/// Default largest value, in bytes of encoded `google.protobuf.Value`.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// Default longest TTL: 10 years (3650 days) in milliseconds.
+pub const DEFAULT_MAX_TTL_MS: u64 = 3650 * 24 * 60 * 60 * 1000;
+/// Default period of the active expiry task, in milliseconds.
+pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
+/// Largest value limit the server accepts (1 GiB); gRPC frames carry at most
+/// 4 GiB and a single value that size would not be a key-value workload.
+pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// Size and time limits applied to every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest key, in bytes (keys are 1..=this).
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes of encoded `google.protobuf.Value`.
+    pub max_value_bytes: usize,
+    /// Longest TTL, in milliseconds.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_ttl_ms: DEFAULT_MAX_TTL_MS,
+        }
+    }
+}
+
+impl Limits {
+    /// Largest gRPC message the server decodes or encodes: a key, a value
+    /// and a little framing. Never unbounded.
+    ///
+    /// ```
+    /// let limits = kv_server::config::Limits::default();
+    /// assert!(limits.max_message_bytes() > limits.max_value_bytes);
+    /// ```
+    pub fn max_message_bytes(&self) -> usize {
+        // Field tags, length prefixes and the ttl: well under 64 bytes.
+        const FRAMING: usize = 64;
+        self.max_value_bytes + self.max_key_bytes + FRAMING
+    }
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for durable data (used once persistence lands).
+    pub data_dir: PathBuf,
+    /// Request limits.
+    pub limits: Limits,
+    /// How often the active expiry task reclaims expired keys.
+    pub expiry_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            limits: Limits::default(),
+            expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A limit is outside its allowed range.
+    #[error("{name} is {value}; it must be between {min} and {max}")]
+    OutOfRange {
+        /// The flag.
+        name: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+}
+
+impl Config {
+    /// Checks that every limit is usable.
+    ///
+    /// ```
+    /// let config = kv_server::config::Config::default();
+    /// assert!(config.validate().is_ok());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |name, value: u64, min, max| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        check("--max-key-bytes", self.limits.max_key_bytes as u64, 1, 1 << 20)?;
+        // The smallest encoded value (a boolean) is 2 bytes.
+        check(
+            "--max-value-bytes",
+            self.limits.max_value_bytes as u64,
+            2,
+            MAX_VALUE_LIMIT as u64,
+        )?;
+        check("--max-ttl-ms", self.limits.max_ttl_ms, 1, u64::MAX / 4)?;
+        check(
+            "--expiry-interval-ms",
+            self.expiry_interval.as_millis() as u64,
+            1,
+            60_000,
+        )?;
+        Ok(())
+    }
+}
+
+/// Command-line flags of `kv-server`. Every flag can also be set through the
+/// environment variable shown in `--help`.
+#[derive(Debug, Parser)]
+#[command(name = "kv-server", version, about = "Project-scoped key-value service with TTL over gRPC")]
+pub struct Cli {
+    /// Address to listen on (use port 0 for any free port).
+    #[arg(long, env = "KV_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory for durable data.
+    #[arg(long, env = "KV_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Largest key, in bytes.
+    #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+
+    /// Largest value, in bytes of encoded google.protobuf.Value.
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+
+    /// Longest TTL, in milliseconds (default: 10 years).
+    #[arg(long, env = "KV_MAX_TTL_MS", default_value_t = DEFAULT_MAX_TTL_MS)]
+    pub max_ttl_ms: u64,
+
+    /// How often expired keys are reclaimed, in milliseconds.
+    #[arg(long, env = "KV_EXPIRY_INTERVAL_MS", default_value_t = DEFAULT_EXPIRY_INTERVAL_MS)]
+    pub expiry_interval_ms: u64,
+}
+
+impl Cli {
+    /// Resolves the flags into a validated [`Config`].
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// let config = kv_server::config::Cli::parse_from(["kv-server", "--max-key-bytes", "100"])
+    ///     .into_config()
+    ///     .unwrap();
+    /// assert_eq!(config.limits.max_key_bytes, 100);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a value is out of range.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let config = Config {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            limits: Limits {
+                max_key_bytes: self.max_key_bytes,
+                max_value_bytes: self.max_value_bytes,
+                max_ttl_ms: self.max_ttl_ms,
+            },
+            expiry_interval: Duration::from_millis(self.expiry_interval_ms),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_defaults_equal_config_default() {
+        let from_flags = Cli::try_parse_from(["kv-server"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(from_flags, Config::default());
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused_by_name() {
+        let err = Cli::try_parse_from(["kv-server", "--max-value-bytes", "1"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("--max-value-bytes is 1"), "{err}");
+        let err = Cli::try_parse_from(["kv-server", "--max-ttl-ms", "0"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("--max-ttl-ms"), "{err}");
+    }
+}

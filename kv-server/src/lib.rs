@@ -1,0 +1,43 @@
+//! `kv-server`: a project-scoped key-value service with TTL, spoken over
+//! gRPC (`kv.v1.KvService`).
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and `KV_*` environment variables into one [`config::Config`].
+//! - [`service`]: the gRPC handlers: validate, resolve the project, call the
+//!   engine, convert back; errors map to gRPC codes in one place each.
+//! - [`engine`]: the [`engine::Backend`] trait and the embedded in-memory
+//!   engine ([`engine::memory`]) with TTLs and active expiry.
+//! - [`value`]: JSON values as stored (canonical encoded `google.protobuf.Value`).
+//! - [`project`]: project names.
+//! - [`server`]: health, reflection and the kv service on a bound listener
+//!   until a shutdown future resolves.
+//!
+//! Data flows one way: request, service (validation, limits), engine, reply.
+//!
+//! # Example
+//!
+//! Run the server in-process on a free port and stop it:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let addr = listener.local_addr().unwrap();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(kv_server::server::run(
+//!     kv_server::config::Config::default(),
+//!     listener,
+//!     async { let _ = stopped.await; },
+//! ));
+//! assert_ne!(addr.port(), 0);
+//! stop.send(()).unwrap();
+//! server.await.unwrap().unwrap();
+//! # });
+//! ```
+
+pub mod config;
+pub mod engine;
+pub mod project;
+pub mod server;
+pub mod service;
+pub mod value;
