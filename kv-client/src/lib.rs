@@ -1,1 +1,432 @@
-//! placeholder
+//! `kv-client`: the typed async Rust SDK for the kv service.
+//!
+//! Values go in and out as any serde type (or raw [`serde_json::Value`]);
+//! keys live in a project, chosen once with [`Client::project`].
+//!
+//! # Layout
+//!
+//! - [`Client`]: one connection (HTTP/2, multiplexed), cheap to clone;
+//!   built with [`Client::connect`] or [`Client::builder`].
+//! - [`Project`]: a cheap handle for one project's keys: `get`, `set`,
+//!   `set_with_ttl`, `has`, `delete`, `clear`.
+//! - [`Error`]: the one error type; [`Error::code`] gives its gRPC code.
+//!
+//! # Numbers
+//!
+//! JSON numbers travel as doubles, as in JavaScript. An integer beyond ±2^53
+//! cannot be carried exactly, so the SDK refuses it with
+//! [`Error::InvalidArgument`] instead of rounding it; store such numbers as
+//! strings. Integral doubles come back as integers, so they deserialize into
+//! integer fields. (`-0.0` comes back as `0`.)
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct User { name: String, visits: u32 }
+//!
+//! # async fn demo() -> Result<(), kv_client::Error> {
+//! let client = kv_client::Client::connect("http://127.0.0.1:50051").await?;
+//! let kv = client.project("shop");
+//! let user = User { name: "Ada".into(), visits: 3 };
+//! kv.set("user:1", &user).await?;
+//! kv.set_with_ttl("session:x", &"token", Duration::from_secs(3600)).await?;
+//! let back: Option<User> = kv.get("user:1").await?;
+//! assert_eq!(back, Some(user));
+//! assert!(kv.has("user:1").await?);
+//! assert!(kv.delete("user:1").await?);
+//! let removed: u64 = kv.clear().await?;
+//! # let _ = removed; Ok(())
+//! # }
+//! ```
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use kv_proto::v1::{
+    ClearRequest, DeleteRequest, GetRequest, HasRequest, SetRequest,
+    kv_service_client::KvServiceClient,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::{
+    Request,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+mod error;
+mod json;
+
+pub use error::Error;
+pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
+pub use tonic::Code;
+
+/// Request metadata naming the project.
+pub const PROJECT_HEADER: &str = "x-kv-project";
+/// Default per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest message the SDK sends or accepts (the server enforces its
+/// own, smaller, limits).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A connection to a kv server. Clones share the connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kv_client::Error> {
+/// let client = kv_client::Client::connect("http://127.0.0.1:50051").await?;
+/// let carts = client.project("carts");
+/// # let _ = carts; Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    grpc: KvServiceClient<Channel>,
+    timeout: Duration,
+}
+
+/// Options for [`Client`]; start from [`Client::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # async fn demo() -> Result<(), kv_client::Error> {
+/// let client = kv_client::Client::builder("http://127.0.0.1:50051")
+///     .timeout(Duration::from_secs(2))
+///     .connect_timeout(Duration::from_secs(1))
+///     .connect()
+///     .await?;
+/// # let _ = client; Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    url: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl ClientBuilder {
+    /// Per-call timeout (default 10 s). A call that takes longer fails with
+    /// [`Error::Timeout`] (`DEADLINE_EXCEEDED`); the deadline is also sent to
+    /// the server so it can drop the work.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the TCP/HTTP2 connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest message sent or received, in bytes (default 64 MiB).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(|source| Error::Connect {
+            url: self.url.clone(),
+            source,
+        })?;
+        // Without TCP_NODELAY a serial caller waits on delayed ACKs.
+        Ok(endpoint
+            .tcp_nodelay(true)
+            .connect_timeout(self.connect_timeout))
+    }
+
+    fn client(&self, channel: Channel) -> Client {
+        Client {
+            grpc: KvServiceClient::new(channel)
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes),
+            timeout: self.timeout,
+        }
+    }
+
+    /// Connects now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the URL is invalid or the server is not
+    /// reachable within the connect timeout.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let channel = self
+            .endpoint()?
+            .connect()
+            .await
+            .map_err(|source| Error::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        Ok(self.client(channel))
+    }
+
+    /// Returns at once; connects on the first call (and reconnects after a
+    /// failure), so a client can be built before the server is up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the URL is invalid.
+    pub fn connect_lazy(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.client(channel))
+    }
+}
+
+impl Client {
+    /// Connects to `url` (like `http://127.0.0.1:50051`) with default options.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), kv_client::Error> {
+    /// let client = kv_client::Client::connect("http://127.0.0.1:50051").await?;
+    /// # let _ = client; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the URL is invalid or nothing answers there.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a connection to `url`.
+    ///
+    /// ```
+    /// let builder = kv_client::Client::builder("http://127.0.0.1:50051")
+    ///     .timeout(std::time::Duration::from_millis(500));
+    /// # let _ = builder;
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// A handle on the keys of project `name`. Cheap; clone it freely.
+    ///
+    /// The name is checked here (1-64 characters of `[A-Za-z0-9_.-]`); an
+    /// invalid one makes every call on the handle fail with
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kv_client::Client) -> Result<(), kv_client::Error> {
+    /// let prefs = client.project("prefs");
+    /// prefs.set("theme", &"dark").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn project(&self, name: &str) -> Project {
+        Project {
+            client: self.clone(),
+            header: Arc::new(project_header(name)),
+        }
+    }
+}
+
+fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if name.is_empty() || name.len() > 64 || !valid_chars {
+        return Err(format!(
+            "project name {name:?} is invalid; names are 1-64 characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    MetadataValue::try_from(name).map_err(|e| format!("project name {name:?}: {e}"))
+}
+
+/// One project's keys. Cheap to clone; every call is independent.
+///
+/// ```no_run
+/// # async fn demo(client: kv_client::Client) -> Result<(), kv_client::Error> {
+/// let kv = client.project("shop");
+/// kv.set("cart:7", &serde_json::json!({"items": [1, 2]})).await?;
+/// let cart: Option<serde_json::Value> = kv.get("cart:7").await?;
+/// # let _ = cart; Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Project {
+    client: Client,
+    header: Arc<Result<AsciiMetadataValue, String>>,
+}
+
+impl Project {
+    fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let header = (*self.header)
+            .clone()
+            .map_err(Error::InvalidArgument)?;
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(PROJECT_HEADER, header);
+        request.set_timeout(self.client.timeout);
+        Ok(request)
+    }
+
+    async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.client.timeout, call).await {
+            Ok(reply) => Ok(reply?.into_inner()),
+            Err(_) => Err(Error::Timeout(self.client.timeout)),
+        }
+    }
+
+    /// Reads `key` as a `T`; `None` when the key is missing or expired.
+    /// A stored JSON null reads as `Some` when `T` accepts null (an
+    /// `Option<_>` or [`serde_json::Value`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let visits: Option<u64> = kv.get("visits").await?;
+    /// # let _ = visits; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] from the server (`INVALID_ARGUMENT` for a bad key),
+    /// [`Error::Decode`] when the value does not fit `T`, [`Error::Timeout`],
+    /// [`Error::InvalidArgument`] for a bad project name.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let request = self.request(GetRequest { key: key.into() })?;
+        let reply = self.call(self.client.grpc.clone().get(request)).await?;
+        if !reply.found {
+            return Ok(None);
+        }
+        let value = reply
+            .value
+            .ok_or_else(|| Error::Protocol("found = true without a value".into()))?;
+        let json = json::from_proto(value)?;
+        serde_json::from_value(json).map(Some).map_err(Error::Decode)
+    }
+
+    /// Stores `value` under `key` with no expiry (removing any earlier TTL).
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// kv.set("flags", &serde_json::json!({"beta": true})).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an integer beyond ±2^53 or nesting
+    /// deeper than [`MAX_DEPTH`]; [`Error::Encode`] when `value` cannot be
+    /// JSON; [`Error::Status`] from the server (`RESOURCE_EXHAUSTED` over a
+    /// size limit, `INVALID_ARGUMENT` for a bad key); [`Error::Timeout`].
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        self.set_inner(key, value, None).await
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` (millisecond
+    /// resolution; a fraction of a millisecond rounds up).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// kv.set_with_ttl("session:abc", &"user-7", Duration::from_secs(3600)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::set`], plus [`Error::InvalidArgument`] for a zero `ttl`
+    /// and `INVALID_ARGUMENT` from the server past its maximum TTL.
+    pub async fn set_with_ttl<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        if ttl.is_zero() {
+            return Err(Error::InvalidArgument(
+                "ttl is zero; use set() for a key that never expires".into(),
+            ));
+        }
+        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        self.set_inner(key, value, Some(ttl_ms)).await
+    }
+
+    async fn set_inner<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_value(value).map_err(Error::Encode)?;
+        let request = self.request(SetRequest {
+            key: key.into(),
+            value: Some(json::to_proto(&json)?),
+            ttl_ms,
+        })?;
+        self.call(self.client.grpc.clone().set(request)).await?;
+        Ok(())
+    }
+
+    /// Whether `key` exists and has not expired.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// if kv.has("lock:job-9").await? { /* someone holds it */ }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Status`] from the server, [`Error::Timeout`],
+    /// [`Error::InvalidArgument`] for a bad project name.
+    pub async fn has(&self, key: &str) -> Result<bool, Error> {
+        let request = self.request(HasRequest { key: key.into() })?;
+        Ok(self.call(self.client.grpc.clone().has(request)).await?.exists)
+    }
+
+    /// Removes `key`; true only when a live key was removed.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let existed = kv.delete("cart:7").await?;
+    /// # let _ = existed; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::has`].
+    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let request = self.request(DeleteRequest { key: key.into() })?;
+        Ok(self.call(self.client.grpc.clone().delete(request)).await?.deleted)
+    }
+
+    /// Removes every key of the project; returns how many live keys it
+    /// removed. Other projects are untouched.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let removed = kv.clear().await?;
+    /// # let _ = removed; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::has`].
+    pub async fn clear(&self) -> Result<u64, Error> {
+        let request = self.request(ClearRequest {})?;
+        Ok(self.call(self.client.grpc.clone().clear(request)).await?.deleted)
+    }
+}
