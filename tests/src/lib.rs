@@ -1,1 +1,336 @@
-//! placeholder
+//! The kv conformance suite and the harness to run it.
+//!
+//! Every backend must pass the same suite, unchanged: [`conformance`] holds
+//! the cases, each an `async fn(&Ctx)` that talks to a server only through
+//! the SDK and the raw gRPC client. [`conformance_suite!`] expands into one
+//! `#[tokio::test]` per case for a type implementing [`Target`].
+//!
+//! # Layout
+//!
+//! - [`Ctx`]: what a case gets: the server URL, an SDK client, a raw client,
+//!   and a way to let time pass ([`Ctx::advance`]).
+//! - [`Target`]: how a test file starts and stops one server.
+//! - [`InProcess`]: the server in this process on `127.0.0.1:0` with a
+//!   manual clock; [`BinaryServer`]: the real binary as a child process.
+//!
+//! # Example
+//!
+//! ```no_run
+//! // tests/conformance.rs
+//! kv_tests::conformance_suite!(kv_tests::InProcess);
+//! ```
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use kv_proto::v1::kv_service_client::KvServiceClient;
+use kv_server::{
+    config::Config,
+    engine::{ManualClock, memory::MemoryStore},
+    server::ServeError,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub mod conformance;
+
+/// Start of the manual clock: any fixed, realistic unix time in ms.
+const CLOCK_START_MS: u64 = 1_700_000_000_000;
+
+/// How a case lets time pass.
+#[derive(Clone)]
+pub enum Time {
+    /// The server reads this clock; advancing it is instant and exact.
+    Manual(Arc<ManualClock>),
+    /// The server reads the real clock; advancing means sleeping.
+    Real,
+}
+
+/// What a conformance case works with.
+#[derive(Clone)]
+pub struct Ctx {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// An SDK client connected to the server.
+    pub client: kv_client::Client,
+    /// A raw gRPC client, for requests the SDK would refuse to send.
+    pub raw: KvServiceClient<Channel>,
+    /// How time passes for the server.
+    pub time: Time,
+}
+
+impl Ctx {
+    /// Connects an SDK client and a raw client to `addr`.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not accept connections.
+    pub async fn connect(addr: SocketAddr, time: Time) -> Self {
+        let url = format!("http://{addr}");
+        let client = kv_client::Client::connect(url.clone())
+            .await
+            .expect("SDK connects");
+        let channel = Channel::from_shared(url.clone())
+            .expect("valid url")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("raw client connects");
+        let raw = KvServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        Self {
+            url,
+            client,
+            raw,
+            time,
+        }
+    }
+
+    /// Lets `d` pass for the server: exact under a manual clock, a sleep of
+    /// `d` plus a scheduling margin under the real one.
+    pub async fn advance(&self, d: Duration) {
+        match &self.time {
+            Time::Manual(clock) => clock.advance(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Time::Real => tokio::time::sleep(d + Duration::from_millis(50)).await,
+        }
+    }
+
+    /// Whether time is manual (exact deadline checks are possible).
+    pub fn exact_time(&self) -> bool {
+        matches!(self.time, Time::Manual(_))
+    }
+}
+
+/// A server the suite runs against.
+pub trait Target: Sized {
+    /// Starts a fresh, empty server.
+    fn start() -> impl Future<Output = Self>;
+    /// The context for cases against it.
+    fn ctx(&self) -> &Ctx;
+    /// Stops the server and checks it stopped cleanly.
+    fn stop(self) -> impl Future<Output = ()>;
+}
+
+/// Expands into one `#[tokio::test]` per conformance case, against a fresh
+/// server of type `$target` (a [`Target`]) for each.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($target:ty) => {
+        $crate::conformance_suite!(@cases $target;
+            missing_key_is_not_found,
+            every_json_type_round_trips,
+            null_is_found_and_distinct_from_missing,
+            typed_values_round_trip,
+            set_overwrites,
+            unicode_keys_work,
+            ttl_expires_key,
+            ttl_deadline_is_exact,
+            plain_set_removes_earlier_ttl,
+            set_with_ttl_replaces_ttl,
+            ttl_zero_and_over_max_are_invalid,
+            missing_value_is_invalid,
+            non_finite_numbers_are_invalid,
+            nesting_limit_is_enforced,
+            key_limits_are_enforced,
+            large_values_work_and_oversize_is_refused,
+            unsafe_integers_are_refused_by_the_sdk,
+            projects_are_isolated,
+            default_project_when_header_absent,
+            invalid_project_names_are_refused,
+            delete_reports_whether_a_live_key_was_removed,
+            clear_counts_live_keys_and_spares_other_projects,
+            concurrent_writers_lose_no_acknowledged_set,
+        );
+    };
+    (@cases $target:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let target = <$target as $crate::Target>::start().await;
+                $crate::conformance::$case($crate::Target::ctx(&target)).await;
+                $crate::Target::stop(target).await;
+            }
+        )*
+    };
+}
+
+/// The server running inside the test process, on a manual clock.
+pub struct InProcess {
+    ctx: Ctx,
+    /// The store behind the server, for white-box checks (memory reclaim).
+    pub store: Arc<MemoryStore>,
+    /// The clock the server reads.
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServeError>>,
+}
+
+impl InProcess {
+    /// Starts a server with `config` (its `listen` is ignored: the server
+    /// binds `127.0.0.1:0`).
+    ///
+    /// # Panics
+    ///
+    /// When it cannot bind loopback.
+    pub async fn start_with(config: Config) -> Self {
+        let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(kv_server::server::run_memory(
+            config,
+            store.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        Self {
+            ctx,
+            store,
+            clock,
+            stop: Some(stop),
+            handle,
+        }
+    }
+}
+
+impl Target for InProcess {
+    async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Drop our clients so the server's drain is not waiting on them.
+        drop(self.ctx);
+        let served = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task did not panic");
+        served.expect("server ran without error");
+    }
+}
+
+/// The real `kv-server` binary, run as a child process on a free port.
+/// Killed on drop, so a failing test leaves no process behind.
+pub struct BinaryServer {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BinaryServer {
+    /// Starts `binary` with `args` plus `--listen 127.0.0.1:0`, and waits for
+    /// its "listening on" log line (10 s at most).
+    ///
+    /// # Panics
+    ///
+    /// When the binary does not start or never reports its address.
+    pub fn start(binary: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        // Keep draining stderr for the life of the child so it never blocks
+        // on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = addr_tx.send(addr.trim().to_string());
+                }
+                log_writer.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => addr.parse().expect("address in the log line"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{binary} did not report its address; log: {:?}", log.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    /// Lines the server has written to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends SIGTERM and waits (10 s at most) for the exit status.
+    ///
+    /// # Panics
+    ///
+    /// When the process does not exit in time.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether tests must fail, not skip, when an external tool is missing.
+pub fn require_all() -> bool {
+    std::env::var("KV_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns false after printing why) or fails when a tool is absent.
+///
+/// # Panics
+///
+/// When `KV_TEST_REQUIRE_ALL=1` and the tool is missing.
+pub fn tool_available(tool: &str, version_arg: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            !require_all(),
+            "{tool} is required (KV_TEST_REQUIRE_ALL=1) but was not found on PATH"
+        );
+        println!("SKIPPED: {tool} not found on PATH (set KV_TEST_REQUIRE_ALL=1 to fail instead)");
+    }
+    found
+}
