@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TTL_MS: u64 = 3650 * 24 * 60 * 60 * 1000;
 /// Default period of the active expiry task, in milliseconds.
 pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
+/// Default time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Largest value limit the server accepts (1 GiB); gRPC frames carry at most
 /// 4 GiB and a single value that size would not be a key-value workload.
 pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
@@ -72,6 +74,10 @@ pub struct Config {
     pub limits: Limits,
     /// How often the active expiry task reclaims expired keys.
     pub expiry_interval: Duration,
+    /// How long in-flight requests (and open streams such as health
+    /// watches) may run after a shutdown signal before their connections are
+    /// closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +87,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
         }
     }
 }
@@ -141,6 +148,12 @@ impl Config {
             1,
             60_000,
         )?;
+        check(
+            "--shutdown-grace-ms",
+            self.shutdown_grace.as_millis() as u64,
+            0,
+            3_600_000,
+        )?;
         Ok(())
     }
 }
@@ -173,6 +186,10 @@ pub struct Cli {
     /// How often expired keys are reclaimed, in milliseconds.
     #[arg(long, env = "KV_EXPIRY_INTERVAL_MS", default_value_t = DEFAULT_EXPIRY_INTERVAL_MS)]
     pub expiry_interval_ms: u64,
+
+    /// Milliseconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "KV_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Cli {
@@ -199,6 +216,7 @@ impl Cli {
                 max_ttl_ms: self.max_ttl_ms,
             },
             expiry_interval: Duration::from_millis(self.expiry_interval_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         };
         config.validate()?;
         Ok(config)

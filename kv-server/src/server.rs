@@ -80,7 +80,8 @@ pub async fn run_memory(
 
 /// Serves `backend` on `listener` until `shutdown` resolves. On shutdown the
 /// health status turns NOT_SERVING, the listener stops accepting, and the
-/// call returns once in-flight requests have finished.
+/// call returns once in-flight requests have finished, or after
+/// [`Config::shutdown_grace`], whichever comes first.
 ///
 /// # Errors
 ///
@@ -106,8 +107,10 @@ pub async fn serve<B: Backend>(
     // client waits on delayed ACKs (~40 ms a call).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        let _ = signalled.send(());
         tracing::info!("shutting down: not serving, draining in-flight requests");
         for service in ["", kv_proto::SERVICE_NAME] {
             health
@@ -116,7 +119,7 @@ pub async fn serve<B: Backend>(
         }
     };
 
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .layer(OversizeLayer {
             limits: config.limits.clone(),
         })
@@ -124,8 +127,23 @@ pub async fn serve<B: Backend>(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(kv)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+
+    // tonic's drain waits for every open stream, and a health watch never
+    // ends by itself: bound the drain so a signal always stops the server.
+    let grace = config.shutdown_grace;
+    let grace_over = async move {
+        match on_signal.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = grace_over => {
+            tracing::warn!("requests still open {grace:?} after the shutdown signal; closing their connections");
+        }
+    }
     Ok(())
 }
 

@@ -233,6 +233,7 @@ pub struct BinaryServer {
     /// The address it listens on.
     pub addr: SocketAddr,
     log: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BinaryServer {
@@ -243,10 +244,20 @@ impl BinaryServer {
     ///
     /// When the binary does not start or never reports its address.
     pub fn start(binary: &str, args: &[&str]) -> Self {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// [`BinaryServer::start`] with extra environment variables.
+    ///
+    /// # Panics
+    ///
+    /// As [`BinaryServer::start`].
+    pub fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -258,7 +269,7 @@ impl BinaryServer {
         let log_writer = log.clone();
         // Keep draining stderr for the life of the child so it never blocks
         // on a full pipe.
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = addr_tx.send(addr.trim().to_string());
@@ -273,12 +284,34 @@ impl BinaryServer {
                 panic!("{binary} did not report its address; log: {:?}", log.lock().unwrap_or_else(|p| p.into_inner()));
             }
         };
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     /// Lines the server has written to stderr so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// [`BinaryServer::terminate`], then everything the server logged (its
+    /// stderr is read to the end).
+    ///
+    /// # Panics
+    ///
+    /// As [`BinaryServer::terminate`].
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let log = Arc::clone(&self.log);
+        let reader = self.reader.take();
+        let status = self.terminate();
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        let lines = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (status, lines)
     }
 
     /// Sends SIGTERM and waits (10 s at most) for the exit status.

@@ -1,0 +1,219 @@
+//! The server library in-process: active expiry, health, graceful shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use kv_server::{
+    config::Config,
+    engine::{Backend, EngineError, memory::MemoryStore},
+    project::ProjectName,
+};
+use kv_tests::{InProcess, Target};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+async fn health_client(url: &str) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+/// Polls `done` every 10 ms until it holds or `limit` passes; returns how
+/// long it took.
+async fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_expiry_reclaims_memory_nobody_reads() {
+    let server = InProcess::start().await;
+    let kv = server.ctx().client.project("sessions");
+    for i in 0..2000 {
+        kv.set_with_ttl(&format!("s{i}"), &"x", Duration::from_millis(1000)).await.unwrap();
+    }
+    for i in 0..100 {
+        kv.set(&format!("keep{i}"), &i).await.unwrap();
+    }
+    assert_eq!(server.store.stored_entries(), 2100);
+    assert_eq!(server.store.pending_expiries(), 2000);
+    server.clock.advance(999);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.store.stored_entries(), 2100, "nothing is due yet");
+    server.clock.advance(1);
+    let took = within(Duration::from_secs(3), || server.store.stored_entries() == 100).await;
+    assert!(took.is_some(), "expired entries reclaimed without any read");
+    assert_eq!(server.store.pending_expiries(), 0);
+    assert!(kv.has("keep7").await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_expiry_on_the_real_clock_reclaims_within_a_second() {
+    let store = Arc::new(MemoryStore::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(kv_server::server::run_memory(
+        Config::default(),
+        store.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let kv = kv_client::Client::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .project("p");
+    for i in 0..500 {
+        kv.set_with_ttl(&format!("k{i}"), &i, Duration::from_millis(200)).await.unwrap();
+    }
+    // Deadlines are at most 200 ms after the last set; allow a second more.
+    let took = within(Duration::from_millis(1200), || store.stored_entries() == 0).await;
+    assert!(took.is_some(), "{} entries left 1.2 s after the last set", store.stored_entries());
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_serving_for_the_server_and_the_service() {
+    let server = InProcess::start().await;
+    let mut health = health_client(&server.ctx().url).await;
+    for service in ["", "kv.v1.KvService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    drop(health);
+    server.stop().await;
+}
+
+/// A backend whose sets take a while, to have requests in flight.
+struct SlowSets {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+impl Backend for SlowSets {
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Bytes>, EngineError> {
+        self.inner.get(project, key).await
+    }
+    async fn set(
+        &self,
+        project: &ProjectName,
+        key: &str,
+        value: Box<[u8]>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), EngineError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.set(project, key, value, ttl_ms).await
+    }
+    async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
+        self.inner.has(project, key).await
+    }
+    async fn delete(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
+        self.inner.delete(project, key).await
+    }
+    async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
+        self.inner.clear(project).await
+    }
+}
+
+async fn start_slow(
+    config: Config,
+    delay: Duration,
+) -> (
+    String,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), kv_server::server::ServeError>>,
+) {
+    let backend = Arc::new(SlowSets {
+        inner: MemoryStore::new(),
+        delay,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        kv_server::server::serve(&config, backend, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (url, stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests() {
+    let (url, stop, server) = start_slow(Config::default(), Duration::from_millis(500)).await;
+    let kv = kv_client::Client::connect(url).await.unwrap().project("p");
+    let in_flight = {
+        let kv = kv.clone();
+        tokio::spawn(async move { kv.set("k", &"v").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight at shutdown completes");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server returns after draining")
+        .unwrap()
+        .unwrap();
+    // And it no longer accepts calls.
+    assert_eq!(kv.has("k").await.unwrap_err().code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watchers_see_not_serving_and_do_not_hold_shutdown() {
+    let config = Config {
+        shutdown_grace: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let (url, stop, server) = start_slow(config, Duration::ZERO).await;
+    let mut health = health_client(&url).await;
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "kv.v1.KvService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopped_at = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("an open watch does not keep the server alive past the grace period")
+        .unwrap()
+        .unwrap();
+    assert!(stopped_at.elapsed() >= Duration::from_millis(400), "the grace period was honoured");
+}
