@@ -1,0 +1,204 @@
+//! The real `grpcurl` against the real binary, through server reflection
+//! only (no proto files): what an operator typing commands sees.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use kv_tests::{BinaryServer, tool_available};
+use serde_json::{Value as Json, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+
+fn start() -> Option<BinaryServer> {
+    tool_available("grpcurl", "-version").then(|| BinaryServer::start(BIN, &[]))
+}
+
+/// Runs grpcurl with `args` (the address is appended before `method`),
+/// sending `data` on stdin when given.
+fn grpcurl(addr: SocketAddr, headers: &[&str], data: Option<&str>, target: &[&str]) -> Output {
+    let mut cmd = Command::new("grpcurl");
+    cmd.args(["-plaintext", "-max-time", "30"]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    if data.is_some() {
+        cmd.args(["-d", "@"]);
+    }
+    cmd.arg(addr.to_string()).args(target);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("grpcurl starts");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    if let Some(data) = data {
+        stdin.write_all(data.as_bytes()).expect("write request");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("grpcurl finishes")
+}
+
+/// A successful call's JSON reply.
+#[track_caller]
+fn ok(out: Output) -> Json {
+    assert!(
+        out.status.success(),
+        "grpcurl failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("grpcurl prints JSON")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failed call: grpcurl exits with 64 + the gRPC code and prints the code
+/// name and message.
+#[track_caller]
+fn fails(out: Output, code: tonic::Code, name: &str, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64 + code as i32), "{stderr}");
+    assert!(stderr.contains(&format!("Code: {name}")), "{stderr}");
+    assert!(stderr.contains(says), "{stderr} does not say {says:?}");
+}
+
+#[test]
+fn list_and_describe_through_reflection() {
+    let Some(server) = start() else { return };
+    let listed = text(&grpcurl(server.addr, &[], None, &["list"]));
+    for service in ["kv.v1.KvService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+        assert!(listed.lines().any(|l| l == service), "{service} in {listed}");
+    }
+    let methods = text(&grpcurl(server.addr, &[], None, &["list", "kv.v1.KvService"]));
+    for method in ["Get", "Set", "Has", "Delete", "Clear"] {
+        assert!(methods.contains(&format!("kv.v1.KvService.{method}")), "{methods}");
+    }
+    let service = text(&grpcurl(server.addr, &[], None, &["describe", "kv.v1.KvService"]));
+    assert!(service.contains("rpc Get ( .kv.v1.GetRequest ) returns ( .kv.v1.GetResponse )"), "{service}");
+    let set = text(&grpcurl(server.addr, &[], None, &["describe", "kv.v1.SetRequest"]));
+    assert!(set.contains(".google.protobuf.Value value = 2;"), "{set}");
+    assert!(set.contains("optional uint64 ttl_ms = 3;"), "{set}");
+    let value = text(&grpcurl(server.addr, &[], None, &["describe", "google.protobuf.Value"]));
+    assert!(value.contains("double number_value = 2;"), "{value}");
+}
+
+#[test]
+fn health_is_serving() {
+    let Some(server) = start() else { return };
+    for service in ["", "kv.v1.KvService"] {
+        let reply = ok(grpcurl(
+            server.addr,
+            &[],
+            Some(&json!({ "service": service }).to_string()),
+            &["grpc.health.v1.Health/Check"],
+        ));
+        assert_eq!(reply, json!({"status": "SERVING"}), "service {service:?}");
+    }
+}
+
+#[test]
+fn json_values_round_trip_per_project() {
+    let Some(server) = start() else { return };
+    let shop = ["x-kv-project: shop"];
+    let values = [
+        json!({"user": {"name": "Ada", "tags": ["a", "b"], "age": 36, "admin": false, "nick": null}}),
+        json!([1, "two", null, [3.5], {"four": 4}]),
+        json!("just a string"),
+        json!(42),
+        json!(-0.5),
+        json!(true),
+        json!(null),
+    ];
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        let set = json!({"key": key, "value": value});
+        assert_eq!(ok(grpcurl(server.addr, &shop, Some(&set.to_string()), &["kv.v1.KvService/Set"])), json!({}));
+        let got = ok(grpcurl(server.addr, &shop, Some(&json!({"key": key}).to_string()), &["kv.v1.KvService/Get"]));
+        assert_eq!(got, json!({"found": true, "value": value}), "key {key}");
+    }
+    // The default project does not see shop's keys.
+    let other = ok(grpcurl(server.addr, &[], Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Get"]));
+    assert_eq!(other, json!({}), "found=false and no value print as an empty object");
+    let has = ok(grpcurl(server.addr, &shop, Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Has"]));
+    assert_eq!(has, json!({"exists": true}));
+    let deleted = ok(grpcurl(server.addr, &shop, Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Delete"]));
+    assert_eq!(deleted, json!({"deleted": true}));
+    let cleared = ok(grpcurl(server.addr, &shop, Some("{}"), &["kv.v1.KvService/Clear"]));
+    assert_eq!(cleared, json!({"deleted": (values.len() - 1).to_string()}), "uint64 prints as a string");
+}
+
+#[test]
+fn ttl_expires_keys() {
+    let Some(server) = start() else { return };
+    let set = r#"{"key":"session","value":"s3cr3t","ttl_ms":"1500"}"#;
+    ok(grpcurl(server.addr, &[], Some(set), &["kv.v1.KvService/Set"]));
+    let has = || ok(grpcurl(server.addr, &[], Some(r#"{"key":"session"}"#), &["kv.v1.KvService/Has"]));
+    assert_eq!(has(), json!({"exists": true}));
+    let start = Instant::now();
+    while has() != json!({}) {
+        assert!(start.elapsed() < Duration::from_secs(5), "key still there 5 s after a 1.5 s TTL");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = ok(grpcurl(server.addr, &[], Some(r#"{"key":"session"}"#), &["kv.v1.KvService/Get"]));
+    assert_eq!(got, json!({}));
+}
+
+#[test]
+fn bad_input_gets_its_exact_status() {
+    use tonic::Code;
+    let Some(server) = start() else { return };
+    let set = ["kv.v1.KvService/Set"];
+    let deep = (0..33).fold(json!(1), |v, _| json!([v]));
+    let cases: Vec<(&[&str], String, &[&str], Code, &str, &str)> = vec![
+        (&[], r#"{"key":""}"#.into(), &["kv.v1.KvService/Get"], Code::InvalidArgument, "InvalidArgument", "key is empty"),
+        (&[], r#"{"key":"k"}"#.into(), &set, Code::InvalidArgument, "InvalidArgument", "value is required"),
+        (&[], r#"{"key":"k","value":1,"ttl_ms":"0"}"#.into(), &set, Code::InvalidArgument, "InvalidArgument", "ttl_ms is 0"),
+        (
+            &[],
+            r#"{"key":"k","value":1,"ttl_ms":"315360000001"}"#.into(),
+            &set,
+            Code::InvalidArgument,
+            "InvalidArgument",
+            "the limit is 315360000000 ms",
+        ),
+        (&[], json!({"key": "k", "value": deep}).to_string(), &set, Code::InvalidArgument, "InvalidArgument", "limit of 32 levels"),
+        (
+            &[],
+            json!({"key": "k".repeat(4097), "value": 1}).to_string(),
+            &set,
+            Code::ResourceExhausted,
+            "ResourceExhausted",
+            "the limit is 4096 bytes",
+        ),
+        (
+            &[],
+            json!({"key": "big", "value": "v".repeat(16 * 1024 * 1024)}).to_string(),
+            &set,
+            Code::ResourceExhausted,
+            "ResourceExhausted",
+            "the limit is 16777216 bytes",
+        ),
+        (
+            &["x-kv-project: not/valid"],
+            r#"{"key":"k"}"#.into(),
+            &["kv.v1.KvService/Has"],
+            Code::InvalidArgument,
+            "InvalidArgument",
+            "x-kv-project",
+        ),
+        (&["x-kv-project: "], r#"{"key":"k"}"#.into(), &["kv.v1.KvService/Has"], Code::InvalidArgument, "InvalidArgument", "empty"),
+    ];
+    for (headers, data, target, code, name, says) in cases {
+        fails(grpcurl(server.addr, headers, Some(&data), target), code, name, says);
+    }
+    // Nothing was stored, and the server still answers.
+    let has = ok(grpcurl(server.addr, &[], Some(r#"{"key":"k"}"#), &["kv.v1.KvService/Has"]));
+    assert_eq!(has, json!({}));
+}
