@@ -53,7 +53,9 @@ fn values_as_bytes(mut fds: prost_types::FileDescriptorSet) -> prost_types::File
         .retain(|f| !f.package().starts_with("google.protobuf"));
     for file in &mut fds.file {
         file.dependency.clear();
-        file.message_type.iter_mut().for_each(message_values_as_bytes);
+        file.message_type
+            .iter_mut()
+            .for_each(message_values_as_bytes);
     }
     fds
 }
@@ -65,5 +67,8 @@ fn message_values_as_bytes(message: &mut prost_types::DescriptorProto) {
             field.type_name = None;
         }
     }
-    message.nested_type.iter_mut().for_each(message_values_as_bytes);
+    message
+        .nested_type
+        .iter_mut()
+        .for_each(message_values_as_bytes);
 }

@@ -124,7 +124,12 @@ mod tests {
         for ok in [json!(max), json!(-(max as i64)), json!(0), json!(1.5)] {
             assert_eq!(from_proto(to_proto(&ok).unwrap()).unwrap(), ok);
         }
-        for bad in [json!(max + 1), json!(-(max as i64) - 1), json!(u64::MAX), json!(i64::MIN)] {
+        for bad in [
+            json!(max + 1),
+            json!(-(max as i64) - 1),
+            json!(u64::MAX),
+            json!(i64::MIN),
+        ] {
             let err = to_proto(&bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.to_string().contains("2^53"), "{err}");

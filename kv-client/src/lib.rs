@@ -131,10 +131,11 @@ impl ClientBuilder {
     }
 
     fn endpoint(&self) -> Result<Endpoint, Error> {
-        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(|source| Error::Connect {
-            url: self.url.clone(),
-            source,
-        })?;
+        let endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(|source| Error::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
         // Without TCP_NODELAY a serial caller waits on delayed ACKs.
         Ok(endpoint
             .tcp_nodelay(true)
@@ -264,9 +265,7 @@ pub struct Project {
 
 impl Project {
     fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
-        let header = (*self.header)
-            .clone()
-            .map_err(Error::InvalidArgument)?;
+        let header = (*self.header).clone().map_err(Error::InvalidArgument)?;
         let mut request = Request::new(message);
         request.metadata_mut().insert(PROJECT_HEADER, header);
         request.set_timeout(self.client.timeout);
@@ -309,7 +308,9 @@ impl Project {
             .value
             .ok_or_else(|| Error::Protocol("found = true without a value".into()))?;
         let json = json::from_proto(value)?;
-        serde_json::from_value(json).map(Some).map_err(Error::Decode)
+        serde_json::from_value(json)
+            .map(Some)
+            .map_err(Error::Decode)
     }
 
     /// Stores `value` under `key` with no expiry (removing any earlier TTL).
@@ -392,7 +393,10 @@ impl Project {
     /// [`Error::InvalidArgument`] for a bad project name.
     pub async fn has(&self, key: &str) -> Result<bool, Error> {
         let request = self.request(HasRequest { key: key.into() })?;
-        Ok(self.call(self.client.grpc.clone().has(request)).await?.exists)
+        Ok(self
+            .call(self.client.grpc.clone().has(request))
+            .await?
+            .exists)
     }
 
     /// Removes `key`; true only when a live key was removed.
@@ -409,7 +413,10 @@ impl Project {
     /// As [`Project::has`].
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let request = self.request(DeleteRequest { key: key.into() })?;
-        Ok(self.call(self.client.grpc.clone().delete(request)).await?.deleted)
+        Ok(self
+            .call(self.client.grpc.clone().delete(request))
+            .await?
+            .deleted)
     }
 
     /// Removes every key of the project; returns how many live keys it
@@ -427,6 +434,22 @@ impl Project {
     /// As [`Project::has`].
     pub async fn clear(&self) -> Result<u64, Error> {
         let request = self.request(ClearRequest {})?;
-        Ok(self.call(self.client.grpc.clone().clear(request)).await?.deleted)
+        Ok(self
+            .call(self.client.grpc.clone().clear(request))
+            .await?
+            .deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_shows_the_quickstart_example_verbatim() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../examples/quickstart.rs");
+        assert!(
+            readme.contains(example),
+            "README.md must embed kv-client/examples/quickstart.rs exactly"
+        );
     }
 }

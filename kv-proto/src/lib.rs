@@ -65,7 +65,8 @@ pub mod wire {
 /// let set = prost_types::FileDescriptorSet::decode(kv_proto::FILE_DESCRIPTOR_SET).unwrap();
 /// assert!(set.file.iter().any(|f| f.name() == "kv/v1/kv.proto"));
 /// ```
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));
 
 /// The gRPC service name, as used by health checks and reflection.
 pub const SERVICE_NAME: &str = "kv.v1.KvService";

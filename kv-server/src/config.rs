@@ -83,7 +83,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
@@ -133,7 +135,12 @@ impl Config {
                 })
             }
         };
-        check("--max-key-bytes", self.limits.max_key_bytes as u64, 1, 1 << 20)?;
+        check(
+            "--max-key-bytes",
+            self.limits.max_key_bytes as u64,
+            1,
+            1 << 20,
+        )?;
         // The smallest encoded value (a boolean) is 2 bytes.
         check(
             "--max-value-bytes",
@@ -161,13 +168,17 @@ impl Config {
 /// Command-line flags of `kv-server`. Every flag can also be set through the
 /// environment variable shown in `--help`.
 #[derive(Debug, Parser)]
-#[command(name = "kv-server", version, about = "Project-scoped key-value service with TTL over gRPC")]
+#[command(
+    name = "kv-server",
+    version,
+    about = "Project-scoped key-value service with TTL over gRPC"
+)]
 pub struct Cli {
     /// Address to listen on (use port 0 for any free port).
     #[arg(long, env = "KV_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory for durable data.
+    /// Directory for durable data (reserved: this version keeps data in memory only).
     #[arg(long, env = "KV_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 

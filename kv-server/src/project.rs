@@ -28,7 +28,9 @@ pub struct ProjectName(Arc<str>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProjectNameError {
     /// The name is empty.
-    #[error("project name is empty; names are 1-{MAX_PROJECT_NAME_LEN} characters of [A-Za-z0-9_.-]")]
+    #[error(
+        "project name is empty; names are 1-{MAX_PROJECT_NAME_LEN} characters of [A-Za-z0-9_.-]"
+    )]
     Empty,
     /// The name is longer than [`MAX_PROJECT_NAME_LEN`].
     #[error(

@@ -210,7 +210,9 @@ fn rewrite_oversize(headers: &mut http::HeaderMap, limits: &Limits) {
     let too_large = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
     if !(out_of_range && too_large) {
         return;
     }

@@ -23,7 +23,9 @@ pub const PROJECT_HEADER: &str = "x-kv-project";
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// `x-kv-project` is not printable ASCII.
-    #[error("{PROJECT_HEADER} metadata is not printable ASCII; project names are 1-64 characters of [A-Za-z0-9_.-]")]
+    #[error(
+        "{PROJECT_HEADER} metadata is not printable ASCII; project names are 1-64 characters of [A-Za-z0-9_.-]"
+    )]
     ProjectNotAscii,
     /// `x-kv-project` names an invalid project.
     #[error("{PROJECT_HEADER}: {0}")]
@@ -65,8 +67,7 @@ impl From<RequestError> for Status {
     fn from(e: RequestError) -> Self {
         let message = e.to_string();
         match e {
-            RequestError::KeyTooLong { .. }
-            | RequestError::Value(ValueError::TooLarge { .. }) => {
+            RequestError::KeyTooLong { .. } | RequestError::Value(ValueError::TooLarge { .. }) => {
                 Status::resource_exhausted(message)
             }
             RequestError::ProjectNotAscii
@@ -176,8 +177,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let SetRequest { key, value, ttl_ms } = request.get_ref();
         let key = self.key(key)?;
         let ttl_ms = self.ttl(*ttl_ms)?;
-        let value = value::canonicalize(value, self.limits.max_value_bytes)
-            .map_err(RequestError::from)?;
+        let value =
+            value::canonicalize(value, self.limits.max_value_bytes).map_err(RequestError::from)?;
         self.backend.set(&project, key, value, ttl_ms).await?;
         Ok(Response::new(SetResponse {}))
     }

@@ -109,9 +109,7 @@ fn check<'a>(
     path: &mut Vec<Segment<'a>>,
 ) -> Result<(), ValueError> {
     match &mut value.kind {
-        None => Err(ValueError::NoKind {
-            path: render(path),
-        }),
+        None => Err(ValueError::NoKind { path: render(path) }),
         Some(Kind::NumberValue(n)) if !n.is_finite() => Err(ValueError::NonFinite {
             path: render(path),
             number: *n,
@@ -270,7 +268,10 @@ mod tests {
         .encode_to_vec();
         assert!(matches!(
             canonicalize(&big, 50),
-            Err(ValueError::TooLarge { len: 102, limit: 50 })
+            Err(ValueError::TooLarge {
+                len: 102,
+                limit: 50
+            })
         ));
         assert!(matches!(
             canonicalize(&[0x2a, 0xff], 100),

@@ -48,7 +48,10 @@ async fn sigterm_exits_zero_after_logging_shutdown() {
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
-    assert!(log.iter().any(|l| l.contains("SIGTERM received")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:?}"
+    );
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
 }
 
@@ -62,7 +65,10 @@ fn a_port_in_use_is_a_clear_start_up_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -102,8 +108,44 @@ async fn limits_from_flags_and_environment_apply() {
         .await
         .unwrap()
         .project("p");
-    kv.set_with_ttl("k", &1, Duration::from_millis(1000)).await.unwrap();
-    let err = kv.set_with_ttl("k", &1, Duration::from_millis(1001)).await.unwrap_err();
+    kv.set_with_ttl("k", &1, Duration::from_millis(1000))
+        .await
+        .unwrap();
+    let err = kv
+        .set_with_ttl("k", &1, Duration::from_millis(1001))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), kv_client::Code::InvalidArgument);
     assert!(err.to_string().contains("the limit is 1000 ms"), "{err}");
+}
+
+/// The README's SDK example (kv-client/examples/quickstart.rs, built by
+/// `cargo test --workspace`) runs as written against the real binary.
+#[test]
+fn readme_quickstart_runs_against_the_binary() {
+    let example = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary has a directory")
+        .join("examples")
+        .join("quickstart");
+    if !example.exists() {
+        assert!(
+            !kv_tests::require_all(),
+            "{} not built; run the workspace tests (cargo test --workspace)",
+            example.display()
+        );
+        println!("SKIPPED: {} not built (run cargo test --workspace)", example.display());
+        return;
+    }
+    let server = BinaryServer::start(BIN, &[]);
+    let out = Command::new(&example)
+        .env("KV_URL", format!("http://{}", server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "quickstart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quickstart ok: cleared 1 key(s)"));
 }

@@ -62,10 +62,11 @@ fn text(out: &Output) -> String {
 /// A failed call: grpcurl exits with 64 + the gRPC code and prints the code
 /// name and message.
 #[track_caller]
-fn fails(out: Output, code: tonic::Code, name: &str, says: &str) {
+fn fails(out: Output, code: tonic::Code, says: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64 + code as i32), "{stderr}");
-    assert!(stderr.contains(&format!("Code: {name}")), "{stderr}");
+    // tonic's Debug names match grpcurl's code names (InvalidArgument...).
+    assert!(stderr.contains(&format!("Code: {code:?}")), "{stderr}");
     assert!(stderr.contains(says), "{stderr} does not say {says:?}");
 }
 
@@ -73,19 +74,52 @@ fn fails(out: Output, code: tonic::Code, name: &str, says: &str) {
 fn list_and_describe_through_reflection() {
     let Some(server) = start() else { return };
     let listed = text(&grpcurl(server.addr, &[], None, &["list"]));
-    for service in ["kv.v1.KvService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
-        assert!(listed.lines().any(|l| l == service), "{service} in {listed}");
+    for service in [
+        "kv.v1.KvService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == service),
+            "{service} in {listed}"
+        );
     }
-    let methods = text(&grpcurl(server.addr, &[], None, &["list", "kv.v1.KvService"]));
+    let methods = text(&grpcurl(
+        server.addr,
+        &[],
+        None,
+        &["list", "kv.v1.KvService"],
+    ));
     for method in ["Get", "Set", "Has", "Delete", "Clear"] {
-        assert!(methods.contains(&format!("kv.v1.KvService.{method}")), "{methods}");
+        assert!(
+            methods.contains(&format!("kv.v1.KvService.{method}")),
+            "{methods}"
+        );
     }
-    let service = text(&grpcurl(server.addr, &[], None, &["describe", "kv.v1.KvService"]));
-    assert!(service.contains("rpc Get ( .kv.v1.GetRequest ) returns ( .kv.v1.GetResponse )"), "{service}");
-    let set = text(&grpcurl(server.addr, &[], None, &["describe", "kv.v1.SetRequest"]));
+    let service = text(&grpcurl(
+        server.addr,
+        &[],
+        None,
+        &["describe", "kv.v1.KvService"],
+    ));
+    assert!(
+        service.contains("rpc Get ( .kv.v1.GetRequest ) returns ( .kv.v1.GetResponse )"),
+        "{service}"
+    );
+    let set = text(&grpcurl(
+        server.addr,
+        &[],
+        None,
+        &["describe", "kv.v1.SetRequest"],
+    ));
     assert!(set.contains(".google.protobuf.Value value = 2;"), "{set}");
     assert!(set.contains("optional uint64 ttl_ms = 3;"), "{set}");
-    let value = text(&grpcurl(server.addr, &[], None, &["describe", "google.protobuf.Value"]));
+    let value = text(&grpcurl(
+        server.addr,
+        &[],
+        None,
+        &["describe", "google.protobuf.Value"],
+    ));
     assert!(value.contains("double number_value = 2;"), "{value}");
 }
 
@@ -119,86 +153,221 @@ fn json_values_round_trip_per_project() {
     for (i, value) in values.iter().enumerate() {
         let key = format!("k{i}");
         let set = json!({"key": key, "value": value});
-        assert_eq!(ok(grpcurl(server.addr, &shop, Some(&set.to_string()), &["kv.v1.KvService/Set"])), json!({}));
-        let got = ok(grpcurl(server.addr, &shop, Some(&json!({"key": key}).to_string()), &["kv.v1.KvService/Get"]));
+        assert_eq!(
+            ok(grpcurl(
+                server.addr,
+                &shop,
+                Some(&set.to_string()),
+                &["kv.v1.KvService/Set"]
+            )),
+            json!({})
+        );
+        let got = ok(grpcurl(
+            server.addr,
+            &shop,
+            Some(&json!({"key": key}).to_string()),
+            &["kv.v1.KvService/Get"],
+        ));
         assert_eq!(got, json!({"found": true, "value": value}), "key {key}");
     }
     // The default project does not see shop's keys.
-    let other = ok(grpcurl(server.addr, &[], Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Get"]));
-    assert_eq!(other, json!({}), "found=false and no value print as an empty object");
-    let has = ok(grpcurl(server.addr, &shop, Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Has"]));
+    let other = ok(grpcurl(
+        server.addr,
+        &[],
+        Some(r#"{"key":"k0"}"#),
+        &["kv.v1.KvService/Get"],
+    ));
+    assert_eq!(
+        other,
+        json!({}),
+        "found=false and no value print as an empty object"
+    );
+    let has = ok(grpcurl(
+        server.addr,
+        &shop,
+        Some(r#"{"key":"k0"}"#),
+        &["kv.v1.KvService/Has"],
+    ));
     assert_eq!(has, json!({"exists": true}));
-    let deleted = ok(grpcurl(server.addr, &shop, Some(r#"{"key":"k0"}"#), &["kv.v1.KvService/Delete"]));
+    let deleted = ok(grpcurl(
+        server.addr,
+        &shop,
+        Some(r#"{"key":"k0"}"#),
+        &["kv.v1.KvService/Delete"],
+    ));
     assert_eq!(deleted, json!({"deleted": true}));
-    let cleared = ok(grpcurl(server.addr, &shop, Some("{}"), &["kv.v1.KvService/Clear"]));
-    assert_eq!(cleared, json!({"deleted": (values.len() - 1).to_string()}), "uint64 prints as a string");
+    let cleared = ok(grpcurl(
+        server.addr,
+        &shop,
+        Some("{}"),
+        &["kv.v1.KvService/Clear"],
+    ));
+    assert_eq!(
+        cleared,
+        json!({"deleted": (values.len() - 1).to_string()}),
+        "uint64 prints as a string"
+    );
 }
 
 #[test]
 fn ttl_expires_keys() {
     let Some(server) = start() else { return };
     let set = r#"{"key":"session","value":"s3cr3t","ttl_ms":"1500"}"#;
-    ok(grpcurl(server.addr, &[], Some(set), &["kv.v1.KvService/Set"]));
-    let has = || ok(grpcurl(server.addr, &[], Some(r#"{"key":"session"}"#), &["kv.v1.KvService/Has"]));
+    ok(grpcurl(
+        server.addr,
+        &[],
+        Some(set),
+        &["kv.v1.KvService/Set"],
+    ));
+    let has = || {
+        ok(grpcurl(
+            server.addr,
+            &[],
+            Some(r#"{"key":"session"}"#),
+            &["kv.v1.KvService/Has"],
+        ))
+    };
     assert_eq!(has(), json!({"exists": true}));
     let start = Instant::now();
     while has() != json!({}) {
-        assert!(start.elapsed() < Duration::from_secs(5), "key still there 5 s after a 1.5 s TTL");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "key still there 5 s after a 1.5 s TTL"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let got = ok(grpcurl(server.addr, &[], Some(r#"{"key":"session"}"#), &["kv.v1.KvService/Get"]));
+    let got = ok(grpcurl(
+        server.addr,
+        &[],
+        Some(r#"{"key":"session"}"#),
+        &["kv.v1.KvService/Get"],
+    ));
     assert_eq!(got, json!({}));
+}
+
+/// One refused call: metadata, request JSON, method, expected code, and a
+/// fragment of the expected message.
+struct Refused {
+    headers: &'static [&'static str],
+    data: String,
+    method: &'static str,
+    code: tonic::Code,
+    says: &'static str,
 }
 
 #[test]
 fn bad_input_gets_its_exact_status() {
     use tonic::Code;
     let Some(server) = start() else { return };
-    let set = ["kv.v1.KvService/Set"];
+    let refused = |headers, data: &str, method, code, says| Refused {
+        headers,
+        data: data.to_string(),
+        method,
+        code,
+        says,
+    };
+    let set = "kv.v1.KvService/Set";
+    let has = "kv.v1.KvService/Has";
     let deep = (0..33).fold(json!(1), |v, _| json!([v]));
-    let cases: Vec<(&[&str], String, &[&str], Code, &str, &str)> = vec![
-        (&[], r#"{"key":""}"#.into(), &["kv.v1.KvService/Get"], Code::InvalidArgument, "InvalidArgument", "key is empty"),
-        (&[], r#"{"key":"k"}"#.into(), &set, Code::InvalidArgument, "InvalidArgument", "value is required"),
-        (&[], r#"{"key":"k","value":1,"ttl_ms":"0"}"#.into(), &set, Code::InvalidArgument, "InvalidArgument", "ttl_ms is 0"),
-        (
+    let cases = [
+        refused(
             &[],
-            r#"{"key":"k","value":1,"ttl_ms":"315360000001"}"#.into(),
-            &set,
+            r#"{"key":""}"#,
+            "kv.v1.KvService/Get",
             Code::InvalidArgument,
-            "InvalidArgument",
+            "key is empty",
+        ),
+        refused(
+            &[],
+            r#"{"key":"k"}"#,
+            set,
+            Code::InvalidArgument,
+            "value is required",
+        ),
+        refused(
+            &[],
+            r#"{"key":"k","value":1,"ttl_ms":"0"}"#,
+            set,
+            Code::InvalidArgument,
+            "ttl_ms is 0",
+        ),
+        refused(
+            &[],
+            r#"{"key":"k","value":1,"ttl_ms":"315360000001"}"#,
+            set,
+            Code::InvalidArgument,
             "the limit is 315360000000 ms",
         ),
-        (&[], json!({"key": "k", "value": deep}).to_string(), &set, Code::InvalidArgument, "InvalidArgument", "limit of 32 levels"),
-        (
+        refused(
             &[],
-            json!({"key": "k".repeat(4097), "value": 1}).to_string(),
-            &set,
+            &json!({"key": "k", "value": deep}).to_string(),
+            set,
+            Code::InvalidArgument,
+            "limit of 32 levels",
+        ),
+        refused(
+            &[],
+            &json!({"key": "k".repeat(4097), "value": 1}).to_string(),
+            set,
             Code::ResourceExhausted,
-            "ResourceExhausted",
             "the limit is 4096 bytes",
         ),
-        (
+        refused(
             &[],
-            json!({"key": "big", "value": "v".repeat(16 * 1024 * 1024)}).to_string(),
-            &set,
+            &json!({"key": "big", "value": "v".repeat(16 * 1024 * 1024)}).to_string(),
+            set,
             Code::ResourceExhausted,
-            "ResourceExhausted",
             "the limit is 16777216 bytes",
         ),
-        (
+        refused(
             &["x-kv-project: not/valid"],
-            r#"{"key":"k"}"#.into(),
-            &["kv.v1.KvService/Has"],
+            r#"{"key":"k"}"#,
+            has,
             Code::InvalidArgument,
-            "InvalidArgument",
             "x-kv-project",
         ),
-        (&["x-kv-project: "], r#"{"key":"k"}"#.into(), &["kv.v1.KvService/Has"], Code::InvalidArgument, "InvalidArgument", "empty"),
+        refused(
+            &["x-kv-project: "],
+            r#"{"key":"k"}"#,
+            has,
+            Code::InvalidArgument,
+            "project name is empty",
+        ),
     ];
-    for (headers, data, target, code, name, says) in cases {
-        fails(grpcurl(server.addr, headers, Some(&data), target), code, name, says);
+    for case in cases {
+        let out = grpcurl(server.addr, case.headers, Some(&case.data), &[case.method]);
+        fails(out, case.code, case.says);
     }
     // Nothing was stored, and the server still answers.
-    let has = ok(grpcurl(server.addr, &[], Some(r#"{"key":"k"}"#), &["kv.v1.KvService/Has"]));
-    assert_eq!(has, json!({}));
+    let exists = ok(grpcurl(server.addr, &[], Some(r#"{"key":"k"}"#), &[has]));
+    assert_eq!(exists, json!({}));
+}
+
+/// Every grpcurl command in the README works as written (pointed at this
+/// test's server), and the documented error is the one printed.
+#[test]
+fn readme_grpcurl_commands_work_as_written() {
+    let Some(server) = start() else { return };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut ran = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with("grpcurl ") {
+            continue;
+        }
+        let command = line.replace("127.0.0.1:50051", &server.addr.to_string());
+        let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if lines.get(i + 1) == Some(&"# ERROR:") {
+            for expected in &lines[i + 2..i + 4] {
+                let expected = expected.trim_start_matches('#').trim();
+                assert!(stderr.contains(expected), "{line}: {stderr} lacks {expected:?}");
+            }
+            assert_ne!(out.status.code(), Some(0), "{line} should fail");
+        } else {
+            assert!(out.status.success(), "{line}: {stderr}");
+        }
+        ran += 1;
+    }
+    assert!(ran >= 10, "found only {ran} grpcurl commands in the README");
 }

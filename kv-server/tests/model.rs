@@ -15,11 +15,27 @@ const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Set { p: usize, k: usize, v: u8, ttl: Option<u64> },
-    Get { p: usize, k: usize },
-    Has { p: usize, k: usize },
-    Delete { p: usize, k: usize },
-    Clear { p: usize },
+    Set {
+        p: usize,
+        k: usize,
+        v: u8,
+        ttl: Option<u64>,
+    },
+    Get {
+        p: usize,
+        k: usize,
+    },
+    Has {
+        p: usize,
+        k: usize,
+    },
+    Delete {
+        p: usize,
+        k: usize,
+    },
+    Clear {
+        p: usize,
+    },
     Advance(u64),
     Purge,
 }
@@ -128,9 +144,21 @@ fn racing_writers_keep_the_expiry_index_exact() {
                         1 if i % 1000 == 0 => Mutation::Clear,
                         // Same deadline from different threads, to hit the
                         // duplicate-record case.
-                        2 | 3 => Mutation::Set { key, value: encoded(1), expires_at: Some(5_000) },
-                        4 => Mutation::Set { key, value: encoded(2), expires_at: Some(5_000 + i % 3) },
-                        _ => Mutation::Set { key, value: encoded(3), expires_at: None },
+                        2 | 3 => Mutation::Set {
+                            key,
+                            value: encoded(1),
+                            expires_at: Some(5_000),
+                        },
+                        4 => Mutation::Set {
+                            key,
+                            value: encoded(2),
+                            expires_at: Some(5_000 + i % 3),
+                        },
+                        _ => Mutation::Set {
+                            key,
+                            value: encoded(3),
+                            expires_at: None,
+                        },
                     };
                     store.apply(&project, mutation);
                 }
@@ -141,10 +169,17 @@ fn racing_writers_keep_the_expiry_index_exact() {
         thread.join().unwrap();
     }
     let with_deadline = KEYS.iter().filter(|k| store.has_now(&project, k)).count();
-    assert!(store.pending_expiries() <= with_deadline, "no stale records");
+    assert!(
+        store.pending_expiries() <= with_deadline,
+        "no stale records"
+    );
     clock.advance(10_000);
     store.purge_expired(usize::MAX);
     let live = KEYS.iter().filter(|k| store.has_now(&project, k)).count();
-    assert_eq!(store.stored_entries(), live, "every expired entry was reclaimed");
+    assert_eq!(
+        store.stored_entries(),
+        live,
+        "every expired entry was reclaimed"
+    );
     assert_eq!(store.pending_expiries(), 0);
 }

@@ -10,7 +10,9 @@ use kv_server::{
 };
 use kv_tests::{InProcess, Target};
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 async fn health_client(url: &str) -> HealthClient<tonic::transport::Channel> {
     let channel = tonic::transport::Channel::from_shared(url.to_string())
@@ -39,7 +41,9 @@ async fn active_expiry_reclaims_memory_nobody_reads() {
     let server = InProcess::start().await;
     let kv = server.ctx().client.project("sessions");
     for i in 0..2000 {
-        kv.set_with_ttl(&format!("s{i}"), &"x", Duration::from_millis(1000)).await.unwrap();
+        kv.set_with_ttl(&format!("s{i}"), &"x", Duration::from_millis(1000))
+            .await
+            .unwrap();
     }
     for i in 0..100 {
         kv.set(&format!("keep{i}"), &i).await.unwrap();
@@ -50,7 +54,10 @@ async fn active_expiry_reclaims_memory_nobody_reads() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.store.stored_entries(), 2100, "nothing is due yet");
     server.clock.advance(1);
-    let took = within(Duration::from_secs(3), || server.store.stored_entries() == 100).await;
+    let took = within(Duration::from_secs(3), || {
+        server.store.stored_entries() == 100
+    })
+    .await;
     assert!(took.is_some(), "expired entries reclaimed without any read");
     assert_eq!(server.store.pending_expiries(), 0);
     assert!(kv.has("keep7").await.unwrap());
@@ -76,11 +83,17 @@ async fn active_expiry_on_the_real_clock_reclaims_within_a_second() {
         .unwrap()
         .project("p");
     for i in 0..500 {
-        kv.set_with_ttl(&format!("k{i}"), &i, Duration::from_millis(200)).await.unwrap();
+        kv.set_with_ttl(&format!("k{i}"), &i, Duration::from_millis(200))
+            .await
+            .unwrap();
     }
     // Deadlines are at most 200 ms after the last set; allow a second more.
     let took = within(Duration::from_millis(1200), || store.stored_entries() == 0).await;
-    assert!(took.is_some(), "{} entries left 1.2 s after the last set", store.stored_entries());
+    assert!(
+        took.is_some(),
+        "{} entries left 1.2 s after the last set",
+        store.stored_entries()
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
@@ -186,7 +199,10 @@ async fn shutdown_finishes_in_flight_requests() {
         .unwrap()
         .unwrap();
     // And it no longer accepts calls.
-    assert_eq!(kv.has("k").await.unwrap_err().code(), tonic::Code::Unavailable);
+    assert_eq!(
+        kv.has("k").await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,5 +231,8 @@ async fn health_watchers_see_not_serving_and_do_not_hold_shutdown() {
         .expect("an open watch does not keep the server alive past the grace period")
         .unwrap()
         .unwrap();
-    assert!(stopped_at.elapsed() >= Duration::from_millis(400), "the grace period was honoured");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(400),
+        "the grace period was honoured"
+    );
 }

@@ -24,7 +24,10 @@ fn assert_code<T: Debug>(result: Result<T, Error>, code: Code, says: &str) {
         Ok(v) => panic!("expected {code:?} saying {says:?}, got Ok({v:?})"),
         Err(e) => {
             assert_eq!(e.code(), code, "wrong code for error: {e}");
-            assert!(e.to_string().contains(says), "error {e:?} does not say {says:?}");
+            assert!(
+                e.to_string().contains(says),
+                "error {e:?} does not say {says:?}"
+            );
         }
     }
 }
@@ -116,7 +119,11 @@ pub async fn every_json_type_round_trips(ctx: &Ctx) {
     for (i, value) in values.iter().enumerate() {
         let key = format!("k{i}");
         kv.set(&key, value).await.unwrap();
-        assert_eq!(kv.get::<Json>(&key).await.unwrap().as_ref(), Some(value), "key {key}");
+        assert_eq!(
+            kv.get::<Json>(&key).await.unwrap().as_ref(),
+            Some(value),
+            "key {key}"
+        );
     }
 }
 
@@ -162,7 +169,11 @@ pub async fn typed_values_round_trip(ctx: &Ctx) {
     assert_eq!(kv.get::<Cart>("cart:ada").await.unwrap(), Some(cart));
     // A value of the wrong shape is a decode error, not a panic.
     kv.set("n", &42).await.unwrap();
-    assert_code(kv.get::<Cart>("n").await, Code::FailedPrecondition, "does not match");
+    assert_code(
+        kv.get::<Cart>("n").await,
+        Code::FailedPrecondition,
+        "does not match",
+    );
     assert_eq!(kv.get::<u8>("n").await.unwrap(), Some(42));
 }
 
@@ -197,13 +208,21 @@ pub async fn ttl_expires_key(ctx: &Ctx) {
         Duration::from_millis(1500)
     };
     kv.set_with_ttl("short", &"bye", ttl).await.unwrap();
-    kv.set_with_ttl("long", &"stay", Duration::from_secs(3600)).await.unwrap();
+    kv.set_with_ttl("long", &"stay", Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert!(kv.has("short").await.unwrap());
     ctx.advance(ttl + Duration::from_millis(100)).await;
     assert_eq!(kv.get::<Json>("short").await.unwrap(), None);
     assert!(!kv.has("short").await.unwrap());
-    assert!(!kv.delete("short").await.unwrap(), "an expired key is not deleted live");
-    assert_eq!(kv.get::<String>("long").await.unwrap().as_deref(), Some("stay"));
+    assert!(
+        !kv.delete("short").await.unwrap(),
+        "an expired key is not deleted live"
+    );
+    assert_eq!(
+        kv.get::<String>("long").await.unwrap().as_deref(),
+        Some("stay")
+    );
 }
 
 /// Millisecond resolution: live one millisecond before the deadline, gone at
@@ -213,7 +232,9 @@ pub async fn ttl_deadline_is_exact(ctx: &Ctx) {
         return;
     }
     let kv = ctx.client.project("ttl");
-    kv.set_with_ttl("k", &1, Duration::from_millis(1000)).await.unwrap();
+    kv.set_with_ttl("k", &1, Duration::from_millis(1000))
+        .await
+        .unwrap();
     ctx.advance(Duration::from_millis(999)).await;
     assert!(kv.has("k").await.unwrap());
     ctx.advance(Duration::from_millis(1)).await;
@@ -224,7 +245,9 @@ pub async fn ttl_deadline_is_exact(ctx: &Ctx) {
 /// A set without TTL removes an earlier TTL (Redis SET semantics).
 pub async fn plain_set_removes_earlier_ttl(ctx: &Ctx) {
     let kv = ctx.client.project("ttl");
-    kv.set_with_ttl("k", &1, Duration::from_millis(300)).await.unwrap();
+    kv.set_with_ttl("k", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
     kv.set("k", &2).await.unwrap();
     ctx.advance(Duration::from_millis(400)).await;
     assert_eq!(kv.get::<i32>("k").await.unwrap(), Some(2));
@@ -233,12 +256,22 @@ pub async fn plain_set_removes_earlier_ttl(ctx: &Ctx) {
 /// A set with a TTL replaces the earlier TTL, longer or shorter.
 pub async fn set_with_ttl_replaces_ttl(ctx: &Ctx) {
     let kv = ctx.client.project("ttl");
-    kv.set_with_ttl("longer", &1, Duration::from_millis(300)).await.unwrap();
-    kv.set_with_ttl("longer", &2, Duration::from_secs(3600)).await.unwrap();
-    kv.set_with_ttl("shorter", &1, Duration::from_secs(3600)).await.unwrap();
-    kv.set_with_ttl("shorter", &2, Duration::from_millis(300)).await.unwrap();
+    kv.set_with_ttl("longer", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    kv.set_with_ttl("longer", &2, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    kv.set_with_ttl("shorter", &1, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    kv.set_with_ttl("shorter", &2, Duration::from_millis(300))
+        .await
+        .unwrap();
     kv.set("forever", &1).await.unwrap();
-    kv.set_with_ttl("forever", &2, Duration::from_millis(300)).await.unwrap();
+    kv.set_with_ttl("forever", &2, Duration::from_millis(300))
+        .await
+        .unwrap();
     ctx.advance(Duration::from_millis(400)).await;
     assert_eq!(kv.get::<i32>("longer").await.unwrap(), Some(2));
     assert_eq!(kv.get::<i32>("shorter").await.unwrap(), None);
@@ -256,12 +289,14 @@ pub async fn ttl_zero_and_over_max_are_invalid(ctx: &Ctx) {
         "ttl_ms is 0",
     );
     assert_status(
-        raw.set(request(raw_set("k", one(), Some(MAX_TTL_MS + 1)), None)).await,
+        raw.set(request(raw_set("k", one(), Some(MAX_TTL_MS + 1)), None))
+            .await,
         Code::InvalidArgument,
         &format!("the limit is {MAX_TTL_MS} ms"),
     );
     assert_status(
-        raw.set(request(raw_set("k", one(), Some(u64::MAX)), None)).await,
+        raw.set(request(raw_set("k", one(), Some(u64::MAX)), None))
+            .await,
         Code::InvalidArgument,
         "ttl_ms",
     );
@@ -277,7 +312,9 @@ pub async fn ttl_zero_and_over_max_are_invalid(ctx: &Ctx) {
         "ttl is zero",
     );
     // Sub-millisecond TTLs round up to 1 ms rather than becoming "no TTL".
-    kv.set_with_ttl("tiny", &1, Duration::from_micros(10)).await.unwrap();
+    kv.set_with_ttl("tiny", &1, Duration::from_micros(10))
+        .await
+        .unwrap();
     ctx.advance(Duration::from_millis(5)).await;
     assert!(!kv.has("tiny").await.unwrap());
 }
@@ -291,7 +328,11 @@ pub async fn missing_value_is_invalid(ctx: &Ctx) {
         "value is required",
     );
     assert_status(
-        raw.set(request(raw_set("k", Some(Value { kind: None }), None), None)).await,
+        raw.set(request(
+            raw_set("k", Some(Value { kind: None }), None),
+            None,
+        ))
+        .await,
         Code::InvalidArgument,
         "value is required",
     );
@@ -301,7 +342,8 @@ pub async fn missing_value_is_invalid(ctx: &Ctx) {
         })),
     };
     assert_status(
-        raw.set(request(raw_set("k", Some(kindless_inside), None), None)).await,
+        raw.set(request(raw_set("k", Some(kindless_inside), None), None))
+            .await,
         Code::InvalidArgument,
         "$[1] has no kind",
     );
@@ -313,7 +355,8 @@ pub async fn non_finite_numbers_are_invalid(ctx: &Ctx) {
     let mut raw = ctx.raw.clone();
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert_status(
-            raw.set(request(raw_set("k", Some(number(bad)), None), None)).await,
+            raw.set(request(raw_set("k", Some(number(bad)), None), None))
+                .await,
             Code::InvalidArgument,
             "JSON numbers must be finite",
         );
@@ -323,7 +366,8 @@ pub async fn non_finite_numbers_are_invalid(ctx: &Ctx) {
             })),
         };
         assert_status(
-            raw.set(request(raw_set("k", Some(inside), None), None)).await,
+            raw.set(request(raw_set("k", Some(inside), None), None))
+                .await,
             Code::InvalidArgument,
             r#"$["x"]"#,
         );
@@ -335,7 +379,10 @@ pub async fn non_finite_numbers_are_invalid(ctx: &Ctx) {
 /// more, are INVALID_ARGUMENT naming the limit, and the server lives on.
 pub async fn nesting_limit_is_enforced(ctx: &Ctx) {
     let mut raw = ctx.raw.clone();
-    for (shape, make) in [("lists", nested_lists as fn(usize) -> Value), ("objects", nested_objects)] {
+    for (shape, make) in [
+        ("lists", nested_lists as fn(usize) -> Value),
+        ("objects", nested_objects),
+    ] {
         let key = format!("deep-{shape}");
         raw.set(request(raw_set(&key, Some(make(32)), None), None))
             .await
@@ -348,14 +395,21 @@ pub async fn nesting_limit_is_enforced(ctx: &Ctx) {
         assert_eq!(back.value, Some(make(32)), "{shape} read back");
         for depth in [33, 100, 300] {
             assert_status(
-                raw.set(request(raw_set("too-deep", Some(make(depth)), None), None)).await,
+                raw.set(request(raw_set("too-deep", Some(make(depth)), None), None))
+                    .await,
                 Code::InvalidArgument,
                 "limit of 32 levels",
             );
         }
     }
     // Still serving.
-    assert!(ctx.client.project("default").has("deep-lists").await.unwrap());
+    assert!(
+        ctx.client
+            .project("default")
+            .has("deep-lists")
+            .await
+            .unwrap()
+    );
     // The SDK refuses before sending.
     let deep = (0..33).fold(json!(1), |v, _| json!([v]));
     assert_code(
@@ -379,7 +433,11 @@ pub async fn key_limits_are_enforced(ctx: &Ctx) {
     let too_long = "k".repeat(MAX_KEY_BYTES + 1);
     let says = "the limit is 4096 bytes";
     assert_code(kv.set(&too_long, &1).await, Code::ResourceExhausted, says);
-    assert_code(kv.get::<Json>(&too_long).await, Code::ResourceExhausted, says);
+    assert_code(
+        kv.get::<Json>(&too_long).await,
+        Code::ResourceExhausted,
+        says,
+    );
     assert_code(kv.has(&too_long).await, Code::ResourceExhausted, says);
     assert_code(kv.delete(&too_long).await, Code::ResourceExhausted, says);
     let says = "key is empty";
@@ -395,12 +453,18 @@ pub async fn large_values_work_and_oversize_is_refused(ctx: &Ctx) {
     let kv = ctx.client.project("big");
     let five_mib = "x".repeat(5 * 1024 * 1024);
     kv.set("five", &five_mib).await.unwrap();
-    assert_eq!(kv.get::<String>("five").await.unwrap().as_deref(), Some(five_mib.as_str()));
+    assert_eq!(
+        kv.get::<String>("five").await.unwrap().as_deref(),
+        Some(five_mib.as_str())
+    );
 
     // A string value encodes as tag + varint length (4 bytes here) + bytes.
     let largest = "y".repeat(MAX_VALUE_BYTES - 5);
     kv.set("largest", &largest).await.unwrap();
-    assert_eq!(kv.get::<String>("largest").await.unwrap().map(|s| s.len()), Some(largest.len()));
+    assert_eq!(
+        kv.get::<String>("largest").await.unwrap().map(|s| s.len()),
+        Some(largest.len())
+    );
 
     let just_over = "y".repeat(MAX_VALUE_BYTES - 4);
     assert_code(
@@ -409,7 +473,11 @@ pub async fn large_values_work_and_oversize_is_refused(ctx: &Ctx) {
         &format!("the limit is {MAX_VALUE_BYTES} bytes"),
     );
     let far_over = "z".repeat(MAX_VALUE_BYTES + 4 * 1024 * 1024);
-    assert_code(kv.set("over", &far_over).await, Code::ResourceExhausted, "larger than the limit");
+    assert_code(
+        kv.set("over", &far_over).await,
+        Code::ResourceExhausted,
+        "larger than the limit",
+    );
     assert!(!kv.has("over").await.unwrap());
     assert!(kv.has("five").await.unwrap(), "server still serving");
 }
@@ -420,9 +488,21 @@ pub async fn unsafe_integers_are_refused_by_the_sdk(ctx: &Ctx) {
     let max = 9_007_199_254_740_992_u64;
     kv.set("max", &max).await.unwrap();
     assert_eq!(kv.get::<u64>("max").await.unwrap(), Some(max));
-    assert_code(kv.set("over", &(max + 1)).await, Code::InvalidArgument, "2^53");
-    assert_code(kv.set("over", &json!({"id": u64::MAX})).await, Code::InvalidArgument, "2^53");
-    assert_code(kv.set("over", &i64::MIN).await, Code::InvalidArgument, "2^53");
+    assert_code(
+        kv.set("over", &(max + 1)).await,
+        Code::InvalidArgument,
+        "2^53",
+    );
+    assert_code(
+        kv.set("over", &json!({"id": u64::MAX})).await,
+        Code::InvalidArgument,
+        "2^53",
+    );
+    assert_code(
+        kv.set("over", &i64::MIN).await,
+        Code::InvalidArgument,
+        "2^53",
+    );
     assert!(!kv.has("over").await.unwrap());
 }
 
@@ -438,7 +518,10 @@ pub async fn projects_are_isolated(ctx: &Ctx) {
     assert!(!b.has("only-a").await.unwrap());
     assert!(!b.delete("only-a").await.unwrap());
     assert_eq!(b.clear().await.unwrap(), 1, "b clears only its own key");
-    assert_eq!(a.get::<String>("shared-name").await.unwrap().as_deref(), Some("a's"));
+    assert_eq!(
+        a.get::<String>("shared-name").await.unwrap().as_deref(),
+        Some("a's")
+    );
     assert!(a.has("only-a").await.unwrap());
     assert_eq!(b.get::<Json>("shared-name").await.unwrap(), None);
     // Names differing only in case are different projects.
@@ -452,7 +535,10 @@ pub async fn default_project_when_header_absent(ctx: &Ctx) {
     raw.set(request(raw_set("k", Some(number(7.0)), None), None))
         .await
         .unwrap();
-    assert_eq!(ctx.client.project("default").get::<i32>("k").await.unwrap(), Some(7));
+    assert_eq!(
+        ctx.client.project("default").get::<i32>("k").await.unwrap(),
+        Some(7)
+    );
     assert!(!ctx.client.project("other").has("k").await.unwrap());
 }
 
@@ -463,7 +549,8 @@ pub async fn invalid_project_names_are_refused(ctx: &Ctx) {
     let too_long = "p".repeat(65);
     for bad in ["", "has space", "slash/y", "colon:y", too_long.as_str()] {
         assert_status(
-            raw.has(request(HasRequest { key: "k".into() }, Some(bad))).await,
+            raw.has(request(HasRequest { key: "k".into() }, Some(bad)))
+                .await,
             Code::InvalidArgument,
             "x-kv-project",
         );
@@ -479,7 +566,11 @@ pub async fn invalid_project_names_are_refused(ctx: &Ctx) {
     let latin1 = tonic::metadata::AsciiMetadataValue::try_from(b"caf\xe9".as_slice())
         .expect("obs-text is a legal header value");
     non_ascii.metadata_mut().insert("x-kv-project", latin1);
-    assert_status(raw.has(non_ascii).await, Code::InvalidArgument, "x-kv-project");
+    assert_status(
+        raw.has(non_ascii).await,
+        Code::InvalidArgument,
+        "x-kv-project",
+    );
     let longest = "p".repeat(64);
     ctx.client.project(&longest).set("k", &1).await.unwrap();
     ctx.client.project("A.b_c-9").set("k", &1).await.unwrap();
@@ -492,7 +583,9 @@ pub async fn delete_reports_whether_a_live_key_was_removed(ctx: &Ctx) {
     assert!(kv.delete("k").await.unwrap());
     assert!(!kv.delete("k").await.unwrap());
     assert!(!kv.has("k").await.unwrap());
-    kv.set_with_ttl("t", &1, Duration::from_millis(200)).await.unwrap();
+    kv.set_with_ttl("t", &1, Duration::from_millis(200))
+        .await
+        .unwrap();
     ctx.advance(Duration::from_millis(300)).await;
     assert!(!kv.delete("t").await.unwrap());
     // A deleted key can be written again.
@@ -507,9 +600,15 @@ pub async fn clear_counts_live_keys_and_spares_other_projects(ctx: &Ctx) {
     for i in 0..10 {
         kv.set(&format!("k{i}"), &i).await.unwrap();
     }
-    kv.set_with_ttl("gone1", &1, Duration::from_millis(200)).await.unwrap();
-    kv.set_with_ttl("gone2", &1, Duration::from_millis(200)).await.unwrap();
-    kv.set_with_ttl("alive", &1, Duration::from_secs(3600)).await.unwrap();
+    kv.set_with_ttl("gone1", &1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    kv.set_with_ttl("gone2", &1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    kv.set_with_ttl("alive", &1, Duration::from_secs(3600))
+        .await
+        .unwrap();
     other.set("k0", &"kept").await.unwrap();
     ctx.advance(Duration::from_millis(300)).await;
     assert_eq!(kv.clear().await.unwrap(), 11);
@@ -518,7 +617,10 @@ pub async fn clear_counts_live_keys_and_spares_other_projects(ctx: &Ctx) {
     }
     assert!(!kv.has("alive").await.unwrap());
     assert_eq!(kv.clear().await.unwrap(), 0);
-    assert_eq!(other.get::<String>("k0").await.unwrap().as_deref(), Some("kept"));
+    assert_eq!(
+        other.get::<String>("k0").await.unwrap().as_deref(),
+        Some("kept")
+    );
     assert_eq!(ctx.client.project("never-used").clear().await.unwrap(), 0);
     kv.set("after", &1).await.unwrap();
     assert!(kv.has("after").await.unwrap());
@@ -538,11 +640,20 @@ pub async fn concurrent_writers_lose_no_acknowledged_set(ctx: &Ctx) {
             for r in 0..ROUNDS {
                 project.set(&format!("own-{t}"), &r).await.unwrap();
                 shared.set("hot", &json!([t, r])).await.unwrap();
-                shared.set(&format!("hot-{}", r % 5), &json!([t, r])).await.unwrap();
+                shared
+                    .set(&format!("hot-{}", r % 5), &json!([t, r]))
+                    .await
+                    .unwrap();
                 if r % 10 == 0 {
-                    shared.delete(&format!("hot-{}", (r + 1) % 5)).await.unwrap();
+                    shared
+                        .delete(&format!("hot-{}", (r + 1) % 5))
+                        .await
+                        .unwrap();
                 }
-                assert_eq!(project.get::<usize>(&format!("own-{t}")).await.unwrap(), Some(r));
+                assert_eq!(
+                    project.get::<usize>(&format!("own-{t}")).await.unwrap(),
+                    Some(r)
+                );
             }
         }));
     }
@@ -582,5 +693,8 @@ pub async fn concurrent_writers_lose_no_acknowledged_set(ctx: &Ctx) {
         .await
         .unwrap()
         .expect("hot key present");
-    assert!(written.contains(&hot), "hot = {hot:?} was written by some task");
+    assert!(
+        written.contains(&hot),
+        "hot = {hot:?} was written by some task"
+    );
 }

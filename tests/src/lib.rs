@@ -181,7 +181,9 @@ impl InProcess {
     pub async fn start_with(config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
         let store = Arc::new(MemoryStore::with_clock(clock.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(kv_server::server::run_memory(
@@ -274,14 +276,20 @@ impl BinaryServer {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = addr_tx.send(addr.trim().to_string());
                 }
-                log_writer.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                log_writer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
             }
         });
         let addr = match addr_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(addr) => addr.parse().expect("address in the log line"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("{binary} did not report its address; log: {:?}", log.lock().unwrap_or_else(|p| p.into_inner()));
+                panic!(
+                    "{binary} did not report its address; log: {:?}",
+                    log.lock().unwrap_or_else(|p| p.into_inner())
+                );
             }
         };
         Self {
@@ -328,7 +336,10 @@ impl BinaryServer {
             if let Some(status) = self.child.try_wait().expect("wait for child") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "server did not exit within 10 s of SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -366,4 +377,28 @@ pub fn tool_available(tool: &str, version_arg: &str) -> bool {
         println!("SKIPPED: {tool} not found on PATH (set KV_TEST_REQUIRE_ALL=1 to fail instead)");
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    /// A case written in `conformance.rs` but missing from the macro would
+    /// silently never run.
+    #[test]
+    fn every_case_is_in_the_suite_macro() {
+        let cases = include_str!("conformance.rs");
+        let suite = include_str!("lib.rs");
+        let macro_body = &suite[suite.find("macro_rules! conformance_suite").unwrap()..];
+        let mut count = 0;
+        for line in cases.lines() {
+            if let Some(rest) = line.strip_prefix("pub async fn ") {
+                let name = &rest[..rest.find('(').unwrap()];
+                assert!(
+                    macro_body.contains(&format!("            {name},\n")),
+                    "conformance case {name} is not listed in conformance_suite!"
+                );
+                count += 1;
+            }
+        }
+        assert!(count >= 20, "found only {count} cases");
+    }
 }

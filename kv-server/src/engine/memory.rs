@@ -329,7 +329,11 @@ impl ExpiryIndex {
         }
     }
 
-    fn shard_for(&self, project: &ProjectName, key: &str) -> MutexGuard<'_, BTreeSet<ExpiryRecord>> {
+    fn shard_for(
+        &self,
+        project: &ProjectName,
+        key: &str,
+    ) -> MutexGuard<'_, BTreeSet<ExpiryRecord>> {
         let mut h = self.hasher.build_hasher();
         project.hash(&mut h);
         key.hash(&mut h);
