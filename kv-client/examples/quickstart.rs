@@ -18,9 +18,13 @@ async fn main() -> Result<(), kv_client::Error> {
     let client = kv_client::Client::connect(url).await?;
     let kv = client.project("shop"); // cheap Clone handle, one project's keys
 
-    let ada = User { name: "Ada".into(), visits: 3 };
+    let ada = User {
+        name: "Ada".into(),
+        visits: 3,
+    };
     kv.set("user:1", &ada).await?;
-    kv.set_with_ttl("session:x", &"token-123", Duration::from_secs(3600)).await?;
+    kv.set_with_ttl("session:x", &"token-123", Duration::from_secs(3600))
+        .await?;
 
     let user: Option<User> = kv.get("user:1").await?;
     assert_eq!(user, Some(ada));

@@ -134,7 +134,10 @@ fn readme_quickstart_runs_against_the_binary() {
             "{} not built; run the workspace tests (cargo test --workspace)",
             example.display()
         );
-        println!("SKIPPED: {} not built (run cargo test --workspace)", example.display());
+        println!(
+            "SKIPPED: {} not built (run cargo test --workspace)",
+            example.display()
+        );
         return;
     }
     let server = BinaryServer::start(BIN, &[]);

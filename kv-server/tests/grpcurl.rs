@@ -348,7 +348,8 @@ fn bad_input_gets_its_exact_status() {
 #[test]
 fn readme_grpcurl_commands_work_as_written() {
     let Some(server) = start() else { return };
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let lines: Vec<&str> = readme.lines().collect();
     let mut ran = 0;
     for (i, line) in lines.iter().enumerate() {
@@ -361,7 +362,10 @@ fn readme_grpcurl_commands_work_as_written() {
         if lines.get(i + 1) == Some(&"# ERROR:") {
             for expected in &lines[i + 2..i + 4] {
                 let expected = expected.trim_start_matches('#').trim();
-                assert!(stderr.contains(expected), "{line}: {stderr} lacks {expected:?}");
+                assert!(
+                    stderr.contains(expected),
+                    "{line}: {stderr} lacks {expected:?}"
+                );
             }
             assert_ne!(out.status.code(), Some(0), "{line} should fail");
         } else {
