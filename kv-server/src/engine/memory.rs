@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! `projects` maps a project name to its [`Namespace`], a sharded `DashMap`
+//! `projects` maps a project name to its namespace, a sharded `DashMap`
 //! from key to entry. Reads take one shard read lock of one project; projects
 //! never share a map, so one tenant's hot keys do not contend with another's.
 //!
@@ -10,7 +10,7 @@
 //! bytes and its deadline as absolute unix milliseconds (0 = never). Every
 //! read compares the deadline with the clock, so an expired key is invisible
 //! at once. Memory is reclaimed by [`MemoryStore::purge_expired`], run by the
-//! server's expiry task: an [`ExpiryIndex`] orders `(deadline, project, key)`
+//! server's expiry task: an expiry index orders `(deadline, project, key)`
 //! so each run touches only what is due, never a whole project.
 //!
 //! The index is kept exact under the map's shard lock: every write that adds
