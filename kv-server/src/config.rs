@@ -9,6 +9,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::engine::log::{FsyncPolicy, LogOptions};
+
 /// Default listen address: loopback only, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default data directory.
@@ -23,6 +25,12 @@ pub const DEFAULT_MAX_TTL_MS: u64 = 3650 * 24 * 60 * 60 * 1000;
 pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
 /// Default time in-flight requests get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default fsync policy.
+pub const DEFAULT_FSYNC: &str = "always";
+/// Default log size before a snapshot is considered (64 MiB).
+pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = 64 << 20;
+/// Default segment size (64 MiB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest value limit the server accepts (1 GiB); gRPC frames carry at most
 /// 4 GiB and a single value that size would not be a key-value workload.
 pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
@@ -68,8 +76,10 @@ impl Limits {
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Directory for durable data (used once persistence lands).
+    /// Directory of the log, snapshots and lock file.
     pub data_dir: PathBuf,
+    /// The log's fsync policy, repair switch and sizes.
+    pub log: LogOptions,
     /// Request limits.
     pub limits: Limits,
     /// How often the active expiry task reclaims expired keys.
@@ -87,6 +97,14 @@ impl Default for Config {
                 .parse()
                 .expect("DEFAULT_LISTEN is a valid address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            log: LogOptions {
+                fsync: DEFAULT_FSYNC
+                    .parse()
+                    .expect("DEFAULT_FSYNC is a valid policy"),
+                repair: false,
+                snapshot_min_log_bytes: DEFAULT_SNAPSHOT_MIN_LOG_BYTES,
+                segment_bytes: DEFAULT_SEGMENT_BYTES,
+            },
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
@@ -155,6 +173,10 @@ impl Config {
             1,
             60_000,
         )?;
+        check("--segment-bytes", self.log.segment_bytes, 4096, 1 << 40)?;
+        if let FsyncPolicy::Interval(every) = self.log.fsync {
+            check("--fsync interval", every.as_millis() as u64, 1, 60_000)?;
+        }
         check(
             "--shutdown-grace-ms",
             self.shutdown_grace.as_millis() as u64,
@@ -178,9 +200,29 @@ pub struct Cli {
     #[arg(long, env = "KV_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory for durable data (reserved: this version keeps data in memory only).
+    /// Directory of the log, snapshots and lock file (created if missing).
     #[arg(long, env = "KV_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// When to fsync the log: always (before each reply; survives power
+    /// loss), interval:<ms> (at most <ms> of writes lost on an OS crash) or
+    /// never (the OS decides). A process crash loses nothing in any mode.
+    #[arg(long, env = "KV_FSYNC", default_value = DEFAULT_FSYNC)]
+    pub fsync: FsyncPolicy,
+
+    /// Truncate the log at the first corrupt record instead of refusing to
+    /// start (drops that record and everything after it, and says how much).
+    #[arg(long, env = "KV_REPAIR")]
+    pub repair: bool,
+
+    /// Log bytes before a snapshot is taken (one also needs the log to be
+    /// twice the live data).
+    #[arg(long, env = "KV_SNAPSHOT_MIN_LOG_BYTES", default_value_t = DEFAULT_SNAPSHOT_MIN_LOG_BYTES)]
+    pub snapshot_min_log_bytes: u64,
+
+    /// Size at which a log segment is closed and the next one started.
+    #[arg(long, env = "KV_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES)]
+    pub segment_bytes: u64,
 
     /// Largest key, in bytes.
     #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
@@ -221,6 +263,12 @@ impl Cli {
         let config = Config {
             listen: self.listen,
             data_dir: self.data_dir,
+            log: LogOptions {
+                fsync: self.fsync,
+                repair: self.repair,
+                snapshot_min_log_bytes: self.snapshot_min_log_bytes,
+                segment_bytes: self.segment_bytes,
+            },
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,

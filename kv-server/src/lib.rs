@@ -6,8 +6,10 @@
 //! - [`config`]: flags and `KV_*` environment variables into one [`config::Config`].
 //! - [`service`]: the gRPC handlers: validate, resolve the project, call the
 //!   engine, convert back; errors map to gRPC codes in one place each.
-//! - [`engine`]: the [`engine::Backend`] trait and the embedded in-memory
-//!   engine ([`engine::memory`]) with TTLs and active expiry.
+//! - [`engine`]: the [`engine::Backend`] trait; the in-memory engine
+//!   ([`engine::memory`]) with TTLs and active expiry; the durable embedded
+//!   default ([`engine::log`]): append-only log, group commit, snapshots,
+//!   crash recovery.
 //! - [`value`]: JSON values as stored (canonical encoded `google.protobuf.Value`).
 //! - [`project`]: project names.
 //! - [`server`]: health, reflection and the kv service on a bound listener
@@ -24,8 +26,10 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 //! let addr = listener.local_addr().unwrap();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let server = tokio::spawn(kv_server::server::run(
+//! let store = std::sync::Arc::new(kv_server::engine::memory::MemoryStore::new());
+//! let server = tokio::spawn(kv_server::server::run_memory(
 //!     kv_server::config::Config::default(),
+//!     store,
 //!     listener,
 //!     async { let _ = stopped.await; },
 //! ));

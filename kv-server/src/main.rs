@@ -1,10 +1,10 @@
 //! The `kv-server` binary: parse flags, start logging, bind, serve until
 //! SIGINT or SIGTERM, drain, exit 0.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use kv_server::config::Cli;
+use kv_server::{config::Cli, engine::SystemClock};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -23,6 +23,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Recover before listening: a client that can connect can read
+    // everything acknowledged before the restart.
+    let store = match kv_server::server::open_store(&config, Arc::new(SystemClock)).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -35,7 +44,7 @@ async fn main() -> ExitCode {
         Ok(addr) => tracing::info!("listening on {addr}"),
         Err(e) => tracing::warn!("listening, address unknown: {e}"),
     }
-    match kv_server::server::run(config, listener, shutdown_signal()).await {
+    match kv_server::server::run_durable(config, store, listener, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -11,7 +11,8 @@ use tonic_health::ServingStatus;
 use crate::{
     config::{Config, ConfigError, Limits},
     engine::{
-        Backend,
+        Backend, Clock, SystemClock,
+        log::{DurableStore, OpenError},
         memory::{ExpiryTask, MemoryStore},
     },
     service::KvService,
@@ -29,10 +30,18 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The final flush and fsync of the log failed: writes acknowledged
+    /// under an interval or never policy may not be on stable storage.
+    #[error("final log flush failed: {0}")]
+    Close(#[source] std::io::Error),
 }
 
-/// Runs the server on the embedded in-memory store until `shutdown`
-/// resolves, then drains in-flight requests and stops the expiry task.
+/// Runs the server on the embedded default, the durable store in
+/// `config.data_dir`, until `shutdown` resolves; then drains in-flight
+/// requests, stops the expiry task, and flushes and fsyncs the log.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), kv_server::server::ServeError> {
@@ -51,13 +60,56 @@ pub enum ServeError {
 ///
 /// # Errors
 ///
-/// [`ServeError`] when the configuration is invalid or the transport fails.
+/// [`ServeError`] when the configuration is invalid, the data directory
+/// cannot be opened, or the transport fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    run_memory(config, Arc::new(MemoryStore::new()), listener, shutdown).await
+    let store = open_store(&config, Arc::new(SystemClock)).await?;
+    run_durable(config, store, listener, shutdown).await
+}
+
+/// Opens the durable store of `config` (lock, snapshot, log replay) off
+/// the async threads.
+///
+/// # Errors
+///
+/// [`ServeError::Config`] or [`ServeError::Open`].
+pub async fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<DurableStore>, ServeError> {
+    config.validate()?;
+    let (dir, options) = (config.data_dir.clone(), config.log.clone());
+    let opened = tokio::task::spawn_blocking(move || DurableStore::open(&dir, options, clock))
+        .await
+        .map_err(|e| OpenError::Io {
+            context: "recovery stopped unexpectedly".into(),
+            source: std::io::Error::other(e),
+        })??;
+    Ok(Arc::new(opened))
+}
+
+/// Runs the server on an opened durable store until `shutdown` resolves,
+/// then drains, stops the expiry task, and closes the log.
+///
+/// # Errors
+///
+/// As [`run`], and [`ServeError::Close`] when the final fsync fails.
+pub async fn run_durable(
+    config: Config,
+    store: Arc<DurableStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let expiry = ExpiryTask::spawn(Arc::clone(store.memory()), config.expiry_interval);
+    let served = serve(&config, Arc::clone(&store), listener, shutdown).await;
+    expiry.stop().await;
+    let closed = store.close().await.map_err(ServeError::Close);
+    served.and(closed)
 }
 
 /// [`run`] on a store the caller made (with an injected clock, say).

@@ -59,8 +59,11 @@ async fn sigterm_exits_zero_after_logging_shutdown() {
 fn a_port_in_use_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["--listen", &addr])
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -73,8 +76,11 @@ fn a_port_in_use_is_a_clear_start_up_error() {
 
 #[test]
 fn bad_limits_are_refused_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--max-key-bytes", "0"])
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -83,6 +89,8 @@ fn bad_limits_are_refused_at_start_naming_the_flag() {
     // Environment variables set flags too.
     let out = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
         .env("KV_MAX_TTL_MS", "0")
         .output()
         .unwrap();

@@ -84,7 +84,7 @@ proptest! {
                 Op::Set { p, k, v, ttl } => {
                     let expires_at = ttl.map(|t| now + t);
                     let applied = store.apply(&projects[p], Mutation::Set { key: KEYS[k].into(), value: encoded(v), expires_at });
-                    prop_assert_eq!(applied, Applied::Set);
+                    prop_assert_eq!(applied, Applied { removed: 0 });
                     model.insert((p, k), (v, expires_at));
                 }
                 Op::Get { p, k } => {
@@ -99,12 +99,12 @@ proptest! {
                     let was_live = live(model.get(&(p, k)), now).is_some();
                     model.remove(&(p, k));
                     let applied = store.apply(&projects[p], Mutation::Delete { key: KEYS[k].into() });
-                    prop_assert_eq!(applied, Applied::Deleted(was_live));
+                    prop_assert_eq!(applied, Applied { removed: u64::from(was_live) });
                 }
                 Op::Clear { p } => {
                     let live_count = model.iter().filter(|((mp, _), e)| *mp == p && live(Some(e), now).is_some()).count();
                     model.retain(|(mp, _), _| *mp != p);
-                    prop_assert_eq!(store.apply(&projects[p], Mutation::Clear), Applied::Cleared(live_count as u64));
+                    prop_assert_eq!(store.apply(&projects[p], Mutation::Clear), Applied { removed: live_count as u64 });
                 }
                 Op::Advance(ms) => {
                     clock.advance(ms);
@@ -118,6 +118,8 @@ proptest! {
             // Memory holds exactly the model's entries, and the expiry index
             // one record per entry with a deadline: nothing leaks.
             prop_assert_eq!(store.stored_entries(), model.len());
+            let model_bytes: usize = model.keys().map(|(_, k)| KEYS[*k].len() + 3).sum();
+            prop_assert_eq!(store.data_bytes(), model_bytes as u64);
             prop_assert_eq!(store.pending_expiries(), model.values().filter(|(_, at)| at.is_some()).count());
         }
     }

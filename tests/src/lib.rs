@@ -31,7 +31,7 @@ use std::{
 use kv_proto::v1::kv_service_client::KvServiceClient;
 use kv_server::{
     config::Config,
-    engine::{ManualClock, memory::MemoryStore},
+    engine::{ManualClock, log::DurableStore, memory::MemoryStore},
     server::ServeError,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -40,7 +40,7 @@ use tonic::transport::Channel;
 pub mod conformance;
 
 /// Start of the manual clock: any fixed, realistic unix time in ms.
-const CLOCK_START_MS: u64 = 1_700_000_000_000;
+pub const CLOCK_START_MS: u64 = 1_700_000_000_000;
 
 /// How a case lets time pass.
 #[derive(Clone)]
@@ -228,10 +228,93 @@ impl Target for InProcess {
     }
 }
 
+/// The durable store in this process, in a data directory, on a manual
+/// clock: the embedded default as the binary runs it.
+pub struct InProcessDurable {
+    ctx: Ctx,
+    /// The store behind the server.
+    pub store: Arc<DurableStore>,
+    /// The clock the server reads.
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServeError>>,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl InProcessDurable {
+    /// Starts a server on the data directory `dir` (its `data_dir` is
+    /// ignored) with `clock`, recovering whatever `dir` holds.
+    ///
+    /// # Panics
+    ///
+    /// When the directory cannot be opened or loopback cannot be bound.
+    pub async fn start_in(dir: &std::path::Path, config: Config, clock: Arc<ManualClock>) -> Self {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..config
+        };
+        let store = kv_server::server::open_store(&config, clock.clone())
+            .await
+            .expect("data directory opens");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(kv_server::server::run_durable(
+            config,
+            store.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        Self {
+            ctx,
+            store,
+            clock,
+            stop: Some(stop),
+            handle,
+            _temp_dir: None,
+        }
+    }
+}
+
+impl Target for InProcessDurable {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+        let mut server = Self::start_in(dir.path(), Config::default(), clock).await;
+        server._temp_dir = Some(dir);
+        server
+    }
+
+    fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        drop(self.ctx);
+        let served = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task did not panic");
+        served.expect("server ran and closed its log without error");
+    }
+}
+
 /// The real `kv-server` binary, run as a child process on a free port.
 /// Killed on drop, so a failing test leaves no process behind.
 pub struct BinaryServer {
     child: Child,
+    /// The data directory it runs on.
+    pub data_dir: std::path::PathBuf,
+    /// Owns a temporary data directory when the test did not give one.
+    _temp_dir: Option<tempfile::TempDir>,
     /// The address it listens on.
     pub addr: SocketAddr,
     log: Arc<std::sync::Mutex<Vec<String>>>,
@@ -249,14 +332,43 @@ impl BinaryServer {
         Self::start_with_env(binary, args, &[])
     }
 
+    /// [`BinaryServer::start`] on the data directory `dir` (kept after the
+    /// server stops, for restart tests).
+    ///
+    /// # Panics
+    ///
+    /// As [`BinaryServer::start`].
+    pub fn start_in(binary: &str, dir: &std::path::Path, args: &[&str]) -> Self {
+        Self::spawn(binary, Some(dir), args, &[])
+    }
+
     /// [`BinaryServer::start`] with extra environment variables.
     ///
     /// # Panics
     ///
     /// As [`BinaryServer::start`].
     pub fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(binary, None, args, env)
+    }
+
+    fn spawn(
+        binary: &str,
+        dir: Option<&std::path::Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let temp_dir = match dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().expect("temporary data directory")),
+        };
+        let data_dir = dir
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| temp_dir.as_ref().map(|t| t.path().to_path_buf()))
+            .expect("a data directory");
         let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -294,10 +406,23 @@ impl BinaryServer {
         };
         Self {
             child,
+            data_dir,
+            _temp_dir: temp_dir,
             addr,
             log,
             reader: Some(reader),
         }
+    }
+
+    /// The process id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush) and waits.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Lines the server has written to stderr so far.

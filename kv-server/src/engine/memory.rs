@@ -20,7 +20,10 @@
 use std::{
     collections::BTreeSet,
     hash::{BuildHasher, Hash, Hasher},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -41,13 +44,15 @@ const EXPIRY_SHARDS: usize = 16;
 /// let store = MemoryStore::new();
 /// let p = ProjectName::parse("p").unwrap();
 /// let set = Mutation::Set { key: "k".into(), value: b"\x20\x01".to_vec().into(), expires_at: None };
-/// assert_eq!(store.apply(&p, set), Applied::Set);
+/// assert_eq!(store.apply(&p, set), Applied { removed: 0 });
 /// assert!(store.get_now(&p, "k").is_some());
 /// ```
 pub struct MemoryStore {
     projects: DashMap<ProjectName, Arc<Namespace>>,
     expiry: ExpiryIndex,
     clock: Arc<dyn Clock>,
+    /// Bytes of keys and values held, expired-but-unreclaimed included.
+    data_bytes: AtomicU64,
 }
 
 /// One project's keys.
@@ -93,6 +98,7 @@ impl MemoryStore {
             projects: DashMap::new(),
             expiry: ExpiryIndex::new(),
             clock,
+            data_bytes: AtomicU64::new(0),
         }
     }
 
@@ -144,19 +150,25 @@ impl MemoryStore {
                 expires_at,
             } => {
                 self.apply_set(project, key, value, expires_at.unwrap_or(0));
-                Applied::Set
+                Applied::default()
             }
-            Mutation::Delete { key } => Applied::Deleted(self.apply_delete(project, &key)),
-            Mutation::Clear => Applied::Cleared(self.apply_clear(project)),
+            Mutation::Delete { key } => Applied {
+                removed: u64::from(self.apply_delete(project, &key)),
+            },
+            Mutation::Clear => Applied {
+                removed: self.apply_clear(project),
+            },
         }
     }
 
     fn apply_set(&self, project: &ProjectName, key: Box<str>, value: Box<[u8]>, expires_at: u64) {
         let ns = self.namespace_or_create(project);
+        let added = (key.len() + value.len()) as u64;
         let entry = StoredEntry { value, expires_at };
         match ns.entries.entry(key) {
             MapEntry::Occupied(mut slot) => {
                 let old = slot.get().expires_at;
+                self.shrink(slot.key().len() + slot.get().value.len());
                 if old != expires_at {
                     let mut index = self.expiry.shard_for(project, slot.key());
                     if old != 0 {
@@ -177,6 +189,11 @@ impl MemoryStore {
                 slot.insert(entry);
             }
         }
+        self.data_bytes.fetch_add(added, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, bytes: usize) {
+        self.data_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 
     fn apply_delete(&self, project: &ProjectName, key: &str) -> bool {
@@ -190,6 +207,7 @@ impl MemoryStore {
         ns.entries.remove_if(key, |key, entry| {
             live = entry.is_live(now);
             self.expiry.forget(project, key, entry.expires_at);
+            self.shrink(key.len() + entry.value.len());
             true
         });
         live
@@ -206,6 +224,7 @@ impl MemoryStore {
         ns.entries.retain(|key, entry| {
             live += u64::from(entry.is_live(now));
             self.expiry.forget(project, key, entry.expires_at);
+            self.shrink(key.len() + entry.value.len());
             false
         });
         live
@@ -238,16 +257,77 @@ impl MemoryStore {
             if let Some(ns) = self.namespace(&record.project) {
                 // Only if the entry still carries this deadline: a later set
                 // may have replaced it, and then its own record governs.
-                ns.entries
+                let removed = ns
+                    .entries
                     .remove_if(&*record.key, |_, e| e.expires_at == record.at);
+                if let Some((key, entry)) = removed {
+                    self.shrink(key.len() + entry.value.len());
+                }
             }
         }
         consumed
     }
 
+    /// The absolute deadline (unix ms) of a TTL starting now.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::DeadlineOverflow`] when the deadline would not fit.
+    pub fn deadline(&self, ttl_ms: Option<u64>) -> Result<Option<u64>, EngineError> {
+        ttl_ms
+            .map(|ttl_ms| {
+                self.clock
+                    .now_ms()
+                    .checked_add(ttl_ms)
+                    .ok_or(EngineError::DeadlineOverflow { ttl_ms })
+            })
+            .transpose()
+    }
+
     /// Entries held in memory, expired-but-unreclaimed ones included.
     pub fn stored_entries(&self) -> usize {
         self.projects.iter().map(|ns| ns.entries.len()).sum()
+    }
+
+    /// Bytes of keys and values held in memory (expired-but-unreclaimed
+    /// entries included): the live data a log is compared against.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` with every live entry (project, key, encoded value,
+    /// deadline or 0) and returns how many there were.
+    ///
+    /// The walk is fuzzy: it holds one shard's read lock at a time, so
+    /// writes to other shards go on meanwhile, and an entry written during
+    /// the walk may or may not be seen. A log that replays everything after
+    /// the walk began over its output arrives at the exact state.
+    ///
+    /// # Errors
+    ///
+    /// The first error `f` returns, which stops the walk.
+    pub fn for_each_live<E>(
+        &self,
+        mut f: impl FnMut(&ProjectName, &str, &[u8], u64) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let now = self.clock.now_ms();
+        // Collect the namespaces first so no guard on the projects map is
+        // held while walking one.
+        let namespaces: Vec<(ProjectName, Arc<Namespace>)> = self
+            .projects
+            .iter()
+            .map(|ns| (ns.key().clone(), Arc::clone(ns.value())))
+            .collect();
+        let mut count = 0;
+        for (project, ns) in namespaces {
+            for entry in ns.entries.iter() {
+                if entry.is_live(now) {
+                    f(&project, entry.key(), &entry.value, entry.expires_at)?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
     }
 
     /// Deadline records waiting in the expiry index.
@@ -268,15 +348,7 @@ impl Backend for MemoryStore {
         value: Box<[u8]>,
         ttl_ms: Option<u64>,
     ) -> Result<(), EngineError> {
-        let expires_at = match ttl_ms {
-            None => None,
-            Some(ttl_ms) => Some(
-                self.clock
-                    .now_ms()
-                    .checked_add(ttl_ms)
-                    .ok_or(EngineError::DeadlineOverflow { ttl_ms })?,
-            ),
-        };
+        let expires_at = self.deadline(ttl_ms)?;
         self.apply_set(project, key.into(), value, expires_at.unwrap_or(0));
         Ok(())
     }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use crate::project::ProjectName;
 
+pub mod log;
 pub mod memory;
 
 /// A storage engine holding every project's keys.
@@ -100,14 +101,11 @@ pub enum Mutation {
 }
 
 /// What applying a [`Mutation`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// A set was applied.
-    Set,
-    /// A delete was applied; whether a live key was removed.
-    Deleted(bool),
-    /// A clear was applied; how many live keys it removed.
-    Cleared(u64),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// How many live (unexpired) keys the mutation removed: 0 or 1 for a
+    /// delete, any number for a clear, always 0 for a set.
+    pub removed: u64,
 }
 
 /// A failure of the storage engine.

@@ -1,0 +1,634 @@
+//! The on-disk format shared by log segments and snapshots.
+//!
+//! A file is an 8-byte header (6 magic bytes, `u16` format version, little
+//! endian) followed by frames:
+//!
+//! ```text
+//! len: u32 | len_check: u32 = crc32c(len) ^ MASK | crc: u32 = crc32c(payload) | payload
+//! ```
+//!
+//! `len_check` protects the length on its own, so a flipped bit in a length
+//! is recognised as corruption instead of being taken for a record cut short
+//! by a crash. Payloads are the resulting state, never an operation:
+//!
+//! ```text
+//! 1 Set    project_len: u8, project, key_len: u32, key, expires_at: u64 (0 = never), value_len: u32, value
+//! 2 Delete project_len: u8, project, key_len: u32, key
+//! 3 Clear  project_len: u8, project
+//! 4 End    count: u64          (last frame of a snapshot)
+//! ```
+//!
+//! Written by hand rather than with a serialisation crate: the format is the
+//! product's durability contract, and its torn-tail versus corruption rules
+//! below need exact control of every byte.
+
+use std::io::{self, Read};
+
+use crate::{
+    config::MAX_VALUE_LIMIT,
+    engine::Mutation,
+    project::{MAX_PROJECT_NAME_LEN, ProjectName},
+};
+
+/// Magic bytes of a log segment.
+pub(crate) const LOG_MAGIC: [u8; 6] = *b"KVLOG\0";
+/// Magic bytes of a snapshot.
+pub(crate) const SNAPSHOT_MAGIC: [u8; 6] = *b"KVSNAP";
+/// The format version this build writes and reads.
+pub(crate) const FORMAT_VERSION: u16 = 1;
+/// Bytes of a file header.
+pub(crate) const FILE_HEADER_LEN: usize = 8;
+/// Bytes of a frame header.
+pub(crate) const FRAME_HEADER_LEN: usize = 12;
+/// Largest payload any build of this server writes: the largest allowed
+/// value and key plus framing. A longer length is corruption, never an
+/// allocation.
+pub(crate) const MAX_PAYLOAD_LEN: usize = MAX_VALUE_LIMIT + (1 << 20) + 1024;
+
+const MASK: u32 = 0xa282_ead8;
+
+const SET: u8 = 1;
+const DELETE: u8 = 2;
+const CLEAR: u8 = 3;
+const END: u8 = 4;
+
+/// One decoded payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A mutation of one project.
+    Mutation {
+        /// The project.
+        project: ProjectName,
+        /// The resulting state.
+        mutation: Mutation,
+    },
+    /// The end of a snapshot, with how many entries it holds.
+    End {
+        /// Entries in the snapshot.
+        count: u64,
+    },
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+fn bad(what: impl Into<String>) -> DecodeError {
+    DecodeError(what.into())
+}
+
+/// The 8-byte file header for `magic`.
+pub(crate) fn file_header(magic: [u8; 6]) -> [u8; FILE_HEADER_LEN] {
+    let mut header = [0; FILE_HEADER_LEN];
+    header[..6].copy_from_slice(&magic);
+    header[6..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// Appends one framed record for `mutation` of `project` to `out`.
+pub(crate) fn encode_mutation(out: &mut Vec<u8>, project: &ProjectName, mutation: &Mutation) {
+    frame(out, |payload| match mutation {
+        Mutation::Set {
+            key,
+            value,
+            expires_at,
+        } => {
+            payload.push(SET);
+            put_project(payload, project);
+            put_bytes(payload, key.as_bytes());
+            payload.extend_from_slice(&expires_at.unwrap_or(0).to_le_bytes());
+            put_bytes(payload, value);
+        }
+        Mutation::Delete { key } => {
+            payload.push(DELETE);
+            put_project(payload, project);
+            put_bytes(payload, key.as_bytes());
+        }
+        Mutation::Clear => {
+            payload.push(CLEAR);
+            put_project(payload, project);
+        }
+    });
+}
+
+/// Appends a framed Set record from borrowed parts (snapshots).
+pub(crate) fn encode_set(
+    out: &mut Vec<u8>,
+    project: &ProjectName,
+    key: &str,
+    value: &[u8],
+    expires_at: u64,
+) {
+    frame(out, |payload| {
+        payload.push(SET);
+        put_project(payload, project);
+        put_bytes(payload, key.as_bytes());
+        payload.extend_from_slice(&expires_at.to_le_bytes());
+        put_bytes(payload, value);
+    });
+}
+
+/// Appends the framed End record of a snapshot.
+pub(crate) fn encode_end(out: &mut Vec<u8>, count: u64) {
+    frame(out, |payload| {
+        payload.push(END);
+        payload.extend_from_slice(&count.to_le_bytes());
+    });
+}
+
+fn frame(out: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    write_payload(out);
+    let payload = &out[start + FRAME_HEADER_LEN..];
+    let len = u32::try_from(payload.len()).expect("payloads are bounded by the value limit");
+    let crc = crc32c::crc32c(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&len_check(len).to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn len_check(len: u32) -> u32 {
+    crc32c::crc32c(&len.to_le_bytes()) ^ MASK
+}
+
+fn put_project(out: &mut Vec<u8>, project: &ProjectName) {
+    // Project names are at most 64 ASCII bytes.
+    out.push(project.as_str().len() as u8);
+    out.extend_from_slice(project.as_str().as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("keys and values are bounded");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Decodes one payload. Every length is checked against what is left, so
+/// arbitrary bytes can neither panic nor allocate more than the payload.
+///
+/// # Errors
+///
+/// [`DecodeError`] naming what is wrong.
+pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
+    let mut r = Cursor(payload);
+    let kind = r.u8()?;
+    let record = match kind {
+        SET => {
+            let project = r.project()?;
+            let key = r.key()?;
+            let expires_at = r.u64()?;
+            let value = r.bytes()?.into();
+            Record::Mutation {
+                project,
+                mutation: Mutation::Set {
+                    key,
+                    value,
+                    expires_at: (expires_at != 0).then_some(expires_at),
+                },
+            }
+        }
+        DELETE => Record::Mutation {
+            project: r.project()?,
+            mutation: Mutation::Delete { key: r.key()? },
+        },
+        CLEAR => Record::Mutation {
+            project: r.project()?,
+            mutation: Mutation::Clear,
+        },
+        END => Record::End { count: r.u64()? },
+        other => return Err(bad(format!("unknown record kind {other}"))),
+    };
+    if !r.0.is_empty() {
+        return Err(bad(format!(
+            "{} unexpected bytes after the record",
+            r.0.len()
+        )));
+    }
+    Ok(record)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.0.len() {
+            return Err(bad(format!(
+                "field of {n} bytes runs past the record ({} left)",
+                self.0.len()
+            )));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn project(&mut self) -> Result<ProjectName, DecodeError> {
+        let len = self.u8()? as usize;
+        if len > MAX_PROJECT_NAME_LEN {
+            return Err(bad(format!("project name of {len} bytes")));
+        }
+        let raw = self.take(len)?;
+        let name = std::str::from_utf8(raw).map_err(|_| bad("project name is not UTF-8"))?;
+        ProjectName::parse(name).map_err(|e| bad(e.to_string()))
+    }
+
+    fn key(&mut self) -> Result<Box<str>, DecodeError> {
+        let raw = self.bytes()?;
+        if raw.is_empty() {
+            return Err(bad("empty key"));
+        }
+        std::str::from_utf8(raw)
+            .map(Into::into)
+            .map_err(|_| bad("key is not UTF-8"))
+    }
+}
+
+/// Why reading frames stopped short of a clean end of file.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The file ends inside a frame, or in zeros where a frame should
+    /// start: what an interrupted append leaves. Everything from `offset`
+    /// on is the remains of the interrupted write.
+    #[error("incomplete record at offset {offset}")]
+    Torn {
+        /// Where the incomplete frame starts.
+        offset: u64,
+    },
+    /// Bytes that no append of this format produces.
+    #[error("corrupt record at offset {offset}: {reason}")]
+    Corrupt {
+        /// Where the bad frame starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading failed.
+    #[error("read failed at offset {offset}: {source}")]
+    Io {
+        /// Where reading failed.
+        offset: u64,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads frames from a file of known length.
+pub struct FrameReader<R> {
+    inner: R,
+    offset: u64,
+    len: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Checks the file header (`magic`, version) and positions after it.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::Torn`] when the file is shorter than a header (an
+    /// interrupted creation), [`FrameError::Corrupt`] for a wrong magic or
+    /// an unsupported version.
+    pub fn open(mut inner: R, len: u64, magic: [u8; 6]) -> Result<Self, FrameError> {
+        if len < FILE_HEADER_LEN as u64 {
+            return Err(FrameError::Torn { offset: 0 });
+        }
+        let mut header = [0; FILE_HEADER_LEN];
+        inner
+            .read_exact(&mut header)
+            .map_err(|source| FrameError::Io { offset: 0, source })?;
+        if header[..6] != magic {
+            return Err(FrameError::Corrupt {
+                offset: 0,
+                reason: "not a kv file of this kind (wrong magic bytes)".into(),
+            });
+        }
+        let version = u16::from_le_bytes([header[6], header[7]]);
+        if version != FORMAT_VERSION {
+            return Err(FrameError::Corrupt {
+                offset: 6,
+                reason: format!(
+                    "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+                ),
+            });
+        }
+        Ok(Self {
+            inner,
+            offset: FILE_HEADER_LEN as u64,
+            len,
+        })
+    }
+
+    /// Offset of the next frame: after a clean end, the file's valid length.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads the next payload into `payload`; `Ok(false)` at a clean end of
+    /// file.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError`] as documented on its variants.
+    pub fn next_into(&mut self, payload: &mut Vec<u8>) -> Result<bool, FrameError> {
+        let start = self.offset;
+        let left = self.len - start;
+        if left == 0 {
+            return Ok(false);
+        }
+        if left < FRAME_HEADER_LEN as u64 {
+            return Err(FrameError::Torn { offset: start });
+        }
+        let io = |source| FrameError::Io {
+            offset: start,
+            source,
+        };
+        let mut header = [0; FRAME_HEADER_LEN];
+        self.inner.read_exact(&mut header).map_err(io)?;
+        let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+        let (len, check, crc) = (word(0), word(4), word(8));
+        if check != len_check(len) {
+            // Zeros where a frame should be: space allocated by an append
+            // that never landed.
+            return if header.iter().all(|&b| b == 0) && self.rest_is_zero().map_err(io)? {
+                Err(FrameError::Torn { offset: start })
+            } else {
+                Err(FrameError::Corrupt {
+                    offset: start,
+                    reason: "record length fails its check".into(),
+                })
+            };
+        }
+        let len = len as usize;
+        if len == 0 || len > MAX_PAYLOAD_LEN {
+            return Err(FrameError::Corrupt {
+                offset: start,
+                reason: format!("record length {len} is out of range"),
+            });
+        }
+        let end = start + (FRAME_HEADER_LEN + len) as u64;
+        if end > self.len {
+            return Err(FrameError::Torn { offset: start });
+        }
+        payload.clear();
+        // Grow with the bytes actually read, never to a claimed length.
+        let read = (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(payload)
+            .map_err(io)?;
+        if read != len {
+            return Err(FrameError::Torn { offset: start });
+        }
+        if crc32c::crc32c(payload) != crc {
+            // A crash can leave the last frame's sectors half written; a bad
+            // checksum with data after it cannot come from an append.
+            return if end == self.len {
+                Err(FrameError::Torn { offset: start })
+            } else {
+                Err(FrameError::Corrupt {
+                    offset: start,
+                    reason: "checksum mismatch".into(),
+                })
+            };
+        }
+        self.offset = end;
+        Ok(true)
+    }
+
+    fn rest_is_zero(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = self.inner.read(&mut buf)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn project(name: &str) -> ProjectName {
+        ProjectName::parse(name).unwrap()
+    }
+
+    fn sample() -> Vec<(ProjectName, Mutation)> {
+        vec![
+            (
+                project("a"),
+                Mutation::Set {
+                    key: "k".into(),
+                    value: vec![0x20, 0x01].into(),
+                    expires_at: Some(42),
+                },
+            ),
+            (
+                project("b-2"),
+                Mutation::Set {
+                    key: "ключ".into(),
+                    value: vec![0x1a, 0x00].into(),
+                    expires_at: None,
+                },
+            ),
+            (project("a"), Mutation::Delete { key: "k".into() }),
+            (project("a"), Mutation::Clear),
+        ]
+    }
+
+    fn file(records: &[(ProjectName, Mutation)]) -> Vec<u8> {
+        let mut out = file_header(LOG_MAGIC).to_vec();
+        for (p, m) in records {
+            encode_mutation(&mut out, p, m);
+        }
+        out
+    }
+
+    fn read_all(bytes: &[u8]) -> (Vec<Record>, Result<(), FrameError>) {
+        let mut records = Vec::new();
+        let mut reader = match FrameReader::open(bytes, bytes.len() as u64, LOG_MAGIC) {
+            Ok(r) => r,
+            Err(e) => return (records, Err(e)),
+        };
+        let mut payload = Vec::new();
+        loop {
+            match reader.next_into(&mut payload) {
+                Ok(true) => match decode_payload(&payload) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        return (
+                            records,
+                            Err(FrameError::Corrupt {
+                                offset: 0,
+                                reason: e.to_string(),
+                            }),
+                        );
+                    }
+                },
+                Ok(false) => return (records, Ok(())),
+                Err(e) => return (records, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let sample = sample();
+        let (records, end) = read_all(&file(&sample));
+        end.unwrap();
+        let expected: Vec<Record> = sample
+            .into_iter()
+            .map(|(project, mutation)| Record::Mutation { project, mutation })
+            .collect();
+        assert_eq!(records, expected);
+    }
+
+    #[test]
+    fn every_truncation_is_a_torn_tail_after_the_whole_records() {
+        let sample = sample();
+        let bytes = file(&sample);
+        let mut boundaries = vec![FILE_HEADER_LEN];
+        let mut out = file_header(LOG_MAGIC).to_vec();
+        for (p, m) in &sample {
+            encode_mutation(&mut out, p, m);
+            boundaries.push(out.len());
+        }
+        for cut in 0..bytes.len() {
+            let (records, end) = read_all(&bytes[..cut]);
+            let whole = boundaries
+                .iter()
+                .filter(|&&b| b <= cut)
+                .count()
+                .saturating_sub(1);
+            assert_eq!(records.len(), whole, "cut at {cut}");
+            if boundaries.contains(&cut) {
+                end.unwrap_or_else(|e| panic!("cut at boundary {cut}: {e}"));
+            } else {
+                let expected = boundaries
+                    .iter()
+                    .copied()
+                    .filter(|&b| b <= cut)
+                    .max()
+                    .unwrap_or(0);
+                match end {
+                    Err(FrameError::Torn { offset }) => {
+                        assert_eq!(offset as usize, expected, "cut at {cut}")
+                    }
+                    other => panic!("cut at {cut}: expected torn, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_before_the_tail_are_corruption() {
+        let sample = sample();
+        let bytes = file(&sample);
+        let last_start = {
+            let mut out = file_header(LOG_MAGIC).to_vec();
+            for (p, m) in &sample[..sample.len() - 1] {
+                encode_mutation(&mut out, p, m);
+            }
+            out.len()
+        };
+        for i in FILE_HEADER_LEN..last_start {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            let (_, end) = read_all(&bad);
+            assert!(
+                matches!(end, Err(FrameError::Corrupt { .. })),
+                "flip at {i}: {end:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zeroed_tail_is_torn_and_wrong_version_is_corrupt() {
+        let mut bytes = file(&sample());
+        let len = bytes.len();
+        bytes.extend_from_slice(&[0; 100]);
+        match read_all(&bytes) {
+            (records, Err(FrameError::Torn { offset })) => {
+                assert_eq!(records.len(), 4);
+                assert_eq!(offset as usize, len);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut wrong = file(&sample());
+        wrong[6] = 9;
+        match read_all(&wrong).1 {
+            Err(FrameError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("version 9"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Arbitrary bytes never panic the decoder, and never make it
+        /// allocate past the input.
+        #[test]
+        fn decode_payload_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_payload(&bytes);
+        }
+
+        #[test]
+        fn frame_reader_survives_arbitrary_files(
+            tail in prop::collection::vec(any::<u8>(), 0..512),
+            claimed_extra in 0u64..(1 << 40),
+        ) {
+            let mut bytes = file_header(LOG_MAGIC).to_vec();
+            bytes.extend_from_slice(&tail);
+            let (_, _) = read_all(&bytes);
+            // A file claiming to be longer than it is must error, not hang
+            // or allocate the claimed size.
+            let len = bytes.len() as u64 + claimed_extra;
+            if let Ok(mut reader) = FrameReader::open(bytes.as_slice(), len, LOG_MAGIC) {
+                let mut payload = Vec::new();
+                while let Ok(true) = reader.next_into(&mut payload) {
+                    prop_assert!(payload.len() <= bytes.len());
+                }
+            }
+        }
+
+        #[test]
+        fn valid_frames_with_garbage_payloads_are_rejected_cleanly(payload in prop::collection::vec(any::<u8>(), 1..128)) {
+            let mut out = file_header(LOG_MAGIC).to_vec();
+            frame(&mut out, |p| p.extend_from_slice(&payload));
+            let mut reader = FrameReader::open(out.as_slice(), out.len() as u64, LOG_MAGIC).unwrap();
+            let mut read = Vec::new();
+            prop_assert!(reader.next_into(&mut read).unwrap());
+            prop_assert_eq!(&read, &payload);
+            let _ = decode_payload(&read);
+        }
+    }
+}

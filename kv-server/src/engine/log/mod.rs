@@ -1,0 +1,297 @@
+//! The durable embedded engine: the in-memory store made persistent by an
+//! append-only log and background snapshots.
+//!
+//! # Layout
+//!
+//! - Memory ([`MemoryStore`]) serves every read; the log on disk is the
+//!   source of truth across restarts.
+//! - A write is encoded by the caller, then handed to one writer thread.
+//!   The writer gathers everything pending into one `write` and, under
+//!   [`FsyncPolicy::Always`], one `fdatasync`; only then does it apply the
+//!   batch to memory, in log order, and answer each caller. So the log
+//!   order is the apply order for every key, readers never see a write that
+//!   is not in the log, and a write that cannot be logged is never applied.
+//! - Records carry the resulting state (value with its absolute deadline,
+//!   delete, clear), so replay is idempotent over a fuzzy snapshot.
+//! - When the log outgrows the live data (twice its size, and at least
+//!   `snapshot_min_log_bytes`), the writer starts a new segment and a
+//!   background thread streams memory into a snapshot (one shard read lock
+//!   at a time): temp file, fsync, rename, fsync the directory, and only then
+//!   are the older segments removed.
+//! - Start-up loads the newest snapshot and replays the segments after it
+//!   (see [`DurableStore::open`]).
+//!
+//! Files in the data directory: `LOCK`, `<seq>.log` (segments),
+//! `<seq>.snap` (the state of every segment before `<seq>`), and
+//! `<seq>.snap.tmp` (an unfinished snapshot, removed at start).
+
+use std::{
+    fmt, fs,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{Applied, Backend, EngineError, Mutation, memory::MemoryStore};
+use crate::project::ProjectName;
+
+pub mod codec;
+mod recovery;
+mod snapshot;
+mod writer;
+
+pub use recovery::{LOCK_FILE, OpenError, Recovered};
+
+/// When the log is flushed to stable storage. In every mode a record is
+/// written to the file (handed to the OS) before its write is acknowledged,
+/// so a crash of the process alone (`kill -9`) never loses an acknowledged
+/// write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before acknowledging (default). Acknowledged writes
+    /// survive an OS crash or power loss. Concurrent writes share one
+    /// `fdatasync` (group commit).
+    Always,
+    /// `fdatasync` at most this often, and within this long of a write. An
+    /// OS crash may lose the writes of the last interval.
+    Interval(Duration),
+    /// Never `fdatasync` (the OS flushes when it likes). An OS crash may lose
+    /// any writes not yet flushed by the OS.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    /// Parses `always`, `never` or `interval:<ms>`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kv_server::engine::log::FsyncPolicy;
+    /// assert_eq!("interval:50".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(50))));
+    /// assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+    /// assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| {
+                        format!("{s:?} is not a fsync policy: use always, never or interval:<ms> with ms >= 1")
+                    })?;
+                Ok(Self::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Never => f.write_str("never"),
+            Self::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// How the log behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOptions {
+    /// When to fsync.
+    pub fsync: FsyncPolicy,
+    /// At start, truncate the log at the first corrupt record (and drop what
+    /// follows) instead of refusing to start.
+    pub repair: bool,
+    /// No snapshot before the log holds this many bytes.
+    pub snapshot_min_log_bytes: u64,
+    /// A segment this large is closed and a new one started.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Always,
+            repair: false,
+            snapshot_min_log_bytes: 64 << 20,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+enum Command {
+    Write(Submission),
+    /// Flush, fsync and stop once everything queued before has been written.
+    Shutdown(oneshot::Sender<io::Result<()>>),
+}
+
+struct Submission {
+    project: ProjectName,
+    mutation: Mutation,
+    record: Vec<u8>,
+    reply: oneshot::Sender<Result<Applied, EngineError>>,
+}
+
+/// The durable store: a [`MemoryStore`] behind an append-only log.
+///
+/// ```
+/// use std::sync::Arc;
+/// use kv_server::engine::{Backend, SystemClock, log::{DurableStore, LogOptions}};
+/// use kv_server::project::ProjectName;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let p = ProjectName::parse("p").unwrap();
+/// let store = DurableStore::open(dir.path(), LogOptions::default(), Arc::new(SystemClock)).unwrap();
+/// store.set(&p, "k", b"\x20\x01".to_vec().into(), None).await.unwrap();
+/// store.close().await.unwrap();
+///
+/// let reopened = DurableStore::open(dir.path(), LogOptions::default(), Arc::new(SystemClock)).unwrap();
+/// assert!(reopened.has(&p, "k").await.unwrap());
+/// # reopened.close().await.unwrap();
+/// # });
+/// ```
+pub struct DurableStore {
+    mem: Arc<MemoryStore>,
+    commands: mpsc::Sender<Command>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    dir: PathBuf,
+    recovered: Recovered,
+}
+
+impl DurableStore {
+    /// The in-memory state reads are served from.
+    pub fn memory(&self) -> &Arc<MemoryStore> {
+        &self.mem
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What start-up found and did.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    async fn submit(
+        &self,
+        project: &ProjectName,
+        mutation: Mutation,
+    ) -> Result<Applied, EngineError> {
+        let mut record = Vec::new();
+        codec::encode_mutation(&mut record, project, &mutation);
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission {
+            project: project.clone(),
+            mutation,
+            record,
+            reply,
+        };
+        self.commands
+            .send(Command::Write(submission))
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Writes everything pending, fsyncs, and stops the writer. Later
+    /// writes fail with [`EngineError::Storage`].
+    ///
+    /// # Errors
+    ///
+    /// The final flush or fsync failed.
+    pub async fn close(&self) -> io::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let flushed = if self.commands.send(Command::Shutdown(reply)).is_ok() {
+            answer.await.unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        };
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            // The writer also waits for a snapshot in progress.
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        flushed
+    }
+}
+
+fn closed() -> EngineError {
+    EngineError::Storage {
+        context: "the log writer has stopped".into(),
+        source: io::Error::new(io::ErrorKind::BrokenPipe, "log closed"),
+    }
+}
+
+impl Backend for DurableStore {
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Bytes>, EngineError> {
+        Ok(self.mem.get_now(project, key))
+    }
+
+    async fn set(
+        &self,
+        project: &ProjectName,
+        key: &str,
+        value: Box<[u8]>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let expires_at = self.mem.deadline(ttl_ms)?;
+        let mutation = Mutation::Set {
+            key: key.into(),
+            value,
+            expires_at,
+        };
+        self.submit(project, mutation).await.map(|_| ())
+    }
+
+    async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
+        Ok(self.mem.has_now(project, key))
+    }
+
+    async fn delete(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
+        let applied = self
+            .submit(project, Mutation::Delete { key: key.into() })
+            .await?;
+        Ok(applied.removed > 0)
+    }
+
+    async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
+        Ok(self.submit(project, Mutation::Clear).await?.removed)
+    }
+}
+
+/// File name of segment `seq`.
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.log")
+}
+
+/// File name of the snapshot holding every segment before `seq`.
+fn snapshot_name(seq: u64) -> String {
+    format!("{seq:020}.snap")
+}
+
+/// Makes a directory's entries (new, renamed or removed files) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_file_logged(path: &Path, why: &str) {
+    match fs::remove_file(path) {
+        Ok(()) => tracing::info!(file = %path.display(), "removed {why}"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %path.display(), "could not remove {why}: {e}"),
+    }
+}

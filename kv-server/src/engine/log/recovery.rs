@@ -1,0 +1,467 @@
+//! Opening a data directory: lock it, load the newest snapshot, replay the
+//! segments after it, cut a torn tail, refuse (or with `--repair`, cut)
+//! corruption, then start the writer.
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File, OpenOptions, TryLockError},
+    io::{self, BufReader},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use super::{
+    DurableStore, LogOptions,
+    codec::{self, FrameError, FrameReader, Record},
+    remove_file_logged, segment_name, snapshot, snapshot_name, writer,
+};
+use crate::engine::{Clock, Mutation, memory::MemoryStore};
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// What kind of file a data-directory name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Segment,
+    Snapshot,
+    Temp,
+}
+
+/// Parses `<20 digits>.log`, `.snap` or `.snap.tmp`.
+pub(super) fn parse_name(name: &str) -> Option<(u64, Kind)> {
+    let (digits, kind) = if let Some(d) = name.strip_suffix(".snap.tmp") {
+        (d, Kind::Temp)
+    } else if let Some(d) = name.strip_suffix(".snap") {
+        (d, Kind::Snapshot)
+    } else if let Some(d) = name.strip_suffix(".log") {
+        (d, Kind::Segment)
+    } else {
+        return None;
+    };
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, kind))
+}
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another server holds the directory's lock.
+    #[error("data directory {dir} is in use by another kv-server (it holds the lock on {lock})", dir = .dir.display(), lock = .lock.display())]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A file in the log is damaged before its end.
+    #[error(
+        "{file}: corrupt at offset {offset}: {reason}; start with --repair to truncate the log there and drop what follows",
+        file = .file.display()
+    )]
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file system refused.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+    let context = context.into();
+    move |source| OpenError::Io { context, source }
+}
+
+/// What start-up found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The snapshot loaded (its sequence number), if any.
+    pub snapshot: Option<u64>,
+    /// Entries read from it.
+    pub snapshot_entries: u64,
+    /// Segments replayed after it.
+    pub segments: usize,
+    /// Records replayed from those segments.
+    pub records: u64,
+    /// Bytes of an interrupted last append, cut off.
+    pub torn_bytes: u64,
+    /// Bytes dropped by `--repair` at a corrupt record (and after it).
+    pub repaired_bytes: u64,
+    /// Unfinished snapshot files removed.
+    pub removed_temp_files: usize,
+    /// How long start-up took.
+    pub took: Duration,
+}
+
+enum SegmentEnd {
+    /// Read to the end (possibly after cutting a torn tail).
+    Complete(u64),
+    /// `--repair` cut it at a corrupt record: later segments are void.
+    Cut(u64),
+}
+
+impl DurableStore {
+    /// Opens (creating if needed) the data directory `dir`: takes its lock,
+    /// loads the newest snapshot, replays the log after it, and starts the
+    /// writer on a new segment. Keys whose deadline passed while the server
+    /// was down are not loaded.
+    ///
+    /// A torn tail (an append interrupted by a crash) is cut off with a
+    /// warning. Any other damage stops start-up with an error naming the file
+    /// and offset, unless `options.repair`, which cuts the log there, drops
+    /// what follows, and says how much.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: the directory is locked by another server, unusable,
+    /// or corrupt.
+    pub fn open(dir: &Path, options: LogOptions, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        let started = Instant::now();
+        fs::create_dir_all(dir).map_err(io_error(format!(
+            "cannot create data directory {}",
+            dir.display()
+        )))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    dir: dir.to_path_buf(),
+                    lock: lock_path,
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(io_error(format!("cannot lock {}", lock_path.display()))(e));
+            }
+        }
+
+        let mut recovered = Recovered::default();
+        let (snapshots, segments) = list(dir, &mut recovered)?;
+        let mem = Arc::new(MemoryStore::with_clock(clock));
+        let now = mem.clock().now_ms();
+
+        let base = snapshots.last().copied();
+        if let Some(base) = base {
+            load_snapshot(dir, base, &mem, now, options.repair, &mut recovered)?;
+            recovered.snapshot = Some(base);
+        }
+        let base = base.unwrap_or(0);
+
+        let to_replay: Vec<u64> = segments.range(base..).copied().collect();
+        let mut log_bytes = 0;
+        for (i, &seq) in to_replay.iter().enumerate() {
+            let last = i + 1 == to_replay.len();
+            match replay_segment(dir, seq, &mem, now, last, options.repair, &mut recovered)? {
+                SegmentEnd::Complete(len) => log_bytes += len,
+                SegmentEnd::Cut(len) => {
+                    log_bytes += len;
+                    for &later in &to_replay[i + 1..] {
+                        let path = dir.join(segment_name(later));
+                        recovered.repaired_bytes += fs::metadata(&path).map_or(0, |m| m.len());
+                        remove_file_logged(&path, "segment after a repaired corruption");
+                    }
+                    break;
+                }
+            }
+            recovered.segments += 1;
+        }
+
+        // Start a fresh segment after everything that exists.
+        let next = segments.last().map_or(base, |&s| s + 1).max(base);
+        let file = writer::create_segment(dir, next).map_err(io_error(format!(
+            "cannot create log segment {}",
+            dir.join(segment_name(next)).display()
+        )))?;
+        snapshot::remove_older(dir, base);
+        recovered.took = started.elapsed();
+        tracing::info!(
+            dir = %dir.display(),
+            snapshot = ?recovered.snapshot,
+            snapshot_entries = recovered.snapshot_entries,
+            segments = recovered.segments,
+            records = recovered.records,
+            keys = mem.stored_entries(),
+            took_ms = recovered.took.as_millis() as u64,
+            "recovered"
+        );
+
+        let writer = writer::Writer {
+            dir: dir.to_path_buf(),
+            mem: Arc::clone(&mem),
+            options,
+            file,
+            seq: next,
+            file_len: codec::FILE_HEADER_LEN as u64,
+            log_bytes: log_bytes + codec::FILE_HEADER_LEN as u64,
+            snapshot: None,
+            unsynced: None,
+            dirty_tail: false,
+            _lock: lock,
+        };
+        let (commands, receiver) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("kv-log-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(io_error("cannot start the log writer thread"))?;
+        Ok(Self {
+            mem,
+            commands,
+            writer: Mutex::new(Some(handle)),
+            dir: dir.to_path_buf(),
+            recovered,
+        })
+    }
+}
+
+fn list(
+    dir: &Path,
+    recovered: &mut Recovered,
+) -> Result<(BTreeSet<u64>, BTreeSet<u64>), OpenError> {
+    let mut snapshots = BTreeSet::new();
+    let mut segments = BTreeSet::new();
+    let entries = fs::read_dir(dir).map_err(io_error(format!("cannot list {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error(format!("cannot list {}", dir.display())))?;
+        let name = entry.file_name();
+        match name.to_str().and_then(parse_name) {
+            Some((seq, Kind::Segment)) => {
+                segments.insert(seq);
+            }
+            Some((seq, Kind::Snapshot)) => {
+                snapshots.insert(seq);
+            }
+            Some((_, Kind::Temp)) => {
+                tracing::warn!(file = %entry.path().display(), "removing an unfinished snapshot");
+                remove_file_logged(&entry.path(), "unfinished snapshot");
+                recovered.removed_temp_files += 1;
+            }
+            None => {}
+        }
+    }
+    Ok((snapshots, segments))
+}
+
+type FileReader = FrameReader<BufReader<File>>;
+
+fn open_reader(
+    path: &Path,
+    magic: [u8; 6],
+) -> Result<(u64, Result<FileReader, FrameError>), OpenError> {
+    let file = File::open(path).map_err(io_error(format!("cannot open {}", path.display())))?;
+    let len = file
+        .metadata()
+        .map_err(io_error(format!("cannot read {}", path.display())))?
+        .len();
+    Ok((
+        len,
+        FrameReader::open(BufReader::with_capacity(1 << 20, file), len, magic),
+    ))
+}
+
+fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> OpenError {
+    OpenError::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// A replayed set whose deadline has passed acts as a delete: it must still
+/// override what came before it.
+fn apply_replayed(
+    mem: &MemoryStore,
+    project: &crate::project::ProjectName,
+    mutation: Mutation,
+    now: u64,
+) {
+    let mutation = match mutation {
+        Mutation::Set {
+            key,
+            expires_at: Some(at),
+            ..
+        } if at <= now => Mutation::Delete { key },
+        other => other,
+    };
+    mem.apply(project, mutation);
+}
+
+fn load_snapshot(
+    dir: &Path,
+    base: u64,
+    mem: &MemoryStore,
+    now: u64,
+    repair: bool,
+    recovered: &mut Recovered,
+) -> Result<(), OpenError> {
+    let path = dir.join(snapshot_name(base));
+    let (len, reader) = open_reader(&path, codec::SNAPSHOT_MAGIC)?;
+    let fail = |offset: u64, reason: String, recovered: &mut Recovered| {
+        if repair {
+            recovered.repaired_bytes += len.saturating_sub(offset);
+            tracing::warn!(file = %path.display(), offset, "repair: snapshot corrupt ({reason}); keeping the {} entries before it", recovered.snapshot_entries);
+            Ok(())
+        } else {
+            Err(corrupt(&path, offset, reason))
+        }
+    };
+    let mut reader = match reader {
+        Ok(reader) => reader,
+        Err(e) => return fail(0, e.to_string(), recovered),
+    };
+    let mut payload = Vec::new();
+    loop {
+        let at = reader.offset();
+        match reader.next_into(&mut payload) {
+            Ok(true) => {}
+            Ok(false) => return fail(at, "snapshot ends without its end record".into(), recovered),
+            // A snapshot is renamed into place only once complete: a short
+            // one is damage, not a crash.
+            Err(FrameError::Torn { offset }) => {
+                return fail(offset, "snapshot is cut short".into(), recovered);
+            }
+            Err(FrameError::Corrupt { offset, reason }) => return fail(offset, reason, recovered),
+            Err(FrameError::Io { source, .. }) => {
+                return Err(io_error(format!("cannot read {}", path.display()))(source));
+            }
+        }
+        match codec::decode_payload(&payload) {
+            Ok(Record::Mutation {
+                project,
+                mutation: mutation @ Mutation::Set { .. },
+            }) => {
+                apply_replayed(mem, &project, mutation, now);
+                recovered.snapshot_entries += 1;
+            }
+            Ok(Record::End { count })
+                if count == recovered.snapshot_entries && reader.offset() == len =>
+            {
+                return Ok(());
+            }
+            Ok(Record::End { count }) => {
+                return fail(
+                    at,
+                    format!(
+                        "end record counts {count} entries, the snapshot holds {} (or data follows it)",
+                        recovered.snapshot_entries
+                    ),
+                    recovered,
+                );
+            }
+            Ok(Record::Mutation { .. }) => {
+                return fail(at, "a snapshot holds only set records".into(), recovered);
+            }
+            Err(e) => return fail(at, e.to_string(), recovered),
+        }
+    }
+}
+
+fn replay_segment(
+    dir: &Path,
+    seq: u64,
+    mem: &MemoryStore,
+    now: u64,
+    last: bool,
+    repair: bool,
+    recovered: &mut Recovered,
+) -> Result<SegmentEnd, OpenError> {
+    let path = dir.join(segment_name(seq));
+    let (len, reader) = open_reader(&path, codec::LOG_MAGIC)?;
+    let cut =
+        |offset: u64, reason: String, recovered: &mut Recovered| -> Result<SegmentEnd, OpenError> {
+            if !repair {
+                return Err(corrupt(&path, offset, reason));
+            }
+            truncate(&path, offset)?;
+            recovered.repaired_bytes += len - offset;
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                dropped_bytes = len - offset,
+                "repair: log corrupt ({reason}); truncated here, later segments dropped"
+            );
+            Ok(SegmentEnd::Cut(offset))
+        };
+    let torn = |offset: u64, recovered: &mut Recovered| -> Result<SegmentEnd, OpenError> {
+        recovered.torn_bytes += len - offset;
+        if offset < codec::FILE_HEADER_LEN as u64 {
+            tracing::warn!(file = %path.display(), "removing a segment whose creation was interrupted");
+            fs::remove_file(&path)
+                .map_err(io_error(format!("cannot remove {}", path.display())))?;
+            return Ok(SegmentEnd::Complete(0));
+        }
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            dropped_bytes = len - offset,
+            "truncating an incomplete last record (torn write from a crash)"
+        );
+        truncate(&path, offset)?;
+        Ok(SegmentEnd::Complete(offset))
+    };
+    let mut reader = match reader {
+        Ok(reader) => reader,
+        Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
+        Err(e) => return cut(0, e.to_string(), recovered),
+    };
+    let mut payload = Vec::new();
+    loop {
+        let at = reader.offset();
+        match reader.next_into(&mut payload) {
+            Ok(true) => {}
+            Ok(false) => return Ok(SegmentEnd::Complete(len)),
+            Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
+            Err(FrameError::Torn { offset }) => {
+                return cut(
+                    offset,
+                    "record cut short in a segment that is not the last".into(),
+                    recovered,
+                );
+            }
+            Err(FrameError::Corrupt { offset, reason }) => return cut(offset, reason, recovered),
+            Err(FrameError::Io { source, .. }) => {
+                return Err(io_error(format!("cannot read {}", path.display()))(source));
+            }
+        }
+        match codec::decode_payload(&payload) {
+            Ok(Record::Mutation { project, mutation }) => {
+                apply_replayed(mem, &project, mutation, now);
+                recovered.records += 1;
+            }
+            Ok(Record::End { .. }) => {
+                return cut(at, "snapshot end record in a log segment".into(), recovered);
+            }
+            Err(e) => return cut(at, e.to_string(), recovered),
+        }
+    }
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), OpenError> {
+    let context = || format!("cannot truncate {}", path.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(context()))?;
+    file.set_len(len).map_err(io_error(context()))?;
+    file.sync_all().map_err(io_error(context()))
+}

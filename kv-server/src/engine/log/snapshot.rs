@@ -1,0 +1,85 @@
+//! Writing a snapshot: stream memory out, make it durable, then drop the
+//! segments it replaces.
+
+use std::{
+    fs::{self, File},
+    io::{self, BufWriter, Write},
+    path::Path,
+};
+
+use super::{codec, remove_file_logged, snapshot_name, sync_dir};
+use crate::engine::memory::MemoryStore;
+
+/// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
+/// record of the segments before `base`, then removes those segments and
+/// older snapshots. Failures are logged: the older files stay, so a
+/// recovery still finds everything.
+pub(super) fn write(dir: &Path, mem: &MemoryStore, base: u64) {
+    let started = std::time::Instant::now();
+    match write_file(dir, mem, base) {
+        Ok(count) => {
+            tracing::info!(
+                snapshot = base,
+                entries = count,
+                took_ms = started.elapsed().as_millis() as u64,
+                "snapshot written"
+            );
+            remove_older(dir, base);
+        }
+        Err(e) => tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}"),
+    }
+}
+
+fn write_file(dir: &Path, mem: &MemoryStore, base: u64) -> io::Result<u64> {
+    let name = snapshot_name(base);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&codec::file_header(codec::SNAPSHOT_MAGIC))?;
+        // One entry encoded at a time: memory stays bounded whatever the
+        // data size.
+        let mut record = Vec::new();
+        let count = mem.for_each_live(|project, key, value, expires_at| {
+            record.clear();
+            codec::encode_set(&mut record, project, key, value, expires_at);
+            out.write_all(&record)
+        })?;
+        record.clear();
+        codec::encode_end(&mut record, count);
+        out.write_all(&record)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(&name))?;
+        sync_dir(dir)?;
+        Ok(count)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes the segments and snapshots a durable snapshot at `base` makes
+/// redundant.
+pub(super) fn remove_older(dir: &Path, base: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match super::recovery::parse_name(name) {
+            Some((seq, super::recovery::Kind::Segment)) if seq < base => {
+                remove_file_logged(&entry.path(), "segment replaced by a snapshot")
+            }
+            Some((seq, super::recovery::Kind::Snapshot)) if seq < base => {
+                remove_file_logged(&entry.path(), "older snapshot")
+            }
+            _ => {}
+        }
+    }
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!("could not sync the data directory: {e}");
+    }
+}

@@ -1,0 +1,268 @@
+//! The log writer thread: group commit, rotation, snapshot triggering.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    Command, FsyncPolicy, LogOptions, Submission, codec, segment_name, snapshot, sync_dir,
+};
+use crate::engine::{EngineError, memory::MemoryStore};
+
+/// Most bytes gathered into one write; a single larger record still goes
+/// alone.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// The open segment and everything the writer tracks.
+pub(super) struct Writer {
+    pub(super) dir: PathBuf,
+    pub(super) mem: Arc<MemoryStore>,
+    pub(super) options: LogOptions,
+    pub(super) file: File,
+    pub(super) seq: u64,
+    pub(super) file_len: u64,
+    /// Bytes in the segments a recovery would replay (since the newest
+    /// snapshot's start).
+    pub(super) log_bytes: u64,
+    pub(super) snapshot: Option<JoinHandle<()>>,
+    pub(super) unsynced: Option<Instant>,
+    /// Set when a failed append could not be rolled back: the file may end
+    /// in a partial batch, which must be cut before the next append.
+    pub(super) dirty_tail: bool,
+    /// Held (locked) for as long as the writer runs.
+    pub(super) _lock: File,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let mut batch = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let Some(first) = self.next_command(&commands) else {
+                // Every sender is gone: flush what was written and stop.
+                let _ = self.finish();
+                return;
+            };
+            let mut shutdown = None;
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(submission) => {
+                        bytes += submission.record.len();
+                        batch.push(submission);
+                    }
+                    Command::Shutdown(reply) => {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                }
+                if bytes < MAX_BATCH_BYTES {
+                    next = commands.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch, &mut buf);
+            }
+            if let Some(reply) = shutdown {
+                let _ = reply.send(self.finish());
+                return;
+            }
+            self.after_batch();
+        }
+    }
+
+    /// Waits for the next command; under an interval policy, fsyncs when
+    /// the interval ends with nothing new.
+    fn next_command(&mut self, commands: &mpsc::Receiver<Command>) -> Option<Command> {
+        loop {
+            let deadline = match (self.options.fsync, self.unsynced) {
+                (FsyncPolicy::Interval(every), Some(since)) => since + every,
+                _ => return commands.recv().ok(),
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match commands.recv_timeout(wait) {
+                Ok(command) => return Some(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.sync_in_background(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn sync_in_background(&mut self) {
+        match self.file.sync_data() {
+            Ok(()) => self.unsynced = None,
+            Err(e) => tracing::error!(segment = self.seq, "interval fsync failed: {e}"),
+        }
+    }
+
+    /// One write (and one fsync) for the whole batch, then apply and answer.
+    fn commit(&mut self, batch: &mut Vec<Submission>, buf: &mut Vec<u8>) {
+        buf.clear();
+        for submission in batch.iter() {
+            buf.extend_from_slice(&submission.record);
+        }
+        match self.append(buf) {
+            Ok(()) => {
+                for Submission {
+                    project,
+                    mutation,
+                    reply,
+                    ..
+                } in batch.drain(..)
+                {
+                    let applied = self.mem.apply(&project, mutation);
+                    // The caller may have given up (deadline, hang-up): the
+                    // write stands regardless, as it is in the log.
+                    let _ = reply.send(Ok(applied));
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    segment = self.seq,
+                    "log append failed, {} write(s) refused: {e}",
+                    batch.len()
+                );
+                for submission in batch.drain(..) {
+                    let _ = submission.reply.send(Err(EngineError::Storage {
+                        context: format!("could not append to the log in {}", self.dir.display()),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.dirty_tail {
+            self.rollback()?;
+        }
+        let before = self.file_len;
+        let written = self
+            .file
+            .write_all(buf)
+            .and_then(|()| match self.options.fsync {
+                FsyncPolicy::Always => self.file.sync_data(),
+                FsyncPolicy::Interval(every) => {
+                    let since = *self.unsynced.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= every {
+                        self.file.sync_data()?;
+                        self.unsynced = None;
+                    }
+                    Ok(())
+                }
+                FsyncPolicy::Never => Ok(()),
+            });
+        match written {
+            Ok(()) => {
+                self.file_len += buf.len() as u64;
+                self.log_bytes += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cut the partial batch so disk never holds a write that was
+                // refused; if even that fails, retry before the next append.
+                self.file_len = before;
+                self.dirty_tail = true;
+                if let Err(cut) = self.rollback() {
+                    tracing::error!(segment = self.seq, "could not cut a failed append: {cut}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn rollback(&mut self) -> io::Result<()> {
+        self.file.set_len(self.file_len)?;
+        self.file.sync_data()?;
+        self.dirty_tail = false;
+        Ok(())
+    }
+
+    fn after_batch(&mut self) {
+        if let Some(handle) = self.snapshot.take_if(|h| h.is_finished()) {
+            let _ = handle.join();
+        }
+        let live = self.mem.data_bytes();
+        let want_snapshot = self.snapshot.is_none()
+            && self.log_bytes >= self.options.snapshot_min_log_bytes
+            && self.log_bytes > live.saturating_mul(2);
+        if want_snapshot {
+            self.start_snapshot();
+        } else if self.file_len >= self.options.segment_bytes
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(
+                segment = self.seq,
+                "could not start a new segment, continuing in this one: {e}"
+            );
+        }
+    }
+
+    fn start_snapshot(&mut self) {
+        if let Err(e) = self.rotate() {
+            tracing::warn!(
+                segment = self.seq,
+                "could not start a snapshot (new segment failed): {e}"
+            );
+            return;
+        }
+        // Every record before segment `seq` is applied: the snapshot walk
+        // starts from a state that includes them all.
+        let base = self.seq;
+        let (dir, mem) = (self.dir.clone(), Arc::clone(&self.mem));
+        self.log_bytes = self.file_len;
+        let spawned = std::thread::Builder::new()
+            .name("kv-snapshot".into())
+            .spawn(move || snapshot::write(&dir, &mem, base));
+        match spawned {
+            Ok(handle) => self.snapshot = Some(handle),
+            Err(e) => tracing::warn!("could not start the snapshot thread: {e}"),
+        }
+    }
+
+    /// Closes the current segment and starts the next one.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let seq = self.seq + 1;
+        let file = create_segment(&self.dir, seq)?;
+        self.file = file;
+        self.seq = seq;
+        self.file_len = codec::FILE_HEADER_LEN as u64;
+        self.log_bytes += self.file_len;
+        self.unsynced = None;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if let Some(handle) = self.snapshot.take() {
+            let _ = handle.join();
+        }
+        self.file.flush()?;
+        self.file.sync_data()
+    }
+}
+
+/// Creates segment `seq` with its header, durably (file and directory).
+pub(super) fn create_segment(dir: &std::path::Path, seq: u64) -> io::Result<File> {
+    let path = dir.join(segment_name(seq));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let written = file
+        .write_all(&codec::file_header(codec::LOG_MAGIC))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| sync_dir(dir));
+    if let Err(e) = written {
+        // Leave no half-made segment behind to confuse a recovery.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(file)
+}
