@@ -327,7 +327,11 @@ fn load_snapshot(
     };
     let mut reader = match reader {
         Ok(reader) => reader,
-        Err(e) => return fail(0, e.to_string(), recovered),
+        Err(FrameError::Torn { offset }) => return fail(offset, "snapshot header cut short".into(), recovered),
+        Err(FrameError::Corrupt { offset, reason }) => return fail(offset, reason, recovered),
+        Err(FrameError::Io { source, .. }) => {
+            return Err(io_error(format!("cannot read {}", path.display()))(source));
+        }
     };
     let mut payload = Vec::new();
     loop {
@@ -422,7 +426,13 @@ fn replay_segment(
     let mut reader = match reader {
         Ok(reader) => reader,
         Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
-        Err(e) => return cut(0, e.to_string(), recovered),
+        Err(FrameError::Torn { offset }) => {
+            return cut(offset, "segment header cut short in a segment that is not the last".into(), recovered);
+        }
+        Err(FrameError::Corrupt { offset, reason }) => return cut(offset, reason, recovered),
+        Err(FrameError::Io { source, .. }) => {
+            return Err(io_error(format!("cannot read {}", path.display()))(source));
+        }
     };
     let mut payload = Vec::new();
     loop {

@@ -16,6 +16,7 @@ use crate::engine::memory::MemoryStore;
 /// recovery still finds everything.
 pub(super) fn write(dir: &Path, mem: &MemoryStore, base: u64) {
     let started = std::time::Instant::now();
+    tracing::info!(snapshot = base, "snapshot started");
     match write_file(dir, mem, base) {
         Ok(count) => {
             tracing::info!(

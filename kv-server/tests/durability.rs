@@ -1,0 +1,315 @@
+//! The durable engine in-process: restarts keep the exact state, snapshots
+//! compact the log, damage is cut (torn tail) or refused (corruption), and a
+//! data directory serves one server at a time.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use kv_server::{
+    config::Config,
+    engine::{
+        Backend, ManualClock,
+        log::{DurableStore, FsyncPolicy, LogOptions, OpenError},
+    },
+    project::ProjectName,
+};
+use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
+use serde_json::{Value as Json, json};
+
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    found.sort();
+    found
+}
+
+fn options(fsync: FsyncPolicy) -> LogOptions {
+    LogOptions {
+        fsync,
+        ..LogOptions::default()
+    }
+}
+
+fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<DurableStore, OpenError> {
+    DurableStore::open(dir, options(FsyncPolicy::Always), clock.clone())
+}
+
+fn project(name: &str) -> ProjectName {
+    ProjectName::parse(name).unwrap()
+}
+
+/// The canonical encoding of a small JSON number, as the service stores it.
+fn value(n: u8) -> Box<[u8]> {
+    let mut v = vec![0x11];
+    v.extend_from_slice(&f64::from(n).to_le_bytes());
+    v.into_boxed_slice()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_values_ttls_deletes_and_clears_per_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let server = InProcessDurable::start_in(dir.path(), Config::default(), clock.clone()).await;
+    let (a, b) = (server.ctx().client.project("a"), server.ctx().client.project("b"));
+    a.set("plain", &json!({"x": [1, 2, null]})).await.unwrap();
+    a.set("null", &json!(null)).await.unwrap();
+    a.set_with_ttl("ttl-long", &"stays", Duration::from_secs(3600)).await.unwrap();
+    a.set_with_ttl("ttl-short", &"goes while down", Duration::from_millis(500)).await.unwrap();
+    a.set_with_ttl("ttl-cleared", &1, Duration::from_millis(500)).await.unwrap();
+    a.set("ttl-cleared", &2).await.unwrap();
+    a.set("deleted", &1).await.unwrap();
+    assert!(a.delete("deleted").await.unwrap());
+    a.set("overwritten", &1).await.unwrap();
+    a.set("overwritten", &"two").await.unwrap();
+    b.set("plain", &"b's").await.unwrap();
+    b.set("gone", &1).await.unwrap();
+    assert_eq!(b.clear().await.unwrap(), 2);
+    b.set("after-clear", &true).await.unwrap();
+    server.stop().await;
+
+    clock.advance(600);
+    let server = InProcessDurable::start_in(dir.path(), Config::default(), clock.clone()).await;
+    let (a, b) = (server.ctx().client.project("a"), server.ctx().client.project("b"));
+    assert_eq!(a.get::<Json>("plain").await.unwrap(), Some(json!({"x": [1, 2, null]})));
+    assert_eq!(a.get::<Json>("null").await.unwrap(), Some(Json::Null));
+    assert_eq!(a.get::<String>("ttl-long").await.unwrap().as_deref(), Some("stays"));
+    assert_eq!(a.get::<Json>("ttl-short").await.unwrap(), None, "deadline passed while down");
+    assert_eq!(a.get::<i32>("ttl-cleared").await.unwrap(), Some(2), "a plain set dropped the TTL");
+    assert_eq!(a.get::<Json>("deleted").await.unwrap(), None);
+    assert_eq!(a.get::<String>("overwritten").await.unwrap().as_deref(), Some("two"));
+    assert_eq!(b.get::<Json>("plain").await.unwrap(), None);
+    assert_eq!(b.get::<Json>("gone").await.unwrap(), None);
+    assert_eq!(b.get::<bool>("after-clear").await.unwrap(), Some(true));
+    // Expired keys are not even loaded; the TTL survives with its deadline.
+    assert_eq!(server.store.memory().stored_entries(), 6);
+    clock.advance(3600 * 1000);
+    assert!(!a.has("ttl-long").await.unwrap());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_compact_the_log_and_restart_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let config = Config {
+        log: LogOptions {
+            snapshot_min_log_bytes: 16 * 1024,
+            ..LogOptions::default()
+        },
+        ..Config::default()
+    };
+    let server = InProcessDurable::start_in(dir.path(), config.clone(), clock.clone()).await;
+    let kv = server.ctx().client.project("p");
+    // Overwrites make the log outgrow the live data many times over.
+    for round in 0..40 {
+        for k in 0..20 {
+            kv.set(&format!("k{k}"), &json!({"round": round, "pad": "x".repeat(100)}))
+                .await
+                .unwrap();
+        }
+    }
+    kv.set_with_ttl("ttl", &1, Duration::from_secs(60)).await.unwrap();
+    kv.delete("k0").await.unwrap();
+    let snapshot_written = async {
+        while files(dir.path(), ".snap").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), snapshot_written)
+        .await
+        .expect("a snapshot is written");
+    server.stop().await;
+
+    let snaps = files(dir.path(), ".snap");
+    assert_eq!(snaps.len(), 1, "older snapshots are removed: {snaps:?}");
+    let base = snaps[0].file_stem().unwrap().to_string_lossy().to_string();
+    for segment in files(dir.path(), ".log") {
+        let stem = segment.file_stem().unwrap().to_string_lossy().to_string();
+        assert!(stem >= base, "segment {stem} older than snapshot {base} was removed");
+    }
+    let log_bytes: u64 = files(dir.path(), ".log").iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert!(log_bytes < 40 * 20 * 150, "log compacted to {log_bytes} bytes");
+
+    let server = InProcessDurable::start_in(dir.path(), config, clock.clone()).await;
+    assert!(server.store.recovered().snapshot.is_some());
+    let kv = server.ctx().client.project("p");
+    assert_eq!(kv.get::<Json>("k0").await.unwrap(), None);
+    for k in 1..20 {
+        let v: Json = kv.get(&format!("k{k}")).await.unwrap().unwrap();
+        assert_eq!(v["round"], json!(39), "k{k}");
+    }
+    assert!(kv.has("ttl").await.unwrap());
+    clock.advance(60_000);
+    assert!(!kv.has("ttl").await.unwrap(), "the TTL came back from the snapshot");
+    server.stop().await;
+}
+
+/// Writes three records, returns the directory and the byte range of the
+/// last record in the last segment.
+async fn three_writes(clock: &Arc<ManualClock>) -> (tempfile::TempDir, PathBuf, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), clock).unwrap();
+    let p = project("p");
+    store.set(&p, "a", value(1), None).await.unwrap();
+    store.set(&p, "b", value(2), Some(60_000)).await.unwrap();
+    let segment = files(dir.path(), ".log").pop().unwrap();
+    let before_last = fs::metadata(&segment).unwrap().len();
+    store.set(&p, "c", value(3), None).await.unwrap();
+    store.close().await.unwrap();
+    let end = fs::metadata(&segment).unwrap().len();
+    (dir, segment, before_last, end)
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_record_is_cut_at_every_byte_offset() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let (dir, segment, start, end) = three_writes(&clock).await;
+    let p = project("p");
+    for cut in start..end {
+        let copy = copy_dir(dir.path());
+        let torn = copy.path().join(segment.file_name().unwrap());
+        fs::OpenOptions::new().write(true).open(&torn).unwrap().set_len(cut).unwrap();
+        let store = open(copy.path(), &clock).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(store.recovered().torn_bytes, cut - start, "cut at {cut}");
+        assert_eq!(fs::metadata(&torn).unwrap().len(), start, "tail truncated");
+        assert!(store.has(&p, "a").await.unwrap() && store.has(&p, "b").await.unwrap());
+        assert!(!store.has(&p, "c").await.unwrap(), "cut at {cut}");
+        store.close().await.unwrap();
+        // And the truncated directory opens cleanly again.
+        let again = open(copy.path(), &clock).unwrap();
+        assert_eq!(again.recovered().torn_bytes, 0);
+        again.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_the_middle_stops_start_up_unless_repair() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let (dir, segment, start, _) = three_writes(&clock).await;
+    let mut bytes = fs::read(&segment).unwrap();
+    let flip_at = 8 + 12 + 3; // inside the first record's payload
+    bytes[flip_at] ^= 0x01;
+    fs::write(&segment, &bytes).unwrap();
+    let before = fs::read(&segment).unwrap();
+    match open(dir.path(), &clock) {
+        Err(OpenError::Corrupt { file, offset, reason }) => {
+            assert_eq!(file, segment);
+            assert_eq!(offset, 8, "the damaged record starts after the header");
+            assert!(reason.contains("checksum"), "{reason}");
+            let message = OpenError::Corrupt { file, offset, reason }.to_string();
+            assert!(message.contains("--repair"), "{message}");
+        }
+        Ok(_) => panic!("a corrupt log must not open"),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+    }
+    assert_eq!(fs::read(&segment).unwrap(), before, "a refused start changes nothing");
+
+    let repaired = DurableStore::open(
+        dir.path(),
+        LogOptions {
+            repair: true,
+            ..LogOptions::default()
+        },
+        clock.clone(),
+    )
+    .unwrap();
+    assert_eq!(repaired.recovered().repaired_bytes, bytes.len() as u64 - 8);
+    assert_eq!(repaired.memory().stored_entries(), 0, "everything from the damage on is dropped");
+    let p = project("p");
+    repaired.set(&p, "new", value(9), None).await.unwrap();
+    repaired.close().await.unwrap();
+    let reopened = open(dir.path(), &clock).unwrap();
+    assert!(reopened.has(&p, "new").await.unwrap());
+    reopened.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_temp_snapshots_are_removed_and_wrong_versions_refused() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let (dir, segment, _, _) = three_writes(&clock).await;
+    fs::write(dir.path().join("00000000000000000099.snap.tmp"), b"KVSNAP\x01\x00half a snapshot").unwrap();
+    let store = open(dir.path(), &clock).unwrap();
+    assert_eq!(store.recovered().removed_temp_files, 1);
+    assert_eq!(store.memory().stored_entries(), 3);
+    store.close().await.unwrap();
+    assert!(files(dir.path(), ".tmp").is_empty());
+
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[6] = 7;
+    fs::write(&segment, &bytes).unwrap();
+    match open(dir.path(), &clock) {
+        Err(OpenError::Corrupt { reason, offset, .. }) => {
+            assert_eq!(offset, 6);
+            assert!(reason.contains("format version 7 is not supported"), "{reason}");
+        }
+        Ok(_) => panic!("a log of another version must not open"),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_refused() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        snapshot_min_log_bytes: 4096,
+        ..options(FsyncPolicy::Never)
+    };
+    let store = DurableStore::open(dir.path(), options.clone(), clock.clone()).unwrap();
+    let p = project("p");
+    for i in 0..2000u32 {
+        store.set(&p, &format!("k{}", i % 10), value((i % 200) as u8), None).await.unwrap();
+    }
+    store.close().await.unwrap();
+    let snap = files(dir.path(), ".snap").pop().expect("a snapshot was written");
+    let len = fs::metadata(&snap).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&snap).unwrap().set_len(len - 3).unwrap();
+    match DurableStore::open(dir.path(), options, clock.clone()) {
+        Err(OpenError::Corrupt { file, .. }) => assert_eq!(file, snap),
+        Ok(_) => panic!("a cut snapshot must not open"),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_store_per_directory() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), &clock).unwrap();
+    match open(dir.path(), &clock) {
+        Err(e @ OpenError::Locked { .. }) => {
+            assert!(e.to_string().contains("in use by another kv-server"), "{e}")
+        }
+        Ok(_) => panic!("two stores on one directory"),
+        Err(other) => panic!("expected Locked, got {other}"),
+    }
+    first.close().await.unwrap();
+    // Released on close.
+    open(dir.path(), &clock).unwrap().close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_close_fail_cleanly() {
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &clock).unwrap();
+    store.close().await.unwrap();
+    let err = store.set(&project("p"), "k", value(1), None).await.unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+}
