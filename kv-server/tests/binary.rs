@@ -160,3 +160,81 @@ fn readme_quickstart_runs_against_the_binary() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("quickstart ok: cleared 1 key(s)"));
 }
+
+#[test]
+fn a_second_server_on_the_same_directory_exits_and_touches_nothing() {
+    let first = BinaryServer::start(BIN, &[]);
+    let listing = |dir: &std::path::Path| {
+        let mut files: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let meta = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    meta.modified().unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&first.data_dir);
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&first.data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another kv-server"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening on"),
+        "it never served: {stderr}"
+    );
+    assert_eq!(
+        listing(&first.data_dir),
+        before,
+        "the directory is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_of_the_binary_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinaryServer::start_in(BIN, dir.path(), &[]);
+    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+        .project("p");
+    kv.set("k", &serde_json::json!({"kept": true}))
+        .await
+        .unwrap();
+    kv.set_with_ttl("t", &1, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let server = BinaryServer::start_in(BIN, dir.path(), &[]);
+    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+        .project("p");
+    assert_eq!(
+        kv.get::<serde_json::Value>("k").await.unwrap(),
+        Some(serde_json::json!({"kept": true}))
+    );
+    assert!(kv.has("t").await.unwrap());
+    assert!(
+        server.log().iter().any(|l| l.contains("recovered")),
+        "{:?}",
+        server.log()
+    );
+}

@@ -53,7 +53,12 @@ async fn connect(server: &BinaryServer) -> kv_client::Project {
 
 /// Checks every key against its allowed states, then settles them.
 async fn verify(kv: &kv_client::Project, states: &States, round: usize) {
-    let keys: Vec<(String, KeyState)> = states.lock().unwrap().iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+    let keys: Vec<(String, KeyState)> = states
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect();
     for (key, state) in keys {
         let found: Option<Json> = kv.get(&key).await.expect("get after restart");
         let allowed = found == state.acked || state.in_flight.as_ref().is_some_and(|f| *f == found);
@@ -72,19 +77,32 @@ async fn verify(kv: &kv_client::Project, states: &States, round: usize) {
     }
 }
 
-async fn writer(kv: kv_client::Project, states: States, task: usize, stop: Arc<std::sync::atomic::AtomicBool>) {
+async fn writer(
+    kv: kv_client::Project,
+    states: States,
+    task: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n += 1;
         let key = format!("t{task}-k{}", n % KEYS_PER_TASK as u64);
-        let next = if n % 7 == 0 {
+        let next = if n.is_multiple_of(7) {
             None
         } else {
             Some(json!({"task": task, "n": n, "pad": "p".repeat(1000)}))
         };
-        states.lock().unwrap().entry(key.clone()).or_default().in_flight = Some(next.clone());
+        states
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .in_flight = Some(next.clone());
         let result = match &next {
-            Some(value) if n % 3 == 0 => kv.set_with_ttl(&key, value, Duration::from_secs(3600)).await,
+            Some(value) if n.is_multiple_of(3) => {
+                kv.set_with_ttl(&key, value, Duration::from_secs(3600))
+                    .await
+            }
             Some(value) => kv.set(&key, value).await,
             None => kv.delete(&key).await.map(|_| ()),
         };
@@ -103,7 +121,11 @@ async fn writer(kv: kv_client::Project, states: States, task: usize, stop: Arc<s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_never_loses_an_acknowledged_write() {
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -149,8 +171,14 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         if round % 3 == 1 {
             // Kill the moment a snapshot starts.
             let wait_until = Instant::now() + Duration::from_secs(10);
-            while !server.log()[log_lines_before..].iter().any(|l| l.contains("snapshot started")) {
-                assert!(Instant::now() < wait_until, "round {round}: no snapshot started within 10 s");
+            while !server.log()[log_lines_before..]
+                .iter()
+                .any(|l| l.contains("snapshot started"))
+            {
+                assert!(
+                    Instant::now() < wait_until,
+                    "round {round}: no snapshot started within 10 s"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             killed_at_snapshot_start += 1;
@@ -164,7 +192,13 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         }
         let tmp = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
             .count();
         unfinished_snapshots_found += tmp;
     }
@@ -177,9 +211,17 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         .unwrap()
         .project("bulk");
     for i in (0..PRELOAD).step_by(7) {
-        assert_eq!(bulk.get::<String>(&format!("b{i}")).await.unwrap().map(|s| s.len()), Some(1000));
+        assert_eq!(
+            bulk.get::<String>(&format!("b{i}"))
+                .await
+                .unwrap()
+                .map(|s| s.len()),
+            Some(1000)
+        );
     }
-    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
     assert!(status.success());
     println!(
         "{ROUNDS} kills in {:?}: {killed_at_snapshot_start} as a snapshot started, {unfinished_snapshots_found} unfinished snapshot file(s) left by kills and cleaned up",

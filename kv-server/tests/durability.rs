@@ -57,12 +57,21 @@ async fn restart_keeps_values_ttls_deletes_and_clears_per_project() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let server = InProcessDurable::start_in(dir.path(), Config::default(), clock.clone()).await;
-    let (a, b) = (server.ctx().client.project("a"), server.ctx().client.project("b"));
+    let (a, b) = (
+        server.ctx().client.project("a"),
+        server.ctx().client.project("b"),
+    );
     a.set("plain", &json!({"x": [1, 2, null]})).await.unwrap();
     a.set("null", &json!(null)).await.unwrap();
-    a.set_with_ttl("ttl-long", &"stays", Duration::from_secs(3600)).await.unwrap();
-    a.set_with_ttl("ttl-short", &"goes while down", Duration::from_millis(500)).await.unwrap();
-    a.set_with_ttl("ttl-cleared", &1, Duration::from_millis(500)).await.unwrap();
+    a.set_with_ttl("ttl-long", &"stays", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    a.set_with_ttl("ttl-short", &"goes while down", Duration::from_millis(500))
+        .await
+        .unwrap();
+    a.set_with_ttl("ttl-cleared", &1, Duration::from_millis(500))
+        .await
+        .unwrap();
     a.set("ttl-cleared", &2).await.unwrap();
     a.set("deleted", &1).await.unwrap();
     assert!(a.delete("deleted").await.unwrap());
@@ -76,14 +85,34 @@ async fn restart_keeps_values_ttls_deletes_and_clears_per_project() {
 
     clock.advance(600);
     let server = InProcessDurable::start_in(dir.path(), Config::default(), clock.clone()).await;
-    let (a, b) = (server.ctx().client.project("a"), server.ctx().client.project("b"));
-    assert_eq!(a.get::<Json>("plain").await.unwrap(), Some(json!({"x": [1, 2, null]})));
+    let (a, b) = (
+        server.ctx().client.project("a"),
+        server.ctx().client.project("b"),
+    );
+    assert_eq!(
+        a.get::<Json>("plain").await.unwrap(),
+        Some(json!({"x": [1, 2, null]}))
+    );
     assert_eq!(a.get::<Json>("null").await.unwrap(), Some(Json::Null));
-    assert_eq!(a.get::<String>("ttl-long").await.unwrap().as_deref(), Some("stays"));
-    assert_eq!(a.get::<Json>("ttl-short").await.unwrap(), None, "deadline passed while down");
-    assert_eq!(a.get::<i32>("ttl-cleared").await.unwrap(), Some(2), "a plain set dropped the TTL");
+    assert_eq!(
+        a.get::<String>("ttl-long").await.unwrap().as_deref(),
+        Some("stays")
+    );
+    assert_eq!(
+        a.get::<Json>("ttl-short").await.unwrap(),
+        None,
+        "deadline passed while down"
+    );
+    assert_eq!(
+        a.get::<i32>("ttl-cleared").await.unwrap(),
+        Some(2),
+        "a plain set dropped the TTL"
+    );
     assert_eq!(a.get::<Json>("deleted").await.unwrap(), None);
-    assert_eq!(a.get::<String>("overwritten").await.unwrap().as_deref(), Some("two"));
+    assert_eq!(
+        a.get::<String>("overwritten").await.unwrap().as_deref(),
+        Some("two")
+    );
     assert_eq!(b.get::<Json>("plain").await.unwrap(), None);
     assert_eq!(b.get::<Json>("gone").await.unwrap(), None);
     assert_eq!(b.get::<bool>("after-clear").await.unwrap(), Some(true));
@@ -110,12 +139,17 @@ async fn snapshots_compact_the_log_and_restart_is_exact() {
     // Overwrites make the log outgrow the live data many times over.
     for round in 0..40 {
         for k in 0..20 {
-            kv.set(&format!("k{k}"), &json!({"round": round, "pad": "x".repeat(100)}))
-                .await
-                .unwrap();
+            kv.set(
+                &format!("k{k}"),
+                &json!({"round": round, "pad": "x".repeat(100)}),
+            )
+            .await
+            .unwrap();
         }
     }
-    kv.set_with_ttl("ttl", &1, Duration::from_secs(60)).await.unwrap();
+    kv.set_with_ttl("ttl", &1, Duration::from_secs(60))
+        .await
+        .unwrap();
     kv.delete("k0").await.unwrap();
     let snapshot_written = async {
         while files(dir.path(), ".snap").is_empty() {
@@ -132,10 +166,19 @@ async fn snapshots_compact_the_log_and_restart_is_exact() {
     let base = snaps[0].file_stem().unwrap().to_string_lossy().to_string();
     for segment in files(dir.path(), ".log") {
         let stem = segment.file_stem().unwrap().to_string_lossy().to_string();
-        assert!(stem >= base, "segment {stem} older than snapshot {base} was removed");
+        assert!(
+            stem >= base,
+            "segment {stem} older than snapshot {base} was removed"
+        );
     }
-    let log_bytes: u64 = files(dir.path(), ".log").iter().map(|p| fs::metadata(p).unwrap().len()).sum();
-    assert!(log_bytes < 40 * 20 * 150, "log compacted to {log_bytes} bytes");
+    let log_bytes: u64 = files(dir.path(), ".log")
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        log_bytes < 40 * 20 * 150,
+        "log compacted to {log_bytes} bytes"
+    );
 
     let server = InProcessDurable::start_in(dir.path(), config, clock.clone()).await;
     assert!(server.store.recovered().snapshot.is_some());
@@ -147,7 +190,10 @@ async fn snapshots_compact_the_log_and_restart_is_exact() {
     }
     assert!(kv.has("ttl").await.unwrap());
     clock.advance(60_000);
-    assert!(!kv.has("ttl").await.unwrap(), "the TTL came back from the snapshot");
+    assert!(
+        !kv.has("ttl").await.unwrap(),
+        "the TTL came back from the snapshot"
+    );
     server.stop().await;
 }
 
@@ -184,7 +230,12 @@ async fn a_torn_last_record_is_cut_at_every_byte_offset() {
     for cut in start..end {
         let copy = copy_dir(dir.path());
         let torn = copy.path().join(segment.file_name().unwrap());
-        fs::OpenOptions::new().write(true).open(&torn).unwrap().set_len(cut).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&torn)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         let store = open(copy.path(), &clock).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(store.recovered().torn_bytes, cut - start, "cut at {cut}");
         assert_eq!(fs::metadata(&torn).unwrap().len(), start, "tail truncated");
@@ -201,24 +252,37 @@ async fn a_torn_last_record_is_cut_at_every_byte_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_the_middle_stops_start_up_unless_repair() {
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let (dir, segment, start, _) = three_writes(&clock).await;
+    let (dir, segment, _, _) = three_writes(&clock).await;
     let mut bytes = fs::read(&segment).unwrap();
     let flip_at = 8 + 12 + 3; // inside the first record's payload
     bytes[flip_at] ^= 0x01;
     fs::write(&segment, &bytes).unwrap();
     let before = fs::read(&segment).unwrap();
     match open(dir.path(), &clock) {
-        Err(OpenError::Corrupt { file, offset, reason }) => {
+        Err(OpenError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
             assert_eq!(file, segment);
             assert_eq!(offset, 8, "the damaged record starts after the header");
             assert!(reason.contains("checksum"), "{reason}");
-            let message = OpenError::Corrupt { file, offset, reason }.to_string();
+            let message = OpenError::Corrupt {
+                file,
+                offset,
+                reason,
+            }
+            .to_string();
             assert!(message.contains("--repair"), "{message}");
         }
         Ok(_) => panic!("a corrupt log must not open"),
         Err(other) => panic!("expected Corrupt, got {other}"),
     }
-    assert_eq!(fs::read(&segment).unwrap(), before, "a refused start changes nothing");
+    assert_eq!(
+        fs::read(&segment).unwrap(),
+        before,
+        "a refused start changes nothing"
+    );
 
     let repaired = DurableStore::open(
         dir.path(),
@@ -230,7 +294,11 @@ async fn a_flipped_byte_in_the_middle_stops_start_up_unless_repair() {
     )
     .unwrap();
     assert_eq!(repaired.recovered().repaired_bytes, bytes.len() as u64 - 8);
-    assert_eq!(repaired.memory().stored_entries(), 0, "everything from the damage on is dropped");
+    assert_eq!(
+        repaired.memory().stored_entries(),
+        0,
+        "everything from the damage on is dropped"
+    );
     let p = project("p");
     repaired.set(&p, "new", value(9), None).await.unwrap();
     repaired.close().await.unwrap();
@@ -243,7 +311,11 @@ async fn a_flipped_byte_in_the_middle_stops_start_up_unless_repair() {
 async fn leftover_temp_snapshots_are_removed_and_wrong_versions_refused() {
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let (dir, segment, _, _) = three_writes(&clock).await;
-    fs::write(dir.path().join("00000000000000000099.snap.tmp"), b"KVSNAP\x01\x00half a snapshot").unwrap();
+    fs::write(
+        dir.path().join("00000000000000000099.snap.tmp"),
+        b"KVSNAP\x01\x00half a snapshot",
+    )
+    .unwrap();
     let store = open(dir.path(), &clock).unwrap();
     assert_eq!(store.recovered().removed_temp_files, 1);
     assert_eq!(store.memory().stored_entries(), 3);
@@ -256,7 +328,10 @@ async fn leftover_temp_snapshots_are_removed_and_wrong_versions_refused() {
     match open(dir.path(), &clock) {
         Err(OpenError::Corrupt { reason, offset, .. }) => {
             assert_eq!(offset, 6);
-            assert!(reason.contains("format version 7 is not supported"), "{reason}");
+            assert!(
+                reason.contains("format version 7 is not supported"),
+                "{reason}"
+            );
         }
         Ok(_) => panic!("a log of another version must not open"),
         Err(other) => panic!("expected Corrupt, got {other}"),
@@ -274,12 +349,22 @@ async fn a_damaged_snapshot_is_refused() {
     let store = DurableStore::open(dir.path(), options.clone(), clock.clone()).unwrap();
     let p = project("p");
     for i in 0..2000u32 {
-        store.set(&p, &format!("k{}", i % 10), value((i % 200) as u8), None).await.unwrap();
+        store
+            .set(&p, &format!("k{}", i % 10), value((i % 200) as u8), None)
+            .await
+            .unwrap();
     }
     store.close().await.unwrap();
-    let snap = files(dir.path(), ".snap").pop().expect("a snapshot was written");
+    let snap = files(dir.path(), ".snap")
+        .pop()
+        .expect("a snapshot was written");
     let len = fs::metadata(&snap).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&snap).unwrap().set_len(len - 3).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&snap)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
     match DurableStore::open(dir.path(), options, clock.clone()) {
         Err(OpenError::Corrupt { file, .. }) => assert_eq!(file, snap),
         Ok(_) => panic!("a cut snapshot must not open"),
@@ -310,6 +395,9 @@ async fn writes_after_close_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), &clock).unwrap();
     store.close().await.unwrap();
-    let err = store.set(&project("p"), "k", value(1), None).await.unwrap_err();
+    let err = store
+        .set(&project("p"), "k", value(1), None)
+        .await
+        .unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
 }

@@ -18,10 +18,23 @@ const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Set { p: usize, k: usize, v: u8, ttl: Option<u64> },
-    Get { p: usize, k: usize },
-    Delete { p: usize, k: usize },
-    Clear { p: usize },
+    Set {
+        p: usize,
+        k: usize,
+        v: u8,
+        ttl: Option<u64>,
+    },
+    Get {
+        p: usize,
+        k: usize,
+    },
+    Delete {
+        p: usize,
+        k: usize,
+    },
+    Clear {
+        p: usize,
+    },
     Advance(u64),
     Restart,
 }

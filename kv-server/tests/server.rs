@@ -198,10 +198,15 @@ async fn shutdown_finishes_in_flight_requests() {
         .expect("server returns after draining")
         .unwrap()
         .unwrap();
-    // And it no longer accepts calls.
-    assert_eq!(
-        kv.has("k").await.unwrap_err().code(),
-        tonic::Code::Unavailable
+    // And it no longer accepts calls (the exact code depends on whether the
+    // client saw the connection close before or while sending).
+    let refused = kv.has("k").await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "{refused}"
     );
 }
 

@@ -275,7 +275,7 @@ fn open_reader(
         .len();
     Ok((
         len,
-        FrameReader::open(BufReader::with_capacity(1 << 20, file), len, magic),
+        FrameReader::open(BufReader::with_capacity(4 << 20, file), len, magic),
     ))
 }
 
@@ -325,59 +325,107 @@ fn load_snapshot(
             Err(corrupt(&path, offset, reason))
         }
     };
-    let mut reader = match reader {
+    let reader = match reader {
         Ok(reader) => reader,
-        Err(FrameError::Torn { offset }) => return fail(offset, "snapshot header cut short".into(), recovered),
+        Err(FrameError::Torn { offset }) => {
+            return fail(offset, "snapshot header cut short".into(), recovered);
+        }
         Err(FrameError::Corrupt { offset, reason }) => return fail(offset, reason, recovered),
         Err(FrameError::Io { source, .. }) => {
             return Err(io_error(format!("cannot read {}", path.display()))(source));
         }
     };
-    let mut payload = Vec::new();
-    loop {
-        let at = reader.offset();
-        match reader.next_into(&mut payload) {
-            Ok(true) => {}
-            Ok(false) => return fail(at, "snapshot ends without its end record".into(), recovered),
-            // A snapshot is renamed into place only once complete: a short
-            // one is damage, not a crash.
-            Err(FrameError::Torn { offset }) => {
-                return fail(offset, "snapshot is cut short".into(), recovered);
-            }
-            Err(FrameError::Corrupt { offset, reason }) => return fail(offset, reason, recovered),
-            Err(FrameError::Io { source, .. }) => {
-                return Err(io_error(format!("cannot read {}", path.display()))(source));
-            }
+    let mut end = None;
+    let mut entries = 0;
+    let streamed = for_each_record(reader, |at, record| match record {
+        _ if end.is_some() => Err("data after the snapshot's end record".into()),
+        Record::Mutation {
+            project,
+            mutation: mutation @ Mutation::Set { .. },
+        } => {
+            apply_replayed(mem, &project, mutation, now);
+            entries += 1;
+            Ok(())
         }
-        match codec::decode_payload(&payload) {
-            Ok(Record::Mutation {
-                project,
-                mutation: mutation @ Mutation::Set { .. },
-            }) => {
-                apply_replayed(mem, &project, mutation, now);
-                recovered.snapshot_entries += 1;
-            }
-            Ok(Record::End { count })
-                if count == recovered.snapshot_entries && reader.offset() == len =>
-            {
-                return Ok(());
-            }
-            Ok(Record::End { count }) => {
-                return fail(
-                    at,
-                    format!(
-                        "end record counts {count} entries, the snapshot holds {} (or data follows it)",
-                        recovered.snapshot_entries
-                    ),
-                    recovered,
-                );
-            }
-            Ok(Record::Mutation { .. }) => {
-                return fail(at, "a snapshot holds only set records".into(), recovered);
-            }
-            Err(e) => return fail(at, e.to_string(), recovered),
+        Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
+        Record::End { count } => {
+            end = Some((at, count));
+            Ok(())
+        }
+    });
+    recovered.snapshot_entries = entries;
+    match (streamed, end) {
+        (Ok(()), Some((_, count))) if count == entries => Ok(()),
+        (Ok(()), Some((at, count))) => fail(
+            at,
+            format!("end record counts {count} entries, the snapshot holds {entries}"),
+            recovered,
+        ),
+        (Ok(()), None) => fail(
+            len,
+            "snapshot ends without its end record".into(),
+            recovered,
+        ),
+        // A snapshot is renamed into place only once complete: a short one
+        // is damage, not a crash.
+        (Err(FrameError::Torn { offset }), _) => {
+            fail(offset, "snapshot is cut short".into(), recovered)
+        }
+        (Err(FrameError::Corrupt { offset, reason }), _) => fail(offset, reason, recovered),
+        (Err(FrameError::Io { source, .. }), _) => {
+            Err(io_error(format!("cannot read {}", path.display()))(source))
         }
     }
+}
+
+/// Calls `each` with every record of `reader`, in order, with its offset.
+/// Frames are read and decoded on a second thread while `each` applies
+/// them, which splits a replay over two cores. A decode error, or an error
+/// `each` returns, ends the stream as corruption at that record's offset.
+fn for_each_record(
+    mut reader: FileReader,
+    mut each: impl FnMut(u64, Record) -> Result<(), String>,
+) -> Result<(), FrameError> {
+    const BATCH: usize = 4096;
+    type Batch = Vec<Result<(u64, Record), FrameError>>;
+    let (batches, received) = mpsc::sync_channel::<Batch>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut payload = Vec::new();
+            let mut last_project = None;
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let at = reader.offset();
+                let item = match reader.next_into(&mut payload) {
+                    Ok(true) => codec::decode_payload_cached(&payload, &mut last_project)
+                        .map(|record| (at, record))
+                        .map_err(|e| FrameError::Corrupt {
+                            offset: at,
+                            reason: e.to_string(),
+                        }),
+                    Ok(false) => break,
+                    Err(e) => Err(e),
+                };
+                let stop = item.is_err();
+                batch.push(item);
+                if stop || batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    // A send fails when the consumer stopped early.
+                    if batches.send(full).is_err() || stop {
+                        return;
+                    }
+                }
+            }
+            let _ = batches.send(batch);
+        });
+        for batch in received {
+            for item in batch {
+                let (at, record) = item?;
+                each(at, record).map_err(|reason| FrameError::Corrupt { offset: at, reason })?;
+            }
+        }
+        Ok(())
+    })
 }
 
 fn replay_segment(
@@ -423,45 +471,42 @@ fn replay_segment(
         truncate(&path, offset)?;
         Ok(SegmentEnd::Complete(offset))
     };
-    let mut reader = match reader {
+    let reader = match reader {
         Ok(reader) => reader,
         Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
         Err(FrameError::Torn { offset }) => {
-            return cut(offset, "segment header cut short in a segment that is not the last".into(), recovered);
+            return cut(
+                offset,
+                "segment header cut short in a segment that is not the last".into(),
+                recovered,
+            );
         }
         Err(FrameError::Corrupt { offset, reason }) => return cut(offset, reason, recovered),
         Err(FrameError::Io { source, .. }) => {
             return Err(io_error(format!("cannot read {}", path.display()))(source));
         }
     };
-    let mut payload = Vec::new();
-    loop {
-        let at = reader.offset();
-        match reader.next_into(&mut payload) {
-            Ok(true) => {}
-            Ok(false) => return Ok(SegmentEnd::Complete(len)),
-            Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
-            Err(FrameError::Torn { offset }) => {
-                return cut(
-                    offset,
-                    "record cut short in a segment that is not the last".into(),
-                    recovered,
-                );
-            }
-            Err(FrameError::Corrupt { offset, reason }) => return cut(offset, reason, recovered),
-            Err(FrameError::Io { source, .. }) => {
-                return Err(io_error(format!("cannot read {}", path.display()))(source));
-            }
+    let mut records = 0;
+    let streamed = for_each_record(reader, |_, record| match record {
+        Record::Mutation { project, mutation } => {
+            apply_replayed(mem, &project, mutation, now);
+            records += 1;
+            Ok(())
         }
-        match codec::decode_payload(&payload) {
-            Ok(Record::Mutation { project, mutation }) => {
-                apply_replayed(mem, &project, mutation, now);
-                recovered.records += 1;
-            }
-            Ok(Record::End { .. }) => {
-                return cut(at, "snapshot end record in a log segment".into(), recovered);
-            }
-            Err(e) => return cut(at, e.to_string(), recovered),
+        Record::End { .. } => Err("snapshot end record in a log segment".into()),
+    });
+    recovered.records += records;
+    match streamed {
+        Ok(()) => Ok(SegmentEnd::Complete(len)),
+        Err(FrameError::Torn { offset }) if last => torn(offset, recovered),
+        Err(FrameError::Torn { offset }) => cut(
+            offset,
+            "record cut short in a segment that is not the last".into(),
+            recovered,
+        ),
+        Err(FrameError::Corrupt { offset, reason }) => cut(offset, reason, recovered),
+        Err(FrameError::Io { source, .. }) => {
+            Err(io_error(format!("cannot read {}", path.display()))(source))
         }
     }
 }
