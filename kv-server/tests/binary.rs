@@ -238,3 +238,63 @@ async fn a_restart_of_the_binary_keeps_the_data() {
         server.log()
     );
 }
+
+#[tokio::test]
+async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinaryServer::start_in(BIN, dir.path(), &[]);
+    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+        .project("p");
+    for i in 0..10 {
+        kv.set(&format!("k{i}"), &i).await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+
+    // Flip a byte inside the 5th record of the segment that holds them.
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let record_len = (bytes.len() - 8) / 10;
+    let offset = 8 + 4 * record_len;
+    bytes[offset + 20] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&format!("corrupt at offset {offset}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--repair"), "{stderr}");
+
+    let server = BinaryServer::start_in(BIN, dir.path(), &["--repair"]);
+    assert!(
+        server.log().iter().any(|l| l.contains("repair")
+            && l.contains(&format!("dropped_bytes={}", bytes.len() - offset))),
+        "{:?}",
+        server.log()
+    );
+    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+        .project("p");
+    for i in 0..10 {
+        assert_eq!(kv.has(&format!("k{i}")).await.unwrap(), i < 4, "k{i}");
+    }
+}
