@@ -39,10 +39,7 @@ kv_tests::conformance_suite!(Binary);
 #[tokio::test]
 async fn sigterm_exits_zero_after_logging_shutdown() {
     let server = BinaryServer::start(BIN, &[]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     kv.set("k", &1).await.unwrap();
     let (status, log) = tokio::task::spawn_blocking(move || server.terminate_with_log())
         .await
@@ -101,10 +98,7 @@ fn bad_limits_are_refused_at_start_naming_the_flag() {
 #[tokio::test]
 async fn limits_from_flags_and_environment_apply() {
     let server = BinaryServer::start(BIN, &["--max-key-bytes", "8"]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     kv.set("12345678", &1).await.unwrap();
     let err = kv.set("123456789", &1).await.unwrap_err();
     assert_eq!(err.code(), kv_client::Code::ResourceExhausted);
@@ -112,10 +106,7 @@ async fn limits_from_flags_and_environment_apply() {
     drop(server);
 
     let server = BinaryServer::start_with_env(BIN, &[], &[("KV_MAX_TTL_MS", "1000")]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     kv.set_with_ttl("k", &1, Duration::from_millis(1000))
         .await
         .unwrap();
@@ -208,10 +199,7 @@ fn a_second_server_on_the_same_directory_exits_and_touches_nothing() {
 async fn a_restart_of_the_binary_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinaryServer::start_in(BIN, dir.path(), &[]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     kv.set("k", &serde_json::json!({"kept": true}))
         .await
         .unwrap();
@@ -223,10 +211,7 @@ async fn a_restart_of_the_binary_keeps_the_data() {
         .unwrap();
     assert!(status.success());
     let server = BinaryServer::start_in(BIN, dir.path(), &[]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     assert_eq!(
         kv.get::<serde_json::Value>("k").await.unwrap(),
         Some(serde_json::json!({"kept": true}))
@@ -243,10 +228,7 @@ async fn a_restart_of_the_binary_keeps_the_data() {
 async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinaryServer::start_in(BIN, dir.path(), &[]);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     for i in 0..10 {
         kv.set(&format!("k{i}"), &i).await.unwrap();
     }
@@ -290,10 +272,7 @@ async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
         "{:?}",
         server.log()
     );
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("p");
+    let kv = server.project("p").await;
     for i in 0..10 {
         assert_eq!(kv.has(&format!("k{i}")).await.unwrap(), i < 4, "k{i}");
     }

@@ -145,10 +145,7 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         verify(&kv, &states, round).await;
         if round == 0 {
             // Bulk data makes snapshots take long enough to be interrupted.
-            let bulk = kv_client::Client::connect(format!("http://{}", server.addr))
-                .await
-                .unwrap()
-                .project("bulk");
+            let bulk = server.project("bulk").await;
             let loads = (0..32).map(|t| {
                 let bulk = bulk.clone();
                 tokio::spawn(async move {
@@ -206,10 +203,7 @@ async fn sigkill_never_loses_an_acknowledged_write() {
     let server = BinaryServer::start_in(BIN, dir.path(), &[]);
     let kv = connect(&server).await;
     verify(&kv, &states, ROUNDS).await;
-    let bulk = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("bulk");
+    let bulk = server.project("bulk").await;
     for i in (0..PRELOAD).step_by(7) {
         assert_eq!(
             bulk.get::<String>(&format!("b{i}"))

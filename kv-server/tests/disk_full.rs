@@ -59,10 +59,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     std::fs::write(&ballast, vec![0u8; 512 * 1024]).unwrap();
     let args = ["--snapshot-min-log-bytes", "1073741824"];
     let server = BinaryServer::start_in(BIN, &data, &args);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("full");
+    let kv = server.project("full").await;
     let value = "v".repeat(16 * 1024);
 
     let mut acked = Vec::new();
@@ -114,10 +111,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     );
 
     let server = BinaryServer::start_in(BIN, &data, &args);
-    let kv = kv_client::Client::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
-        .project("full");
+    let kv = server.project("full").await;
     for key in &acked {
         assert_eq!(
             kv.get::<String>(key).await.unwrap().map(|v| v.len()),

@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use kv_proto::v1::kv_service_client::KvServiceClient;
 use kv_server::{
     config::Config,
@@ -160,15 +161,55 @@ macro_rules! conformance_suite {
     };
 }
 
+/// A server task in this process and the context connected to it.
+struct Running {
+    ctx: Ctx,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Binds `127.0.0.1:0`, spawns `serve(listener, shutdown)` and connects.
+    async fn start<F>(
+        clock: &Arc<ManualClock>,
+        serve: impl FnOnce(TcpListener, BoxFuture<'static, ()>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<(), ServeError>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = Box::pin(async {
+            let _ = stopped.await;
+        });
+        let handle = tokio::spawn(serve(listener, shutdown));
+        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        Self { ctx, stop, handle }
+    }
+
+    /// Signals shutdown and checks the server stopped cleanly in time.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        // Drop our clients so the server's drain is not waiting on them.
+        drop(self.ctx);
+        let served = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task did not panic");
+        served.expect("server ran and shut down without error");
+    }
+}
+
 /// The server running inside the test process, on a manual clock.
 pub struct InProcess {
-    ctx: Ctx,
+    running: Running,
     /// The store behind the server, for white-box checks (memory reclaim).
     pub store: Arc<MemoryStore>,
     /// The clock the server reads.
     pub clock: Arc<ManualClock>,
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), ServeError>>,
 }
 
 impl InProcess {
@@ -181,26 +222,15 @@ impl InProcess {
     pub async fn start_with(config: Config) -> Self {
         let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
         let store = Arc::new(MemoryStore::with_clock(clock.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("bound address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(kv_server::server::run_memory(
-            config,
-            store.clone(),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        let served = store.clone();
+        let running = Running::start(&clock, move |listener, shutdown| {
+            kv_server::server::run_memory(config, served, listener, shutdown)
+        })
+        .await;
         Self {
-            ctx,
+            running,
             store,
             clock,
-            stop: Some(stop),
-            handle,
         }
     }
 }
@@ -211,33 +241,22 @@ impl Target for InProcess {
     }
 
     fn ctx(&self) -> &Ctx {
-        &self.ctx
+        &self.running.ctx
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Drop our clients so the server's drain is not waiting on them.
-        drop(self.ctx);
-        let served = tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("server stops within 10 s")
-            .expect("server task did not panic");
-        served.expect("server ran without error");
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
 /// The durable store in this process, in a data directory, on a manual
 /// clock: the embedded default as the binary runs it.
 pub struct InProcessDurable {
-    ctx: Ctx,
+    running: Running,
     /// The store behind the server.
     pub store: Arc<DurableStore>,
     /// The clock the server reads.
     pub clock: Arc<ManualClock>,
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<(), ServeError>>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -256,26 +275,15 @@ impl InProcessDurable {
         let store = kv_server::server::open_store(&config, clock.clone())
             .await
             .expect("data directory opens");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("bound address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(kv_server::server::run_durable(
-            config,
-            store.clone(),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        let served = store.clone();
+        let running = Running::start(&clock, move |listener, shutdown| {
+            kv_server::server::run_durable(config, served, listener, shutdown)
+        })
+        .await;
         Self {
-            ctx,
+            running,
             store,
             clock,
-            stop: Some(stop),
-            handle,
             _temp_dir: None,
         }
     }
@@ -291,19 +299,11 @@ impl Target for InProcessDurable {
     }
 
     fn ctx(&self) -> &Ctx {
-        &self.ctx
+        &self.running.ctx
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        drop(self.ctx);
-        let served = tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("server stops within 10 s")
-            .expect("server task did not panic");
-        served.expect("server ran and closed its log without error");
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -412,6 +412,18 @@ impl BinaryServer {
             log,
             reader: Some(reader),
         }
+    }
+
+    /// A handle on project `name` through a new SDK connection.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not accept the connection.
+    pub async fn project(&self, name: &str) -> kv_client::Project {
+        kv_client::Client::connect(format!("http://{}", self.addr))
+            .await
+            .expect("SDK connects to the server")
+            .project(name)
     }
 
     /// The process id, to signal it.
