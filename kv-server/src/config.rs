@@ -31,6 +31,20 @@ pub const DEFAULT_FSYNC: &str = "always";
 pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = 64 << 20;
 /// Default segment size (64 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default most connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default most concurrent requests (HTTP/2 streams) per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Default longest time any request may run, whatever its deadline.
+pub const DEFAULT_MAX_REQUEST_TIME_MS: u64 = 60_000;
+/// Default interval of HTTP/2 keepalive pings to each client.
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 30_000;
+/// Default time a keepalive ping may go unanswered before the connection is
+/// closed.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+/// Default time a connection may stay completely silent (live clients
+/// answer keepalive pings) before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// Largest value limit the server accepts (1 GiB); gRPC frames carry at most
 /// 4 GiB and a single value that size would not be a key-value workload.
 pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
@@ -88,6 +102,20 @@ pub struct Config {
     /// watches) may run after a shutdown signal before their connections are
     /// closed.
     pub shutdown_grace: Duration,
+    /// Serve without authentication on a non-loopback address.
+    pub insecure_open: bool,
+    /// Most connections open at once; more are accepted and closed.
+    pub max_connections: usize,
+    /// Most concurrent requests per connection.
+    pub max_concurrent_streams: u32,
+    /// Longest time a request may run, whatever deadline the client set.
+    pub max_request_time: Duration,
+    /// Interval of HTTP/2 keepalive pings.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// How long a connection may send nothing at all.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -108,6 +136,13 @@ impl Default for Config {
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+            insecure_open: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_request_time: Duration::from_millis(DEFAULT_MAX_REQUEST_TIME_MS),
+            keepalive_interval: Duration::from_millis(DEFAULT_KEEPALIVE_INTERVAL_MS),
+            keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
         }
     }
 }
@@ -115,6 +150,24 @@ impl Default for Config {
 /// A configuration value out of range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// Open mode (no authentication) on an address other machines can reach.
+    #[error(
+        "refusing to serve without authentication on {addr}, which is not a loopback address: listen on 127.0.0.1, or pass --insecure-open to serve every project to anyone who can connect"
+    )]
+    OpenModeExposed {
+        /// The listen address.
+        addr: SocketAddr,
+    },
+    /// The idle timeout would cut clients that answer keepalive pings.
+    #[error(
+        "--idle-timeout-ms ({idle} ms) must exceed --keepalive-interval-ms plus --keepalive-timeout-ms ({keepalive} ms), or live idle clients are cut"
+    )]
+    IdleBelowKeepalive {
+        /// The idle timeout.
+        idle: u64,
+        /// Keepalive interval plus timeout.
+        keepalive: u64,
+    },
     /// A limit is outside its allowed range.
     #[error("{name} is {value}; it must be between {min} and {max}")]
     OutOfRange {
@@ -176,6 +229,43 @@ impl Config {
         check("--segment-bytes", self.log.segment_bytes, 4096, 1 << 40)?;
         if let FsyncPolicy::Interval(every) = self.log.fsync {
             check("--fsync interval", every.as_millis() as u64, 1, 60_000)?;
+        }
+        check("--max-connections", self.max_connections as u64, 1, 1 << 20)?;
+        check(
+            "--max-concurrent-streams",
+            u64::from(self.max_concurrent_streams),
+            1,
+            1 << 16,
+        )?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        check(
+            "--max-request-time-ms",
+            ms(self.max_request_time),
+            1,
+            86_400_000,
+        )?;
+        check(
+            "--keepalive-interval-ms",
+            ms(self.keepalive_interval),
+            100,
+            86_400_000,
+        )?;
+        check(
+            "--keepalive-timeout-ms",
+            ms(self.keepalive_timeout),
+            100,
+            86_400_000,
+        )?;
+        let keepalive = ms(self.keepalive_interval) + ms(self.keepalive_timeout);
+        if ms(self.idle_timeout) <= keepalive {
+            return Err(ConfigError::IdleBelowKeepalive {
+                idle: ms(self.idle_timeout),
+                keepalive,
+            });
+        }
+        // Until tokens exist every server is in open mode.
+        if !self.listen.ip().is_loopback() && !self.insecure_open {
+            return Err(ConfigError::OpenModeExposed { addr: self.listen });
         }
         check(
             "--shutdown-grace-ms",
@@ -243,6 +333,34 @@ pub struct Cli {
     /// Milliseconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "KV_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
+
+    /// Allow open mode (no authentication) on a non-loopback address.
+    #[arg(long, env = "KV_INSECURE_OPEN")]
+    pub insecure_open: bool,
+
+    /// Most connections open at once; more are accepted and closed.
+    #[arg(long, env = "KV_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Most concurrent requests (HTTP/2 streams) per connection.
+    #[arg(long, env = "KV_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+
+    /// Longest a request may run, in milliseconds, whatever its deadline.
+    #[arg(long, env = "KV_MAX_REQUEST_TIME_MS", default_value_t = DEFAULT_MAX_REQUEST_TIME_MS)]
+    pub max_request_time_ms: u64,
+
+    /// Interval of HTTP/2 keepalive pings to each client, in milliseconds.
+    #[arg(long, env = "KV_KEEPALIVE_INTERVAL_MS", default_value_t = DEFAULT_KEEPALIVE_INTERVAL_MS)]
+    pub keepalive_interval_ms: u64,
+
+    /// How long a keepalive ping may go unanswered, in milliseconds.
+    #[arg(long, env = "KV_KEEPALIVE_TIMEOUT_MS", default_value_t = DEFAULT_KEEPALIVE_TIMEOUT_MS)]
+    pub keepalive_timeout_ms: u64,
+
+    /// How long a connection may send nothing at all, in milliseconds.
+    #[arg(long, env = "KV_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
+    pub idle_timeout_ms: u64,
 }
 
 impl Cli {
@@ -276,6 +394,13 @@ impl Cli {
             },
             expiry_interval: Duration::from_millis(self.expiry_interval_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            insecure_open: self.insecure_open,
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_request_time: Duration::from_millis(self.max_request_time_ms),
+            keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         };
         config.validate()?;
         Ok(config)

@@ -12,6 +12,7 @@
 //!   crash recovery.
 //! - [`value`]: JSON values as stored (canonical encoded `google.protobuf.Value`).
 //! - [`project`]: project names.
+//! - [`limits`]: connection count, idle and request-time limits.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -41,6 +42,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod limits;
 pub mod project;
 pub mod server;
 pub mod service;

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    let shutdown = shutdown_signal();
     let config = match Cli::parse().into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -39,12 +40,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::warn!(
+        "open mode: no authentication; any client that can connect reads and writes every project (x-kv-project picks it)"
+    );
     match listener.local_addr() {
         // Tests and scripts read the port from this line when they ask for port 0.
         Ok(addr) => tracing::info!("listening on {addr}"),
         Err(e) => tracing::warn!("listening, address unknown: {e}"),
     }
-    match kv_server::server::run_durable(config, store, listener, shutdown_signal()).await {
+    match kv_server::server::run_durable(config, store, listener, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -56,29 +60,36 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
+/// Registers SIGINT and SIGTERM handlers now, so a signal that arrives
+/// during start-up is not lost (or fatal), and returns the future that
+/// resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                    _ = interrupt.recv() => tracing::info!("SIGINT received"),
+                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(
+                        "cannot listen for SIGINT/SIGTERM ({e}); stop the server with SIGKILL"
+                    );
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

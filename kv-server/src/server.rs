@@ -1,20 +1,21 @@
 //! Serving: the tonic server with health, reflection and the kv service on
 //! a listener the caller bound, until a shutdown future resolves.
 
-use std::{future::Future, pin::Pin, sync::Arc, task};
+use std::{future::Future, sync::Arc};
 
 use kv_proto::wire::kv_service_server::KvServiceServer;
 use tokio::net::TcpListener;
-use tonic::{Status, codegen::http, transport::server::TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::{Config, ConfigError, Limits},
+    config::{Config, ConfigError},
     engine::{
         Backend, Clock, SystemClock,
         log::{DurableStore, OpenError},
         memory::{ExpiryTask, MemoryStore},
     },
+    limits::{RequestLimitsLayer, guard_connections},
     service::KvService,
 };
 
@@ -157,7 +158,11 @@ pub async fn serve<B: Backend>(
     // tonic ignores the builder's TCP options for a listener passed in, so
     // TCP_NODELAY goes on the incoming stream itself. Without it a serial
     // client waits on delayed ACKs (~40 ms a call).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = guard_connections(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        config.max_connections,
+        config.idle_timeout,
+    );
 
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
@@ -172,9 +177,13 @@ pub async fn serve<B: Backend>(
     };
 
     let serving = tonic::transport::Server::builder()
-        .layer(OversizeLayer {
-            limits: config.limits.clone(),
-        })
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(RequestLimitsLayer::new(
+            config.limits.clone(),
+            config.max_request_time,
+        ))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -203,79 +212,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Rewrites tonic's "message length too large" (OUT_OF_RANGE) into
-/// RESOURCE_EXHAUSTED naming the server's limits, which is the code the gRPC
-/// spec gives an over-size message and the one this API promises for every
-/// size limit.
-#[derive(Clone)]
-struct OversizeLayer {
-    limits: Limits,
-}
-
-impl<S> tower_layer::Layer<S> for OversizeLayer {
-    type Service = Oversize<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Oversize {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Oversize<S> {
-    inner: S,
-    limits: Limits,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Oversize<S>
-where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut task::Context<'_>) -> task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let limits = self.limits.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            rewrite_oversize(response.headers_mut(), &limits);
-            Ok(response)
-        })
-    }
-}
-
-fn rewrite_oversize(headers: &mut http::HeaderMap, limits: &Limits) {
-    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
-    let too_large = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| {
-            m.contains("message%20length%20too%20large") || m.contains("message length too large")
-        });
-    if !(out_of_range && too_large) {
-        return;
-    }
-    let status = Status::resource_exhausted(format!(
-        "request message is larger than the limit of {} bytes (values up to {} bytes encoded, keys up to {} bytes)",
-        limits.max_message_bytes(),
-        limits.max_value_bytes,
-        limits.max_key_bytes,
-    ));
-    headers.remove("grpc-status");
-    headers.remove("grpc-message");
-    // Only fails for a message that cannot be a header value; ours is ASCII.
-    let _ = status.add_header(headers);
 }

@@ -277,3 +277,33 @@ async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
         assert_eq!(kv.has(&format!("k{i}")).await.unwrap(), i < 4, "k{i}");
     }
 }
+
+#[test]
+fn open_mode_refuses_non_loopback_addresses_unless_insecure_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let out = Command::new(BIN)
+            .args(["--listen", addr])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{addr}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing to serve without authentication"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--insecure-open"), "{stderr}");
+    }
+    // With the flag it serves (checked on loopback only), and warns.
+    let server =
+        BinaryServer::start_with_env(BIN, &["--insecure-open"], &[("KV_LISTEN", "0.0.0.0:0")]);
+    let (status, log) = server.terminate_with_log();
+    assert!(status.success());
+    assert!(
+        log.iter()
+            .any(|l| l.contains("open mode: no authentication")),
+        "{log:?}"
+    );
+}

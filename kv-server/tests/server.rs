@@ -241,3 +241,154 @@ async fn health_watchers_see_not_serving_and_do_not_hold_shutdown() {
         "the grace period was honoured"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_and_slots_come_back() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let (url, stop, server) = start_slow(config, Duration::ZERO).await;
+    let first = kv_client::Client::connect(url.clone()).await.unwrap();
+    let second = kv_client::Client::connect(url.clone()).await.unwrap();
+    first.project("p").set("a", &1).await.unwrap();
+    second.project("p").set("b", &2).await.unwrap();
+
+    // A third connection is accepted and closed at once.
+    let addr = url.trim_start_matches("http://");
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await
+    .expect("the refused connection is closed, not left hanging");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let refused = kv_client::Client::builder(url.clone())
+        .connect_lazy()
+        .unwrap()
+        .project("p")
+        .has("a")
+        .await
+        .unwrap_err();
+    // Closed mid-handshake: depending on timing tonic reports UNAVAILABLE,
+    // CANCELLED or UNKNOWN ("transport error").
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+        ),
+        "{refused}"
+    );
+
+    // Closing a connection frees its slot.
+    drop(first);
+    let within = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match kv_client::Client::connect(url.clone()).await {
+            Ok(third) if third.project("p").has("a").await.is_ok() => break,
+            _ => {
+                assert!(
+                    tokio::time::Instant::now() < within,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(second);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_but_idle_clients_stay() {
+    let config = Config {
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(600),
+        ..Config::default()
+    };
+    let (url, stop, server) = start_slow(config, Duration::ZERO).await;
+    let client = kv_client::Client::connect(url.clone()).await.unwrap();
+    client.project("p").set("k", &1).await.unwrap();
+
+    let mut silent = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        // The server may send its HTTP/2 preface first; then it must hang up.
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a silent connection was kept 5 s"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "cut before the idle timeout"
+    );
+
+    // The real client was idle as long, but answered pings: still connected.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(client.project("p").has("k").await.unwrap());
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_capped_in_time_and_streams_per_connection() {
+    let config = Config {
+        max_request_time: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let (url, stop, server) = start_slow(config, Duration::from_secs(5)).await;
+    let kv = kv_client::Client::connect(url).await.unwrap().project("p");
+    let started = tokio::time::Instant::now();
+    let err = kv.set("k", &1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(
+        err.to_string().contains("limit of 300 ms per request"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    let config = Config {
+        max_concurrent_streams: 2,
+        ..Config::default()
+    };
+    let (url, stop, server) = start_slow(config, Duration::from_millis(300)).await;
+    let kv = kv_client::Client::connect(url).await.unwrap().project("p");
+    // One call first: the client learns the server's stream limit from its
+    // SETTINGS and queues calls beyond it (streams opened before that are
+    // refused, REFUSED_STREAM, which is safe to retry).
+    kv.has("warm-up").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.set(&format!("k{i}"), &i).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    // Six 300 ms calls, two at a time on the one connection.
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
