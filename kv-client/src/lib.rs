@@ -53,7 +53,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
     Request,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 mod error;
@@ -107,6 +107,89 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     max_message_bytes: usize,
+    tls: Option<Tls>,
+}
+
+/// TLS settings for a connection to an `https://` URL.
+///
+/// Without a CA the system's trusted roots verify the server; with one,
+/// only that CA does (a private PKI). A client identity is sent to servers
+/// that require mutual TLS.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kv_client::Error> {
+/// let ca = std::fs::read("ca.pem").unwrap();
+/// let tls = kv_client::Tls::new()
+///     .ca_certificate_pem(ca)
+///     .client_identity_pem(std::fs::read("client.pem").unwrap(), std::fs::read("client.key").unwrap());
+/// let client = kv_client::Client::builder("https://kv.internal:50051").tls(tls).connect().await?;
+/// # let _ = client; Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Tls {
+    ca_pems: Vec<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    // The client key is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("custom_cas", &self.ca_pems.len())
+            .field("client_identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// TLS verified against the system's trusted roots.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts this PEM CA certificate (instead of the system roots); may be
+    /// given more than once.
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pems.push(pem.into());
+        self
+    }
+
+    /// Presents this PEM certificate and private key to servers that require
+    /// client certificates (mutual TLS).
+    pub fn client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Verifies the server certificate against this name rather than the
+    /// URL's host.
+    pub fn domain_name(mut self, name: impl Into<String>) -> Self {
+        self.domain = Some(name.into());
+        self
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        config = if self.ca_pems.is_empty() {
+            config.with_native_roots()
+        } else {
+            config.ca_certificates(self.ca_pems.iter().map(Certificate::from_pem))
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        config
+    }
 }
 
 impl ClientBuilder {
@@ -124,6 +207,12 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS settings (an `https://` URL without them uses the system roots).
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Largest message sent or received, in bytes (default 64 MiB).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
@@ -137,9 +226,23 @@ impl ClientBuilder {
                 source,
             })?;
         // Without TCP_NODELAY a serial caller waits on delayed ACKs.
-        Ok(endpoint
+        let endpoint = endpoint
             .tcp_nodelay(true)
-            .connect_timeout(self.connect_timeout))
+            .connect_timeout(self.connect_timeout);
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.clone()),
+            None if self.url.starts_with("https://") => Some(Tls::new()),
+            None => None,
+        };
+        match tls {
+            Some(tls) => endpoint
+                .tls_config(tls.config())
+                .map_err(|source| Error::Connect {
+                    url: self.url.clone(),
+                    source,
+                }),
+            None => Ok(endpoint),
+        }
     }
 
     fn client(&self, channel: Channel) -> Client {
@@ -211,6 +314,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
         }
     }
 

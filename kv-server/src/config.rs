@@ -49,6 +49,19 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// 4 GiB and a single value that size would not be a key-value workload.
 pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
 
+/// TLS files: the server's certificate chain and key, and optionally the CA
+/// whose client certificates it requires (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Size and time limits applied to every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -116,6 +129,8 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// How long a connection may send nothing at all.
     pub idle_timeout: Duration,
+    /// Serve TLS (and require client certificates) when set.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -143,6 +158,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_millis(DEFAULT_KEEPALIVE_INTERVAL_MS),
             keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            tls: None,
         }
     }
 }
@@ -158,6 +174,9 @@ pub enum ConfigError {
         /// The listen address.
         addr: SocketAddr,
     },
+    /// TLS flags that do not go together.
+    #[error("{0}")]
+    Tls(&'static str),
     /// The idle timeout would cut clients that answer keepalive pings.
     #[error(
         "--idle-timeout-ms ({idle} ms) must exceed --keepalive-interval-ms plus --keepalive-timeout-ms ({keepalive} ms), or live idle clients are cut"
@@ -361,6 +380,18 @@ pub struct Cli {
     /// How long a connection may send nothing at all, in milliseconds.
     #[arg(long, env = "KV_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
     pub idle_timeout_ms: u64,
+
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "KV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, env = "KV_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Cli {
@@ -401,6 +432,24 @@ impl Cli {
             keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            tls: match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (None, None, Some(_)) => {
+                    return Err(ConfigError::Tls(
+                        "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first",
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::Tls(
+                        "--tls-cert and --tls-key go together: give both or neither",
+                    ));
+                }
+            },
         };
         config.validate()?;
         Ok(config)

@@ -5,11 +5,11 @@ use std::{future::Future, sync::Arc};
 
 use kv_proto::wire::kv_service_server::KvServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, TlsFiles},
     engine::{
         Backend, Clock, SystemClock,
         log::{DurableStore, OpenError},
@@ -31,6 +31,15 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A TLS file could not be read.
+    #[error("cannot read TLS file {path}: {source}", path = .path.display())]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data directory could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -176,7 +185,11 @@ pub async fn serve<B: Backend>(
         }
     };
 
-    let serving = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(server_tls(tls)?)?;
+    }
+    let serving = builder
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -206,6 +219,25 @@ pub async fn serve<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

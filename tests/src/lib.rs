@@ -39,6 +39,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 pub mod conformance;
+pub mod pki;
 
 /// Start of the manual clock: any fixed, realistic unix time in ms.
 pub const CLOCK_START_MS: u64 = 1_700_000_000_000;
