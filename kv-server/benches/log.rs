@@ -169,8 +169,7 @@ fn filled_dir(
     let options = LogOptions {
         fsync: FsyncPolicy::Never,
         snapshot_min_log_bytes: if snapshots { 64 << 20 } else { u64::MAX },
-        segment_bytes: 64 << 20,
-        repair: false,
+        ..LogOptions::default()
     };
     let store = Arc::new(DurableStore::open(dir.path(), options, Arc::new(SystemClock)).unwrap());
     let project = ProjectName::parse("bench").unwrap();

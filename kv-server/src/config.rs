@@ -9,7 +9,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::engine::log::{FsyncPolicy, LogOptions};
+use crate::engine::{
+    Quota,
+    log::{FsyncPolicy, LogOptions},
+};
 
 /// Default listen address: loopback only, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -147,6 +150,7 @@ impl Default for Config {
                 repair: false,
                 snapshot_min_log_bytes: DEFAULT_SNAPSHOT_MIN_LOG_BYTES,
                 segment_bytes: DEFAULT_SEGMENT_BYTES,
+                quota: Quota::default(),
             },
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
@@ -381,6 +385,15 @@ pub struct Cli {
     #[arg(long, env = "KV_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
     pub idle_timeout_ms: u64,
 
+    /// Most keys each project may hold (0: unlimited).
+    #[arg(long, env = "KV_DEFAULT_MAX_KEYS", default_value_t = 0)]
+    pub default_max_keys: u64,
+
+    /// Most bytes (keys plus encoded values) each project may hold (0:
+    /// unlimited).
+    #[arg(long, env = "KV_DEFAULT_MAX_BYTES", default_value_t = 0)]
+    pub default_max_bytes: u64,
+
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "KV_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -417,6 +430,10 @@ impl Cli {
                 repair: self.repair,
                 snapshot_min_log_bytes: self.snapshot_min_log_bytes,
                 segment_bytes: self.segment_bytes,
+                quota: Quota {
+                    max_keys: (self.default_max_keys > 0).then_some(self.default_max_keys),
+                    max_bytes: (self.default_max_bytes > 0).then_some(self.default_max_bytes),
+                },
             },
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,

@@ -94,6 +94,7 @@ impl From<EngineError> for Status {
                 Status::unavailable(e.to_string())
             }
             EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
+            EngineError::QuotaExceeded(_) => Status::resource_exhausted(e.to_string()),
         }
     }
 }

@@ -120,6 +120,12 @@ proptest! {
             prop_assert_eq!(store.stored_entries(), model.len());
             let model_bytes: usize = model.keys().map(|(_, k)| KEYS[*k].len() + 3).sum();
             prop_assert_eq!(store.data_bytes(), model_bytes as u64);
+            for (p, project) in projects.iter().enumerate() {
+                let keys: Vec<usize> = model.keys().filter(|(mp, _)| *mp == p).map(|(_, k)| *k).collect();
+                let usage = store.usage(project);
+                prop_assert_eq!(usage.keys, keys.len() as u64);
+                prop_assert_eq!(usage.bytes, keys.iter().map(|k| (KEYS[*k].len() + 3) as u64).sum::<u64>());
+            }
             prop_assert_eq!(store.pending_expiries(), model.values().filter(|(_, at)| at.is_some()).count());
         }
     }

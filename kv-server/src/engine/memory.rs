@@ -65,6 +65,21 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Namespace {
     entries: DashMap<Box<str>, StoredEntry, MapHasher>,
+    /// Entries held (expired-but-unreclaimed included).
+    keys: AtomicU64,
+    /// Bytes of their keys and values.
+    bytes: AtomicU64,
+}
+
+/// What one project holds: the figures its quotas are checked against.
+/// Expired entries count until the expiry task reclaims them (within about
+/// one expiry interval).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys held.
+    pub keys: u64,
+    /// Bytes of keys plus encoded values.
+    pub bytes: u64,
 }
 
 struct StoredEntry {
@@ -169,12 +184,12 @@ impl MemoryStore {
 
     fn apply_set(&self, project: &ProjectName, key: Box<str>, value: Box<[u8]>, expires_at: u64) {
         let ns = self.namespace_or_create(project);
-        let added = (key.len() + value.len()) as u64;
+        let added = key.len() + value.len();
         let entry = StoredEntry { value, expires_at };
-        match ns.entries.entry(key) {
+        let replaced = match ns.entries.entry(key) {
             MapEntry::Occupied(mut slot) => {
                 let old = slot.get().expires_at;
-                self.shrink(slot.key().len() + slot.get().value.len());
+                self.account(&ns, -1, slot.key().len() + slot.get().value.len(), false);
                 if old != expires_at {
                     let mut index = self.expiry.shard_for(project, slot.key());
                     if old != 0 {
@@ -185,6 +200,7 @@ impl MemoryStore {
                     }
                 }
                 slot.insert(entry);
+                true
             }
             MapEntry::Vacant(slot) => {
                 if expires_at != 0 {
@@ -193,13 +209,23 @@ impl MemoryStore {
                         .insert(ExpiryRecord::new(expires_at, project, slot.key()));
                 }
                 slot.insert(entry);
+                false
             }
-        }
-        self.data_bytes.fetch_add(added, Ordering::Relaxed);
+        };
+        self.account(&ns, 1, added, !replaced);
     }
 
-    fn shrink(&self, bytes: usize) {
-        self.data_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+    /// Counts an entry of `bytes` in (`sign` 1) or out (-1) of the totals;
+    /// the key count moves only when `count_key` (a replaced value keeps its
+    /// key).
+    fn account(&self, ns: &Namespace, sign: i64, bytes: usize, count_key: bool) {
+        // Two's-complement wrapping adds subtract when the delta is negative.
+        let bytes = (sign * bytes as i64) as u64;
+        self.data_bytes.fetch_add(bytes, Ordering::Relaxed);
+        ns.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if count_key {
+            ns.keys.fetch_add(sign as u64, Ordering::Relaxed);
+        }
     }
 
     fn apply_delete(&self, project: &ProjectName, key: &str) -> bool {
@@ -213,7 +239,7 @@ impl MemoryStore {
         ns.entries.remove_if(key, |key, entry| {
             live = entry.is_live(now);
             self.expiry.forget(project, key, entry.expires_at);
-            self.shrink(key.len() + entry.value.len());
+            self.account(&ns, -1, key.len() + entry.value.len(), true);
             true
         });
         live
@@ -230,7 +256,7 @@ impl MemoryStore {
         ns.entries.retain(|key, entry| {
             live += u64::from(entry.is_live(now));
             self.expiry.forget(project, key, entry.expires_at);
-            self.shrink(key.len() + entry.value.len());
+            self.account(&ns, -1, key.len() + entry.value.len(), true);
             false
         });
         live
@@ -267,11 +293,37 @@ impl MemoryStore {
                     .entries
                     .remove_if(&*record.key, |_, e| e.expires_at == record.at);
                 if let Some((key, entry)) = removed {
-                    self.shrink(key.len() + entry.value.len());
+                    self.account(&ns, -1, key.len() + entry.value.len(), true);
                 }
             }
         }
         consumed
+    }
+
+    /// What `project` holds now.
+    ///
+    /// ```
+    /// use kv_server::engine::{memory::{MemoryStore, Usage}, Mutation};
+    /// use kv_server::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// store.apply(&p, Mutation::Set { key: "ab".into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// assert_eq!(store.usage(&p), Usage { keys: 1, bytes: 4 });
+    /// ```
+    pub fn usage(&self, project: &ProjectName) -> Usage {
+        self.namespace(project)
+            .map_or_else(Usage::default, |ns| Usage {
+                keys: ns.keys.load(Ordering::Relaxed),
+                bytes: ns.bytes.load(Ordering::Relaxed),
+            })
+    }
+
+    /// Bytes (key plus value) `key` occupies in `project`, if held (expired
+    /// or not: it counts in the usage until reclaimed).
+    pub fn stored_size(&self, project: &ProjectName, key: &str) -> Option<u64> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some((key.len() + entry.value.len()) as u64)
     }
 
     /// The absolute deadline (unix ms) of a TTL starting now.

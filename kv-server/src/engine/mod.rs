@@ -124,11 +124,54 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The write would take its project over a quota. Nothing was written.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
     /// A TTL would put the deadline past what the clock can represent.
     #[error("ttl of {ttl_ms} ms overflows the clock")]
     DeadlineOverflow {
         /// The refused TTL.
         ttl_ms: u64,
+    },
+}
+
+/// Per-project limits on what a project may hold. `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys the project may hold.
+    pub max_keys: Option<u64>,
+    /// Most bytes (keys plus encoded values) the project may hold.
+    pub max_bytes: Option<u64>,
+}
+
+/// A refused write: which quota, its limit, and the usage it met.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    /// The key quota is full.
+    #[error(
+        "project {project} is at its quota of {limit} keys ({usage} keys in use); delete keys or raise the quota"
+    )]
+    Keys {
+        /// The project.
+        project: ProjectName,
+        /// The key quota.
+        limit: u64,
+        /// Keys in use.
+        usage: u64,
+    },
+    /// The byte quota would be exceeded.
+    #[error(
+        "project {project} would hold {after} bytes, over its quota of {limit} bytes ({usage} bytes in use)"
+    )]
+    Bytes {
+        /// The project.
+        project: ProjectName,
+        /// The byte quota.
+        limit: u64,
+        /// Bytes in use.
+        usage: u64,
+        /// Bytes the project would hold after the write.
+        after: u64,
     },
 }
 

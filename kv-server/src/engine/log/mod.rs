@@ -38,7 +38,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Applied, Backend, EngineError, Mutation, memory::MemoryStore};
+use super::{Applied, Backend, EngineError, Mutation, Quota, memory::MemoryStore};
 use crate::project::ProjectName;
 
 pub mod codec;
@@ -118,6 +118,9 @@ pub struct LogOptions {
     pub snapshot_min_log_bytes: u64,
     /// A segment this large is closed and a new one started.
     pub segment_bytes: u64,
+    /// What each project may hold. Checked by the writer, one write at a
+    /// time in log order, so concurrent writers can never overshoot it.
+    pub quota: Quota,
 }
 
 impl Default for LogOptions {
@@ -127,6 +130,7 @@ impl Default for LogOptions {
             repair: false,
             snapshot_min_log_bytes: 64 << 20,
             segment_bytes: 64 << 20,
+            quota: Quota::default(),
         }
     }
 }

@@ -12,7 +12,15 @@ use std::{
 use super::{
     Command, FsyncPolicy, LogOptions, Submission, codec, segment_name, snapshot, sync_dir,
 };
-use crate::engine::{EngineError, memory::MemoryStore};
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    engine::{
+        EngineError, Mutation, QuotaExceeded,
+        memory::{MemoryStore, Usage},
+    },
+    project::ProjectName,
+};
 
 /// Most bytes gathered into one write; a single larger record still goes
 /// alone.
@@ -101,8 +109,34 @@ impl Writer {
         }
     }
 
+    /// Refuses the writes that would take a project over its quota. Each
+    /// write is judged after those before it in the batch, as they will be
+    /// applied, so concurrent writers cannot overshoot. Only the expiry task
+    /// changes memory meanwhile, and it only frees space.
+    fn admit(&self, batch: &mut Vec<Submission>) {
+        let quota = self.options.quota;
+        if quota.max_keys.is_none() && quota.max_bytes.is_none() {
+            return;
+        }
+        let mut projected = Projection::default();
+        for submission in std::mem::take(batch) {
+            match projected.admit(&self.mem, quota, &submission.project, &submission.mutation) {
+                Ok(()) => batch.push(submission),
+                Err(refused) => {
+                    let _ = submission
+                        .reply
+                        .send(Err(EngineError::QuotaExceeded(refused)));
+                }
+            }
+        }
+    }
+
     /// One write (and one fsync) for the whole batch, then apply and answer.
     fn commit(&mut self, batch: &mut Vec<Submission>, buf: &mut Vec<u8>) {
+        self.admit(batch);
+        if batch.is_empty() {
+            return;
+        }
         buf.clear();
         for submission in batch.iter() {
             buf.extend_from_slice(&submission.record);
@@ -265,4 +299,89 @@ pub(super) fn create_segment(dir: &std::path::Path, seq: u64) -> io::Result<File
         return Err(e);
     }
     Ok(file)
+}
+
+/// Usage as it will be once the writes admitted so far in a batch apply.
+#[derive(Default)]
+struct Projection {
+    usage: HashMap<ProjectName, Usage>,
+    /// Stored size of keys written in this batch (`None`: deleted).
+    sizes: HashMap<(ProjectName, Box<str>), Option<u64>>,
+    cleared: HashSet<ProjectName>,
+}
+
+impl Projection {
+    fn size(&self, mem: &MemoryStore, project: &ProjectName, key: &str) -> Option<u64> {
+        match self.sizes.get(&(project.clone(), Box::from(key))) {
+            Some(size) => *size,
+            None if self.cleared.contains(project) => None,
+            None => mem.stored_size(project, key),
+        }
+    }
+
+    fn admit(
+        &mut self,
+        mem: &MemoryStore,
+        quota: crate::engine::Quota,
+        project: &ProjectName,
+        mutation: &Mutation,
+    ) -> Result<(), QuotaExceeded> {
+        let current = *self
+            .usage
+            .entry(project.clone())
+            .or_insert_with(|| mem.usage(project));
+        let next = match mutation {
+            Mutation::Set { key, value, .. } => {
+                let old = self.size(mem, project, key);
+                let size = (key.len() + value.len()) as u64;
+                let next = Usage {
+                    keys: current.keys + u64::from(old.is_none()),
+                    bytes: current.bytes.saturating_sub(old.unwrap_or(0)) + size,
+                };
+                if let Some(limit) = quota.max_keys
+                    && old.is_none()
+                    && next.keys > limit
+                {
+                    return Err(QuotaExceeded::Keys {
+                        project: project.clone(),
+                        limit,
+                        usage: current.keys,
+                    });
+                }
+                // A write that shrinks the project is allowed even over quota.
+                if let Some(limit) = quota.max_bytes
+                    && next.bytes > limit
+                    && next.bytes > current.bytes
+                {
+                    return Err(QuotaExceeded::Bytes {
+                        project: project.clone(),
+                        limit,
+                        usage: current.bytes,
+                        after: next.bytes,
+                    });
+                }
+                self.sizes
+                    .insert((project.clone(), key.clone()), Some(size));
+                next
+            }
+            Mutation::Delete { key } => {
+                let old = self.size(mem, project, key);
+                self.sizes.insert((project.clone(), key.clone()), None);
+                match old {
+                    Some(size) => Usage {
+                        keys: current.keys.saturating_sub(1),
+                        bytes: current.bytes.saturating_sub(size),
+                    },
+                    None => current,
+                }
+            }
+            Mutation::Clear => {
+                self.cleared.insert(project.clone());
+                self.sizes.retain(|(p, _), _| p != project);
+                Usage::default()
+            }
+        };
+        self.usage.insert(project.clone(), next);
+        Ok(())
+    }
 }
