@@ -305,9 +305,11 @@ async fn connections_over_the_limit_are_refused_and_slots_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_but_idle_clients_stay() {
     let config = Config {
-        keepalive_interval: Duration::from_millis(100),
-        keepalive_timeout: Duration::from_millis(200),
-        idle_timeout: Duration::from_millis(600),
+        // Generous ping timing, so a loaded machine does not make a live
+        // client look dead.
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_millis(1000),
+        idle_timeout: Duration::from_millis(1500),
         ..Config::default()
     };
     let (url, stop, server) = start_slow(config, Duration::ZERO).await;
