@@ -195,7 +195,9 @@ impl Tls {
 impl ClientBuilder {
     /// Per-call timeout (default 10 s). A call that takes longer fails with
     /// [`Error::Timeout`] (`DEADLINE_EXCEEDED`); the deadline is also sent to
-    /// the server so it can drop the work.
+    /// the server so it can drop the work. A write that timed out may or may
+    /// not have been applied: read it back, or write again (sets are
+    /// idempotent).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -335,12 +335,12 @@ async fn silent_connections_are_closed_but_idle_clients_stay() {
         }
     }
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_millis(1400),
         "cut before the idle timeout"
     );
 
     // The real client was idle as long, but answered pings: still connected.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(client.project("p").has("k").await.unwrap());
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

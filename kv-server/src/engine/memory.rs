@@ -41,7 +41,9 @@ type MapHasher = ahash::RandomState;
 /// Number of independently locked parts of the expiry index.
 const EXPIRY_SHARDS: usize = 16;
 
-/// The embedded in-memory store.
+/// The embedded in-memory store. Used alone it keeps nothing across
+/// restarts and enforces no quotas (the durable store's log writer does);
+/// the product runs it behind [`crate::engine::log::DurableStore`].
 ///
 /// ```
 /// use kv_server::engine::{memory::MemoryStore, Mutation, Applied};
