@@ -17,7 +17,9 @@ use prost::Message;
 use prost_types::field_descriptor_proto::Type;
 
 const PROTO_ROOT: &str = "../proto";
-const PROTO_FILES: &[&str] = &["kv/v1/kv.proto"];
+const PROTO_FILES: &[&str] = &["kv/v1/kv.proto", "kv/v1/admin.proto"];
+/// The file whose `google.protobuf.Value` fields the server sees as bytes.
+const KV_FILE: &str = "kv/v1/kv.proto";
 const VALUE_TYPE: &str = ".google.protobuf.Value";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,9 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Rewrites every `google.protobuf.Value` field of the kv files as `bytes`.
 fn values_as_bytes(mut fds: prost_types::FileDescriptorSet) -> prost_types::FileDescriptorSet {
-    // Generating the well-known types again would clash with prost-types.
-    fds.file
-        .retain(|f| !f.package().starts_with("google.protobuf"));
+    // Only the data service: the admin API has no values, and the well-known
+    // types would clash with prost-types.
+    fds.file.retain(|f| f.name() == KV_FILE);
     for file in &mut fds.file {
         file.dependency.clear();
         file.message_type

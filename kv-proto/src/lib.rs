@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //!
-//! - [`v1`]: the messages of `proto/kv/v1/kv.proto`, a tonic client
-//!   ([`v1::kv_service_client::KvServiceClient`]) and server trait.
+//! - [`v1`]: the messages of `proto/kv/v1/kv.proto` and `admin.proto`, tonic
+//!   clients ([`v1::kv_service_client::KvServiceClient`],
+//!   [`v1::admin_service_client::AdminServiceClient`]) and server traits.
 //!   `google.protobuf.Value` fields are [`prost_types::Value`].
 //! - [`wire`]: the same service as the server sees it, with every
 //!   `google.protobuf.Value` field kept as its encoded bytes. The bytes on the
@@ -57,8 +58,8 @@ pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/wire/kv.v1.rs"));
 }
 
-/// Encoded `google.protobuf.FileDescriptorSet` of `kv/v1/kv.proto` and its
-/// imports, for `tonic-reflection`.
+/// Encoded `google.protobuf.FileDescriptorSet` of `kv/v1/kv.proto`,
+/// `kv/v1/admin.proto` and their imports, for `tonic-reflection`.
 ///
 /// ```
 /// use prost::Message;
@@ -70,3 +71,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The gRPC service name, as used by health checks and reflection.
 pub const SERVICE_NAME: &str = "kv.v1.KvService";
+
+/// The admin service's gRPC name.
+pub const ADMIN_SERVICE_NAME: &str = "kv.v1.AdminService";

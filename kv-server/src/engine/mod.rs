@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use crate::project::ProjectName;
 
+pub mod catalog;
 pub mod log;
 pub mod memory;
 

@@ -16,6 +16,10 @@
 //! 2 Delete project_len: u8, project, key_len: u32, key
 //! 3 Clear  project_len: u8, project
 //! 4 End    count: u64          (last frame of a snapshot)
+//! 5 PutProject     project, has: u8 (bit 0 max_keys, bit 1 max_bytes), max_keys: u64, max_bytes: u64
+//! 6 DeleteProject  project
+//! 7 PutToken       id_len: u32, id, project, read_only: u8, secret_sha256: [u8; 32], created_at_ms: u64
+//! 8 RevokeToken    id_len: u32, id
 //! ```
 //!
 //! Written by hand rather than with a serialisation crate: the format is the
@@ -26,7 +30,10 @@ use std::io::{self, Read};
 
 use crate::{
     config::MAX_VALUE_LIMIT,
-    engine::Mutation,
+    engine::{
+        Mutation, Quota,
+        catalog::{CatalogChange, TokenMeta},
+    },
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
 };
 
@@ -51,6 +58,10 @@ const SET: u8 = 1;
 const DELETE: u8 = 2;
 const CLEAR: u8 = 3;
 const END: u8 = 4;
+const PUT_PROJECT: u8 = 5;
+const DELETE_PROJECT: u8 = 6;
+const PUT_TOKEN: u8 = 7;
+const REVOKE_TOKEN: u8 = 8;
 
 /// One decoded payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +73,8 @@ pub enum Record {
         /// The resulting state.
         mutation: Mutation,
     },
+    /// A change to the catalog of projects and tokens.
+    Catalog(CatalogChange),
     /// The end of a snapshot, with how many entries it holds.
     End {
         /// Entries in the snapshot.
@@ -108,6 +121,37 @@ pub(crate) fn encode_mutation(out: &mut Vec<u8>, project: &ProjectName, mutation
         Mutation::Clear => {
             payload.push(CLEAR);
             put_project(payload, project);
+        }
+    });
+}
+
+/// Appends one framed record for a catalog change.
+pub(crate) fn encode_catalog(out: &mut Vec<u8>, change: &CatalogChange) {
+    frame(out, |payload| match change {
+        CatalogChange::PutProject { project, quota } => {
+            payload.push(PUT_PROJECT);
+            put_project(payload, project);
+            let has =
+                u8::from(quota.max_keys.is_some()) | (u8::from(quota.max_bytes.is_some()) << 1);
+            payload.push(has);
+            payload.extend_from_slice(&quota.max_keys.unwrap_or(0).to_le_bytes());
+            payload.extend_from_slice(&quota.max_bytes.unwrap_or(0).to_le_bytes());
+        }
+        CatalogChange::DeleteProject { project } => {
+            payload.push(DELETE_PROJECT);
+            put_project(payload, project);
+        }
+        CatalogChange::PutToken(token) => {
+            payload.push(PUT_TOKEN);
+            put_bytes(payload, token.id.as_bytes());
+            put_project(payload, &token.project);
+            payload.push(u8::from(token.read_only));
+            payload.extend_from_slice(&token.secret_sha256);
+            payload.extend_from_slice(&token.created_at_ms.to_le_bytes());
+        }
+        CatalogChange::RevokeToken { id } => {
+            payload.push(REVOKE_TOKEN);
+            put_bytes(payload, id.as_bytes());
         }
     });
 }
@@ -212,6 +256,36 @@ pub fn decode_payload_cached(
             mutation: Mutation::Clear,
         },
         END => Record::End { count: r.u64()? },
+        PUT_PROJECT => {
+            let project = r.project()?;
+            let has = r.u8()?;
+            let (max_keys, max_bytes) = (r.u64()?, r.u64()?);
+            Record::Catalog(CatalogChange::PutProject {
+                project,
+                quota: Quota {
+                    max_keys: (has & 1 != 0).then_some(max_keys),
+                    max_bytes: (has & 2 != 0).then_some(max_bytes),
+                },
+            })
+        }
+        DELETE_PROJECT => Record::Catalog(CatalogChange::DeleteProject {
+            project: r.project()?,
+        }),
+        PUT_TOKEN => {
+            let id = r.text()?;
+            let project = r.project()?;
+            let read_only = r.u8()? != 0;
+            let secret_sha256 = r.take(32)?.try_into().expect("32 bytes");
+            let created_at_ms = r.u64()?;
+            Record::Catalog(CatalogChange::PutToken(TokenMeta {
+                id,
+                project,
+                read_only,
+                secret_sha256,
+                created_at_ms,
+            }))
+        }
+        REVOKE_TOKEN => Record::Catalog(CatalogChange::RevokeToken { id: r.text()? }),
         other => return Err(bad(format!("unknown record kind {other}"))),
     };
     if !r.0.is_empty() {
@@ -272,6 +346,11 @@ impl<'a> Cursor<'a, '_> {
         let project = ProjectName::parse(name).map_err(|e| bad(e.to_string()))?;
         *self.1 = Some(project.clone());
         Ok(project)
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let raw = self.bytes()?;
+        String::from_utf8(raw.to_vec()).map_err(|_| bad("text field is not UTF-8"))
     }
 
     fn key(&mut self) -> Result<Box<str>, DecodeError> {

@@ -38,7 +38,11 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Applied, Backend, EngineError, Mutation, Quota, memory::MemoryStore};
+use super::{
+    Applied, Backend, EngineError, Mutation, Quota,
+    catalog::{Catalog, CatalogChange},
+    memory::MemoryStore,
+};
 use crate::project::ProjectName;
 
 pub mod codec;
@@ -141,9 +145,19 @@ enum Command {
     Shutdown(oneshot::Sender<io::Result<()>>),
 }
 
+/// A change the writer logs and then applies.
+enum Change {
+    /// To one project's data.
+    Data {
+        project: ProjectName,
+        mutation: Mutation,
+    },
+    /// To the catalog of projects and tokens.
+    Catalog(CatalogChange),
+}
+
 struct Submission {
-    project: ProjectName,
-    mutation: Mutation,
+    change: Change,
     record: Vec<u8>,
     reply: oneshot::Sender<Result<Applied, EngineError>>,
 }
@@ -169,6 +183,7 @@ struct Submission {
 /// ```
 pub struct DurableStore {
     mem: Arc<MemoryStore>,
+    catalog: Arc<Catalog>,
     commands: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
@@ -179,6 +194,23 @@ impl DurableStore {
     /// The in-memory state reads are served from.
     pub fn memory(&self) -> &Arc<MemoryStore> {
         &self.mem
+    }
+
+    /// Registered projects and tokens.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Logs and applies a catalog change (a project deletion also removes
+    /// the project's data: `removed` counts its live keys).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Storage`] when it cannot be logged.
+    pub async fn change_catalog(&self, change: CatalogChange) -> Result<Applied, EngineError> {
+        let mut record = Vec::new();
+        codec::encode_catalog(&mut record, &change);
+        self.send(Change::Catalog(change), record).await
     }
 
     /// The data directory.
@@ -198,10 +230,17 @@ impl DurableStore {
     ) -> Result<Applied, EngineError> {
         let mut record = Vec::new();
         codec::encode_mutation(&mut record, project, &mutation);
-        let (reply, answer) = oneshot::channel();
-        let submission = Submission {
+        let change = Change::Data {
             project: project.clone(),
             mutation,
+        };
+        self.send(change, record).await
+    }
+
+    async fn send(&self, change: Change, record: Vec<u8>) -> Result<Applied, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission {
+            change,
             record,
             reply,
         };
@@ -274,6 +313,23 @@ impl Backend for DurableStore {
 
     async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
         Ok(self.submit(project, Mutation::Clear).await?.removed)
+    }
+}
+
+/// Applies a logged change to memory and catalog (the writer and replay
+/// both come here, so they cannot disagree).
+fn apply_change(mem: &MemoryStore, catalog: &Catalog, change: Change) -> Applied {
+    match change {
+        Change::Data { project, mutation } => mem.apply(&project, mutation),
+        Change::Catalog(change) => {
+            catalog.apply(&change);
+            match change {
+                CatalogChange::DeleteProject { project } => mem.apply(&project, Mutation::Clear),
+                CatalogChange::PutProject { .. }
+                | CatalogChange::PutToken(_)
+                | CatalogChange::RevokeToken { .. } => Applied::default(),
+            }
+        }
     }
 }
 

@@ -12,11 +12,11 @@ use std::{
 };
 
 use super::{
-    DurableStore, LogOptions,
+    Change, DurableStore, LogOptions, apply_change,
     codec::{self, FrameError, FrameReader, Record},
     remove_file_logged, segment_name, snapshot, snapshot_name, writer,
 };
-use crate::engine::{Clock, Mutation, memory::MemoryStore};
+use crate::engine::{Clock, Mutation, catalog::Catalog, memory::MemoryStore};
 
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -159,11 +159,20 @@ impl DurableStore {
         let mut recovered = Recovered::default();
         let (snapshots, segments) = list(dir, &mut recovered)?;
         let mem = Arc::new(MemoryStore::with_clock(clock));
+        let catalog = Arc::new(Catalog::default());
         let now = mem.clock().now_ms();
 
         let base = snapshots.last().copied();
         if let Some(base) = base {
-            load_snapshot(dir, base, &mem, now, options.repair, &mut recovered)?;
+            load_snapshot(
+                dir,
+                base,
+                &mem,
+                &catalog,
+                now,
+                options.repair,
+                &mut recovered,
+            )?;
             recovered.snapshot = Some(base);
         }
         let base = base.unwrap_or(0);
@@ -172,7 +181,15 @@ impl DurableStore {
         let mut log_bytes = 0;
         for (i, &seq) in to_replay.iter().enumerate() {
             let last = i + 1 == to_replay.len();
-            match replay_segment(dir, seq, &mem, now, last, options.repair, &mut recovered)? {
+            match replay_segment(
+                dir,
+                seq,
+                (&mem, &catalog),
+                now,
+                last,
+                options.repair,
+                &mut recovered,
+            )? {
                 SegmentEnd::Complete(len) => log_bytes += len,
                 SegmentEnd::Cut(len) => {
                     log_bytes += len;
@@ -209,6 +226,7 @@ impl DurableStore {
         let writer = writer::Writer {
             dir: dir.to_path_buf(),
             mem: Arc::clone(&mem),
+            catalog: Arc::clone(&catalog),
             options,
             file,
             seq: next,
@@ -226,6 +244,7 @@ impl DurableStore {
             .map_err(io_error("cannot start the log writer thread"))?;
         Ok(Self {
             mem,
+            catalog,
             commands,
             writer: Mutex::new(Some(handle)),
             dir: dir.to_path_buf(),
@@ -310,6 +329,7 @@ fn load_snapshot(
     dir: &Path,
     base: u64,
     mem: &MemoryStore,
+    catalog: &Catalog,
     now: u64,
     repair: bool,
     recovered: &mut Recovered,
@@ -348,6 +368,10 @@ fn load_snapshot(
             Ok(())
         }
         Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
+        Record::Catalog(change) => {
+            apply_change(mem, catalog, Change::Catalog(change));
+            Ok(())
+        }
         Record::End { count } => {
             end = Some((at, count));
             Ok(())
@@ -431,7 +455,7 @@ fn for_each_record(
 fn replay_segment(
     dir: &Path,
     seq: u64,
-    mem: &MemoryStore,
+    (mem, catalog): (&MemoryStore, &Catalog),
     now: u64,
     last: bool,
     repair: bool,
@@ -490,6 +514,11 @@ fn replay_segment(
     let streamed = for_each_record(reader, |_, record| match record {
         Record::Mutation { project, mutation } => {
             apply_replayed(mem, &project, mutation, now);
+            records += 1;
+            Ok(())
+        }
+        Record::Catalog(change) => {
+            apply_change(mem, catalog, Change::Catalog(change));
             records += 1;
             Ok(())
         }

@@ -8,16 +8,16 @@ use std::{
 };
 
 use super::{codec, remove_file_logged, snapshot_name, sync_dir};
-use crate::engine::memory::MemoryStore;
+use crate::engine::{catalog::Catalog, memory::MemoryStore};
 
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and
 /// older snapshots. Failures are logged: the older files stay, so a
 /// recovery still finds everything.
-pub(super) fn write(dir: &Path, mem: &MemoryStore, base: u64) {
+pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) {
     let started = std::time::Instant::now();
     tracing::info!(snapshot = base, "snapshot started");
-    match write_file(dir, mem, base) {
+    match write_file(dir, mem, catalog, base) {
         Ok(count) => {
             tracing::info!(
                 snapshot = base,
@@ -31,7 +31,7 @@ pub(super) fn write(dir: &Path, mem: &MemoryStore, base: u64) {
     }
 }
 
-fn write_file(dir: &Path, mem: &MemoryStore, base: u64) -> io::Result<u64> {
+fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io::Result<u64> {
     let name = snapshot_name(base);
     let tmp = dir.join(format!("{name}.tmp"));
     let result = (|| {
@@ -41,6 +41,12 @@ fn write_file(dir: &Path, mem: &MemoryStore, base: u64) -> io::Result<u64> {
         // One entry encoded at a time: memory stays bounded whatever the
         // data size.
         let mut record = Vec::new();
+        // The catalog first, so loading meets projects before their data.
+        for change in catalog.changes() {
+            record.clear();
+            codec::encode_catalog(&mut record, &change);
+            out.write_all(&record)?;
+        }
         let count = mem.for_each_live(|project, key, value, expires_at| {
             record.clear();
             codec::encode_set(&mut record, project, key, value, expires_at);

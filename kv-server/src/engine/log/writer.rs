@@ -10,13 +10,15 @@ use std::{
 };
 
 use super::{
-    Command, FsyncPolicy, LogOptions, Submission, codec, segment_name, snapshot, sync_dir,
+    Change, Command, FsyncPolicy, LogOptions, Submission, apply_change, codec, segment_name,
+    snapshot, sync_dir,
 };
 use std::collections::{HashMap, HashSet};
 
 use crate::{
     engine::{
         EngineError, Mutation, QuotaExceeded,
+        catalog::{Catalog, CatalogChange},
         memory::{MemoryStore, Usage},
     },
     project::ProjectName,
@@ -30,6 +32,7 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 pub(super) struct Writer {
     pub(super) dir: PathBuf,
     pub(super) mem: Arc<MemoryStore>,
+    pub(super) catalog: Arc<Catalog>,
     pub(super) options: LogOptions,
     pub(super) file: File,
     pub(super) seq: u64,
@@ -114,13 +117,19 @@ impl Writer {
     /// applied, so concurrent writers cannot overshoot. Only the expiry task
     /// changes memory meanwhile, and it only frees space.
     fn admit(&self, batch: &mut Vec<Submission>) {
-        let quota = self.options.quota;
-        if quota.max_keys.is_none() && quota.max_bytes.is_none() {
-            return;
-        }
         let mut projected = Projection::default();
         for submission in std::mem::take(batch) {
-            match projected.admit(&self.mem, quota, &submission.project, &submission.mutation) {
+            let checked = match &submission.change {
+                Change::Data { project, mutation } => {
+                    let quota = self.catalog.effective_quota(project, self.options.quota);
+                    projected.admit(&self.mem, quota, project, mutation)
+                }
+                Change::Catalog(CatalogChange::DeleteProject { project }) => {
+                    projected.admit(&self.mem, Default::default(), project, &Mutation::Clear)
+                }
+                Change::Catalog(_) => Ok(()),
+            };
+            match checked {
                 Ok(()) => batch.push(submission),
                 Err(refused) => {
                     let _ = submission
@@ -143,14 +152,8 @@ impl Writer {
         }
         match self.append(buf) {
             Ok(()) => {
-                for Submission {
-                    project,
-                    mutation,
-                    reply,
-                    ..
-                } in batch.drain(..)
-                {
-                    let applied = self.mem.apply(&project, mutation);
+                for Submission { change, reply, .. } in batch.drain(..) {
+                    let applied = apply_change(&self.mem, &self.catalog, change);
                     // The caller may have given up (deadline, hang-up): the
                     // write stands regardless, as it is in the log.
                     let _ = reply.send(Ok(applied));
@@ -249,11 +252,15 @@ impl Writer {
         // Every record before segment `seq` is applied: the snapshot walk
         // starts from a state that includes them all.
         let base = self.seq;
-        let (dir, mem) = (self.dir.clone(), Arc::clone(&self.mem));
+        let (dir, mem, catalog) = (
+            self.dir.clone(),
+            Arc::clone(&self.mem),
+            Arc::clone(&self.catalog),
+        );
         self.log_bytes = self.file_len;
         let spawned = std::thread::Builder::new()
             .name("kv-snapshot".into())
-            .spawn(move || snapshot::write(&dir, &mem, base));
+            .spawn(move || snapshot::write(&dir, &mem, &catalog, base));
         match spawned {
             Ok(handle) => self.snapshot = Some(handle),
             Err(e) => tracing::warn!("could not start the snapshot thread: {e}"),
@@ -326,6 +333,12 @@ impl Projection {
         project: &ProjectName,
         mutation: &Mutation,
     ) -> Result<(), QuotaExceeded> {
+        let unlimited = quota.max_keys.is_none() && quota.max_bytes.is_none();
+        if unlimited && !matches!(mutation, Mutation::Clear) {
+            // Nothing to check, and a project's quota does not change within
+            // a batch (catalog changes apply with the batch).
+            return Ok(());
+        }
         let current = *self
             .usage
             .entry(project.clone())

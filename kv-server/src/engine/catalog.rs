@@ -1,0 +1,162 @@
+//! The catalog: registered projects with their quotas, and access tokens.
+//! Durable like the data (the same log and snapshots), kept in memory.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::RwLock,
+};
+
+use super::Quota;
+use crate::project::ProjectName;
+
+/// A project access token as stored: never the secret, only its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenMeta {
+    /// Public identifier (also part of the token string).
+    pub id: String,
+    /// The one project the token gives access to.
+    pub project: ProjectName,
+    /// Reads only.
+    pub read_only: bool,
+    /// SHA-256 of the secret part.
+    pub secret_sha256: [u8; 32],
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+impl std::fmt::Debug for TokenMeta {
+    // The hash is not a secret, but nothing derived from one is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMeta")
+            .field("id", &self.id)
+            .field("project", &self.project)
+            .field("read_only", &self.read_only)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to the catalog, as the resulting state (replay is idempotent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// The project exists with this quota.
+    PutProject {
+        /// The project.
+        project: ProjectName,
+        /// Its quota (absent fields: the server default).
+        quota: Quota,
+    },
+    /// The project, its data and its tokens are gone.
+    DeleteProject {
+        /// The project.
+        project: ProjectName,
+    },
+    /// The token exists.
+    PutToken(TokenMeta),
+    /// The token no longer exists.
+    RevokeToken {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// Registered projects and tokens.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    projects: RwLock<BTreeMap<ProjectName, Quota>>,
+    tokens: RwLock<HashMap<String, TokenMeta>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Poisoning cannot leave these maps half-updated: each change is one
+    // insert or remove.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Catalog {
+    /// Applies a change; returns whether it changed anything (a revoke of an
+    /// unknown token does not).
+    ///
+    /// ```
+    /// use kv_server::engine::{Quota, catalog::{Catalog, CatalogChange}};
+    /// use kv_server::project::ProjectName;
+    /// let catalog = Catalog::default();
+    /// let p = ProjectName::parse("shop").unwrap();
+    /// catalog.apply(&CatalogChange::PutProject { project: p.clone(), quota: Quota::default() });
+    /// assert!(catalog.project(&p).is_some());
+    /// ```
+    pub fn apply(&self, change: &CatalogChange) -> bool {
+        match change {
+            CatalogChange::PutProject { project, quota } => {
+                write(&self.projects).insert(project.clone(), *quota);
+                true
+            }
+            CatalogChange::DeleteProject { project } => {
+                let existed = write(&self.projects).remove(project).is_some();
+                write(&self.tokens).retain(|_, t| &t.project != project);
+                existed
+            }
+            CatalogChange::PutToken(token) => {
+                write(&self.tokens).insert(token.id.clone(), token.clone());
+                true
+            }
+            CatalogChange::RevokeToken { id } => write(&self.tokens).remove(id).is_some(),
+        }
+    }
+
+    /// The quota of a registered project.
+    pub fn project(&self, project: &ProjectName) -> Option<Quota> {
+        read(&self.projects).get(project).copied()
+    }
+
+    /// Every registered project and its quota, by name.
+    pub fn projects(&self) -> Vec<(ProjectName, Quota)> {
+        read(&self.projects)
+            .iter()
+            .map(|(p, q)| (p.clone(), *q))
+            .collect()
+    }
+
+    /// The token with this id.
+    pub fn token(&self, id: &str) -> Option<TokenMeta> {
+        read(&self.tokens).get(id).cloned()
+    }
+
+    /// Tokens of `project`, or of every project, by id.
+    pub fn tokens(&self, project: Option<&ProjectName>) -> Vec<TokenMeta> {
+        let mut tokens: Vec<TokenMeta> = read(&self.tokens)
+            .values()
+            .filter(|t| project.is_none_or(|p| &t.project == p))
+            .cloned()
+            .collect();
+        tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        tokens
+    }
+
+    /// The quota in force for `project`: its own fields where set, else
+    /// `default`'s.
+    pub fn effective_quota(&self, project: &ProjectName, default: Quota) -> Quota {
+        match self.project(project) {
+            Some(own) => Quota {
+                max_keys: own.max_keys.or(default.max_keys),
+                max_bytes: own.max_bytes.or(default.max_bytes),
+            },
+            None => default,
+        }
+    }
+
+    /// Every change that recreates the current state (for snapshots).
+    pub fn changes(&self) -> Vec<CatalogChange> {
+        let mut changes: Vec<CatalogChange> = self
+            .projects()
+            .into_iter()
+            .map(|(project, quota)| CatalogChange::PutProject { project, quota })
+            .collect();
+        changes.extend(self.tokens(None).into_iter().map(CatalogChange::PutToken));
+        changes
+    }
+}
