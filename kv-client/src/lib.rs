@@ -47,7 +47,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use kv_proto::v1::{
     ClearRequest, DeleteRequest, GetRequest, HasRequest, SetRequest,
-    kv_service_client::KvServiceClient,
+    admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
@@ -56,9 +56,11 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
+mod admin;
 mod error;
 mod json;
 
+pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use tonic::Code;
@@ -82,10 +84,23 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// # let _ = carts; Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     grpc: KvServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
     timeout: Duration,
+    /// `Bearer <token>`, sent with every call.
+    authorization: Option<AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for Client {
+    // The token is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("timeout", &self.timeout)
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Options for [`Client`]; start from [`Client::builder`].
@@ -101,13 +116,25 @@ pub struct Client {
 /// # let _ = client; Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     timeout: Duration,
     connect_timeout: Duration,
     max_message_bytes: usize,
     tls: Option<Tls>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// TLS settings for a connection to an `https://` URL.
@@ -209,6 +236,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends `authorization: Bearer <token>` with every call: a project token
+    /// (`kv_...`) or the admin token. Use TLS too, or the token travels in
+    /// the clear.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// TLS settings (an `https://` URL without them uses the system roots).
     pub fn tls(mut self, tls: Tls) -> Self {
         self.tls = Some(tls);
@@ -247,13 +282,23 @@ impl ClientBuilder {
         }
     }
 
-    fn client(&self, channel: Channel) -> Client {
-        Client {
-            grpc: KvServiceClient::new(channel)
+    fn client(&self, channel: Channel) -> Result<Client, Error> {
+        let authorization = self
+            .token
+            .as_ref()
+            .map(|token| {
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| Error::InvalidArgument("the token is not printable ASCII".into()))
+            })
+            .transpose()?;
+        Ok(Client {
+            grpc: KvServiceClient::new(channel.clone())
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes),
+            admin: AdminServiceClient::new(channel),
             timeout: self.timeout,
-        }
+            authorization,
+        })
     }
 
     /// Connects now.
@@ -271,7 +316,7 @@ impl ClientBuilder {
                 url: self.url.clone(),
                 source,
             })?;
-        Ok(self.client(channel))
+        self.client(channel)
     }
 
     /// Returns at once; connects on the first call (and reconnects after a
@@ -282,11 +327,54 @@ impl ClientBuilder {
     /// [`Error::Connect`] when the URL is invalid.
     pub fn connect_lazy(self) -> Result<Client, Error> {
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.client(channel))
+        self.client(channel)
     }
 }
 
 impl Client {
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(reply) => Ok(reply?.into_inner()),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    /// The admin API (projects, quotas, tokens), with this client's
+    /// credentials (the admin token when the server requires one).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), kv_client::Error> {
+    /// let admin = kv_client::Client::builder("http://127.0.0.1:50051")
+    ///     .token("the-admin-token")
+    ///     .connect()
+    ///     .await?
+    ///     .admin();
+    /// admin.create_project("shop", kv_client::Quota::default()).await?;
+    /// let token = admin.create_token("shop", false).await?;
+    /// println!("give the shop service this secret once: {}", token.token);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn admin(&self) -> Admin {
+        Admin {
+            client: self.clone(),
+        }
+    }
+
     /// Connects to `url` (like `http://127.0.0.1:50051`) with default options.
     ///
     /// ```no_run
@@ -317,6 +405,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
+            token: None,
         }
     }
 
@@ -372,9 +461,8 @@ pub struct Project {
 impl Project {
     fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
         let header = (*self.header).clone().map_err(Error::InvalidArgument)?;
-        let mut request = Request::new(message);
+        let mut request = self.client.request(message);
         request.metadata_mut().insert(PROJECT_HEADER, header);
-        request.set_timeout(self.client.timeout);
         Ok(request)
     }
 
@@ -382,10 +470,7 @@ impl Project {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(self.client.timeout, call).await {
-            Ok(reply) => Ok(reply?.into_inner()),
-            Err(_) => Err(Error::Timeout(self.client.timeout)),
-        }
+        self.client.call(call).await
     }
 
     /// Reads `key` as a `T`; `None` when the key is missing or expired.

@@ -9,6 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::auth::AdminToken;
 use crate::engine::{
     Quota,
     log::{FsyncPolicy, LogOptions},
@@ -134,6 +135,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Serve TLS (and require client certificates) when set.
     pub tls: Option<TlsFiles>,
+    /// Require authentication, with this admin token; `None` is open mode.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Default for Config {
@@ -163,6 +166,7 @@ impl Default for Config {
             keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             tls: None,
+            admin_token: None,
         }
     }
 }
@@ -172,7 +176,7 @@ impl Default for Config {
 pub enum ConfigError {
     /// Open mode (no authentication) on an address other machines can reach.
     #[error(
-        "refusing to serve without authentication on {addr}, which is not a loopback address: listen on 127.0.0.1, or pass --insecure-open to serve every project to anyone who can connect"
+        "refusing to serve without authentication on {addr}, which is not a loopback address: configure an admin token (--admin-token-file or KV_ADMIN_TOKEN), listen on 127.0.0.1, or pass --insecure-open to serve every project to anyone who can connect"
     )]
     OpenModeExposed {
         /// The listen address.
@@ -181,6 +185,9 @@ pub enum ConfigError {
     /// TLS flags that do not go together.
     #[error("{0}")]
     Tls(&'static str),
+    /// The admin token could not be read or is too weak.
+    #[error("admin token: {0}")]
+    AdminToken(String),
     /// The idle timeout would cut clients that answer keepalive pings.
     #[error(
         "--idle-timeout-ms ({idle} ms) must exceed --keepalive-interval-ms plus --keepalive-timeout-ms ({keepalive} ms), or live idle clients are cut"
@@ -286,8 +293,7 @@ impl Config {
                 keepalive,
             });
         }
-        // Until tokens exist every server is in open mode.
-        if !self.listen.ip().is_loopback() && !self.insecure_open {
+        if self.admin_token.is_none() && !self.listen.ip().is_loopback() && !self.insecure_open {
             return Err(ConfigError::OpenModeExposed { addr: self.listen });
         }
         check(
@@ -302,7 +308,7 @@ impl Config {
 
 /// Command-line flags of `kv-server`. Every flag can also be set through the
 /// environment variable shown in `--help`.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "kv-server",
     version,
@@ -394,6 +400,15 @@ pub struct Cli {
     #[arg(long, env = "KV_DEFAULT_MAX_BYTES", default_value_t = 0)]
     pub default_max_bytes: u64,
 
+    /// Require authentication: the admin token is the content of this file
+    /// (surrounding whitespace ignored).
+    #[arg(long, env = "KV_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The admin token itself (prefer --admin-token-file: environments leak).
+    #[arg(long = "admin-token", env = "KV_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "KV_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -422,7 +437,23 @@ impl Cli {
     ///
     /// [`ConfigError`] when a value is out of range.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let admin_token = match (&self.admin_token_file, &self.admin_token) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::AdminToken(
+                    "give --admin-token-file or KV_ADMIN_TOKEN, not both".into(),
+                ));
+            }
+            (Some(path), None) => {
+                let secret = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::AdminToken(format!("cannot read {}: {e}", path.display()))
+                })?;
+                Some(AdminToken::new(&secret).map_err(ConfigError::AdminToken)?)
+            }
+            (None, Some(secret)) => Some(AdminToken::new(secret).map_err(ConfigError::AdminToken)?),
+            (None, None) => None,
+        };
         let config = Config {
+            admin_token,
             listen: self.listen,
             data_dir: self.data_dir,
             log: LogOptions {

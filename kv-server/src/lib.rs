@@ -40,6 +40,8 @@
 //! # });
 //! ```
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod limits;

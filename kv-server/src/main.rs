@@ -40,9 +40,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::warn!(
-        "open mode: no authentication; any client that can connect reads and writes every project (x-kv-project picks it)"
-    );
+    if config.admin_token.is_none() {
+        tracing::warn!(
+            "open mode: no authentication; any client that can connect reads and writes every project (x-kv-project picks it)"
+        );
+    }
     match listener.local_addr() {
         // Tests and scripts read the port from this line when they ask for port 0.
         Ok(addr) => tracing::info!("listening on {addr}"),

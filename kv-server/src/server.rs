@@ -3,12 +3,16 @@
 
 use std::{future::Future, sync::Arc};
 
-use kv_proto::wire::kv_service_server::KvServiceServer;
+use kv_proto::{
+    v1::admin_service_server::AdminServiceServer, wire::kv_service_server::KvServiceServer,
+};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
+    admin::AdminService,
+    auth::Auth,
     config::{Config, ConfigError, TlsFiles},
     engine::{
         Backend, Clock, SystemClock,
@@ -116,7 +120,20 @@ pub async fn run_durable(
 ) -> Result<(), ServeError> {
     config.validate()?;
     let expiry = ExpiryTask::spawn(Arc::clone(store.memory()), config.expiry_interval);
-    let served = serve(&config, Arc::clone(&store), listener, shutdown).await;
+    let auth = Arc::new(Auth::new(
+        config.admin_token.clone(),
+        Arc::clone(store.catalog()),
+    ));
+    let admin = AdminService::new(Arc::clone(&store), Arc::clone(&auth));
+    let served = serve(
+        &config,
+        Arc::clone(&store),
+        auth,
+        Some(admin),
+        listener,
+        shutdown,
+    )
+    .await;
     expiry.stop().await;
     let closed = store.close().await.map_err(ServeError::Close);
     served.and(closed)
@@ -135,7 +152,9 @@ pub async fn run_memory(
 ) -> Result<(), ServeError> {
     config.validate()?;
     let expiry = ExpiryTask::spawn(Arc::clone(&store), config.expiry_interval);
-    let served = serve(&config, store, listener, shutdown).await;
+    // Without a log there are no tokens: only the admin token, if any.
+    let auth = Arc::new(Auth::new(config.admin_token.clone(), Default::default()));
+    let served = serve(&config, store, auth, None, listener, shutdown).await;
     expiry.stop().await;
     served
 }
@@ -151,11 +170,13 @@ pub async fn run_memory(
 pub async fn serve<B: Backend>(
     config: &Config,
     backend: Arc<B>,
+    auth: Arc<Auth>,
+    admin: Option<AdminService>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
-    let kv = KvServiceServer::new(KvService::new(backend, config.limits.clone()))
+    let kv = KvServiceServer::new(KvService::new(backend, config.limits.clone(), auth))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
@@ -201,6 +222,7 @@ pub async fn serve<B: Backend>(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(kv)
+        .add_optional_service(admin.map(AdminServiceServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown);
 
     // tonic's drain waits for every open stream, and a health watch never

@@ -10,6 +10,7 @@ use kv_proto::wire::{
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
+    auth::{Access, Auth},
     config::Limits,
     engine::{Backend, EngineError},
     project::{ProjectName, ProjectNameError},
@@ -127,19 +128,26 @@ pub fn project_of(metadata: &MetadataMap) -> Result<ProjectName, RequestError> {
 pub struct KvService<B> {
     backend: Arc<B>,
     limits: Limits,
+    auth: Arc<Auth>,
 }
 
 impl<B> KvService<B> {
-    /// A service answering from `backend` under `limits`.
+    /// A service answering from `backend` under `limits`, admitting calls
+    /// through `auth`.
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::{config::Limits, engine::memory::MemoryStore, service::KvService};
-    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default());
+    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth);
     /// let _grpc = kv_proto::wire::kv_service_server::KvServiceServer::new(service);
     /// ```
-    pub fn new(backend: Arc<B>, limits: Limits) -> Self {
-        Self { backend, limits }
+    pub fn new(backend: Arc<B>, limits: Limits, auth: Arc<Auth>) -> Self {
+        Self {
+            backend,
+            limits,
+            auth,
+        }
     }
 
     fn key<'k>(&self, key: &'k str) -> Result<&'k str, RequestError> {
@@ -164,7 +172,7 @@ impl<B> KvService<B> {
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let project = project_of(request.metadata())?;
+        let project = self.auth.project_for(request.metadata(), Access::Read)?;
         let key = self.key(&request.get_ref().key)?;
         let value = self.backend.get(&project, key).await?;
         Ok(Response::new(GetResponse {
@@ -174,7 +182,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let project = project_of(request.metadata())?;
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
         let SetRequest { key, value, ttl_ms } = request.get_ref();
         let key = self.key(key)?;
         let ttl_ms = self.ttl(*ttl_ms)?;
@@ -185,7 +193,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
-        let project = project_of(request.metadata())?;
+        let project = self.auth.project_for(request.metadata(), Access::Read)?;
         let key = self.key(&request.get_ref().key)?;
         let exists = self.backend.has(&project, key).await?;
         Ok(Response::new(HasResponse { exists }))
@@ -195,7 +203,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let project = project_of(request.metadata())?;
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
         let key = self.key(&request.get_ref().key)?;
         let deleted = self.backend.delete(&project, key).await?;
         Ok(Response::new(DeleteResponse { deleted }))
@@ -205,7 +213,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<ClearRequest>,
     ) -> Result<Response<ClearResponse>, Status> {
-        let project = project_of(request.metadata())?;
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
         let deleted = self.backend.clear(&project).await?;
         Ok(Response::new(ClearResponse { deleted }))
     }

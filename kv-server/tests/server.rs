@@ -171,7 +171,8 @@ async fn start_slow(
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
-        kv_server::server::serve(&config, backend, listener, async {
+        let auth = Arc::new(kv_server::auth::Auth::new(None, Default::default()));
+        kv_server::server::serve(&config, backend, auth, None, listener, async {
             let _ = stopped.await;
         })
         .await

@@ -1,0 +1,298 @@
+//! The admin API: projects, quotas, usage and tokens.
+
+use kv_proto::v1 as pb;
+
+use crate::{Client, Error};
+
+/// Limits on what a project holds; `None` means the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys.
+    pub max_keys: Option<u64>,
+    /// Most bytes of keys plus encoded values.
+    pub max_bytes: Option<u64>,
+}
+
+/// A project with its usage and quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectInfo {
+    /// The name.
+    pub name: String,
+    /// Keys held.
+    pub keys: u64,
+    /// Bytes of keys plus encoded values held.
+    pub bytes: u64,
+    /// The project's own quota (unset fields: server default).
+    pub quota: Quota,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its id (for revoking).
+    pub id: String,
+    /// The project it opens.
+    pub project: String,
+    /// Reads only.
+    pub read_only: bool,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+/// A token just created: its secret is shown here only.
+#[derive(Clone)]
+pub struct NewToken {
+    /// The bearer secret.
+    pub token: String,
+    /// The rest.
+    pub info: TokenInfo,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("token", &"<redacted>")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+fn project(p: pb::Project) -> ProjectInfo {
+    let quota = p.quota.unwrap_or_default();
+    ProjectInfo {
+        name: p.name,
+        keys: p.keys,
+        bytes: p.bytes,
+        quota: Quota {
+            max_keys: quota.max_keys,
+            max_bytes: quota.max_bytes,
+        },
+    }
+}
+
+fn token(t: pb::TokenInfo) -> TokenInfo {
+    TokenInfo {
+        id: t.id,
+        project: t.project,
+        read_only: t.read_only,
+        created_at_ms: t.created_at_ms,
+    }
+}
+
+fn quota(q: Quota) -> Option<pb::Quota> {
+    Some(pb::Quota {
+        max_keys: q.max_keys,
+        max_bytes: q.max_bytes,
+    })
+}
+
+/// The admin API; from [`Client::admin`]. Every method needs the admin
+/// token when the server requires authentication.
+///
+/// # Errors
+///
+/// Every method: [`Error::Status`] with `UNAUTHENTICATED` (no or bad
+/// credentials), `PERMISSION_DENIED` (a project token), `NOT_FOUND` (an
+/// unregistered project), `ALREADY_EXISTS`, `INVALID_ARGUMENT`;
+/// [`Error::Timeout`].
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub(crate) client: Client,
+}
+
+impl Admin {
+    /// Registers a project.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let quota = kv_client::Quota { max_keys: Some(10_000), max_bytes: None };
+    /// admin.create_project("shop", quota).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn create_project(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
+        let request = self.client.request(pb::CreateProjectRequest {
+            name: name.into(),
+            quota: quota(limits),
+        });
+        let reply = self
+            .client
+            .call(self.client.admin.clone().create_project(request))
+            .await?;
+        Ok(project(reply))
+    }
+
+    /// Deletes a project, its data and its tokens; returns how many live
+    /// keys it held.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let removed = admin.delete_project("old-shop").await?;
+    /// # let _ = removed; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn delete_project(&self, name: &str) -> Result<u64, Error> {
+        let request = self
+            .client
+            .request(pb::DeleteProjectRequest { name: name.into() });
+        let reply = self
+            .client
+            .call(self.client.admin.clone().delete_project(request))
+            .await?;
+        Ok(reply.deleted_keys)
+    }
+
+    /// One project with its usage.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let shop = admin.get_project("shop").await?;
+    /// println!("{} keys, {} bytes", shop.keys, shop.bytes);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn get_project(&self, name: &str) -> Result<ProjectInfo, Error> {
+        let request = self
+            .client
+            .request(pb::GetProjectRequest { name: name.into() });
+        Ok(project(
+            self.client
+                .call(self.client.admin.clone().get_project(request))
+                .await?,
+        ))
+    }
+
+    /// Every registered project, by name.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// for p in admin.list_projects().await? { println!("{}: {} keys", p.name, p.keys); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn list_projects(&self) -> Result<Vec<ProjectInfo>, Error> {
+        let request = self.client.request(pb::ListProjectsRequest {});
+        let reply = self
+            .client
+            .call(self.client.admin.clone().list_projects(request))
+            .await?;
+        Ok(reply.projects.into_iter().map(project).collect())
+    }
+
+    /// Replaces a project's quota.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// admin.set_quota("shop", kv_client::Quota { max_keys: Some(50_000), max_bytes: Some(1 << 30) }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn set_quota(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
+        let request = self.client.request(pb::SetQuotaRequest {
+            name: name.into(),
+            quota: quota(limits),
+        });
+        Ok(project(
+            self.client
+                .call(self.client.admin.clone().set_quota(request))
+                .await?,
+        ))
+    }
+
+    /// Creates a token for `project` (read-write or read-only).
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let reader = admin.create_token("shop", true).await?;
+    /// let shop = kv_client::Client::builder("http://127.0.0.1:50051").token(reader.token).connect().await?;
+    /// # let _ = shop; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn create_token(&self, project: &str, read_only: bool) -> Result<NewToken, Error> {
+        let request = self.client.request(pb::CreateTokenRequest {
+            project: project.into(),
+            read_only,
+        });
+        let reply = self
+            .client
+            .call(self.client.admin.clone().create_token(request))
+            .await?;
+        let info = reply
+            .info
+            .ok_or_else(|| Error::Protocol("CreateToken reply without token info".into()))?;
+        Ok(NewToken {
+            token: reply.token,
+            info: token(info),
+        })
+    }
+
+    /// Revokes a token; false if there was no such token.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// admin.revoke_token("3f2a9c0d1e4b5a67").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
+        let request = self
+            .client
+            .request(pb::RevokeTokenRequest { id: id.into() });
+        Ok(self
+            .client
+            .call(self.client.admin.clone().revoke_token(request))
+            .await?
+            .revoked)
+    }
+
+    /// Tokens (never secrets) of one project, or of all with `None`.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let tokens = admin.list_tokens(Some("shop")).await?;
+    /// # let _ = tokens; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn list_tokens(&self, project: Option<&str>) -> Result<Vec<TokenInfo>, Error> {
+        let request = self.client.request(pb::ListTokensRequest {
+            project: project.unwrap_or_default().into(),
+        });
+        let reply = self
+            .client
+            .call(self.client.admin.clone().list_tokens(request))
+            .await?;
+        Ok(reply.tokens.into_iter().map(token).collect())
+    }
+}

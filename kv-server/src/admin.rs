@@ -1,0 +1,215 @@
+//! `kv.v1.AdminService`: projects, quotas, usage and tokens, on the durable
+//! store. Every call first passes [`Auth::require_admin`].
+
+use std::sync::Arc;
+
+use kv_proto::v1::{
+    self as pb, CreateProjectRequest, CreateTokenRequest, CreateTokenResponse,
+    DeleteProjectRequest, DeleteProjectResponse, GetProjectRequest, ListProjectsRequest,
+    ListProjectsResponse, ListTokensRequest, ListTokensResponse, RevokeTokenRequest,
+    RevokeTokenResponse, SetQuotaRequest, admin_service_server,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::{Auth, new_token},
+    engine::{
+        Quota,
+        catalog::{CatalogChange, TokenMeta},
+        log::DurableStore,
+    },
+    project::ProjectName,
+};
+
+/// The admin API over a [`DurableStore`].
+pub struct AdminService {
+    store: Arc<DurableStore>,
+    auth: Arc<Auth>,
+}
+
+impl AdminService {
+    /// An admin service for `store`, admitting calls through `auth`.
+    pub fn new(store: Arc<DurableStore>, auth: Arc<Auth>) -> Self {
+        Self { store, auth }
+    }
+
+    fn project(&self, name: &str) -> Result<ProjectName, Status> {
+        ProjectName::parse(name).map_err(|e| Status::invalid_argument(format!("project: {e}")))
+    }
+
+    fn describe(&self, project: &ProjectName, quota: Quota) -> pb::Project {
+        let usage = self.store.memory().usage(project);
+        pb::Project {
+            name: project.to_string(),
+            keys: usage.keys,
+            bytes: usage.bytes,
+            quota: Some(pb::Quota {
+                max_keys: quota.max_keys,
+                max_bytes: quota.max_bytes,
+            }),
+        }
+    }
+
+    fn registered(&self, project: &ProjectName) -> Result<Quota, Status> {
+        self.store.catalog().project(project).ok_or_else(|| {
+            Status::not_found(format!(
+                "project {project} is not registered (CreateProject first)"
+            ))
+        })
+    }
+
+    async fn put(
+        &self,
+        project: &ProjectName,
+        quota: Option<pb::Quota>,
+    ) -> Result<pb::Project, Status> {
+        let quota = quota.map_or_else(Quota::default, |q| Quota {
+            max_keys: q.max_keys,
+            max_bytes: q.max_bytes,
+        });
+        self.store
+            .change_catalog(CatalogChange::PutProject {
+                project: project.clone(),
+                quota,
+            })
+            .await?;
+        Ok(self.describe(project, quota))
+    }
+}
+
+fn token_info(meta: TokenMeta) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: meta.id,
+        project: meta.project.to_string(),
+        read_only: meta.read_only,
+        created_at_ms: meta.created_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl admin_service_server::AdminService for AdminService {
+    async fn create_project(
+        &self,
+        request: Request<CreateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let CreateProjectRequest { name, quota } = request.into_inner();
+        let project = self.project(&name)?;
+        if self.store.catalog().project(&project).is_some() {
+            return Err(Status::already_exists(format!(
+                "project {project} already exists"
+            )));
+        }
+        Ok(Response::new(self.put(&project, quota).await?))
+    }
+
+    async fn delete_project(
+        &self,
+        request: Request<DeleteProjectRequest>,
+    ) -> Result<Response<DeleteProjectResponse>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let project = self.project(&request.get_ref().name)?;
+        self.registered(&project)?;
+        let applied = self
+            .store
+            .change_catalog(CatalogChange::DeleteProject { project })
+            .await?;
+        Ok(Response::new(DeleteProjectResponse {
+            deleted_keys: applied.removed,
+        }))
+    }
+
+    async fn get_project(
+        &self,
+        request: Request<GetProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let project = self.project(&request.get_ref().name)?;
+        let quota = self.registered(&project)?;
+        Ok(Response::new(self.describe(&project, quota)))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<ListProjectsRequest>,
+    ) -> Result<Response<ListProjectsResponse>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let projects = self
+            .store
+            .catalog()
+            .projects()
+            .into_iter()
+            .map(|(project, quota)| self.describe(&project, quota))
+            .collect();
+        Ok(Response::new(ListProjectsResponse { projects }))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let SetQuotaRequest { name, quota } = request.into_inner();
+        let project = self.project(&name)?;
+        self.registered(&project)?;
+        Ok(Response::new(self.put(&project, quota).await?))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let CreateTokenRequest { project, read_only } = request.into_inner();
+        let project = self.project(&project)?;
+        self.registered(&project)?;
+        let now = self.store.memory().clock().now_ms();
+        let token = new_token(project, read_only, now)
+            .map_err(|e| Status::unavailable(format!("no randomness for a token: {e}")))?;
+        self.store
+            .change_catalog(CatalogChange::PutToken(token.meta.clone()))
+            .await?;
+        tracing::info!(id = %token.meta.id, project = %token.meta.project, read_only, "token created");
+        Ok(Response::new(CreateTokenResponse {
+            token: token.secret,
+            info: Some(token_info(token.meta)),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let id = request.into_inner().id;
+        let existed = self.store.catalog().token(&id).is_some();
+        if existed {
+            self.store
+                .change_catalog(CatalogChange::RevokeToken { id: id.clone() })
+                .await?;
+            tracing::info!(%id, "token revoked");
+        }
+        Ok(Response::new(RevokeTokenResponse { revoked: existed }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let project = request.into_inner().project;
+        let project = if project.is_empty() {
+            None
+        } else {
+            Some(self.project(&project)?)
+        };
+        let tokens = self
+            .store
+            .catalog()
+            .tokens(project.as_ref())
+            .into_iter()
+            .map(token_info)
+            .collect();
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+}

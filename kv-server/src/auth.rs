@@ -1,0 +1,274 @@
+//! Who is calling, and which project they may touch.
+//!
+//! - **Open mode** (no admin token configured): anyone may do anything; the
+//!   project comes from `x-kv-project` (default `default`).
+//! - **Authenticated**: every call needs `authorization: Bearer <token>`.
+//!   The admin token may call the admin API and any project (named by
+//!   `x-kv-project`). A project token, `kv_<id>_<secret>`, pins its project:
+//!   `x-kv-project` naming another is PERMISSION_DENIED, and a read-only
+//!   token cannot write.
+//!
+//! Only SHA-256 hashes of secrets are kept (in memory and in the log), and
+//! they are compared in constant time. Secrets are 256 bits from the OS
+//! generator, so their hashes cannot be reversed or guessed.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Status, metadata::MetadataMap};
+
+use crate::{
+    engine::catalog::{Catalog, TokenMeta},
+    project::ProjectName,
+    service::{RequestError, project_of},
+};
+
+/// Prefix of project tokens.
+pub const TOKEN_PREFIX: &str = "kv_";
+/// Longest bearer value accepted; anything longer is refused unread.
+pub const MAX_BEARER_LEN: usize = 512;
+
+/// What a call wants to do with a project's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// get, has.
+    Read,
+    /// set, delete, clear.
+    Write,
+}
+
+/// Why a call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("missing credentials: send `authorization: Bearer <token>`")]
+    Missing,
+    /// Not `Bearer <token>`, or not a token of any known shape.
+    #[error("malformed credentials: {0}")]
+    Malformed(&'static str),
+    /// A well-formed token that no longer (or never) existed.
+    #[error("unknown or revoked token")]
+    Unknown,
+    /// The token's project is not the one the call names.
+    #[error("this token is for project {token}; the call names project {asked}")]
+    WrongProject {
+        /// The token's project.
+        token: ProjectName,
+        /// The project in `x-kv-project`.
+        asked: ProjectName,
+    },
+    /// A read-only token tried to write.
+    #[error("this token of project {0} is read-only")]
+    ReadOnly(ProjectName),
+    /// A project token called the admin API.
+    #[error("the admin API needs the admin token, not a project token")]
+    NotAdmin,
+    /// `x-kv-project` is invalid.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown => {
+                Status::unauthenticated(e.to_string())
+            }
+            AuthError::WrongProject { .. } | AuthError::ReadOnly(_) | AuthError::NotAdmin => {
+                Status::permission_denied(e.to_string())
+            }
+            AuthError::Request(e) => e.into(),
+        }
+    }
+}
+
+/// The SHA-256 of a secret.
+pub fn sha256(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// The admin token, kept as its hash only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// Shortest admin token accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// Hashes `secret` (surrounding whitespace removed).
+    ///
+    /// # Errors
+    ///
+    /// When the secret is shorter than [`AdminToken::MIN_LEN`] characters.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the admin token is {} characters; it must be at least {} (use a random secret)",
+                secret.len(),
+                Self::MIN_LEN
+            ));
+        }
+        Ok(Self(sha256(secret.as_bytes())))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        bool::from(self.0.ct_eq(&sha256(presented.as_bytes())))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// A new project token: the secret to hand out once, and what is stored.
+pub struct NewToken {
+    /// `kv_<id>_<secret>`: the bearer value.
+    pub secret: String,
+    /// What the server keeps.
+    pub meta: TokenMeta,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a token for `project`.
+///
+/// # Errors
+///
+/// When the OS random generator fails.
+pub fn new_token(
+    project: ProjectName,
+    read_only: bool,
+    now_ms: u64,
+) -> Result<NewToken, getrandom::Error> {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut id)?;
+    getrandom::fill(&mut secret)?;
+    let secret_hex = hex(&secret);
+    let meta = TokenMeta {
+        id: hex(&id),
+        project,
+        read_only,
+        secret_sha256: sha256(secret_hex.as_bytes()),
+        created_at_ms: now_ms,
+    };
+    Ok(NewToken {
+        secret: format!("{TOKEN_PREFIX}{}_{secret_hex}", meta.id),
+        meta,
+    })
+}
+
+/// Who a call comes from.
+enum Caller {
+    Admin,
+    Project(TokenMeta),
+}
+
+/// Authentication and project resolution for every call.
+pub struct Auth {
+    admin: Option<AdminToken>,
+    catalog: Arc<Catalog>,
+}
+
+impl Auth {
+    /// Open mode when `admin` is `None`; tokens are looked up in `catalog`.
+    pub fn new(admin: Option<AdminToken>, catalog: Arc<Catalog>) -> Self {
+        Self { admin, catalog }
+    }
+
+    /// Whether no authentication is required.
+    pub fn is_open(&self) -> bool {
+        self.admin.is_none()
+    }
+
+    fn caller(&self, metadata: &MetadataMap, admin: &AdminToken) -> Result<Caller, AuthError> {
+        let raw = metadata.get("authorization").ok_or(AuthError::Missing)?;
+        if raw.len() > MAX_BEARER_LEN {
+            return Err(AuthError::Malformed("credentials longer than 512 bytes"));
+        }
+        let value = raw
+            .to_str()
+            .map_err(|_| AuthError::Malformed("credentials are not ASCII"))?;
+        let (scheme, token) = value
+            .split_once(' ')
+            .ok_or(AuthError::Malformed("expected `Bearer <token>`"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed("only the Bearer scheme is accepted"));
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Malformed("the bearer token is empty"));
+        }
+        if admin.matches(token) {
+            return Ok(Caller::Admin);
+        }
+        let Some((id, secret)) = token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+        else {
+            return Err(AuthError::Unknown);
+        };
+        let meta = self.catalog.token(id).ok_or(AuthError::Unknown)?;
+        if bool::from(meta.secret_sha256.ct_eq(&sha256(secret.as_bytes()))) {
+            Ok(Caller::Project(meta))
+        } else {
+            Err(AuthError::Unknown)
+        }
+    }
+
+    /// The project a data call acts on, if the caller may.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError`]: UNAUTHENTICATED, PERMISSION_DENIED or (bad
+    /// `x-kv-project`) INVALID_ARGUMENT.
+    pub fn project_for(
+        &self,
+        metadata: &MetadataMap,
+        access: Access,
+    ) -> Result<ProjectName, AuthError> {
+        let Some(admin) = &self.admin else {
+            return Ok(project_of(metadata)?);
+        };
+        match self.caller(metadata, admin)? {
+            Caller::Admin => Ok(project_of(metadata)?),
+            Caller::Project(token) => {
+                if metadata.get(crate::service::PROJECT_HEADER).is_some() {
+                    let asked = project_of(metadata)?;
+                    if asked != token.project {
+                        return Err(AuthError::WrongProject {
+                            token: token.project,
+                            asked,
+                        });
+                    }
+                }
+                if access == Access::Write && token.read_only {
+                    return Err(AuthError::ReadOnly(token.project));
+                }
+                Ok(token.project)
+            }
+        }
+    }
+
+    /// Admits admin calls: the admin token, or anyone in open mode.
+    ///
+    /// # Errors
+    ///
+    /// UNAUTHENTICATED without valid credentials, PERMISSION_DENIED for a
+    /// project token.
+    pub fn require_admin(&self, metadata: &MetadataMap) -> Result<(), AuthError> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        match self.caller(metadata, admin)? {
+            Caller::Admin => Ok(()),
+            Caller::Project(_) => Err(AuthError::NotAdmin),
+        }
+    }
+}
