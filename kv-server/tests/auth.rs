@@ -153,7 +153,9 @@ async fn bad_credentials_are_unauthenticated() {
         .unwrap();
     let mut raw = KvServiceClient::new(channel);
     let oversize = format!("Bearer {}", "x".repeat(600));
-    let tampered = format!("Bearer {}0", &real[..real.len() - 1]);
+    // The real token with its last hex digit changed.
+    let last = if real.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("Bearer {}{last}", &real[..real.len() - 1]);
     let cases: Vec<(Option<String>, &str)> = vec![
         (None, "missing credentials"),
         (Some(String::new()), "expected `Bearer <token>`"),

@@ -307,3 +307,87 @@ fn open_mode_refuses_non_loopback_addresses_unless_insecure_open() {
         "{log:?}"
     );
 }
+
+#[tokio::test]
+async fn the_binary_takes_its_admin_token_from_a_file_and_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "  binary-admin-secret-0123456789\n").unwrap();
+    let token_arg = token_file.display().to_string();
+    let server = BinaryServer::start(BIN, &["--admin-token-file", &token_arg]);
+    assert!(
+        !server.log().iter().any(|l| l.contains("open mode")),
+        "{:?}",
+        server.log()
+    );
+    let anonymous = server.project("p").await;
+    let err = anonymous.has("k").await.unwrap_err();
+    assert_eq!(err.code(), kv_client::Code::Unauthenticated, "{err}");
+    let admin = kv_client::Client::builder(format!("http://{}", server.addr))
+        .token("binary-admin-secret-0123456789")
+        .connect()
+        .await
+        .unwrap();
+    admin
+        .admin()
+        .create_project("p", kv_client::Quota::default())
+        .await
+        .unwrap();
+    let token = admin.admin().create_token("p", false).await.unwrap().token;
+    let p = kv_client::Client::builder(format!("http://{}", server.addr))
+        .token(token.clone())
+        .connect()
+        .await
+        .unwrap()
+        .project("p");
+    p.set("k", &1).await.unwrap();
+    assert!(p.has("k").await.unwrap());
+    drop((p, admin, anonymous));
+    let (status, log) = tokio::task::spawn_blocking(move || server.terminate_with_log())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("binary-admin-secret") || l.contains(&token)),
+        "no secret in the log: {log:?}"
+    );
+
+    // With authentication on, a non-loopback address needs no --insecure-open.
+    let mut exposed = Command::new(BIN)
+        .args(["--listen", "0.0.0.0:0", "--admin-token-file", &token_arg])
+        .arg("--data-dir")
+        .arg(dir.path().join("exposed"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = exposed.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let listening = std::iter::from_fn(|| seen.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|l| l.contains("listening on"))
+        .expect("the server starts");
+    assert!(listening.contains("listening on 0.0.0.0:"), "{listening}");
+    let _ = exposed.kill();
+    let _ = exposed.wait();
+
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "short").unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
+        .arg(&weak)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 16"));
+}

@@ -353,7 +353,9 @@ fn readme_grpcurl_commands_work_as_written() {
     let lines: Vec<&str> = readme.lines().collect();
     let mut ran = 0;
     for (i, line) in lines.iter().enumerate() {
-        if !line.starts_with("grpcurl ") {
+        // Commands that need an authenticated server (the Security
+        // section) are covered by the auth tests instead.
+        if !line.starts_with("grpcurl ") || line.contains("admin.token") {
             continue;
         }
         let command = line.replace("127.0.0.1:50051", &server.addr.to_string());
