@@ -401,3 +401,64 @@ async fn writes_after_close_fail_cleanly() {
         .unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_survives_snapshots() {
+    use kv_server::{
+        auth::new_token,
+        engine::{Quota, catalog::CatalogChange},
+    };
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        snapshot_min_log_bytes: 4096,
+        ..options(FsyncPolicy::Never)
+    };
+    let store = DurableStore::open(dir.path(), options.clone(), clock.clone()).unwrap();
+    let shop = project("shop");
+    let quota = Quota {
+        max_keys: Some(7),
+        max_bytes: None,
+    };
+    store
+        .change_catalog(CatalogChange::PutProject {
+            project: shop.clone(),
+            quota,
+        })
+        .await
+        .unwrap();
+    let kept = new_token(shop.clone(), true, 1).unwrap().meta;
+    let revoked = new_token(shop.clone(), false, 2).unwrap().meta;
+    for token in [&kept, &revoked] {
+        store
+            .change_catalog(CatalogChange::PutToken(token.clone()))
+            .await
+            .unwrap();
+    }
+    store
+        .change_catalog(CatalogChange::RevokeToken {
+            id: revoked.id.clone(),
+        })
+        .await
+        .unwrap();
+    // Overwrites until a snapshot replaces the log holding those records.
+    for i in 0..2000u32 {
+        store
+            .set(&shop, &format!("k{}", i % 5), value((i % 200) as u8), None)
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+    assert!(
+        !files(dir.path(), ".snap").is_empty(),
+        "a snapshot was written"
+    );
+
+    let reopened = DurableStore::open(dir.path(), options, clock).unwrap();
+    assert!(reopened.recovered().snapshot.is_some());
+    assert_eq!(reopened.catalog().project(&shop), Some(quota));
+    assert_eq!(reopened.catalog().token(&kept.id), Some(kept));
+    assert_eq!(reopened.catalog().token(&revoked.id), None);
+    assert_eq!(reopened.memory().usage(&shop).keys, 5);
+    reopened.close().await.unwrap();
+}
