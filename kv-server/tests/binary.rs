@@ -57,14 +57,8 @@ fn a_port_in_use_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["--listen", &addr])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = kv_tests::run_to_exit(BIN, &addr, dir.path(), &[], &[]);
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
@@ -74,25 +68,25 @@ fn a_port_in_use_is_a_clear_start_up_error() {
 #[test]
 fn bad_limits_are_refused_at_start_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--max-key-bytes", "0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = kv_tests::run_to_exit(
+        BIN,
+        "127.0.0.1:0",
+        dir.path(),
+        &["--max-key-bytes", "0"],
+        &[],
+    );
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("--max-key-bytes is 0"), "{stderr}");
     // Environment variables set flags too.
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("KV_MAX_TTL_MS", "0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-ttl-ms is 0"));
+    let (code, stderr) = kv_tests::run_to_exit(
+        BIN,
+        "127.0.0.1:0",
+        dir.path(),
+        &[],
+        &[("KV_MAX_TTL_MS", "0")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--max-ttl-ms is 0"));
 }
 
 #[tokio::test]
@@ -172,14 +166,8 @@ fn a_second_server_on_the_same_directory_exits_and_touches_nothing() {
         files
     };
     let before = listing(&first.data_dir);
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&first.data_dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = kv_tests::run_to_exit(BIN, "127.0.0.1:0", &first.data_dir, &[], &[]);
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("is in use by another kv-server"),
         "{stderr}"
@@ -250,14 +238,8 @@ async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
     bytes[offset + 20] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
 
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = kv_tests::run_to_exit(BIN, "127.0.0.1:0", dir.path(), &[], &[]);
+    assert_eq!(code, Some(1));
     assert!(stderr.contains(&segment.display().to_string()), "{stderr}");
     assert!(
         stderr.contains(&format!("corrupt at offset {offset}")),
@@ -282,14 +264,8 @@ async fn corruption_stops_start_up_naming_file_and_offset_unless_repair() {
 fn open_mode_refuses_non_loopback_addresses_unless_insecure_open() {
     let dir = tempfile::tempdir().unwrap();
     for addr in ["0.0.0.0:0", "[::]:0"] {
-        let out = Command::new(BIN)
-            .args(["--listen", addr])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{addr}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, stderr) = kv_tests::run_to_exit(BIN, addr, dir.path(), &[], &[]);
+        assert_eq!(code, Some(2), "{addr}");
         assert!(
             stderr.contains("refusing to serve without authentication"),
             "{stderr}"
@@ -381,13 +357,14 @@ async fn the_binary_takes_its_admin_token_from_a_file_and_requires_it() {
 
     let weak = dir.path().join("weak");
     std::fs::write(&weak, "short").unwrap();
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-token-file"])
-        .arg(&weak)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 16"));
+    let weak = weak.display().to_string();
+    let (code, stderr) = kv_tests::run_to_exit(
+        BIN,
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        &["--admin-token-file", &weak],
+        &[],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("must be at least 16"));
 }

@@ -2,10 +2,7 @@
 //! test: handshakes that must work do, and those that must not fail cleanly
 //! and promptly.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use kv_client::{Client, Tls};
 use kv_tests::{BinaryServer, pki::TestPki};
@@ -116,24 +113,15 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
 #[test]
 fn tls_flags_are_checked_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let out = run(&["--tls-cert", "cert.pem"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert and --tls-key go together"));
+    let run = |args: &[&str]| kv_tests::run_to_exit(BIN, "127.0.0.1:0", dir.path(), args, &[]);
+    let (code, stderr) = run(&["--tls-cert", "cert.pem"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--tls-cert and --tls-key go together"));
 
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
-    let out = run(&["--tls-cert", missing, "--tls-key", missing]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = run(&["--tls-cert", missing, "--tls-key", missing]);
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("cannot read TLS file") && stderr.contains("missing.pem"),
         "{stderr}"
@@ -142,11 +130,6 @@ fn tls_flags_are_checked_at_start() {
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let garbage = garbage.to_str().unwrap();
-    let out = run(&["--tls-cert", garbage, "--tls-key", garbage]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = run(&["--tls-cert", garbage, "--tls-key", garbage]);
+    assert_eq!(code, Some(1), "{stderr}");
 }

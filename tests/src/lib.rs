@@ -490,6 +490,35 @@ impl Drop for BinaryServer {
     }
 }
 
+/// Runs `binary` to completion on `data_dir` with `listen` and `args`, as a
+/// start-up that is expected to stop by itself (a refused configuration):
+/// returns its exit code and its stderr.
+///
+/// # Panics
+///
+/// When the binary cannot be run.
+pub fn run_to_exit(
+    binary: &str,
+    listen: &str,
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let out = Command::new(binary)
+        .args(["--listen", listen])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Whether tests must fail, not skip, when an external tool is missing.
 pub fn require_all() -> bool {
     std::env::var("KV_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
