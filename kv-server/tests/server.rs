@@ -65,7 +65,7 @@ async fn active_expiry_reclaims_memory_nobody_reads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn active_expiry_on_the_real_clock_reclaims_within_a_second() {
+async fn active_expiry_on_the_real_clock_reclaims_unread_keys() {
     let store = Arc::new(MemoryStore::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
