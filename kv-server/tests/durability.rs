@@ -41,6 +41,31 @@ fn open(dir: &Path, clock: &Arc<ManualClock>) -> Result<DurableStore, OpenError>
     DurableStore::open(dir, options(FsyncPolicy::Always), clock.clone())
 }
 
+/// Options that snapshot as soon as the log passes 4 KiB (and twice the
+/// live data), without fsync: for tests that need snapshots quickly.
+fn snapshotting() -> LogOptions {
+    LogOptions {
+        snapshot_min_log_bytes: 4096,
+        ..options(FsyncPolicy::Never)
+    }
+}
+
+/// Overwrites `keys` keys of `project` 2000 times: far more log than live
+/// data, so [`snapshotting`] options write a snapshot.
+async fn overwrite_until_snapshot(store: &DurableStore, project: &ProjectName, keys: u32) {
+    for i in 0..2000u32 {
+        store
+            .set(
+                project,
+                &format!("k{}", i % keys),
+                value((i % 200) as u8),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 fn project(name: &str) -> ProjectName {
     ProjectName::parse(name).unwrap()
 }
@@ -342,18 +367,9 @@ async fn leftover_temp_snapshots_are_removed_and_wrong_versions_refused() {
 async fn a_damaged_snapshot_is_refused() {
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
-    let options = LogOptions {
-        snapshot_min_log_bytes: 4096,
-        ..options(FsyncPolicy::Never)
-    };
+    let options = snapshotting();
     let store = DurableStore::open(dir.path(), options.clone(), clock.clone()).unwrap();
-    let p = project("p");
-    for i in 0..2000u32 {
-        store
-            .set(&p, &format!("k{}", i % 10), value((i % 200) as u8), None)
-            .await
-            .unwrap();
-    }
+    overwrite_until_snapshot(&store, &project("p"), 10).await;
     store.close().await.unwrap();
     let snap = files(dir.path(), ".snap")
         .pop()
@@ -410,10 +426,7 @@ async fn the_catalog_survives_snapshots() {
     };
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
-    let options = LogOptions {
-        snapshot_min_log_bytes: 4096,
-        ..options(FsyncPolicy::Never)
-    };
+    let options = snapshotting();
     let store = DurableStore::open(dir.path(), options.clone(), clock.clone()).unwrap();
     let shop = project("shop");
     let quota = Quota {
@@ -441,13 +454,8 @@ async fn the_catalog_survives_snapshots() {
         })
         .await
         .unwrap();
-    // Overwrites until a snapshot replaces the log holding those records.
-    for i in 0..2000u32 {
-        store
-            .set(&shop, &format!("k{}", i % 5), value((i % 200) as u8), None)
-            .await
-            .unwrap();
-    }
+    // Until a snapshot replaces the log holding those records.
+    overwrite_until_snapshot(&store, &shop, 5).await;
     store.close().await.unwrap();
     assert!(
         !files(dir.path(), ".snap").is_empty(),
