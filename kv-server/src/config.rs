@@ -324,7 +324,7 @@ pub struct Cli {
     pub data_dir: PathBuf,
 
     /// When to fsync the log: always (before each reply; survives power
-    /// loss), interval:<ms> (at most <ms> of writes lost on an OS crash) or
+    /// loss), `interval:<ms>` (at most that many ms of writes lost on an OS crash) or
     /// never (the OS decides). A process crash loses nothing in any mode.
     #[arg(long, env = "KV_FSYNC", default_value = DEFAULT_FSYNC)]
     pub fsync: FsyncPolicy,
