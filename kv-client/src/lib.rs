@@ -7,9 +7,56 @@
 //!
 //! - [`Client`]: one connection (HTTP/2, multiplexed), cheap to clone;
 //!   built with [`Client::connect`] or [`Client::builder`].
-//! - [`Project`]: a cheap handle for one project's keys: `get`, `set`,
-//!   `set_with_ttl`, `has`, `delete`, `clear`.
+//! - [`Project`]: a cheap handle for one project's keys:
+//!   - reads: [`get`](Project::get), [`get_entry`](Project::get_entry) (with
+//!     [`Entry`]'s version and deadline), [`has`](Project::has),
+//!     [`get_many`](Project::get_many) (many keys as of one moment);
+//!   - writes: [`set`](Project::set), [`set_with_ttl`](Project::set_with_ttl),
+//!     [`delete`](Project::delete), [`clear`](Project::clear);
+//!   - conditional writes: [`set_with`](Project::set_with) and
+//!     [`SetOptions`] (TTL or keep it, if absent, if at a version),
+//!     [`set_if_absent`](Project::set_if_absent),
+//!     [`compare_and_swap`](Project::compare_and_swap), giving a
+//!     [`SetOutcome`]; [`delete_if_version`](Project::delete_if_version) and
+//!     [`delete_with`](Project::delete_with) ([`DeleteOptions`],
+//!     [`DeleteOutcome`]); [`clear_with`](Project::clear_with);
+//!   - atomic updates: [`incr`](Project::incr) /
+//!     [`incr_with`](Project::incr_with) ([`IncrOptions`]) on JSON numbers,
+//!     [`merge`](Project::merge) / [`merge_with`](Project::merge_with)
+//!     ([`MergeOptions`]) with RFC 7386 merge patches, both giving a
+//!     [`Versioned`] value;
+//!   - many keys at once, all or nothing: [`set_many`](Project::set_many) /
+//!     [`set_many_with`](Project::set_many_with) ([`SetManyOptions`]),
+//!     [`delete_many`](Project::delete_many) /
+//!     [`delete_many_with`](Project::delete_many_with), and
+//!     [`batch`](Project::batch): a [`Batch`] of checks and writes whose
+//!     [`commit`](Batch::commit) gives a [`BatchOutcome`] of [`OpResult`]s;
+//!   - listing: [`list`](Project::list) ([`ListOptions`]) gives one [`Page`]
+//!     of [`ListEntry`]s; [`list_all`](Project::list_all) /
+//!     [`list_all_with`](Project::list_all_with) walk every page;
+//!   - change feeds: [`watch`](Project::watch) ([`WatchOptions`]: a key, a
+//!     prefix or everything, from a version) gives a [`Watch`], a stream of
+//!     [`Event`]s ([`EventKind`]).
 //! - [`Error`]: the one error type; [`Error::code`] gives its gRPC code.
+//!
+//! # Versions
+//!
+//! Every change in a project (set, delete, expiry, clear) gets the project's
+//! next version, counting up from 1. An entry's version is the version of
+//! the change that last wrote it: read it with [`Project::get_entry`], write
+//! only if it is unchanged with [`Project::compare_and_swap`] or
+//! [`Batch::check_version`], and resume a [`Watch`] after it. A condition
+//! that does not hold is not an error: the outcome says `applied: false`
+//! (or `deleted: false`) with the key's current version.
+//!
+//! # Retries and request ids
+//!
+//! A write that timed out may or may not have been applied. Every mutating
+//! call's options take a `request_id` (1 to [`MAX_REQUEST_ID_BYTES`] bytes;
+//! [`new_request_id`] makes a random one): retrying with the same id within
+//! the server's idempotency window returns the first call's outcome instead
+//! of applying the write again, so even [`Project::incr_with`] is safe to
+//! retry. Reusing an id for a different request is `FAILED_PRECONDITION`.
 //!
 //! # Numbers
 //!
@@ -42,12 +89,35 @@
 //! # let _ = removed; Ok(())
 //! # }
 //! ```
+//!
+//! Versions, atomic updates and change feeds:
+//!
+//! ```no_run
+//! use kv_client::{IncrOptions, SetOptions, WatchOptions};
+//! use serde_json::json;
+//!
+//! # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+//! let mut changes = kv.watch(WatchOptions::prefix("stock:")).await?;
+//! let created = kv.set_with("stock:42", &10, SetOptions::new().if_absent()).await?;
+//! let swapped = kv.compare_and_swap("stock:42", created.version, &9).await?;
+//! assert!(swapped.applied);
+//! let retry_safe = IncrOptions::new().request_id(kv_client::new_request_id());
+//! let left = kv.incr_with("stock:42", -1.0, retry_safe).await?;
+//! assert_eq!(left.value, 8.0);
+//! let _: serde_json::Value = kv.merge("stock:meta", &json!({"updated": true})).await?;
+//! while let Some(event) = changes.next_event().await {
+//!     let event = event?;
+//!     println!("{:?} {} at version {}", event.kind, event.key, event.version);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use kv_proto::v1::{
-    ClearRequest, DeleteRequest, GetRequest, HasRequest, SetRequest,
-    admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient,
+    self as pb, GetRequest, HasRequest, admin_service_client::AdminServiceClient,
+    kv_service_client::KvServiceClient,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
@@ -57,13 +127,27 @@ use tonic::{
 };
 
 mod admin;
+mod batch;
 mod error;
 mod json;
+mod list;
+mod many;
+#[cfg(test)]
+mod mock_tests;
+mod options;
+mod watch;
 
 pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
+pub use batch::{Batch, BatchOutcome, OpResult};
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
+pub use list::{ListEntry, ListOptions, Page};
+pub use options::{
+    ClearOptions, DeleteManyOptions, DeleteOptions, IncrOptions, MAX_REQUEST_ID_BYTES,
+    MergeOptions, SetManyOptions, SetOptions, new_request_id,
+};
 pub use tonic::Code;
+pub use watch::{Event, EventKind, Watch, WatchOptions};
 
 /// Request metadata naming the project.
 pub const PROJECT_HEADER: &str = "x-kv-project";
@@ -333,13 +417,20 @@ impl ClientBuilder {
 
 impl Client {
     fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = self.request_without_deadline(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// A request without a `grpc-timeout`: for streams, which outlive the
+    /// per-call timeout.
+    fn request_without_deadline<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(authorization) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
-        request.set_timeout(self.timeout);
         request
     }
 
@@ -460,10 +551,22 @@ pub struct Project {
 
 impl Project {
     fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let mut request = self.stream_request(message)?;
+        request.set_timeout(self.client.timeout);
+        Ok(request)
+    }
+
+    /// A request without a deadline (the per-call timeout then bounds only
+    /// the wait for the response headers, through [`Project::call`]).
+    fn stream_request<T>(&self, message: T) -> Result<Request<T>, Error> {
         let header = (*self.header).clone().map_err(Error::InvalidArgument)?;
-        let mut request = self.client.request(message);
+        let mut request = self.client.request_without_deadline(message);
         request.metadata_mut().insert(PROJECT_HEADER, header);
         Ok(request)
+    }
+
+    fn kv(&self) -> KvServiceClient<Channel> {
+        self.client.grpc.clone()
     }
 
     async fn call<T, F>(&self, call: F) -> Result<T, Error>
@@ -475,7 +578,8 @@ impl Project {
 
     /// Reads `key` as a `T`; `None` when the key is missing or expired.
     /// A stored JSON null reads as `Some` when `T` accepts null (an
-    /// `Option<_>` or [`serde_json::Value`]).
+    /// `Option<_>` or [`serde_json::Value`]). [`Project::get_entry`] also
+    /// gives the version and the deadline.
     ///
     /// ```no_run
     /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
@@ -490,18 +594,32 @@ impl Project {
     /// [`Error::Decode`] when the value does not fit `T`, [`Error::Timeout`],
     /// [`Error::InvalidArgument`] for a bad project name.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        Ok(self.get_entry(key).await?.map(|entry| entry.value))
+    }
+
+    /// Reads `key` as a `T` with its version and deadline; `None` when the
+    /// key is missing or expired.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// if let Some(entry) = kv.get_entry::<u64>("stock:42").await? {
+    ///     // Write back only if nobody changed it meanwhile.
+    ///     let outcome = kv.compare_and_swap("stock:42", entry.version, &(entry.value - 1)).await?;
+    ///     if !outcome.applied { /* reread and retry */ }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::get`].
+    pub async fn get_entry<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Entry<T>>, Error> {
         let request = self.request(GetRequest { key: key.into() })?;
-        let reply = self.call(self.client.grpc.clone().get(request)).await?;
-        if !reply.found {
-            return Ok(None);
-        }
-        let value = reply
-            .value
-            .ok_or_else(|| Error::Protocol("found = true without a value".into()))?;
-        let json = json::from_proto(value)?;
-        serde_json::from_value(json)
-            .map(Some)
-            .map_err(Error::Decode)
+        entry_from_proto(self.call(self.kv().get(request)).await?)
     }
 
     /// Stores `value` under `key` with no expiry (removing any earlier TTL).
@@ -520,7 +638,8 @@ impl Project {
     /// JSON; [`Error::Status`] from the server (`RESOURCE_EXHAUSTED` over a
     /// size limit, `INVALID_ARGUMENT` for a bad key); [`Error::Timeout`].
     pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
-        self.set_inner(key, value, None).await
+        self.set_with(key, value, SetOptions::new()).await?;
+        Ok(())
     }
 
     /// Stores `value` under `key`, expiring after `ttl` (millisecond
@@ -549,24 +668,104 @@ impl Project {
                 "ttl is zero; use set() for a key that never expires".into(),
             ));
         }
-        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-        self.set_inner(key, value, Some(ttl_ms)).await
+        self.set_with(key, value, SetOptions::new().ttl(ttl))
+            .await?;
+        Ok(())
     }
 
-    async fn set_inner<T: Serialize + ?Sized>(
+    /// Stores `value` under `key` as `options` say: with a TTL or keeping
+    /// the current one, only if absent or only at a version
+    /// (compare-and-swap), with a request id. Tells whether the write was
+    /// applied, and the key's version: the new one when applied, otherwise
+    /// the current one (0 when absent), ready for the next compare-and-swap.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use kv_client::SetOptions;
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let lock = SetOptions::new().if_absent().ttl(Duration::from_secs(30));
+    /// let outcome = kv.set_with("lock:job-9", &"worker-3", lock).await?;
+    /// if outcome.applied {
+    ///     // We hold the lock; renew it only if it is still ours.
+    ///     let renew = SetOptions::new().if_version(outcome.version).ttl(Duration::from_secs(30));
+    ///     kv.set_with("lock:job-9", &"worker-3", renew).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::set_with_ttl`]; [`Error::InvalidArgument`] for a
+    /// request id that is empty or longer than [`MAX_REQUEST_ID_BYTES`];
+    /// `FAILED_PRECONDITION` from the server when a request id is reused
+    /// for a different request. A condition that does not hold is not an
+    /// error: it is `applied = false`.
+    pub async fn set_with<T: Serialize + ?Sized>(
         &self,
         key: &str,
         value: &T,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), Error> {
-        let json = serde_json::to_value(value).map_err(Error::Encode)?;
-        let request = self.request(SetRequest {
-            key: key.into(),
-            value: Some(json::to_proto(&json)?),
-            ttl_ms,
-        })?;
-        self.call(self.client.grpc.clone().set(request)).await?;
-        Ok(())
+        options: SetOptions,
+    ) -> Result<SetOutcome, Error> {
+        let message = options.to_request(key, encode(value)?)?;
+        let request = self.request(message)?;
+        let reply = self.call(self.kv().set(request)).await?;
+        Ok(SetOutcome {
+            applied: reply.applied,
+            version: reply.version,
+        })
+    }
+
+    /// Stores `value` under `key` only if the key is absent (or expired),
+    /// with no expiry.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let created = kv.set_if_absent("user:ada", &serde_json::json!({"id": 1})).await?;
+    /// if !created.applied { println!("taken, at version {}", created.version); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::set`].
+    pub async fn set_if_absent<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<SetOutcome, Error> {
+        self.set_with(key, value, SetOptions::new().if_absent())
+            .await
+    }
+
+    /// Stores `value` under `key` only if the key is at exactly
+    /// `expected_version`, with no expiry (use [`Project::set_with`] and
+    /// [`SetOptions::keep_ttl`] to keep a deadline).
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// loop {
+    ///     let Some(entry) = kv.get_entry::<Vec<String>>("tags").await? else { break };
+    ///     let mut tags = entry.value;
+    ///     tags.push("new".into());
+    ///     if kv.compare_and_swap("tags", entry.version, &tags).await?.applied { break }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::set`]; `INVALID_ARGUMENT` from the server for version 0.
+    pub async fn compare_and_swap<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        expected_version: u64,
+        value: &T,
+    ) -> Result<SetOutcome, Error> {
+        self.set_with(key, value, SetOptions::new().if_version(expected_version))
+            .await
     }
 
     /// Whether `key` exists and has not expired.
@@ -584,10 +783,7 @@ impl Project {
     /// [`Error::InvalidArgument`] for a bad project name.
     pub async fn has(&self, key: &str) -> Result<bool, Error> {
         let request = self.request(HasRequest { key: key.into() })?;
-        Ok(self
-            .call(self.client.grpc.clone().has(request))
-            .await?
-            .exists)
+        Ok(self.call(self.kv().has(request)).await?.exists)
     }
 
     /// Removes `key`; true only when a live key was removed.
@@ -603,11 +799,56 @@ impl Project {
     ///
     /// As [`Project::has`].
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let request = self.request(DeleteRequest { key: key.into() })?;
-        Ok(self
-            .call(self.client.grpc.clone().delete(request))
-            .await?
-            .deleted)
+        Ok(self.delete_with(key, DeleteOptions::new()).await?.deleted)
+    }
+
+    /// Removes `key` only if it is at exactly `version`.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// if let Some(lock) = kv.get_entry::<String>("lock:job-9").await? {
+    ///     // Release the lock only if nobody took it over meanwhile.
+    ///     let released = kv.delete_if_version("lock:job-9", lock.version).await?;
+    ///     # let _ = released;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::has`]. A version that does not match is not an
+    /// error: it is `deleted = false`.
+    pub async fn delete_if_version(&self, key: &str, version: u64) -> Result<DeleteOutcome, Error> {
+        self.delete_with(key, DeleteOptions::new().if_version(version))
+            .await
+    }
+
+    /// Removes `key` as `options` say (at a version, with a request id).
+    ///
+    /// ```no_run
+    /// use kv_client::DeleteOptions;
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let outcome = kv.delete_with("cart:7", DeleteOptions::new().request_id("checkout-7")).await?;
+    /// println!("deleted: {} (version {})", outcome.deleted, outcome.version);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::has`]; [`Error::InvalidArgument`] for a bad request id.
+    pub async fn delete_with(
+        &self,
+        key: &str,
+        options: DeleteOptions,
+    ) -> Result<DeleteOutcome, Error> {
+        let request = self.request(options.to_request(key)?)?;
+        let reply = self.call(self.kv().delete(request)).await?;
+        Ok(DeleteOutcome {
+            deleted: reply.deleted,
+            version: reply.version,
+        })
     }
 
     /// Removes every key of the project; returns how many live keys it
@@ -624,12 +865,298 @@ impl Project {
     ///
     /// As [`Project::has`].
     pub async fn clear(&self) -> Result<u64, Error> {
-        let request = self.request(ClearRequest {})?;
-        Ok(self
-            .call(self.client.grpc.clone().clear(request))
-            .await?
-            .deleted)
+        Ok(self.clear_with(ClearOptions::new()).await?.deleted)
     }
+
+    /// Removes every key of the project, with a request id; returns how
+    /// many live keys it removed and the version of the clear.
+    ///
+    /// ```no_run
+    /// use kv_client::ClearOptions;
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let id = kv_client::new_request_id();
+    /// let outcome = kv.clear_with(ClearOptions::new().request_id(id)).await?;
+    /// println!("removed {} keys at version {}", outcome.deleted, outcome.version);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::has`]; [`Error::InvalidArgument`] for a bad request id.
+    pub async fn clear_with(&self, options: ClearOptions) -> Result<ClearOutcome, Error> {
+        let request = self.request(options.to_request()?)?;
+        let reply = self.call(self.kv().clear(request)).await?;
+        Ok(ClearOutcome {
+            deleted: reply.deleted,
+            version: reply.version,
+        })
+    }
+
+    /// Adds `delta` to the JSON number under `key` atomically (an absent key
+    /// counts as 0) and returns the result.
+    ///
+    /// `delta` may be negative or fractional; it must be finite and within
+    /// ±2^53, like every number the SDK sends.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let views = kv.incr("views:home", 1.0).await?;
+    /// println!("{views} views");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a non-finite `delta` or one beyond
+    /// ±2^53; `FAILED_PRECONDITION` from the server when the stored value is
+    /// not a number or the result would be beyond ±2^53 (nothing changes);
+    /// otherwise as [`Project::has`].
+    pub async fn incr(&self, key: &str, delta: f64) -> Result<f64, Error> {
+        Ok(self.incr_with(key, delta, IncrOptions::new()).await?.value)
+    }
+
+    /// [`Project::incr`] with options (the TTL of a key it creates, a request
+    /// id); returns the number and the key's new version.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use kv_client::IncrOptions;
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// // A fixed one-minute window: the first hit creates the key and its TTL.
+    /// let window = IncrOptions::new().ttl(Duration::from_secs(60));
+    /// let hits = kv.incr_with("rate:client-9", 1.0, window).await?;
+    /// if hits.value > 100.0 { /* throttle */ }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::incr`]; [`Error::InvalidArgument`] for a zero TTL or a
+    /// bad request id.
+    pub async fn incr_with(
+        &self,
+        key: &str,
+        delta: f64,
+        options: IncrOptions,
+    ) -> Result<Versioned<f64>, Error> {
+        let request = self.request(options.to_request(key, delta)?)?;
+        let reply = self.call(self.kv().incr(request)).await?;
+        Ok(Versioned {
+            value: reply.value,
+            version: reply.version,
+        })
+    }
+
+    /// Applies an RFC 7386 JSON merge patch to `key` atomically and returns
+    /// the value after it as a `T`. Object members of the patch replace,
+    /// null members remove, nested objects merge; a non-object patch
+    /// replaces the value; an absent key is patched as if it held `{}`. The
+    /// key keeps its deadline.
+    ///
+    /// ```no_run
+    /// use serde_json::{Value, json};
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let profile: Value = kv.merge("user:1", &json!({"email": "ada@example.com", "phone": null})).await?;
+    /// # let _ = profile; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::set`], plus [`Error::Decode`] when the result does not
+    /// fit `T` (the patch was applied all the same).
+    pub async fn merge<P, T>(&self, key: &str, patch: &P) -> Result<T, Error>
+    where
+        P: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        Ok(self
+            .merge_with(key, patch, MergeOptions::new())
+            .await?
+            .value)
+    }
+
+    /// [`Project::merge`] with options (a new TTL, a request id); returns the
+    /// value after the patch and the key's new version.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use kv_client::MergeOptions;
+    /// use serde_json::{Value, json};
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let options = MergeOptions::new().ttl(Duration::from_secs(1800));
+    /// let session = kv.merge_with::<_, Value>("session:x", &json!({"cart": [7]}), options).await?;
+    /// println!("version {}: {}", session.version, session.value);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Project::merge`]; [`Error::InvalidArgument`] for a zero TTL or a
+    /// bad request id.
+    pub async fn merge_with<P, T>(
+        &self,
+        key: &str,
+        patch: &P,
+        options: MergeOptions,
+    ) -> Result<Versioned<T>, Error>
+    where
+        P: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let request = self.request(options.to_request(key, encode(patch)?)?)?;
+        let reply = self.call(self.kv().merge(request)).await?;
+        let value = reply
+            .value
+            .ok_or_else(|| Error::Protocol("Merge reply without a value".into()))?;
+        Ok(Versioned {
+            value: decode(value)?,
+            version: reply.version,
+        })
+    }
+
+    /// Starts a [`Batch`]: checks plus writes on this project, applied all or
+    /// nothing with [`Batch::commit`].
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let outcome = kv
+    ///     .batch()
+    ///     .check_absent("order:9")
+    ///     .set("order:9", &serde_json::json!({"total": 30}))
+    ///     .incr("stats:orders", 1.0)
+    ///     .commit()
+    ///     .await?;
+    /// if !outcome.applied { println!("order 9 already exists"); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.clone())
+    }
+}
+
+/// `value` as JSON on the wire, checked against the number and depth rules.
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<prost_types::Value, Error> {
+    json::to_proto(&serde_json::to_value(value).map_err(Error::Encode)?)
+}
+
+/// A value from the wire as a `T`.
+fn decode<T: DeserializeOwned>(value: prost_types::Value) -> Result<T, Error> {
+    serde_json::from_value(json::from_proto(value)?).map_err(Error::Decode)
+}
+
+fn entry_from_proto<T: DeserializeOwned>(
+    reply: pb::GetResponse,
+) -> Result<Option<Entry<T>>, Error> {
+    if !reply.found {
+        return Ok(None);
+    }
+    let value = reply
+        .value
+        .ok_or_else(|| Error::Protocol("found = true without a value".into()))?;
+    Ok(Some(Entry {
+        value: decode(value)?,
+        version: reply.version,
+        expires_at_ms: reply.expires_at_ms,
+    }))
+}
+
+/// A stored value with its version and deadline; from
+/// [`Project::get_entry`] and [`Project::get_many`].
+///
+/// ```no_run
+/// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+/// if let Some(entry) = kv.get_entry::<String>("session:x").await? {
+///     println!("{} at version {}, expires {:?}", entry.value, entry.version, entry.expires_at_ms);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry<T> {
+    /// The value.
+    pub value: T,
+    /// The version of the change that last wrote the key.
+    pub version: u64,
+    /// When the key expires (unix milliseconds), if it has a TTL.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// What a conditional set did; from [`Project::set_with`],
+/// [`Project::set_if_absent`] and [`Project::compare_and_swap`].
+///
+/// ```no_run
+/// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+/// let kv_client::SetOutcome { applied, version } = kv.set_if_absent("id:ada", &1).await?;
+/// # let _ = (applied, version); Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SetOutcome {
+    /// False when the condition did not hold; nothing changed.
+    pub applied: bool,
+    /// The key's new version when applied; otherwise its current version
+    /// (0 when absent).
+    pub version: u64,
+}
+
+/// What a delete did; from [`Project::delete_with`] and
+/// [`Project::delete_if_version`].
+///
+/// ```no_run
+/// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+/// let outcome = kv.delete_if_version("lock:job-9", 4).await?;
+/// if !outcome.deleted { println!("now at version {}", outcome.version); }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeleteOutcome {
+    /// True only when a live key was removed.
+    pub deleted: bool,
+    /// The version of the deletion when deleted; otherwise the key's
+    /// current version (0 when absent).
+    pub version: u64,
+}
+
+/// What a clear did; from [`Project::clear_with`].
+///
+/// ```no_run
+/// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+/// let outcome = kv.clear_with(kv_client::ClearOptions::new()).await?;
+/// println!("{} keys removed at version {}", outcome.deleted, outcome.version);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClearOutcome {
+    /// How many live keys were removed.
+    pub deleted: u64,
+    /// The version of the clear (0 when the project held nothing).
+    pub version: u64,
+}
+
+/// A value just written, with the key's new version; from
+/// [`Project::incr_with`] and [`Project::merge_with`].
+///
+/// ```no_run
+/// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+/// let kv_client::Versioned { value, version } =
+///     kv.incr_with("hits", 1.0, kv_client::IncrOptions::new()).await?;
+/// # let _ = (value, version); Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Versioned<T> {
+    /// The value after the write.
+    pub value: T,
+    /// The key's new version.
+    pub version: u64,
 }
 
 #[cfg(test)]

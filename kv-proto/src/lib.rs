@@ -26,6 +26,7 @@
 //!     key: "greeting".into(),
 //!     value: Some(Value { kind: Some(Kind::StringValue("hello".into())) }),
 //!     ttl_ms: Some(60_000),
+//!     ..SetRequest::default()
 //! };
 //! assert_eq!(set.ttl_ms, Some(60_000));
 //! let get = GetRequest { key: set.key };
@@ -48,7 +49,7 @@ pub mod v1 {
 ///
 /// // A value encoded once and stored can be sent as is...
 /// let stored = Value { kind: Some(Kind::BoolValue(true)) }.encode_to_vec();
-/// let on_wire = GetResponse { found: true, value: stored.into() }.encode_to_vec();
+/// let on_wire = GetResponse { found: true, value: stored.into(), ..Default::default() }.encode_to_vec();
 /// // ...and clients decode it as an ordinary `google.protobuf.Value`.
 /// let seen = kv_proto::v1::GetResponse::decode(on_wire.as_slice()).unwrap();
 /// assert_eq!(seen.value.unwrap().kind, Some(Kind::BoolValue(true)));

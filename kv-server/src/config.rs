@@ -11,7 +11,7 @@ use clap::Parser;
 
 use crate::auth::AdminToken;
 use crate::engine::{
-    Quota,
+    Quota, Settings,
     log::{FsyncPolicy, LogOptions},
 };
 
@@ -25,6 +25,23 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 4096;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// Default longest TTL: 10 years (3650 days) in milliseconds.
 pub const DEFAULT_MAX_TTL_MS: u64 = 3650 * 24 * 60 * 60 * 1000;
+/// Default most operations (or keys) in one Batch, GetMany, SetMany or
+/// DeleteMany, and most checks in one Batch.
+pub const DEFAULT_MAX_BATCH_OPS: usize = 1000;
+/// Largest page a List returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+/// Page size of a List that does not say.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Longest request id, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Default idempotency window.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Default most request ids remembered per project.
+pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = 100_000;
+/// Default most change events kept per watched project.
+pub const DEFAULT_WATCH_HISTORY_EVENTS: usize = 10_000;
+/// Default most bytes of change events kept per watched project.
+pub const DEFAULT_WATCH_HISTORY_BYTES: usize = 16 << 20;
 /// Default period of the active expiry task, in milliseconds.
 pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
 /// Default time in-flight requests get to finish after a shutdown signal.
@@ -75,6 +92,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Longest TTL, in milliseconds.
     pub max_ttl_ms: u64,
+    /// Most operations, checks or keys in one multi-key call.
+    pub max_batch_ops: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +102,7 @@ impl Default for Limits {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_ttl_ms: DEFAULT_MAX_TTL_MS,
+            max_batch_ops: DEFAULT_MAX_BATCH_OPS,
         }
     }
 }
@@ -96,9 +116,11 @@ impl Limits {
     /// assert!(limits.max_message_bytes() > limits.max_value_bytes);
     /// ```
     pub fn max_message_bytes(&self) -> usize {
-        // Field tags, length prefixes and the ttl: well under 64 bytes.
+        // Field tags, length prefixes, ttl and versions: well under 64 bytes
+        // per key. A multi-key call may carry two full values (a batch's
+        // set and merge) and every key at its largest.
         const FRAMING: usize = 64;
-        self.max_value_bytes + self.max_key_bytes + FRAMING
+        2 * self.max_value_bytes + self.max_batch_ops * (self.max_key_bytes + FRAMING)
     }
 }
 
@@ -137,6 +159,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Require authentication, with this admin token; `None` is open mode.
     pub admin_token: Option<AdminToken>,
+    /// Idempotency window and watch history.
+    pub engine: Settings,
 }
 
 impl Default for Config {
@@ -165,6 +189,13 @@ impl Default for Config {
             keepalive_interval: Duration::from_millis(DEFAULT_KEEPALIVE_INTERVAL_MS),
             keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            engine: Settings {
+                idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
+                idempotency_max_ids: DEFAULT_IDEMPOTENCY_MAX_IDS,
+                watch_history_events: DEFAULT_WATCH_HISTORY_EVENTS,
+                watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
+                watch_retention_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
+            },
             tls: None,
             admin_token: None,
         }
@@ -250,6 +281,36 @@ impl Config {
             MAX_VALUE_LIMIT as u64,
         )?;
         check("--max-ttl-ms", self.limits.max_ttl_ms, 1, u64::MAX / 4)?;
+        check(
+            "--max-batch-ops",
+            self.limits.max_batch_ops as u64,
+            1,
+            100_000,
+        )?;
+        check(
+            "--idempotency-window-ms",
+            self.engine.idempotency_window_ms,
+            1,
+            7 * 86_400_000,
+        )?;
+        check(
+            "--idempotency-max-ids",
+            self.engine.idempotency_max_ids as u64,
+            1,
+            100_000_000,
+        )?;
+        check(
+            "--watch-history-events",
+            self.engine.watch_history_events as u64,
+            1,
+            100_000_000,
+        )?;
+        check(
+            "--watch-history-bytes",
+            self.engine.watch_history_bytes as u64,
+            1024,
+            1 << 40,
+        )?;
         check(
             "--expiry-interval-ms",
             self.expiry_interval.as_millis() as u64,
@@ -391,6 +452,29 @@ pub struct Cli {
     #[arg(long, env = "KV_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
     pub idle_timeout_ms: u64,
 
+    /// Most operations, checks or keys in one Batch, GetMany, SetMany or
+    /// DeleteMany.
+    #[arg(long, env = "KV_MAX_BATCH_OPS", default_value_t = DEFAULT_MAX_BATCH_OPS)]
+    pub max_batch_ops: usize,
+
+    /// How long a request id's outcome is remembered for retries, in ms.
+    #[arg(long, env = "KV_IDEMPOTENCY_WINDOW_MS", default_value_t = DEFAULT_IDEMPOTENCY_WINDOW_MS)]
+    pub idempotency_window_ms: u64,
+
+    /// Most request ids remembered per project (past it, the oldest are
+    /// forgotten before their window ends).
+    #[arg(long, env = "KV_IDEMPOTENCY_MAX_IDS", default_value_t = DEFAULT_IDEMPOTENCY_MAX_IDS)]
+    pub idempotency_max_ids: usize,
+
+    /// Most change events a watched project keeps for slow or resuming
+    /// watchers.
+    #[arg(long, env = "KV_WATCH_HISTORY_EVENTS", default_value_t = DEFAULT_WATCH_HISTORY_EVENTS)]
+    pub watch_history_events: usize,
+
+    /// Most bytes of change events a watched project keeps.
+    #[arg(long, env = "KV_WATCH_HISTORY_BYTES", default_value_t = DEFAULT_WATCH_HISTORY_BYTES)]
+    pub watch_history_bytes: usize,
+
     /// Most keys each project may hold (0: unlimited).
     #[arg(long, env = "KV_DEFAULT_MAX_KEYS", default_value_t = 0)]
     pub default_max_keys: u64,
@@ -470,6 +554,14 @@ impl Cli {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
                 max_ttl_ms: self.max_ttl_ms,
+                max_batch_ops: self.max_batch_ops,
+            },
+            engine: Settings {
+                idempotency_window_ms: self.idempotency_window_ms,
+                idempotency_max_ids: self.idempotency_max_ids,
+                watch_history_events: self.watch_history_events,
+                watch_history_bytes: self.watch_history_bytes,
+                watch_retention_ms: self.idempotency_window_ms,
             },
             expiry_interval: Duration::from_millis(self.expiry_interval_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

@@ -96,13 +96,15 @@ pub async fn open_store(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<DurableStore>, ServeError> {
     config.validate()?;
-    let (dir, options) = (config.data_dir.clone(), config.log.clone());
-    let opened = tokio::task::spawn_blocking(move || DurableStore::open(&dir, options, clock))
-        .await
-        .map_err(|e| OpenError::Io {
-            context: "recovery stopped unexpectedly".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let (dir, options, settings) = (config.data_dir.clone(), config.log.clone(), config.engine);
+    let opened = tokio::task::spawn_blocking(move || {
+        DurableStore::open_with(&dir, options, clock, settings)
+    })
+    .await
+    .map_err(|e| OpenError::Io {
+        context: "recovery stopped unexpectedly".into(),
+        source: std::io::Error::other(e),
+    })??;
     Ok(Arc::new(opened))
 }
 
@@ -119,7 +121,7 @@ pub async fn run_durable(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
-    let expiry = ExpiryTask::spawn(Arc::clone(store.memory()), config.expiry_interval);
+    let expiry = ExpiryTask::spawn(Arc::clone(&store), config.expiry_interval);
     let auth = Arc::new(Auth::new(
         config.admin_token.clone(),
         Arc::clone(store.catalog()),

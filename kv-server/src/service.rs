@@ -1,18 +1,27 @@
 //! The gRPC `kv.v1.KvService`: validate, resolve the project, call the
 //! engine, convert back. Nothing else happens here.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
 use kv_proto::wire::{
-    ClearRequest, ClearResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    HasRequest, HasResponse, SetRequest, SetResponse, kv_service_server,
+    self as wire, BatchRequest, BatchResponse, ClearRequest, ClearResponse, DeleteManyRequest,
+    DeleteManyResponse, DeleteRequest, DeleteResponse, GetManyRequest, GetManyResponse, GetRequest,
+    GetResponse, HasRequest, HasResponse, IncrRequest, IncrResponse, ListRequest, ListResponse,
+    MergeRequest, MergeResponse, SetManyRequest, SetManyResponse, SetRequest, SetResponse,
+    WatchEvent, WatchRequest, kv_service_server,
 };
+use prost::Message;
+use sha2::Digest;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     auth::{Access, Auth},
-    config::Limits,
-    engine::{Backend, EngineError},
+    config::{DEFAULT_LIST_LIMIT, Limits, MAX_LIST_LIMIT, MAX_REQUEST_ID_BYTES},
+    engine::{
+        Backend, Check, EngineError, Entry, ListQuery, Op, OpOutcome, RequestId, Ttl, Txn,
+        TxnOutcome, WatchError, WatchTarget, jsonops,
+        watch::{Event, EventKind, Lagged},
+    },
     project::{ProjectName, ProjectNameError},
     value::{self, ValueError},
 };
@@ -62,27 +71,109 @@ pub enum RequestError {
         /// The TTL limit.
         max: u64,
     },
+    /// Two fields that exclude each other were both given.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// `if_version` or a version check is 0.
+    #[error("{field} is 0; versions start at 1 (use if_absent / absent for a missing key)")]
+    VersionZero {
+        /// The field.
+        field: &'static str,
+    },
+    /// An increment's delta is not a finite number within ±2^53.
+    #[error("delta is {delta}; it must be a finite number within ±2^53 (9007199254740992)")]
+    BadDelta {
+        /// The refused delta.
+        delta: f64,
+    },
+    /// A multi-key call has too many (or no) items.
+    #[error("{what} has {count} items; it must have 1 to {max}")]
+    Count {
+        /// Which list.
+        what: &'static str,
+        /// How many it had.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A batch op without its kind.
+    #[error("ops[{index}] has none of set, delete, incr or merge")]
+    EmptyOp {
+        /// Its index.
+        index: usize,
+    },
+    /// A check without its condition.
+    #[error("checks[{index}] has neither version nor absent")]
+    EmptyCheck {
+        /// Its index.
+        index: usize,
+    },
+    /// A List limit over the maximum.
+    #[error("limit is {limit}; the maximum is {max} (0 means {default})")]
+    ListLimit {
+        /// The refused limit.
+        limit: u32,
+        /// The maximum.
+        max: usize,
+        /// The default.
+        default: usize,
+    },
+    /// The request id is too long.
+    #[error("request_id is {len} bytes; the limit is {max} bytes")]
+    RequestIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field of a multi-key request was refused; names where.
+    #[error("{at}: {source}")]
+    At {
+        /// Where, like `ops[3].set.value`.
+        at: String,
+        /// What.
+        #[source]
+        source: Box<RequestError>,
+    },
+    /// A response would be larger than the message limit.
+    #[error(
+        "the response would be over {limit} bytes (the message limit); ask for fewer or smaller keys"
+    )]
+    ResponseTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl RequestError {
+    fn at(self, at: impl Into<String>) -> Self {
+        Self::At {
+            at: at.into(),
+            source: Box::new(self),
+        }
+    }
+
+    fn is_resource(&self) -> bool {
+        match self {
+            Self::KeyTooLong { .. }
+            | Self::Value(ValueError::TooLarge { .. })
+            | Self::Count { .. }
+            | Self::RequestIdTooLong { .. }
+            | Self::ResponseTooLarge { .. } => true,
+            Self::At { source, .. } => source.is_resource(),
+            _ => false,
+        }
+    }
 }
 
 impl From<RequestError> for Status {
     fn from(e: RequestError) -> Self {
-        let message = e.to_string();
-        match e {
-            RequestError::KeyTooLong { .. } | RequestError::Value(ValueError::TooLarge { .. }) => {
-                Status::resource_exhausted(message)
-            }
-            RequestError::ProjectNotAscii
-            | RequestError::Project(_)
-            | RequestError::EmptyKey { .. }
-            | RequestError::Value(
-                ValueError::Missing
-                | ValueError::TooDeep
-                | ValueError::Malformed(_)
-                | ValueError::NoKind { .. }
-                | ValueError::NonFinite { .. },
-            )
-            | RequestError::TtlZero { .. }
-            | RequestError::TtlTooLong { .. } => Status::invalid_argument(message),
+        // Over a size or count limit: RESOURCE_EXHAUSTED; anything else
+        // malformed: INVALID_ARGUMENT.
+        if e.is_resource() {
+            Status::resource_exhausted(e.to_string())
+        } else {
+            Status::invalid_argument(e.to_string())
         }
     }
 }
@@ -95,7 +186,16 @@ impl From<EngineError> for Status {
                 Status::unavailable(e.to_string())
             }
             EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
-            EngineError::QuotaExceeded(_) => Status::resource_exhausted(e.to_string()),
+            EngineError::QuotaExceeded(_) | EngineError::MergedTooLarge { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
+            EngineError::NotANumber { .. }
+            | EngineError::NumberOutOfRange { .. }
+            | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),
+            EngineError::Internal(_) => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -167,29 +267,225 @@ impl<B> KvService<B> {
             ttl => Ok(ttl),
         }
     }
+
+    fn value(&self, encoded: &[u8]) -> Result<Box<[u8]>, RequestError> {
+        Ok(value::canonicalize(encoded, self.limits.max_value_bytes)?)
+    }
+
+    fn count(&self, what: &'static str, count: usize) -> Result<(), RequestError> {
+        let max = self.limits.max_batch_ops;
+        if count == 0 || count > max {
+            return Err(RequestError::Count { what, count, max });
+        }
+        Ok(())
+    }
+
+    fn set_op(&self, op: &wire::SetOp) -> Result<Op, RequestError> {
+        let key = self.key(&op.key)?;
+        let value = self.value(&op.value).map_err(|e| e.at("value"))?;
+        let ttl = match (self.ttl(op.ttl_ms)?, op.keep_ttl) {
+            (Some(_), true) => {
+                return Err(RequestError::Conflict(
+                    "ttl_ms and keep_ttl exclude each other: give one or neither",
+                ));
+            }
+            (Some(ms), false) => Ttl::After(ms),
+            (None, true) => Ttl::Keep,
+            (None, false) => Ttl::Never,
+        };
+        Ok(Op::Set {
+            key: key.into(),
+            value,
+            ttl,
+        })
+    }
+
+    fn incr_op(&self, key: &str, delta: f64, ttl_ms: Option<u64>) -> Result<Op, RequestError> {
+        let key = self.key(key)?;
+        if !delta.is_finite() || delta.abs() > jsonops::MAX_EXACT {
+            return Err(RequestError::BadDelta { delta });
+        }
+        Ok(Op::Incr {
+            key: key.into(),
+            delta,
+            ttl_ms: self.ttl(ttl_ms)?,
+        })
+    }
+
+    fn merge_op(&self, key: &str, patch: &[u8], ttl_ms: Option<u64>) -> Result<Op, RequestError> {
+        let key = self.key(key)?;
+        let patch = self.value(patch).map_err(|e| e.at("patch"))?;
+        Ok(Op::Merge {
+            key: key.into(),
+            patch,
+            ttl_ms: self.ttl(ttl_ms)?,
+        })
+    }
+
+    /// The request id of a mutating call, bound to a digest of the request
+    /// (without the id) so the same id with another request is caught.
+    fn request_id<M: Message + Clone>(
+        method: &str,
+        id: &str,
+        request: &M,
+        clear_id: impl FnOnce(&mut M),
+    ) -> Result<Option<RequestId>, RequestError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(RequestError::RequestIdTooLong {
+                len: id.len(),
+                max: MAX_REQUEST_ID_BYTES,
+            });
+        }
+        let mut bare = request.clone();
+        clear_id(&mut bare);
+        let mut digest = sha2::Sha256::new();
+        digest.update(method.as_bytes());
+        digest.update([0]);
+        digest.update(bare.encode_to_vec());
+        let digest = digest.finalize();
+        let fingerprint = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        Ok(Some(RequestId {
+            id: id.into(),
+            fingerprint,
+        }))
+    }
+
+    fn txn(&self, checks: Vec<Check>, ops: Vec<Op>, request: Option<RequestId>) -> Txn {
+        Txn {
+            checks,
+            ops,
+            request,
+            max_value_bytes: self.limits.max_value_bytes,
+        }
+    }
 }
+
+fn get_response(entry: Option<Entry>) -> GetResponse {
+    match entry {
+        Some(entry) => GetResponse {
+            found: true,
+            value: entry.value,
+            version: entry.version,
+            expires_at_ms: entry.expires_at,
+        },
+        None => GetResponse::default(),
+    }
+}
+
+fn first(outcome: &TxnOutcome) -> Result<&OpOutcome, Status> {
+    outcome
+        .results
+        .first()
+        .ok_or_else(|| Status::internal("a write returned no result"))
+}
+
+fn op_result(result: &OpOutcome) -> wire::OpResult {
+    use wire::op_result::Result as R;
+    let (version, result) = match result {
+        OpOutcome::Set { version } => (*version, None),
+        OpOutcome::Delete { deleted, version } => (*version, Some(R::Deleted(*deleted))),
+        OpOutcome::Incr { value, version } => (*version, Some(R::Number(*value))),
+        OpOutcome::Merge { value, version } => (*version, Some(R::Value(value.clone()))),
+        OpOutcome::Clear { version, .. } => (*version, None),
+    };
+    wire::OpResult { version, result }
+}
+
+impl From<WatchError> for Status {
+    fn from(e: WatchError) -> Self {
+        match e {
+            WatchError::TooOld { .. } => Status::out_of_range(e.to_string()),
+            WatchError::Ahead { .. } => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+fn watch_event(event: &Event) -> WatchEvent {
+    let kind = match event.kind {
+        EventKind::Set => wire::EventKind::Set,
+        EventKind::Deleted => wire::EventKind::Deleted,
+        EventKind::Expired => wire::EventKind::Expired,
+        EventKind::Cleared => wire::EventKind::Cleared,
+    };
+    WatchEvent {
+        kind: kind as i32,
+        key: event.key.to_string(),
+        value: event.value.clone().unwrap_or_default(),
+        version: event.version,
+        expires_at_ms: (event.expires_at != 0).then_some(event.expires_at),
+    }
+}
+
+/// Events sent to a watcher per wake-up; bounds the work between checks
+/// for a hang-up.
+const WATCH_BATCH: usize = 256;
+/// Events queued for one watcher's connection before the history itself
+/// has to hold them.
+const WATCH_QUEUE: usize = 64;
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Read)?;
         let key = self.key(&request.get_ref().key)?;
-        let value = self.backend.get(&project, key).await?;
-        Ok(Response::new(GetResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default(),
-        }))
+        let entry = self.backend.get(&project, key).await?;
+        Ok(Response::new(get_response(entry)))
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let SetRequest { key, value, ttl_ms } = request.get_ref();
-        let key = self.key(key)?;
-        let ttl_ms = self.ttl(*ttl_ms)?;
-        let value =
-            value::canonicalize(value, self.limits.max_value_bytes).map_err(RequestError::from)?;
-        self.backend.set(&project, key, value, ttl_ms).await?;
-        Ok(Response::new(SetResponse {}))
+        let r = request.get_ref();
+        let op = self.set_op(&wire::SetOp {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            ttl_ms: r.ttl_ms,
+            keep_ttl: r.keep_ttl,
+        })?;
+        let checks = match (r.if_absent, r.if_version) {
+            (true, Some(_)) => {
+                return Err(RequestError::Conflict(
+                    "if_absent and if_version exclude each other: give one or neither",
+                )
+                .into());
+            }
+            (_, Some(0)) => {
+                return Err(RequestError::VersionZero {
+                    field: "if_version",
+                }
+                .into());
+            }
+            (true, None) => vec![Check::Absent {
+                key: r.key.as_str().into(),
+            }],
+            (false, Some(version)) => vec![Check::Version {
+                key: r.key.as_str().into(),
+                version,
+            }],
+            (false, None) => Vec::new(),
+        };
+        let id = Self::request_id("Set", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(checks, vec![op], id))
+            .await?;
+        let version = if outcome.applied {
+            match first(&outcome)? {
+                OpOutcome::Set { version } => *version,
+                _ => 0,
+            }
+        } else {
+            outcome.current_version
+        };
+        Ok(Response::new(SetResponse {
+            applied: outcome.applied,
+            version,
+        }))
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
@@ -204,9 +500,32 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let key = self.key(&request.get_ref().key)?;
-        let deleted = self.backend.delete(&project, key).await?;
-        Ok(Response::new(DeleteResponse { deleted }))
+        let r = request.get_ref();
+        let key = self.key(&r.key)?;
+        let checks = match r.if_version {
+            Some(0) => {
+                return Err(RequestError::VersionZero {
+                    field: "if_version",
+                }
+                .into());
+            }
+            Some(version) => vec![Check::Version {
+                key: key.into(),
+                version,
+            }],
+            None => Vec::new(),
+        };
+        let id = Self::request_id("Delete", &r.request_id, r, |m| m.request_id.clear())?;
+        let op = Op::Delete { key: key.into() };
+        let outcome = self
+            .backend
+            .write(&project, self.txn(checks, vec![op], id))
+            .await?;
+        let (deleted, version) = match outcome.results.first() {
+            Some(OpOutcome::Delete { deleted, version }) => (*deleted, *version),
+            _ => (false, outcome.current_version),
+        };
+        Ok(Response::new(DeleteResponse { deleted, version }))
     }
 
     async fn clear(
@@ -214,7 +533,313 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<ClearRequest>,
     ) -> Result<Response<ClearResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let deleted = self.backend.clear(&project).await?;
-        Ok(Response::new(ClearResponse { deleted }))
+        let r = request.get_ref();
+        let id = Self::request_id("Clear", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(Vec::new(), vec![Op::Clear], id))
+            .await?;
+        let (deleted, version) = match first(&outcome)? {
+            OpOutcome::Clear { removed, version } => (*removed, *version),
+            _ => (0, 0),
+        };
+        Ok(Response::new(ClearResponse { deleted, version }))
+    }
+
+    async fn incr(&self, request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let r = request.get_ref();
+        let op = self.incr_op(&r.key, r.delta, r.ttl_ms)?;
+        let id = Self::request_id("Incr", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(Vec::new(), vec![op], id))
+            .await?;
+        match first(&outcome)? {
+            OpOutcome::Incr { value, version } => Ok(Response::new(IncrResponse {
+                value: *value,
+                version: *version,
+            })),
+            _ => Err(Status::internal("incr returned another kind of result")),
+        }
+    }
+
+    async fn merge(
+        &self,
+        request: Request<MergeRequest>,
+    ) -> Result<Response<MergeResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let r = request.get_ref();
+        let op = self.merge_op(&r.key, &r.patch, r.ttl_ms)?;
+        let id = Self::request_id("Merge", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(Vec::new(), vec![op], id))
+            .await?;
+        match first(&outcome)? {
+            OpOutcome::Merge { value, version } => Ok(Response::new(MergeResponse {
+                value: value.clone(),
+                version: *version,
+            })),
+            _ => Err(Status::internal("merge returned another kind of result")),
+        }
+    }
+
+    async fn batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let r = request.get_ref();
+        self.count("ops", r.ops.len())?;
+        if r.checks.len() > self.limits.max_batch_ops {
+            return Err(RequestError::Count {
+                what: "checks",
+                count: r.checks.len(),
+                max: self.limits.max_batch_ops,
+            }
+            .into());
+        }
+        let mut checks = Vec::with_capacity(r.checks.len());
+        for (i, check) in r.checks.iter().enumerate() {
+            let at = |e: RequestError| e.at(format!("checks[{i}]"));
+            let key: Box<str> = self.key(&check.key).map_err(at)?.into();
+            checks.push(match check.expect {
+                Some(wire::check::Expect::Version(0)) => {
+                    return Err(at(RequestError::VersionZero { field: "version" }).into());
+                }
+                Some(wire::check::Expect::Version(version)) => Check::Version { key, version },
+                Some(wire::check::Expect::Absent(true)) => Check::Absent { key },
+                Some(wire::check::Expect::Absent(false)) | None => {
+                    return Err(RequestError::EmptyCheck { index: i }.into());
+                }
+            });
+        }
+        let mut ops = Vec::with_capacity(r.ops.len());
+        for (i, op) in r.ops.iter().enumerate() {
+            use wire::op::Op as O;
+            let parsed = match &op.op {
+                Some(O::Set(set)) => self.set_op(set).map_err(|e| e.at(format!("ops[{i}].set"))),
+                Some(O::Delete(delete)) => self
+                    .key(&delete.key)
+                    .map(|key| Op::Delete { key: key.into() })
+                    .map_err(|e| e.at(format!("ops[{i}].delete"))),
+                Some(O::Incr(incr)) => self
+                    .incr_op(&incr.key, incr.delta, incr.ttl_ms)
+                    .map_err(|e| e.at(format!("ops[{i}].incr"))),
+                Some(O::Merge(merge)) => self
+                    .merge_op(&merge.key, &merge.patch, merge.ttl_ms)
+                    .map_err(|e| e.at(format!("ops[{i}].merge"))),
+                None => Err(RequestError::EmptyOp { index: i }),
+            };
+            ops.push(parsed?);
+        }
+        let id = Self::request_id("Batch", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(checks, ops, id))
+            .await?;
+        Ok(Response::new(BatchResponse {
+            applied: outcome.applied,
+            failed_check: outcome.failed_check,
+            current_version: outcome.current_version,
+            results: outcome.results.iter().map(op_result).collect(),
+        }))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<GetManyRequest>,
+    ) -> Result<Response<GetManyResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let keys = &request.get_ref().keys;
+        self.count("keys", keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
+        }
+        let entries = self.backend.get_many(&project, keys).await?;
+        let limit = self.limits.max_message_bytes();
+        let total: usize = entries.iter().flatten().map(|e| e.value.len() + 32).sum();
+        if total > limit {
+            return Err(RequestError::ResponseTooLarge { limit }.into());
+        }
+        Ok(Response::new(GetManyResponse {
+            results: entries.into_iter().map(get_response).collect(),
+        }))
+    }
+
+    async fn set_many(
+        &self,
+        request: Request<SetManyRequest>,
+    ) -> Result<Response<SetManyResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let r = request.get_ref();
+        self.count("entries", r.entries.len())?;
+        let ops = r
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                self.set_op(entry)
+                    .map_err(|e| e.at(format!("entries[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = Self::request_id("SetMany", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(Vec::new(), ops, id))
+            .await?;
+        let versions = outcome
+            .results
+            .iter()
+            .map(|r| match r {
+                OpOutcome::Set { version } => *version,
+                _ => 0,
+            })
+            .collect();
+        Ok(Response::new(SetManyResponse { versions }))
+    }
+
+    async fn delete_many(
+        &self,
+        request: Request<DeleteManyRequest>,
+    ) -> Result<Response<DeleteManyResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let r = request.get_ref();
+        self.count("keys", r.keys.len())?;
+        let ops = r
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                self.key(key)
+                    .map(|key| Op::Delete { key: key.into() })
+                    .map_err(|e| e.at(format!("keys[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = Self::request_id("DeleteMany", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(&project, self.txn(Vec::new(), ops, id))
+            .await?;
+        let deleted = outcome
+            .results
+            .iter()
+            .filter(|r| matches!(r, OpOutcome::Delete { deleted: true, .. }))
+            .count() as u64;
+        Ok(Response::new(DeleteManyResponse { deleted }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let r = request.get_ref();
+        let limit = match r.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n if n as usize > MAX_LIST_LIMIT => {
+                return Err(RequestError::ListLimit {
+                    limit: n,
+                    max: MAX_LIST_LIMIT,
+                    default: DEFAULT_LIST_LIMIT,
+                }
+                .into());
+            }
+            n => n as usize,
+        };
+        let query = ListQuery {
+            prefix: r.prefix.clone(),
+            start_after: r.start_after.clone(),
+            limit,
+            keys_only: r.keys_only,
+        };
+        let page = self.backend.list(&project, &query).await?;
+        // A page of large values is cut short at the message limit; the
+        // cursor carries on from there.
+        let budget = self.limits.max_message_bytes() / 2;
+        let mut used = 0;
+        let mut entries = Vec::with_capacity(page.entries.len());
+        let mut cut = false;
+        for (key, entry) in page.entries {
+            used += key.len() + entry.value.len() + 32;
+            if used > budget && !entries.is_empty() {
+                cut = true;
+                break;
+            }
+            entries.push(wire::ListEntry {
+                key: key.to_string(),
+                value: entry.value,
+                version: entry.version,
+                expires_at_ms: entry.expires_at,
+            });
+        }
+        let next_start_after = if page.more || cut {
+            entries.last().map(|e| e.key.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListResponse {
+            entries,
+            next_start_after,
+            version: page.version,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let r = request.get_ref();
+        let target = match &r.target {
+            None => WatchTarget::All,
+            Some(wire::watch_request::Target::Key(key)) => {
+                WatchTarget::Key(self.key(key).map_err(|e| e.at("key"))?.into())
+            }
+            Some(wire::watch_request::Target::Prefix(prefix)) if prefix.is_empty() => {
+                WatchTarget::All
+            }
+            Some(wire::watch_request::Target::Prefix(prefix)) => {
+                if prefix.len() > self.limits.max_key_bytes {
+                    return Err(RequestError::KeyTooLong {
+                        len: prefix.len(),
+                        max: self.limits.max_key_bytes,
+                    }
+                    .at("prefix")
+                    .into());
+                }
+                WatchTarget::Prefix(prefix.as_str().into())
+            }
+        };
+        // Subscribed before the response starts: once a client holds the
+        // stream, every later change reaches it.
+        let mut subscription = self.backend.watch(&project, target, r.from_version)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    batch = subscription.next_batch(WATCH_BATCH) => batch,
+                    () = tx.closed() => return,
+                };
+                match batch {
+                    Ok(events) => {
+                        for event in events {
+                            if tx.send(Ok(watch_event(&event))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(lagged @ Lagged::Behind { .. }) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(lagged.to_string())))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

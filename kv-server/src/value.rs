@@ -206,6 +206,7 @@ mod tests {
             let response = kv_proto::wire::GetResponse {
                 found: true,
                 value: encoded.into(),
+                ..Default::default()
             }
             .encode_to_vec();
             if kv_proto::v1::GetResponse::decode(response.as_slice()).is_ok() {

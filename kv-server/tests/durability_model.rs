@@ -93,7 +93,7 @@ proptest! {
                 Op::Get { p, k } => {
                     let got = runtime.block_on(store.get(&projects[p], KEYS[k])).unwrap();
                     let want = live(&model, p, k, now).map(|v| encoded(v).into_vec());
-                    prop_assert_eq!(got.map(|b| b.to_vec()), want);
+                    prop_assert_eq!(got.map(|b| b.value.to_vec()), want);
                 }
                 Op::Delete { p, k } => {
                     let was_live = live(&model, p, k, now).is_some();

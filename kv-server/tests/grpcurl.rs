@@ -160,7 +160,8 @@ fn json_values_round_trip_per_project() {
                 Some(&set.to_string()),
                 &["kv.v1.KvService/Set"]
             )),
-            json!({})
+            // uint64 prints as a JSON string in protobuf's JSON mapping.
+            json!({"applied": true, "version": (i + 1).to_string()})
         );
         let got = ok(grpcurl(
             server.addr,
@@ -168,7 +169,12 @@ fn json_values_round_trip_per_project() {
             Some(&json!({"key": key}).to_string()),
             &["kv.v1.KvService/Get"],
         ));
-        assert_eq!(got, json!({"found": true, "value": value}), "key {key}");
+        let version = (i + 1).to_string();
+        assert_eq!(
+            got,
+            json!({"found": true, "value": value, "version": version}),
+            "key {key}"
+        );
     }
     // The default project does not see shop's keys.
     let other = ok(grpcurl(
@@ -195,7 +201,7 @@ fn json_values_round_trip_per_project() {
         Some(r#"{"key":"k0"}"#),
         &["kv.v1.KvService/Delete"],
     ));
-    assert_eq!(deleted, json!({"deleted": true}));
+    assert_eq!(deleted, json!({"deleted": true, "version": "8"}));
     let cleared = ok(grpcurl(
         server.addr,
         &shop,
@@ -204,7 +210,7 @@ fn json_values_round_trip_per_project() {
     ));
     assert_eq!(
         cleared,
-        json!({"deleted": (values.len() - 1).to_string()}),
+        json!({"deleted": (values.len() - 1).to_string(), "version": (values.len() + 2).to_string()}),
         "uint64 prints as a string"
     );
 }

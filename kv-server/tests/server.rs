@@ -2,10 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use kv_server::{
     config::Config,
-    engine::{Backend, EngineError, memory::MemoryStore},
+    engine::{
+        Backend, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError, WatchTarget,
+        memory::MemoryStore, watch::Subscription,
+    },
     project::ProjectName,
 };
 use kv_tests::{InProcess, Target};
@@ -133,27 +135,40 @@ struct SlowSets {
 }
 
 impl Backend for SlowSets {
-    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Bytes>, EngineError> {
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Entry>, EngineError> {
         self.inner.get(project, key).await
     }
-    async fn set(
+    async fn get_many(
         &self,
         project: &ProjectName,
-        key: &str,
-        value: Box<[u8]>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), EngineError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.set(project, key, value, ttl_ms).await
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, EngineError> {
+        self.inner.get_many(project, keys).await
     }
     async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
         self.inner.has(project, key).await
     }
-    async fn delete(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
-        self.inner.delete(project, key).await
+    async fn list(
+        &self,
+        project: &ProjectName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError> {
+        self.inner.list(project, query).await
     }
-    async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
-        self.inner.clear(project).await
+    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.write(project, txn).await
+    }
+    fn watch(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<Subscription, WatchError> {
+        self.inner.watch(project, target, from_version)
+    }
+    async fn expire_due(&self, limit: usize) -> usize {
+        self.inner.expire_due(limit).await
     }
 }
 

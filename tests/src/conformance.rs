@@ -74,6 +74,7 @@ fn raw_set(key: &str, value: Option<Value>, ttl_ms: Option<u64>) -> SetRequest {
         key: key.into(),
         value,
         ttl_ms,
+        ..SetRequest::default()
     }
 }
 
@@ -472,7 +473,15 @@ pub async fn large_values_work_and_oversize_is_refused(ctx: &Ctx) {
         Code::ResourceExhausted,
         &format!("the limit is {MAX_VALUE_BYTES} bytes"),
     );
-    let far_over = "z".repeat(MAX_VALUE_BYTES + 4 * 1024 * 1024);
+    let well_over = "z".repeat(MAX_VALUE_BYTES + 4 * 1024 * 1024);
+    assert_code(
+        kv.set("over", &well_over).await,
+        Code::ResourceExhausted,
+        &format!("the limit is {MAX_VALUE_BYTES} bytes"),
+    );
+    // Past the message limit (room for a multi-key call), the transport
+    // refuses it before decoding, with the same code.
+    let far_over = "z".repeat(2 * MAX_VALUE_BYTES + 8 * 1024 * 1024);
     assert_code(
         kv.set("over", &far_over).await,
         Code::ResourceExhausted,

@@ -16,12 +16,24 @@
 //! The index is kept exact under the map's shard lock: every write that adds
 //! or drops a deadline updates the index while it still holds the key's
 //! shard. Keys without a TTL never touch the index.
+//!
+//! Beside the map, each namespace keeps its keys in a `BTreeSet` for
+//! ordered listing (sharing the key allocation with the map), its version
+//! counter, the outcomes of recent request ids, and its change history
+//! ([`super::watch`]). All writes are applied by one thread at a time (the
+//! log writer, or the store's write lock when used alone), so these
+//! structures are only ever changed by one writer.
+//!
+//! A transaction touching several keys is applied under the namespace's
+//! `consistency` write lock; multi-key reads (GetMany, List) take it for
+//! reading, so they never see a transaction half applied.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap, VecDeque},
     hash::{BuildHasher, Hash, Hasher},
+    ops::Bound,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -29,7 +41,12 @@ use std::{
 use bytes::Bytes;
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 
-use super::{Applied, Backend, Clock, EngineError, Mutation, SystemClock};
+use super::{
+    Applied, Backend, Clock, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
+    SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
+    txn::{Evaluated, Overlay},
+    watch::{Event, EventKind, Hub, Subscription},
+};
 use crate::project::ProjectName;
 
 /// The hasher of every map here. SipHash (std's) dominated profiles of
@@ -61,16 +78,78 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     /// Bytes of keys and values held, expired-but-unreclaimed included.
     data_bytes: AtomicU64,
+    settings: Settings,
+    /// Serialises writes when the store is used alone (the durable store's
+    /// writer thread is the only writer and does not take it).
+    write_lock: Mutex<()>,
 }
 
 /// One project's keys.
-#[derive(Default)]
 struct Namespace {
-    entries: DashMap<Box<str>, StoredEntry, MapHasher>,
+    entries: DashMap<Arc<str>, StoredEntry, MapHasher>,
+    /// The same keys in byte order, for listing.
+    order: RwLock<BTreeSet<Arc<str>>>,
     /// Entries held (expired-but-unreclaimed included).
     keys: AtomicU64,
     /// Bytes of their keys and values.
     bytes: AtomicU64,
+    /// The newest version applied.
+    version: AtomicU64,
+    /// Held for writing while a multi-key transaction applies.
+    consistency: RwLock<()>,
+    requests: Mutex<RequestTable>,
+    hub: Arc<Hub>,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self {
+            entries: DashMap::default(),
+            order: RwLock::default(),
+            keys: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            consistency: RwLock::new(()),
+            requests: Mutex::default(),
+            hub: Arc::new(Hub::new()),
+        }
+    }
+}
+
+/// The outcome of a request id, remembered for retries.
+#[derive(Debug, Clone)]
+pub(crate) struct Remembered {
+    pub(crate) fingerprint: u64,
+    /// When the request was applied (unix ms).
+    pub(crate) at: u64,
+    pub(crate) outcome: Arc<TxnOutcome>,
+}
+
+/// A project's remembered request ids, oldest first for eviction.
+#[derive(Default)]
+struct RequestTable {
+    by_id: HashMap<Box<str>, Remembered, MapHasher>,
+    order: VecDeque<(u64, Box<str>)>,
+}
+
+impl RequestTable {
+    fn insert(&mut self, id: Box<str>, remembered: Remembered, now: u64, settings: &Settings) {
+        self.order.push_back((remembered.at, id.clone()));
+        self.by_id.insert(id, remembered);
+        while let Some((at, _)) = self.order.front() {
+            let expired = at.saturating_add(settings.idempotency_window_ms) <= now;
+            if !expired && self.by_id.len() <= settings.idempotency_max_ids {
+                break;
+            }
+            let Some((at, id)) = self.order.pop_front() else {
+                break;
+            };
+            // The id may have been remembered again since (after its window).
+            if self.by_id.get(&id).is_some_and(|r| r.at == at) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
 }
 
 /// What one project holds: the figures its quotas are checked against.
@@ -88,6 +167,16 @@ struct StoredEntry {
     value: Box<[u8]>,
     /// Unix ms; 0 means no deadline (a real deadline is always > 0).
     expires_at: u64,
+    version: u64,
+}
+
+/// An entry as the transaction evaluator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) expires_at: u64,
+    pub(crate) version: u64,
+    /// Key plus value bytes.
+    pub(crate) size: u64,
 }
 
 impl StoredEntry {
@@ -117,12 +206,32 @@ impl MemoryStore {
     /// assert_eq!(store.stored_entries(), 0);
     /// ```
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::with_settings(clock, Settings::default())
+    }
+
+    /// An empty store reading time from `clock`, tuned by `settings`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_server::engine::{memory::MemoryStore, Settings, SystemClock};
+    /// let settings = Settings { watch_history_events: 100, ..Settings::default() };
+    /// let store = MemoryStore::with_settings(Arc::new(SystemClock), settings);
+    /// assert_eq!(store.settings().watch_history_events, 100);
+    /// ```
+    pub fn with_settings(clock: Arc<dyn Clock>, settings: Settings) -> Self {
         Self {
             projects: DashMap::default(),
             expiry: ExpiryIndex::new(),
             clock,
             data_bytes: AtomicU64::new(0),
+            settings,
+            write_lock: Mutex::new(()),
         }
+    }
+
+    /// The tunables this store runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The clock deadlines are measured against.
@@ -144,12 +253,231 @@ impl MemoryStore {
 
     /// The live value of `key` at the clock's current time.
     pub fn get_now(&self, project: &ProjectName, key: &str) -> Option<Bytes> {
+        self.entry_now(project, key).map(|e| e.value)
+    }
+
+    /// The live entry under `key` at the clock's current time.
+    pub fn entry_now(&self, project: &ProjectName, key: &str) -> Option<Entry> {
         let now = self.clock.now_ms();
         let ns = self.namespace(project)?;
+        Self::read_entry(&ns, key, now, false)
+    }
+
+    fn read_entry(ns: &Namespace, key: &str, now: u64, keys_only: bool) -> Option<Entry> {
         let entry = ns.entries.get(key)?;
-        entry
-            .is_live(now)
-            .then(|| Bytes::copy_from_slice(&entry.value))
+        entry.is_live(now).then(|| Entry {
+            value: if keys_only {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&entry.value)
+            },
+            version: entry.version,
+            expires_at: (entry.expires_at != 0).then_some(entry.expires_at),
+        })
+    }
+
+    /// The live entries under `keys`, as of one moment.
+    pub fn entries_now(&self, project: &ProjectName, keys: &[String]) -> Vec<Option<Entry>> {
+        let now = self.clock.now_ms();
+        let Some(ns) = self.namespace(project) else {
+            return vec![None; keys.len()];
+        };
+        let _consistent = read_lock(&ns.consistency);
+        keys.iter()
+            .map(|key| Self::read_entry(&ns, key, now, false))
+            .collect()
+    }
+
+    /// One page of live entries in byte order of key.
+    ///
+    /// ```
+    /// use kv_server::engine::{memory::MemoryStore, ListQuery, Mutation};
+    /// use kv_server::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// for key in ["b", "a", "c"] {
+    ///     store.apply(&p, Mutation::Set { key: key.into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// }
+    /// let query = ListQuery { limit: 2, ..ListQuery::default() };
+    /// let page = store.list_now(&p, &query);
+    /// let keys: Vec<&str> = page.entries.iter().map(|(k, _)| &**k).collect();
+    /// assert_eq!((keys, page.more), (vec!["a", "b"], true));
+    /// ```
+    pub fn list_now(&self, project: &ProjectName, query: &ListQuery) -> ListPage {
+        let now = self.clock.now_ms();
+        let Some(ns) = self.namespace(project) else {
+            return ListPage::default();
+        };
+        let limit = query.limit.max(1);
+        let _consistent = read_lock(&ns.consistency);
+        let version = ns.version.load(Ordering::Acquire);
+        let prefix = query.prefix.as_str();
+        let mut entries = Vec::new();
+        let mut after: Option<Arc<str>> = None;
+        let mut more = false;
+        'pages: loop {
+            // Collect candidates under the order lock, then read them with it
+            // released: the lock is never held while waiting for a map shard.
+            let candidates: Vec<Arc<str>> = {
+                let order = read_lock(&ns.order);
+                let start = match &after {
+                    Some(key) => Bound::Excluded(&**key),
+                    None if query.start_after.as_str() >= prefix => {
+                        Bound::Excluded(query.start_after.as_str())
+                    }
+                    None => Bound::Included(prefix),
+                };
+                order
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take_while(|key| key.starts_with(prefix))
+                    .take(limit + 1 - entries.len())
+                    .cloned()
+                    .collect()
+            };
+            let exhausted = candidates.len() < limit + 1 - entries.len();
+            for key in candidates {
+                if let Some(entry) = Self::read_entry(&ns, &key, now, query.keys_only) {
+                    if entries.len() == limit {
+                        more = true;
+                        break 'pages;
+                    }
+                    entries.push((Arc::clone(&key), entry));
+                }
+                after = Some(key);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        ListPage {
+            entries,
+            more,
+            version,
+        }
+    }
+
+    /// The newest version of `project` (0 before its first change).
+    pub fn version(&self, project: &ProjectName) -> u64 {
+        self.namespace(project)
+            .map_or(0, |ns| ns.version.load(Ordering::Acquire))
+    }
+
+    /// Subscribes to `project`'s changes.
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError`] when `from_version` is outside the retained history.
+    pub fn subscribe(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<Subscription, WatchError> {
+        let ns = self.namespace_or_create(project);
+        ns.hub.subscribe(
+            target,
+            from_version,
+            Arc::clone(&self.clock),
+            self.settings.watch_retention_ms,
+        )
+    }
+
+    /// The state of `key` for the transaction evaluator: dead entries
+    /// included (they still occupy space until reclaimed).
+    pub(crate) fn meta(&self, project: &ProjectName, key: &str) -> Option<Meta> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some(Meta {
+            expires_at: entry.expires_at,
+            version: entry.version,
+            size: (key.len() + entry.value.len()) as u64,
+        })
+    }
+
+    /// The stored bytes of `key`, live or not.
+    pub(crate) fn value(&self, project: &ProjectName, key: &str) -> Option<Bytes> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some(Bytes::copy_from_slice(&entry.value))
+    }
+
+    /// Live keys of `project` at `now`.
+    pub(crate) fn live_count(&self, project: &ProjectName, now: u64) -> u64 {
+        self.namespace(project).map_or(0, |ns| {
+            ns.entries.iter().filter(|e| e.is_live(now)).count() as u64
+        })
+    }
+
+    /// The remembered outcome of request `id`, if within the window.
+    pub(crate) fn remembered(
+        &self,
+        project: &ProjectName,
+        id: &str,
+        now: u64,
+    ) -> Option<Remembered> {
+        let ns = self.namespace(project)?;
+        let table = lock(&ns.requests);
+        table
+            .by_id
+            .get(id)
+            .filter(|r| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
+            .cloned()
+    }
+
+    /// Remembers the outcome of request `id` (replay and the writer).
+    pub(crate) fn remember(&self, project: &ProjectName, id: Box<str>, remembered: Remembered) {
+        let now = self.clock.now_ms();
+        if remembered
+            .at
+            .saturating_add(self.settings.idempotency_window_ms)
+            <= now
+        {
+            return;
+        }
+        let ns = self.namespace_or_create(project);
+        lock(&ns.requests).insert(id, remembered, now, &self.settings);
+    }
+
+    /// Calls `f` with every remembered request id still in its window.
+    pub(crate) fn for_each_remembered<E>(
+        &self,
+        mut f: impl FnMut(&ProjectName, &str, &Remembered) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let now = self.clock.now_ms();
+        for (project, ns) in self.namespaces() {
+            let table = lock(&ns.requests);
+            for (id, r) in &table.by_id {
+                if r.at.saturating_add(self.settings.idempotency_window_ms) > now {
+                    f(&project, id, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every project's version counter (snapshots record them so versions
+    /// never go back, even for projects whose keys are all gone).
+    pub(crate) fn versions(&self) -> Vec<(ProjectName, u64)> {
+        self.namespaces()
+            .into_iter()
+            .map(|(p, ns)| (p, ns.version.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Raises `project`'s version counter to at least `version`.
+    pub(crate) fn restore_version(&self, project: &ProjectName, version: u64) {
+        let ns = self.namespace_or_create(project);
+        ns.version.fetch_max(version, Ordering::AcqRel);
+        ns.hub.advance_to(version);
+    }
+
+    fn namespaces(&self) -> Vec<(ProjectName, Arc<Namespace>)> {
+        // Collected first so no guard on the projects map is held while
+        // walking one.
+        self.projects
+            .iter()
+            .map(|ns| (ns.key().clone(), Arc::clone(ns.value())))
+            .collect()
     }
 
     /// Whether `key` is live at the clock's current time.
@@ -160,38 +488,141 @@ impl MemoryStore {
             .unwrap_or(false)
     }
 
-    /// Applies a write and reports what it found.
+    /// Applies a write as the project's next version and reports what it
+    /// found. Liveness (for the delete and clear answers) is judged at the
+    /// clock's current time.
+    pub fn apply(&self, project: &ProjectName, mutation: Mutation) -> Applied {
+        self.apply_versioned(
+            project,
+            Versioned {
+                version: 0,
+                mutation,
+            },
+        )
+    }
+
+    /// Applies a write with its version (0: the project's next one).
     ///
     /// Writes change state only through here, so a durable log can apply
-    /// records in log order. Liveness (for the delete and clear answers) is
-    /// judged at the clock's current time.
-    pub fn apply(&self, project: &ProjectName, mutation: Mutation) -> Applied {
-        match mutation {
+    /// records in log order; the change is published to the project's
+    /// watchers.
+    pub fn apply_versioned(&self, project: &ProjectName, versioned: Versioned) -> Applied {
+        let ns = self.namespace_or_create(project);
+        let version = match versioned.version {
+            0 => ns.version.load(Ordering::Acquire) + 1,
+            v => v,
+        };
+        let now = self.clock.now_ms();
+        let settings = &self.settings;
+        let applied = match versioned.mutation {
             Mutation::Set {
                 key,
                 value,
                 expires_at,
             } => {
-                self.apply_set(project, key, value, expires_at.unwrap_or(0));
+                let expires_at = expires_at.unwrap_or(0);
+                let key: Arc<str> = key.into();
+                // The event needs its own copy only when history is kept.
+                let event_value = &value;
+                ns.hub.publish(version, now, settings, || Event {
+                    version,
+                    kind: EventKind::Set,
+                    key: (*key).into(),
+                    value: Some(Bytes::copy_from_slice(event_value)),
+                    expires_at,
+                });
+                self.apply_set(project, &ns, key, value, expires_at, version);
                 Applied::default()
             }
-            Mutation::Delete { key } => Applied {
-                removed: u64::from(self.apply_delete(project, &key)),
-            },
-            Mutation::Clear => Applied {
-                removed: self.apply_clear(project),
-            },
+            Mutation::Delete { key } => {
+                ns.hub.publish(version, now, settings, || Event {
+                    version,
+                    kind: EventKind::Deleted,
+                    key: key.clone(),
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied {
+                    removed: u64::from(self.apply_delete(project, &ns, &key, now)),
+                }
+            }
+            Mutation::Expire { key } => {
+                ns.hub.publish(version, now, settings, || Event {
+                    version,
+                    kind: EventKind::Expired,
+                    key: key.clone(),
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied {
+                    removed: u64::from(self.apply_delete(project, &ns, &key, now)),
+                }
+            }
+            Mutation::Clear => {
+                ns.hub.publish(version, now, settings, || Event {
+                    version,
+                    kind: EventKind::Cleared,
+                    key: "".into(),
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied {
+                    removed: self.apply_clear(project, &ns, now),
+                }
+            }
+        };
+        ns.version.fetch_max(version, Ordering::AcqRel);
+        applied
+    }
+
+    /// Applies the mutations of one transaction, all visible together to
+    /// multi-key readers.
+    pub(crate) fn apply_txn(&self, project: &ProjectName, mutations: Vec<Versioned>) {
+        if mutations.len() > 1 {
+            let ns = self.namespace_or_create(project);
+            let _exclusive = write_lock(&ns.consistency);
+            for m in mutations {
+                self.apply_versioned(project, m);
+            }
+        } else {
+            for m in mutations {
+                self.apply_versioned(project, m);
+            }
         }
     }
 
-    fn apply_set(&self, project: &ProjectName, key: Box<str>, value: Box<[u8]>, expires_at: u64) {
-        let ns = self.namespace_or_create(project);
+    /// Removes a deleted project's data and remembered requests, without a
+    /// version (the project is gone).
+    pub(crate) fn drop_project_data(&self, project: &ProjectName) -> Applied {
+        let Some(ns) = self.namespace(project) else {
+            return Applied::default();
+        };
+        let now = self.clock.now_ms();
+        *lock(&ns.requests) = RequestTable::default();
+        Applied {
+            removed: self.apply_clear(project, &ns, now),
+        }
+    }
+
+    fn apply_set(
+        &self,
+        project: &ProjectName,
+        ns: &Namespace,
+        key: Arc<str>,
+        value: Box<[u8]>,
+        expires_at: u64,
+        version: u64,
+    ) {
         let added = key.len() + value.len();
-        let entry = StoredEntry { value, expires_at };
+        let entry = StoredEntry {
+            value,
+            expires_at,
+            version,
+        };
         let replaced = match ns.entries.entry(key) {
             MapEntry::Occupied(mut slot) => {
                 let old = slot.get().expires_at;
-                self.account(&ns, -1, slot.key().len() + slot.get().value.len(), false);
+                self.account(ns, -1, slot.key().len() + slot.get().value.len(), false);
                 if old != expires_at {
                     let mut index = self.expiry.shard_for(project, slot.key());
                     if old != 0 {
@@ -210,11 +641,14 @@ impl MemoryStore {
                         .shard_for(project, slot.key())
                         .insert(ExpiryRecord::new(expires_at, project, slot.key()));
                 }
+                // Lock order: map shard, then the order index (readers of
+                // the index never wait for a shard while holding it).
+                write_lock(&ns.order).insert(Arc::clone(slot.key()));
                 slot.insert(entry);
                 false
             }
         };
-        self.account(&ns, 1, added, !replaced);
+        self.account(ns, 1, added, !replaced);
     }
 
     /// Counts an entry of `bytes` in (`sign` 1) or out (-1) of the totals;
@@ -230,37 +664,31 @@ impl MemoryStore {
         }
     }
 
-    fn apply_delete(&self, project: &ProjectName, key: &str) -> bool {
-        let Some(ns) = self.namespace(project) else {
-            return false;
-        };
-        let now = self.clock.now_ms();
+    fn apply_delete(&self, project: &ProjectName, ns: &Namespace, key: &str, now: u64) -> bool {
         let mut live = false;
         // The predicate runs under the shard's write lock: the index is
         // updated there so no concurrent set of the key can slip between.
         ns.entries.remove_if(key, |key, entry| {
             live = entry.is_live(now);
             self.expiry.forget(project, key, entry.expires_at);
-            self.account(&ns, -1, key.len() + entry.value.len(), true);
+            self.account(ns, -1, key.len() + entry.value.len(), true);
+            write_lock(&ns.order).remove(&**key);
             true
         });
         live
     }
 
-    fn apply_clear(&self, project: &ProjectName) -> u64 {
-        let Some(ns) = self.namespace(project) else {
-            return 0;
-        };
-        let now = self.clock.now_ms();
+    fn apply_clear(&self, project: &ProjectName, ns: &Namespace, now: u64) -> u64 {
         let mut live = 0;
-        // retain write-locks one shard at a time; writers to the other
-        // shards go on meanwhile.
+        // retain write-locks one shard at a time; other readers go on
+        // meanwhile.
         ns.entries.retain(|key, entry| {
             live += u64::from(entry.is_live(now));
             self.expiry.forget(project, key, entry.expires_at);
-            self.account(&ns, -1, key.len() + entry.value.len(), true);
+            self.account(ns, -1, key.len() + entry.value.len(), true);
             false
         });
+        write_lock(&ns.order).clear();
         live
     }
 
@@ -284,22 +712,62 @@ impl MemoryStore {
     /// assert_eq!(store.stored_entries(), 0);
     /// ```
     pub fn purge_expired(&self, limit: usize) -> usize {
-        let now = self.clock.now_ms();
-        let due = self.expiry.take_due(now, limit);
+        let due = self.take_due(limit);
         let consumed = due.len();
-        for record in due {
-            if let Some(ns) = self.namespace(&record.project) {
-                // Only if the entry still carries this deadline: a later set
-                // may have replaced it, and then its own record governs.
-                let removed = ns
-                    .entries
-                    .remove_if(&*record.key, |_, e| e.expires_at == record.at);
-                if let Some((key, entry)) = removed {
-                    self.account(&ns, -1, key.len() + entry.value.len(), true);
-                }
+        let _writer = lock(&self.write_lock);
+        let mut overlay = Overlay::default();
+        for due in due {
+            if let Some(expire) = overlay.expire(self, &due, self.clock.now_ms()) {
+                self.apply_versioned(&due.project, expire);
             }
         }
         consumed
+    }
+
+    /// Takes up to `limit` due deadlines out of the expiry index. Each must
+    /// then be expired through the store's writer (or dropped when the
+    /// entry changed meanwhile).
+    pub(crate) fn take_due(&self, limit: usize) -> Vec<Due> {
+        self.expiry
+            .take_due(self.clock.now_ms(), limit)
+            .into_iter()
+            .map(|r| Due {
+                project: r.project,
+                key: r.key,
+                at: r.at,
+            })
+            .collect()
+    }
+
+    /// Evaluates and applies `txn` under the store's own write lock (the
+    /// store used alone; the durable store evaluates in its log writer).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError`] when an operation is refused; nothing is applied.
+    pub fn write_now(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> Result<Arc<TxnOutcome>, EngineError> {
+        let _writer = lock(&self.write_lock);
+        let mut overlay = Overlay::default();
+        let now = self.clock.now_ms();
+        match overlay.evaluate(self, project, txn, now, super::Quota::default())? {
+            Evaluated::Replay(outcome) => Ok(outcome),
+            Evaluated::Commit(commit) => {
+                self.apply_txn(project, commit.mutations);
+                if let Some((id, fingerprint)) = commit.remember {
+                    let remembered = Remembered {
+                        fingerprint,
+                        at: now,
+                        outcome: Arc::clone(&commit.outcome),
+                    };
+                    self.remember(project, id, remembered);
+                }
+                Ok(commit.outcome)
+            }
+        }
     }
 
     /// What `project` holds now.
@@ -356,7 +824,7 @@ impl MemoryStore {
     }
 
     /// Calls `f` with every live entry (project, key, encoded value,
-    /// deadline or 0) and returns how many there were.
+    /// deadline or 0, version) and returns how many there were.
     ///
     /// The walk is fuzzy: it holds one shard's read lock at a time, so
     /// writes to other shards go on meanwhile, and an entry written during
@@ -368,21 +836,21 @@ impl MemoryStore {
     /// The first error `f` returns, which stops the walk.
     pub fn for_each_live<E>(
         &self,
-        mut f: impl FnMut(&ProjectName, &str, &[u8], u64) -> Result<(), E>,
+        mut f: impl FnMut(&ProjectName, &str, &[u8], u64, u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let now = self.clock.now_ms();
-        // Collect the namespaces first so no guard on the projects map is
-        // held while walking one.
-        let namespaces: Vec<(ProjectName, Arc<Namespace>)> = self
-            .projects
-            .iter()
-            .map(|ns| (ns.key().clone(), Arc::clone(ns.value())))
-            .collect();
+        let namespaces = self.namespaces();
         let mut count = 0;
         for (project, ns) in namespaces {
             for entry in ns.entries.iter() {
                 if entry.is_live(now) {
-                    f(&project, entry.key(), &entry.value, entry.expires_at)?;
+                    f(
+                        &project,
+                        entry.key(),
+                        &entry.value,
+                        entry.expires_at,
+                        entry.version,
+                    )?;
                     count += 1;
                 }
             }
@@ -397,33 +865,54 @@ impl MemoryStore {
 }
 
 impl Backend for MemoryStore {
-    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Bytes>, EngineError> {
-        Ok(self.get_now(project, key))
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Entry>, EngineError> {
+        Ok(self.entry_now(project, key))
     }
 
-    async fn set(
+    async fn get_many(
         &self,
         project: &ProjectName,
-        key: &str,
-        value: Box<[u8]>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), EngineError> {
-        let expires_at = self.deadline(ttl_ms)?;
-        self.apply_set(project, key.into(), value, expires_at.unwrap_or(0));
-        Ok(())
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, EngineError> {
+        Ok(self.entries_now(project, keys))
     }
 
     async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
         Ok(self.has_now(project, key))
     }
 
-    async fn delete(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
-        Ok(self.apply_delete(project, key))
+    async fn list(
+        &self,
+        project: &ProjectName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError> {
+        Ok(self.list_now(project, query))
     }
 
-    async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
-        Ok(self.apply_clear(project))
+    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
+        self.write_now(project, txn)
     }
+
+    fn watch(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<Subscription, WatchError> {
+        self.subscribe(project, target, from_version)
+    }
+
+    async fn expire_due(&self, limit: usize) -> usize {
+        self.purge_expired(limit)
+    }
+}
+
+/// A deadline that has come: expire `key` if it still carries it.
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub(crate) project: ProjectName,
+    pub(crate) key: Arc<str>,
+    pub(crate) at: u64,
 }
 
 /// `(deadline, project, key)` records in deadline order, split into shards
@@ -440,7 +929,7 @@ struct ExpiryIndex {
 struct ExpiryRecord {
     at: u64,
     project: ProjectName,
-    key: Box<str>,
+    key: Arc<str>,
 }
 
 impl ExpiryRecord {
@@ -507,6 +996,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// As [`lock`]: the guarded sets and tables are changed by single calls
+/// that leave them whole.
+fn read_lock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Records popped from the expiry index per purge step; between steps the
 /// task yields so a mass expiry never monopolises a worker thread.
 const PURGE_BATCH: usize = 1024;
@@ -528,8 +1027,9 @@ pub struct ExpiryTask {
 }
 
 impl ExpiryTask {
-    /// Starts purging `store` every `interval` on the current runtime.
-    pub fn spawn(store: Arc<MemoryStore>, interval: std::time::Duration) -> Self {
+    /// Starts expiring `store`'s due entries every `interval` on the
+    /// current runtime.
+    pub fn spawn<B: Backend>(store: Arc<B>, interval: std::time::Duration) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -539,7 +1039,7 @@ impl ExpiryTask {
                     _ = &mut stopped => break,
                     _ = tick.tick() => {}
                 }
-                while store.purge_expired(PURGE_BATCH) == PURGE_BATCH {
+                while store.expire_due(PURGE_BATCH).await == PURGE_BATCH {
                     tokio::task::yield_now().await;
                 }
             }

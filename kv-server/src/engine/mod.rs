@@ -23,13 +23,20 @@ use bytes::Bytes;
 use crate::project::ProjectName;
 
 pub mod catalog;
+pub mod jsonops;
 pub mod log;
 pub mod memory;
+mod txn;
+pub mod watch;
 
 /// A storage engine holding every project's keys.
 ///
 /// Keys arrive validated (non-empty UTF-8 within the configured size), values
 /// as canonical encoded `google.protobuf.Value` bytes (see [`crate::value`]).
+/// Every write goes through [`Backend::write`]: one [`Txn`] of checks and
+/// operations, evaluated against the current state and applied all or
+/// nothing, one transaction after another (so read-modify-write operations
+/// such as increments never lose updates).
 ///
 /// ```
 /// use kv_server::engine::{Backend, memory::MemoryStore};
@@ -40,15 +47,62 @@ pub mod memory;
 /// let shop = ProjectName::parse("shop").unwrap();
 /// store.set(&shop, "k", b"\x08\x00".to_vec().into(), None).await.unwrap();
 /// assert!(store.has(&shop, "k").await.unwrap());
+/// assert_eq!(store.get(&shop, "k").await.unwrap().unwrap().version, 1);
 /// # });
 /// ```
 pub trait Backend: Send + Sync + 'static {
-    /// The live value of `key`, or `None` when missing or expired.
+    /// The live entry under `key`, or `None` when missing or expired.
     fn get(
         &self,
         project: &ProjectName,
         key: &str,
-    ) -> impl Future<Output = Result<Option<Bytes>, EngineError>> + Send;
+    ) -> impl Future<Output = Result<Option<Entry>, EngineError>> + Send;
+
+    /// The live entries under `keys`, in order, as of one moment (no
+    /// transaction is seen half applied).
+    fn get_many(
+        &self,
+        project: &ProjectName,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Entry>>, EngineError>> + Send;
+
+    /// Whether `key` is present and unexpired.
+    fn has(
+        &self,
+        project: &ProjectName,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, EngineError>> + Send;
+
+    /// One page of live keys in byte order.
+    fn list(
+        &self,
+        project: &ProjectName,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<ListPage, EngineError>> + Send;
+
+    /// Evaluates and applies `txn` atomically.
+    fn write(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> impl Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send;
+
+    /// Subscribes to the changes of `project` matching `target`, from just
+    /// after `from_version` (or from now).
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError`] when `from_version` is outside the retained history.
+    fn watch(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<watch::Subscription, WatchError>;
+
+    /// Removes up to `limit` entries whose deadline has passed (each an
+    /// expiry event) and returns how many due deadlines it consumed.
+    fn expire_due(&self, limit: usize) -> impl Future<Output = usize> + Send;
 
     /// Stores `value` under `key`, expiring `ttl_ms` milliseconds from now,
     /// or never when `None` (which also drops any earlier TTL).
@@ -58,25 +112,319 @@ pub trait Backend: Send + Sync + 'static {
         key: &str,
         value: Box<[u8]>,
         ttl_ms: Option<u64>,
-    ) -> impl Future<Output = Result<(), EngineError>> + Send;
-
-    /// Whether `key` is present and unexpired.
-    fn has(
-        &self,
-        project: &ProjectName,
-        key: &str,
-    ) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        let ttl = ttl_ms.map_or(Ttl::Never, Ttl::After);
+        let txn = Txn::op(Op::Set {
+            key: key.into(),
+            value,
+            ttl,
+        });
+        async move { self.write(project, txn).await.map(|_| ()) }
+    }
 
     /// Removes `key`; true only when a live key was removed.
     fn delete(
         &self,
         project: &ProjectName,
         key: &str,
-    ) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    ) -> impl Future<Output = Result<bool, EngineError>> + Send {
+        let txn = Txn::op(Op::Delete { key: key.into() });
+        async move {
+            let outcome = self.write(project, txn).await?;
+            Ok(matches!(
+                outcome.results.first(),
+                Some(OpOutcome::Delete { deleted: true, .. })
+            ))
+        }
+    }
 
     /// Removes every key of `project`; returns how many live keys it removed.
-    fn clear(&self, project: &ProjectName)
-    -> impl Future<Output = Result<u64, EngineError>> + Send;
+    fn clear(
+        &self,
+        project: &ProjectName,
+    ) -> impl Future<Output = Result<u64, EngineError>> + Send {
+        async move {
+            let outcome = self.write(project, Txn::op(Op::Clear)).await?;
+            Ok(match outcome.results.first() {
+                Some(OpOutcome::Clear { removed, .. }) => *removed,
+                _ => 0,
+            })
+        }
+    }
+}
+
+/// A live entry as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Canonical encoded `google.protobuf.Value`.
+    pub value: Bytes,
+    /// The version of the change that last wrote it.
+    pub version: u64,
+    /// Its deadline in unix ms, if it has a TTL.
+    pub expires_at: Option<u64>,
+}
+
+/// The deadline a write gives its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// No deadline (an earlier one is dropped).
+    Never,
+    /// Whatever deadline the key has now (none when absent).
+    Keep,
+    /// This many milliseconds from now.
+    After(u64),
+}
+
+/// One operation of a [`Txn`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Store a value.
+    Set {
+        /// The key.
+        key: Box<str>,
+        /// Canonical encoded value.
+        value: Box<[u8]>,
+        /// Its deadline.
+        ttl: Ttl,
+    },
+    /// Remove a key.
+    Delete {
+        /// The key.
+        key: Box<str>,
+    },
+    /// Add to a JSON number (absent counts as 0).
+    Incr {
+        /// The key.
+        key: Box<str>,
+        /// What to add.
+        delta: f64,
+        /// TTL of a key this creates; an existing key keeps its deadline.
+        ttl_ms: Option<u64>,
+    },
+    /// Apply an RFC 7386 merge patch.
+    Merge {
+        /// The key.
+        key: Box<str>,
+        /// Canonical encoded patch.
+        patch: Box<[u8]>,
+        /// `None` keeps the deadline; `Some` sets a new one.
+        ttl_ms: Option<u64>,
+    },
+    /// Remove every key of the project.
+    Clear,
+}
+
+/// A condition of a [`Txn`], judged before any of its operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The key is live at exactly this version.
+    Version {
+        /// The key.
+        key: Box<str>,
+        /// The expected version.
+        version: u64,
+    },
+    /// The key is absent or expired.
+    Absent {
+        /// The key.
+        key: Box<str>,
+    },
+}
+
+/// A client-chosen id that makes a write safe to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId {
+    /// The id as sent.
+    pub id: Box<str>,
+    /// A digest of the request it came with: the same id with a different
+    /// request is refused.
+    pub fingerprint: u64,
+}
+
+/// Checks plus operations on one project, applied all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Txn {
+    /// All must hold, or nothing is applied.
+    pub checks: Vec<Check>,
+    /// Applied in order; later ones see earlier ones.
+    pub ops: Vec<Op>,
+    /// Remember the outcome under this id.
+    pub request: Option<RequestId>,
+    /// Largest encoded value a merge may produce.
+    pub max_value_bytes: usize,
+}
+
+impl Txn {
+    /// A transaction of one unconditional operation.
+    ///
+    /// ```
+    /// use kv_server::engine::{Op, Txn};
+    /// let txn = Txn::op(Op::Clear);
+    /// assert!(txn.checks.is_empty() && txn.request.is_none());
+    /// ```
+    pub fn op(op: Op) -> Self {
+        Self {
+            checks: Vec::new(),
+            ops: vec![op],
+            request: None,
+            max_value_bytes: crate::config::MAX_VALUE_LIMIT,
+        }
+    }
+}
+
+/// What a [`Txn`] did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TxnOutcome {
+    /// False when a check failed: nothing was applied.
+    pub applied: bool,
+    /// The index of the first failed check.
+    pub failed_check: Option<u32>,
+    /// The current version of the failed check's key (0 when absent).
+    pub current_version: u64,
+    /// One per operation when applied.
+    pub results: Vec<OpOutcome>,
+}
+
+/// What one operation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpOutcome {
+    /// Stored at `version`.
+    Set {
+        /// The entry's new version.
+        version: u64,
+    },
+    /// Removed (or found nothing).
+    Delete {
+        /// Whether a live key was removed.
+        deleted: bool,
+        /// The deletion's version, 0 when nothing was removed.
+        version: u64,
+    },
+    /// Incremented.
+    Incr {
+        /// The new number.
+        value: f64,
+        /// The entry's new version.
+        version: u64,
+    },
+    /// Patched.
+    Merge {
+        /// The merged value, canonical encoded.
+        value: Bytes,
+        /// The entry's new version.
+        version: u64,
+    },
+    /// Cleared.
+    Clear {
+        /// Live keys removed.
+        removed: u64,
+        /// The clear's version, 0 when the project held nothing.
+        version: u64,
+    },
+}
+
+/// A page request of [`Backend::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys after this one.
+    pub start_after: String,
+    /// Most entries (at least 1).
+    pub limit: usize,
+    /// Leave values out.
+    pub keys_only: bool,
+}
+
+/// One page of [`Backend::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Live entries in byte order of key (values empty when keys only).
+    pub entries: Vec<(Arc<str>, Entry)>,
+    /// More matching keys follow the last one.
+    pub more: bool,
+    /// The project's version when the page was read.
+    pub version: u64,
+}
+
+/// Which keys a watch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchTarget {
+    /// Every key of the project.
+    All,
+    /// Exactly this key.
+    Key(Box<str>),
+    /// Every key starting with this.
+    Prefix(Box<str>),
+}
+
+impl WatchTarget {
+    /// Whether a change to `key` concerns this target (a clear concerns
+    /// every target).
+    ///
+    /// ```
+    /// use kv_server::engine::WatchTarget;
+    /// assert!(WatchTarget::Prefix("a:".into()).matches("a:1"));
+    /// assert!(!WatchTarget::Key("a".into()).matches("ab"));
+    /// ```
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Key(k) => **k == *key,
+            Self::Prefix(p) => key.starts_with(&**p),
+        }
+    }
+}
+
+/// Why a watch could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// Changes after `from` are no longer all retained.
+    #[error(
+        "from_version {from} is older than the retained history, which starts after version {oldest}; read the current state and watch from its version"
+    )]
+    TooOld {
+        /// The requested version.
+        from: u64,
+        /// The newest version no longer retained.
+        oldest: u64,
+    },
+    /// `from` is ahead of the project.
+    #[error("from_version {from} is ahead of the project's current version {current}")]
+    Ahead {
+        /// The requested version.
+        from: u64,
+        /// The project's version.
+        current: u64,
+    },
+}
+
+/// Tunables of the engine shared by both stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a request id's outcome is remembered (ms).
+    pub idempotency_window_ms: u64,
+    /// Most request ids remembered per project; past it the oldest go early.
+    pub idempotency_max_ids: usize,
+    /// Most change events a project keeps for watches to resume from.
+    pub watch_history_events: usize,
+    /// Most bytes (keys plus values) of those events.
+    pub watch_history_bytes: usize,
+    /// How long history keeps being recorded after a project's last watcher
+    /// leaves (ms); projects nobody watches record none.
+    pub watch_retention_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            idempotency_window_ms: 10 * 60 * 1000,
+            idempotency_max_ids: 100_000,
+            watch_history_events: 10_000,
+            watch_history_bytes: 16 << 20,
+            watch_retention_ms: 10 * 60 * 1000,
+        }
+    }
 }
 
 /// A write, as the resulting state it leaves behind.
@@ -92,13 +440,28 @@ pub enum Mutation {
         /// Absolute deadline in unix milliseconds.
         expires_at: Option<u64>,
     },
-    /// `key` no longer exists.
+    /// `key` no longer exists (deleted by a call).
     Delete {
+        /// The key.
+        key: Box<str>,
+    },
+    /// `key` no longer exists: its deadline passed.
+    Expire {
         /// The key.
         key: Box<str>,
     },
     /// The project has no keys.
     Clear,
+}
+
+/// A [`Mutation`] with the project version it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The project version of this change (0 in records of the first log
+    /// format, which had none: replay numbers them).
+    pub version: u64,
+    /// The change.
+    pub mutation: Mutation,
 }
 
 /// What applying a [`Mutation`] found.
@@ -128,6 +491,45 @@ pub enum EngineError {
     /// The write would take its project over a quota. Nothing was written.
     #[error("{0}")]
     QuotaExceeded(QuotaExceeded),
+    /// An increment met a value that is not a number.
+    #[error("key {key:?} holds a {kind}, not a number; incr needs a JSON number")]
+    NotANumber {
+        /// The key.
+        key: Box<str>,
+        /// What it holds.
+        kind: &'static str,
+    },
+    /// An increment's result would not be exact.
+    #[error("key {key:?}: {source}")]
+    NumberOutOfRange {
+        /// The key.
+        key: Box<str>,
+        /// Details with the limit.
+        source: jsonops::NumberError,
+    },
+    /// A merge would produce a value over the size limit.
+    #[error(
+        "key {key:?}: the merged value would be {len} bytes encoded; the limit is {limit} bytes"
+    )]
+    MergedTooLarge {
+        /// The key.
+        key: Box<str>,
+        /// Encoded size of the result.
+        len: usize,
+        /// The value limit.
+        limit: usize,
+    },
+    /// A request id came back with a different request.
+    #[error(
+        "request_id {id:?} was already used for a different request within the idempotency window; use a new id for a new request"
+    )]
+    RequestIdReused {
+        /// The id.
+        id: Box<str>,
+    },
+    /// Stored state that should be impossible (a bug, never bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A TTL would put the deadline past what the clock can represent.
     #[error("ttl of {ttl_ms} ms overflows the clock")]
     DeadlineOverflow {

@@ -20,7 +20,23 @@
 //! 6 DeleteProject  project
 //! 7 PutToken       id_len: u32, id, project, read_only: u8, secret_sha256: [u8; 32], created_at_ms: u64
 //! 8 RevokeToken    id_len: u32, id
+//! 9 Txn      project, at_ms: u64, count: u32, count x change, has_request: u8, [request]
+//!            change  = version: u64, tag: u8, then by tag:
+//!                      1 set: key_len: u32, key, expires_at: u64, value_len: u32, value
+//!                      2 delete: key_len: u32, key    3 clear    4 expire: key_len: u32, key
+//!            request = id_len: u32, id, fingerprint: u64, outcome
+//!            outcome = applied: u8, failed_check: u32 (u32::MAX = none),
+//!                      current_version: u64, count: u32, count x result:
+//!                      tag: u8, 1 set: version | 2 delete: deleted: u8, version
+//!                      | 3 incr: f64 bits: u64, version | 4 merge: version, value_len: u32, value
+//!                      | 5 clear: removed: u64, version
+//! 10 Version project, version: u64   (a project's version counter, in snapshots)
 //! ```
+//!
+//! Format version 2 added versions (kinds 9 and 10; writes are logged as
+//! one Txn record each, so a transaction is all or nothing on disk too).
+//! Files of version 1 (kinds 1-8, no versions) are still read: replay
+//! numbers their changes.
 //!
 //! Written by hand rather than with a serialisation crate: the format is the
 //! product's durability contract, and its torn-tail versus corruption rules
@@ -31,7 +47,7 @@ use std::io::{self, Read};
 use crate::{
     config::MAX_VALUE_LIMIT,
     engine::{
-        Mutation, Quota,
+        Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
         catalog::{CatalogChange, TokenMeta},
     },
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
@@ -41,8 +57,10 @@ use crate::{
 pub(crate) const LOG_MAGIC: [u8; 6] = *b"KVLOG\0";
 /// Magic bytes of a snapshot.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 6] = *b"KVSNAP";
-/// The format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes.
+pub(crate) const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub(crate) const OLDEST_READABLE_VERSION: u16 = 1;
 /// Bytes of a file header.
 pub(crate) const FILE_HEADER_LEN: usize = 8;
 /// Bytes of a frame header.
@@ -62,9 +80,22 @@ const PUT_PROJECT: u8 = 5;
 const DELETE_PROJECT: u8 = 6;
 const PUT_TOKEN: u8 = 7;
 const REVOKE_TOKEN: u8 = 8;
+const TXN: u8 = 9;
+const VERSION: u8 = 10;
+
+const CHANGE_SET: u8 = 1;
+const CHANGE_DELETE: u8 = 2;
+const CHANGE_CLEAR: u8 = 3;
+const CHANGE_EXPIRE: u8 = 4;
+
+const RESULT_SET: u8 = 1;
+const RESULT_DELETE: u8 = 2;
+const RESULT_INCR: u8 = 3;
+const RESULT_MERGE: u8 = 4;
+const RESULT_CLEAR: u8 = 5;
 
 /// One decoded payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A mutation of one project.
     Mutation {
@@ -75,6 +106,25 @@ pub enum Record {
     },
     /// A change to the catalog of projects and tokens.
     Catalog(CatalogChange),
+    /// The changes of one transaction, and the outcome remembered for its
+    /// request id.
+    Txn {
+        /// The project.
+        project: ProjectName,
+        /// When it was applied (unix ms).
+        at: u64,
+        /// Resulting-state changes with their versions.
+        mutations: Vec<Versioned>,
+        /// Request id, request fingerprint, outcome.
+        request: Option<(Box<str>, u64, TxnOutcome)>,
+    },
+    /// A project's version counter.
+    Version {
+        /// The project.
+        project: ProjectName,
+        /// Its newest version.
+        version: u64,
+    },
     /// The end of a snapshot, with how many entries it holds.
     End {
         /// Entries in the snapshot.
@@ -99,7 +149,9 @@ pub(crate) fn file_header(magic: [u8; 6]) -> [u8; FILE_HEADER_LEN] {
     header
 }
 
-/// Appends one framed record for `mutation` of `project` to `out`.
+/// Appends one framed record for `mutation` of `project` to `out`, in the
+/// first format's record kinds (no version).
+#[cfg(test)]
 pub(crate) fn encode_mutation(out: &mut Vec<u8>, project: &ProjectName, mutation: &Mutation) {
     frame(out, |payload| match mutation {
         Mutation::Set {
@@ -122,7 +174,134 @@ pub(crate) fn encode_mutation(out: &mut Vec<u8>, project: &ProjectName, mutation
             payload.push(CLEAR);
             put_project(payload, project);
         }
+        Mutation::Expire { key } => {
+            payload.push(DELETE);
+            put_project(payload, project);
+            put_bytes(payload, key.as_bytes());
+        }
     });
+}
+
+/// Appends one framed Txn record.
+pub(crate) fn encode_txn(
+    out: &mut Vec<u8>,
+    project: &ProjectName,
+    at: u64,
+    mutations: &[Versioned],
+    request: Option<(&str, u64, &TxnOutcome)>,
+) {
+    frame(out, |payload| {
+        payload.push(TXN);
+        put_project(payload, project);
+        payload.extend_from_slice(&at.to_le_bytes());
+        let count = u32::try_from(mutations.len()).expect("transactions are bounded");
+        payload.extend_from_slice(&count.to_le_bytes());
+        for m in mutations {
+            put_change(payload, m.version, &m.mutation);
+        }
+        match request {
+            None => payload.push(0),
+            Some((id, fingerprint, outcome)) => {
+                payload.push(1);
+                put_bytes(payload, id.as_bytes());
+                payload.extend_from_slice(&fingerprint.to_le_bytes());
+                put_outcome(payload, outcome);
+            }
+        }
+    });
+}
+
+/// Appends a snapshot entry: a Txn record of one set, from borrowed parts.
+pub(crate) fn encode_entry(
+    out: &mut Vec<u8>,
+    project: &ProjectName,
+    key: &str,
+    value: &[u8],
+    expires_at: u64,
+    version: u64,
+) {
+    frame(out, |payload| {
+        payload.push(TXN);
+        put_project(payload, project);
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        payload.extend_from_slice(&1u32.to_le_bytes());
+        payload.extend_from_slice(&version.to_le_bytes());
+        payload.push(CHANGE_SET);
+        put_bytes(payload, key.as_bytes());
+        payload.extend_from_slice(&expires_at.to_le_bytes());
+        put_bytes(payload, value);
+        payload.push(0);
+    });
+}
+
+/// Appends a project's version counter (snapshots).
+pub(crate) fn encode_version(out: &mut Vec<u8>, project: &ProjectName, version: u64) {
+    frame(out, |payload| {
+        payload.push(VERSION);
+        put_project(payload, project);
+        payload.extend_from_slice(&version.to_le_bytes());
+    });
+}
+
+fn put_change(out: &mut Vec<u8>, version: u64, mutation: &Mutation) {
+    out.extend_from_slice(&version.to_le_bytes());
+    match mutation {
+        Mutation::Set {
+            key,
+            value,
+            expires_at,
+        } => {
+            out.push(CHANGE_SET);
+            put_bytes(out, key.as_bytes());
+            out.extend_from_slice(&expires_at.unwrap_or(0).to_le_bytes());
+            put_bytes(out, value);
+        }
+        Mutation::Delete { key } => {
+            out.push(CHANGE_DELETE);
+            put_bytes(out, key.as_bytes());
+        }
+        Mutation::Clear => out.push(CHANGE_CLEAR),
+        Mutation::Expire { key } => {
+            out.push(CHANGE_EXPIRE);
+            put_bytes(out, key.as_bytes());
+        }
+    }
+}
+
+fn put_outcome(out: &mut Vec<u8>, outcome: &TxnOutcome) {
+    out.push(u8::from(outcome.applied));
+    out.extend_from_slice(&outcome.failed_check.unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&outcome.current_version.to_le_bytes());
+    let count = u32::try_from(outcome.results.len()).expect("transactions are bounded");
+    out.extend_from_slice(&count.to_le_bytes());
+    for result in &outcome.results {
+        match result {
+            OpOutcome::Set { version } => {
+                out.push(RESULT_SET);
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            OpOutcome::Delete { deleted, version } => {
+                out.push(RESULT_DELETE);
+                out.push(u8::from(*deleted));
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            OpOutcome::Incr { value, version } => {
+                out.push(RESULT_INCR);
+                out.extend_from_slice(&value.to_bits().to_le_bytes());
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+            OpOutcome::Merge { value, version } => {
+                out.push(RESULT_MERGE);
+                out.extend_from_slice(&version.to_le_bytes());
+                put_bytes(out, value);
+            }
+            OpOutcome::Clear { removed, version } => {
+                out.push(RESULT_CLEAR);
+                out.extend_from_slice(&removed.to_le_bytes());
+                out.extend_from_slice(&version.to_le_bytes());
+            }
+        }
+    }
 }
 
 /// Appends one framed record for a catalog change.
@@ -153,23 +332,6 @@ pub(crate) fn encode_catalog(out: &mut Vec<u8>, change: &CatalogChange) {
             payload.push(REVOKE_TOKEN);
             put_bytes(payload, id.as_bytes());
         }
-    });
-}
-
-/// Appends a framed Set record from borrowed parts (snapshots).
-pub(crate) fn encode_set(
-    out: &mut Vec<u8>,
-    project: &ProjectName,
-    key: &str,
-    value: &[u8],
-    expires_at: u64,
-) {
-    frame(out, |payload| {
-        payload.push(SET);
-        put_project(payload, project);
-        put_bytes(payload, key.as_bytes());
-        payload.extend_from_slice(&expires_at.to_le_bytes());
-        put_bytes(payload, value);
     });
 }
 
@@ -286,6 +448,53 @@ pub fn decode_payload_cached(
             }))
         }
         REVOKE_TOKEN => Record::Catalog(CatalogChange::RevokeToken { id: r.text()? }),
+        TXN => {
+            let project = r.project()?;
+            let at = r.u64()?;
+            let count = r.u32()? as usize;
+            // Each change takes at least 9 bytes: a bogus count cannot make
+            // the vector allocate beyond the payload.
+            let mut mutations = Vec::with_capacity(count.min(r.0.len() / 9));
+            for _ in 0..count {
+                let version = r.u64()?;
+                let mutation = match r.u8()? {
+                    CHANGE_SET => {
+                        let key = r.key()?;
+                        let expires_at = r.u64()?;
+                        let value = r.bytes()?.into();
+                        Mutation::Set {
+                            key,
+                            value,
+                            expires_at: (expires_at != 0).then_some(expires_at),
+                        }
+                    }
+                    CHANGE_DELETE => Mutation::Delete { key: r.key()? },
+                    CHANGE_CLEAR => Mutation::Clear,
+                    CHANGE_EXPIRE => Mutation::Expire { key: r.key()? },
+                    other => return Err(bad(format!("unknown change tag {other}"))),
+                };
+                mutations.push(Versioned { version, mutation });
+            }
+            let request = match r.u8()? {
+                0 => None,
+                1 => {
+                    let id = r.text()?.into_boxed_str();
+                    let fingerprint = r.u64()?;
+                    Some((id, fingerprint, r.outcome()?))
+                }
+                other => return Err(bad(format!("bad request flag {other}"))),
+            };
+            Record::Txn {
+                project,
+                at,
+                mutations,
+                request,
+            }
+        }
+        VERSION => Record::Version {
+            project: r.project()?,
+            version: r.u64()?,
+        },
         other => return Err(bad(format!("unknown record kind {other}"))),
     };
     if !r.0.is_empty() {
@@ -351,6 +560,47 @@ impl<'a> Cursor<'a, '_> {
     fn text(&mut self) -> Result<String, DecodeError> {
         let raw = self.bytes()?;
         String::from_utf8(raw.to_vec()).map_err(|_| bad("text field is not UTF-8"))
+    }
+
+    fn outcome(&mut self) -> Result<TxnOutcome, DecodeError> {
+        let applied = self.u8()? != 0;
+        let failed_check = Some(self.u32()?).filter(|&i| i != u32::MAX);
+        let current_version = self.u64()?;
+        let count = self.u32()? as usize;
+        let mut results = Vec::with_capacity(count.min(self.0.len() / 9));
+        for _ in 0..count {
+            results.push(match self.u8()? {
+                RESULT_SET => OpOutcome::Set {
+                    version: self.u64()?,
+                },
+                RESULT_DELETE => OpOutcome::Delete {
+                    deleted: self.u8()? != 0,
+                    version: self.u64()?,
+                },
+                RESULT_INCR => OpOutcome::Incr {
+                    value: f64::from_bits(self.u64()?),
+                    version: self.u64()?,
+                },
+                RESULT_MERGE => {
+                    let version = self.u64()?;
+                    OpOutcome::Merge {
+                        value: bytes::Bytes::copy_from_slice(self.bytes()?),
+                        version,
+                    }
+                }
+                RESULT_CLEAR => OpOutcome::Clear {
+                    removed: self.u64()?,
+                    version: self.u64()?,
+                },
+                other => return Err(bad(format!("unknown result tag {other}"))),
+            });
+        }
+        Ok(TxnOutcome {
+            applied,
+            failed_check,
+            current_version,
+            results,
+        })
     }
 
     fn key(&mut self) -> Result<Box<str>, DecodeError> {
@@ -424,11 +674,11 @@ impl<R: Read> FrameReader<R> {
             });
         }
         let version = u16::from_le_bytes([header[6], header[7]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FrameError::Corrupt {
                 offset: 6,
                 reason: format!(
-                    "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+                    "format version {version} is not supported (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
                 ),
             });
         }

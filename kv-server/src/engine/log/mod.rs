@@ -35,13 +35,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{
-    Applied, Backend, EngineError, Mutation, Quota,
+    Applied, Backend, EngineError, Entry, ListPage, ListQuery, Quota, Txn, TxnOutcome, WatchError,
+    WatchTarget,
     catalog::{Catalog, CatalogChange},
-    memory::MemoryStore,
+    memory::{Due, MemoryStore},
+    watch::Subscription,
 };
 use crate::project::ProjectName;
 
@@ -145,21 +146,46 @@ enum Command {
     Shutdown(oneshot::Sender<io::Result<()>>),
 }
 
-/// A change the writer logs and then applies.
+/// A change the writer evaluates, logs and then applies.
 enum Change {
-    /// To one project's data.
-    Data {
-        project: ProjectName,
-        mutation: Mutation,
-    },
+    /// A transaction on one project's data.
+    Txn { project: ProjectName, txn: Txn },
+    /// Deadlines that have come.
+    Expire(Vec<Due>),
     /// To the catalog of projects and tokens.
     Catalog(CatalogChange),
 }
 
+impl Change {
+    /// Roughly the bytes it will log, to bound a batch.
+    fn approx_len(&self) -> usize {
+        match self {
+            Self::Txn { txn, .. } => txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    super::Op::Set { key, value, .. } => 32 + key.len() + value.len(),
+                    super::Op::Merge { key, patch, .. } => 32 + key.len() + patch.len(),
+                    super::Op::Delete { key } | super::Op::Incr { key, .. } => 32 + key.len(),
+                    super::Op::Clear => 16,
+                })
+                .sum::<usize>()
+                .max(64),
+            Self::Expire(due) => due.len() * 64,
+            Self::Catalog(_) => 128,
+        }
+    }
+}
+
+/// The writer's answer to a submission.
+enum Answer {
+    Txn(Arc<TxnOutcome>),
+    Applied(Applied),
+}
+
 struct Submission {
     change: Change,
-    record: Vec<u8>,
-    reply: oneshot::Sender<Result<Applied, EngineError>>,
+    reply: oneshot::Sender<Result<Answer, EngineError>>,
 }
 
 /// The durable store: a [`MemoryStore`] behind an append-only log.
@@ -208,9 +234,10 @@ impl DurableStore {
     ///
     /// [`EngineError::Storage`] when it cannot be logged.
     pub async fn change_catalog(&self, change: CatalogChange) -> Result<Applied, EngineError> {
-        let mut record = Vec::new();
-        codec::encode_catalog(&mut record, &change);
-        self.send(Change::Catalog(change), record).await
+        match self.send(Change::Catalog(change)).await? {
+            Answer::Applied(applied) => Ok(applied),
+            Answer::Txn(_) => Ok(Applied::default()),
+        }
     }
 
     /// The data directory.
@@ -223,27 +250,9 @@ impl DurableStore {
         &self.recovered
     }
 
-    async fn submit(
-        &self,
-        project: &ProjectName,
-        mutation: Mutation,
-    ) -> Result<Applied, EngineError> {
-        let mut record = Vec::new();
-        codec::encode_mutation(&mut record, project, &mutation);
-        let change = Change::Data {
-            project: project.clone(),
-            mutation,
-        };
-        self.send(change, record).await
-    }
-
-    async fn send(&self, change: Change, record: Vec<u8>) -> Result<Applied, EngineError> {
+    async fn send(&self, change: Change) -> Result<Answer, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let submission = Submission {
-            change,
-            record,
-            reply,
-        };
+        let submission = Submission { change, reply };
         self.commands
             .send(Command::Write(submission))
             .map_err(|_| closed())?;
@@ -280,56 +289,76 @@ fn closed() -> EngineError {
 }
 
 impl Backend for DurableStore {
-    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Bytes>, EngineError> {
-        Ok(self.mem.get_now(project, key))
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Entry>, EngineError> {
+        Ok(self.mem.entry_now(project, key))
     }
 
-    async fn set(
+    async fn get_many(
         &self,
         project: &ProjectName,
-        key: &str,
-        value: Box<[u8]>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), EngineError> {
-        let expires_at = self.mem.deadline(ttl_ms)?;
-        let mutation = Mutation::Set {
-            key: key.into(),
-            value,
-            expires_at,
-        };
-        self.submit(project, mutation).await.map(|_| ())
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, EngineError> {
+        Ok(self.mem.entries_now(project, keys))
     }
 
     async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
         Ok(self.mem.has_now(project, key))
     }
 
-    async fn delete(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
-        let applied = self
-            .submit(project, Mutation::Delete { key: key.into() })
-            .await?;
-        Ok(applied.removed > 0)
+    async fn list(
+        &self,
+        project: &ProjectName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError> {
+        Ok(self.mem.list_now(project, query))
     }
 
-    async fn clear(&self, project: &ProjectName) -> Result<u64, EngineError> {
-        Ok(self.submit(project, Mutation::Clear).await?.removed)
+    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
+        let change = Change::Txn {
+            project: project.clone(),
+            txn,
+        };
+        match self.send(change).await? {
+            Answer::Txn(outcome) => Ok(outcome),
+            Answer::Applied(_) => Err(EngineError::Internal(
+                "the log writer answered a write with a catalog result".into(),
+            )),
+        }
+    }
+
+    fn watch(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<Subscription, WatchError> {
+        self.mem.subscribe(project, target, from_version)
+    }
+
+    async fn expire_due(&self, limit: usize) -> usize {
+        let due = self.mem.take_due(limit);
+        let consumed = due.len();
+        if consumed > 0 {
+            // Expiries are changes like any other: logged, versioned and
+            // published by the writer. If it cannot log them, the entries
+            // stay invisible (reads check deadlines) and a restart drops them.
+            if let Err(e) = self.send(Change::Expire(due)).await {
+                tracing::warn!("could not log expiries: {e}");
+            }
+        }
+        consumed
     }
 }
 
-/// Applies a logged change to memory and catalog (the writer and replay
-/// both come here, so they cannot disagree).
-fn apply_change(mem: &MemoryStore, catalog: &Catalog, change: Change) -> Applied {
+/// Applies a logged catalog change to memory and catalog (the writer and
+/// replay both come here, so they cannot disagree).
+fn apply_catalog(mem: &MemoryStore, catalog: &Catalog, change: CatalogChange) -> Applied {
+    catalog.apply(&change);
     match change {
-        Change::Data { project, mutation } => mem.apply(&project, mutation),
-        Change::Catalog(change) => {
-            catalog.apply(&change);
-            match change {
-                CatalogChange::DeleteProject { project } => mem.apply(&project, Mutation::Clear),
-                CatalogChange::PutProject { .. }
-                | CatalogChange::PutToken(_)
-                | CatalogChange::RevokeToken { .. } => Applied::default(),
-            }
-        }
+        CatalogChange::DeleteProject { project } => mem.drop_project_data(&project),
+        CatalogChange::PutProject { .. }
+        | CatalogChange::PutToken(_)
+        | CatalogChange::RevokeToken { .. } => Applied::default(),
     }
 }
 

@@ -12,11 +12,15 @@ use std::{
 };
 
 use super::{
-    Change, DurableStore, LogOptions, apply_change,
+    DurableStore, LogOptions, apply_catalog,
     codec::{self, FrameError, FrameReader, Record},
     remove_file_logged, segment_name, snapshot, snapshot_name, writer,
 };
-use crate::engine::{Clock, Mutation, catalog::Catalog, memory::MemoryStore};
+use crate::engine::{
+    Clock, Mutation, Versioned,
+    catalog::Catalog,
+    memory::{MemoryStore, Remembered},
+};
 
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -130,6 +134,20 @@ impl DurableStore {
     /// [`OpenError`]: the directory is locked by another server, unusable,
     /// or corrupt.
     pub fn open(dir: &Path, options: LogOptions, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open_with(dir, options, clock, crate::engine::Settings::default())
+    }
+
+    /// [`DurableStore::open`] with engine tunables.
+    ///
+    /// # Errors
+    ///
+    /// As [`DurableStore::open`].
+    pub fn open_with(
+        dir: &Path,
+        options: LogOptions,
+        clock: Arc<dyn Clock>,
+        settings: crate::engine::Settings,
+    ) -> Result<Self, OpenError> {
         let started = Instant::now();
         fs::create_dir_all(dir).map_err(io_error(format!(
             "cannot create data directory {}",
@@ -158,7 +176,7 @@ impl DurableStore {
 
         let mut recovered = Recovered::default();
         let (snapshots, segments) = list(dir, &mut recovered)?;
-        let mem = Arc::new(MemoryStore::with_clock(clock));
+        let mem = Arc::new(MemoryStore::with_settings(clock, settings));
         let catalog = Arc::new(Catalog::default());
         let now = mem.clock().now_ms();
 
@@ -306,23 +324,51 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> OpenError {
     }
 }
 
-/// A replayed set whose deadline has passed acts as a delete: it must still
-/// override what came before it.
+/// A replayed set whose deadline has passed acts as an expiry: it must
+/// still override what came before it.
 fn apply_replayed(
     mem: &MemoryStore,
     project: &crate::project::ProjectName,
-    mutation: Mutation,
+    versioned: Versioned,
     now: u64,
 ) {
-    let mutation = match mutation {
+    let mutation = match versioned.mutation {
         Mutation::Set {
             key,
             expires_at: Some(at),
             ..
-        } if at <= now => Mutation::Delete { key },
+        } if at <= now => Mutation::Expire { key },
         other => other,
     };
-    mem.apply(project, mutation);
+    mem.apply_versioned(
+        project,
+        Versioned {
+            version: versioned.version,
+            mutation,
+        },
+    );
+}
+
+/// Replays a Txn record: its changes, then its remembered outcome.
+fn apply_txn_record(
+    mem: &MemoryStore,
+    project: &crate::project::ProjectName,
+    at: u64,
+    mutations: Vec<Versioned>,
+    request: Option<(Box<str>, u64, crate::engine::TxnOutcome)>,
+    now: u64,
+) {
+    for m in mutations {
+        apply_replayed(mem, project, m, now);
+    }
+    if let Some((id, fingerprint, outcome)) = request {
+        let remembered = Remembered {
+            fingerprint,
+            at,
+            outcome: Arc::new(outcome),
+        };
+        mem.remember(project, id, remembered);
+    }
 }
 
 fn load_snapshot(
@@ -363,13 +409,41 @@ fn load_snapshot(
             project,
             mutation: mutation @ Mutation::Set { .. },
         } => {
-            apply_replayed(mem, &project, mutation, now);
+            apply_replayed(
+                mem,
+                &project,
+                Versioned {
+                    version: 0,
+                    mutation,
+                },
+                now,
+            );
             entries += 1;
+            Ok(())
+        }
+        Record::Txn {
+            project,
+            at,
+            mutations,
+            request,
+        } => {
+            if mutations
+                .iter()
+                .any(|m| !matches!(m.mutation, Mutation::Set { .. }))
+            {
+                return Err("a snapshot holds only set records".into());
+            }
+            entries += mutations.len() as u64;
+            apply_txn_record(mem, &project, at, mutations, request, now);
+            Ok(())
+        }
+        Record::Version { project, version } => {
+            mem.restore_version(&project, version);
             Ok(())
         }
         Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
         Record::Catalog(change) => {
-            apply_change(mem, catalog, Change::Catalog(change));
+            apply_catalog(mem, catalog, change);
             Ok(())
         }
         Record::End { count } => {
@@ -513,15 +587,34 @@ fn replay_segment(
     let mut records = 0;
     let streamed = for_each_record(reader, |_, record| match record {
         Record::Mutation { project, mutation } => {
-            apply_replayed(mem, &project, mutation, now);
+            apply_replayed(
+                mem,
+                &project,
+                Versioned {
+                    version: 0,
+                    mutation,
+                },
+                now,
+            );
+            records += 1;
+            Ok(())
+        }
+        Record::Txn {
+            project,
+            at,
+            mutations,
+            request,
+        } => {
+            apply_txn_record(mem, &project, at, mutations, request, now);
             records += 1;
             Ok(())
         }
         Record::Catalog(change) => {
-            apply_change(mem, catalog, Change::Catalog(change));
+            apply_catalog(mem, catalog, change);
             records += 1;
             Ok(())
         }
+        Record::Version { .. } => Err("snapshot version record in a log segment".into()),
         Record::End { .. } => Err("snapshot end record in a log segment".into()),
     });
     recovered.records += records;

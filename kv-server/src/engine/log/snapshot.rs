@@ -47,9 +47,22 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
             codec::encode_catalog(&mut record, &change);
             out.write_all(&record)?;
         }
-        let count = mem.for_each_live(|project, key, value, expires_at| {
+        // Version counters before entries: loading raises them first, so
+        // no version is ever handed out twice, even for emptied projects.
+        for (project, version) in mem.versions() {
             record.clear();
-            codec::encode_set(&mut record, project, key, value, expires_at);
+            codec::encode_version(&mut record, &project, version);
+            out.write_all(&record)?;
+        }
+        let count = mem.for_each_live(|project, key, value, expires_at, version| {
+            record.clear();
+            codec::encode_entry(&mut record, project, key, value, expires_at, version);
+            out.write_all(&record)
+        })?;
+        mem.for_each_remembered(|project, id, remembered| {
+            record.clear();
+            let request = Some((id, remembered.fingerprint, &*remembered.outcome));
+            codec::encode_txn(&mut record, project, remembered.at, &[], request);
             out.write_all(&record)
         })?;
         record.clear();

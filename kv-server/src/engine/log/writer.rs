@@ -9,20 +9,30 @@ use std::{
     time::Instant,
 };
 
-use super::{
-    Change, Command, FsyncPolicy, LogOptions, Submission, apply_change, codec, segment_name,
-    snapshot, sync_dir,
-};
-use std::collections::{HashMap, HashSet};
+use tokio::sync::oneshot;
 
+use super::{
+    Answer, Change, Command, FsyncPolicy, LogOptions, Submission, apply_catalog, codec,
+    segment_name, snapshot, sync_dir,
+};
 use crate::{
     engine::{
-        EngineError, Mutation, QuotaExceeded,
+        EngineError, TxnOutcome, Versioned,
         catalog::{Catalog, CatalogChange},
-        memory::{MemoryStore, Usage},
+        memory::{MemoryStore, Remembered},
+        txn::{Commit, Evaluated, Overlay},
     },
     project::ProjectName,
 };
+
+/// A submission evaluated and waiting for its batch to be logged.
+enum Pending {
+    /// A retry: its remembered outcome.
+    Replay(Arc<TxnOutcome>),
+    Commit(ProjectName, Commit),
+    Expire(Vec<(ProjectName, Versioned)>),
+    Catalog(CatalogChange),
+}
 
 /// Most bytes gathered into one write; a single larger record still goes
 /// alone.
@@ -65,7 +75,7 @@ impl Writer {
             while let Some(command) = next.take() {
                 match command {
                     Command::Write(submission) => {
-                        bytes += submission.record.len();
+                        bytes += submission.change.approx_len();
                         batch.push(submission);
                     }
                     Command::Shutdown(reply) => {
@@ -112,66 +122,114 @@ impl Writer {
         }
     }
 
-    /// Refuses the writes that would take a project over its quota. Each
-    /// write is judged after those before it in the batch, as they will be
-    /// applied, so concurrent writers cannot overshoot. Only the expiry task
-    /// changes memory meanwhile, and it only frees space.
-    fn admit(&self, batch: &mut Vec<Submission>) {
-        let mut projected = Projection::default();
-        for submission in std::mem::take(batch) {
-            let checked = match &submission.change {
-                Change::Data { project, mutation } => {
-                    let quota = self.catalog.effective_quota(project, self.options.quota);
-                    projected.admit(&self.mem, quota, project, mutation)
+    /// Evaluates the batch in order (each write sees the ones before it),
+    /// logs it with one write (and one fsync), then applies and answers.
+    /// Refused writes (quota, failed operations) are answered at once and
+    /// never logged.
+    fn commit(&mut self, batch: &mut Vec<Submission>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let now = self.mem.clock().now_ms();
+        let mut overlay = Overlay::default();
+        let mut pending: Vec<(Pending, oneshot::Sender<Result<Answer, EngineError>>)> =
+            Vec::with_capacity(batch.len());
+        for Submission { change, reply } in batch.drain(..) {
+            match change {
+                Change::Txn { project, txn } => {
+                    let quota = self.catalog.effective_quota(&project, self.options.quota);
+                    match overlay.evaluate(&self.mem, &project, txn, now, quota) {
+                        Err(refused) => {
+                            let _ = reply.send(Err(refused));
+                        }
+                        Ok(Evaluated::Replay(outcome)) => {
+                            pending.push((Pending::Replay(outcome), reply));
+                        }
+                        Ok(Evaluated::Commit(commit)) => {
+                            if !commit.mutations.is_empty() || commit.remember.is_some() {
+                                let request = commit
+                                    .remember
+                                    .as_ref()
+                                    .map(|(id, fp)| (&**id, *fp, &*commit.outcome));
+                                codec::encode_txn(buf, &project, now, &commit.mutations, request);
+                            }
+                            pending.push((Pending::Commit(project, commit), reply));
+                        }
+                    }
                 }
-                Change::Catalog(CatalogChange::DeleteProject { project }) => {
-                    projected.admit(&self.mem, Default::default(), project, &Mutation::Clear)
+                Change::Expire(due) => {
+                    let mut expired = Vec::new();
+                    for due in due {
+                        if let Some(expire) = overlay.expire(&self.mem, &due, now) {
+                            codec::encode_txn(
+                                buf,
+                                &due.project,
+                                now,
+                                std::slice::from_ref(&expire),
+                                None,
+                            );
+                            expired.push((due.project, expire));
+                        }
+                    }
+                    pending.push((Pending::Expire(expired), reply));
                 }
-                Change::Catalog(_) => Ok(()),
-            };
-            match checked {
-                Ok(()) => batch.push(submission),
-                Err(refused) => {
-                    let _ = submission
-                        .reply
-                        .send(Err(EngineError::QuotaExceeded(refused)));
+                Change::Catalog(change) => {
+                    if let CatalogChange::DeleteProject { project } = &change {
+                        overlay.drop_project(project);
+                    }
+                    codec::encode_catalog(buf, &change);
+                    pending.push((Pending::Catalog(change), reply));
                 }
             }
         }
-    }
-
-    /// One write (and one fsync) for the whole batch, then apply and answer.
-    fn commit(&mut self, batch: &mut Vec<Submission>, buf: &mut Vec<u8>) {
-        self.admit(batch);
-        if batch.is_empty() {
+        if pending.is_empty() {
             return;
         }
-        buf.clear();
-        for submission in batch.iter() {
-            buf.extend_from_slice(&submission.record);
+        let logged = if buf.is_empty() {
+            Ok(())
+        } else {
+            self.append(buf)
+        };
+        if let Err(e) = logged {
+            tracing::error!(
+                segment = self.seq,
+                "log append failed, {} write(s) refused: {e}",
+                pending.len()
+            );
+            for (_, reply) in pending {
+                let _ = reply.send(Err(EngineError::Storage {
+                    context: format!("could not append to the log in {}", self.dir.display()),
+                    source: io::Error::new(e.kind(), e.to_string()),
+                }));
+            }
+            return;
         }
-        match self.append(buf) {
-            Ok(()) => {
-                for Submission { change, reply, .. } in batch.drain(..) {
-                    let applied = apply_change(&self.mem, &self.catalog, change);
-                    // The caller may have given up (deadline, hang-up): the
-                    // write stands regardless, as it is in the log.
-                    let _ = reply.send(Ok(applied));
+        for (done, reply) in pending {
+            // The caller may have given up (deadline, hang-up): the write
+            // stands regardless, as it is in the log.
+            let answer = match done {
+                Pending::Replay(outcome) => Answer::Txn(outcome),
+                Pending::Commit(project, commit) => {
+                    self.mem.apply_txn(&project, commit.mutations);
+                    if let Some((id, fingerprint)) = commit.remember {
+                        let remembered = Remembered {
+                            fingerprint,
+                            at: now,
+                            outcome: Arc::clone(&commit.outcome),
+                        };
+                        self.mem.remember(&project, id, remembered);
+                    }
+                    Answer::Txn(commit.outcome)
                 }
-            }
-            Err(e) => {
-                tracing::error!(
-                    segment = self.seq,
-                    "log append failed, {} write(s) refused: {e}",
-                    batch.len()
-                );
-                for submission in batch.drain(..) {
-                    let _ = submission.reply.send(Err(EngineError::Storage {
-                        context: format!("could not append to the log in {}", self.dir.display()),
-                        source: io::Error::new(e.kind(), e.to_string()),
-                    }));
+                Pending::Expire(expired) => {
+                    for (project, expire) in expired {
+                        self.mem.apply_versioned(&project, expire);
+                    }
+                    Answer::Applied(Default::default())
                 }
-            }
+                Pending::Catalog(change) => {
+                    Answer::Applied(apply_catalog(&self.mem, &self.catalog, change))
+                }
+            };
+            let _ = reply.send(Ok(answer));
         }
     }
 
@@ -306,95 +364,4 @@ pub(super) fn create_segment(dir: &std::path::Path, seq: u64) -> io::Result<File
         return Err(e);
     }
     Ok(file)
-}
-
-/// Usage as it will be once the writes admitted so far in a batch apply.
-#[derive(Default)]
-struct Projection {
-    usage: HashMap<ProjectName, Usage>,
-    /// Stored size of keys written in this batch (`None`: deleted).
-    sizes: HashMap<(ProjectName, Box<str>), Option<u64>>,
-    cleared: HashSet<ProjectName>,
-}
-
-impl Projection {
-    fn size(&self, mem: &MemoryStore, project: &ProjectName, key: &str) -> Option<u64> {
-        match self.sizes.get(&(project.clone(), Box::from(key))) {
-            Some(size) => *size,
-            None if self.cleared.contains(project) => None,
-            None => mem.stored_size(project, key),
-        }
-    }
-
-    fn admit(
-        &mut self,
-        mem: &MemoryStore,
-        quota: crate::engine::Quota,
-        project: &ProjectName,
-        mutation: &Mutation,
-    ) -> Result<(), QuotaExceeded> {
-        let unlimited = quota.max_keys.is_none() && quota.max_bytes.is_none();
-        if unlimited && !matches!(mutation, Mutation::Clear) {
-            // Nothing to check, and a project's quota does not change within
-            // a batch (catalog changes apply with the batch).
-            return Ok(());
-        }
-        let current = *self
-            .usage
-            .entry(project.clone())
-            .or_insert_with(|| mem.usage(project));
-        let next = match mutation {
-            Mutation::Set { key, value, .. } => {
-                let old = self.size(mem, project, key);
-                let size = (key.len() + value.len()) as u64;
-                let next = Usage {
-                    keys: current.keys + u64::from(old.is_none()),
-                    bytes: current.bytes.saturating_sub(old.unwrap_or(0)) + size,
-                };
-                if let Some(limit) = quota.max_keys
-                    && old.is_none()
-                    && next.keys > limit
-                {
-                    return Err(QuotaExceeded::Keys {
-                        project: project.clone(),
-                        limit,
-                        usage: current.keys,
-                    });
-                }
-                // A write that shrinks the project is allowed even over quota.
-                if let Some(limit) = quota.max_bytes
-                    && next.bytes > limit
-                    && next.bytes > current.bytes
-                {
-                    return Err(QuotaExceeded::Bytes {
-                        project: project.clone(),
-                        limit,
-                        usage: current.bytes,
-                        after: next.bytes,
-                    });
-                }
-                self.sizes
-                    .insert((project.clone(), key.clone()), Some(size));
-                next
-            }
-            Mutation::Delete { key } => {
-                let old = self.size(mem, project, key);
-                self.sizes.insert((project.clone(), key.clone()), None);
-                match old {
-                    Some(size) => Usage {
-                        keys: current.keys.saturating_sub(1),
-                        bytes: current.bytes.saturating_sub(size),
-                    },
-                    None => current,
-                }
-            }
-            Mutation::Clear => {
-                self.cleared.insert(project.clone());
-                self.sizes.retain(|(p, _), _| p != project);
-                Usage::default()
-            }
-        };
-        self.usage.insert(project.clone(), next);
-        Ok(())
-    }
 }

@@ -1,0 +1,594 @@
+//! The SDK against an in-process stub of `KvService`: metadata, deadlines,
+//! streaming and pagination over a real gRPC connection. The stub answers
+//! from the requests it gets (no storage), so each test can see what was
+//! sent.
+
+use std::{pin::Pin, time::Duration};
+
+use kv_proto::v1::{
+    self as pb,
+    kv_service_server::{KvService, KvServiceServer},
+};
+use serde_json::{Value, json};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ClearOptions, Client, DeleteManyOptions, DeleteOptions, Entry, Error, EventKind, IncrOptions,
+    ListOptions, MergeOptions, OpResult, SetManyOptions, SetOptions, WatchOptions, json,
+};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+struct Stub;
+
+/// Refuses requests without the project, the token, or (for unary calls)
+/// a deadline; a watch must come without one.
+fn check<T>(request: &Request<T>, unary: bool) -> Result<(), Status> {
+    let metadata = request.metadata();
+    if metadata.get("x-kv-project").and_then(|v| v.to_str().ok()) != Some("p") {
+        return Err(Status::invalid_argument("no project"));
+    }
+    if metadata.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer secret") {
+        return Err(Status::unauthenticated("no token"));
+    }
+    if metadata.get("grpc-timeout").is_some() != unary {
+        return Err(Status::failed_precondition(format!(
+            "grpc-timeout present: {}",
+            !unary
+        )));
+    }
+    Ok(())
+}
+
+fn get(key: &str) -> pb::GetResponse {
+    if key == "missing" {
+        return pb::GetResponse::default();
+    }
+    pb::GetResponse {
+        found: true,
+        value: Some(json::to_proto(&json!({ "key": key })).unwrap()),
+        version: 7,
+        expires_at_ms: (key == "ttl").then_some(123),
+    }
+}
+
+const KEYS: [&str; 7] = ["a1", "a2", "a3", "a4", "a5", "b1", "b2"];
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KvService for Stub {
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        check(&r, true)?;
+        Ok(Response::new(get(&r.get_ref().key)))
+    }
+
+    async fn set(&self, r: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        if r.request_id == "reused" {
+            return Err(Status::failed_precondition("request id reused"));
+        }
+        Ok(Response::new(pb::SetResponse {
+            applied: !r.if_absent && r.if_version != Some(666),
+            version: r.if_version.unwrap_or(0) + r.ttl_ms.unwrap_or(0) + 1,
+        }))
+    }
+
+    async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
+        check(&r, true)?;
+        Ok(Response::new(pb::HasResponse {
+            exists: r.get_ref().key != "missing",
+        }))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: r.if_version.is_none_or(|v| v == 3),
+            version: r.if_version.unwrap_or(50) + r.request_id.len() as u64,
+        }))
+    }
+
+    async fn clear(
+        &self,
+        r: Request<pb::ClearRequest>,
+    ) -> Result<Response<pb::ClearResponse>, Status> {
+        check(&r, true)?;
+        Ok(Response::new(pb::ClearResponse {
+            deleted: r.get_ref().request_id.len() as u64,
+            version: 99,
+        }))
+    }
+
+    async fn incr(
+        &self,
+        r: Request<pb::IncrRequest>,
+    ) -> Result<Response<pb::IncrResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::IncrResponse {
+            value: r.delta * 2.0,
+            version: r.ttl_ms.unwrap_or(1),
+        }))
+    }
+
+    async fn merge(
+        &self,
+        r: Request<pb::MergeRequest>,
+    ) -> Result<Response<pb::MergeResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::MergeResponse {
+            value: r.patch,
+            version: r.ttl_ms.unwrap_or(5),
+        }))
+    }
+
+    async fn batch(
+        &self,
+        r: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        use pb::op_result::Result as R;
+        check(&r, true)?;
+        let r = r.into_inner();
+        if let Some(index) = r.checks.iter().position(|c| c.key == "taken") {
+            return Ok(Response::new(pb::BatchResponse {
+                applied: false,
+                failed_check: Some(index as u32),
+                current_version: 4,
+                results: vec![],
+            }));
+        }
+        let results = r
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| pb::OpResult {
+                version: 10 + i as u64,
+                result: match op.op.unwrap() {
+                    pb::op::Op::Set(_) => None,
+                    pb::op::Op::Delete(_) => Some(R::Deleted(true)),
+                    pb::op::Op::Incr(incr) => Some(R::Number(incr.delta + 1.0)),
+                    pb::op::Op::Merge(merge) => Some(R::Value(merge.patch.unwrap())),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BatchResponse {
+            applied: true,
+            failed_check: None,
+            current_version: 0,
+            results,
+        }))
+    }
+
+    async fn get_many(
+        &self,
+        r: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        check(&r, true)?;
+        Ok(Response::new(pb::GetManyResponse {
+            results: r.get_ref().keys.iter().map(|k| get(k)).collect(),
+        }))
+    }
+
+    async fn set_many(
+        &self,
+        r: Request<pb::SetManyRequest>,
+    ) -> Result<Response<pb::SetManyResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::SetManyResponse {
+            versions: r
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| i as u64 + 1 + e.ttl_ms.unwrap_or(0) + r.request_id.len() as u64)
+                .collect(),
+        }))
+    }
+
+    async fn delete_many(
+        &self,
+        r: Request<pb::DeleteManyRequest>,
+    ) -> Result<Response<pb::DeleteManyResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::DeleteManyResponse {
+            deleted: (r.keys.len() + r.request_id.len()) as u64,
+        }))
+    }
+
+    async fn list(
+        &self,
+        r: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        check(&r, true)?;
+        let r = r.into_inner();
+        let limit = if r.limit == 0 { 2 } else { r.limit as usize };
+        let matching: Vec<&str> = KEYS
+            .into_iter()
+            .filter(|k| k.starts_with(&r.prefix) && **k > *r.start_after)
+            .collect();
+        let page = &matching[..limit.min(matching.len())];
+        let more = matching.len() > page.len();
+        Ok(Response::new(pb::ListResponse {
+            entries: page
+                .iter()
+                .map(|k| pb::ListEntry {
+                    key: k.to_string(),
+                    value: (!r.keys_only).then(|| json::to_proto(&json!(k)).unwrap()),
+                    version: 1,
+                    expires_at_ms: None,
+                })
+                .collect(),
+            next_start_after: if more {
+                page.last().unwrap().to_string()
+            } else {
+                String::new()
+            },
+            version: 77,
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        r: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        check(&r, false)?;
+        let r = r.into_inner();
+        let key = match r.target {
+            Some(pb::watch_request::Target::Key(key)) => key,
+            _ => return Err(Status::invalid_argument("the stub watches keys only")),
+        };
+        if key == "hang" {
+            tokio::time::sleep(TIMEOUT * 3).await;
+        }
+        if r.from_version == Some(1) {
+            return Err(Status::out_of_range("history starts at 10"));
+        }
+        let start = r.from_version.unwrap_or(0);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let kinds = [
+                pb::EventKind::Set,
+                pb::EventKind::Deleted,
+                pb::EventKind::Expired,
+                pb::EventKind::Cleared,
+            ];
+            for (i, kind) in kinds.into_iter().enumerate() {
+                // The first event comes after the per-call timeout.
+                let pause = if i == 0 { TIMEOUT * 3 / 2 } else { TIMEOUT / 4 };
+                tokio::time::sleep(pause).await;
+                let event = pb::WatchEvent {
+                    kind: kind as i32,
+                    key: if kind == pb::EventKind::Cleared {
+                        String::new()
+                    } else {
+                        key.clone()
+                    },
+                    value: (kind == pb::EventKind::Set)
+                        .then(|| json::to_proto(&json!({"n": i})).unwrap()),
+                    version: start + 1 + i as u64,
+                    expires_at_ms: (kind == pb::EventKind::Set).then_some(1000),
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(Err(Status::resource_exhausted("behind; resume from 4")))
+                .await;
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as EventStream
+        ))
+    }
+}
+
+async fn client() -> Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KvServiceServer::new(Stub))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Client::builder(format!("http://{addr}"))
+        .timeout(TIMEOUT)
+        .token("secret")
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reads_carry_versions_and_deadlines() {
+    let kv = client().await.project("p");
+    let entry: Entry<Value> = kv.get_entry("ttl").await.unwrap().unwrap();
+    assert_eq!(
+        entry,
+        Entry {
+            value: json!({"key": "ttl"}),
+            version: 7,
+            expires_at_ms: Some(123),
+        }
+    );
+    assert_eq!(kv.get_entry::<Value>("missing").await.unwrap(), None);
+    assert_eq!(
+        kv.get::<Value>("x").await.unwrap(),
+        Some(json!({"key": "x"}))
+    );
+    let err = kv.get_entry::<u32>("x").await.unwrap_err();
+    assert!(matches!(err, Error::Decode(_)), "{err}");
+    assert!(kv.has("x").await.unwrap());
+
+    let many = kv
+        .get_many::<Value, _>(["a", "missing", "ttl"])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 3);
+    assert_eq!(many[0].as_ref().unwrap().value, json!({"key": "a"}));
+    assert_eq!(many[1], None);
+    assert_eq!(many[2].as_ref().unwrap().expires_at_ms, Some(123));
+}
+
+#[tokio::test]
+async fn conditional_writes_report_their_outcome() {
+    let kv = client().await.project("p");
+    kv.set("k", &1).await.unwrap();
+    kv.set_with_ttl("k", &1, Duration::from_millis(5))
+        .await
+        .unwrap();
+
+    let outcome = kv.set_if_absent("k", &1).await.unwrap();
+    assert!(!outcome.applied);
+    assert_eq!(outcome.version, 1);
+    let outcome = kv.compare_and_swap("k", 41, &1).await.unwrap();
+    assert!(outcome.applied);
+    assert_eq!(outcome.version, 42);
+    let outcome = kv.compare_and_swap("k", 666, &1).await.unwrap();
+    assert!(!outcome.applied);
+    let outcome = kv
+        .set_with(
+            "k",
+            &1,
+            SetOptions::new()
+                .ttl(Duration::from_millis(10))
+                .if_version(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 16);
+
+    let err = kv
+        .set_with("k", &1, SetOptions::new().request_id("reused"))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Status(_)));
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    assert!(kv.delete("k").await.unwrap());
+    let outcome = kv.delete_if_version("k", 3).await.unwrap();
+    assert!(outcome.deleted);
+    assert_eq!(outcome.version, 3);
+    assert!(!kv.delete_if_version("k", 4).await.unwrap().deleted);
+    let outcome = kv
+        .delete_with("k", DeleteOptions::new().request_id("abc"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, 53);
+
+    assert_eq!(kv.clear().await.unwrap(), 0);
+    let cleared = kv
+        .clear_with(ClearOptions::new().request_id("12345"))
+        .await
+        .unwrap();
+    assert_eq!((cleared.deleted, cleared.version), (5, 99));
+}
+
+#[tokio::test]
+async fn counters_merges_and_many_writes() {
+    let kv = client().await.project("p");
+    assert_eq!(kv.incr("n", 1.5).await.unwrap(), 3.0);
+    let counter = kv
+        .incr_with("n", -2.0, IncrOptions::new().ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!((counter.value, counter.version), (-4.0, 1000));
+    let err = kv.incr("n", f64::NAN).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Profile {
+        name: String,
+    }
+    let merged: Profile = kv.merge("u", &json!({"name": "Ada"})).await.unwrap();
+    assert_eq!(merged.name, "Ada");
+    let merged = kv
+        .merge_with::<_, Value>(
+            "u",
+            &json!({"a": null}),
+            MergeOptions::new().ttl(Duration::from_millis(8)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((merged.value, merged.version), (json!({"a": null}), 8));
+
+    let versions = kv.set_many([("a", &1), ("b", &2)]).await.unwrap();
+    assert_eq!(versions, [1, 2]);
+    let (a, b) = (json!("x"), json!(["y"]));
+    let versions = kv
+        .set_many_with(
+            vec![("a".to_string(), &a), ("b".to_string(), &b)],
+            SetManyOptions::new()
+                .ttl(Duration::from_millis(10))
+                .request_id("r"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(versions, [12, 13]);
+    assert_eq!(kv.delete_many(["a", "b", "c"]).await.unwrap(), 3);
+    let keys = vec!["a".to_string()];
+    let deleted = kv
+        .delete_many_with(&keys, DeleteManyOptions::new().request_id("rr"))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+}
+
+#[tokio::test]
+async fn batches_round_trip() {
+    let kv = client().await.project("p");
+    let outcome = kv
+        .batch()
+        .check_version("a", 3)
+        .set("a", &1)
+        .delete("b")
+        .incr("c", 1.0)
+        .merge("d", &json!({"x": 1}))
+        .request_id("batch")
+        .commit()
+        .await
+        .unwrap();
+    assert!(outcome.applied);
+    assert_eq!(
+        outcome.results,
+        [
+            OpResult::Set { version: 10 },
+            OpResult::Delete {
+                deleted: true,
+                version: 11
+            },
+            OpResult::Incr {
+                value: 2.0,
+                version: 12
+            },
+            OpResult::Merge {
+                value: json!({"x": 1}),
+                version: 13
+            },
+        ]
+    );
+    let outcome = kv
+        .batch()
+        .check_absent("free")
+        .check_absent("taken")
+        .set("taken", &1)
+        .commit()
+        .await
+        .unwrap();
+    assert!(!outcome.applied);
+    assert_eq!(outcome.failed_check, Some(1));
+    assert_eq!(outcome.current_version, 4);
+    assert!(outcome.results.is_empty());
+}
+
+#[tokio::test]
+async fn listings_walk_every_page() {
+    let kv = client().await.project("p");
+    let page = kv.list(ListOptions::new()).await.unwrap();
+    assert_eq!(page.entries.len(), 2);
+    assert_eq!(page.entries[0].value, Some(json!("a1")));
+    assert_eq!(page.next_start_after.as_deref(), Some("a2"));
+    assert_eq!(page.version, 77);
+
+    let page = kv
+        .list(
+            ListOptions::new()
+                .prefix("a")
+                .start_after("a3")
+                .limit(10)
+                .keys_only(),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a4", "a5"]);
+    assert!(page.entries.iter().all(|e| e.value.is_none()));
+    assert_eq!(page.next_start_after, None);
+
+    let all = kv.list_all("a").await.unwrap();
+    let keys: Vec<_> = all.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a1", "a2", "a3", "a4", "a5"]);
+    let all = kv
+        .list_all_with(ListOptions::new().limit(3).keys_only().start_after("a1"))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(kv.list_all("").await.unwrap().len(), KEYS.len());
+}
+
+#[tokio::test]
+async fn a_watch_outlives_the_per_call_timeout() {
+    let kv = client().await.project("p");
+    let mut watch = kv
+        .watch(WatchOptions::key("w").from_version(20))
+        .await
+        .unwrap();
+    assert_eq!(watch.last_version(), None);
+    let started = tokio::time::Instant::now();
+
+    let first = watch.next_event().await.unwrap().unwrap();
+    assert_eq!(first.kind, EventKind::Set);
+    assert_eq!(first.key, "w");
+    assert_eq!(first.value, Some(json!({"n": 0})));
+    assert_eq!((first.version, first.expires_at_ms), (21, Some(1000)));
+    assert_eq!(watch.last_version(), Some(21));
+
+    // The rest through the Stream impl.
+    let mut kinds = Vec::new();
+    while let Some(event) = watch.next().await {
+        match event {
+            Ok(event) => {
+                assert_eq!(event.value, None);
+                kinds.push((event.kind, event.key, event.version));
+            }
+            Err(err) => {
+                assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+                assert!(matches!(err, Error::Status(_)));
+                kinds.push((EventKind::Cleared, "error".into(), 0));
+            }
+        }
+    }
+    assert!(started.elapsed() > TIMEOUT, "{:?}", started.elapsed());
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Deleted, "w".to_string(), 22),
+            (EventKind::Expired, "w".to_string(), 23),
+            (EventKind::Cleared, String::new(), 24),
+            (EventKind::Cleared, "error".to_string(), 0),
+        ]
+    );
+    assert_eq!(watch.last_version(), Some(24));
+    assert!(watch.next_event().await.is_none(), "ended for good");
+}
+
+#[tokio::test]
+async fn a_watch_that_cannot_start_fails() {
+    let kv = client().await.project("p");
+    let err = kv.watch(WatchOptions::key("hang")).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    let err = kv
+        .watch(WatchOptions::key("w").from_version(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    let err = kv.watch(WatchOptions::prefix("x")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = kv
+        .client
+        .project("bad name!")
+        .watch(WatchOptions::all())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}

@@ -1,0 +1,568 @@
+//! Evaluating transactions: checks, read-modify-write operations, quotas,
+//! request ids, versions. The result is the list of resulting-state
+//! mutations to log and apply, and the outcome to answer.
+//!
+//! Writes are evaluated one at a time by the only writer (the log writer
+//! thread, or the memory store's write lock), so an increment or a
+//! compare-and-swap reads a state no other write can change before it is
+//! applied. The log writer evaluates a whole group of writes before one
+//! append; the [`Overlay`] holds what the earlier writes of the group will
+//! have done, so each write sees them although none is applied yet.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    Check, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn, TxnOutcome,
+    Versioned, jsonops,
+    memory::{Due, MemoryStore, Meta, Usage},
+};
+use crate::project::ProjectName;
+
+/// A key's state above memory.
+#[derive(Debug, Clone)]
+enum Slot {
+    Present {
+        value: Bytes,
+        expires_at: u64,
+        version: u64,
+    },
+    Absent,
+}
+
+/// A key's state as a transaction sees it.
+#[derive(Debug, Clone)]
+enum View {
+    /// Present and live.
+    Live {
+        expires_at: u64,
+        version: u64,
+        size: u64,
+    },
+    /// Present but past its deadline (still holding space).
+    Dead {
+        size: u64,
+    },
+    Absent,
+}
+
+/// What a group of writes evaluated so far will have done once applied.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    keys: HashMap<(ProjectName, Box<str>), Slot>,
+    cleared: HashSet<ProjectName>,
+    versions: HashMap<ProjectName, u64>,
+    usage: HashMap<ProjectName, Usage>,
+    requests: HashMap<(ProjectName, Box<str>), (u64, Arc<TxnOutcome>)>,
+}
+
+/// An evaluated transaction.
+pub(crate) enum Evaluated {
+    /// A retry of a remembered request: answer this, change nothing.
+    Replay(Arc<TxnOutcome>),
+    /// Log and apply these.
+    Commit(Commit),
+}
+
+pub(crate) struct Commit {
+    pub(crate) mutations: Vec<Versioned>,
+    pub(crate) outcome: Arc<TxnOutcome>,
+    /// Remember the outcome under this request id and fingerprint.
+    pub(crate) remember: Option<(Box<str>, u64)>,
+}
+
+impl Overlay {
+    fn version(&self, mem: &MemoryStore, project: &ProjectName) -> u64 {
+        self.versions
+            .get(project)
+            .copied()
+            .unwrap_or_else(|| mem.version(project))
+    }
+
+    fn usage(&self, mem: &MemoryStore, project: &ProjectName) -> Usage {
+        self.usage
+            .get(project)
+            .copied()
+            .unwrap_or_else(|| mem.usage(project))
+    }
+
+    /// The state of `key` after the writes evaluated so far.
+    fn slot(&self, project: &ProjectName, key: &str) -> Option<Slot> {
+        if let Some(slot) = self.keys.get(&(project.clone(), Box::from(key))) {
+            return Some(slot.clone());
+        }
+        if self.cleared.contains(project) {
+            return Some(Slot::Absent);
+        }
+        None
+    }
+
+    /// A deleted project's data goes with the group.
+    pub(crate) fn drop_project(&mut self, project: &ProjectName) {
+        self.keys.retain(|(p, _), _| p != project);
+        self.cleared.insert(project.clone());
+        self.usage.insert(project.clone(), Usage::default());
+        self.requests.retain(|(p, _), _| p != project);
+    }
+
+    /// Evaluates `txn` on `project` at time `now` against memory plus the
+    /// writes evaluated before it, and records its effect in the overlay.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError`] when an operation or the quota refuses it; the
+    /// overlay is then unchanged.
+    pub(crate) fn evaluate(
+        &mut self,
+        mem: &MemoryStore,
+        project: &ProjectName,
+        txn: Txn,
+        now: u64,
+        quota: Quota,
+    ) -> Result<Evaluated, EngineError> {
+        if let Some(request) = &txn.request {
+            let pending = self
+                .requests
+                .get(&(project.clone(), request.id.clone()))
+                .cloned();
+            let known = pending.or_else(|| {
+                mem.remembered(project, &request.id, now)
+                    .map(|r| (r.fingerprint, r.outcome))
+            });
+            if let Some((fingerprint, outcome)) = known {
+                return if fingerprint == request.fingerprint {
+                    Ok(Evaluated::Replay(outcome))
+                } else {
+                    Err(EngineError::RequestIdReused {
+                        id: request.id.clone(),
+                    })
+                };
+            }
+        }
+        let mut eval = Eval {
+            mem,
+            overlay: self,
+            project,
+            now,
+            local: HashMap::new(),
+            cleared: false,
+            version: self.version(mem, project),
+            usage: self.usage(mem, project),
+            quota,
+            out: Vec::new(),
+        };
+        let outcome = eval.run(&txn)?;
+        let Eval {
+            local,
+            cleared,
+            version,
+            usage,
+            out,
+            ..
+        } = eval;
+        if cleared {
+            self.keys.retain(|(p, _), _| p != project);
+            self.cleared.insert(project.clone());
+        }
+        for (key, slot) in local {
+            self.keys.insert((project.clone(), key), slot);
+        }
+        self.versions.insert(project.clone(), version);
+        self.usage.insert(project.clone(), usage);
+        let outcome = Arc::new(outcome);
+        let remember = txn.request.map(|r| {
+            self.requests.insert(
+                (project.clone(), r.id.clone()),
+                (r.fingerprint, Arc::clone(&outcome)),
+            );
+            (r.id, r.fingerprint)
+        });
+        Ok(Evaluated::Commit(Commit {
+            mutations: out,
+            outcome,
+            remember,
+        }))
+    }
+
+    /// The expiry of a due deadline, if the entry still carries it.
+    pub(crate) fn expire(&mut self, mem: &MemoryStore, due: &Due, now: u64) -> Option<Versioned> {
+        if due.at > now {
+            return None;
+        }
+        let carries = match self.slot(&due.project, &due.key) {
+            Some(Slot::Present { expires_at, .. }) => expires_at == due.at,
+            Some(Slot::Absent) => false,
+            None => mem
+                .meta(&due.project, &due.key)
+                .is_some_and(|m| m.expires_at == due.at),
+        };
+        if !carries {
+            return None;
+        }
+        let size = match self.view(mem, &due.project, &due.key, now) {
+            View::Live { size, .. } | View::Dead { size } => size,
+            View::Absent => 0,
+        };
+        let version = self.version(mem, &due.project) + 1;
+        let mut usage = self.usage(mem, &due.project);
+        usage.keys = usage.keys.saturating_sub(1);
+        usage.bytes = usage.bytes.saturating_sub(size);
+        self.versions.insert(due.project.clone(), version);
+        self.usage.insert(due.project.clone(), usage);
+        self.keys
+            .insert((due.project.clone(), (*due.key).into()), Slot::Absent);
+        Some(Versioned {
+            version,
+            mutation: Mutation::Expire {
+                key: (*due.key).into(),
+            },
+        })
+    }
+
+    fn view(&self, mem: &MemoryStore, project: &ProjectName, key: &str, now: u64) -> View {
+        match self.slot(project, key) {
+            Some(slot) => view_of_slot(key, &slot, now),
+            None => view_of_meta(mem.meta(project, key), now),
+        }
+    }
+
+    fn value(&self, mem: &MemoryStore, project: &ProjectName, key: &str) -> Option<Bytes> {
+        match self.slot(project, key) {
+            Some(Slot::Present { value, .. }) => Some(value),
+            Some(Slot::Absent) => None,
+            None => mem.value(project, key),
+        }
+    }
+}
+
+fn view_of_slot(key: &str, slot: &Slot, now: u64) -> View {
+    match slot {
+        Slot::Absent => View::Absent,
+        Slot::Present {
+            value,
+            expires_at,
+            version,
+        } => {
+            let size = (key.len() + value.len()) as u64;
+            if *expires_at != 0 && *expires_at <= now {
+                View::Dead { size }
+            } else {
+                View::Live {
+                    expires_at: *expires_at,
+                    version: *version,
+                    size,
+                }
+            }
+        }
+    }
+}
+
+fn view_of_meta(meta: Option<Meta>, now: u64) -> View {
+    match meta {
+        None => View::Absent,
+        Some(m) if m.expires_at != 0 && m.expires_at <= now => View::Dead { size: m.size },
+        Some(m) => View::Live {
+            expires_at: m.expires_at,
+            version: m.version,
+            size: m.size,
+        },
+    }
+}
+
+/// One transaction being evaluated: its own writes sit in `local` until it
+/// succeeds as a whole.
+struct Eval<'a> {
+    mem: &'a MemoryStore,
+    overlay: &'a Overlay,
+    project: &'a ProjectName,
+    now: u64,
+    local: HashMap<Box<str>, Slot>,
+    cleared: bool,
+    version: u64,
+    usage: Usage,
+    quota: Quota,
+    out: Vec<Versioned>,
+}
+
+impl Eval<'_> {
+    fn view(&self, key: &str) -> View {
+        if let Some(slot) = self.local.get(key) {
+            return view_of_slot(key, slot, self.now);
+        }
+        if self.cleared {
+            return View::Absent;
+        }
+        self.overlay.view(self.mem, self.project, key, self.now)
+    }
+
+    fn value(&self, key: &str) -> Option<Bytes> {
+        if let Some(slot) = self.local.get(key) {
+            return match slot {
+                Slot::Present { value, .. } => Some(value.clone()),
+                Slot::Absent => None,
+            };
+        }
+        if self.cleared {
+            return None;
+        }
+        self.overlay.value(self.mem, self.project, key)
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    fn emit(&mut self, mutation: Mutation) -> u64 {
+        let version = self.next_version();
+        self.out.push(Versioned { version, mutation });
+        version
+    }
+
+    /// The live state of `key` for a write to it. A dead entry is expired
+    /// first (its own event and version), so watchers see why it went.
+    fn touch(&mut self, key: &str) -> Option<(u64, u64)> {
+        match self.view(key) {
+            View::Live {
+                expires_at,
+                version,
+                ..
+            } => Some((expires_at, version)),
+            View::Dead { size } => {
+                self.emit(Mutation::Expire { key: key.into() });
+                self.usage.keys = self.usage.keys.saturating_sub(1);
+                self.usage.bytes = self.usage.bytes.saturating_sub(size);
+                self.local.insert(key.into(), Slot::Absent);
+                None
+            }
+            View::Absent => None,
+        }
+    }
+
+    fn size_now(&self, key: &str) -> Option<u64> {
+        match self.view(key) {
+            View::Live { size, .. } | View::Dead { size } => Some(size),
+            View::Absent => None,
+        }
+    }
+
+    /// Stores `value` under `key` (quota permitting) and returns its version.
+    fn put(&mut self, key: &str, value: Box<[u8]>, expires_at: u64) -> Result<u64, EngineError> {
+        let old = self.size_now(key);
+        let size = (key.len() + value.len()) as u64;
+        let current = self.usage;
+        let next = Usage {
+            keys: current.keys + u64::from(old.is_none()),
+            bytes: current.bytes.saturating_sub(old.unwrap_or(0)) + size,
+        };
+        if let Some(limit) = self.quota.max_keys
+            && old.is_none()
+            && next.keys > limit
+        {
+            return Err(EngineError::QuotaExceeded(QuotaExceeded::Keys {
+                project: self.project.clone(),
+                limit,
+                usage: current.keys,
+            }));
+        }
+        // A write that shrinks the project is allowed even over quota.
+        if let Some(limit) = self.quota.max_bytes
+            && next.bytes > limit
+            && next.bytes > current.bytes
+        {
+            return Err(EngineError::QuotaExceeded(QuotaExceeded::Bytes {
+                project: self.project.clone(),
+                limit,
+                usage: current.bytes,
+                after: next.bytes,
+            }));
+        }
+        self.usage = next;
+        let bytes = Bytes::copy_from_slice(&value);
+        let version = self.emit(Mutation::Set {
+            key: key.into(),
+            value,
+            expires_at: (expires_at != 0).then_some(expires_at),
+        });
+        self.local.insert(
+            key.into(),
+            Slot::Present {
+                value: bytes,
+                expires_at,
+                version,
+            },
+        );
+        Ok(version)
+    }
+
+    fn deadline(&self, ttl_ms: u64) -> Result<u64, EngineError> {
+        self.now
+            .checked_add(ttl_ms)
+            .ok_or(EngineError::DeadlineOverflow { ttl_ms })
+    }
+
+    fn run(&mut self, txn: &Txn) -> Result<TxnOutcome, EngineError> {
+        for (i, check) in txn.checks.iter().enumerate() {
+            let (key, holds) = match check {
+                Check::Version { key, version } => (
+                    key,
+                    matches!(self.view(key), View::Live { version: v, .. } if v == *version),
+                ),
+                Check::Absent { key } => (key, !matches!(self.view(key), View::Live { .. })),
+            };
+            if !holds {
+                let current_version = match self.view(key) {
+                    View::Live { version, .. } => version,
+                    View::Dead { .. } | View::Absent => 0,
+                };
+                return Ok(TxnOutcome {
+                    applied: false,
+                    failed_check: Some(i as u32),
+                    current_version,
+                    results: Vec::new(),
+                });
+            }
+        }
+        let mut results = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            results.push(self.op(op, txn.max_value_bytes)?);
+        }
+        Ok(TxnOutcome {
+            applied: true,
+            failed_check: None,
+            current_version: 0,
+            results,
+        })
+    }
+
+    fn op(&mut self, op: &Op, max_value_bytes: usize) -> Result<OpOutcome, EngineError> {
+        Ok(match op {
+            Op::Set { key, value, ttl } => {
+                let live = self.touch(key);
+                let expires_at = match ttl {
+                    Ttl::Never => 0,
+                    Ttl::Keep => live.map_or(0, |(at, _)| at),
+                    Ttl::After(ms) => self.deadline(*ms)?,
+                };
+                OpOutcome::Set {
+                    version: self.put(key, value.clone(), expires_at)?,
+                }
+            }
+            Op::Delete { key } => match self.touch(key) {
+                Some(_) => {
+                    let size = self.size_now(key).unwrap_or(0);
+                    self.usage.keys = self.usage.keys.saturating_sub(1);
+                    self.usage.bytes = self.usage.bytes.saturating_sub(size);
+                    let version = self.emit(Mutation::Delete { key: key.clone() });
+                    self.local.insert(key.clone(), Slot::Absent);
+                    OpOutcome::Delete {
+                        deleted: true,
+                        version,
+                    }
+                }
+                None => OpOutcome::Delete {
+                    deleted: false,
+                    version: 0,
+                },
+            },
+            Op::Incr { key, delta, ttl_ms } => {
+                let live = self.touch(key);
+                let current = live.and_then(|_| self.value(key));
+                let (value, number) =
+                    jsonops::incr(current.as_deref(), *delta).map_err(|e| match e {
+                        jsonops::NumberError::NotANumber { kind } => EngineError::NotANumber {
+                            key: key.clone(),
+                            kind,
+                        },
+                        other => EngineError::NumberOutOfRange {
+                            key: key.clone(),
+                            source: other,
+                        },
+                    })?;
+                // A fixed window: the deadline is set when the key is made
+                // and kept by later increments.
+                let expires_at = match (live, ttl_ms) {
+                    (Some((at, _)), _) => at,
+                    (None, Some(ms)) => self.deadline(*ms)?,
+                    (None, None) => 0,
+                };
+                OpOutcome::Incr {
+                    value: number,
+                    version: self.put(key, value, expires_at)?,
+                }
+            }
+            Op::Merge { key, patch, ttl_ms } => {
+                let live = self.touch(key);
+                let current = live.and_then(|_| self.value(key));
+                let merged = jsonops::merge_patch(current.as_deref(), patch).map_err(|e| {
+                    EngineError::Internal(format!("merge of key {key:?} failed: {e}"))
+                })?;
+                if merged.len() > max_value_bytes {
+                    return Err(EngineError::MergedTooLarge {
+                        key: key.clone(),
+                        len: merged.len(),
+                        limit: max_value_bytes,
+                    });
+                }
+                let expires_at = match (ttl_ms, live) {
+                    (Some(ms), _) => self.deadline(*ms)?,
+                    (None, Some((at, _))) => at,
+                    (None, None) => 0,
+                };
+                let value = Bytes::copy_from_slice(&merged);
+                OpOutcome::Merge {
+                    version: self.put(key, merged, expires_at)?,
+                    value,
+                }
+            }
+            Op::Clear => {
+                let removed = self.live_count();
+                if self.usage.keys == 0 && removed == 0 {
+                    OpOutcome::Clear {
+                        removed: 0,
+                        version: 0,
+                    }
+                } else {
+                    let version = self.emit(Mutation::Clear);
+                    self.local.clear();
+                    self.cleared = true;
+                    self.usage = Usage::default();
+                    OpOutcome::Clear { removed, version }
+                }
+            }
+        })
+    }
+
+    /// Live keys of the project as this transaction sees it.
+    fn live_count(&self) -> u64 {
+        let base_cleared = self.cleared || self.overlay.cleared.contains(self.project);
+        let mut count = if base_cleared {
+            0
+        } else {
+            self.mem.live_count(self.project, self.now) as i64
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        let above = self.local.keys().map(|k| &**k).chain(
+            self.overlay
+                .keys
+                .keys()
+                .filter(|(p, _)| p == self.project)
+                .map(|(_, k)| &**k),
+        );
+        for key in above {
+            if !seen.insert(key) {
+                continue;
+            }
+            let live_now = matches!(self.view(key), View::Live { .. });
+            let live_below = !base_cleared
+                && matches!(
+                    view_of_meta(self.mem.meta(self.project, key), self.now),
+                    View::Live { .. }
+                );
+            count += i64::from(live_now) - i64::from(live_below);
+        }
+        count.max(0) as u64
+    }
+}

@@ -1,0 +1,285 @@
+//! Change feeds: each project's recent changes, and the watchers reading
+//! them.
+//!
+//! # Design
+//!
+//! Every change of a project (set, delete, expiry, clear) gets the next
+//! project version, so a project's versions have no gaps. The hub of a
+//! project keeps the most recent changes in a ring (bounded by event count
+//! and bytes) together with `floor`, the newest version the ring no longer
+//! holds: it holds exactly the versions `floor + 1 ..= last`. A watcher is a
+//! cursor into that ring. It reads what follows its cursor, filters by key
+//! or prefix, and waits for the next version when it has read everything.
+//!
+//! There is no per-watcher buffer: a watcher that falls behind the ring
+//! (its cursor below `floor`) is cut off with the version to resume from.
+//! Memory is the ring's bound, whatever the number or speed of watchers.
+//!
+//! Projects nobody watches record no history: a ring starts filling when
+//! the first watcher arrives and stops `watch_retention_ms` after the last
+//! one leaves, so reconnecting watchers can resume, and idle projects cost
+//! nothing.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use bytes::Bytes;
+
+use super::{Clock, Settings, WatchError, WatchTarget};
+
+/// Why a key changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Written (set, incr, merge).
+    Set,
+    /// Deleted by a call.
+    Deleted,
+    /// Its deadline passed.
+    Expired,
+    /// The whole project was cleared (the key is empty).
+    Cleared,
+}
+
+/// One change of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The change's version.
+    pub version: u64,
+    /// Why.
+    pub kind: EventKind,
+    /// The key (empty for a clear).
+    pub key: Box<str>,
+    /// The new value of a set (canonical encoded).
+    pub value: Option<Bytes>,
+    /// The new deadline of a set, 0 when none.
+    pub expires_at: u64,
+}
+
+impl Event {
+    fn size(&self) -> usize {
+        // The fixed part approximates the event's own allocation.
+        64 + self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// A project's history and its watchers.
+pub(crate) struct Hub {
+    state: Mutex<History>,
+    /// The latest version, for watchers waiting for more.
+    latest: tokio::sync::watch::Sender<u64>,
+}
+
+struct History {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    /// The newest version not held (all versions above it are).
+    floor: u64,
+    /// The newest version published.
+    last: u64,
+    watchers: usize,
+    /// While watchers are gone, history is recorded until this time (ms).
+    retain_until: u64,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new(History {
+                events: VecDeque::new(),
+                bytes: 0,
+                floor: 0,
+                last: 0,
+                watchers: 0,
+                retain_until: 0,
+            }),
+            latest: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, History> {
+        // Each update below leaves the history consistent before anything
+        // can panic, so a poisoned lock still guards a sound value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records change `version`; `event` builds it only when history is
+    /// being kept (nobody watching: no copy of the value is made).
+    pub(crate) fn publish(
+        &self,
+        version: u64,
+        now: u64,
+        settings: &Settings,
+        event: impl FnOnce() -> Event,
+    ) {
+        let mut h = self.lock();
+        if version <= h.last {
+            // Replays of changes already counted (a fuzzy snapshot's overlap).
+            return;
+        }
+        h.last = version;
+        if h.watchers == 0 && now >= h.retain_until {
+            h.events.clear();
+            h.bytes = 0;
+            h.floor = version;
+        } else {
+            let event = Arc::new(event());
+            h.bytes += event.size();
+            h.events.push_back(event);
+            while h.events.len() > settings.watch_history_events.max(1)
+                || (h.bytes > settings.watch_history_bytes && h.events.len() > 1)
+            {
+                let Some(old) = h.events.pop_front() else {
+                    break;
+                };
+                h.bytes -= old.size();
+                h.floor = old.version;
+            }
+        }
+        drop(h);
+        self.latest.send_replace(version);
+    }
+
+    /// Adopts `version` as the project's current version without an event
+    /// (recovery of a snapshot's counter).
+    pub(crate) fn advance_to(&self, version: u64) {
+        let mut h = self.lock();
+        if version > h.last {
+            h.last = version;
+            h.floor = version;
+            h.events.clear();
+            h.bytes = 0;
+            drop(h);
+            self.latest.send_replace(version);
+        }
+    }
+
+    /// Starts a watcher after `from` (default: now).
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        target: WatchTarget,
+        from: Option<u64>,
+        clock: Arc<dyn Clock>,
+        retention_ms: u64,
+    ) -> Result<Subscription, WatchError> {
+        let mut h = self.lock();
+        let cursor = match from {
+            None => h.last,
+            Some(from) if from > h.last => {
+                return Err(WatchError::Ahead {
+                    from,
+                    current: h.last,
+                });
+            }
+            Some(from) if from < h.floor => {
+                return Err(WatchError::TooOld {
+                    from,
+                    oldest: h.floor,
+                });
+            }
+            Some(from) => from,
+        };
+        h.watchers += 1;
+        h.retain_until = u64::MAX;
+        drop(h);
+        Ok(Subscription {
+            hub: Arc::clone(self),
+            target,
+            cursor,
+            latest: self.latest.subscribe(),
+            clock,
+            retention_ms,
+        })
+    }
+
+    fn unsubscribe(&self, now: u64, retention_ms: u64) {
+        let mut h = self.lock();
+        h.watchers -= 1;
+        if h.watchers == 0 {
+            h.retain_until = now.saturating_add(retention_ms);
+        }
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Lagged {
+    /// The watcher read too slowly and the history moved past it.
+    #[error(
+        "watch fell behind: changes after version {cursor} are no longer retained (history keeps the newest changes, here from version {oldest}); read the current state and watch again"
+    )]
+    Behind {
+        /// The last version the watcher was given.
+        cursor: u64,
+        /// The newest version no longer retained.
+        oldest: u64,
+    },
+}
+
+/// One watcher: a cursor into its project's history.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    target: WatchTarget,
+    cursor: u64,
+    latest: tokio::sync::watch::Receiver<u64>,
+    clock: Arc<dyn Clock>,
+    retention_ms: u64,
+}
+
+impl Subscription {
+    /// The version of the last change looked at (delivered or filtered out).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Waits for the next matching changes (up to `max`), in version order.
+    ///
+    /// # Errors
+    ///
+    /// [`Lagged`] when the history no longer holds what follows the cursor.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Arc<Event>>, Lagged> {
+        loop {
+            // Mark the current version seen before reading, so a change
+            // published after the read wakes the wait below.
+            self.latest.borrow_and_update();
+            let mut out = Vec::new();
+            {
+                let h = self.hub.lock();
+                if self.cursor < h.floor {
+                    return Err(Lagged::Behind {
+                        cursor: self.cursor,
+                        oldest: h.floor,
+                    });
+                }
+                // Versions are contiguous: the event after the cursor sits
+                // at a computed index.
+                let start = (self.cursor - h.floor) as usize;
+                for event in h.events.iter().skip(start) {
+                    self.cursor = event.version;
+                    if event.kind == EventKind::Cleared || self.target.matches(&event.key) {
+                        out.push(Arc::clone(event));
+                        if out.len() == max {
+                            break;
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            if self.latest.changed().await.is_err() {
+                // The hub is gone with its store; nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // History is kept a while after the last watcher leaves, so a
+        // reconnecting one can resume.
+        self.hub.unsubscribe(self.clock.now_ms(), self.retention_ms);
+    }
+}
