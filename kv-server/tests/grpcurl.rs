@@ -367,7 +367,12 @@ fn readme_grpcurl_commands_work_as_written() {
         let command = line.replace("127.0.0.1:50051", &server.addr.to_string());
         let out = Command::new("sh").args(["-c", &command]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if lines.get(i + 1) == Some(&"# ERROR:") {
+        if line.contains("KvService/Watch") {
+            // A watch streams until -max-time passes: grpcurl then exits
+            // with 64 + DEADLINE_EXCEEDED (4), having printed no other error.
+            assert_eq!(out.status.code(), Some(68), "{line}: {stderr}");
+            assert!(stderr.contains("DeadlineExceeded"), "{line}: {stderr}");
+        } else if lines.get(i + 1) == Some(&"# ERROR:") {
             for expected in &lines[i + 2..i + 4] {
                 let expected = expected.trim_start_matches('#').trim();
                 assert!(
@@ -382,4 +387,152 @@ fn readme_grpcurl_commands_work_as_written() {
         ran += 1;
     }
     assert!(ran >= 10, "found only {ran} grpcurl commands in the README");
+}
+
+/// The race-free calls as an operator sees them: numbers, merged values,
+/// batch results, pages and watch events print as plain JSON, retries with
+/// a request id answer the first outcome, and refusals carry their code.
+#[test]
+fn race_free_calls_through_grpcurl() {
+    let Some(server) = start() else { return };
+    let shop = ["x-kv-project: shop"];
+    let call = |method: &str, body: Json| {
+        grpcurl(
+            server.addr,
+            &shop,
+            Some(&body.to_string()),
+            &[&format!("kv.v1.KvService/{method}")],
+        )
+    };
+    // A watch of "c" running beside the calls below; events print as JSON
+    // objects one after another.
+    let watch = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "6", "-H", shop[0], "-d"])
+        .arg(json!({"key": "c"}).to_string())
+        .arg(server.addr.to_string())
+        .arg("kv.v1.KvService/Watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("grpcurl starts");
+    // grpcurl gives no sign when its stream is open; it takes it well
+    // under a second (reflection, then the call). The SDK watch tests
+    // check ordering exactly; this one checks what grpcurl prints.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let incr = json!({"key": "c", "delta": 2, "request_id": "once"});
+    assert_eq!(
+        ok(call("Incr", incr.clone())),
+        json!({"value": 2, "version": "1"})
+    );
+    // The retry answers the first outcome and does not add again.
+    assert_eq!(ok(call("Incr", incr)), json!({"value": 2, "version": "1"}));
+    fails(
+        call(
+            "Incr",
+            json!({"key": "c", "delta": 5, "request_id": "once"}),
+        ),
+        tonic::Code::FailedPrecondition,
+        "already used for a different request",
+    );
+    assert_eq!(
+        ok(call("Incr", json!({"key": "c", "delta": -0.5}))),
+        json!({"value": 1.5, "version": "2"})
+    );
+    ok(call("Set", json!({"key": "s", "value": "text"})));
+    fails(
+        call("Incr", json!({"key": "s", "delta": 1})),
+        tonic::Code::FailedPrecondition,
+        "holds a string, not a number",
+    );
+    assert_eq!(
+        ok(call(
+            "Merge",
+            json!({"key": "m", "patch": {"a": 1, "b": {"c": true}}})
+        )),
+        json!({"value": {"a": 1, "b": {"c": true}}, "version": "4"})
+    );
+    assert_eq!(
+        ok(call(
+            "Merge",
+            json!({"key": "m", "patch": {"a": null, "b": {"d": "x"}}})
+        )),
+        json!({"value": {"b": {"c": true, "d": "x"}}, "version": "5"})
+    );
+    // Compare-and-swap: a stale version is an answer, not an error.
+    assert_eq!(
+        ok(call(
+            "Set",
+            json!({"key": "m", "value": 1, "if_version": "4"})
+        )),
+        json!({"version": "5"}),
+        "applied=false prints as absent"
+    );
+    assert_eq!(
+        ok(call(
+            "Set",
+            json!({"key": "m", "value": 1, "if_version": "5"})
+        )),
+        json!({"applied": true, "version": "6"})
+    );
+    let batch = json!({
+        "checks": [{"key": "m", "version": "6"}, {"key": "new", "absent": true}],
+        "ops": [
+            {"set": {"key": "new", "value": [1]}},
+            {"incr": {"key": "c", "delta": 1}},
+            {"delete": {"key": "s"}},
+            {"merge": {"key": "m", "patch": {"z": 0}}}
+        ]
+    });
+    assert_eq!(
+        ok(call("Batch", batch.clone())),
+        json!({"applied": true, "results": [
+            {"version": "7"},
+            {"version": "8", "number": 2.5},
+            {"version": "9", "deleted": true},
+            {"version": "10", "value": {"z": 0}}
+        ]})
+    );
+    // The same batch again fails its first check and changes nothing.
+    assert_eq!(
+        ok(call("Batch", batch)),
+        json!({"failedCheck": 0, "currentVersion": "10"})
+    );
+    assert_eq!(
+        ok(call("GetMany", json!({"keys": ["c", "missing"]}))),
+        json!({"results": [{"found": true, "value": 2.5, "version": "8"}, {}]})
+    );
+    assert_eq!(
+        ok(call("List", json!({"limit": 2, "keys_only": true}))),
+        json!({
+            "entries": [{"key": "c", "version": "8"}, {"key": "m", "version": "10"}],
+            "nextStartAfter": "m",
+            "version": "10"
+        })
+    );
+    fails(
+        call("List", json!({"limit": 1001})),
+        tonic::Code::InvalidArgument,
+        "the maximum is 1000",
+    );
+    fails(
+        call("Watch", json!({"from_version": "99"})),
+        tonic::Code::InvalidArgument,
+        "ahead of the project's current version 10",
+    );
+
+    let watched = watch.wait_with_output().expect("grpcurl watch finishes");
+    assert_eq!(watched.status.code(), Some(68), "ends at -max-time");
+    let events: Vec<Json> = serde_json::Deserializer::from_slice(&watched.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("events print as JSON");
+    assert_eq!(
+        events,
+        vec![
+            json!({"kind": "EVENT_KIND_SET", "key": "c", "value": 2, "version": "1"}),
+            json!({"kind": "EVENT_KIND_SET", "key": "c", "value": 1.5, "version": "2"}),
+            json!({"kind": "EVENT_KIND_SET", "key": "c", "value": 2.5, "version": "8"}),
+        ]
+    );
 }

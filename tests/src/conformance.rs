@@ -6,7 +6,10 @@
 
 use std::{collections::HashSet, fmt::Debug, time::Duration};
 
-use kv_client::{Code, Error};
+use kv_client::{
+    Code, DeleteOptions, Error, EventKind, IncrOptions, ListOptions, MergeOptions, SetOptions,
+    WatchOptions,
+};
 use kv_proto::v1::{GetRequest, HasRequest, SetRequest};
 use prost_types::{ListValue, Struct, Value, value::Kind};
 use serde::{Deserialize, Serialize};
@@ -706,4 +709,497 @@ pub async fn concurrent_writers_lose_no_acknowledged_set(ctx: &Ctx) {
         written.contains(&hot),
         "hot = {hot:?} was written by some task"
     );
+}
+
+/// Reads the next watch event within 5 s.
+async fn next_event(watch: &mut kv_client::Watch) -> kv_client::Event {
+    tokio::time::timeout(Duration::from_secs(5), watch.next_event())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+        .expect("an event, not an error")
+}
+
+/// Every change of a project gets its next version; Get returns the entry's
+/// version and deadline; projects count separately.
+pub async fn versions_count_up_per_project(ctx: &Ctx) {
+    let kv = ctx.client.project("versions");
+    assert_eq!(
+        kv.set_with("a", &1, SetOptions::new())
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        kv.set_with("b", &2, SetOptions::new())
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let a = kv.get_entry::<i64>("a").await.unwrap().unwrap();
+    assert_eq!((a.value, a.version, a.expires_at_ms), (1, 1, None));
+    let ttl = kv
+        .set_with("t", &3, SetOptions::new().ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(ttl.version, 3);
+    let t = kv.get_entry::<i64>("t").await.unwrap().unwrap();
+    let deadline = t.expires_at_ms.expect("a deadline");
+    let now = now_ms(ctx);
+    assert!(
+        deadline > now + 55_000 && deadline <= now + 61_000,
+        "deadline {deadline} vs now {now}"
+    );
+    let deleted = kv.delete_with("a", DeleteOptions::new()).await.unwrap();
+    assert_eq!((deleted.deleted, deleted.version), (true, 4));
+    // Deleting what is not there changes nothing and takes no version.
+    let again = kv.delete_with("a", DeleteOptions::new()).await.unwrap();
+    assert_eq!((again.deleted, again.version), (false, 0));
+    assert_eq!(
+        kv.set_with("a", &5, SetOptions::new())
+            .await
+            .unwrap()
+            .version,
+        5
+    );
+    let other = ctx.client.project("versions-other");
+    assert_eq!(
+        other
+            .set_with("a", &1, SetOptions::new())
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+/// The time the server's clock shows, as well as the test can tell.
+fn now_ms(ctx: &Ctx) -> u64 {
+    use kv_server::engine::Clock;
+    match &ctx.time {
+        crate::Time::Manual(clock) => clock.now_ms(),
+        crate::Time::Real => kv_server::engine::SystemClock.now_ms(),
+    }
+}
+
+/// if_absent and if_version apply only when they hold; a failed condition
+/// is an answer carrying the current version; keep_ttl keeps the deadline.
+pub async fn conditional_sets_compare_and_swap(ctx: &Ctx) {
+    let kv = ctx.client.project("cas");
+    let first = kv.set_if_absent("k", &"first").await.unwrap();
+    assert_eq!((first.applied, first.version), (true, 1));
+    let second = kv.set_if_absent("k", &"second").await.unwrap();
+    assert_eq!((second.applied, second.version), (false, 1));
+    assert_eq!(kv.get::<String>("k").await.unwrap().unwrap(), "first");
+
+    let stale = kv.compare_and_swap("k", 7, &"stale").await.unwrap();
+    assert_eq!((stale.applied, stale.version), (false, 1));
+    let swapped = kv.compare_and_swap("k", 1, &"swapped").await.unwrap();
+    assert_eq!((swapped.applied, swapped.version), (true, 2));
+    assert_eq!(kv.get::<String>("k").await.unwrap().unwrap(), "swapped");
+    // CAS on a missing key never applies.
+    let missing = kv.compare_and_swap("nope", 1, &1).await.unwrap();
+    assert_eq!((missing.applied, missing.version), (false, 0));
+    assert_code(
+        kv.set_with("k", &1, SetOptions::new().if_version(0)).await,
+        Code::InvalidArgument,
+        "versions start at 1",
+    );
+    let mut both = raw_set("k", Some(number(1.0)), None);
+    both.if_absent = true;
+    both.if_version = Some(2);
+    assert_status(
+        ctx.raw.clone().set(request(both, Some("cas"))).await,
+        Code::InvalidArgument,
+        "if_absent and if_version exclude each other",
+    );
+
+    kv.set_with_ttl("ttl", &1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let deadline = kv
+        .get_entry::<i64>("ttl")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_ms;
+    kv.set_with("ttl", &2, SetOptions::new().keep_ttl())
+        .await
+        .unwrap();
+    let kept = kv.get_entry::<i64>("ttl").await.unwrap().unwrap();
+    assert_eq!((kept.value, kept.expires_at_ms), (2, deadline));
+    kv.set("ttl", &3).await.unwrap();
+    assert_eq!(
+        kv.get_entry::<i64>("ttl")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        None
+    );
+    // An expired key is absent for if_absent.
+    kv.set_with_ttl("short", &1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    ctx.advance(Duration::from_millis(60)).await;
+    assert!(kv.set_if_absent("short", &2).await.unwrap().applied);
+}
+
+/// Incr adds to numbers (absent counts as 0), refuses non-numbers and
+/// results beyond ±2^53 without changing anything.
+pub async fn incr_adds_and_refuses_what_is_not_a_number(ctx: &Ctx) {
+    let kv = ctx.client.project("incr");
+    assert_eq!(kv.incr("n", 5.0).await.unwrap(), 5.0);
+    assert_eq!(kv.incr("n", -7.0).await.unwrap(), -2.0);
+    assert_eq!(kv.incr("n", 0.5).await.unwrap(), -1.5);
+    assert_eq!(kv.get::<f64>("n").await.unwrap(), Some(-1.5));
+    kv.set("s", &"text").await.unwrap();
+    assert_code(
+        kv.incr("s", 1.0).await,
+        Code::FailedPrecondition,
+        "not a number",
+    );
+    kv.set("o", &json!({"a": 1})).await.unwrap();
+    assert_code(kv.incr("o", 1.0).await, Code::FailedPrecondition, "object");
+    let max = 9_007_199_254_740_992_f64;
+    kv.set("big", &(max as u64 - 1)).await.unwrap();
+    assert_eq!(kv.incr("big", 1.0).await.unwrap(), max);
+    assert_code(
+        kv.incr("big", 1.0).await,
+        Code::FailedPrecondition,
+        "9007199254740992",
+    );
+    assert_eq!(kv.get::<u64>("big").await.unwrap(), Some(max as u64));
+    let mut raw = kv_proto::v1::IncrRequest {
+        key: "n".into(),
+        delta: f64::INFINITY,
+        ..Default::default()
+    };
+    assert_status(
+        ctx.raw
+            .clone()
+            .incr(request(raw.clone(), Some("incr")))
+            .await,
+        Code::InvalidArgument,
+        "delta",
+    );
+    raw.delta = 1e300;
+    assert_status(
+        ctx.raw.clone().incr(request(raw, Some("incr"))).await,
+        Code::InvalidArgument,
+        "2^53",
+    );
+}
+
+/// Incr with a TTL is a fixed window: the deadline is set when the key is
+/// made and kept by later increments; after it, counting starts again.
+pub async fn incr_with_ttl_is_a_fixed_window(ctx: &Ctx) {
+    let kv = ctx.client.project("window");
+    let options = || IncrOptions::new().ttl(Duration::from_millis(400));
+    assert_eq!(kv.incr_with("w", 1.0, options()).await.unwrap().value, 1.0);
+    let deadline = kv
+        .get_entry::<f64>("w")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_ms;
+    assert!(deadline.is_some());
+    ctx.advance(Duration::from_millis(100)).await;
+    assert_eq!(kv.incr_with("w", 1.0, options()).await.unwrap().value, 2.0);
+    assert_eq!(
+        kv.get_entry::<f64>("w")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        deadline,
+        "later increments keep the window's deadline"
+    );
+    ctx.advance(Duration::from_millis(400)).await;
+    assert_eq!(kv.incr_with("w", 1.0, options()).await.unwrap().value, 1.0);
+}
+
+/// Merge applies RFC 7386: members replace, null removes, objects merge, a
+/// non-object patch replaces; it returns the merged value.
+pub async fn merge_applies_json_merge_patch(ctx: &Ctx) {
+    let kv = ctx.client.project("merge");
+    let merged: Json = kv
+        .merge("p", &json!({"a": 1, "b": {"c": 2}}))
+        .await
+        .unwrap();
+    assert_eq!(merged, json!({"a": 1, "b": {"c": 2}}));
+    let merged: Json = kv
+        .merge("p", &json!({"a": null, "b": {"d": [1]}, "e": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(merged, json!({"b": {"c": 2, "d": [1]}, "e": "x"}));
+    assert_eq!(kv.get::<Json>("p").await.unwrap(), Some(merged));
+    let replaced: Json = kv.merge("p", &json!([1, 2])).await.unwrap();
+    assert_eq!(replaced, json!([1, 2]));
+    kv.set("scalar", &5).await.unwrap();
+    let over: Json = kv.merge("scalar", &json!({"k": true})).await.unwrap();
+    assert_eq!(over, json!({"k": true}));
+    // No TTL in the merge keeps the key's deadline; a TTL sets a new one.
+    kv.set_with_ttl("t", &json!({}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let deadline = kv
+        .get_entry::<Json>("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_ms;
+    let _: Json = kv.merge("t", &json!({"x": 1})).await.unwrap();
+    assert_eq!(
+        kv.get_entry::<Json>("t")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        deadline
+    );
+    let with_ttl: kv_client::Versioned<Json> = kv
+        .merge_with(
+            "t",
+            &json!({"y": 2}),
+            MergeOptions::new().ttl(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_ttl.value, json!({"x": 1, "y": 2}));
+    let after = kv
+        .get_entry::<Json>("t")
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at_ms
+        .unwrap();
+    assert!(
+        after < deadline.unwrap(),
+        "the merge's TTL replaced the deadline"
+    );
+}
+
+/// A batch applies its ops only when every check holds and every op
+/// succeeds; results come back per op.
+pub async fn batch_is_all_or_nothing(ctx: &Ctx) {
+    let kv = ctx.client.project("batch");
+    kv.set("a", &10).await.unwrap();
+    kv.set("text", &"t").await.unwrap();
+    let failed = kv
+        .batch()
+        .check_version("a", 99)
+        .set("b", &1)
+        .commit()
+        .await
+        .unwrap();
+    assert!(!failed.applied);
+    assert_eq!((failed.failed_check, failed.current_version), (Some(0), 1));
+    assert!(failed.results.is_empty());
+    assert!(!kv.has("b").await.unwrap());
+
+    // An op that fails (incr of a string) undoes the ops before it.
+    let refused = kv
+        .batch()
+        .set("b", &1)
+        .incr("a", 5.0)
+        .incr("text", 1.0)
+        .commit()
+        .await;
+    assert_code(refused, Code::FailedPrecondition, "not a number");
+    assert!(!kv.has("b").await.unwrap());
+    assert_eq!(kv.get::<i64>("a").await.unwrap(), Some(10));
+
+    let done = kv
+        .batch()
+        .check_version("a", 1)
+        .check_absent("b")
+        .set("b", &1)
+        .incr("a", 5.0)
+        .incr("a", 1.0)
+        .merge("m", &json!({"k": "v"}))
+        .delete("text")
+        .commit()
+        .await
+        .unwrap();
+    assert!(done.applied);
+    let versions: Vec<u64> = done.results.iter().map(|r| r.version()).collect();
+    assert_eq!(versions, vec![3, 4, 5, 6, 7]);
+    assert_eq!(kv.get::<i64>("a").await.unwrap(), Some(16));
+    assert_eq!(kv.get::<Json>("m").await.unwrap(), Some(json!({"k": "v"})));
+    assert!(!kv.has("text").await.unwrap());
+}
+
+/// GetMany, SetMany and DeleteMany work on many keys in one call.
+pub async fn bulk_calls_read_and_write_many_keys(ctx: &Ctx) {
+    let kv = ctx.client.project("bulk");
+    let values: Vec<(String, i64)> = (0..50).map(|i| (format!("k{i:02}"), i)).collect();
+    let versions = kv
+        .set_many(values.iter().map(|(k, v)| (k.as_str(), v)))
+        .await
+        .unwrap();
+    assert_eq!(versions, (1..=50).collect::<Vec<u64>>());
+    let got = kv
+        .get_many::<i64, _>(["k03", "missing", "k49", "k03"])
+        .await
+        .unwrap();
+    let got: Vec<Option<i64>> = got.into_iter().map(|e| e.map(|e| e.value)).collect();
+    assert_eq!(got, vec![Some(3), None, Some(49), Some(3)]);
+    assert_eq!(kv.delete_many(["k00", "k01", "missing"]).await.unwrap(), 2);
+    assert!(!kv.has("k00").await.unwrap());
+    let too_many: Vec<String> = (0..1001).map(|i| format!("x{i}")).collect();
+    assert_code(
+        kv.get_many::<i64, _>(&too_many).await,
+        Code::ResourceExhausted,
+        "1 to 1000",
+    );
+}
+
+/// List pages through live keys in byte order with a cursor, by prefix,
+/// without expired keys, and refuses pages over 1000.
+pub async fn list_pages_in_key_order(ctx: &Ctx) {
+    let kv = ctx.client.project("list");
+    let mut keys: Vec<String> = (0..25).map(|i| format!("item:{i}")).collect();
+    keys.extend(["a", "a/b", "ab", "é", "item"].map(String::from));
+    for key in keys.iter().rev() {
+        kv.set(key, &key.len()).await.unwrap();
+    }
+    kv.set_with_ttl("item:gone", &0, Duration::from_millis(50))
+        .await
+        .unwrap();
+    ctx.advance(Duration::from_millis(60)).await;
+    keys.sort();
+    let mut seen = Vec::new();
+    let mut options = ListOptions::new().limit(4);
+    loop {
+        let page = kv.list(options.clone()).await.unwrap();
+        assert!(page.entries.len() <= 4);
+        seen.extend(page.entries.into_iter().map(|e| e.key));
+        match page.next_start_after {
+            Some(after) => options = options.start_after(after),
+            None => break,
+        }
+    }
+    assert_eq!(seen, keys);
+    let items = kv.list_all("item:").await.unwrap();
+    assert_eq!(items.len(), 25);
+    assert!(items.iter().all(|e| e.key.starts_with("item:")));
+    assert_eq!(items[0].value, Some(json!(6)));
+    let keys_only = kv.list(ListOptions::new().keys_only()).await.unwrap();
+    assert!(keys_only.entries.iter().all(|e| e.value.is_none()));
+    // 31 writes, and the expiry of item:gone once the expiry task ran.
+    assert!(
+        (31..=32).contains(&keys_only.version),
+        "page version {}",
+        keys_only.version
+    );
+    let newest = keys_only.entries.iter().map(|e| e.version).max();
+    assert_eq!(newest, Some(30), "the page reflects every write");
+    assert_code(
+        kv.list(ListOptions::new().limit(1001)).await,
+        Code::InvalidArgument,
+        "the maximum is 1000",
+    );
+}
+
+/// A watch delivers each change once, in version order, with its cause:
+/// sets with values, deletes, expiries and one event per clear; projects
+/// are separate; resuming from a version replays what followed it.
+pub async fn watch_reports_changes_with_causes(ctx: &Ctx) {
+    let kv = ctx.client.project("watched");
+    let other = ctx.client.project("unwatched");
+    let mut all = kv.watch(WatchOptions::all()).await.unwrap();
+    let mut one = kv.watch(WatchOptions::key("k")).await.unwrap();
+    other.set("k", &"elsewhere").await.unwrap();
+    kv.set("k", &1).await.unwrap();
+    kv.incr("n", 2.0).await.unwrap();
+    kv.set_with_ttl("t", &true, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(kv.delete("k").await.unwrap());
+    ctx.advance(Duration::from_millis(150)).await;
+    let mut expected = vec![
+        (EventKind::Set, "k", Some(json!(1)), 1),
+        (EventKind::Set, "n", Some(json!(2)), 2),
+        (EventKind::Set, "t", Some(json!(true)), 3),
+        (EventKind::Deleted, "k", None, 4),
+        (EventKind::Expired, "t", None, 5),
+    ];
+    for (kind, key, value, version) in &expected {
+        let event = next_event(&mut all).await;
+        assert_eq!(
+            (event.kind, event.key.as_str(), &event.value, event.version),
+            (*kind, *key, value, *version)
+        );
+    }
+    assert_eq!(kv.clear().await.unwrap(), 1);
+    let cleared = next_event(&mut all).await;
+    assert_eq!(
+        (cleared.kind, cleared.key.as_str(), cleared.version),
+        (EventKind::Cleared, "", 6)
+    );
+    // The key watch saw only its key, and the clear.
+    let mine: Vec<(EventKind, u64)> = [
+        next_event(&mut one).await,
+        next_event(&mut one).await,
+        next_event(&mut one).await,
+    ]
+    .iter()
+    .map(|e| (e.kind, e.version))
+    .collect();
+    assert_eq!(
+        mine,
+        vec![
+            (EventKind::Set, 1),
+            (EventKind::Deleted, 4),
+            (EventKind::Cleared, 6)
+        ]
+    );
+    // Resume from version 3: the changes after it, again.
+    let mut resumed = kv.watch(WatchOptions::all().from_version(3)).await.unwrap();
+    expected.push((EventKind::Cleared, "", None, 6));
+    for (kind, _, _, version) in &expected[3..] {
+        let event = next_event(&mut resumed).await;
+        assert_eq!((event.kind, event.version), (*kind, *version));
+    }
+    assert_code(
+        kv.watch(WatchOptions::all().from_version(60))
+            .await
+            .map(|_| ()),
+        Code::InvalidArgument,
+        "ahead of the project's current version 6",
+    );
+}
+
+/// A write retried with its request id is applied once and answers the
+/// first outcome; the same id with another request is refused.
+pub async fn request_ids_make_retries_safe(ctx: &Ctx) {
+    let kv = ctx.client.project("retries");
+    let options = || IncrOptions::new().request_id("incr-1");
+    let first = kv.incr_with("n", 1.0, options()).await.unwrap();
+    let retry = kv.incr_with("n", 1.0, options()).await.unwrap();
+    assert_eq!((retry.value, retry.version), (first.value, first.version));
+    assert_eq!(kv.get::<f64>("n").await.unwrap(), Some(1.0));
+    assert_code(
+        kv.incr_with("n", 2.0, options()).await,
+        Code::FailedPrecondition,
+        "already used for a different request",
+    );
+    // Ids are per project.
+    let elsewhere = ctx.client.project("retries-2");
+    assert_eq!(
+        elsewhere
+            .incr_with("n", 1.0, options())
+            .await
+            .unwrap()
+            .value,
+        1.0
+    );
+    // A conditional write's first answer stands even once it would differ.
+    let set = || SetOptions::new().if_absent().request_id("set-1");
+    assert!(kv.set_with("once", &1, set()).await.unwrap().applied);
+    assert!(kv.set_with("once", &1, set()).await.unwrap().applied);
+    assert!(!kv.set_if_absent("once", &1).await.unwrap().applied);
 }

@@ -148,6 +148,16 @@ macro_rules! conformance_suite {
             delete_reports_whether_a_live_key_was_removed,
             clear_counts_live_keys_and_spares_other_projects,
             concurrent_writers_lose_no_acknowledged_set,
+            versions_count_up_per_project,
+            conditional_sets_compare_and_swap,
+            incr_adds_and_refuses_what_is_not_a_number,
+            incr_with_ttl_is_a_fixed_window,
+            merge_applies_json_merge_patch,
+            batch_is_all_or_nothing,
+            bulk_calls_read_and_write_many_keys,
+            list_pages_in_key_order,
+            watch_reports_changes_with_causes,
+            request_ids_make_retries_safe,
         );
     };
     (@cases $target:ty; $($case:ident),* $(,)?) => {

@@ -522,43 +522,47 @@ impl MemoryStore {
             } => {
                 let expires_at = expires_at.unwrap_or(0);
                 let key: Arc<str> = key.into();
-                // The event needs its own copy only when history is kept.
-                let event_value = &value;
+                self.apply_set(project, &ns, Arc::clone(&key), value, expires_at, version);
+                // Published once the value is in place, so a watcher reading
+                // the key after the event sees at least this write. The
+                // event copies the value only when history is kept; only
+                // this thread writes, so the entry is still this write's.
                 ns.hub.publish(version, now, settings, || Event {
                     version,
                     kind: EventKind::Set,
                     key: (*key).into(),
-                    value: Some(Bytes::copy_from_slice(event_value)),
+                    value: ns
+                        .entries
+                        .get(&*key)
+                        .map(|e| Bytes::copy_from_slice(&e.value)),
                     expires_at,
                 });
-                self.apply_set(project, &ns, key, value, expires_at, version);
                 Applied::default()
             }
             Mutation::Delete { key } => {
+                let removed = u64::from(self.apply_delete(project, &ns, &key, now));
                 ns.hub.publish(version, now, settings, || Event {
                     version,
                     kind: EventKind::Deleted,
-                    key: key.clone(),
+                    key,
                     value: None,
                     expires_at: 0,
                 });
-                Applied {
-                    removed: u64::from(self.apply_delete(project, &ns, &key, now)),
-                }
+                Applied { removed }
             }
             Mutation::Expire { key } => {
+                let removed = u64::from(self.apply_delete(project, &ns, &key, now));
                 ns.hub.publish(version, now, settings, || Event {
                     version,
                     kind: EventKind::Expired,
-                    key: key.clone(),
+                    key,
                     value: None,
                     expires_at: 0,
                 });
-                Applied {
-                    removed: u64::from(self.apply_delete(project, &ns, &key, now)),
-                }
+                Applied { removed }
             }
             Mutation::Clear => {
+                let removed = self.apply_clear(project, &ns, now);
                 ns.hub.publish(version, now, settings, || Event {
                     version,
                     kind: EventKind::Cleared,
@@ -566,9 +570,7 @@ impl MemoryStore {
                     value: None,
                     expires_at: 0,
                 });
-                Applied {
-                    removed: self.apply_clear(project, &ns, now),
-                }
+                Applied { removed }
             }
         };
         ns.version.fetch_max(version, Ordering::AcqRel);

@@ -51,7 +51,8 @@ enum View {
 /// What a group of writes evaluated so far will have done once applied.
 #[derive(Default)]
 pub(crate) struct Overlay {
-    keys: HashMap<(ProjectName, Box<str>), Slot>,
+    /// Per project, so a lookup by `&str` allocates nothing.
+    keys: HashMap<ProjectName, HashMap<Box<str>, Slot>>,
     cleared: HashSet<ProjectName>,
     versions: HashMap<ProjectName, u64>,
     usage: HashMap<ProjectName, Usage>,
@@ -90,7 +91,7 @@ impl Overlay {
 
     /// The state of `key` after the writes evaluated so far.
     fn slot(&self, project: &ProjectName, key: &str) -> Option<Slot> {
-        if let Some(slot) = self.keys.get(&(project.clone(), Box::from(key))) {
+        if let Some(slot) = self.keys.get(project).and_then(|keys| keys.get(key)) {
             return Some(slot.clone());
         }
         if self.cleared.contains(project) {
@@ -101,7 +102,7 @@ impl Overlay {
 
     /// A deleted project's data goes with the group.
     pub(crate) fn drop_project(&mut self, project: &ProjectName) {
-        self.keys.retain(|(p, _), _| p != project);
+        self.keys.remove(project);
         self.cleared.insert(project.clone());
         self.usage.insert(project.clone(), Usage::default());
         self.requests.retain(|(p, _), _| p != project);
@@ -163,11 +164,11 @@ impl Overlay {
             ..
         } = eval;
         if cleared {
-            self.keys.retain(|(p, _), _| p != project);
+            self.keys.remove(project);
             self.cleared.insert(project.clone());
         }
-        for (key, slot) in local {
-            self.keys.insert((project.clone(), key), slot);
+        if !local.is_empty() {
+            self.keys.entry(project.clone()).or_default().extend(local);
         }
         self.versions.insert(project.clone(), version);
         self.usage.insert(project.clone(), usage);
@@ -212,7 +213,9 @@ impl Overlay {
         self.versions.insert(due.project.clone(), version);
         self.usage.insert(due.project.clone(), usage);
         self.keys
-            .insert((due.project.clone(), (*due.key).into()), Slot::Absent);
+            .entry(due.project.clone())
+            .or_default()
+            .insert((*due.key).into(), Slot::Absent);
         Some(Versioned {
             version,
             mutation: Mutation::Expire {
@@ -547,9 +550,9 @@ impl Eval<'_> {
         let above = self.local.keys().map(|k| &**k).chain(
             self.overlay
                 .keys
-                .keys()
-                .filter(|(p, _)| p == self.project)
-                .map(|(_, k)| &**k),
+                .get(self.project)
+                .into_iter()
+                .flat_map(|keys| keys.keys().map(|k| &**k)),
         );
         for key in above {
             if !seen.insert(key) {

@@ -105,7 +105,9 @@ impl Hub {
     }
 
     /// Records change `version`; `event` builds it only when history is
-    /// being kept (nobody watching: no copy of the value is made).
+    /// being kept (nobody watching: no copy of the value is made). It runs
+    /// under the hub's lock, so it may read the map (lock order: hub, then
+    /// map shard; nothing takes them the other way round).
     pub(crate) fn publish(
         &self,
         version: u64,
