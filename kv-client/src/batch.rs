@@ -215,7 +215,7 @@ impl Batch {
     ///
     /// The first input refused while building ([`Error::InvalidArgument`],
     /// [`Error::Encode`]); [`Error::Status`] from the server (for instance
-    /// `INVALID_ARGUMENT` over the limit of checks or ops,
+    /// `RESOURCE_EXHAUSTED` over the limit of checks or ops,
     /// `FAILED_PRECONDITION` when an incr meets a value that is not a
     /// number: nothing is written); [`Error::Timeout`]. A check that does
     /// not hold is not an error: it is `applied = false`.

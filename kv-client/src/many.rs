@@ -25,7 +25,7 @@ impl Project {
     ///
     /// # Errors
     ///
-    /// As [`Project::get`]; `INVALID_ARGUMENT` from the server over its
+    /// As [`Project::get`]; `RESOURCE_EXHAUSTED` from the server over its
     /// limit of keys per call (1000 by default). One value that does not fit
     /// `T` fails the whole call with [`Error::Decode`].
     pub async fn get_many<T, I>(&self, keys: I) -> Result<Vec<Option<Entry<T>>>, Error>
@@ -58,7 +58,7 @@ impl Project {
     /// # Errors
     ///
     /// As [`Project::set`] for any one entry (then nothing is written);
-    /// `INVALID_ARGUMENT` from the server over its limit of entries per
+    /// `RESOURCE_EXHAUSTED` from the server over its limit of entries per
     /// call (1000 by default).
     pub async fn set_many<'v, K, V, I>(&self, entries: I) -> Result<Vec<u64>, Error>
     where
@@ -129,7 +129,7 @@ impl Project {
     ///
     /// # Errors
     ///
-    /// As [`Project::delete`]; `INVALID_ARGUMENT` from the server over its
+    /// As [`Project::delete`]; `RESOURCE_EXHAUSTED` from the server over its
     /// limit of keys per call (1000 by default).
     pub async fn delete_many<I>(&self, keys: I) -> Result<u64, Error>
     where

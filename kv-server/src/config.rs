@@ -38,10 +38,12 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Default most request ids remembered per project.
 pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = 100_000;
-/// Default most change events kept per watched project.
+/// Default most change events kept per project.
 pub const DEFAULT_WATCH_HISTORY_EVENTS: usize = 10_000;
-/// Default most bytes of change events kept per watched project.
+/// Default most bytes of change events kept per project.
 pub const DEFAULT_WATCH_HISTORY_BYTES: usize = 16 << 20;
+/// Default most bytes of change events kept by all projects together.
+pub const DEFAULT_WATCH_HISTORY_TOTAL_BYTES: usize = 256 << 20;
 /// Default period of the active expiry task, in milliseconds.
 pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
 /// Default time in-flight requests get to finish after a shutdown signal.
@@ -194,7 +196,7 @@ impl Default for Config {
                 idempotency_max_ids: DEFAULT_IDEMPOTENCY_MAX_IDS,
                 watch_history_events: DEFAULT_WATCH_HISTORY_EVENTS,
                 watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
-                watch_retention_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
+                watch_history_total_bytes: DEFAULT_WATCH_HISTORY_TOTAL_BYTES,
             },
             tls: None,
             admin_token: None,
@@ -308,6 +310,12 @@ impl Config {
         check(
             "--watch-history-bytes",
             self.engine.watch_history_bytes as u64,
+            1024,
+            1 << 40,
+        )?;
+        check(
+            "--watch-history-total-bytes",
+            self.engine.watch_history_total_bytes as u64,
             1024,
             1 << 40,
         )?;
@@ -466,14 +474,19 @@ pub struct Cli {
     #[arg(long, env = "KV_IDEMPOTENCY_MAX_IDS", default_value_t = DEFAULT_IDEMPOTENCY_MAX_IDS)]
     pub idempotency_max_ids: usize,
 
-    /// Most change events a watched project keeps for slow or resuming
-    /// watchers.
+    /// Most recent changes each project keeps, for watches to resume from
+    /// and slow watchers to catch up on.
     #[arg(long, env = "KV_WATCH_HISTORY_EVENTS", default_value_t = DEFAULT_WATCH_HISTORY_EVENTS)]
     pub watch_history_events: usize,
 
-    /// Most bytes of change events a watched project keeps.
+    /// Most bytes (keys and values) of those changes per project.
     #[arg(long, env = "KV_WATCH_HISTORY_BYTES", default_value_t = DEFAULT_WATCH_HISTORY_BYTES)]
     pub watch_history_bytes: usize,
+
+    /// Most bytes of changes all projects keep together (past it, the
+    /// project publishing drops its oldest).
+    #[arg(long, env = "KV_WATCH_HISTORY_TOTAL_BYTES", default_value_t = DEFAULT_WATCH_HISTORY_TOTAL_BYTES)]
+    pub watch_history_total_bytes: usize,
 
     /// Most keys each project may hold (0: unlimited).
     #[arg(long, env = "KV_DEFAULT_MAX_KEYS", default_value_t = 0)]
@@ -561,7 +574,7 @@ impl Cli {
                 idempotency_max_ids: self.idempotency_max_ids,
                 watch_history_events: self.watch_history_events,
                 watch_history_bytes: self.watch_history_bytes,
-                watch_retention_ms: self.idempotency_window_ms,
+                watch_history_total_bytes: self.watch_history_total_bytes,
             },
             expiry_interval: Duration::from_millis(self.expiry_interval_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

@@ -178,7 +178,9 @@ pub async fn serve<B: Backend>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
-    let kv = KvServiceServer::new(KvService::new(backend, config.limits.clone(), auth))
+    let (stop_watches, stopping) = tokio::sync::watch::channel(false);
+    let kv = KvService::new(backend, config.limits.clone(), auth).with_stopping(stopping);
+    let kv = KvServiceServer::new(kv)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
@@ -200,6 +202,7 @@ pub async fn serve<B: Backend>(
     let shutdown = async move {
         shutdown.await;
         let _ = signalled.send(());
+        stop_watches.send_replace(true);
         tracing::info!("shutting down: not serving, draining in-flight requests");
         for service in ["", kv_proto::SERVICE_NAME] {
             health

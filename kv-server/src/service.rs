@@ -229,6 +229,8 @@ pub struct KvService<B> {
     backend: Arc<B>,
     limits: Limits,
     auth: Arc<Auth>,
+    /// Turns true when the server starts shutting down: open watches end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<B> KvService<B> {
@@ -247,7 +249,26 @@ impl<B> KvService<B> {
             backend,
             limits,
             auth,
+            stopping: tokio::sync::watch::Sender::new(false).subscribe(),
         }
+    }
+
+    /// Ends open watches (UNAVAILABLE, naming the version to resume from)
+    /// once `stopping` turns true, so they do not hold a shutdown's drain.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// let (stop, stopping) = tokio::sync::watch::channel(false);
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
+    ///     .with_stopping(stopping);
+    /// stop.send_replace(true);
+    /// # let _ = service;
+    /// ```
+    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     fn key<'k>(&self, key: &'k str) -> Result<&'k str, RequestError> {
@@ -416,6 +437,15 @@ fn watch_event(event: &Event) -> WatchEvent {
         value: event.value.clone().unwrap_or_default(),
         version: event.version,
         expires_at_ms: (event.expires_at != 0).then_some(event.expires_at),
+    }
+}
+
+/// Resolves once `flag` is true (never, if its sender is gone first).
+async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -815,11 +845,20 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         // stream, every later change reaches it.
         let mut subscription = self.backend.watch(&project, target, r.from_version)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
                 let batch = tokio::select! {
                     batch = subscription.next_batch(WATCH_BATCH) => batch,
                     () = tx.closed() => return,
+                    () = until_true(&mut stopping) => {
+                        let resume = subscription.cursor();
+                        let status = Status::unavailable(format!(
+                            "the server is shutting down; watch again with from_version {resume}"
+                        ));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 match batch {
                     Ok(events) => {

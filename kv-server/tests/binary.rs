@@ -52,6 +52,33 @@ async fn sigterm_exits_zero_after_logging_shutdown() {
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
 }
 
+/// Open watches do not hold a shutdown: SIGTERM ends them at once with
+/// UNAVAILABLE naming the version to resume from, and the server exits well
+/// within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_watches_with_the_version_to_resume_from() {
+    let server = BinaryServer::start(BIN, &["--shutdown-grace-ms", "20000"]);
+    let kv = server.project("p").await;
+    let mut watch = kv.watch(kv_client::WatchOptions::all()).await.unwrap();
+    kv.set("k", &1).await.unwrap();
+    let event = watch.next_event().await.unwrap().unwrap();
+    assert_eq!(event.version, 1);
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exit took {:?}: the watch held the drain",
+        started.elapsed()
+    );
+    let ended = watch.next_event().await.expect("an ending status");
+    let err = ended.expect_err("the watch ends with an error");
+    assert_eq!(err.code(), kv_client::Code::Unavailable, "{err}");
+    assert!(err.to_string().contains("from_version 1"), "{err}");
+}
+
 #[test]
 fn a_port_in_use_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -45,7 +45,7 @@ use super::{
     Applied, Backend, Clock, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
     SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
     txn::{Evaluated, Overlay},
-    watch::{Event, EventKind, Hub, Subscription},
+    watch::{Budget, Event, EventKind, Hub, Subscription},
 };
 use crate::project::ProjectName;
 
@@ -79,6 +79,8 @@ pub struct MemoryStore {
     /// Bytes of keys and values held, expired-but-unreclaimed included.
     data_bytes: AtomicU64,
     settings: Settings,
+    /// What all projects' change histories hold together.
+    history: Budget,
     /// Serialises writes when the store is used alone (the durable store's
     /// writer thread is the only writer and does not take it).
     write_lock: Mutex<()>,
@@ -225,8 +227,17 @@ impl MemoryStore {
             clock,
             data_bytes: AtomicU64::new(0),
             settings,
+            history: Budget::new(),
             write_lock: Mutex::new(()),
         }
+    }
+
+    /// Turns the recording of change history off (while a recovery
+    /// replays the log) or back on.
+    pub(crate) fn record_history(&self, on: bool) {
+        self.history
+            .recording
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The tunables this store runs with.
@@ -374,12 +385,7 @@ impl MemoryStore {
         from_version: Option<u64>,
     ) -> Result<Subscription, WatchError> {
         let ns = self.namespace_or_create(project);
-        ns.hub.subscribe(
-            target,
-            from_version,
-            Arc::clone(&self.clock),
-            self.settings.watch_retention_ms,
-        )
+        ns.hub.subscribe(target, from_version)
     }
 
     /// The state of `key` for the transaction evaluator: dead entries
@@ -468,7 +474,7 @@ impl MemoryStore {
     pub(crate) fn restore_version(&self, project: &ProjectName, version: u64) {
         let ns = self.namespace_or_create(project);
         ns.version.fetch_max(version, Ordering::AcqRel);
-        ns.hub.advance_to(version);
+        ns.hub.advance_to(version, &self.history);
     }
 
     fn namespaces(&self) -> Vec<(ProjectName, Arc<Namespace>)> {
@@ -508,6 +514,24 @@ impl MemoryStore {
     /// watchers.
     pub fn apply_versioned(&self, project: &ProjectName, versioned: Versioned) -> Applied {
         let ns = self.namespace_or_create(project);
+        let _exclusive = write_lock(&ns.consistency);
+        self.apply_in(project, &ns, versioned)
+    }
+
+    /// Applies the mutations of one transaction, all visible together to
+    /// multi-key readers.
+    pub(crate) fn apply_txn(&self, project: &ProjectName, mutations: Vec<Versioned>) {
+        let ns = self.namespace_or_create(project);
+        // Every write holds the namespace exclusively, even a single one:
+        // a List page or a GetMany then shows one moment, and its version
+        // covers exactly what it shows.
+        let _exclusive = write_lock(&ns.consistency);
+        for m in mutations {
+            self.apply_in(project, &ns, m);
+        }
+    }
+
+    fn apply_in(&self, project: &ProjectName, ns: &Namespace, versioned: Versioned) -> Applied {
         let version = match versioned.version {
             0 => ns.version.load(Ordering::Acquire) + 1,
             v => v,
@@ -522,12 +546,12 @@ impl MemoryStore {
             } => {
                 let expires_at = expires_at.unwrap_or(0);
                 let key: Arc<str> = key.into();
-                self.apply_set(project, &ns, Arc::clone(&key), value, expires_at, version);
+                self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
                 // Published once the value is in place, so a watcher reading
                 // the key after the event sees at least this write. The
                 // event copies the value only when history is kept; only
                 // this thread writes, so the entry is still this write's.
-                ns.hub.publish(version, now, settings, || Event {
+                ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Set,
                     key: (*key).into(),
@@ -540,8 +564,8 @@ impl MemoryStore {
                 Applied::default()
             }
             Mutation::Delete { key } => {
-                let removed = u64::from(self.apply_delete(project, &ns, &key, now));
-                ns.hub.publish(version, now, settings, || Event {
+                let removed = u64::from(self.apply_delete(project, ns, &key, now));
+                ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Deleted,
                     key,
@@ -551,8 +575,8 @@ impl MemoryStore {
                 Applied { removed }
             }
             Mutation::Expire { key } => {
-                let removed = u64::from(self.apply_delete(project, &ns, &key, now));
-                ns.hub.publish(version, now, settings, || Event {
+                let removed = u64::from(self.apply_delete(project, ns, &key, now));
+                ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Expired,
                     key,
@@ -562,8 +586,8 @@ impl MemoryStore {
                 Applied { removed }
             }
             Mutation::Clear => {
-                let removed = self.apply_clear(project, &ns, now);
-                ns.hub.publish(version, now, settings, || Event {
+                let removed = self.apply_clear(project, ns, now);
+                ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Cleared,
                     key: "".into(),
@@ -575,22 +599,6 @@ impl MemoryStore {
         };
         ns.version.fetch_max(version, Ordering::AcqRel);
         applied
-    }
-
-    /// Applies the mutations of one transaction, all visible together to
-    /// multi-key readers.
-    pub(crate) fn apply_txn(&self, project: &ProjectName, mutations: Vec<Versioned>) {
-        if mutations.len() > 1 {
-            let ns = self.namespace_or_create(project);
-            let _exclusive = write_lock(&ns.consistency);
-            for m in mutations {
-                self.apply_versioned(project, m);
-            }
-        } else {
-            for m in mutations {
-                self.apply_versioned(project, m);
-            }
-        }
     }
 
     /// Removes a deleted project's data and remembered requests, without a

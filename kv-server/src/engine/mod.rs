@@ -410,9 +410,8 @@ pub struct Settings {
     pub watch_history_events: usize,
     /// Most bytes (keys plus values) of those events.
     pub watch_history_bytes: usize,
-    /// How long history keeps being recorded after a project's last watcher
-    /// leaves (ms); projects nobody watches record none.
-    pub watch_retention_ms: u64,
+    /// Most bytes of change events all projects keep together.
+    pub watch_history_total_bytes: usize,
 }
 
 impl Default for Settings {
@@ -422,7 +421,7 @@ impl Default for Settings {
             idempotency_max_ids: 100_000,
             watch_history_events: 10_000,
             watch_history_bytes: 16 << 20,
-            watch_retention_ms: 10 * 60 * 1000,
+            watch_history_total_bytes: 256 << 20,
         }
     }
 }

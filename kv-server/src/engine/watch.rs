@@ -15,10 +15,12 @@
 //! (its cursor below `floor`) is cut off with the version to resume from.
 //! Memory is the ring's bound, whatever the number or speed of watchers.
 //!
-//! Projects nobody watches record no history: a ring starts filling when
-//! the first watcher arrives and stops `watch_retention_ms` after the last
-//! one leaves, so reconnecting watchers can resume, and idle projects cost
-//! nothing.
+//! Every project records its changes, watched or not, so "read, then watch
+//! from the version read" works on any project, and a watcher can resume
+//! after a disconnect. Rings are bounded per project (events and bytes) and
+//! together (`watch_history_total_bytes`, shared by all projects): a
+//! project publishing past the shared budget drops its own oldest events,
+//! so memory stays bounded however many projects there are.
 
 use std::{
     collections::VecDeque,
@@ -27,7 +29,7 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{Clock, Settings, WatchError, WatchTarget};
+use super::{Settings, WatchError, WatchTarget};
 
 /// Why a key changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +80,24 @@ struct History {
     floor: u64,
     /// The newest version published.
     last: u64,
-    watchers: usize,
-    /// While watchers are gone, history is recorded until this time (ms).
-    retain_until: u64,
+}
+
+/// What every project's history may hold together.
+pub(crate) struct Budget {
+    /// Bytes held by all rings.
+    pub(crate) used: std::sync::atomic::AtomicUsize,
+    /// Off while a recovery replays the log: nobody can watch yet, and
+    /// copying a million values into history would only slow the start.
+    pub(crate) recording: std::sync::atomic::AtomicBool,
+}
+
+impl Budget {
+    pub(crate) fn new() -> Self {
+        Self {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            recording: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 impl Hub {
@@ -91,8 +108,6 @@ impl Hub {
                 bytes: 0,
                 floor: 0,
                 last: 0,
-                watchers: 0,
-                retain_until: 0,
             }),
             latest: tokio::sync::watch::Sender::new(0),
         }
@@ -105,37 +120,43 @@ impl Hub {
     }
 
     /// Records change `version`; `event` builds it only when history is
-    /// being kept (nobody watching: no copy of the value is made). It runs
-    /// under the hub's lock, so it may read the map (lock order: hub, then
-    /// map shard; nothing takes them the other way round).
+    /// being kept. It runs under the hub's lock, so it may read the map
+    /// (lock order: hub, then map shard; nothing takes them the other way
+    /// round).
     pub(crate) fn publish(
         &self,
         version: u64,
-        now: u64,
         settings: &Settings,
+        budget: &Budget,
         event: impl FnOnce() -> Event,
     ) {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut h = self.lock();
         if version <= h.last {
             // Replays of changes already counted (a fuzzy snapshot's overlap).
             return;
         }
         h.last = version;
-        if h.watchers == 0 && now >= h.retain_until {
+        if !budget.recording.load(Relaxed) {
+            budget.used.fetch_sub(h.bytes, Relaxed);
             h.events.clear();
             h.bytes = 0;
             h.floor = version;
         } else {
             let event = Arc::new(event());
-            h.bytes += event.size();
+            let size = event.size();
+            h.bytes += size;
+            budget.used.fetch_add(size, Relaxed);
             h.events.push_back(event);
             while h.events.len() > settings.watch_history_events.max(1)
                 || (h.bytes > settings.watch_history_bytes && h.events.len() > 1)
+                || budget.used.load(Relaxed) > settings.watch_history_total_bytes
             {
                 let Some(old) = h.events.pop_front() else {
                     break;
                 };
                 h.bytes -= old.size();
+                budget.used.fetch_sub(old.size(), Relaxed);
                 h.floor = old.version;
             }
         }
@@ -145,12 +166,15 @@ impl Hub {
 
     /// Adopts `version` as the project's current version without an event
     /// (recovery of a snapshot's counter).
-    pub(crate) fn advance_to(&self, version: u64) {
+    pub(crate) fn advance_to(&self, version: u64, budget: &Budget) {
         let mut h = self.lock();
         if version > h.last {
             h.last = version;
             h.floor = version;
             h.events.clear();
+            budget
+                .used
+                .fetch_sub(h.bytes, std::sync::atomic::Ordering::Relaxed);
             h.bytes = 0;
             drop(h);
             self.latest.send_replace(version);
@@ -162,10 +186,8 @@ impl Hub {
         self: &Arc<Self>,
         target: WatchTarget,
         from: Option<u64>,
-        clock: Arc<dyn Clock>,
-        retention_ms: u64,
     ) -> Result<Subscription, WatchError> {
-        let mut h = self.lock();
+        let h = self.lock();
         let cursor = match from {
             None => h.last,
             Some(from) if from > h.last => {
@@ -182,25 +204,13 @@ impl Hub {
             }
             Some(from) => from,
         };
-        h.watchers += 1;
-        h.retain_until = u64::MAX;
         drop(h);
         Ok(Subscription {
             hub: Arc::clone(self),
             target,
             cursor,
             latest: self.latest.subscribe(),
-            clock,
-            retention_ms,
         })
-    }
-
-    fn unsubscribe(&self, now: u64, retention_ms: u64) {
-        let mut h = self.lock();
-        h.watchers -= 1;
-        if h.watchers == 0 {
-            h.retain_until = now.saturating_add(retention_ms);
-        }
     }
 }
 
@@ -225,8 +235,6 @@ pub struct Subscription {
     target: WatchTarget,
     cursor: u64,
     latest: tokio::sync::watch::Receiver<u64>,
-    clock: Arc<dyn Clock>,
-    retention_ms: u64,
 }
 
 impl Subscription {
@@ -275,13 +283,5 @@ impl Subscription {
                 std::future::pending::<()>().await;
             }
         }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        // History is kept a while after the last watcher leaves, so a
-        // reconnecting one can resume.
-        self.hub.unsubscribe(self.clock.now_ms(), self.retention_ms);
     }
 }

@@ -853,6 +853,160 @@ mod tests {
         assert_eq!(records, expected);
     }
 
+    fn txn_sample() -> Vec<Record> {
+        let outcome = TxnOutcome {
+            applied: true,
+            failed_check: None,
+            current_version: 0,
+            results: vec![
+                OpOutcome::Set { version: 7 },
+                OpOutcome::Delete {
+                    deleted: true,
+                    version: 8,
+                },
+                OpOutcome::Incr {
+                    value: -2.5,
+                    version: 9,
+                },
+                OpOutcome::Merge {
+                    value: bytes::Bytes::from_static(&[0x2a, 0x00]),
+                    version: 10,
+                },
+                OpOutcome::Clear {
+                    removed: 3,
+                    version: 11,
+                },
+            ],
+        };
+        let failed = TxnOutcome {
+            applied: false,
+            failed_check: Some(2),
+            current_version: 41,
+            results: Vec::new(),
+        };
+        vec![
+            Record::Txn {
+                project: project("a"),
+                at: 1_700_000_000_000,
+                mutations: vec![
+                    Versioned {
+                        version: 7,
+                        mutation: Mutation::Set {
+                            key: "k".into(),
+                            value: vec![0x20, 0x01].into(),
+                            expires_at: Some(42),
+                        },
+                    },
+                    Versioned {
+                        version: 8,
+                        mutation: Mutation::Delete { key: "d".into() },
+                    },
+                    Versioned {
+                        version: 9,
+                        mutation: Mutation::Expire { key: "e".into() },
+                    },
+                    Versioned {
+                        version: 11,
+                        mutation: Mutation::Clear,
+                    },
+                ],
+                request: Some(("req-1".into(), 0xfeed, outcome)),
+            },
+            Record::Txn {
+                project: project("b"),
+                at: 5,
+                mutations: Vec::new(),
+                request: Some(("req-2".into(), 1, failed)),
+            },
+            Record::Txn {
+                project: project("b"),
+                at: 6,
+                mutations: vec![Versioned {
+                    version: 2,
+                    mutation: Mutation::Set {
+                        key: "ключ".into(),
+                        value: vec![0x08, 0x00].into(),
+                        expires_at: None,
+                    },
+                }],
+                request: None,
+            },
+            Record::Version {
+                project: project("c"),
+                version: u64::MAX,
+            },
+        ]
+    }
+
+    fn txn_file(records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let mut out = file_header(LOG_MAGIC).to_vec();
+        let mut boundaries = vec![out.len()];
+        for record in records {
+            match record {
+                Record::Txn {
+                    project,
+                    at,
+                    mutations,
+                    request,
+                } => {
+                    let request = request.as_ref().map(|(id, fp, o)| (&**id, *fp, o));
+                    encode_txn(&mut out, project, *at, mutations, request);
+                }
+                Record::Version { project, version } => encode_version(&mut out, project, *version),
+                other => panic!("not in the sample: {other:?}"),
+            }
+            boundaries.push(out.len());
+        }
+        (out, boundaries)
+    }
+
+    #[test]
+    fn txn_and_version_records_round_trip_and_tear_only_at_the_tail() {
+        let sample = txn_sample();
+        let (bytes, boundaries) = txn_file(&sample);
+        let (records, end) = read_all(&bytes);
+        end.unwrap();
+        assert_eq!(records, sample);
+        // A transaction is one frame: a cut inside it loses all of it.
+        for cut in FILE_HEADER_LEN..bytes.len() {
+            let (records, end) = read_all(&bytes[..cut]);
+            let whole = boundaries.iter().filter(|&&b| b <= cut).count() - 1;
+            assert_eq!(records, sample[..whole], "cut at {cut}");
+            if !boundaries.contains(&cut) {
+                assert!(matches!(end, Err(FrameError::Torn { .. })), "cut at {cut}");
+            }
+        }
+        // A snapshot entry is a one-set transaction with its version.
+        let mut entry = Vec::new();
+        encode_entry(&mut entry, &project("p"), "k", &[0x20, 0x01], 9, 3);
+        let payload = &entry[FRAME_HEADER_LEN..];
+        assert_eq!(
+            decode_payload(payload).unwrap(),
+            Record::Txn {
+                project: project("p"),
+                at: 0,
+                mutations: vec![Versioned {
+                    version: 3,
+                    mutation: Mutation::Set {
+                        key: "k".into(),
+                        value: vec![0x20, 0x01].into(),
+                        expires_at: Some(9),
+                    },
+                }],
+                request: None,
+            }
+        );
+    }
+
+    #[test]
+    fn first_format_files_are_still_read() {
+        let mut bytes = file(&sample());
+        bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
+        let (records, end) = read_all(&bytes);
+        end.unwrap();
+        assert_eq!(records.len(), sample().len());
+    }
+
     #[test]
     fn every_truncation_is_a_torn_tail_after_the_whole_records() {
         let sample = sample();
@@ -942,6 +1096,15 @@ mod tests {
         #[test]
         fn decode_payload_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_payload(&bytes);
+        }
+
+        /// The same for transaction records: a valid head, then anything
+        /// (counts and lengths that lie included).
+        #[test]
+        fn txn_payloads_survive_arbitrary_tails(tail in prop::collection::vec(any::<u8>(), 0..256)) {
+            let mut payload = vec![TXN, 1, b'p'];
+            payload.extend_from_slice(&tail);
+            let _ = decode_payload(&payload);
         }
 
         /// Arbitrary file contents: no panic, and no payload buffer larger

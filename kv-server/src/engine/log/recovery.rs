@@ -177,6 +177,7 @@ impl DurableStore {
         let mut recovered = Recovered::default();
         let (snapshots, segments) = list(dir, &mut recovered)?;
         let mem = Arc::new(MemoryStore::with_settings(clock, settings));
+        mem.record_history(false);
         let catalog = Arc::new(Catalog::default());
         let now = mem.clock().now_ms();
 
@@ -229,6 +230,7 @@ impl DurableStore {
             dir.join(segment_name(next)).display()
         )))?;
         snapshot::remove_older(dir, base);
+        mem.record_history(true);
         recovered.took = started.elapsed();
         tracing::info!(
             dir = %dir.display(),

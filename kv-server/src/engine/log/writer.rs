@@ -30,7 +30,7 @@ enum Pending {
     /// A retry: its remembered outcome.
     Replay(Arc<TxnOutcome>),
     Commit(ProjectName, Commit),
-    Expire(Vec<(ProjectName, Versioned)>),
+    Expire(Vec<(ProjectName, Vec<Versioned>)>),
     Catalog(CatalogChange),
 }
 
@@ -156,18 +156,21 @@ impl Writer {
                     }
                 }
                 Change::Expire(due) => {
-                    let mut expired = Vec::new();
+                    // One record per project per group: expiries of many
+                    // keys cost one frame, not one each.
+                    let mut expired: Vec<(ProjectName, Vec<Versioned>)> = Vec::new();
                     for due in due {
                         if let Some(expire) = overlay.expire(&self.mem, &due, now) {
-                            codec::encode_txn(
-                                buf,
-                                &due.project,
-                                now,
-                                std::slice::from_ref(&expire),
-                                None,
-                            );
-                            expired.push((due.project, expire));
+                            match expired.last_mut() {
+                                Some((project, list)) if *project == due.project => {
+                                    list.push(expire);
+                                }
+                                _ => expired.push((due.project, vec![expire])),
+                            }
                         }
+                    }
+                    for (project, list) in &expired {
+                        codec::encode_txn(buf, project, now, list, None);
                     }
                     pending.push((Pending::Expire(expired), reply));
                 }
@@ -220,8 +223,8 @@ impl Writer {
                     Answer::Txn(commit.outcome)
                 }
                 Pending::Expire(expired) => {
-                    for (project, expire) in expired {
-                        self.mem.apply_versioned(&project, expire);
+                    for (project, list) in expired {
+                        self.mem.apply_txn(&project, list);
                     }
                     Answer::Applied(Default::default())
                 }
