@@ -315,29 +315,28 @@ async fn list_returns_live_keys_in_byte_order_across_pages_prefixes_and_cursors(
     rng.shuffle(&mut order);
     let mut expected: BTreeMap<String, (Json, u64)> = BTreeMap::new();
     let half = order.len() / 2;
-    let mut write = |chunk: &[String], versions: Vec<u64>| {
-        for (key, version) in chunk.iter().zip(versions) {
-            expected.insert(
-                key.clone(),
-                (json!({ "key": key, "n": key.len() }), version),
-            );
+    // Writes order[range] in SetMany chunks of random size, recording
+    // what each key should hold.
+    let mut write_run = async |range: std::ops::Range<usize>, rng: &mut Rng| {
+        let mut offset = range.start;
+        while offset < range.end {
+            let end = (offset + 1 + rng.below(150)).min(range.end);
+            let chunk = &order[offset..end];
+            let values: Vec<Json> = chunk
+                .iter()
+                .map(|k| json!({ "key": k, "n": k.len() }))
+                .collect();
+            let versions = kv
+                .set_many(chunk.iter().zip(&values).map(|(k, v)| (k.as_str(), v)))
+                .await
+                .unwrap();
+            for ((key, value), version) in chunk.iter().zip(values).zip(versions) {
+                expected.insert(key.clone(), (value, version));
+            }
+            offset = end;
         }
     };
-    let mut offset = 0;
-    while offset < half {
-        let end = (offset + 1 + rng.below(150)).min(half);
-        let chunk = &order[offset..end];
-        let values: Vec<Json> = chunk
-            .iter()
-            .map(|k| json!({ "key": k, "n": k.len() }))
-            .collect();
-        let versions = kv
-            .set_many(chunk.iter().zip(&values).map(|(k, v)| (k.as_str(), v)))
-            .await
-            .unwrap();
-        write(chunk, versions);
-        offset = end;
-    }
+    write_run(0..half, &mut rng).await;
     // The doomed keys go in the middle of the writes; "a/b/renewed" is
     // written again later without a TTL, so it stays.
     rng.shuffle(&mut doomed);
@@ -358,20 +357,7 @@ async fn list_returns_live_keys_in_byte_order_across_pages_prefixes_and_cursors(
         .expect("a doomed key is live before its deadline")
         .expires_at_ms
         .expect("a doomed key has a deadline");
-    while offset < order.len() {
-        let end = (offset + 1 + rng.below(150)).min(order.len());
-        let chunk = &order[offset..end];
-        let values: Vec<Json> = chunk
-            .iter()
-            .map(|k| json!({ "key": k, "n": k.len() }))
-            .collect();
-        let versions = kv
-            .set_many(chunk.iter().zip(&values).map(|(k, v)| (k.as_str(), v)))
-            .await
-            .unwrap();
-        write(chunk, versions);
-        offset = end;
-    }
+    write_run(half..order.len(), &mut rng).await;
     // A renewal without TTL drops the deadline (unless the shuffle already
     // wrote it after the doomed batch, in which case this is a plain set).
     let renewed = kv

@@ -498,13 +498,7 @@ impl MemoryStore {
     /// found. Liveness (for the delete and clear answers) is judged at the
     /// clock's current time.
     pub fn apply(&self, project: &ProjectName, mutation: Mutation) -> Applied {
-        self.apply_versioned(
-            project,
-            Versioned {
-                version: 0,
-                mutation,
-            },
-        )
+        self.apply_versioned(project, Versioned::unnumbered(mutation))
     }
 
     /// Applies a write with its version (0: the project's next one).

@@ -463,6 +463,22 @@ pub struct Versioned {
     pub mutation: Mutation,
 }
 
+impl Versioned {
+    /// A change without a version (records of the first log format): the
+    /// store gives it the project's next one when applied.
+    ///
+    /// ```
+    /// use kv_server::engine::{Mutation, Versioned};
+    /// assert_eq!(Versioned::unnumbered(Mutation::Clear).version, 0);
+    /// ```
+    pub fn unnumbered(mutation: Mutation) -> Self {
+        Self {
+            version: 0,
+            mutation,
+        }
+    }
+}
+
 /// What applying a [`Mutation`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Applied {

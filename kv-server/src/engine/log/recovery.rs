@@ -411,15 +411,7 @@ fn load_snapshot(
             project,
             mutation: mutation @ Mutation::Set { .. },
         } => {
-            apply_replayed(
-                mem,
-                &project,
-                Versioned {
-                    version: 0,
-                    mutation,
-                },
-                now,
-            );
+            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
             entries += 1;
             Ok(())
         }
@@ -589,15 +581,7 @@ fn replay_segment(
     let mut records = 0;
     let streamed = for_each_record(reader, |_, record| match record {
         Record::Mutation { project, mutation } => {
-            apply_replayed(
-                mem,
-                &project,
-                Versioned {
-                    version: 0,
-                    mutation,
-                },
-                now,
-            );
+            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
             records += 1;
             Ok(())
         }
