@@ -146,7 +146,7 @@ fn racing_writers_keep_the_expiry_index_exact() {
             let project = project.clone();
             std::thread::spawn(move || {
                 for i in 0..20_000u64 {
-                    let key: Box<str> = KEYS[(i % 4) as usize].into();
+                    let key: Arc<str> = KEYS[(i % 4) as usize].into();
                     let mutation = match (i + t) % 7 {
                         0 => Mutation::Delete { key },
                         1 if i % 1000 == 0 => Mutation::Clear,

@@ -81,6 +81,9 @@ pub struct MemoryStore {
     settings: Settings,
     /// What all projects' change histories hold together.
     history: Budget,
+    /// While a recovery loads, the ordered key indexes are not kept up to
+    /// date key by key; they are built once, sorted, at the end.
+    deferred_order: std::sync::atomic::AtomicBool,
     /// Serialises writes when the store is used alone (the durable store's
     /// writer thread is the only writer and does not take it).
     write_lock: Mutex<()>,
@@ -228,16 +231,32 @@ impl MemoryStore {
             data_bytes: AtomicU64::new(0),
             settings,
             history: Budget::new(),
+            deferred_order: std::sync::atomic::AtomicBool::new(false),
             write_lock: Mutex::new(()),
         }
     }
 
-    /// Turns the recording of change history off (while a recovery
-    /// replays the log) or back on.
-    pub(crate) fn record_history(&self, on: bool) {
-        self.history
-            .recording
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+    /// Puts the store in (`true`) or out of bulk loading, for a recovery:
+    /// no change history is recorded (nobody can watch yet) and the ordered
+    /// key indexes are built once at the end instead of key by key.
+    pub(crate) fn bulk_load(&self, on: bool) {
+        self.history.recording.store(!on, Ordering::Relaxed);
+        self.deferred_order.store(on, Ordering::Relaxed);
+        if !on {
+            for (_, ns) in self.namespaces() {
+                // The map yields keys unordered: an unstable sort is the
+                // fastest way to order them, and a BTreeSet collected from
+                // sorted keys is built in one linear pass.
+                let mut keys: Vec<Arc<str>> =
+                    ns.entries.iter().map(|e| Arc::clone(e.key())).collect();
+                keys.sort_unstable();
+                *write_lock(&ns.order) = keys.into_iter().collect();
+            }
+        }
+    }
+
+    fn keeps_order(&self) -> bool {
+        !self.deferred_order.load(Ordering::Relaxed)
     }
 
     /// The tunables this store runs with.
@@ -539,7 +558,7 @@ impl MemoryStore {
                 expires_at,
             } => {
                 let expires_at = expires_at.unwrap_or(0);
-                let key: Arc<str> = key.into();
+                let key: Arc<str> = key;
                 self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
                 // Published once the value is in place, so a watcher reading
                 // the key after the event sees at least this write. The
@@ -548,7 +567,7 @@ impl MemoryStore {
                 ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Set,
-                    key: (*key).into(),
+                    key: Arc::clone(&key),
                     value: ns
                         .entries
                         .get(&*key)
@@ -647,7 +666,9 @@ impl MemoryStore {
                 }
                 // Lock order: map shard, then the order index (readers of
                 // the index never wait for a shard while holding it).
-                write_lock(&ns.order).insert(Arc::clone(slot.key()));
+                if self.keeps_order() {
+                    write_lock(&ns.order).insert(Arc::clone(slot.key()));
+                }
                 slot.insert(entry);
                 false
             }
@@ -676,7 +697,9 @@ impl MemoryStore {
             live = entry.is_live(now);
             self.expiry.forget(project, key, entry.expires_at);
             self.account(ns, -1, key.len() + entry.value.len(), true);
-            write_lock(&ns.order).remove(&**key);
+            if self.keeps_order() {
+                write_lock(&ns.order).remove(&**key);
+            }
             true
         });
         live

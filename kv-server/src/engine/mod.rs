@@ -427,13 +427,17 @@ impl Default for Settings {
 }
 
 /// A write, as the resulting state it leaves behind.
+///
+/// Keys are `Arc<str>`: the same allocation then serves the map, the ordered
+/// index, the expiry index and change events, from decode (or evaluation)
+/// to memory, with no copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
     /// `key` now holds `value`, expiring at `expires_at` (unix ms), or never
     /// when `None`.
     Set {
         /// The key.
-        key: Box<str>,
+        key: Arc<str>,
         /// Canonical encoded `google.protobuf.Value`.
         value: Box<[u8]>,
         /// Absolute deadline in unix milliseconds.
@@ -442,12 +446,12 @@ pub enum Mutation {
     /// `key` no longer exists (deleted by a call).
     Delete {
         /// The key.
-        key: Box<str>,
+        key: Arc<str>,
     },
     /// `key` no longer exists: its deadline passed.
     Expire {
         /// The key.
-        key: Box<str>,
+        key: Arc<str>,
     },
     /// The project has no keys.
     Clear,

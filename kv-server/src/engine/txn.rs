@@ -158,7 +158,13 @@ impl Overlay {
             quota,
             out: Vec::new(),
         };
-        let outcome = eval.run(&txn)?;
+        let Txn {
+            checks,
+            ops,
+            request,
+            max_value_bytes,
+        } = txn;
+        let outcome = eval.run(&checks, ops, max_value_bytes)?;
         let Eval {
             local,
             cleared,
@@ -177,7 +183,7 @@ impl Overlay {
         self.versions.insert(project.clone(), version);
         self.usage.insert(project.clone(), usage);
         let outcome = Arc::new(outcome);
-        let remember = txn.request.map(|r| {
+        let remember = request.map(|r| {
             self.requests.insert(
                 (project.clone(), r.id.clone()),
                 (r.fingerprint, Arc::clone(&outcome)),
@@ -353,8 +359,13 @@ impl Eval<'_> {
     }
 
     /// Stores `value` under `key` (quota permitting) and returns its version.
-    fn put(&mut self, key: &str, value: Box<[u8]>, expires_at: u64) -> Result<u64, EngineError> {
-        let old = self.size_now(key);
+    fn put(
+        &mut self,
+        key: Box<str>,
+        value: Box<[u8]>,
+        expires_at: u64,
+    ) -> Result<u64, EngineError> {
+        let old = self.size_now(&key);
         let size = (key.len() + value.len()) as u64;
         let current = self.usage;
         let next = Usage {
@@ -386,12 +397,12 @@ impl Eval<'_> {
         self.usage = next;
         let bytes = Bytes::copy_from_slice(&value);
         let version = self.emit(Mutation::Set {
-            key: key.into(),
+            key: Arc::from(&*key),
             value,
             expires_at: (expires_at != 0).then_some(expires_at),
         });
         self.local.insert(
-            key.into(),
+            key,
             Slot::Present {
                 value: bytes,
                 expires_at,
@@ -407,8 +418,13 @@ impl Eval<'_> {
             .ok_or(EngineError::DeadlineOverflow { ttl_ms })
     }
 
-    fn run(&mut self, txn: &Txn) -> Result<TxnOutcome, EngineError> {
-        for (i, check) in txn.checks.iter().enumerate() {
+    fn run(
+        &mut self,
+        checks: &[Check],
+        ops: Vec<Op>,
+        max_value_bytes: usize,
+    ) -> Result<TxnOutcome, EngineError> {
+        for (i, check) in checks.iter().enumerate() {
             let (key, holds) = match check {
                 Check::Version { key, version } => (
                     key,
@@ -429,9 +445,9 @@ impl Eval<'_> {
                 });
             }
         }
-        let mut results = Vec::with_capacity(txn.ops.len());
-        for op in &txn.ops {
-            results.push(self.op(op, txn.max_value_bytes)?);
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(self.op(op, max_value_bytes)?);
         }
         Ok(TxnOutcome {
             applied: true,
@@ -441,26 +457,28 @@ impl Eval<'_> {
         })
     }
 
-    fn op(&mut self, op: &Op, max_value_bytes: usize) -> Result<OpOutcome, EngineError> {
+    fn op(&mut self, op: Op, max_value_bytes: usize) -> Result<OpOutcome, EngineError> {
         Ok(match op {
             Op::Set { key, value, ttl } => {
-                let live = self.touch(key);
+                let live = self.touch(&key);
                 let expires_at = match ttl {
                     Ttl::Never => 0,
                     Ttl::Keep => live.map_or(0, |(at, _)| at),
-                    Ttl::After(ms) => self.deadline(*ms)?,
+                    Ttl::After(ms) => self.deadline(ms)?,
                 };
                 OpOutcome::Set {
-                    version: self.put(key, value.clone(), expires_at)?,
+                    version: self.put(key, value, expires_at)?,
                 }
             }
-            Op::Delete { key } => match self.touch(key) {
+            Op::Delete { key } => match self.touch(&key) {
                 Some(_) => {
-                    let size = self.size_now(key).unwrap_or(0);
+                    let size = self.size_now(&key).unwrap_or(0);
                     self.usage.keys = self.usage.keys.saturating_sub(1);
                     self.usage.bytes = self.usage.bytes.saturating_sub(size);
-                    let version = self.emit(Mutation::Delete { key: key.clone() });
-                    self.local.insert(key.clone(), Slot::Absent);
+                    let version = self.emit(Mutation::Delete {
+                        key: Arc::from(&*key),
+                    });
+                    self.local.insert(key, Slot::Absent);
                     OpOutcome::Delete {
                         deleted: true,
                         version,
@@ -472,10 +490,10 @@ impl Eval<'_> {
                 },
             },
             Op::Incr { key, delta, ttl_ms } => {
-                let live = self.touch(key);
-                let current = live.and_then(|_| self.value(key));
+                let live = self.touch(&key);
+                let current = live.and_then(|_| self.value(&key));
                 let (value, number) =
-                    jsonops::incr(current.as_deref(), *delta).map_err(|e| match e {
+                    jsonops::incr(current.as_deref(), delta).map_err(|e| match e {
                         jsonops::NumberError::NotANumber { kind } => EngineError::NotANumber {
                             key: key.clone(),
                             kind,
@@ -489,7 +507,7 @@ impl Eval<'_> {
                 // and kept by later increments.
                 let expires_at = match (live, ttl_ms) {
                     (Some((at, _)), _) => at,
-                    (None, Some(ms)) => self.deadline(*ms)?,
+                    (None, Some(ms)) => self.deadline(ms)?,
                     (None, None) => 0,
                 };
                 OpOutcome::Incr {
@@ -498,9 +516,9 @@ impl Eval<'_> {
                 }
             }
             Op::Merge { key, patch, ttl_ms } => {
-                let live = self.touch(key);
-                let current = live.and_then(|_| self.value(key));
-                let merged = jsonops::merge_patch(current.as_deref(), patch).map_err(|e| {
+                let live = self.touch(&key);
+                let current = live.and_then(|_| self.value(&key));
+                let merged = jsonops::merge_patch(current.as_deref(), &patch).map_err(|e| {
                     EngineError::Internal(format!("merge of key {key:?} failed: {e}"))
                 })?;
                 if merged.len() > max_value_bytes {
@@ -511,7 +529,7 @@ impl Eval<'_> {
                     });
                 }
                 let expires_at = match (ttl_ms, live) {
-                    (Some(ms), _) => self.deadline(*ms)?,
+                    (Some(ms), _) => self.deadline(ms)?,
                     (None, Some((at, _))) => at,
                     (None, None) => 0,
                 };

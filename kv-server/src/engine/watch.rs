@@ -52,7 +52,7 @@ pub struct Event {
     /// Why.
     pub kind: EventKind,
     /// The key (empty for a clear).
-    pub key: Box<str>,
+    pub key: Arc<str>,
     /// The new value of a set (canonical encoded).
     pub value: Option<Bytes>,
     /// The new deadline of a set, 0 when none.
@@ -161,7 +161,11 @@ impl Hub {
             }
         }
         drop(h);
-        self.latest.send_replace(version);
+        // Only a wake-up for waiting watchers (they read the history, not
+        // this value): skip it, and its lock, when nobody waits.
+        if self.latest.receiver_count() > 0 {
+            self.latest.send_replace(version);
+        }
     }
 
     /// Adopts `version` as the project's current version without an event

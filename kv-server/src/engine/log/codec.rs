@@ -603,7 +603,7 @@ impl<'a> Cursor<'a, '_> {
         })
     }
 
-    fn key(&mut self) -> Result<Box<str>, DecodeError> {
+    fn key(&mut self) -> Result<std::sync::Arc<str>, DecodeError> {
         let raw = self.bytes()?;
         if raw.is_empty() {
             return Err(bad("empty key"));
