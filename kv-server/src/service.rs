@@ -157,9 +157,10 @@ impl RequestError {
         match self {
             Self::KeyTooLong { .. }
             | Self::Value(ValueError::TooLarge { .. })
-            | Self::Count { .. }
             | Self::RequestIdTooLong { .. }
             | Self::ResponseTooLarge { .. } => true,
+            // Too many is a limit; none at all is a malformed request.
+            Self::Count { count, .. } => *count > 0,
             Self::At { source, .. } => source.is_resource(),
             _ => false,
         }

@@ -1049,6 +1049,17 @@ pub async fn bulk_calls_read_and_write_many_keys(ctx: &Ctx) {
     assert_eq!(got, vec![Some(3), None, Some(49), Some(3)]);
     assert_eq!(kv.delete_many(["k00", "k01", "missing"]).await.unwrap(), 2);
     assert!(!kv.has("k00").await.unwrap());
+    assert_status(
+        ctx.raw
+            .clone()
+            .get_many(request(
+                kv_proto::v1::GetManyRequest::default(),
+                Some("bulk"),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "keys has 0 items; it must have 1 to 1000",
+    );
     let too_many: Vec<String> = (0..1001).map(|i| format!("x{i}")).collect();
     assert_code(
         kv.get_many::<i64, _>(&too_many).await,

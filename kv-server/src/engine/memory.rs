@@ -470,11 +470,16 @@ impl MemoryStore {
     ) -> Result<(), E> {
         let now = self.clock.now_ms();
         for (project, ns) in self.namespaces() {
-            let table = lock(&ns.requests);
-            for (id, r) in &table.by_id {
-                if r.at.saturating_add(self.settings.idempotency_window_ms) > now {
-                    f(&project, id, r)?;
-                }
+            // Copied out first: `f` writes a file, and the writer must not
+            // wait on that to remember a new request of this project.
+            let live: Vec<(Box<str>, Remembered)> = lock(&ns.requests)
+                .by_id
+                .iter()
+                .filter(|(_, r)| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
+                .map(|(id, r)| (id.clone(), r.clone()))
+                .collect();
+            for (id, r) in &live {
+                f(&project, id, r)?;
             }
         }
         Ok(())
