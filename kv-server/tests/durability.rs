@@ -470,3 +470,42 @@ async fn the_catalog_survives_snapshots() {
     assert_eq!(reopened.memory().usage(&shop).keys, 5);
     reopened.close().await.unwrap();
 }
+
+/// A project loaded by a restart builds its ordered key index on its first
+/// listing, and that listing includes what was written and deleted after
+/// the restart but before it; later writes keep the index exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_after_a_restart_sees_the_loaded_and_the_newer_keys_in_order() {
+    use kv_server::engine::ListQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let p = project("listed");
+    let store = open(dir.path(), &clock).unwrap();
+    for key in ["m", "c", "x", "a"] {
+        store.set(&p, key, value(1), None).await.unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path(), &clock).unwrap();
+    store.set(&p, "b", value(2), None).await.unwrap();
+    assert!(store.delete(&p, "x").await.unwrap());
+    let keys = |page: kv_server::engine::ListPage| -> Vec<String> {
+        page.entries.iter().map(|(k, _)| k.to_string()).collect()
+    };
+    let query = ListQuery {
+        limit: 10,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        keys(store.list(&p, &query).await.unwrap()),
+        ["a", "b", "c", "m"]
+    );
+    store.set(&p, "d", value(3), None).await.unwrap();
+    assert!(store.delete(&p, "a").await.unwrap());
+    assert_eq!(
+        keys(store.list(&p, &query).await.unwrap()),
+        ["b", "c", "d", "m"]
+    );
+    store.close().await.unwrap();
+}
