@@ -281,6 +281,14 @@ fn view_of_meta(meta: Option<Meta>, now: u64) -> View {
     }
 }
 
+/// A live entry as a write found it.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    expires_at: u64,
+    /// Key plus value bytes.
+    size: u64,
+}
+
 /// One transaction being evaluated: its own writes sit in `local` until it
 /// succeeds as a whole.
 struct Eval<'a> {
@@ -333,13 +341,11 @@ impl Eval<'_> {
 
     /// The live state of `key` for a write to it. A dead entry is expired
     /// first (its own event and version), so watchers see why it went.
-    fn touch(&mut self, key: &str) -> Option<(u64, u64)> {
+    fn touch(&mut self, key: &str) -> Option<Live> {
         match self.view(key) {
             View::Live {
-                expires_at,
-                version,
-                ..
-            } => Some((expires_at, version)),
+                expires_at, size, ..
+            } => Some(Live { expires_at, size }),
             View::Dead { size } => {
                 self.emit(Mutation::Expire { key: key.into() });
                 self.usage.keys = self.usage.keys.saturating_sub(1);
@@ -351,21 +357,16 @@ impl Eval<'_> {
         }
     }
 
-    fn size_now(&self, key: &str) -> Option<u64> {
-        match self.view(key) {
-            View::Live { size, .. } | View::Dead { size } => Some(size),
-            View::Absent => None,
-        }
-    }
-
     /// Stores `value` under `key` (quota permitting) and returns its version.
+    /// `live` is what [`Eval::touch`] found there.
     fn put(
         &mut self,
         key: Box<str>,
+        live: Option<Live>,
         value: Box<[u8]>,
         expires_at: u64,
     ) -> Result<u64, EngineError> {
-        let old = self.size_now(&key);
+        let old = live.map(|l| l.size);
         let size = (key.len() + value.len()) as u64;
         let current = self.usage;
         let next = Usage {
@@ -463,16 +464,15 @@ impl Eval<'_> {
                 let live = self.touch(&key);
                 let expires_at = match ttl {
                     Ttl::Never => 0,
-                    Ttl::Keep => live.map_or(0, |(at, _)| at),
+                    Ttl::Keep => live.map_or(0, |l| l.expires_at),
                     Ttl::After(ms) => self.deadline(ms)?,
                 };
                 OpOutcome::Set {
-                    version: self.put(key, value, expires_at)?,
+                    version: self.put(key, live, value, expires_at)?,
                 }
             }
             Op::Delete { key } => match self.touch(&key) {
-                Some(_) => {
-                    let size = self.size_now(&key).unwrap_or(0);
+                Some(Live { size, .. }) => {
                     self.usage.keys = self.usage.keys.saturating_sub(1);
                     self.usage.bytes = self.usage.bytes.saturating_sub(size);
                     let version = self.emit(Mutation::Delete {
@@ -506,13 +506,13 @@ impl Eval<'_> {
                 // A fixed window: the deadline is set when the key is made
                 // and kept by later increments.
                 let expires_at = match (live, ttl_ms) {
-                    (Some((at, _)), _) => at,
+                    (Some(l), _) => l.expires_at,
                     (None, Some(ms)) => self.deadline(ms)?,
                     (None, None) => 0,
                 };
                 OpOutcome::Incr {
                     value: number,
-                    version: self.put(key, value, expires_at)?,
+                    version: self.put(key, live, value, expires_at)?,
                 }
             }
             Op::Merge { key, patch, ttl_ms } => {
@@ -530,12 +530,12 @@ impl Eval<'_> {
                 }
                 let expires_at = match (ttl_ms, live) {
                     (Some(ms), _) => self.deadline(ms)?,
-                    (None, Some((at, _))) => at,
+                    (None, Some(l)) => l.expires_at,
                     (None, None) => 0,
                 };
                 let value = Bytes::copy_from_slice(&merged);
                 OpOutcome::Merge {
-                    version: self.put(key, merged, expires_at)?,
+                    version: self.put(key, live, merged, expires_at)?,
                     value,
                 }
             }
