@@ -113,12 +113,18 @@
 //! # }
 //! ```
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use kv_proto::v1::{
     self as pb, GetRequest, HasRequest, admin_service_client::AdminServiceClient,
-    kv_service_client::KvServiceClient,
+    call::Request as Req, kv_service_client::KvServiceClient, reply::Response as Res,
 };
+use pipeline::Pipeline;
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
     Request,
@@ -135,6 +141,7 @@ mod many;
 #[cfg(test)]
 mod mock_tests;
 mod options;
+mod pipeline;
 mod watch;
 
 pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
@@ -175,6 +182,10 @@ pub struct Client {
     timeout: Duration,
     /// `Bearer <token>`, sent with every call.
     authorization: Option<AsciiMetadataValue>,
+    /// Whether single-key calls share a `Pipeline` stream.
+    auto_batching: bool,
+    /// One auto-batching stream per project, shared by its handles.
+    pipelines: Arc<Mutex<HashMap<String, Arc<Pipeline>>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -208,6 +219,7 @@ pub struct ClientBuilder {
     max_message_bytes: usize,
     tls: Option<Tls>,
     token: Option<String>,
+    auto_batching: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -334,6 +346,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether concurrent single-key calls (get, get_entry, has, set and
+    /// its variants, delete, incr, merge) are batched over one long-lived
+    /// stream per project (default on). Each call keeps its own result,
+    /// error and timeout, and calls on a key apply in the order they were
+    /// made; a call made while nothing else is pending is sent at once.
+    /// Off, every call is its own unary gRPC call. Servers without the
+    /// stream get unary calls either way.
+    ///
+    /// ```
+    /// let unbatched = kv_client::Client::builder("http://127.0.0.1:50051").auto_batching(false);
+    /// # let _ = unbatched;
+    /// ```
+    pub fn auto_batching(mut self, on: bool) -> Self {
+        self.auto_batching = on;
+        self
+    }
+
     /// Largest message sent or received, in bytes (default 64 MiB).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
@@ -382,6 +411,8 @@ impl ClientBuilder {
             admin: AdminServiceClient::new(channel),
             timeout: self.timeout,
             authorization,
+            auto_batching: self.auto_batching,
+            pipelines: Arc::default(),
         })
     }
 
@@ -497,6 +528,7 @@ impl Client {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
             token: None,
+            auto_batching: true,
         }
     }
 
@@ -514,10 +546,31 @@ impl Client {
     /// # }
     /// ```
     pub fn project(&self, name: &str) -> Project {
+        let header = project_header(name);
+        let pipeline = match &header {
+            Ok(header) if self.auto_batching => Some(self.pipeline(name, header)),
+            _ => None,
+        };
         Project {
             client: self.clone(),
-            header: Arc::new(project_header(name)),
+            header: Arc::new(header),
+            pipeline,
         }
+    }
+
+    /// The project's auto-batching stream, shared by all its handles.
+    fn pipeline(&self, name: &str, header: &AsciiMetadataValue) -> Arc<Pipeline> {
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        pipelines
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let mut request = self.request_without_deadline(());
+                request
+                    .metadata_mut()
+                    .insert(PROJECT_HEADER, header.clone());
+                Arc::new(Pipeline::new(self.grpc.clone(), request.into_parts().0))
+            })
+            .clone()
     }
 }
 
@@ -543,10 +596,21 @@ fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
 /// # let _ = cart; Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Project {
     client: Client,
     header: Arc<Result<AsciiMetadataValue, String>>,
+    pipeline: Option<Arc<Pipeline>>,
+}
+
+impl std::fmt::Debug for Project {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Project")
+            .field("client", &self.client)
+            .field("header", &self.header)
+            .field("auto_batching", &self.pipeline.is_some())
+            .finish()
+    }
 }
 
 impl Project {
@@ -574,6 +638,48 @@ impl Project {
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.client.call(call).await
+    }
+
+    /// A single-key call: over the auto-batching stream when there is one,
+    /// otherwise (or when the server has none) as its unary call.
+    async fn run(&self, request: Req) -> Result<Res, Error> {
+        if let Err(e) = &*self.header {
+            return Err(Error::InvalidArgument(e.clone()));
+        }
+        let request = match &self.pipeline {
+            Some(pipeline) => match pipeline.call(request, self.client.timeout).await {
+                Ok(result) => return result,
+                Err(request) => request,
+            },
+            None => request,
+        };
+        let kv = self.kv();
+        match request {
+            Req::Get(r) => self
+                .call(kv.clone().get(self.request(r)?))
+                .await
+                .map(Res::Get),
+            Req::Set(r) => self
+                .call(kv.clone().set(self.request(r)?))
+                .await
+                .map(Res::Set),
+            Req::Has(r) => self
+                .call(kv.clone().has(self.request(r)?))
+                .await
+                .map(Res::Has),
+            Req::Delete(r) => self
+                .call(kv.clone().delete(self.request(r)?))
+                .await
+                .map(Res::Delete),
+            Req::Incr(r) => self
+                .call(kv.clone().incr(self.request(r)?))
+                .await
+                .map(Res::Incr),
+            Req::Merge(r) => self
+                .call(kv.clone().merge(self.request(r)?))
+                .await
+                .map(Res::Merge),
+        }
     }
 
     /// Reads `key` as a `T`; `None` when the key is missing or expired.
@@ -618,8 +724,10 @@ impl Project {
         &self,
         key: &str,
     ) -> Result<Option<Entry<T>>, Error> {
-        let request = self.request(GetRequest { key: key.into() })?;
-        entry_from_proto(self.call(self.kv().get(request)).await?)
+        match self.run(Req::Get(GetRequest { key: key.into() })).await? {
+            Res::Get(reply) => entry_from_proto(reply),
+            _ => Err(pipeline::mismatch("Get")),
+        }
     }
 
     /// Stores `value` under `key` with no expiry (removing any earlier TTL).
@@ -708,8 +816,9 @@ impl Project {
         options: SetOptions,
     ) -> Result<SetOutcome, Error> {
         let message = options.to_request(key, encode(value)?)?;
-        let request = self.request(message)?;
-        let reply = self.call(self.kv().set(request)).await?;
+        let Res::Set(reply) = self.run(Req::Set(message)).await? else {
+            return Err(pipeline::mismatch("Set"));
+        };
         Ok(SetOutcome {
             applied: reply.applied,
             version: reply.version,
@@ -782,8 +891,10 @@ impl Project {
     /// [`Error::Status`] from the server, [`Error::Timeout`],
     /// [`Error::InvalidArgument`] for a bad project name.
     pub async fn has(&self, key: &str) -> Result<bool, Error> {
-        let request = self.request(HasRequest { key: key.into() })?;
-        Ok(self.call(self.kv().has(request)).await?.exists)
+        match self.run(Req::Has(HasRequest { key: key.into() })).await? {
+            Res::Has(reply) => Ok(reply.exists),
+            _ => Err(pipeline::mismatch("Has")),
+        }
     }
 
     /// Removes `key`; true only when a live key was removed.
@@ -843,8 +954,9 @@ impl Project {
         key: &str,
         options: DeleteOptions,
     ) -> Result<DeleteOutcome, Error> {
-        let request = self.request(options.to_request(key)?)?;
-        let reply = self.call(self.kv().delete(request)).await?;
+        let Res::Delete(reply) = self.run(Req::Delete(options.to_request(key)?)).await? else {
+            return Err(pipeline::mismatch("Delete"));
+        };
         Ok(DeleteOutcome {
             deleted: reply.deleted,
             version: reply.version,
@@ -942,8 +1054,9 @@ impl Project {
         delta: f64,
         options: IncrOptions,
     ) -> Result<Versioned<f64>, Error> {
-        let request = self.request(options.to_request(key, delta)?)?;
-        let reply = self.call(self.kv().incr(request)).await?;
+        let Res::Incr(reply) = self.run(Req::Incr(options.to_request(key, delta)?)).await? else {
+            return Err(pipeline::mismatch("Incr"));
+        };
         Ok(Versioned {
             value: reply.value,
             version: reply.version,
@@ -1008,8 +1121,10 @@ impl Project {
         P: Serialize + ?Sized,
         T: DeserializeOwned,
     {
-        let request = self.request(options.to_request(key, encode(patch)?)?)?;
-        let reply = self.call(self.kv().merge(request)).await?;
+        let message = options.to_request(key, encode(patch)?)?;
+        let Res::Merge(reply) = self.run(Req::Merge(message)).await? else {
+            return Err(pipeline::mismatch("Merge"));
+        };
         let value = reply
             .value
             .ok_or_else(|| Error::Protocol("Merge reply without a value".into()))?;

@@ -3,7 +3,11 @@
 //! from the requests it gets (no storage), so each test can see what was
 //! sent.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use kv_proto::v1::{
     self as pb,
@@ -11,7 +15,7 @@ use kv_proto::v1::{
 };
 use serde_json::{Value, json};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::{
     ClearOptions, Client, DeleteManyOptions, DeleteOptions, Entry, Error, EventKind, IncrOptions,
@@ -20,7 +24,15 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
-struct Stub;
+/// Answers unary calls from the requests alone; with `pipeline`, also
+/// serves the `Pipeline` stream, recording each frame's size in `frames`.
+#[derive(Default, Clone)]
+struct Stub {
+    pipeline: bool,
+    frames: Arc<Mutex<Vec<usize>>>,
+    /// The numbers of pipelined sets, in the order they arrived.
+    sets: Arc<Mutex<Vec<f64>>>,
+}
 
 /// Refuses requests without the project, the token, or (for unary calls)
 /// a deadline; a watch must come without one.
@@ -56,6 +68,75 @@ fn get(key: &str) -> pb::GetResponse {
 const KEYS: [&str; 7] = ["a1", "a2", "a3", "a4", "a5", "b1", "b2"];
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
+
+/// The stub's answer to one pipelined call. Keys steer it: `hang` is never
+/// answered, `slow` after half the timeout, `bad` is an error, `break`
+/// ends the stream.
+async fn pipelined(call: pb::Call) -> Option<Result<pb::Reply, Status>> {
+    use pb::{call::Request as Req, reply::Response as Res};
+    let (key, response) = match call.request? {
+        Req::Get(r) => (r.key.clone(), Res::Get(get(&r.key))),
+        Req::Has(r) => (
+            r.key.clone(),
+            Res::Has(pb::HasResponse {
+                exists: r.key != "missing",
+            }),
+        ),
+        Req::Set(r) => {
+            // The version echoes the value, so order is visible.
+            let version = match r.value.and_then(|v| v.kind) {
+                Some(prost_types::value::Kind::NumberValue(n)) => n as u64,
+                _ => 0,
+            };
+            (
+                r.key,
+                Res::Set(pb::SetResponse {
+                    applied: true,
+                    version,
+                }),
+            )
+        }
+        Req::Delete(r) => (
+            r.key,
+            Res::Delete(pb::DeleteResponse {
+                deleted: true,
+                version: call.timeout_ms,
+            }),
+        ),
+        Req::Incr(r) => (
+            r.key,
+            Res::Incr(pb::IncrResponse {
+                value: r.delta * 2.0,
+                version: 1,
+            }),
+        ),
+        Req::Merge(r) => (
+            r.key,
+            Res::Merge(pb::MergeResponse {
+                value: r.patch,
+                version: 1,
+            }),
+        ),
+    };
+    let response = match key.as_str() {
+        "hang" => return None,
+        "break" => return Some(Err(Status::aborted("the stub broke the stream"))),
+        "bad" => pb::reply::Response::Error(pb::CallError {
+            code: Code::InvalidArgument as i32,
+            message: "bad is a bad key".into(),
+        }),
+        "slow" => {
+            tokio::time::sleep(TIMEOUT / 2).await;
+            response
+        }
+        _ => response,
+    };
+    Some(Ok(pb::Reply {
+        id: call.id,
+        response: Some(response),
+    }))
+}
 
 #[tonic::async_trait]
 impl KvService for Stub {
@@ -236,6 +317,51 @@ impl KvService for Stub {
         }))
     }
 
+    type PipelineStream = ReplyStream;
+
+    async fn pipeline(
+        &self,
+        r: Request<tonic::Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        if !self.pipeline {
+            return Err(Status::unimplemented("no Pipeline here"));
+        }
+        check(&r, false)?;
+        let mut frames = r.into_inner();
+        let sizes = self.frames.clone();
+        let sets = self.sets.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = frames.message().await {
+                sizes.lock().unwrap().push(frame.calls.len());
+                for call in &frame.calls {
+                    if let Some(pb::call::Request::Set(set)) = &call.request
+                        && let Some(prost_types::value::Kind::NumberValue(n)) =
+                            set.value.as_ref().and_then(|v| v.kind.clone())
+                    {
+                        sets.lock().unwrap().push(n);
+                    }
+                }
+                for call in frame.calls {
+                    let tx = tx.clone();
+                    // Each call on its own task: replies come back in any
+                    // order, as they may from a real server.
+                    tokio::spawn(async move {
+                        if let Some(reply) = pipelined(call).await {
+                            let reply = reply.map(|reply| pb::PipelineResponse {
+                                replies: vec![reply],
+                            });
+                            let _ = tx.send(reply).await;
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as ReplyStream
+        ))
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(
@@ -294,11 +420,15 @@ impl KvService for Stub {
 }
 
 async fn client() -> Client {
+    client_of(Stub::default()).await
+}
+
+async fn client_of(stub: Stub) -> Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(KvServiceServer::new(Stub))
+            .add_service(KvServiceServer::new(stub))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     Client::builder(format!("http://{addr}"))
@@ -591,4 +721,185 @@ async fn a_watch_that_cannot_start_fails() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+fn pipelining() -> Stub {
+    Stub {
+        pipeline: true,
+        ..Stub::default()
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_frames_and_keep_their_own_results() {
+    let stub = pipelining();
+    let kv = client_of(stub.clone()).await.project("p");
+    // A lone call goes out at once, alone.
+    assert_eq!(
+        kv.get::<Value>("one").await.unwrap(),
+        Some(json!({"key": "one"}))
+    );
+    assert_eq!(*stub.frames.lock().unwrap(), vec![1]);
+    let calls = (0..200).map(|i| {
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            match i % 4 {
+                0 => kv.get::<Value>(&format!("k{i}")).await.map(|v| v.unwrap()),
+                1 => kv.has(&format!("k{i}")).await.map(|b| json!(b)),
+                2 => kv
+                    .set_with(&format!("k{i}"), &i, SetOptions::new())
+                    .await
+                    .map(|o| json!(o.version)),
+                _ => kv.get::<Value>("bad").await.map(|v| v.unwrap()),
+            }
+        })
+    });
+    // Spawned all at once, then awaited.
+    let calls: Vec<_> = calls.collect();
+    let results: Vec<_> = futures_join(calls.into_iter()).await;
+    for (i, result) in results.into_iter().enumerate() {
+        match i % 4 {
+            0 => assert_eq!(result.unwrap(), json!({"key": format!("k{i}")})),
+            1 => assert_eq!(result.unwrap(), json!(true)),
+            2 => assert_eq!(result.unwrap(), json!(i)),
+            _ => {
+                let err = result.unwrap_err();
+                assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+                assert!(err.to_string().contains("bad is a bad key"), "{err}");
+            }
+        }
+    }
+    let frames = stub.frames.lock().unwrap().clone();
+    assert_eq!(frames.iter().sum::<usize>(), 201, "{frames:?}");
+    assert!(
+        frames.iter().any(|&n| n > 1),
+        "200 concurrent calls went one per frame: {frames:?}"
+    );
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_pipelined_call_keeps_its_own_deadline() {
+    let kv = client_of(pipelining()).await.project("p");
+    let started = std::time::Instant::now();
+    let (hung, slow, quick) = tokio::join!(
+        kv.get::<Value>("hang"),
+        kv.get::<Value>("slow"),
+        kv.get::<Value>("quick"),
+    );
+    let err = hung.unwrap_err();
+    assert!(matches!(err, Error::Timeout(t) if t == TIMEOUT), "{err}");
+    assert!(started.elapsed() >= TIMEOUT);
+    assert!(started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
+    assert_eq!(slow.unwrap(), Some(json!({"key": "slow"})));
+    assert_eq!(quick.unwrap(), Some(json!({"key": "quick"})));
+    // The remaining time travels with the call (the stub echoes it as the
+    // delete's version): at most the timeout, rounded up.
+    let sent = kv
+        .delete_with("x", DeleteOptions::new())
+        .await
+        .unwrap()
+        .version;
+    assert!(sent > 0 && sent <= TIMEOUT.as_millis() as u64 + 1, "{sent}");
+}
+
+#[tokio::test]
+async fn a_broken_stream_fails_its_calls_and_the_next_call_reopens_it() {
+    let stub = pipelining();
+    let kv = client_of(stub.clone()).await.project("p");
+    let (broken, waiting) = tokio::join!(kv.get::<Value>("break"), kv.get::<Value>("hang"));
+    let err = broken.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    let err = waiting.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    assert!(err.to_string().contains("may or may not have run"), "{err}");
+    assert_eq!(
+        kv.get::<Value>("after").await.unwrap(),
+        Some(json!({"key": "after"}))
+    );
+}
+
+#[tokio::test]
+async fn calls_made_in_order_are_sent_in_order() {
+    let stub = pipelining();
+    let kv = client_of(stub.clone()).await.project("p");
+    // Issued without awaiting one another, polled in this order.
+    let writes = (1..=50u64).map(|i| {
+        let kv = kv.clone();
+        async move {
+            kv.set_with("k", &i, SetOptions::new())
+                .await
+                .unwrap()
+                .version
+        }
+    });
+    let versions = futures_util_join_all(writes).await;
+    assert_eq!(versions, (1..=50).collect::<Vec<_>>());
+    let arrived = stub.sets.lock().unwrap().clone();
+    assert_eq!(arrived, (1..=50).map(|i| i as f64).collect::<Vec<_>>());
+}
+
+/// Polls every future in order on this task, like `join_all`.
+async fn futures_util_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *output = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn auto_batching_off_makes_unary_calls() {
+    let stub = pipelining();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KvServiceServer::new(stub.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let kv = Client::builder(format!("http://{addr}"))
+        .timeout(TIMEOUT)
+        .token("secret")
+        .auto_batching(false)
+        .connect()
+        .await
+        .unwrap()
+        .project("p");
+    // The unary stub refuses a request id "reused"; the pipelined one never.
+    let err = kv
+        .set_with("k", &1, SetOptions::new().request_id("reused"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(stub.frames.lock().unwrap().is_empty());
 }

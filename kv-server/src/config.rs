@@ -149,6 +149,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Most concurrent requests per connection.
     pub max_concurrent_streams: u32,
+    /// Threads of the async runtime that serves requests; 0 is one per
+    /// core. The log writer and snapshots have their own threads.
+    pub worker_threads: usize,
     /// Longest time a request may run, whatever deadline the client set.
     pub max_request_time: Duration,
     /// Interval of HTTP/2 keepalive pings.
@@ -187,6 +190,7 @@ impl Default for Config {
             insecure_open: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            worker_threads: 0,
             max_request_time: Duration::from_millis(DEFAULT_MAX_REQUEST_TIME_MS),
             keepalive_interval: Duration::from_millis(DEFAULT_KEEPALIVE_INTERVAL_MS),
             keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
@@ -444,6 +448,11 @@ pub struct Cli {
     #[arg(long, env = "KV_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
 
+    /// Threads serving requests; 0 is one per core. With a load generator
+    /// on the same machine, fewer threads than cores leaves it room.
+    #[arg(long, env = "KV_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Longest a request may run, in milliseconds, whatever its deadline.
     #[arg(long, env = "KV_MAX_REQUEST_TIME_MS", default_value_t = DEFAULT_MAX_REQUEST_TIME_MS)]
     pub max_request_time_ms: u64,
@@ -581,6 +590,7 @@ impl Cli {
             insecure_open: self.insecure_open,
             max_connections: self.max_connections,
             max_concurrent_streams: self.max_concurrent_streams,
+            worker_threads: self.worker_threads,
             max_request_time: Duration::from_millis(self.max_request_time_ms),
             keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),

@@ -7,8 +7,7 @@ use clap::Parser;
 use kv_server::{config::Cli, engine::SystemClock};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -16,7 +15,6 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let shutdown = shutdown_signal();
     let config = match Cli::parse().into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -24,6 +22,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: kv_server::config::Config) -> ExitCode {
+    let shutdown = shutdown_signal();
     // Recover before listening: a client that can connect can read
     // everything acknowledged before the restart.
     let store = match kv_server::server::open_store(&config, Arc::new(SystemClock)).await {

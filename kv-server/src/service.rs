@@ -3,12 +3,14 @@
 
 use std::{pin::Pin, sync::Arc};
 
+mod pipeline;
+
 use kv_proto::wire::{
     self as wire, BatchRequest, BatchResponse, ClearRequest, ClearResponse, DeleteManyRequest,
     DeleteManyResponse, DeleteRequest, DeleteResponse, GetManyRequest, GetManyResponse, GetRequest,
     GetResponse, HasRequest, HasResponse, IncrRequest, IncrResponse, ListRequest, ListResponse,
-    MergeRequest, MergeResponse, SetManyRequest, SetManyResponse, SetRequest, SetResponse,
-    WatchEvent, WatchRequest, kv_service_server,
+    MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, SetManyRequest,
+    SetManyResponse, SetRequest, SetResponse, WatchEvent, WatchRequest, kv_service_server,
 };
 use prost::Message;
 use sha2::Digest;
@@ -234,6 +236,18 @@ pub struct KvService<B> {
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+// Not derived: that would require `B: Clone`, and the backend is shared.
+impl<B> Clone for KvService<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: self.backend.clone(),
+            limits: self.limits.clone(),
+            auth: self.auth.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
 impl<B> KvService<B> {
     /// A service answering from `backend` under `limits`, admitting calls
     /// through `auth`.
@@ -385,6 +399,142 @@ impl<B> KvService<B> {
     }
 }
 
+// The unary methods' work, shared with `Pipeline`, which runs the same
+// calls for a stream's frames.
+impl<B: Backend> KvService<B> {
+    async fn get_in(&self, project: &ProjectName, r: &GetRequest) -> Result<GetResponse, Status> {
+        let key = self.key(&r.key)?;
+        let entry = self.backend.get(project, key).await?;
+        Ok(get_response(entry))
+    }
+
+    async fn set_in(&self, project: &ProjectName, r: &SetRequest) -> Result<SetResponse, Status> {
+        let op = self.set_op(&wire::SetOp {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            ttl_ms: r.ttl_ms,
+            keep_ttl: r.keep_ttl,
+        })?;
+        let checks = match (r.if_absent, r.if_version) {
+            (true, Some(_)) => {
+                return Err(RequestError::Conflict(
+                    "if_absent and if_version exclude each other: give one or neither",
+                )
+                .into());
+            }
+            (_, Some(0)) => {
+                return Err(RequestError::VersionZero {
+                    field: "if_version",
+                }
+                .into());
+            }
+            (true, None) => vec![Check::Absent {
+                key: r.key.as_str().into(),
+            }],
+            (false, Some(version)) => vec![Check::Version {
+                key: r.key.as_str().into(),
+                version,
+            }],
+            (false, None) => Vec::new(),
+        };
+        let id = Self::request_id("Set", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(project, self.txn(checks, vec![op], id))
+            .await?;
+        let version = if outcome.applied {
+            match first(&outcome)? {
+                OpOutcome::Set { version } => *version,
+                _ => 0,
+            }
+        } else {
+            outcome.current_version
+        };
+        Ok(SetResponse {
+            applied: outcome.applied,
+            version,
+        })
+    }
+
+    async fn has_in(&self, project: &ProjectName, r: &HasRequest) -> Result<HasResponse, Status> {
+        let key = self.key(&r.key)?;
+        let exists = self.backend.has(project, key).await?;
+        Ok(HasResponse { exists })
+    }
+
+    async fn delete_in(
+        &self,
+        project: &ProjectName,
+        r: &DeleteRequest,
+    ) -> Result<DeleteResponse, Status> {
+        let key = self.key(&r.key)?;
+        let checks = match r.if_version {
+            Some(0) => {
+                return Err(RequestError::VersionZero {
+                    field: "if_version",
+                }
+                .into());
+            }
+            Some(version) => vec![Check::Version {
+                key: key.into(),
+                version,
+            }],
+            None => Vec::new(),
+        };
+        let id = Self::request_id("Delete", &r.request_id, r, |m| m.request_id.clear())?;
+        let op = Op::Delete { key: key.into() };
+        let outcome = self
+            .backend
+            .write(project, self.txn(checks, vec![op], id))
+            .await?;
+        let (deleted, version) = match outcome.results.first() {
+            Some(OpOutcome::Delete { deleted, version }) => (*deleted, *version),
+            _ => (false, outcome.current_version),
+        };
+        Ok(DeleteResponse { deleted, version })
+    }
+
+    async fn incr_in(
+        &self,
+        project: &ProjectName,
+        r: &IncrRequest,
+    ) -> Result<IncrResponse, Status> {
+        let op = self.incr_op(&r.key, r.delta, r.ttl_ms)?;
+        let id = Self::request_id("Incr", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(project, self.txn(Vec::new(), vec![op], id))
+            .await?;
+        match first(&outcome)? {
+            OpOutcome::Incr { value, version } => Ok(IncrResponse {
+                value: *value,
+                version: *version,
+            }),
+            _ => Err(Status::internal("incr returned another kind of result")),
+        }
+    }
+
+    async fn merge_in(
+        &self,
+        project: &ProjectName,
+        r: &MergeRequest,
+    ) -> Result<MergeResponse, Status> {
+        let op = self.merge_op(&r.key, &r.patch, r.ttl_ms)?;
+        let id = Self::request_id("Merge", &r.request_id, r, |m| m.request_id.clear())?;
+        let outcome = self
+            .backend
+            .write(project, self.txn(Vec::new(), vec![op], id))
+            .await?;
+        match first(&outcome)? {
+            OpOutcome::Merge { value, version } => Ok(MergeResponse {
+                value: value.clone(),
+                version: *version,
+            }),
+            _ => Err(Status::internal("merge returned another kind of result")),
+        }
+    }
+}
+
 fn get_response(entry: Option<Entry>) -> GetResponse {
     match entry {
         Some(entry) => GetResponse {
@@ -460,70 +610,30 @@ const WATCH_QUEUE: usize = 64;
 type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 
+type PipelineStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<PipelineResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Read)?;
-        let key = self.key(&request.get_ref().key)?;
-        let entry = self.backend.get(&project, key).await?;
-        Ok(Response::new(get_response(entry)))
+        Ok(Response::new(
+            self.get_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let r = request.get_ref();
-        let op = self.set_op(&wire::SetOp {
-            key: r.key.clone(),
-            value: r.value.clone(),
-            ttl_ms: r.ttl_ms,
-            keep_ttl: r.keep_ttl,
-        })?;
-        let checks = match (r.if_absent, r.if_version) {
-            (true, Some(_)) => {
-                return Err(RequestError::Conflict(
-                    "if_absent and if_version exclude each other: give one or neither",
-                )
-                .into());
-            }
-            (_, Some(0)) => {
-                return Err(RequestError::VersionZero {
-                    field: "if_version",
-                }
-                .into());
-            }
-            (true, None) => vec![Check::Absent {
-                key: r.key.as_str().into(),
-            }],
-            (false, Some(version)) => vec![Check::Version {
-                key: r.key.as_str().into(),
-                version,
-            }],
-            (false, None) => Vec::new(),
-        };
-        let id = Self::request_id("Set", &r.request_id, r, |m| m.request_id.clear())?;
-        let outcome = self
-            .backend
-            .write(&project, self.txn(checks, vec![op], id))
-            .await?;
-        let version = if outcome.applied {
-            match first(&outcome)? {
-                OpOutcome::Set { version } => *version,
-                _ => 0,
-            }
-        } else {
-            outcome.current_version
-        };
-        Ok(Response::new(SetResponse {
-            applied: outcome.applied,
-            version,
-        }))
+        Ok(Response::new(
+            self.set_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Read)?;
-        let key = self.key(&request.get_ref().key)?;
-        let exists = self.backend.has(&project, key).await?;
-        Ok(Response::new(HasResponse { exists }))
+        Ok(Response::new(
+            self.has_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn delete(
@@ -531,32 +641,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let r = request.get_ref();
-        let key = self.key(&r.key)?;
-        let checks = match r.if_version {
-            Some(0) => {
-                return Err(RequestError::VersionZero {
-                    field: "if_version",
-                }
-                .into());
-            }
-            Some(version) => vec![Check::Version {
-                key: key.into(),
-                version,
-            }],
-            None => Vec::new(),
-        };
-        let id = Self::request_id("Delete", &r.request_id, r, |m| m.request_id.clear())?;
-        let op = Op::Delete { key: key.into() };
-        let outcome = self
-            .backend
-            .write(&project, self.txn(checks, vec![op], id))
-            .await?;
-        let (deleted, version) = match outcome.results.first() {
-            Some(OpOutcome::Delete { deleted, version }) => (*deleted, *version),
-            _ => (false, outcome.current_version),
-        };
-        Ok(Response::new(DeleteResponse { deleted, version }))
+        Ok(Response::new(
+            self.delete_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn clear(
@@ -579,20 +666,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
 
     async fn incr(&self, request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let r = request.get_ref();
-        let op = self.incr_op(&r.key, r.delta, r.ttl_ms)?;
-        let id = Self::request_id("Incr", &r.request_id, r, |m| m.request_id.clear())?;
-        let outcome = self
-            .backend
-            .write(&project, self.txn(Vec::new(), vec![op], id))
-            .await?;
-        match first(&outcome)? {
-            OpOutcome::Incr { value, version } => Ok(Response::new(IncrResponse {
-                value: *value,
-                version: *version,
-            })),
-            _ => Err(Status::internal("incr returned another kind of result")),
-        }
+        Ok(Response::new(
+            self.incr_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn merge(
@@ -600,20 +676,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<MergeRequest>,
     ) -> Result<Response<MergeResponse>, Status> {
         let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        let r = request.get_ref();
-        let op = self.merge_op(&r.key, &r.patch, r.ttl_ms)?;
-        let id = Self::request_id("Merge", &r.request_id, r, |m| m.request_id.clear())?;
-        let outcome = self
-            .backend
-            .write(&project, self.txn(Vec::new(), vec![op], id))
-            .await?;
-        match first(&outcome)? {
-            OpOutcome::Merge { value, version } => Ok(Response::new(MergeResponse {
-                value: value.clone(),
-                version: *version,
-            })),
-            _ => Err(Status::internal("merge returned another kind of result")),
-        }
+        Ok(Response::new(
+            self.merge_in(&project, request.get_ref()).await?,
+        ))
     }
 
     async fn batch(
@@ -812,6 +877,22 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             next_start_after,
             version: page.version,
         }))
+    }
+
+    type PipelineStream = PipelineStream;
+
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        // Bad credentials fail the stream at once rather than every call.
+        self.auth.project_for(request.metadata(), Access::Read)?;
+        let (metadata, _, calls) = request.into_parts();
+        let (tx, rx) = tokio::sync::mpsc::channel(pipeline::PIPELINE_QUEUE);
+        tokio::spawn(self.clone().serve_pipeline(metadata, calls, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type WatchStream = WatchStream;

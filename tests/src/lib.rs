@@ -333,7 +333,8 @@ pub struct BinaryServer {
 }
 
 impl BinaryServer {
-    /// Starts `binary` with `args` plus `--listen 127.0.0.1:0`, and waits for
+    /// Starts `binary` with `args` plus `--listen 127.0.0.1:0` (unless
+    /// `args` has a `--listen`), and waits for
     /// its "listening on" log line (10 s at most).
     ///
     /// # Panics
@@ -376,8 +377,14 @@ impl BinaryServer {
             .map(std::path::Path::to_path_buf)
             .or_else(|| temp_dir.as_ref().map(|t| t.path().to_path_buf()))
             .expect("a data directory");
+        // A test that restarts a server on its old port gives `--listen`.
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(args)

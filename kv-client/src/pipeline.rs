@@ -1,0 +1,317 @@
+//! Auto-batching: concurrent single-key calls of one client and project
+//! share one long-lived `Pipeline` stream.
+//!
+//! A unary gRPC call costs an HTTP/2 stream each (headers both ways, flow
+//! control), which on a fast network is most of its time. Here callers
+//! queue their call; one task takes everything queued at that moment and
+//! sends it as one frame, so a lone caller's call leaves at once (no timer,
+//! no added latency) and, while a frame is being written, the calls that
+//! arrive meanwhile gather into the next one. Replies come back by id on
+//! another task and wake each caller with its own result or error.
+//!
+//! Order: frames go out in queue order and the server runs a stream's
+//! calls on a key in the order sent, so calls a task makes one after the
+//! other, even without awaiting, apply in that order.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use kv_proto::v1::{
+    Call, PipelineRequest, call::Request as Req, kv_service_client::KvServiceClient,
+    reply::Response as Res,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
+
+use crate::Error;
+
+/// Most calls in one frame: bounds the server's work per frame.
+const MAX_FRAME_CALLS: usize = 1024;
+/// A frame stops growing past this many bytes (a single larger call still
+/// goes, alone), far below any message limit.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Frames handed to the transport but not yet written. Small on purpose:
+/// while they wait, new calls gather into a bigger next frame.
+const FRAMES_IN_FLIGHT: usize = 2;
+
+type Outcome = Result<Res, Status>;
+
+struct Queued {
+    request: Req,
+    deadline: Instant,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Calls sent and not yet answered, by id.
+#[derive(Default)]
+struct Waiting {
+    /// Set (under the lock) once the stream has ended: nothing more will be
+    /// answered, so nothing more may wait.
+    closed: Option<Status>,
+    calls: HashMap<u64, oneshot::Sender<Outcome>>,
+}
+
+/// One open stream.
+struct Link {
+    queue: mpsc::UnboundedSender<Queued>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+impl Link {
+    fn is_open(&self) -> bool {
+        !self.queue.is_closed() && lock(&self.waiting).closed.is_none()
+    }
+}
+
+enum State {
+    /// No stream yet, or the last one ended: the next call opens one.
+    Idle,
+    Open(Arc<Link>),
+    /// The server has no `Pipeline` method (an older server): unary calls.
+    Unsupported,
+}
+
+/// The auto-batching stream of one client and project, opened on first use
+/// and again after it breaks.
+pub(crate) struct Pipeline {
+    grpc: KvServiceClient<Channel>,
+    metadata: MetadataMap,
+    state: tokio::sync::Mutex<State>,
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    // A panic elsewhere while holding it leaves the map usable.
+    waiting.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_sent(why: &str) -> Status {
+    Status::unavailable(format!("{why}; the call was not sent, so it did not run"))
+}
+
+impl Pipeline {
+    pub(crate) fn new(grpc: KvServiceClient<Channel>, metadata: MetadataMap) -> Self {
+        Self {
+            grpc,
+            metadata,
+            state: tokio::sync::Mutex::new(State::Idle),
+        }
+    }
+
+    /// Runs `request` over the stream. Gives the request back when the
+    /// server has no `Pipeline` method: the caller then makes the unary
+    /// call.
+    pub(crate) async fn call(
+        &self,
+        request: Req,
+        timeout: Duration,
+    ) -> Result<Result<Res, Error>, Req> {
+        let deadline = Instant::now() + timeout;
+        let link = match tokio::time::timeout(timeout, self.link()).await {
+            Ok(Ok(Some(link))) => link,
+            Ok(Ok(None)) => return Err(request),
+            Ok(Err(status)) => return Ok(Err(Error::from(status))),
+            Err(_) => return Ok(Err(Error::Timeout(timeout))),
+        };
+        let wait = async {
+            let (reply, answer) = oneshot::channel();
+            let queued = Queued {
+                request,
+                deadline,
+                reply,
+            };
+            if let Err(mpsc::error::SendError(queued)) = link.queue.send(queued) {
+                // The stream ended between the check and the send.
+                let _ = queued
+                    .reply
+                    .send(Err(not_sent("the stream to the server ended")));
+            }
+            match answer.await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(status)) => Err(Error::from(status)),
+                Err(_) => Err(Error::from(not_sent("the stream to the server ended"))),
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(match tokio::time::timeout(left, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(timeout)),
+        })
+    }
+
+    /// The open stream, opening one if needed; `None` when unsupported.
+    async fn link(&self) -> Result<Option<Arc<Link>>, Status> {
+        let mut state = self.state.lock().await;
+        match &*state {
+            State::Open(link) if link.is_open() => return Ok(Some(link.clone())),
+            State::Unsupported => return Ok(None),
+            State::Open(_) | State::Idle => {}
+        }
+        match self.open().await {
+            Ok(link) => {
+                *state = State::Open(link.clone());
+                Ok(Some(link))
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                *state = State::Unsupported;
+                Ok(None)
+            }
+            Err(status) => {
+                *state = State::Idle;
+                Err(status)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<Link>, Status> {
+        let (frames, outgoing) = mpsc::channel::<PipelineRequest>(FRAMES_IN_FLIGHT);
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        *request.metadata_mut() = self.metadata.clone();
+        // Resolves with the server's response headers: an unknown method or
+        // bad credentials fail here, before any call is queued.
+        let mut replies = self.grpc.clone().pipeline(request).await?.into_inner();
+        let (queue, queued) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let (ended, on_end) = oneshot::channel::<()>();
+        tokio::spawn(send_frames(queued, frames, waiting.clone(), on_end));
+        let answers = waiting.clone();
+        tokio::spawn(async move {
+            let status = loop {
+                match replies.message().await {
+                    Ok(Some(frame)) => {
+                        let mut waiting = lock(&answers);
+                        for reply in frame.replies {
+                            let Some(caller) = waiting.calls.remove(&reply.id) else {
+                                continue;
+                            };
+                            let outcome = match reply.response {
+                                Some(Res::Error(e)) => {
+                                    Err(Status::new(Code::from_i32(e.code), e.message))
+                                }
+                                Some(response) => Ok(response),
+                                None => Err(Status::internal("a pipeline reply without a result")),
+                            };
+                            // The caller may have timed out and gone.
+                            let _ = caller.send(outcome);
+                        }
+                    }
+                    Ok(None) => break Status::unavailable("the server ended the stream"),
+                    Err(status) => break status,
+                }
+            };
+            let orphans = {
+                let mut waiting = lock(&answers);
+                waiting.closed = Some(status.clone());
+                std::mem::take(&mut waiting.calls)
+            };
+            for (_, caller) in orphans {
+                // Sent, maybe run: the caller cannot know, as with a unary
+                // call cut off mid-way.
+                let _ = caller.send(Err(Status::new(
+                    status.code(),
+                    format!(
+                        "the stream to the server ended before this call was answered (it may or may not have run): {}",
+                        status.message()
+                    ),
+                )));
+            }
+            let _ = ended.send(());
+        });
+        Ok(Arc::new(Link { queue, waiting }))
+    }
+}
+
+/// Takes the queued calls, everything available at once, into frames.
+async fn send_frames(
+    mut queued: mpsc::UnboundedReceiver<Queued>,
+    frames: mpsc::Sender<PipelineRequest>,
+    waiting: Arc<Mutex<Waiting>>,
+    mut ended: oneshot::Receiver<()>,
+) {
+    let mut next_id: u64 = 0;
+    let mut carry: Option<Queued> = None;
+    loop {
+        let first = match carry.take() {
+            Some(first) => first,
+            None => tokio::select! {
+                first = queued.recv() => match first {
+                    Some(first) => first,
+                    // Every handle is gone: closing our side ends the stream.
+                    None => return,
+                },
+                _ = &mut ended => break,
+            },
+        };
+        let mut calls = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(q) = next.take() {
+            let now = Instant::now();
+            let Some(left) = q
+                .deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                // Its caller has already timed out.
+                continue;
+            };
+            let size = q.request.encoded_len() + 16;
+            if !calls.is_empty() && bytes + size > MAX_FRAME_BYTES {
+                carry = Some(q);
+                break;
+            }
+            bytes += size;
+            next_id += 1;
+            let id = next_id;
+            {
+                let mut w = lock(&waiting);
+                if let Some(status) = &w.closed {
+                    let _ = q
+                        .reply
+                        .send(Err(Status::new(status.code(), status.message())));
+                    continue;
+                }
+                w.calls.insert(id, q.reply);
+            }
+            calls.push(Call {
+                id,
+                // Rounded up: a call with 0.4 ms left must not read as "no
+                // deadline" (0).
+                timeout_ms: left.as_millis() as u64 + 1,
+                request: Some(q.request),
+            });
+            if calls.len() >= MAX_FRAME_CALLS {
+                break;
+            }
+            next = queued.try_recv().ok();
+        }
+        if calls.is_empty() {
+            continue;
+        }
+        if frames.send(PipelineRequest { calls }).await.is_err() {
+            break;
+        }
+    }
+    // The stream is over: whatever is still queued was never sent.
+    queued.close();
+    if let Some(q) = carry {
+        let _ = q
+            .reply
+            .send(Err(not_sent("the stream to the server ended")));
+    }
+    while let Ok(q) = queued.try_recv() {
+        let _ = q
+            .reply
+            .send(Err(not_sent("the stream to the server ended")));
+    }
+}
+
+/// A reply of the wrong kind for its call.
+pub(crate) fn mismatch(request: &'static str) -> Error {
+    Error::Protocol(format!(
+        "the server answered a {request} call with another kind of reply"
+    ))
+}
