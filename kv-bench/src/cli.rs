@@ -1,0 +1,562 @@
+//! Command-line flags, and the checks that need more than one flag.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default font for `chart`: Debian's `fonts-dejavu-core`.
+pub(crate) const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Most keys one GetMany/SetMany may carry by default on kv-server.
+const MAX_BATCH: usize = 1000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kv-bench",
+    version,
+    about = "Load generator: kv (SDK or unary gRPC), Redis, etcd and a bare tonic reference server, one harness"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Measures one target under one workload and prints the result.
+    Run(Box<RunArgs>),
+    /// Serves the kv.v1 API's Get/Set/Has/Delete/GetMany/SetMany from a
+    /// plain map: the floor kv-server's unary path is compared with.
+    ReferenceServer(ReferenceArgs),
+    /// Plots ops/s against concurrency from result JSON files into a PNG.
+    Chart(ChartArgs),
+}
+
+/// What `run` drives.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    /// The kv-client SDK (`Project::get/set/has/delete/get_many/set_many`).
+    Sdk,
+    /// The generated tonic client, plain unary calls: kv-server or the
+    /// reference server.
+    Unary,
+    /// Redis through the `redis` crate.
+    Redis,
+    /// etcd's v3 gRPC KV service.
+    Etcd,
+}
+
+impl TargetKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Sdk => "sdk",
+            Self::Unary => "unary",
+            Self::Redis => "redis",
+            Self::Etcd => "etcd",
+        }
+    }
+
+    fn is_kv(self) -> bool {
+        matches!(self, Self::Sdk | Self::Unary)
+    }
+}
+
+/// The operations a run issues.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    Get,
+    Set,
+    Has,
+    Delete,
+    /// Single-key operations in the ratios of `--mix`.
+    Mixed,
+    /// `--batch` keys per call (Redis: a pipeline of GETs).
+    GetMany,
+    /// `--batch` keys per call (Redis: a pipeline of SETs).
+    SetMany,
+}
+
+impl Workload {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Set => "set",
+            Self::Has => "has",
+            Self::Delete => "delete",
+            Self::Mixed => "mixed",
+            Self::GetMany => "get-many",
+            Self::SetMany => "set-many",
+        }
+    }
+
+    pub(crate) fn is_batch(self) -> bool {
+        matches!(self, Self::GetMany | Self::SetMany)
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RedisMode {
+    /// One multiplexed connection shared by every task (it pipelines
+    /// whatever the tasks have in flight).
+    Multiplexed,
+    /// `--connections` connections, tasks spread over them.
+    Connections,
+}
+
+impl RedisMode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Multiplexed => "multiplexed",
+            Self::Connections => "connections",
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyDist {
+    /// Every key of the key space equally likely.
+    Uniform,
+}
+
+/// Ratios of single-key operations for `--workload mixed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mix {
+    pub(crate) get: u32,
+    pub(crate) set: u32,
+    pub(crate) has: u32,
+    pub(crate) delete: u32,
+}
+
+impl Mix {
+    fn total(self) -> u64 {
+        u64::from(self.get) + u64::from(self.set) + u64::from(self.has) + u64::from(self.delete)
+    }
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            ("get", self.get),
+            ("set", self.set),
+            ("has", self.has),
+            ("delete", self.delete),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The system to drive.
+    #[arg(long, value_enum)]
+    pub(crate) target: TargetKind,
+
+    /// The operations to issue.
+    #[arg(long, value_enum, default_value = "get")]
+    pub(crate) workload: Workload,
+
+    /// Ratios for `--workload mixed`, like `get=80,set=20` (of get, set, has,
+    /// delete). Default get=80,set=20.
+    #[arg(long, value_parser = parse_mix)]
+    pub(crate) mix: Option<Mix>,
+
+    /// Size of the key space; keys are drawn from it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) keys: u64,
+
+    /// Length of every key: `k` and the key's number, zero-padded.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) key_bytes: usize,
+
+    /// Value size. kv: a JSON string whose encoded google.protobuf.Value is
+    /// this many bytes; Redis and etcd: this many raw bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) value_bytes: usize,
+
+    /// Share of writes (0 to 1) that carry a TTL of `--ttl-ms`.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub(crate) ttl_share: f64,
+
+    /// The TTL of writes that carry one, in milliseconds.
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ttl_ms: u64,
+
+    /// Keys per call of get-many and set-many (Redis: pipeline depth).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) batch: usize,
+
+    /// Concurrent tasks issuing operations.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
+
+    /// Connections to the server; tasks are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) connections: u32,
+
+    /// Worker threads of the client's tokio runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: u32,
+
+    /// How long to measure, like `10s` or `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+
+    /// How long to run before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+
+    /// Write every key of the key space once before the warm-up, so gets hit.
+    #[arg(long)]
+    pub(crate) preload: bool,
+
+    /// Open loop: issue this many operations per second in total, on a fixed
+    /// schedule, and measure each from its scheduled start (no coordinated
+    /// omission). Without it, each task issues its next operation when the
+    /// previous one returns (closed loop).
+    #[arg(long, value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
+
+    /// kv project the keys live in (kv targets).
+    #[arg(long, default_value = "bench")]
+    pub(crate) project: String,
+
+    /// Bearer token sent with every call (kv targets).
+    #[arg(long, env = "KV_BENCH_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+
+    /// Server address: `host:port` or a URL. Defaults: kv
+    /// `http://127.0.0.1:50051`, Redis `redis://127.0.0.1:6379`, etcd
+    /// `http://127.0.0.1:2379`.
+    #[arg(long, visible_alias = "addr")]
+    pub(crate) url: Option<String>,
+
+    /// Redis: one shared multiplexed connection, or `--connections` of them.
+    #[arg(long, value_enum, default_value = "multiplexed")]
+    pub(crate) redis_mode: RedisMode,
+
+    /// etcd: member-local reads instead of etcd's default linearizable ones.
+    #[arg(long)]
+    pub(crate) etcd_serializable: bool,
+
+    /// How keys are drawn from the key space.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub(crate) key_dist: KeyDist,
+
+    /// Seed of the key choice (task i uses seed + i).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// Also write the result as a JSON object to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+
+    /// Free text stored in the result (the series name in `chart`).
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+}
+
+impl RunArgs {
+    /// The default `--mix` when none is given.
+    pub(crate) fn mix(&self) -> Mix {
+        self.mix.unwrap_or(Mix {
+            get: 80,
+            set: 20,
+            has: 0,
+            delete: 0,
+        })
+    }
+
+    /// Keys one operation touches.
+    pub(crate) fn keys_per_op(&self) -> usize {
+        if self.workload.is_batch() {
+            self.batch
+        } else {
+            1
+        }
+    }
+
+    /// Connections actually opened (Redis multiplexed: one).
+    pub(crate) fn effective_connections(&self) -> u32 {
+        if self.target == TargetKind::Redis && self.redis_mode == RedisMode::Multiplexed {
+            1
+        } else {
+            self.connections
+        }
+    }
+
+    /// The server URL for the target, with its scheme.
+    pub(crate) fn url(&self) -> String {
+        let (scheme, default) = match self.target {
+            TargetKind::Sdk | TargetKind::Unary => ("http", "127.0.0.1:50051"),
+            TargetKind::Redis => ("redis", "127.0.0.1:6379"),
+            TargetKind::Etcd => ("http", "127.0.0.1:2379"),
+        };
+        match &self.url {
+            None => format!("{scheme}://{default}"),
+            Some(url) if url.contains("://") => url.clone(),
+            Some(addr) => format!("{scheme}://{addr}"),
+        }
+    }
+
+    /// Checks what clap cannot check flag by flag.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        let digits = (self.keys - 1).to_string().len();
+        if self.key_bytes < 1 + digits {
+            return Err(format!(
+                "--key-bytes {} is too short for --keys {}: keys are `k` plus {digits} digits, so at least {} bytes",
+                self.key_bytes,
+                self.keys,
+                1 + digits
+            ));
+        }
+        if self.key_bytes > 4096 {
+            return Err(format!(
+                "--key-bytes {} is over kv's limit of 4096",
+                self.key_bytes
+            ));
+        }
+        if self.target.is_kv() && self.value_bytes < 2 {
+            return Err(format!(
+                "--value-bytes {} is too small: the smallest kv value (an empty JSON string) encodes to 2 bytes",
+                self.value_bytes
+            ));
+        }
+        if self.workload.is_batch() && !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(format!(
+                "--batch {} is out of range: 1 to {MAX_BATCH} keys per call",
+                self.batch
+            ));
+        }
+        if self.mix.is_some() && self.workload != Workload::Mixed {
+            return Err("--mix applies to --workload mixed only".into());
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be more than 0".into());
+        }
+        if self.connections > self.concurrency {
+            return Err(format!(
+                "--connections {} is more than --concurrency {}: some connections would carry nothing",
+                self.connections, self.concurrency
+            ));
+        }
+        if self.target == TargetKind::Redis
+            && self.redis_mode == RedisMode::Multiplexed
+            && self.connections > 1
+        {
+            return Err(
+                "--redis-mode multiplexed shares one connection; use --redis-mode connections for --connections > 1"
+                    .into(),
+            );
+        }
+        if !self.target.is_kv() && self.token.is_some() {
+            return Err("--token applies to the kv targets (sdk, unary) only".into());
+        }
+        if self.etcd_serializable && self.target != TargetKind::Etcd {
+            return Err("--etcd-serializable applies to --target etcd only".into());
+        }
+        if self.target == TargetKind::Etcd {
+            if self.workload.is_batch() {
+                return Err(format!(
+                    "--workload {} is not supported for etcd (it would need a Txn); use get, set, has, delete or mixed",
+                    self.workload.name()
+                ));
+            }
+            if self.ttl_share > 0.0 {
+                return Err(
+                    "--ttl-share is not supported for etcd: expiry there needs leases".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReferenceArgs {
+    /// Address to listen on (port 0: any free port; the chosen address is
+    /// logged as `listening on ADDR` on stderr).
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub(crate) addr: SocketAddr,
+
+    /// Worker threads of the server's tokio runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) workers: u32,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ChartArgs {
+    /// Result files, comma-separated: each holds one result object (as
+    /// written by `run --json`) or an array of them.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub(crate) input: Vec<PathBuf>,
+
+    /// The PNG to write.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+
+    /// Title above the chart.
+    #[arg(long, default_value = "Throughput vs concurrency")]
+    pub(crate) title: String,
+
+    /// TrueType font for the text (Debian package fonts-dejavu-core).
+    #[arg(long, default_value = DEFAULT_FONT)]
+    pub(crate) font: PathBuf,
+
+    /// Width and height in pixels, like `1200x700`.
+    #[arg(long, default_value = "1200x700", value_parser = parse_size)]
+    pub(crate) size: (u32, u32),
+}
+
+/// Parses `500ms`, `10s`, `1.5s`, `2m`, `1h`, `250us`; a bare number is
+/// seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 2m"))?;
+    let seconds_per_unit = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use us, ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit)
+        .map_err(|e| format!("{text:?} is not a valid duration: {e}"))
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(format!("{share} is not a share between 0 and 1"));
+    }
+    Ok(share)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of operations per second"))?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(format!("{text:?}: the rate must be more than 0"));
+    }
+    Ok(rate)
+}
+
+/// Parses `get=80,set=20` (any of get, set, has, delete).
+pub(crate) fn parse_mix(text: &str) -> Result<Mix, String> {
+    let mut mix = Mix {
+        get: 0,
+        set: 0,
+        has: 0,
+        delete: 0,
+    };
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not NAME=WEIGHT, like get=80"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part:?}: the weight must be a whole number"))?;
+        let slot = match name.trim() {
+            "get" => &mut mix.get,
+            "set" => &mut mix.set,
+            "has" => &mut mix.has,
+            "delete" => &mut mix.delete,
+            other => {
+                return Err(format!(
+                    "unknown operation {other:?} in the mix; use get, set, has or delete"
+                ));
+            }
+        };
+        *slot = weight;
+    }
+    if mix.total() == 0 {
+        return Err(format!(
+            "the mix {text:?} has no operation with a weight above 0"
+        ));
+    }
+    Ok(mix)
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let parse = |s: &str| -> Result<u32, String> {
+        match s.parse::<u32>() {
+            Ok(n) if (200..=8000).contains(&n) => Ok(n),
+            _ => Err(format!("{text:?}: sides are 200 to 8000 pixels")),
+        }
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn mixes_parse_and_refuse_nonsense() {
+        let mix = parse_mix("get=80,set=20").unwrap();
+        assert_eq!((mix.get, mix.set, mix.has, mix.delete), (80, 20, 0, 0));
+        assert_eq!(mix.to_string(), "get=80,set=20");
+        assert!(parse_mix("get=0").is_err());
+        assert!(
+            parse_mix("put=1")
+                .unwrap_err()
+                .contains("unknown operation")
+        );
+        assert!(parse_mix("get").is_err());
+    }
+
+    #[test]
+    fn bare_addresses_get_the_target_scheme() {
+        let args = |target: &str, url: &[&str]| {
+            let mut argv = vec!["kv-bench", "run", "--target", target];
+            argv.extend_from_slice(url);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(args) => args,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(args("redis", &[]).url(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            args("sdk", &["--addr", "127.0.0.1:7"]).url(),
+            "http://127.0.0.1:7"
+        );
+        assert_eq!(args("etcd", &["--url", "http://h:1"]).url(), "http://h:1");
+    }
+}

@@ -1,0 +1,430 @@
+//! The systems under test: how to connect, and one operation on each.
+
+use std::time::Duration;
+
+use kv_proto::v1::{
+    DeleteRequest, GetManyRequest, GetRequest, HasRequest, SetManyRequest, SetOp, SetRequest,
+    kv_service_client::KvServiceClient,
+};
+use tonic::{
+    Request,
+    metadata::AsciiMetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    cli::{RedisMode, RunArgs, TargetKind},
+    etcd::{DeleteRangeRequest, PutRequest, RangeRequest, kv_client::KvClient as EtcdClient},
+    workload::{KeySpace, Op, Payload},
+};
+
+/// Largest message either way for the gRPC targets, as the SDK's default.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long a Redis reply may take before the call fails, as the kv SDK's
+/// default per-call timeout (the redis crate's own default is 500 ms, which
+/// a loaded 2-core machine can exceed without anything being wrong).
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed operation: its kind (for counting) and what it said.
+#[derive(Debug)]
+pub(crate) struct OpError {
+    pub(crate) kind: String,
+    pub(crate) message: String,
+}
+
+impl From<kv_client::Error> for OpError {
+    fn from(e: kv_client::Error) -> Self {
+        Self {
+            kind: format!("{:?}", e.code()),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<tonic::Status> for OpError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            kind: format!("{:?}", status.code()),
+            message: format!("{:?}: {}", status.code(), status.message()),
+        }
+    }
+}
+
+impl From<redis::RedisError> for OpError {
+    fn from(e: redis::RedisError) -> Self {
+        Self {
+            kind: format!("redis {:?}", e.kind()),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What every connection of a run shares.
+pub(crate) struct Shared {
+    pub(crate) keys: KeySpace,
+    pub(crate) payload: Payload,
+    /// `x-kv-project` for unary calls.
+    project: AsciiMetadataValue,
+    /// `Bearer <token>` for unary calls.
+    authorization: Option<AsciiMetadataValue>,
+    etcd_serializable: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(args: &RunArgs) -> Result<Self, String> {
+        let project = args
+            .project
+            .parse()
+            .map_err(|_| format!("--project {:?} is not printable ASCII", args.project))?;
+        let authorization = args
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| "--token is not printable ASCII".to_string())?;
+        Ok(Self {
+            keys: KeySpace::new(args.keys, args.key_bytes),
+            payload: Payload::new(args.value_bytes, args.ttl_ms),
+            project,
+            authorization,
+            etcd_serializable: args.etcd_serializable,
+        })
+    }
+
+    fn unary<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("x-kv-project", self.project.clone());
+        if let Some(authorization) = &self.authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
+        request
+    }
+
+    fn ttl_ms(&self, ttl: bool) -> Option<u64> {
+        ttl.then(|| u64::try_from(self.payload.ttl.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// One connection (or, for the SDK, one client with its own connection).
+/// Clones share it.
+// One per task, created once and never moved on the hot path: its size
+// does not matter, and boxing would add an indirection to every call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Sdk(kv_client::Project),
+    Unary(KvServiceClient<Channel>),
+    Redis(redis::aio::MultiplexedConnection),
+    Etcd(EtcdClient<Channel>),
+}
+
+/// Opens the run's connections: `--connections` of them (one for Redis
+/// multiplexed).
+pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
+    let url = args.url();
+    let mut conns = Vec::new();
+    for _ in 0..args.effective_connections() {
+        let conn = match args.target {
+            TargetKind::Sdk => {
+                let mut builder = kv_client::Client::builder(url.clone());
+                if let Some(token) = &args.token {
+                    builder = builder.token(token.clone());
+                }
+                let client = builder
+                    .connect()
+                    .await
+                    .map_err(|e| format!("cannot connect to kv at {url}: {e}"))?;
+                Conn::Sdk(client.project(&args.project))
+            }
+            TargetKind::Unary => Conn::Unary(
+                KvServiceClient::new(channel(&url).await?)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
+            TargetKind::Redis => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| format!("bad Redis URL {url}: {e}"))?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT));
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+                Conn::Redis(conn)
+            }
+            TargetKind::Etcd => Conn::Etcd(
+                EtcdClient::new(channel(&url).await?)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
+        };
+        conns.push(conn);
+    }
+    debug_assert!(
+        args.target != TargetKind::Redis
+            || args.redis_mode == RedisMode::Connections
+            || conns.len() == 1
+    );
+    Ok(conns)
+}
+
+async fn channel(url: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad URL {url}: {e}"))?
+        // Without TCP_NODELAY a serial caller waits on delayed ACKs; the SDK
+        // sets it too.
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+impl Conn {
+    /// Runs one operation; returns how many keys it looked for and did not
+    /// find (gets, has).
+    pub(crate) async fn exec(&mut self, op: &Op, shared: &Shared) -> Result<u64, OpError> {
+        match self {
+            Conn::Sdk(project) => sdk(project, op, shared).await,
+            Conn::Unary(client) => unary(client, op, shared).await,
+            Conn::Redis(conn) => redis_op(conn, op, shared).await,
+            Conn::Etcd(client) => etcd(client, op, shared).await,
+        }
+    }
+
+    /// Writes keys `from..to` with the biggest calls the target has, for
+    /// `--preload`.
+    pub(crate) async fn write_range(
+        &mut self,
+        from: u64,
+        to: u64,
+        shared: &Shared,
+    ) -> Result<(), OpError> {
+        let keys: Vec<u64> = (from..to).collect();
+        match self {
+            Conn::Etcd(_) => {
+                for key in keys {
+                    self.exec(&Op::Set { key, ttl: false }, shared).await?;
+                }
+                Ok(())
+            }
+            _ => self
+                .exec(&Op::SetMany { keys, ttl: false }, shared)
+                .await
+                .map(drop),
+        }
+    }
+}
+
+fn missing(found: bool) -> u64 {
+    u64::from(!found)
+}
+
+async fn sdk(project: &kv_client::Project, op: &Op, shared: &Shared) -> Result<u64, OpError> {
+    let name = |n: &u64| shared.keys.name(*n);
+    let value = &shared.payload.json;
+    match op {
+        Op::Get(key) => {
+            let found = project.get::<serde_json::Value>(&name(key)).await?;
+            Ok(missing(found.is_some()))
+        }
+        Op::Set { key, ttl: false } => {
+            project.set(&name(key), value).await?;
+            Ok(0)
+        }
+        Op::Set { key, ttl: true } => {
+            project
+                .set_with_ttl(&name(key), value, shared.payload.ttl)
+                .await?;
+            Ok(0)
+        }
+        Op::Has(key) => Ok(missing(project.has(&name(key)).await?)),
+        Op::Delete(key) => {
+            project.delete(&name(key)).await?;
+            Ok(0)
+        }
+        Op::GetMany(keys) => {
+            let names: Vec<String> = keys.iter().map(name).collect();
+            let found = project.get_many::<serde_json::Value, _>(&names).await?;
+            Ok(found.iter().filter(|entry| entry.is_none()).count() as u64)
+        }
+        Op::SetMany { keys, ttl } => {
+            let mut options = kv_client::SetManyOptions::new();
+            if *ttl {
+                options = options.ttl(shared.payload.ttl);
+            }
+            project
+                .set_many_with(keys.iter().map(|k| (name(k), value)), options)
+                .await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn unary(
+    client: &mut KvServiceClient<Channel>,
+    op: &Op,
+    shared: &Shared,
+) -> Result<u64, OpError> {
+    let name = |n: &u64| shared.keys.name(*n);
+    match op {
+        Op::Get(key) => {
+            let reply = client
+                .get(shared.unary(GetRequest { key: name(key) }))
+                .await?;
+            Ok(missing(reply.get_ref().found))
+        }
+        Op::Set { key, ttl } => {
+            let request = SetRequest {
+                key: name(key),
+                value: Some(shared.payload.proto.clone()),
+                ttl_ms: shared.ttl_ms(*ttl),
+                ..SetRequest::default()
+            };
+            client.set(shared.unary(request)).await?;
+            Ok(0)
+        }
+        Op::Has(key) => {
+            let reply = client
+                .has(shared.unary(HasRequest { key: name(key) }))
+                .await?;
+            Ok(missing(reply.get_ref().exists))
+        }
+        Op::Delete(key) => {
+            let request = DeleteRequest {
+                key: name(key),
+                ..DeleteRequest::default()
+            };
+            client.delete(shared.unary(request)).await?;
+            Ok(0)
+        }
+        Op::GetMany(keys) => {
+            let request = GetManyRequest {
+                keys: keys.iter().map(name).collect(),
+            };
+            let reply = client.get_many(shared.unary(request)).await?;
+            Ok(reply.get_ref().results.iter().filter(|r| !r.found).count() as u64)
+        }
+        Op::SetMany { keys, ttl } => {
+            let entries = keys
+                .iter()
+                .map(|k| SetOp {
+                    key: name(k),
+                    value: Some(shared.payload.proto.clone()),
+                    ttl_ms: shared.ttl_ms(*ttl),
+                    keep_ttl: false,
+                })
+                .collect();
+            let request = SetManyRequest {
+                entries,
+                request_id: String::new(),
+            };
+            client.set_many(shared.unary(request)).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn redis_op(
+    conn: &mut redis::aio::MultiplexedConnection,
+    op: &Op,
+    shared: &Shared,
+) -> Result<u64, OpError> {
+    let name = |n: &u64| shared.keys.name(*n);
+    let value = shared.payload.raw.as_ref();
+    let ttl_ms = shared.ttl_ms(true).unwrap_or(u64::MAX);
+    let set = |key: &u64, ttl: bool| {
+        if ttl {
+            let mut cmd = redis::cmd("PSETEX");
+            cmd.arg(name(key)).arg(ttl_ms).arg(value);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(name(key)).arg(value);
+            cmd
+        }
+    };
+    match op {
+        Op::Get(key) => {
+            let found: Option<bytes::Bytes> =
+                redis::cmd("GET").arg(name(key)).query_async(conn).await?;
+            Ok(missing(found.is_some()))
+        }
+        Op::Set { key, ttl } => {
+            let () = set(key, *ttl).query_async(conn).await?;
+            Ok(0)
+        }
+        Op::Has(key) => {
+            let exists: u64 = redis::cmd("EXISTS")
+                .arg(name(key))
+                .query_async(conn)
+                .await?;
+            Ok(missing(exists > 0))
+        }
+        Op::Delete(key) => {
+            let _deleted: u64 = redis::cmd("DEL").arg(name(key)).query_async(conn).await?;
+            Ok(0)
+        }
+        Op::GetMany(keys) => {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("GET").arg(name(key));
+            }
+            let found: Vec<Option<bytes::Bytes>> = pipe.query_async(conn).await?;
+            Ok(found.iter().filter(|v| v.is_none()).count() as u64)
+        }
+        Op::SetMany { keys, ttl } => {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.add_command(set(key, *ttl)).ignore();
+            }
+            let () = pipe.query_async(conn).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn etcd(client: &mut EtcdClient<Channel>, op: &Op, shared: &Shared) -> Result<u64, OpError> {
+    let name = |n: &u64| bytes::Bytes::from(shared.keys.name(*n).into_bytes());
+    match op {
+        Op::Get(key) => {
+            let request = RangeRequest {
+                key: name(key),
+                serializable: shared.etcd_serializable,
+                count_only: false,
+            };
+            let reply = client.range(request).await?;
+            Ok(missing(!reply.get_ref().kvs.is_empty()))
+        }
+        Op::Set { key, ttl: false } => {
+            let request = PutRequest {
+                key: name(key),
+                value: shared.payload.raw.clone(),
+            };
+            client.put(request).await?;
+            Ok(0)
+        }
+        Op::Has(key) => {
+            let request = RangeRequest {
+                key: name(key),
+                serializable: shared.etcd_serializable,
+                count_only: true,
+            };
+            let reply = client.range(request).await?;
+            Ok(missing(reply.get_ref().count > 0))
+        }
+        Op::Delete(key) => {
+            client
+                .delete_range(DeleteRangeRequest { key: name(key) })
+                .await?;
+            Ok(0)
+        }
+        // Refused by `RunArgs::validate`: these never reach here.
+        Op::Set { ttl: true, .. } | Op::GetMany(_) | Op::SetMany { .. } => Err(OpError {
+            kind: "unsupported".into(),
+            message: "etcd runs support single-key operations without TTL only".into(),
+        }),
+    }
+}

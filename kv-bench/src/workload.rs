@@ -1,0 +1,260 @@
+//! What each operation is: keys, values, and the choice of the next
+//! operation.
+
+use std::time::Duration;
+
+use crate::cli::{Mix, RunArgs, Workload};
+
+/// A small, fast generator (SplitMix64), one per task. The harness draws a
+/// key for every operation, so the generator must cost next to nothing and
+/// must not be shared between tasks (a shared one would be a lock or a
+/// contended atomic on the hot path). SplitMix64 is a few arithmetic
+/// instructions, has no all-zero state to avoid, passes BigCrush, and seeding
+/// task i with `seed + i` gives independent, reproducible streams.
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), by Lemire's multiply-shift: no division,
+    /// and a bias of at most n / 2^64.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability `p` (0 to 1).
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        // 53 random bits as a double in [0, 1).
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// Names keys: `k` followed by the key's number, zero-padded so every key has
+/// exactly `width + 1` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeySpace {
+    pub(crate) keys: u64,
+    width: usize,
+}
+
+impl KeySpace {
+    /// `key_bytes` must leave room for the largest number (checked by
+    /// `RunArgs::validate`).
+    pub(crate) fn new(keys: u64, key_bytes: usize) -> Self {
+        Self {
+            keys,
+            width: key_bytes - 1,
+        }
+    }
+
+    pub(crate) fn name(&self, n: u64) -> String {
+        format!("k{n:0width$}", width = self.width)
+    }
+}
+
+/// One operation, by key numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    Get(u64),
+    Set { key: u64, ttl: bool },
+    Has(u64),
+    Delete(u64),
+    GetMany(Vec<u64>),
+    SetMany { keys: Vec<u64>, ttl: bool },
+}
+
+impl Op {
+    /// How many keys the operation touches.
+    pub(crate) fn keys(&self) -> u64 {
+        match self {
+            Op::GetMany(keys) | Op::SetMany { keys, .. } => keys.len() as u64,
+            _ => 1,
+        }
+    }
+}
+
+/// Draws each task's operations.
+pub(crate) struct OpGen {
+    rng: SplitMix64,
+    workload: Workload,
+    /// Cumulative weights of get, set, has, delete for `mixed`.
+    thresholds: [u64; 4],
+    keys: u64,
+    batch: usize,
+    ttl_share: f64,
+}
+
+impl OpGen {
+    pub(crate) fn new(args: &RunArgs, task: u64) -> Self {
+        let Mix {
+            get,
+            set,
+            has,
+            delete,
+        } = args.mix();
+        let get = u64::from(get);
+        let set = get + u64::from(set);
+        let has = set + u64::from(has);
+        let delete = has + u64::from(delete);
+        Self {
+            rng: SplitMix64::new(args.seed.wrapping_add(task)),
+            workload: args.workload,
+            thresholds: [get, set, has, delete],
+            keys: args.keys,
+            batch: args.batch,
+            ttl_share: args.ttl_share,
+        }
+    }
+
+    fn key(&mut self) -> u64 {
+        self.rng.below(self.keys)
+    }
+
+    pub(crate) fn next_op(&mut self) -> Op {
+        match self.workload {
+            Workload::Get => Op::Get(self.key()),
+            Workload::Set => self.set(),
+            Workload::Has => Op::Has(self.key()),
+            Workload::Delete => Op::Delete(self.key()),
+            Workload::Mixed => {
+                let pick = self.rng.below(self.thresholds[3]);
+                if pick < self.thresholds[0] {
+                    Op::Get(self.key())
+                } else if pick < self.thresholds[1] {
+                    self.set()
+                } else if pick < self.thresholds[2] {
+                    Op::Has(self.key())
+                } else {
+                    Op::Delete(self.key())
+                }
+            }
+            Workload::GetMany => Op::GetMany((0..self.batch).map(|_| self.key()).collect()),
+            Workload::SetMany => {
+                let keys = (0..self.batch).map(|_| self.key()).collect();
+                // One TTL decision per call: SetMany's SDK options give every
+                // entry of a call the same expiry.
+                Op::SetMany {
+                    keys,
+                    ttl: self.rng.chance(self.ttl_share),
+                }
+            }
+        }
+    }
+
+    fn set(&mut self) -> Op {
+        Op::Set {
+            key: self.key(),
+            ttl: self.rng.chance(self.ttl_share),
+        }
+    }
+}
+
+/// The value every write stores, in each target's form, and the TTL.
+pub(crate) struct Payload {
+    /// kv via the SDK: a JSON string.
+    pub(crate) json: serde_json::Value,
+    /// kv via unary calls: the same string as a `google.protobuf.Value`.
+    pub(crate) proto: prost_types::Value,
+    /// Redis and etcd: raw bytes.
+    pub(crate) raw: bytes::Bytes,
+    pub(crate) ttl: Duration,
+}
+
+impl Payload {
+    pub(crate) fn new(value_bytes: usize, ttl_ms: u64) -> Self {
+        let text = filler(kv_string_len(value_bytes));
+        Self {
+            json: serde_json::Value::String(text.clone()),
+            proto: prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(text)),
+            },
+            raw: bytes::Bytes::from(filler(value_bytes).into_bytes()),
+            ttl: Duration::from_millis(ttl_ms),
+        }
+    }
+}
+
+/// `len` bytes of printable ASCII (not one repeated byte, so nothing on the
+/// way compresses it to nothing).
+fn filler(len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// The longest string whose encoded `google.protobuf.Value` (a tag byte, the
+/// length as a varint, the bytes) is at most `encoded` bytes. Exactly
+/// `encoded` except just past a varint boundary (130 bytes: 127, encoding to
+/// 129), where no string fits exactly.
+pub(crate) fn kv_string_len(encoded: usize) -> usize {
+    let mut len = encoded.saturating_sub(2);
+    while len > 0 && 1 + varint_len(len) + len > encoded {
+        len -= 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn keys_have_the_exact_length() {
+        let space = KeySpace::new(1_000_000, 16);
+        assert_eq!(space.name(0), "k000000000000000");
+        assert_eq!(space.name(999_999), "k000000000999999");
+        assert_eq!(space.name(42).len(), 16);
+    }
+
+    #[test]
+    fn kv_values_encode_to_the_asked_size() {
+        for size in [2, 3, 50, 100, 129, 200, 1000, 16_384, 100_000] {
+            let payload = Payload::new(size, 1);
+            assert_eq!(payload.proto.encoded_len(), size, "size {size}");
+            assert_eq!(payload.raw.len(), size);
+        }
+        // No string encodes to exactly 130 bytes: the nearest below is used.
+        assert_eq!(Payload::new(130, 1).proto.encoded_len(), 129);
+    }
+
+    #[test]
+    fn draws_are_uniform_enough_and_reproducible() {
+        let mut a = SplitMix64::new(7);
+        let mut b = SplitMix64::new(7);
+        let mut counts = [0u32; 10];
+        for _ in 0..100_000 {
+            let n = a.below(10);
+            assert_eq!(n, b.below(10));
+            counts[n as usize] += 1;
+        }
+        // Each bucket expects 10 000; 5 sigma is about 475.
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
+        let hits = (0..100_000).filter(|_| a.chance(0.25)).count();
+        assert!((24_000..26_000).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| a.chance(0.0)));
+    }
+}
