@@ -647,11 +647,13 @@ impl Project {
             return Err(Error::InvalidArgument(e.clone()));
         }
         let request = match &self.pipeline {
-            Some(pipeline) => match pipeline.call(request, self.client.timeout).await {
-                Ok(result) => return result,
-                Err(request) => request,
-            },
-            None => request,
+            Some(pipeline) if request.encoded_len() <= pipeline::MAX_CALL_BYTES => {
+                match pipeline.call(request, self.client.timeout).await {
+                    Ok(result) => return result,
+                    Err(request) => request,
+                }
+            }
+            _ => request,
         };
         let kv = self.kv();
         match request {

@@ -30,9 +30,12 @@ use crate::Error;
 
 /// Most calls in one frame: bounds the server's work per frame.
 const MAX_FRAME_CALLS: usize = 1024;
-/// A frame stops growing past this many bytes (a single larger call still
-/// goes, alone), far below any message limit.
+/// A frame stops growing past this many bytes, far below any server's
+/// message limit (at least 4 MiB).
 const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Calls larger than this go as unary calls: batching gains them nothing,
+/// and one oversized call must fail alone, not end the shared stream.
+pub(crate) const MAX_CALL_BYTES: usize = MAX_FRAME_BYTES;
 /// Frames handed to the transport but not yet written. Small on purpose:
 /// while they wait, new calls gather into a bigger next frame.
 const FRAMES_IN_FLIGHT: usize = 2;

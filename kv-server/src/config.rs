@@ -122,7 +122,11 @@ impl Limits {
         // per key. A multi-key call may carry two full values (a batch's
         // set and merge) and every key at its largest.
         const FRAMING: usize = 64;
-        2 * self.max_value_bytes + self.max_batch_ops * (self.max_key_bytes + FRAMING)
+        // A Pipeline frame carries up to 1 MiB of calls (the SDK sends
+        // larger calls unary): it must fit however small the other limits.
+        const PIPELINE_FRAME: usize = 4 << 20;
+        (2 * self.max_value_bytes + self.max_batch_ops * (self.max_key_bytes + FRAMING))
+            .max(PIPELINE_FRAME)
     }
 }
 

@@ -179,7 +179,9 @@ pub async fn serve<B: Backend>(
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
-    let kv = KvService::new(backend, config.limits.clone(), auth).with_stopping(stopping);
+    let kv = KvService::new(backend, config.limits.clone(), auth)
+        .with_stopping(stopping)
+        .with_max_call_time(config.max_request_time);
     let kv = KvServiceServer::new(kv)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -234,6 +234,9 @@ pub struct KvService<B> {
     auth: Arc<Auth>,
     /// Turns true when the server starts shutting down: open watches end.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Longest a pipelined call may run (`--max-request-time-ms`): the
+    /// transport's per-request cap sees only the stream, not its calls.
+    max_call_time: std::time::Duration,
 }
 
 // Not derived: that would require `B: Clone`, and the backend is shared.
@@ -244,6 +247,7 @@ impl<B> Clone for KvService<B> {
             limits: self.limits.clone(),
             auth: self.auth.clone(),
             stopping: self.stopping.clone(),
+            max_call_time: self.max_call_time,
         }
     }
 }
@@ -265,6 +269,7 @@ impl<B> KvService<B> {
             limits,
             auth,
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
+            max_call_time: crate::config::Config::default().max_request_time,
         }
     }
 
@@ -283,6 +288,22 @@ impl<B> KvService<B> {
     /// ```
     pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stopping = stopping;
+        self
+    }
+
+    /// Caps each call of a `Pipeline` stream at `limit`, as
+    /// `--max-request-time-ms` caps a unary request.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
+    ///     .with_max_call_time(Duration::from_secs(5));
+    /// # let _ = service;
+    /// ```
+    pub fn with_max_call_time(mut self, limit: std::time::Duration) -> Self {
+        self.max_call_time = limit;
         self
     }
 

@@ -536,3 +536,73 @@ fn race_free_calls_through_grpcurl() {
         ]
     );
 }
+
+/// `Pipeline` from grpcurl: frames of calls in, replies by id out, each
+/// call with its own result or error, calls on a key in the order sent.
+#[test]
+fn pipeline_through_grpcurl() {
+    let Some(server) = start() else { return };
+    let frames = [
+        json!({"calls": [
+            {"id": "1", "set": {"key": "a", "value": {"n": 1}}},
+            {"id": "2", "get": {"key": "a"}},
+            {"id": "3", "incr": {"key": "hits", "delta": 2}},
+            {"id": "4", "get": {"key": ""}},
+        ]}),
+        json!({"calls": [
+            {"id": "5", "has": {"key": "a"}},
+            {"id": "6", "delete": {"key": "a"}},
+            {"id": "7", "has": {"key": "a"}},
+            {"id": "8", "merge": {"key": "m", "patch": {"x": true}}},
+            {"id": "9"},
+        ]}),
+    ];
+    let body = frames
+        .iter()
+        .map(Json::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = grpcurl(
+        server.addr,
+        &["x-kv-project: shop"],
+        Some(&body),
+        &["kv.v1.KvService/Pipeline"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // grpcurl prints each response frame as a JSON object.
+    let mut replies = std::collections::BTreeMap::new();
+    for frame in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<Json>() {
+        for reply in frame.unwrap()["replies"].as_array().unwrap() {
+            let id: u64 = reply["id"].as_str().unwrap().parse().unwrap();
+            let mut rest = reply.clone();
+            rest.as_object_mut().unwrap().remove("id");
+            replies.insert(id, rest);
+        }
+    }
+    assert_eq!(replies.len(), 9, "{replies:?}");
+    assert_eq!(replies[&1]["set"]["applied"], json!(true));
+    assert_eq!(
+        replies[&2]["get"]["value"],
+        json!({"n": 1}),
+        "the read sees the set before it"
+    );
+    assert_eq!(replies[&3]["incr"]["value"], json!(2));
+    assert_eq!(replies[&4]["error"]["code"], json!(3), "{:?}", replies[&4]);
+    assert!(
+        replies[&4]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key is empty"),
+        "{:?}",
+        replies[&4]
+    );
+    assert_eq!(replies[&5]["has"]["exists"], json!(true));
+    assert_eq!(replies[&6]["delete"]["deleted"], json!(true));
+    assert_eq!(replies[&7]["has"], json!({}), "absent after the delete");
+    assert_eq!(replies[&8]["merge"]["value"], json!({"x": true}));
+    assert_eq!(replies[&9]["error"]["code"], json!(3), "{:?}", replies[&9]);
+}

@@ -106,14 +106,14 @@ async fn calls_on_a_key_apply_in_the_order_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_travel_in_several_frames() {
-    // 16 concurrent 1 MiB values: well over one frame's worth.
-    let server = BinaryServer::start(BIN, &["--fsync", "never", "--max-value-bytes", "2000000"]);
+    let server = BinaryServer::start(BIN, &["--fsync", "never", "--max-value-bytes", "500000"]);
     let kv = client(&server).await.project("big");
-    let writes: Vec<_> = (0..16u8)
+    // 32 concurrent 200 KB values: several frames' worth each way.
+    let writes: Vec<_> = (0..32u8)
         .map(|i| {
             let kv = kv.clone();
             tokio::spawn(async move {
-                let value = char::from(b'a' + i).to_string().repeat(1 << 20);
+                let value = char::from(b'A' + i).to_string().repeat(200_000);
                 kv.set(&format!("big:{i}"), &value).await.unwrap();
                 let back: String = kv.get(&format!("big:{i}")).await.unwrap().unwrap();
                 assert_eq!(back, value);
@@ -123,10 +123,18 @@ async fn large_values_travel_in_several_frames() {
     for write in writes {
         bounded("large values", write).await.unwrap();
     }
-    // Over the value limit: refused alone, with the limit named.
-    let err = kv.set("too-big", &"x".repeat(2_100_000)).await.unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
-    assert!(err.to_string().contains("2000000"), "{err}");
+    // Over the value limit, on the stream (600 KB) or as a unary call
+    // (the SDK sends calls over 1 MiB unary): refused alone, naming the
+    // limit, and the stream goes on.
+    for size in [600_000, 2_100_000] {
+        let value = "x".repeat(size);
+        let (refused, fine) = tokio::join!(kv.set("too-big", &value), kv.get::<String>("big:0"));
+        let err = refused.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert!(err.to_string().contains("500000"), "{err}");
+        assert_eq!(fine.unwrap().map(|v| v.len()), Some(200_000));
+    }
+    assert!(!kv.has("too-big").await.unwrap());
     server.terminate();
 }
 

@@ -371,9 +371,27 @@ async fn requests_are_capped_in_time_and_streams_per_connection() {
         ..Config::default()
     };
     let (url, stop, server) = start_slow(config, Duration::from_secs(5)).await;
-    let kv = kv_client::Client::connect(url).await.unwrap().project("p");
+    let kv = kv_client::Client::connect(url.clone())
+        .await
+        .unwrap()
+        .project("p");
     let started = tokio::time::Instant::now();
     let err = kv.set("k", &1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(
+        err.to_string().contains("limit of 300 ms per request"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The same cap for a unary call.
+    let unary = kv_client::Client::builder(url.clone())
+        .auto_batching(false)
+        .connect()
+        .await
+        .unwrap()
+        .project("p");
+    let started = tokio::time::Instant::now();
+    let err = unary.set("k", &1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
     assert!(
         err.to_string().contains("limit of 300 ms per request"),
@@ -388,7 +406,14 @@ async fn requests_are_capped_in_time_and_streams_per_connection() {
         ..Config::default()
     };
     let (url, stop, server) = start_slow(config, Duration::from_millis(300)).await;
-    let kv = kv_client::Client::connect(url).await.unwrap().project("p");
+    // Unary calls: each its own HTTP/2 stream (auto-batching would carry
+    // them all on one).
+    let kv = kv_client::Client::builder(url)
+        .auto_batching(false)
+        .connect()
+        .await
+        .unwrap()
+        .project("p");
     // One call first: the client learns the server's stream limit from its
     // SETTINGS and queues calls beyond it (streams opened before that are
     // refused, REFUSED_STREAM, which is safe to retry).

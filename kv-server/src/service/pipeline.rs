@@ -37,6 +37,15 @@ const REPLY_FRAME_BYTES: usize = 1 << 20;
 
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send + 'a>>;
 
+/// A write handed to the engine, with when its answer is due.
+struct Waiting<'a> {
+    id: u64,
+    due: Instant,
+    /// What the caller is told if `due` passes first.
+    late: Status,
+    future: Pending<'a>,
+}
+
 /// The sender of a stream's reply frames.
 pub(super) type ReplySender = tokio::sync::mpsc::Sender<Result<PipelineResponse, Status>>;
 
@@ -155,10 +164,30 @@ impl<B: Backend> KvService<B> {
             replies: Vec::with_capacity(calls.len()),
             bytes: 0,
         };
-        let mut pending: Vec<(u64, Pending<'_>)> = Vec::new();
+        let mut pending: Vec<Waiting<'_>> = Vec::new();
         let mut pending_keys: HashSet<&str> = HashSet::new();
         for call in &calls {
             let id = call.id;
+            // The server's cap, or the call's own deadline if sooner.
+            let capped = call.timeout_ms == 0
+                || Duration::from_millis(call.timeout_ms) >= self.max_call_time;
+            let (due, late) = if capped {
+                (
+                    received + self.max_call_time,
+                    Status::deadline_exceeded(format!(
+                        "call exceeded the server's limit of {} ms per request (--max-request-time-ms); a write may still apply",
+                        self.max_call_time.as_millis()
+                    )),
+                )
+            } else {
+                (
+                    received + Duration::from_millis(call.timeout_ms),
+                    Status::deadline_exceeded(format!(
+                        "the call's {} ms ran out; a write may still apply",
+                        call.timeout_ms
+                    )),
+                )
+            };
             if call.timeout_ms > 0 && received.elapsed() >= Duration::from_millis(call.timeout_ms) {
                 let late = Status::deadline_exceeded(format!(
                     "the call's {} ms ran out before it started; it was not run",
@@ -248,7 +277,12 @@ impl<B: Backend> KvService<B> {
                     }
                 }
                 Poll::Pending => {
-                    pending.push((id, future));
+                    pending.push(Waiting {
+                        id,
+                        due,
+                        late,
+                        future,
+                    });
                     pending_keys.insert(key);
                 }
             }
@@ -258,16 +292,20 @@ impl<B: Backend> KvService<B> {
 
     /// Sends the replies ready so far (reads need not wait for an fsync),
     /// then waits for the pending writes and queues their replies.
-    async fn finish(&self, pending: &mut Vec<(u64, Pending<'_>)>, out: &mut Outbox<'_>) -> bool {
+    async fn finish(&self, pending: &mut Vec<Waiting<'_>>, out: &mut Outbox<'_>) -> bool {
         if pending.is_empty() {
             return true;
         }
         if !out.flush().await {
             return false;
         }
-        for (id, future) in pending.drain(..) {
-            let result = future.await;
-            if !out.push(reply(id, result)).await {
+        for waiting in pending.drain(..) {
+            let due = tokio::time::Instant::from_std(waiting.due);
+            let result = match tokio::time::timeout_at(due, waiting.future).await {
+                Ok(result) => result,
+                Err(_) => Err(waiting.late),
+            };
+            if !out.push(reply(waiting.id, result)).await {
                 return false;
             }
         }
