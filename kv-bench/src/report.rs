@@ -121,28 +121,30 @@ impl RunResult {
             Some(mode) => format!("{} ({mode})", self.target),
             None => self.target.clone(),
         };
+        // Minimum widths keep rows of separate runs (a script's output)
+        // aligned for the usual magnitudes.
         let rows = [
-            ("target", target),
-            ("workload", self.workload.clone()),
-            ("conc", self.concurrency.to_string()),
-            ("conns", self.connections.to_string()),
-            ("threads", self.client_threads.to_string()),
-            ("duration", format!("{:.1}s", self.duration_s)),
-            ("ops", self.ops.to_string()),
-            ("ops/s", format!("{:.0}", self.ops_per_sec)),
-            ("keys/s", format!("{:.0}", self.keys_per_sec)),
-            ("errors", self.errors.to_string()),
-            ("misses", self.misses.to_string()),
-            ("p50µs", self.latency_us.p50.to_string()),
-            ("p90µs", self.latency_us.p90.to_string()),
-            ("p99µs", self.latency_us.p99.to_string()),
-            ("p999µs", self.latency_us.p999.to_string()),
-            ("maxµs", self.latency_us.max.to_string()),
+            ("target", target, 19),
+            ("workload", self.workload.clone(), 8),
+            ("conc", self.concurrency.to_string(), 4),
+            ("conns", self.connections.to_string(), 5),
+            ("threads", self.client_threads.to_string(), 7),
+            ("duration", format!("{:.1}s", self.duration_s), 8),
+            ("ops", self.ops.to_string(), 8),
+            ("ops/s", format!("{:.0}", self.ops_per_sec), 7),
+            ("keys/s", format!("{:.0}", self.keys_per_sec), 7),
+            ("errors", self.errors.to_string(), 6),
+            ("misses", self.misses.to_string(), 6),
+            ("p50µs", self.latency_us.p50.to_string(), 6),
+            ("p90µs", self.latency_us.p90.to_string(), 6),
+            ("p99µs", self.latency_us.p99.to_string(), 6),
+            ("p999µs", self.latency_us.p999.to_string(), 7),
+            ("maxµs", self.latency_us.max.to_string(), 7),
         ];
         let mut header = String::new();
         let mut row = String::new();
-        for (i, (name, value)) in rows.iter().enumerate() {
-            let width = name.chars().count().max(value.chars().count());
+        for (i, (name, value, min)) in rows.iter().enumerate() {
+            let width = name.chars().count().max(value.chars().count()).max(*min);
             let sep = if i == 0 { "" } else { "  " };
             // Text columns left-aligned, numbers right-aligned.
             if i < 2 {

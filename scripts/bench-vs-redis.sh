@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# kv against Redis (and etcd, when installed) on this machine, with one load
+# generator (kv-bench) for every system.
+#
+# Starts, on free 127.0.0.1 ports: kv-server (--fsync never), the bare tonic
+# reference server (kv-bench reference-server), an in-memory redis-server
+# (--save '' --appendonly no); for the durable comparison kv-server
+# (--fsync always), redis-server (--appendonly yes --appendfsync always) and
+# etcd if `etcd` is on PATH. Preloads every key of the key space into each
+# system its gets read, then runs the matrix, RUNS times, alternating the
+# systems back to back, and prints medians and ratios:
+#
+#   1. kv SDK get and set, CONCURRENCY in flight on 1 connection, vs Redis
+#      multiplexed (one connection, CONCURRENCY in flight).
+#   2. Unary get and set against kv-server vs the same unary calls against
+#      the reference server: what kv-server's work costs over bare gRPC.
+#   3. Serial gets (concurrency 1): p50 latency, kv SDK vs Redis.
+#   4. Durable sets, CONCURRENCY in flight: kv --fsync always vs Redis
+#      appendfsync always, and vs etcd puts.
+#   5. get-many / set-many of BATCH keys: keys/s, kv SDK vs Redis pipelines
+#      of BATCH commands.
+#   6. Gets/s against concurrency (SWEEP) for kv SDK, kv unary, Redis
+#      multiplexed and Redis with one connection per task; drawn into CHART.
+#
+# Usage:
+#   scripts/bench-vs-redis.sh
+#   KEYS=10000 DURATION=2s WARMUP=500ms RUNS=1 SECTIONS="1 3" scripts/bench-vs-redis.sh
+#
+# Environment (defaults in brackets):
+#   KEYS [1000000]            key space; every system is preloaded with it
+#   DURATION [10s]            measured time of each run
+#   WARMUP [2s]               warm-up before each run
+#   RUNS [3]                  repetitions; medians are reported
+#   CONCURRENCY [50]          operations in flight for sections 1, 2, 4, 5
+#   BATCH [16]                keys per get-many/set-many (Redis pipeline depth)
+#   VALUE_BYTES [100]         value size
+#   SERVER_WORKERS [1]        tokio workers of kv-server and the reference server
+#   CLIENT_THREADS [1]        tokio workers of kv-bench
+#   SWEEP ["1 2 4 8 16 32 64 128"]  concurrencies of section 6
+#   SECTIONS ["1 2 3 4 5 6"]  which sections to run
+#   CHART [docs/throughput-vs-concurrency.png]  the chart section 6 draws
+#   OUT_DIR [target/bench-vs-redis/<date>]      result JSON files and logs (kept)
+#   NO_BUILD [unset]          set to 1 to skip `cargo build --release`
+#
+# Redis executes commands on one thread whatever the settings; etcd runs with
+# Go's defaults (all cores). Everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KEYS=${KEYS:-1000000}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RUNS=${RUNS:-3}
+CONCURRENCY=${CONCURRENCY:-50}
+BATCH=${BATCH:-16}
+VALUE_BYTES=${VALUE_BYTES:-100}
+SERVER_WORKERS=${SERVER_WORKERS:-1}
+CLIENT_THREADS=${CLIENT_THREADS:-1}
+SWEEP=${SWEEP:-"1 2 4 8 16 32 64 128"}
+SECTIONS=${SECTIONS:-"1 2 3 4 5 6"}
+CHART=${CHART:-docs/throughput-vs-concurrency.png}
+OUT_DIR=${OUT_DIR:-target/bench-vs-redis/$(date +%Y%m%d-%H%M%S)}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+command -v redis-server >/dev/null || die "redis-server is not on PATH (Debian: apt-get install redis-server)"
+command -v redis-cli >/dev/null || die "redis-cli is not on PATH (Debian: apt-get install redis-tools)"
+command -v python3 >/dev/null || die "python3 is needed for free ports and the summary"
+
+if [[ ${NO_BUILD:-} != 1 ]]; then
+    echo "== building (release)"
+    cargo build --release -p kv-server -p kv-bench
+fi
+BENCH=$TARGET_DIR/release/kv-bench
+KV_SERVER=$TARGET_DIR/release/kv-server
+[[ -x $BENCH && -x $KV_SERVER ]] || die "$BENCH or $KV_SERVER is missing"
+
+mkdir -p "$OUT_DIR"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kv-bench-vs-redis.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits for "listening on ADDR" in log $1 (from process $2) and prints ADDR.
+listening_addr() {
+    local log=$1 pid=$2 i
+    for ((i = 0; i < 600; i++)); do
+        if grep -q "listening on " "$log" 2>/dev/null; then
+            grep -m 1 -o 'listening on [0-9.:]*' "$log" | sed 's/listening on //'
+            return
+        fi
+        kill -0 "$pid" 2>/dev/null || die "server exited; log: $(cat "$log")"
+        sleep 0.1
+    done
+    die "server did not report its address; log: $(cat "$log")"
+}
+
+# start_kv NAME FSYNC: kv-server on a free port; sets KV_ADDR.
+start_kv() {
+    local name=$1 fsync=$2 log=$WORK/$1.log
+    local workers=(--worker-threads "$SERVER_WORKERS")
+    "$KV_SERVER" --listen 127.0.0.1:0 --data-dir "$WORK/$name-data" --fsync "$fsync" \
+        "${workers[@]}" 2>"$log" &
+    PIDS+=($!)
+    KV_ADDR=$(listening_addr "$log" $!)
+    echo "   $name: kv-server --fsync $fsync --worker-threads $SERVER_WORKERS on $KV_ADDR"
+}
+
+start_reference() {
+    local log=$WORK/reference.log
+    "$BENCH" reference-server --addr 127.0.0.1:0 --workers "$SERVER_WORKERS" 2>"$log" &
+    PIDS+=($!)
+    REF_ADDR=$(listening_addr "$log" $!)
+    echo "   reference: kv-bench reference-server --workers $SERVER_WORKERS on $REF_ADDR"
+}
+
+# start_redis NAME ARGS...: redis-server on a free port; sets REDIS_ADDR.
+start_redis() {
+    local name=$1 port i
+    shift
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    for ((i = 0; i < 100; i++)); do
+        [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
+        sleep 0.1
+    done
+    [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] || die "$name did not start: $(cat "$WORK/$name.log")"
+    REDIS_ADDR=127.0.0.1:$port
+    echo "   $name: redis-server $(printf '%q ' "$@")on $REDIS_ADDR"
+}
+
+start_etcd() {
+    local client peer
+    client=$(free_port)
+    peer=$(free_port)
+    etcd --name bench --data-dir "$WORK/etcd-data" \
+        --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" >"$WORK/etcd.log" 2>&1 &
+    PIDS+=($!)
+    ETCD_ADDR=127.0.0.1:$client
+    echo "   etcd: $(etcd --version | sed -n 1p) on $ETCD_ADDR"
+}
+
+# stop PID: stops one server started above.
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+COMMON=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --threads "$CLIENT_THREADS"
+    --duration "$DURATION" --warmup "$WARMUP")
+
+# bench NAME LABEL ARGS...: one measured run into $OUT_DIR/NAME.json; prints
+# its table row.
+bench() {
+    local name=$1 label=$2
+    shift 2
+    if ! "$BENCH" run "${COMMON[@]}" "$@" --label "$label" --json "$OUT_DIR/$name.json" \
+        >"$OUT_DIR/$name.txt" 2>"$OUT_DIR/$name.log"; then
+        cat "$OUT_DIR/$name.log" >&2
+        die "run $name failed"
+    fi
+    if [[ -z ${HEADER_SHOWN:-} ]]; then
+        printf '   %-28s %s\n' "run" "$(sed -n 1p "$OUT_DIR/$name.txt")"
+        HEADER_SHOWN=1
+    fi
+    printf '   %-28s %s\n' "$name" "$(sed -n 2p "$OUT_DIR/$name.txt")"
+}
+
+# preload NAME ARGS...: writes the key space (then 1 s of gets, which must
+# all hit).
+preload() {
+    local name=$1
+    shift
+    "$BENCH" run "$@" --keys "$KEYS" --value-bytes "$VALUE_BYTES" --workload get --preload \
+        --concurrency 8 --duration 1s --warmup 0s --json "$OUT_DIR/preload-$name.json" \
+        >/dev/null 2>"$OUT_DIR/preload-$name.log" || {
+        cat "$OUT_DIR/preload-$name.log" >&2
+        die "preloading $name failed"
+    }
+    python3 - "$OUT_DIR/preload-$name.json" "$name" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+note = "" if r["misses"] == 0 else f"  WARNING: {r['misses']} misses after the preload"
+print(f"   preloaded {sys.argv[2]}: {r['keys']} keys in {r['preload_s']:.2f} s{note}")
+EOF
+}
+
+wants() {
+    [[ " $SECTIONS " == *" $1 "* ]]
+}
+
+echo "== setup: $(nproc) cores; KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES DURATION=$DURATION WARMUP=$WARMUP RUNS=$RUNS"
+echo "   server workers: $SERVER_WORKERS (kv-server, reference); Redis: one command thread; client threads: $CLIENT_THREADS"
+echo "   $(redis-server --version)"
+echo "   results: $OUT_DIR"
+start_kv kv never
+KV=$KV_ADDR
+start_reference
+REF=$REF_ADDR
+start_redis redis --save '' --appendonly no
+REDIS=$REDIS_ADDR
+preload kv --target sdk --addr "$KV"
+preload reference --target unary --addr "$REF"
+preload redis --target redis --addr "$REDIS"
+
+C=$CONCURRENCY
+for ((run = 1; run <= RUNS; run++)); do
+    if wants 1; then
+        echo "== (1) kv SDK vs Redis multiplexed, $C in flight, 1 connection: run $run of $RUNS"
+        for op in get set; do
+            bench "1-$op-sdk-r$run" "kv SDK" --target sdk --addr "$KV" --workload $op --concurrency "$C"
+            bench "1-$op-redis-r$run" "Redis multiplexed" --target redis --addr "$REDIS" --workload $op --concurrency "$C"
+        done
+    fi
+    if wants 2; then
+        echo "== (2) unary calls, kv-server vs reference server, $C in flight: run $run of $RUNS"
+        for op in get set; do
+            bench "2-$op-kv-r$run" "kv unary" --target unary --addr "$KV" --workload $op --concurrency "$C"
+            bench "2-$op-ref-r$run" "reference unary" --target unary --addr "$REF" --workload $op --concurrency "$C"
+        done
+    fi
+    if wants 3; then
+        echo "== (3) serial gets: run $run of $RUNS"
+        bench "3-get-sdk-r$run" "kv SDK" --target sdk --addr "$KV" --workload get --concurrency 1
+        bench "3-get-redis-r$run" "Redis" --target redis --addr "$REDIS" --workload get --concurrency 1
+    fi
+    if wants 5; then
+        echo "== (5) batches of $BATCH keys, $C in flight: run $run of $RUNS"
+        for op in get-many set-many; do
+            bench "5-$op-sdk-r$run" "kv SDK" --target sdk --addr "$KV" --workload $op --batch "$BATCH" --concurrency "$C"
+            bench "5-$op-redis-r$run" "Redis pipelined" --target redis --addr "$REDIS" --workload $op --batch "$BATCH" --concurrency "$C"
+        done
+    fi
+done
+
+if wants 4; then
+    echo "== (4) durable sets, $C in flight"
+    start_kv kv-durable always
+    KV_DURABLE=$KV_ADDR
+    KV_DURABLE_PID=${PIDS[-1]}
+    start_redis redis-durable --save '' --appendonly yes --appendfsync always --dir "$WORK"
+    REDIS_DURABLE=$REDIS_ADDR
+    REDIS_DURABLE_PID=${PIDS[-1]}
+    ETCD=""
+    if command -v etcd >/dev/null; then
+        start_etcd
+        ETCD=$ETCD_ADDR
+        ETCD_PID=${PIDS[-1]}
+        # The member answers once it has elected itself: wait for a short
+        # run without errors.
+        for ((i = 0; i < 50; i++)); do
+            if "$BENCH" run --target etcd --addr "$ETCD" --workload get --keys 1 --key-bytes 2 \
+                --concurrency 1 --duration 100ms --warmup 0s --json "$WORK/etcd-ready.json" \
+                >/dev/null 2>&1 &&
+                python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["errors"] != 0)' \
+                    "$WORK/etcd-ready.json"; then
+                break
+            fi
+            sleep 0.2
+        done
+    else
+        echo "   etcd is not on PATH: skipping etcd"
+    fi
+    for ((run = 1; run <= RUNS; run++)); do
+        echo "   run $run of $RUNS"
+        bench "4-set-kv-r$run" "kv SDK fsync always" --target sdk --addr "$KV_DURABLE" --workload set --concurrency "$C"
+        bench "4-set-redis-r$run" "Redis appendfsync always" --target redis --addr "$REDIS_DURABLE" --workload set --concurrency "$C"
+        if [[ -n $ETCD ]]; then
+            bench "4-set-etcd-r$run" "etcd" --target etcd --addr "$ETCD" --workload set --concurrency "$C"
+        fi
+    done
+    stop "$KV_DURABLE_PID"
+    stop "$REDIS_DURABLE_PID"
+    if [[ -n $ETCD ]]; then
+        stop "$ETCD_PID"
+    fi
+fi
+
+if wants 6; then
+    echo "== (6) gets/s against concurrency: $SWEEP"
+    for ((run = 1; run <= RUNS; run++)); do
+        for c in $SWEEP; do
+            bench "6-sdk-c$c-r$run" "kv SDK (1 connection)" --target sdk --addr "$KV" --workload get --concurrency "$c"
+            bench "6-unary-c$c-r$run" "kv unary (1 connection)" --target unary --addr "$KV" --workload get --concurrency "$c"
+            bench "6-redis-mux-c$c-r$run" "Redis multiplexed" --target redis --addr "$REDIS" --workload get --concurrency "$c"
+            bench "6-redis-conn-c$c-r$run" "Redis, a connection per task" --target redis --addr "$REDIS" \
+                --workload get --concurrency "$c" --redis-mode connections --connections "$c"
+        done
+    done
+    mkdir -p "$(dirname "$CHART")"
+    # In legend order: kv first.
+    inputs=""
+    for system in sdk unary redis-mux redis-conn; do
+        for ((run = 1; run <= RUNS; run++)); do
+            for c in $SWEEP; do
+                inputs+="${inputs:+,}$OUT_DIR/6-$system-c$c-r$run.json"
+            done
+        done
+    done
+    "$BENCH" chart --input "$inputs" --out "$CHART" \
+        --title "Gets/s vs concurrency ($(nproc) cores, $KEYS keys, ${VALUE_BYTES}-byte values, median of $RUNS)"
+fi
+
+echo
+echo "== summary: medians of $RUNS run(s) (each run in brackets)"
+python3 - "$OUT_DIR" "$SWEEP" "$C" "$BATCH" <<'EOF'
+import glob, json, os, statistics, sys
+
+out, sweep, conc, batch = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
+
+def runs(prefix):
+    files = sorted(glob.glob(os.path.join(out, prefix + "-r*.json")),
+                   key=lambda f: int(f.rsplit("-r", 1)[1].split(".")[0]))
+    return [json.load(open(f)) for f in files]
+
+def metric(result, name):
+    value = result
+    for part in name.split("."):
+        value = value[part]
+    return float(value)
+
+def fmt(x):
+    return f"{x / 1000:.1f}k" if x >= 10000 else f"{x:.0f}"
+
+rows = []
+def compare(title, name, a, b, a_name, b_name, lower_is_better=False):
+    ra, rb = runs(a), runs(b)
+    if not ra or not rb:
+        return
+    va = [metric(r, name) for r in ra]
+    vb = [metric(r, name) for r in rb]
+    ma, mb = statistics.median(va), statistics.median(vb)
+    errors = sum(r["errors"] for r in ra + rb)
+    note = f"  ({errors} errors!)" if errors else ""
+    ratio = ma / mb if mb else float("nan")
+    rows.append((title, name.replace("latency_us.", "") + (" (lower is better)" if lower_is_better else ""),
+                 f"{a_name} {fmt(ma)} ({', '.join(fmt(v) for v in va)})",
+                 f"{b_name} {fmt(mb)} ({', '.join(fmt(v) for v in vb)})",
+                 f"{ratio:.2f}x{note}"))
+
+for op in ["get", "set"]:
+    compare(f"(1) {op}, {conc} in flight", "ops_per_sec", f"1-{op}-sdk", f"1-{op}-redis", "kv SDK", "Redis mux")
+for op in ["get", "set"]:
+    compare(f"(2) unary {op}, {conc} in flight", "ops_per_sec", f"2-{op}-kv", f"2-{op}-ref", "kv-server", "reference")
+compare("(3) serial get", "latency_us.p50", "3-get-sdk", "3-get-redis", "kv SDK", "Redis", lower_is_better=True)
+compare("(3) serial get", "ops_per_sec", "3-get-sdk", "3-get-redis", "kv SDK", "Redis")
+compare(f"(4) durable set, {conc} in flight", "ops_per_sec", "4-set-kv", "4-set-redis", "kv always", "Redis always")
+compare(f"(4) durable set, {conc} in flight", "ops_per_sec", "4-set-kv", "4-set-etcd", "kv always", "etcd")
+for op in ["get-many", "set-many"]:
+    compare(f"(5) {op} of {batch}, {conc} in flight", "keys_per_sec", f"5-{op}-sdk", f"5-{op}-redis", "kv SDK", "Redis pipe")
+
+def table(headers, rows):
+    widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
+    for r in [headers] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+if rows:
+    table(("comparison", "metric", "A: median (runs)", "B: median (runs)", "A/B"), rows)
+
+# The sweep: gets/s of each system at each concurrency.
+systems = [("sdk", "kv SDK"), ("unary", "kv unary"), ("redis-mux", "Redis mux"), ("redis-conn", "Redis conns")]
+sweep_rows = []
+for c in sweep:
+    medians = {}
+    for key, _ in systems:
+        found = runs(f"6-{key}-c{c}")
+        if found:
+            medians[key] = statistics.median(r["ops_per_sec"] for r in found)
+    if medians:
+        cells = [fmt(medians[k]) if k in medians else "-" for k, _ in systems]
+        ratio = (f"{medians['sdk'] / medians['redis-mux']:.2f}x"
+                 if medians.get("redis-mux") and "sdk" in medians else "-")
+        sweep_rows.append((c, *cells, ratio))
+if sweep_rows:
+    print()
+    print("(6) gets/s by concurrency, medians:")
+    table(("concurrency", *(name for _, name in systems), "kv SDK / Redis mux"), sweep_rows)
+EOF
+if wants 6; then
+    echo "chart: $CHART"
+fi
+echo "results: $OUT_DIR"
