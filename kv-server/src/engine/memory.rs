@@ -27,14 +27,21 @@
 //! A transaction touching several keys is applied under the namespace's
 //! `consistency` write lock; multi-key reads (GetMany, List) take it for
 //! reading, so they never see a transaction half applied.
+//!
+//! After a recovery the ordered indexes are built on a background thread
+//! ([`OrderBuild`]): sorting a million keys takes most of a second, and
+//! only List needs the order. Until a project's index is installed, the
+//! writes that change its key set queue their change beside it, the
+//! builder replays the queue onto the tree it built, and a List of that
+//! project waits for the install. Gets and writes never wait for it.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     hash::{BuildHasher, Hash, Hasher},
     ops::Bound,
     sync::{
-        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -82,8 +89,9 @@ pub struct MemoryStore {
     /// What all projects' change histories hold together.
     history: Budget,
     /// While a recovery loads, the ordered key indexes are not kept up to
-    /// date key by key; they are built once, sorted, at the end.
-    deferred_order: std::sync::atomic::AtomicBool,
+    /// date key by key; each namespace gathers its keys unordered, to be
+    /// sorted once by an [`OrderBuild`].
+    loading: AtomicBool,
     /// Serialises writes when the store is used alone (the durable store's
     /// writer thread is the only writer and does not take it).
     write_lock: Mutex<()>,
@@ -93,7 +101,9 @@ pub struct MemoryStore {
 struct Namespace {
     entries: DashMap<Arc<str>, StoredEntry, MapHasher>,
     /// The same keys in byte order, for listing.
-    order: RwLock<BTreeSet<Arc<str>>>,
+    order: RwLock<OrderIndex>,
+    /// Set once `order` is ready; Lists wait for it.
+    built: Built,
     /// Entries held (expired-but-unreclaimed included).
     keys: AtomicU64,
     /// Bytes of their keys and values.
@@ -106,11 +116,19 @@ struct Namespace {
     hub: Arc<Hub>,
 }
 
-impl Default for Namespace {
-    fn default() -> Self {
+impl Namespace {
+    /// A namespace created during a recovery gathers its keys for an
+    /// [`OrderBuild`]; any other starts with an empty, ready index.
+    fn new(loading: bool) -> Self {
+        let order = if loading {
+            OrderIndex::Building(Pending::default())
+        } else {
+            OrderIndex::Ready(BTreeSet::new())
+        };
         Self {
             entries: DashMap::default(),
-            order: RwLock::default(),
+            order: RwLock::new(order),
+            built: Built::new(!loading),
             keys: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             version: AtomicU64::new(0),
@@ -118,6 +136,180 @@ impl Default for Namespace {
             requests: Mutex::default(),
             hub: Arc::new(Hub::new()),
         }
+    }
+}
+
+/// A namespace's ordered keys, or what will make them.
+enum OrderIndex {
+    Ready(BTreeSet<Arc<str>>),
+    Building(Pending),
+}
+
+/// Key-set changes waiting for an index being built.
+#[derive(Default)]
+struct Pending {
+    /// Keys added during the load, unordered, a key again each time it
+    /// was added anew.
+    loaded: Vec<Arc<str>>,
+    /// Keys removed during the load: those of `loaded` the map must be
+    /// asked about (a key never removed is still there).
+    removed: Vec<Arc<str>>,
+    /// Changes since the load ended, in the order they were applied, to be
+    /// replayed onto the built tree.
+    changes: Vec<OrderChange>,
+}
+
+enum OrderChange {
+    Insert(Arc<str>),
+    Remove(Arc<str>),
+    Clear,
+}
+
+impl OrderIndex {
+    /// Records a change of the key set. `loading`: the store is still
+    /// recovering, so nothing but the builder will read the change.
+    fn change(&mut self, change: OrderChange, loading: bool) {
+        match (self, loading) {
+            (Self::Ready(tree), _) => match change {
+                OrderChange::Insert(key) => {
+                    tree.insert(key);
+                }
+                OrderChange::Remove(key) => {
+                    tree.remove(&key);
+                }
+                OrderChange::Clear => tree.clear(),
+            },
+            (Self::Building(pending), true) => match change {
+                OrderChange::Insert(key) => pending.loaded.push(key),
+                OrderChange::Remove(key) => pending.removed.push(key),
+                OrderChange::Clear => {
+                    pending.loaded.clear();
+                    pending.removed.clear();
+                }
+            },
+            (Self::Building(pending), false) => pending.changes.push(change),
+        }
+    }
+}
+
+/// Whether a namespace's ordered index is ready, for Lists to wait on:
+/// blocking callers on the condition variable, async ones on the watch.
+struct Built {
+    done: Mutex<bool>,
+    cond: Condvar,
+    watch: tokio::sync::watch::Sender<bool>,
+}
+
+impl Built {
+    fn new(done: bool) -> Self {
+        Self {
+            done: Mutex::new(done),
+            cond: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(done),
+        }
+    }
+
+    fn set(&self) {
+        *lock(&self.done) = true;
+        self.cond.notify_all();
+        self.watch.send_replace(true);
+    }
+
+    fn is_set(&self) -> bool {
+        *self.watch.borrow()
+    }
+
+    fn wait(&self) {
+        let mut done = lock(&self.done);
+        while !*done {
+            done = self
+                .cond
+                .wait(done)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    async fn wait_async(&self) {
+        // The sender lives as long as the namespace, which the caller holds.
+        let _ = self.watch.subscribe().wait_for(|done| *done).await;
+    }
+}
+
+/// Namespaces whose ordered indexes are still to be built after a
+/// recovery; [`OrderBuild::run`] builds them (on a thread of its own).
+pub(crate) struct OrderBuild {
+    namespaces: Vec<(ProjectName, Arc<Namespace>)>,
+}
+
+/// Below this many keys a namespace's index is built at once when the
+/// load ends: it takes well under a millisecond, and a thread is not worth
+/// starting for it.
+const INLINE_BUILD_KEYS: usize = 4096;
+
+impl OrderBuild {
+    /// Whether there is anything left to build.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+    }
+
+    /// Keys held by the namespaces left to build.
+    pub(crate) fn keys(&self) -> usize {
+        self.namespaces.iter().map(|(_, ns)| ns.entries.len()).sum()
+    }
+
+    /// Builds every index, one namespace after another, and marks each
+    /// ready as soon as it is installed.
+    pub(crate) fn run(self) {
+        for (_, ns) in self.namespaces {
+            let tree = Self::sorted(&ns);
+            Self::install(&ns, tree);
+        }
+    }
+
+    /// The namespace's keys as of the end of its load, in order. Only
+    /// the gathering and the install take the index's lock; sorting (the
+    /// slow part) holds nothing, so writers go on meanwhile.
+    fn sorted(ns: &Namespace) -> BTreeSet<Arc<str>> {
+        let (mut keys, mut removed) = match &mut *write_lock(&ns.order) {
+            OrderIndex::Building(pending) => (
+                std::mem::take(&mut pending.loaded),
+                std::mem::take(&mut pending.removed),
+            ),
+            OrderIndex::Ready(_) => return BTreeSet::new(),
+        };
+        // The map yields keys unordered: an unstable sort is the fastest
+        // way to order them, and a BTreeSet collected from sorted keys is
+        // built in one linear pass.
+        keys.sort_unstable();
+        keys.dedup();
+        if !removed.is_empty() {
+            removed.sort_unstable();
+            removed.dedup();
+            // A key removed during the load may have been added again. The
+            // map is asked now, not as of the load's end: a change since
+            // then is also queued in `changes`, and the install replays
+            // it over whatever was seen here.
+            keys.retain(|key| {
+                removed.binary_search(key).is_err() || ns.entries.contains_key(&**key)
+            });
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Replays the changes queued since the load onto `tree` and makes it
+    /// the namespace's index.
+    fn install(ns: &Namespace, mut tree: BTreeSet<Arc<str>>) {
+        {
+            let mut order = write_lock(&ns.order);
+            if let OrderIndex::Building(pending) = &mut *order {
+                let mut ready = OrderIndex::Ready(std::mem::take(&mut tree));
+                for change in pending.changes.drain(..) {
+                    ready.change(change, false);
+                }
+                *order = ready;
+            }
+        }
+        ns.built.set();
     }
 }
 
@@ -231,32 +423,56 @@ impl MemoryStore {
             data_bytes: AtomicU64::new(0),
             settings,
             history: Budget::new(),
-            deferred_order: std::sync::atomic::AtomicBool::new(false),
+            loading: AtomicBool::new(false),
             write_lock: Mutex::new(()),
         }
     }
 
-    /// Puts the store in (`true`) or out of bulk loading, for a recovery:
-    /// no change history is recorded (nobody can watch yet) and the ordered
-    /// key indexes are built once at the end instead of key by key.
-    pub(crate) fn bulk_load(&self, on: bool) {
-        self.history.recording.store(!on, Ordering::Relaxed);
-        self.deferred_order.store(on, Ordering::Relaxed);
-        if !on {
-            for (_, ns) in self.namespaces() {
-                // The map yields keys unordered: an unstable sort is the
-                // fastest way to order them, and a BTreeSet collected from
-                // sorted keys is built in one linear pass.
-                let mut keys: Vec<Arc<str>> =
-                    ns.entries.iter().map(|e| Arc::clone(e.key())).collect();
-                keys.sort_unstable();
-                *write_lock(&ns.order) = keys.into_iter().collect();
-            }
-        }
+    /// Puts the store in bulk loading, for a recovery: no change history is
+    /// recorded (nobody can watch yet) and the ordered key indexes are not
+    /// kept key by key (see [`MemoryStore::end_load`]).
+    pub(crate) fn begin_load(&self) {
+        self.history.recording.store(false, Ordering::Relaxed);
+        self.loading.store(true, Ordering::Relaxed);
     }
 
-    fn keeps_order(&self) -> bool {
-        !self.deferred_order.load(Ordering::Relaxed)
+    /// Ends the bulk load. Small namespaces get their ordered index at
+    /// once; the others are returned, to be built by [`OrderBuild::run`]
+    /// while the store serves (their Lists wait until then).
+    pub(crate) fn end_load(&self) -> OrderBuild {
+        self.history.recording.store(true, Ordering::Relaxed);
+        self.loading.store(false, Ordering::Relaxed);
+        let mut namespaces = self.namespaces();
+        namespaces.retain(|(_, ns)| {
+            let small = match &*read_lock(&ns.order) {
+                OrderIndex::Ready(_) => return false,
+                OrderIndex::Building(pending) => pending.loaded.len() <= INLINE_BUILD_KEYS,
+            };
+            if small {
+                OrderBuild::install(ns, OrderBuild::sorted(ns));
+            }
+            !small
+        });
+        OrderBuild { namespaces }
+    }
+
+    fn loading(&self) -> bool {
+        self.loading.load(Ordering::Relaxed)
+    }
+
+    /// Records a change of `ns`'s key set in its ordered index.
+    fn change_order(&self, ns: &Namespace, change: OrderChange) {
+        write_lock(&ns.order).change(change, self.loading());
+    }
+
+    /// Waits until `project`'s ordered index is ready (it is being built
+    /// after a recovery), without blocking the thread.
+    pub(crate) async fn order_ready(&self, project: &ProjectName) {
+        if let Some(ns) = self.namespace(project)
+            && !ns.built.is_set()
+        {
+            ns.built.wait_async().await;
+        }
     }
 
     /// The tunables this store runs with.
@@ -278,7 +494,12 @@ impl MemoryStore {
         if let Some(ns) = self.namespace(project) {
             return ns;
         }
-        Arc::clone(&self.projects.entry(project.clone()).or_default())
+        Arc::clone(
+            &self
+                .projects
+                .entry(project.clone())
+                .or_insert_with(|| Arc::new(Namespace::new(self.loading()))),
+        )
     }
 
     /// The live value of `key` at the clock's current time.
@@ -339,6 +560,11 @@ impl MemoryStore {
             return ListPage::default();
         };
         let limit = query.limit.max(1);
+        // Before the consistency lock: the builder's install must not wait
+        // for this reader. Once ready, an index stays ready.
+        if !ns.built.is_set() {
+            ns.built.wait();
+        }
         let _consistent = read_lock(&ns.consistency);
         let version = ns.version.load(Ordering::Acquire);
         let prefix = query.prefix.as_str();
@@ -350,6 +576,9 @@ impl MemoryStore {
             // released: the lock is never held while waiting for a map shard.
             let candidates: Vec<Arc<str>> = {
                 let order = read_lock(&ns.order);
+                let OrderIndex::Ready(order) = &*order else {
+                    unreachable!("the index was built before the lock was taken")
+                };
                 let start = match &after {
                     Some(key) => Bound::Excluded(&**key),
                     None if query.start_after.as_str() >= prefix => {
@@ -671,9 +900,7 @@ impl MemoryStore {
                 }
                 // Lock order: map shard, then the order index (readers of
                 // the index never wait for a shard while holding it).
-                if self.keeps_order() {
-                    write_lock(&ns.order).insert(Arc::clone(slot.key()));
-                }
+                self.change_order(ns, OrderChange::Insert(Arc::clone(slot.key())));
                 slot.insert(entry);
                 false
             }
@@ -702,9 +929,7 @@ impl MemoryStore {
             live = entry.is_live(now);
             self.expiry.forget(project, key, entry.expires_at);
             self.account(ns, -1, key.len() + entry.value.len(), true);
-            if self.keeps_order() {
-                write_lock(&ns.order).remove(&**key);
-            }
+            self.change_order(ns, OrderChange::Remove(Arc::clone(key)));
             true
         });
         live
@@ -720,7 +945,7 @@ impl MemoryStore {
             self.account(ns, -1, key.len() + entry.value.len(), true);
             false
         });
-        write_lock(&ns.order).clear();
+        self.change_order(ns, OrderChange::Clear);
         live
     }
 
@@ -1085,5 +1310,264 @@ impl ExpiryTask {
         // there is nothing left to stop.
         let _ = self.stop.send(());
         let _ = self.handle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ordered index built after a recovery: whatever writes (inserts,
+    //! deletes, expiries, clears) run before, during and after the build,
+    //! the installed index holds exactly the map's keys, and a List waiting
+    //! for it shows exactly the project's keys at the page's version.
+
+    use super::*;
+    use crate::engine::ManualClock;
+
+    fn project() -> ProjectName {
+        ProjectName::parse("p").unwrap()
+    }
+
+    fn set(store: &MemoryStore, key: &str, expires_at: Option<u64>) {
+        let value = vec![0x20, 0x01].into_boxed_slice();
+        let key = key.into();
+        store.apply(
+            &project(),
+            Mutation::Set {
+                key,
+                value,
+                expires_at,
+            },
+        );
+    }
+
+    fn remove(store: &MemoryStore, key: &str, expire: bool) {
+        let key = key.into();
+        let mutation = if expire {
+            Mutation::Expire { key }
+        } else {
+            Mutation::Delete { key }
+        };
+        store.apply(&project(), mutation);
+    }
+
+    fn ns(store: &MemoryStore) -> Arc<Namespace> {
+        store.namespace(&project()).unwrap()
+    }
+
+    /// The installed index and the map's keys, both in byte order.
+    fn index_and_map(store: &MemoryStore) -> (Vec<String>, Vec<String>) {
+        let ns = ns(store);
+        let index = match &*read_lock(&ns.order) {
+            OrderIndex::Ready(tree) => tree.iter().map(|k| k.to_string()).collect(),
+            OrderIndex::Building(_) => panic!("index not installed"),
+        };
+        let mut map: Vec<String> = ns.entries.iter().map(|e| e.key().to_string()).collect();
+        map.sort_unstable();
+        (index, map)
+    }
+
+    fn listed(store: &MemoryStore) -> ListPage {
+        let query = ListQuery {
+            limit: 10_000_000,
+            keys_only: true,
+            ..ListQuery::default()
+        };
+        store.list_now(&project(), &query)
+    }
+
+    /// xorshift64*: deterministic, seed printed by the caller.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    /// Random writes over a key space larger than an inline build: sets
+    /// (some with deadlines), deletes, expiries through the purge, and
+    /// now and then a clear.
+    fn random_writes(store: &MemoryStore, clock: &ManualClock, rng: &mut Rng, n: usize) {
+        for _ in 0..n {
+            let key = format!("k{:06}", rng.below(12_000));
+            match rng.below(10_000) {
+                0 => {
+                    store.apply(&project(), Mutation::Clear);
+                }
+                1..=5_499 => set(store, &key, None),
+                5_500..=6_999 => set(store, &key, Some(clock.now_ms() + 1 + rng.below(5))),
+                7_000..=8_999 => remove(store, &key, false),
+                9_000..=9_899 => {
+                    // A recovery turns sets already due into expiries; after
+                    // it, the purge expires what fell due.
+                    if store.loading() {
+                        remove(store, &key, true);
+                    } else {
+                        clock.advance(1);
+                        store.purge_expired(64);
+                    }
+                }
+                _ => clock.advance(1),
+            }
+        }
+    }
+
+    #[test]
+    fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
+        for seed in 1..=8u64 {
+            let clock = Arc::new(ManualClock::new(1_000_000));
+            let store = MemoryStore::with_clock(clock.clone());
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            store.begin_load();
+            random_writes(&store, &clock, &mut rng, 20_000);
+            // Enough keys added since the load's last clear for a build in
+            // the background.
+            for i in 0..8_000 {
+                set(&store, &format!("k{:06}", i), None);
+            }
+            let build = store.end_load();
+            assert!(!build.is_empty(), "seed {seed}: the build was inlined");
+            // Before the builder gathers the load's keys, between that and
+            // the install, and after it.
+            random_writes(&store, &clock, &mut rng, 5_000);
+            let (_, ns) = &build.namespaces[0];
+            let tree = OrderBuild::sorted(ns);
+            random_writes(&store, &clock, &mut rng, 5_000);
+            assert!(!ns.built.is_set());
+            OrderBuild::install(ns, tree);
+            assert!(ns.built.is_set());
+            let (index, map) = index_and_map(&store);
+            assert_eq!(index, map, "seed {seed}");
+            random_writes(&store, &clock, &mut rng, 5_000);
+            let (index, map) = index_and_map(&store);
+            assert_eq!(index, map, "seed {seed}");
+            let now = clock.now_ms();
+            let live: Vec<String> = ns
+                .entries
+                .iter()
+                .filter(|e| e.is_live(now))
+                .map(|e| e.key().to_string())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let page: Vec<String> = listed(&store)
+                .entries
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect();
+            assert_eq!(page, live, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_load_cleared_or_small_needs_no_background_build() {
+        let store = MemoryStore::new();
+        store.begin_load();
+        for i in 0..10_000 {
+            set(&store, &format!("k{i:06}"), None);
+        }
+        store.apply(&project(), Mutation::Clear);
+        set(&store, "b", None);
+        set(&store, "a", None);
+        remove(&store, "b", false);
+        let build = store.end_load();
+        assert!(build.is_empty());
+        let (index, map) = index_and_map(&store);
+        assert_eq!((index, map), (vec!["a".to_string()], vec!["a".to_string()]));
+    }
+
+    /// A List started right after the load, while writes go on and the
+    /// builder runs on its own thread: every page it returns is exactly the
+    /// project's keys at the page's version.
+    #[test]
+    fn lists_during_the_build_wait_and_see_exactly_the_keys_of_their_version() {
+        const LOADED: usize = 200_000;
+        let store = Arc::new(MemoryStore::new());
+        store.begin_load();
+        for i in 0..LOADED {
+            set(&store, &format!("k{:07}", i * 2), None);
+        }
+        let build = store.end_load();
+        assert_eq!(build.keys(), LOADED);
+        let loaded_version = store.version(&project());
+
+        // What each version changed, to rebuild the key set a page shows.
+        enum Op {
+            Insert(String),
+            Remove(String),
+            Clear,
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let lister = {
+            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut pages = Vec::new();
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let page = listed(&store);
+                    assert!(!page.more);
+                    let keys: Vec<String> =
+                        page.entries.iter().map(|(k, _)| k.to_string()).collect();
+                    pages.push((page.version, keys));
+                    if finished {
+                        return pages;
+                    }
+                }
+            })
+        };
+        let builder = std::thread::spawn(move || build.run());
+        let mut ops = Vec::new();
+        let mut rng = Rng(0x5eed);
+        for round in 0..20_000u64 {
+            let key = format!("k{:07}", rng.below(LOADED as u64 * 2));
+            let op = match rng.below(10) {
+                0..=4 => {
+                    set(&store, &key, None);
+                    Op::Insert(key)
+                }
+                5..=7 => {
+                    remove(&store, &key, false);
+                    Op::Remove(key)
+                }
+                _ => {
+                    remove(&store, &key, true);
+                    Op::Remove(key)
+                }
+            };
+            ops.push((store.version(&project()), op));
+            if round == 15_000 {
+                store.apply(&project(), Mutation::Clear);
+                ops.push((store.version(&project()), Op::Clear));
+            }
+        }
+        done.store(true, Ordering::Release);
+        builder.join().unwrap();
+        let pages = lister.join().unwrap();
+        let (index, map) = index_and_map(&store);
+        assert_eq!(index, map);
+
+        let mut model: BTreeSet<String> = (0..LOADED).map(|i| format!("k{:07}", i * 2)).collect();
+        let mut applied = ops.iter().peekable();
+        let mut at = loaded_version;
+        for (version, keys) in &pages {
+            assert!(*version >= at, "pages go forward");
+            while let Some((_, op)) = applied.next_if(|(v, _)| v <= version) {
+                match op {
+                    Op::Insert(key) => {
+                        model.insert(key.clone());
+                    }
+                    Op::Remove(key) => {
+                        model.remove(key);
+                    }
+                    Op::Clear => model.clear(),
+                }
+            }
+            at = *version;
+            assert!(keys.iter().eq(model.iter()), "page at version {version}");
+        }
+        assert!(pages.len() >= 2);
     }
 }

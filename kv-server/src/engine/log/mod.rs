@@ -212,6 +212,9 @@ pub struct DurableStore {
     catalog: Arc<Catalog>,
     commands: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Builds the ordered key indexes after start-up; joined on close so
+    /// no work of this store outlives it.
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
     recovered: Recovered,
 }
@@ -277,6 +280,14 @@ impl DurableStore {
             // The writer also waits for a snapshot in progress.
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
+        let indexer = self
+            .indexer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(indexer) = indexer {
+            let _ = tokio::task::spawn_blocking(move || indexer.join()).await;
+        }
         flushed
     }
 }
@@ -310,6 +321,9 @@ impl Backend for DurableStore {
         project: &ProjectName,
         query: &ListQuery,
     ) -> Result<ListPage, EngineError> {
+        // Right after start-up the project's ordered index may still be
+        // being built: wait here rather than block a runtime thread.
+        self.mem.order_ready(project).await;
         Ok(self.mem.list_now(project, query))
     }
 

@@ -109,8 +109,12 @@ pub struct Recovered {
     pub removed_temp_files: usize,
     /// How long start-up took.
     pub took: Duration,
-    /// Of which: building the ordered key indexes after the load.
+    /// Of which: building the ordered key indexes of small projects (large
+    /// ones are built in the background after start-up).
     pub index_took: Duration,
+    /// Keys of the projects whose ordered indexes are built in the
+    /// background.
+    pub index_deferred_keys: u64,
 }
 
 enum SegmentEnd {
@@ -179,7 +183,7 @@ impl DurableStore {
         let mut recovered = Recovered::default();
         let (snapshots, segments) = list(dir, &mut recovered)?;
         let mem = Arc::new(MemoryStore::with_settings(clock, settings));
-        mem.bulk_load(true);
+        mem.begin_load();
         let catalog = Arc::new(Catalog::default());
         let now = mem.clock().now_ms();
 
@@ -233,8 +237,27 @@ impl DurableStore {
         )))?;
         snapshot::remove_older(dir, base);
         let indexing = Instant::now();
-        mem.bulk_load(false);
+        let build = mem.end_load();
         recovered.index_took = indexing.elapsed();
+        recovered.index_deferred_keys = build.keys() as u64;
+        let indexer = if build.is_empty() {
+            None
+        } else {
+            let handle = std::thread::Builder::new()
+                .name("kv-index-build".into())
+                .spawn(move || {
+                    let building = Instant::now();
+                    let keys = build.keys();
+                    build.run();
+                    tracing::info!(
+                        keys,
+                        took_ms = building.elapsed().as_millis() as u64,
+                        "ordered key indexes built"
+                    );
+                })
+                .map_err(io_error("cannot start the index builder thread"))?;
+            Some(handle)
+        };
         recovered.took = started.elapsed();
         tracing::info!(
             dir = %dir.display(),
@@ -245,6 +268,7 @@ impl DurableStore {
             keys = mem.stored_entries(),
             took_ms = recovered.took.as_millis() as u64,
             index_ms = recovered.index_took.as_millis() as u64,
+            index_deferred_keys = recovered.index_deferred_keys,
             "recovered"
         );
 
@@ -272,6 +296,7 @@ impl DurableStore {
             catalog,
             commands,
             writer: Mutex::new(Some(handle)),
+            indexer: Mutex::new(indexer),
             dir: dir.to_path_buf(),
             recovered,
         })
