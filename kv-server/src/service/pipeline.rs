@@ -5,19 +5,23 @@
 //! cost. The SDK instead sends its concurrent calls as frames on one stream
 //! and gets the replies back by id. This module runs those frames.
 //!
-//! Order: frames run one after another, and within a frame every write is
-//! submitted to the engine in the order sent, so calls on the same key keep
-//! the order they were sent in. A read waits for earlier writes of the same
-//! frame to its key; reads of other keys are answered at once, ahead of
-//! the frame's writes, so a mixed frame's reads do not wait for an fsync.
+//! Order: every write is handed to the engine in the order sent, frame
+//! after frame, so writes of a key apply in the order sent. Frames are read
+//! while earlier writes are still in flight, so the writes of many frames
+//! share one group commit (one fsync). A read waits only for the writes of
+//! its own key sent before it; reads of other keys are answered at once,
+//! without waiting for anyone's fsync.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::Poll,
     time::{Duration, Instant},
 };
+
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 
 use kv_proto::wire::{self, Call, CallError, PipelineRequest, PipelineResponse, Reply};
 use tonic::{Status, Streaming, metadata::MetadataMap};
@@ -35,19 +39,18 @@ pub(super) const PIPELINE_QUEUE: usize = 16;
 /// frame of large values never nears the message limit.
 const REPLY_FRAME_BYTES: usize = 1 << 20;
 
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send + 'a>>;
-
-/// A write handed to the engine, with when its answer is due.
-struct Waiting<'a> {
-    id: u64,
-    due: Instant,
-    /// What the caller is told if `due` passes first.
-    late: Status,
-    future: Pending<'a>,
-}
+type Pending = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
 /// The sender of a stream's reply frames.
 pub(super) type ReplySender = tokio::sync::mpsc::Sender<Result<PipelineResponse, Status>>;
+
+/// A finished write: its call id, its key (to release the key for
+/// reads), its result.
+type Answered = (u64, String, Result<Res, Status>);
+
+/// Most writes of one stream handed to the engine and not yet answered;
+/// past it the stream stops reading frames until some finish.
+const MAX_IN_FLIGHT: usize = 8192;
 
 fn reply(id: u64, result: Result<Res, Status>) -> Reply {
     let response = match result {
@@ -74,13 +77,13 @@ fn reply_bytes(reply: &Reply) -> usize {
 }
 
 /// Replies gathered for the client, sent in bounded frames.
-struct Outbox<'a> {
-    tx: &'a ReplySender,
+struct Outbox {
+    tx: ReplySender,
     replies: Vec<Reply>,
     bytes: usize,
 }
 
-impl Outbox<'_> {
+impl Outbox {
     /// Queues `reply`; false once the client is gone.
     async fn push(&mut self, reply: Reply) -> bool {
         self.bytes += reply_bytes(&reply);
@@ -102,21 +105,87 @@ impl Outbox<'_> {
     }
 }
 
+/// A stream's writes in flight, in the order they were handed to the
+/// engine, and how many of them each key has.
+#[derive(Default)]
+struct InFlight {
+    writes: FuturesOrdered<Pending>,
+    keys: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn push(&mut self, key: String, write: Pending) {
+        *self.keys.entry(key).or_default() += 1;
+        self.writes.push_back(write);
+    }
+
+    fn release(&mut self, key: &str) {
+        if let Some(count) = self.keys.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Queues the replies of the writes finished by now, without waiting.
+    async fn take_ready(&mut self, out: &mut Outbox) -> bool {
+        while let Some(Some((id, key, result))) = self.writes.next().now_or_never() {
+            self.release(&key);
+            if !out.push(reply(id, result)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until no write of `key` is in flight (the writes before them
+    /// finish first: they finish in order anyway).
+    async fn wait_for(&mut self, key: &str, out: &mut Outbox) -> bool {
+        while self.keys.contains_key(key) {
+            let Some((id, done, result)) = self.writes.next().await else {
+                break;
+            };
+            self.release(&done);
+            if !out.push(reply(id, result)).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 impl<B: Backend> KvService<B> {
     /// Reads frames off `calls` and answers them on `tx` until the client
     /// ends the stream, goes away, or the server stops.
+    ///
+    /// Frames are read while earlier writes are still in flight, so the
+    /// writes of many frames share one group commit; replies go out as
+    /// results come in.
     pub(super) async fn serve_pipeline(
         self,
         metadata: MetadataMap,
         mut calls: Streaming<PipelineRequest>,
         tx: ReplySender,
     ) {
-        let mut stopping = self.stopping.clone();
+        let this = Arc::new(self);
+        let mut stopping = this.stopping.clone();
+        let mut in_flight = InFlight::default();
+        let mut out = Outbox {
+            tx: tx.clone(),
+            replies: Vec::new(),
+            bytes: 0,
+        };
+        let mut reading = true;
+        let mut shutting_down = false;
         loop {
-            let frame = tokio::select! {
-                frame = calls.message() => frame,
-                () = tx.closed() => return,
-                () = until_true(&mut stopping) => {
+            if !in_flight.take_ready(&mut out).await || !out.flush().await {
+                return;
+            }
+            if in_flight.writes.is_empty() {
+                if shutting_down {
+                    // Everything started was answered; frames not read yet
+                    // were not run.
                     let _ = tx
                         .send(Err(Status::unavailable(
                             "the server is shutting down; calls not yet answered were not run",
@@ -124,33 +193,58 @@ impl<B: Backend> KvService<B> {
                         .await;
                     return;
                 }
-            };
-            let frame = match frame {
-                Ok(Some(frame)) => frame,
-                // The client closed its side: every call was answered.
-                Ok(None) => return,
-                // The client is gone or sent garbage; tonic has the reason.
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
+                if !reading {
+                    // The client closed its side and every call was answered.
                     return;
                 }
-            };
-            if !self
-                .run_frame(&metadata, frame.calls, Instant::now(), &tx)
-                .await
-            {
-                return;
+            }
+            tokio::select! {
+                biased;
+                () = tx.closed() => return,
+                () = until_true(&mut stopping), if !shutting_down => {
+                    // Like a unary request in flight at shutdown, a started
+                    // write is finished and answered.
+                    shutting_down = true;
+                    reading = false;
+                }
+                Some((id, key, result)) = in_flight.writes.next(), if !in_flight.writes.is_empty() => {
+                    in_flight.release(&key);
+                    if !out.push(reply(id, result)).await {
+                        return;
+                    }
+                }
+                frame = calls.message(), if reading && in_flight.writes.len() < MAX_IN_FLIGHT => {
+                    match frame {
+                        Ok(Some(frame)) => {
+                            let started = this
+                                .start_frame(&metadata, frame.calls, Instant::now(), &mut in_flight, &mut out)
+                                .await;
+                            if !started {
+                                return;
+                            }
+                        }
+                        // The client is done sending; answer what is left.
+                        Ok(None) => reading = false,
+                        // The client is gone or sent garbage; tonic has the reason.
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Runs one frame's calls; false once the client is gone.
-    async fn run_frame(
-        &self,
+    /// Answers a frame's reads and hands its writes to the engine, in the
+    /// order sent; false once the client is gone.
+    async fn start_frame(
+        self: &Arc<Self>,
         metadata: &MetadataMap,
         calls: Vec<Call>,
         received: Instant,
-        tx: &ReplySender,
+        in_flight: &mut InFlight,
+        out: &mut Outbox,
     ) -> bool {
         // Credentials are checked per frame, not once per stream, so a
         // revoked token stops working on open streams too.
@@ -159,35 +253,8 @@ impl<B: Backend> KvService<B> {
             .project_for(metadata, Access::Read)
             .map_err(Status::from);
         let mut write: Option<Result<ProjectName, Status>> = None;
-        let mut out = Outbox {
-            tx,
-            replies: Vec::with_capacity(calls.len()),
-            bytes: 0,
-        };
-        let mut pending: Vec<Waiting<'_>> = Vec::new();
-        let mut pending_keys: HashSet<&str> = HashSet::new();
-        for call in &calls {
+        for call in calls {
             let id = call.id;
-            // The server's cap, or the call's own deadline if sooner.
-            let capped = call.timeout_ms == 0
-                || Duration::from_millis(call.timeout_ms) >= self.max_call_time;
-            let (due, late) = if capped {
-                (
-                    received + self.max_call_time,
-                    Status::deadline_exceeded(format!(
-                        "call exceeded the server's limit of {} ms per request (--max-request-time-ms); a write may still apply",
-                        self.max_call_time.as_millis()
-                    )),
-                )
-            } else {
-                (
-                    received + Duration::from_millis(call.timeout_ms),
-                    Status::deadline_exceeded(format!(
-                        "the call's {} ms ran out; a write may still apply",
-                        call.timeout_ms
-                    )),
-                )
-            };
             if call.timeout_ms > 0 && received.elapsed() >= Duration::from_millis(call.timeout_ms) {
                 let late = Status::deadline_exceeded(format!(
                     "the call's {} ms ran out before it started; it was not run",
@@ -198,117 +265,138 @@ impl<B: Backend> KvService<B> {
                 }
                 continue;
             }
-            let (key, writes) = match &call.request {
-                Some(Req::Get(r)) => (r.key.as_str(), false),
-                Some(Req::Has(r)) => (r.key.as_str(), false),
-                Some(Req::Set(r)) => (r.key.as_str(), true),
-                Some(Req::Delete(r)) => (r.key.as_str(), true),
-                Some(Req::Incr(r)) => (r.key.as_str(), true),
-                Some(Req::Merge(r)) => (r.key.as_str(), true),
-                None => {
-                    let empty = Status::invalid_argument(format!(
-                        "call {id} has no request; give one of get, set, has, delete, incr, merge"
-                    ));
-                    if !out.push(reply(id, Err(empty))).await {
-                        return false;
-                    }
-                    continue;
-                }
-            };
-            if !writes {
-                if pending_keys.contains(key) {
-                    // Read your writes: this read was sent after a write of
-                    // its key that has not finished.
-                    if !self.finish(&mut pending, &mut out).await {
-                        return false;
-                    }
-                    pending_keys.clear();
-                }
-                let result = match &read {
-                    Err(e) => Err(e.clone()),
-                    Ok(project) => match &call.request {
-                        Some(Req::Get(r)) => self.get_in(project, r).await.map(Res::Get),
-                        Some(Req::Has(r)) => self.has_in(project, r).await.map(Res::Has),
-                        _ => unreachable!("reads are get and has"),
-                    },
-                };
-                if !out.push(reply(id, result)).await {
+            let Some(request) = call.request else {
+                let empty = Status::invalid_argument(format!(
+                    "call {id} has no request; give one of get, set, has, delete, incr, merge"
+                ));
+                if !out.push(reply(id, Err(empty))).await {
                     return false;
                 }
                 continue;
-            }
-            let project = write.get_or_insert_with(|| {
-                self.auth
-                    .project_for(metadata, Access::Write)
-                    .map_err(Status::from)
-            });
-            let project = match project {
-                Ok(project) => project.clone(),
-                Err(e) => {
-                    if !out.push(reply(id, Err(e.clone()))).await {
+            };
+            let result = match request {
+                Req::Get(r) => {
+                    if !in_flight.wait_for(&r.key, out).await {
                         return false;
                     }
-                    continue;
-                }
-            };
-            let mut future: Pending<'_> = match &call.request {
-                Some(Req::Set(r)) => {
-                    Box::pin(async move { self.set_in(&project, r).await.map(Res::Set) })
-                }
-                Some(Req::Delete(r)) => {
-                    Box::pin(async move { self.delete_in(&project, r).await.map(Res::Delete) })
-                }
-                Some(Req::Incr(r)) => {
-                    Box::pin(async move { self.incr_in(&project, r).await.map(Res::Incr) })
-                }
-                Some(Req::Merge(r)) => {
-                    Box::pin(async move { self.merge_in(&project, r).await.map(Res::Merge) })
-                }
-                _ => unreachable!("writes are set, delete, incr and merge"),
-            };
-            // Polled once now, in order: that hands the write to the engine
-            // (validation and submission are synchronous), so writes of one
-            // key reach the writer in the order they were sent, and a
-            // write the engine finishes at once is answered at once.
-            match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-                Poll::Ready(result) => {
-                    if !out.push(reply(id, result)).await {
-                        return false;
+                    match &read {
+                        Ok(project) => self.get_in(project, &r).await.map(Res::Get),
+                        Err(e) => Err(e.clone()),
                     }
                 }
-                Poll::Pending => {
-                    pending.push(Waiting {
-                        id,
-                        due,
-                        late,
-                        future,
+                Req::Has(r) => {
+                    if !in_flight.wait_for(&r.key, out).await {
+                        return false;
+                    }
+                    match &read {
+                        Ok(project) => self.has_in(project, &r).await.map(Res::Has),
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+                write_request => {
+                    let project = write.get_or_insert_with(|| {
+                        self.auth
+                            .project_for(metadata, Access::Write)
+                            .map_err(Status::from)
                     });
-                    pending_keys.insert(key);
+                    let project = match project {
+                        Ok(project) => project.clone(),
+                        Err(e) => {
+                            if !out.push(reply(id, Err(e.clone()))).await {
+                                return false;
+                            }
+                            continue;
+                        }
+                    };
+                    let due = self.due(call.timeout_ms, received);
+                    match self
+                        .start_write(project, id, due, write_request, in_flight)
+                        .await
+                    {
+                        Some(result) => result,
+                        None => continue,
+                    }
                 }
-            }
-        }
-        self.finish(&mut pending, &mut out).await && out.flush().await
-    }
-
-    /// Sends the replies ready so far (reads need not wait for an fsync),
-    /// then waits for the pending writes and queues their replies.
-    async fn finish(&self, pending: &mut Vec<Waiting<'_>>, out: &mut Outbox<'_>) -> bool {
-        if pending.is_empty() {
-            return true;
-        }
-        if !out.flush().await {
-            return false;
-        }
-        for waiting in pending.drain(..) {
-            let due = tokio::time::Instant::from_std(waiting.due);
-            let result = match tokio::time::timeout_at(due, waiting.future).await {
-                Ok(result) => result,
-                Err(_) => Err(waiting.late),
             };
-            if !out.push(reply(waiting.id, result)).await {
+            if !out.push(reply(id, result)).await {
                 return false;
             }
         }
         true
+    }
+
+    /// When a call's answer is due, and what it gets if that passes: its
+    /// own deadline or the server's cap, whichever is sooner.
+    fn due(&self, timeout_ms: u64, received: Instant) -> (Instant, Status) {
+        let own = Duration::from_millis(timeout_ms);
+        if timeout_ms == 0 || own >= self.max_call_time {
+            let cap = self.max_call_time.as_millis();
+            (
+                received + self.max_call_time,
+                Status::deadline_exceeded(format!(
+                    "call exceeded the server's limit of {cap} ms per request (--max-request-time-ms); the write may still apply"
+                )),
+            )
+        } else {
+            (
+                received + own,
+                Status::deadline_exceeded(format!(
+                    "the call's {timeout_ms} ms ran out; the write may still apply"
+                )),
+            )
+        }
+    }
+
+    /// Hands a write to the engine now. Its result when it is already
+    /// known (refused, or the engine finished it at once); `None` when it
+    /// is in flight, answered later.
+    async fn start_write(
+        self: &Arc<Self>,
+        project: ProjectName,
+        id: u64,
+        (due, late): (Instant, Status),
+        request: Req,
+        in_flight: &mut InFlight,
+    ) -> Option<Result<Res, Status>> {
+        let key = match &request {
+            Req::Set(r) => r.key.clone(),
+            Req::Delete(r) => r.key.clone(),
+            Req::Incr(r) => r.key.clone(),
+            Req::Merge(r) => r.key.clone(),
+            Req::Get(_) | Req::Has(_) => {
+                return Some(Err(Status::internal("a read was taken for a write")));
+            }
+        };
+        let this = Arc::clone(self);
+        let write = async move {
+            match request {
+                Req::Set(r) => this.set_in(&project, &r).await.map(Res::Set),
+                Req::Delete(r) => this.delete_in(&project, &r).await.map(Res::Delete),
+                Req::Incr(r) => this.incr_in(&project, &r).await.map(Res::Incr),
+                Req::Merge(r) => this.merge_in(&project, &r).await.map(Res::Merge),
+                Req::Get(_) | Req::Has(_) => Err(Status::internal("a read was taken for a write")),
+            }
+        };
+        let mut write: Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>> = Box::pin(write);
+        // Polled once now, in order: that hands the write to the engine
+        // (validation and submission are synchronous), so writes of one
+        // key reach the writer in the order they were sent.
+        if let Poll::Ready(result) =
+            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+        {
+            return Some(result);
+        }
+        let due = tokio::time::Instant::from_std(due);
+        in_flight.push(
+            key.clone(),
+            Box::pin(async move {
+                let result = match tokio::time::timeout_at(due, write).await {
+                    Ok(result) => result,
+                    Err(_) => Err(late),
+                };
+                (id, key, result)
+            }),
+        );
+        None
     }
 }
