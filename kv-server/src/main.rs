@@ -7,6 +7,14 @@ use clap::Parser;
 use kv_server::{config::Cli, engine::SystemClock};
 use tracing_subscriber::EnvFilter;
 
+// Every request and every logged write allocates a few small buffers; with
+// glibc's malloc a fifth of the server's time under load went to malloc
+// and free. mimalloc: 50 concurrent SDK sets 48.2k -> 67.0k/s (medians of 3
+// alternating runs, fsync never, 1 worker thread), memory per entry
+// unchanged (314 B at 1M keys).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
