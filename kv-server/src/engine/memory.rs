@@ -241,9 +241,11 @@ pub(crate) struct OrderBuild {
     namespaces: Vec<(ProjectName, Arc<Namespace>)>,
 }
 
-/// Below this many keys a namespace's index is built at once when the
-/// load ends: it takes well under a millisecond, and a thread is not worth
-/// starting for it.
+/// Up to this many keys, all projects together, indexes are built at once
+/// when the load ends (small projects first): a few milliseconds at most,
+/// and a store of small projects then needs no thread. Past it, many
+/// mid-sized projects would add up to the delay the background build
+/// avoids.
 const INLINE_BUILD_KEYS: usize = 4096;
 
 impl OrderBuild {
@@ -442,18 +444,33 @@ impl MemoryStore {
     pub(crate) fn end_load(&self) -> OrderBuild {
         self.history.recording.store(true, Ordering::Relaxed);
         self.loading.store(false, Ordering::Relaxed);
-        let mut namespaces = self.namespaces();
-        namespaces.retain(|(_, ns)| {
-            let small = match &*read_lock(&ns.order) {
-                OrderIndex::Ready(_) => return false,
-                OrderIndex::Building(pending) => pending.loaded.len() <= INLINE_BUILD_KEYS,
-            };
-            if small {
+        let mut namespaces: Vec<_> = self
+            .namespaces()
+            .into_iter()
+            .filter_map(|(project, ns)| {
+                let loaded = match &*read_lock(&ns.order) {
+                    OrderIndex::Ready(_) => return None,
+                    OrderIndex::Building(pending) => pending.loaded.len(),
+                };
+                Some((loaded, project, ns))
+            })
+            .collect();
+        namespaces.sort_unstable_by_key(|(loaded, _, _)| *loaded);
+        let mut budget = INLINE_BUILD_KEYS;
+        namespaces.retain(|(loaded, _, ns)| {
+            let inline = *loaded <= budget;
+            if inline {
+                budget -= loaded;
                 OrderBuild::install(ns, OrderBuild::sorted(ns));
             }
-            !small
+            !inline
         });
-        OrderBuild { namespaces }
+        OrderBuild {
+            namespaces: namespaces
+                .into_iter()
+                .map(|(_, project, ns)| (project, ns))
+                .collect(),
+        }
     }
 
     fn loading(&self) -> bool {
@@ -1477,6 +1494,39 @@ mod tests {
         assert!(build.is_empty());
         let (index, map) = index_and_map(&store);
         assert_eq!((index, map), (vec!["a".to_string()], vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn many_mid_sized_projects_are_not_all_built_before_the_open_returns() {
+        let store = MemoryStore::new();
+        store.begin_load();
+        for name in ["a", "b", "c"] {
+            let project = ProjectName::parse(name).unwrap();
+            for i in 0..3_000 {
+                let key = format!("k{i:05}").into();
+                let value = vec![0x20, 0x01].into_boxed_slice();
+                let expires_at = None;
+                store.apply(
+                    &project,
+                    Mutation::Set {
+                        key,
+                        value,
+                        expires_at,
+                    },
+                );
+            }
+        }
+        let build = store.end_load();
+        assert_eq!(build.keys(), 6_000);
+        build.run();
+        for name in ["a", "b", "c"] {
+            let project = ProjectName::parse(name).unwrap();
+            let query = ListQuery {
+                limit: 10_000,
+                ..ListQuery::default()
+            };
+            assert_eq!(store.list_now(&project, &query).entries.len(), 3_000);
+        }
     }
 
     /// A List started right after the load, while writes go on and the
