@@ -30,6 +30,9 @@ pub(crate) enum Command {
     ReferenceServer(ReferenceArgs),
     /// Plots ops/s against concurrency from result JSON files into a PNG.
     Chart(ChartArgs),
+    /// Writes keys with TTLs while watching the project, and measures how
+    /// long after each key's deadline its EXPIRED event arrives.
+    Expiry(ExpiryArgs),
 }
 
 /// What `run` drives.
@@ -373,6 +376,105 @@ impl RunArgs {
                     "--ttl-share is not supported for etcd: expiry there needs leases".into(),
                 );
             }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ExpiryArgs {
+    /// kv-server address: `host:port` or a URL.
+    #[arg(long, visible_alias = "addr", default_value = "http://127.0.0.1:50051")]
+    pub(crate) url: String,
+
+    /// kv project the keys are written to (and watched in).
+    #[arg(long, default_value = "bench")]
+    pub(crate) project: String,
+
+    /// Bearer token sent with every call.
+    #[arg(long, env = "KV_BENCH_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+
+    /// Keys to write, each with a TTL.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) keys: u64,
+
+    /// The earliest deadline, in milliseconds after the start of writing.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) ttl_ms: u64,
+
+    /// Deadlines are spread uniformly over this many milliseconds after
+    /// `--ttl-ms` (one deadline per batch); 0: every key is due at once.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) spread_ms: u64,
+
+    /// Size of every value: a JSON string whose encoded
+    /// google.protobuf.Value is this many bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) value_bytes: usize,
+
+    /// Keys per SetMany call (all of a call share one deadline).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) batch: usize,
+
+    /// SetMany calls in flight while writing.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) concurrency: u32,
+
+    /// Worker threads of the client's tokio runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: u32,
+
+    /// How long to wait, past the latest deadline, for the last EXPIRED
+    /// event; keys not seen by then are reported as missing.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+
+    /// Seed of the deadlines' spread.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// Also write the result as a JSON object to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+
+    /// Free text stored in the result.
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+}
+
+impl ExpiryArgs {
+    /// The server URL, with a scheme.
+    pub(crate) fn url(&self) -> String {
+        if self.url.contains("://") {
+            self.url.clone()
+        } else {
+            format!("http://{}", self.url)
+        }
+    }
+
+    /// Checks what clap cannot check flag by flag.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if self.value_bytes < 2 {
+            return Err(format!(
+                "--value-bytes {} is too small: the smallest kv value (an empty JSON string) encodes to 2 bytes",
+                self.value_bytes
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(format!(
+                "--batch {} is out of range: 1 to {MAX_BATCH} keys per call",
+                self.batch
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err("--timeout must be more than 0".into());
+        }
+        if self.ttl_ms.checked_add(self.spread_ms).is_none() {
+            return Err("--ttl-ms plus --spread-ms is too large".into());
         }
         Ok(())
     }

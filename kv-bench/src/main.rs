@@ -17,6 +17,16 @@
 //!   `DashMap`, nothing else (every other method is UNIMPLEMENTED).
 //! - `chart --input a.json,b.json --out chart.png`: ops/s against
 //!   concurrency, one line per `label`, median of repeated runs.
+//! - `expiry --keys N --ttl-ms T --spread-ms S`: watches the project,
+//!   writes N keys whose deadlines are spread over `[T, T + S]` ms after the
+//!   start, and measures how long after its deadline each key's EXPIRED
+//!   event arrives (p50/p90/p99/p999/max ms; see `expiry.rs`). Prints
+//!   `keys, ttl_ms, spread_ms, written_s, expired, missing` and the lag
+//!   percentiles; `--json` writes `keys, written_in_s, expired, missing,
+//!   lag_ms {p50, p90, p99, p999, max}`, the flags (`label, ttl_ms,
+//!   spread_ms, value_bytes, batch, concurrency, timeout_s, project,
+//!   seed`), then `early` and `server_lag_ms`. Exit 1 when the watch is
+//!   cut off or a write fails.
 //!
 //! # The harness
 //!
@@ -50,6 +60,7 @@ use clap::Parser;
 
 mod chart;
 mod cli;
+mod expiry;
 mod reference;
 mod report;
 mod runner;
@@ -78,6 +89,13 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(reference::serve(args.addr, args.workers))),
         ),
         Command::Chart(args) => finish(chart::chart(&args)),
+        Command::Expiry(args) => {
+            if let Err(e) = args.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            finish(runtime(args.threads).and_then(|rt| rt.block_on(expiry::run(&args))))
+        }
     }
 }
 

@@ -108,6 +108,29 @@ fn bad_flags_are_refused_with_a_clear_message() {
 }
 
 #[test]
+fn bad_expiry_flags_are_refused_with_a_clear_message() {
+    refused(&["expiry", "--keys", "0"], 2, "--keys must be at least 1");
+    refused(
+        &["expiry", "--batch", "1001"],
+        2,
+        "--batch 1001 is out of range",
+    );
+    refused(
+        &["expiry", "--value-bytes", "1"],
+        2,
+        "--value-bytes 1 is too small",
+    );
+    refused(&["expiry", "--ttl-ms", "0"], 2, "--ttl-ms");
+    refused(&["expiry", "--spread-ms=-5"], 2, "--spread-ms");
+    refused(
+        &["expiry", "--timeout", "0s"],
+        2,
+        "--timeout must be more than 0",
+    );
+    refused(&["expiry", "--timeout", "soon"], 2, "--timeout");
+}
+
+#[test]
 fn an_unreachable_server_fails_the_run() {
     let addr = format!("127.0.0.1:{}", free_port());
     for target in ["sdk", "unary", "redis"] {
@@ -130,6 +153,16 @@ fn an_unreachable_server_fails_the_run() {
             outcome.stdout
         );
     }
+    let outcome = refused(
+        &["expiry", "--url", &addr, "--keys", "10"],
+        1,
+        "cannot connect to kv",
+    );
+    assert!(
+        outcome.stdout.is_empty(),
+        "no result row: {}",
+        outcome.stdout
+    );
 }
 
 /// A result object as `run --json` writes it.
