@@ -21,10 +21,25 @@
 #      of BATCH commands.
 #   6. Gets/s against concurrency (SWEEP) for kv SDK, kv unary, Redis
 #      multiplexed and Redis with one connection per task; drawn into CHART.
+#   7. Memory per entry: a fresh kv-server and a fresh in-memory Redis,
+#      resident memory (VmRSS) before and after writing KEYS keys, divided
+#      by KEYS; for Redis also INFO memory's used_memory.
+#   8. Restart: kv-server holding KEYS keys is stopped with SIGTERM and
+#      started again on its data directory, RUNS times: wall time from spawn
+#      until it accepts connections (it recovers before it listens; a Get of
+#      a preloaded key is then checked), and the recovery time it logs.
+#   9. Expiry lag: `kv-bench expiry` writes KEYS keys whose deadlines are
+#      spread over EXPIRY_SPREAD_MS after EXPIRY_TTL_MS, and measures how
+#      long after its deadline each key's EXPIRED event arrives; then once
+#      more with every key due at the same instant.
+#  10. Latency at half of peak: kv SDK and Redis multiplexed get and set,
+#      CONCURRENCY tasks; a closed-loop run finds the peak ops/s, then an
+#      open-loop run at half of it reports p50/p99/p999.
 #
 # Usage:
 #   scripts/bench-vs-redis.sh
 #   KEYS=10000 DURATION=2s WARMUP=500ms RUNS=1 SECTIONS="1 3" scripts/bench-vs-redis.sh
+#   KEYS=20000 DURATION=2s WARMUP=500ms RUNS=1 SECTIONS="7 8 9 10" scripts/bench-vs-redis.sh
 #
 # Environment (defaults in brackets):
 #   KEYS [1000000]            key space; every system is preloaded with it
@@ -37,7 +52,13 @@
 #   SERVER_WORKERS [1]        tokio workers of kv-server and the reference server
 #   CLIENT_THREADS [1]        tokio workers of kv-bench
 #   SWEEP ["1 2 4 8 16 32 64 128"]  concurrencies of section 6
-#   SECTIONS ["1 2 3 4 5 6"]  which sections to run
+#   SECTIONS ["1 2 3 4 5 6 7 8 9 10"]  which sections to run
+#   EXPIRY_TTL_MS [20000]     section 9: earliest deadline, ms after writing starts
+#   EXPIRY_SPREAD_MS [20000]  section 9: deadlines spread over this many ms
+#   EXPIRY_TIMEOUT [120s]     section 9: wait past the last deadline for stragglers
+#   EXPIRY_SERVER_ARGS [""]   section 9: extra kv-server flags, e.g.
+#                             "--watch-history-events 100000" when the server
+#                             cuts the watch off
 #   CHART [docs/throughput-vs-concurrency.png]  the chart section 6 draws
 #   OUT_DIR [target/bench-vs-redis/<date>]      result JSON files and logs (kept)
 #   NO_BUILD [unset]          set to 1 to skip `cargo build --release`
@@ -57,7 +78,11 @@ VALUE_BYTES=${VALUE_BYTES:-100}
 SERVER_WORKERS=${SERVER_WORKERS:-1}
 CLIENT_THREADS=${CLIENT_THREADS:-1}
 SWEEP=${SWEEP:-"1 2 4 8 16 32 64 128"}
-SECTIONS=${SECTIONS:-"1 2 3 4 5 6"}
+SECTIONS=${SECTIONS:-"1 2 3 4 5 6 7 8 9 10"}
+EXPIRY_TTL_MS=${EXPIRY_TTL_MS:-20000}
+EXPIRY_SPREAD_MS=${EXPIRY_SPREAD_MS:-20000}
+EXPIRY_TIMEOUT=${EXPIRY_TIMEOUT:-120s}
+EXPIRY_SERVER_ARGS=${EXPIRY_SERVER_ARGS:-}
 CHART=${CHART:-docs/throughput-vs-concurrency.png}
 OUT_DIR=${OUT_DIR:-target/bench-vs-redis/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -114,15 +139,17 @@ listening_addr() {
     die "server did not report its address; log: $(cat "$log")"
 }
 
-# start_kv NAME FSYNC: kv-server on a free port; sets KV_ADDR.
+# start_kv NAME FSYNC [FLAGS...]: kv-server on a free port, data in
+# $WORK/NAME-data; sets KV_ADDR.
 start_kv() {
     local name=$1 fsync=$2 log=$WORK/$1.log
+    shift 2
     local workers=(--worker-threads "$SERVER_WORKERS")
     "$KV_SERVER" --listen 127.0.0.1:0 --data-dir "$WORK/$name-data" --fsync "$fsync" \
-        "${workers[@]}" 2>"$log" &
+        "${workers[@]}" "$@" 2>"$log" &
     PIDS+=($!)
     KV_ADDR=$(listening_addr "$log" $!)
-    echo "   $name: kv-server --fsync $fsync --worker-threads $SERVER_WORKERS on $KV_ADDR"
+    echo "   $name: kv-server --fsync $fsync --worker-threads $SERVER_WORKERS $*${*:+ }on $KV_ADDR"
 }
 
 start_reference() {
@@ -162,10 +189,48 @@ start_etcd() {
     echo "   etcd: $(etcd --version | sed -n 1p) on $ETCD_ADDR"
 }
 
-# stop PID: stops one server started above.
+# stop PID: stops one server started above (SIGTERM, then waits for it),
+# and forgets it, so the cleanup never signals a reused process id.
 stop() {
+    local pid kept=()
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do
+        [[ $pid == "$1" ]] || kept+=("$pid")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# Microseconds since the epoch, without forking (bash 5's EPOCHREALTIME;
+# the separator follows the locale).
+now_us() {
+    echo "${EPOCHREALTIME//[.,]/}"
+}
+
+# rss_kb PID: resident memory of a process, in KiB.
+rss_kb() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# used_memory PORT: Redis's own count of the bytes it allocated.
+used_memory() {
+    redis-cli -p "$1" info memory | tr -d '\r' | awk -F: '/^used_memory:/ { print $2 }'
+}
+
+# json FILE KEY=VALUE...: writes a flat JSON object (numbers where the
+# value is one, strings otherwise).
+json() {
+    python3 - "$@" <<'EOF'
+import json, sys
+def value(v):
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+json.dump({k: value(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}, open(sys.argv[1], "w"))
+EOF
 }
 
 COMMON=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --threads "$CLIENT_THREADS"
@@ -207,23 +272,42 @@ print(f"   preloaded {sys.argv[2]}: {r['keys']} keys in {r['preload_s']:.2f} s{n
 EOF
 }
 
+# wants N...: whether any of sections N... is to run.
 wants() {
-    [[ " $SECTIONS " == *" $1 "* ]]
+    local n
+    for n in "$@"; do
+        [[ " $SECTIONS " == *" $n "* ]] && return 0
+    done
+    return 1
 }
 
 echo "== setup: $(nproc) cores; KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES DURATION=$DURATION WARMUP=$WARMUP RUNS=$RUNS"
 echo "   server workers: $SERVER_WORKERS (kv-server, reference); Redis: one command thread; client threads: $CLIENT_THREADS"
 echo "   $(redis-server --version)"
 echo "   results: $OUT_DIR"
-start_kv kv never
-KV=$KV_ADDR
-start_reference
-REF=$REF_ADDR
-start_redis redis --save '' --appendonly no
-REDIS=$REDIS_ADDR
-preload kv --target sdk --addr "$KV"
-preload reference --target unary --addr "$REF"
-preload redis --target redis --addr "$REDIS"
+# The shared servers, for the sections that use them (4 and 7 to 9 start
+# their own).
+if wants 1 2 3 5 6 10; then
+    start_kv kv never
+    KV=$KV_ADDR
+fi
+if wants 2; then
+    start_reference
+    REF=$REF_ADDR
+fi
+if wants 1 3 5 6 10; then
+    start_redis redis --save '' --appendonly no
+    REDIS=$REDIS_ADDR
+fi
+if wants 1 2 3 5 6 10; then
+    preload kv --target sdk --addr "$KV"
+fi
+if wants 2; then
+    preload reference --target unary --addr "$REF"
+fi
+if wants 1 3 5 6 10; then
+    preload redis --target redis --addr "$REDIS"
+fi
 
 C=$CONCURRENCY
 for ((run = 1; run <= RUNS; run++)); do
@@ -323,6 +407,143 @@ if wants 6; then
         --title "Gets/s vs concurrency ($(nproc) cores, $KEYS keys, ${VALUE_BYTES}-byte values, median of $RUNS)"
 fi
 
+if wants 7; then
+    echo "== (7) memory per entry: $KEYS keys of $VALUE_BYTES bytes, fresh servers"
+    start_kv kv-mem never
+    KV_MEM=$KV_ADDR
+    KV_MEM_PID=${PIDS[-1]}
+    start_redis redis-mem --save '' --appendonly no
+    REDIS_MEM=$REDIS_ADDR
+    REDIS_MEM_PID=${PIDS[-1]}
+    kv_before=$(rss_kb "$KV_MEM_PID")
+    redis_before=$(rss_kb "$REDIS_MEM_PID")
+    used_before=$(used_memory "${REDIS_MEM##*:}")
+    preload kv-mem --target sdk --addr "$KV_MEM"
+    preload redis-mem --target redis --addr "$REDIS_MEM"
+    # Let background work (snapshots, index builds, lazy frees) settle.
+    sleep 1
+    kv_after=$(rss_kb "$KV_MEM_PID")
+    redis_after=$(rss_kb "$REDIS_MEM_PID")
+    used_after=$(used_memory "${REDIS_MEM##*:}")
+    json "$OUT_DIR/7-memory.json" keys="$KEYS" value_bytes="$VALUE_BYTES" \
+        kv_rss_before_kb="$kv_before" kv_rss_after_kb="$kv_after" \
+        redis_rss_before_kb="$redis_before" redis_rss_after_kb="$redis_after" \
+        redis_used_memory_before="$used_before" redis_used_memory_after="$used_after"
+    python3 - "$OUT_DIR/7-memory.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+kv = (m["kv_rss_after_kb"] - m["kv_rss_before_kb"]) * 1024 / m["keys"]
+redis = (m["redis_rss_after_kb"] - m["redis_rss_before_kb"]) * 1024 / m["keys"]
+used = (m["redis_used_memory_after"] - m["redis_used_memory_before"]) / m["keys"]
+print(f"   kv-server: RSS {m['kv_rss_before_kb'] / 1024:.1f} -> {m['kv_rss_after_kb'] / 1024:.1f} MiB, {kv:.0f} B/entry")
+print(f"   Redis:     RSS {m['redis_rss_before_kb'] / 1024:.1f} -> {m['redis_rss_after_kb'] / 1024:.1f} MiB, {redis:.0f} B/entry"
+      f" (used_memory {used:.0f} B/entry)")
+EOF
+    stop "$KV_MEM_PID"
+    stop "$REDIS_MEM_PID"
+fi
+
+if wants 8; then
+    echo "== (8) restart with $KEYS keys: SIGTERM, then spawn until serving, $RUNS time(s)"
+    start_kv kv-restart never
+    KV_RESTART_PID=${PIDS[-1]}
+    preload kv-restart --target sdk --addr "$KV_ADDR"
+    for ((run = 1; run <= RUNS; run++)); do
+        t=$(now_us)
+        stop "$KV_RESTART_PID"
+        stop_ms=$((($(now_us) - t) / 1000))
+        port=$(free_port)
+        log=$WORK/kv-restart-r$run.log
+        t=$(now_us)
+        "$KV_SERVER" --listen "127.0.0.1:$port" --data-dir "$WORK/kv-restart-data" --fsync never \
+            --worker-threads "$SERVER_WORKERS" 2>"$log" &
+        KV_RESTART_PID=$!
+        PIDS+=("$KV_RESTART_PID")
+        # kv-server recovers before it listens: the first accepted
+        # connection is the first moment it serves. A connect attempt in a
+        # subshell costs about a millisecond; polling every 5 ms.
+        until (: <>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+            kill -0 "$KV_RESTART_PID" 2>/dev/null || die "kv-server exited on restart: $(cat "$log")"
+            (($(now_us) - t < 600000000)) || die "kv-server did not serve within 10 minutes: $(cat "$log")"
+            sleep 0.005
+        done
+        serving_ms=$((($(now_us) - t) / 1000))
+        # One Get of a preloaded key (k000000000000000, key 0 of the
+        # preload) must find it.
+        "$BENCH" run --target sdk --addr "127.0.0.1:$port" --workload get --keys 1 --key-bytes 16 \
+            --concurrency 1 --duration 100ms --warmup 0s --json "$OUT_DIR/8-get-r$run.json" \
+            >/dev/null 2>"$OUT_DIR/8-get-r$run.log" || die "no Get after the restart: $(cat "$OUT_DIR/8-get-r$run.log")"
+        line=$(grep -m 1 ' recovered' "$log" || true)
+        # ` keys=` and not `index_deferred_keys=`: fields follow a space.
+        field() { grep -o " $1=[0-9]*" <<<"$line" | cut -d= -f2; }
+        json "$OUT_DIR/8-restart-r$run.json" keys="$(field keys)" serving_ms="$serving_ms" \
+            recovered_ms="$(field took_ms)" index_ms="$(field index_ms)" stop_ms="$stop_ms" \
+            get_misses="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["misses"])' "$OUT_DIR/8-get-r$run.json")"
+        python3 - "$OUT_DIR/8-restart-r$run.json" "$run" "$RUNS" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+warn = "" if r["get_misses"] == 0 else "  WARNING: the preloaded key was not found"
+print(f"   run {sys.argv[2]} of {sys.argv[3]}: stop {r['stop_ms']} ms; spawn -> serving {r['serving_ms']} ms,"
+      f" recovery (server log) {r['recovered_ms']} ms of which index {r['index_ms']} ms, {r['keys']} keys{warn}")
+EOF
+    done
+    stop "$KV_RESTART_PID"
+fi
+
+if wants 9; then
+    echo "== (9) expiry lag: $KEYS keys, deadlines ${EXPIRY_TTL_MS} ms + [0, ${EXPIRY_SPREAD_MS}] ms after writing starts"
+    # Word splitting of EXPIRY_SERVER_ARGS is intended: it holds flags.
+    # shellcheck disable=SC2086
+    start_kv kv-expiry never $EXPIRY_SERVER_ARGS
+    KV_EXPIRY=$KV_ADDR
+    KV_EXPIRY_PID=${PIDS[-1]}
+    for case in "spread:$EXPIRY_SPREAD_MS" "once:0"; do
+        name=9-expiry-${case%%:*}
+        spread=${case#*:}
+        if "$BENCH" expiry --url "$KV_EXPIRY" --keys "$KEYS" --ttl-ms "$EXPIRY_TTL_MS" --spread-ms "$spread" \
+            --value-bytes "$VALUE_BYTES" --timeout "$EXPIRY_TIMEOUT" --label "$name" \
+            --json "$OUT_DIR/$name.json" >"$OUT_DIR/$name.txt" 2>"$OUT_DIR/$name.log"; then
+            if [[ -z ${EXPIRY_HEADER_SHOWN:-} ]]; then
+                printf '   %-20s %s\n' "run" "$(sed -n 1p "$OUT_DIR/$name.txt")"
+                EXPIRY_HEADER_SHOWN=1
+            fi
+            printf '   %-20s %s\n' "$name" "$(sed -n 2p "$OUT_DIR/$name.txt")"
+            # The log also holds the progress line (rewritten with \r).
+            grep -o 'warning: .*' "$OUT_DIR/$name.log" | sed 's/^/   /' || true
+        else
+            # A failed run (typically a watch the server cut off) is a
+            # result too: reported, and the script goes on.
+            message=$(grep -o -m 1 'error: .*' "$OUT_DIR/$name.log" || tail -n 1 "$OUT_DIR/$name.log")
+            echo "   $name: FAILED: $message"
+            json "$OUT_DIR/$name.json" error="$message" spread_ms="$spread"
+        fi
+    done
+    stop "$KV_EXPIRY_PID"
+fi
+
+if wants 10; then
+    echo "== (10) latency at half of the peak rate, $C tasks"
+    for ((run = 1; run <= RUNS; run++)); do
+        echo "   run $run of $RUNS"
+        for op in get set; do
+            for system in sdk redis; do
+                if [[ $system == sdk ]]; then
+                    target=(--target sdk --addr "$KV")
+                    label="kv SDK"
+                else
+                    target=(--target redis --addr "$REDIS")
+                    label="Redis multiplexed"
+                fi
+                bench "10-$op-$system-peak-r$run" "$label" "${target[@]}" --workload $op --concurrency "$C"
+                rate=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ops_per_sec"] / 2)' \
+                    "$OUT_DIR/10-$op-$system-peak-r$run.json")
+                bench "10-$op-$system-half-r$run" "$label" "${target[@]}" --workload $op --concurrency "$C" \
+                    --rate "$rate"
+            done
+        done
+    done
+fi
+
 echo
 echo "== summary: medians of $RUNS run(s) (each run in brackets)"
 python3 - "$OUT_DIR" "$SWEEP" "$C" "$BATCH" <<'EOF'
@@ -370,6 +591,9 @@ compare(f"(4) durable set, {conc} in flight", "ops_per_sec", "4-set-kv", "4-set-
 compare(f"(4) durable set, {conc} in flight", "ops_per_sec", "4-set-kv", "4-set-etcd", "kv always", "etcd")
 for op in ["get-many", "set-many"]:
     compare(f"(5) {op} of {batch}, {conc} in flight", "keys_per_sec", f"5-{op}-sdk", f"5-{op}-redis", "kv SDK", "Redis pipe")
+for op in ["get", "set"]:
+    compare(f"(10) {op} at half of peak", "latency_us.p99", f"10-{op}-sdk-half", f"10-{op}-redis-half",
+            "kv SDK", "Redis mux", lower_is_better=True)
 
 def table(headers, rows):
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
@@ -397,6 +621,69 @@ if sweep_rows:
     print()
     print("(6) gets/s by concurrency, medians:")
     table(("concurrency", *(name for _, name in systems), "kv SDK / Redis mux"), sweep_rows)
+
+memory = os.path.join(out, "7-memory.json")
+if os.path.exists(memory):
+    m = json.load(open(memory))
+    kv = (m["kv_rss_after_kb"] - m["kv_rss_before_kb"]) * 1024 / m["keys"]
+    redis = (m["redis_rss_after_kb"] - m["redis_rss_before_kb"]) * 1024 / m["keys"]
+    used = (m["redis_used_memory_after"] - m["redis_used_memory_before"]) / m["keys"]
+    print()
+    print(f"(7) memory per entry, {m['keys']} keys of {m['value_bytes']} bytes (ΔRSS / keys):")
+    table(("system", "RSS before MiB", "RSS after MiB", "B/entry"), [
+        ("kv-server", f"{m['kv_rss_before_kb'] / 1024:.1f}", f"{m['kv_rss_after_kb'] / 1024:.1f}", f"{kv:.0f}"),
+        ("Redis", f"{m['redis_rss_before_kb'] / 1024:.1f}", f"{m['redis_rss_after_kb'] / 1024:.1f}", f"{redis:.0f}"),
+        ("Redis used_memory", "-", "-", f"{used:.0f}"),
+    ])
+    print(f"kv / Redis (RSS): {kv / redis:.2f}x" if redis > 0 else "kv / Redis: -")
+
+restarts = runs("8-restart")
+if restarts:
+    def med(name):
+        values = [r[name] for r in restarts if isinstance(r.get(name), (int, float))]
+        return (f"{statistics.median(values):.0f} ({', '.join(str(v) for v in values)})"
+                if values else "-")
+    print()
+    print(f"(8) restart with {restarts[0].get('keys', '?')} keys, ms, medians (runs):")
+    table(("spawn -> serving", "recovery (logged)", "index (logged)", "SIGTERM -> exit"),
+          [(med("serving_ms"), med("recovered_ms"), med("index_ms"), med("stop_ms"))])
+    misses = sum(r.get("get_misses", 0) for r in restarts)
+    if misses:
+        print(f"WARNING: {misses} Get(s) of a preloaded key missed after a restart")
+
+expiry_rows = []
+for case, title in [("spread", "spread deadlines"), ("once", "all due at once")]:
+    path = os.path.join(out, f"9-expiry-{case}.json")
+    if not os.path.exists(path):
+        continue
+    r = json.load(open(path))
+    if "error" in r:
+        expiry_rows.append((title, r["spread_ms"], "-", "-", "-", "-", "-", "FAILED: " + r["error"]))
+        continue
+    lag = r["lag_ms"]
+    expiry_rows.append((title, r["spread_ms"], f"{r['expired']}/{r['keys']}", r["missing"],
+                        lag["p50"], lag["p99"], lag["max"], f"{r['written_in_s']:.1f}"))
+if expiry_rows:
+    print()
+    print("(9) expiry lag, ms after the deadline (target: p99 <= 1000):")
+    table(("case", "spread ms", "expired", "missing", "p50", "p99", "max", "written in s"), expiry_rows)
+
+half_rows = []
+for op in ["get", "set"]:
+    for key, name in [("sdk", "kv SDK"), ("redis", "Redis mux")]:
+        peak, half = runs(f"10-{op}-{key}-peak"), runs(f"10-{op}-{key}-half")
+        if not peak or not half:
+            continue
+        m = lambda rs, f: statistics.median(metric(r, f) for r in rs)
+        errors = sum(r["errors"] for r in peak + half)
+        half_rows.append((op, name, fmt(m(peak, "ops_per_sec")), fmt(m(half, "rate")),
+                          fmt(m(half, "ops_per_sec")), f"{m(half, 'latency_us.p50'):.0f}",
+                          f"{m(half, 'latency_us.p99'):.0f}", f"{m(half, 'latency_us.p999'):.0f}",
+                          errors or ""))
+if half_rows:
+    print()
+    print(f"(10) open loop at half of the closed-loop peak, {conc} tasks, medians, µs:")
+    table(("op", "system", "peak ops/s", "asked ops/s", "achieved", "p50", "p99", "p999", "errors"), half_rows)
 EOF
 if wants 6; then
     echo "chart: $CHART"
