@@ -248,6 +248,11 @@ async fn send_frames(
                 _ = &mut ended => break,
             },
         };
+        // One turn of the scheduler before taking the rest: the callers
+        // woken by the last reply frame queue their next calls in it, so
+        // they share this frame instead of each sending its own. A lone
+        // caller pays that one turn (no timer, nothing else is queued).
+        tokio::task::yield_now().await;
         let mut calls = Vec::new();
         let mut bytes = 0;
         let mut next = Some(first);

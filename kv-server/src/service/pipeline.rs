@@ -48,6 +48,10 @@ pub(super) type ReplySender = tokio::sync::mpsc::Sender<Result<PipelineResponse,
 /// reads), its result.
 type Answered = (u64, String, Result<Res, Status>);
 
+/// Frames already received that are started before replies are sent:
+/// bounds how long finished replies wait behind new work.
+const MAX_READY_FRAMES: usize = 64;
+
 /// Most writes of one stream handed to the engine and not yet answered;
 /// past it the stream stops reading frames until some finish.
 const MAX_IN_FLIGHT: usize = 8192;
@@ -179,6 +183,40 @@ impl<B: Backend> KvService<B> {
         let mut reading = true;
         let mut shutting_down = false;
         loop {
+            // Frames that have already arrived are started before the
+            // replies go out, so replies to many small frames share one.
+            let mut ready = 0;
+            while reading
+                && !shutting_down
+                && ready < MAX_READY_FRAMES
+                && in_flight.writes.len() < MAX_IN_FLIGHT
+            {
+                let Some(frame) = calls.message().now_or_never() else {
+                    break;
+                };
+                ready += 1;
+                match frame {
+                    Ok(Some(frame)) => {
+                        let started = this
+                            .start_frame(
+                                &metadata,
+                                frame.calls,
+                                Instant::now(),
+                                &mut in_flight,
+                                &mut out,
+                            )
+                            .await;
+                        if !started {
+                            return;
+                        }
+                    }
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
             if !in_flight.take_ready(&mut out).await || !out.flush().await {
                 return;
             }
