@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{kv_server, run_bench};
+use common::{kv_server, run_bench, subcommand_json};
 use kv_tests::BinaryServer;
 
 /// The result fields, in the order `--json` writes them.
@@ -32,29 +32,16 @@ const FIELDS: &[&str] = &[
 /// Runs `kv-bench expiry` with `args` plus `--json FILE`; expects success
 /// and returns the JSON text.
 fn expiry_json(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("expiry.json");
-    let mut argv = vec!["expiry"];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--json", path.to_str().expect("UTF-8 path")]);
-    let outcome = run_bench(&argv, Duration::from_secs(60));
-    assert_eq!(
-        outcome.code,
-        Some(0),
-        "kv-bench {argv:?} failed:\n{}\n{}",
-        outcome.stdout,
-        outcome.stderr
-    );
-    let mut lines = outcome.stdout.lines();
+    let (stdout, text) = subcommand_json("expiry", args);
+    let mut lines = stdout.lines();
     assert!(
         lines
             .next()
             .is_some_and(|h| h.trim_start().starts_with("keys")),
-        "the table is on stdout: {}",
-        outcome.stdout
+        "the table is on stdout: {stdout}"
     );
-    assert!(lines.next().is_some(), "a result row: {}", outcome.stdout);
-    std::fs::read_to_string(&path).expect("the result file was written")
+    assert!(lines.next().is_some(), "a result row: {stdout}");
+    text
 }
 
 /// Lag percentiles, checked to be in order; returns (p99, max).

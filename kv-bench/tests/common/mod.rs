@@ -75,12 +75,12 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
-/// Runs kv-bench `run` with `args` plus `--json FILE`, expects success and
-/// returns the JSON result.
-pub fn run_json(args: &[&str]) -> serde_json::Value {
+/// Runs kv-bench `subcommand` with `args` plus `--json FILE`, expects
+/// success, and returns what it printed on stdout and the file's text.
+pub fn subcommand_json(subcommand: &str, args: &[&str]) -> (String, String) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("result.json");
-    let mut argv = vec!["run"];
+    let mut argv = vec![subcommand];
     argv.extend_from_slice(args);
     argv.extend_from_slice(&["--json", path.to_str().expect("UTF-8 path")]);
     let outcome = run_bench(&argv, Duration::from_secs(60));
@@ -91,12 +91,18 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
         outcome.stdout,
         outcome.stderr
     );
-    assert!(
-        outcome.stdout.starts_with("target"),
-        "the table is on stdout: {}",
-        outcome.stdout
-    );
     let text = std::fs::read_to_string(&path).expect("the result file was written");
+    (outcome.stdout, text)
+}
+
+/// Runs kv-bench `run` with `args` plus `--json FILE`, expects success and
+/// returns the JSON result.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let (stdout, text) = subcommand_json("run", args);
+    assert!(
+        stdout.starts_with("target"),
+        "the table is on stdout: {stdout}"
+    );
     serde_json::from_str(&text).expect("the result is JSON")
 }
 
