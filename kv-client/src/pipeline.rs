@@ -254,13 +254,13 @@ async fn send_frames(
         // caller pays that one turn (no timer, nothing else is queued).
         tokio::task::yield_now().await;
         let mut calls = Vec::new();
+        let mut replies = Vec::new();
         let mut bytes = 0;
         let mut next = Some(first);
-        while let Some(q) = next.take() {
-            let now = Instant::now();
+        while let Some(q) = next.take().or_else(|| queued.try_recv().ok()) {
             let Some(left) = q
                 .deadline
-                .checked_duration_since(now)
+                .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
             else {
                 // Its caller has already timed out.
@@ -273,19 +273,9 @@ async fn send_frames(
             }
             bytes += size;
             next_id += 1;
-            let id = next_id;
-            {
-                let mut w = lock(&waiting);
-                if let Some(status) = &w.closed {
-                    let _ = q
-                        .reply
-                        .send(Err(Status::new(status.code(), status.message())));
-                    continue;
-                }
-                w.calls.insert(id, q.reply);
-            }
+            replies.push((next_id, q.reply));
             calls.push(Call {
-                id,
+                id: next_id,
                 // Rounded up: a call with 0.4 ms left must not read as "no
                 // deadline" (0).
                 timeout_ms: left.as_millis() as u64 + 1,
@@ -294,7 +284,18 @@ async fn send_frames(
             if calls.len() >= MAX_FRAME_CALLS {
                 break;
             }
-            next = queued.try_recv().ok();
+        }
+        {
+            // Registered before the frame is sent, under one lock, unless
+            // the stream has already ended (then nothing would answer).
+            let mut w = lock(&waiting);
+            if let Some(status) = &w.closed {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Status::new(status.code(), status.message())));
+                }
+                continue;
+            }
+            w.calls.extend(replies);
         }
         if calls.is_empty() {
             continue;

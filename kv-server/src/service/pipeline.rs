@@ -186,35 +186,16 @@ impl<B: Backend> KvService<B> {
             // Frames that have already arrived are started before the
             // replies go out, so replies to many small frames share one.
             let mut ready = 0;
-            while reading
-                && !shutting_down
-                && ready < MAX_READY_FRAMES
-                && in_flight.writes.len() < MAX_IN_FLIGHT
-            {
+            while reading && ready < MAX_READY_FRAMES && in_flight.writes.len() < MAX_IN_FLIGHT {
                 let Some(frame) = calls.message().now_or_never() else {
                     break;
                 };
                 ready += 1;
-                match frame {
-                    Ok(Some(frame)) => {
-                        let started = this
-                            .start_frame(
-                                &metadata,
-                                frame.calls,
-                                Instant::now(),
-                                &mut in_flight,
-                                &mut out,
-                            )
-                            .await;
-                        if !started {
-                            return;
-                        }
-                    }
-                    Ok(None) => reading = false,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+                if !this
+                    .on_frame(frame, &metadata, &mut reading, &mut in_flight, &mut out)
+                    .await
+                {
+                    return;
                 }
             }
             if !in_flight.take_ready(&mut out).await || !out.flush().await {
@@ -252,24 +233,38 @@ impl<B: Backend> KvService<B> {
                     }
                 }
                 frame = calls.message(), if reading && in_flight.writes.len() < MAX_IN_FLIGHT => {
-                    match frame {
-                        Ok(Some(frame)) => {
-                            let started = this
-                                .start_frame(&metadata, frame.calls, Instant::now(), &mut in_flight, &mut out)
-                                .await;
-                            if !started {
-                                return;
-                            }
-                        }
-                        // The client is done sending; answer what is left.
-                        Ok(None) => reading = false,
-                        // The client is gone or sent garbage; tonic has the reason.
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
+                    if !this.on_frame(frame, &metadata, &mut reading, &mut in_flight, &mut out).await {
+                        return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts a frame the client sent, or notes that it is done sending
+    /// (`reading` turns false); false when the stream is over.
+    async fn on_frame(
+        self: &Arc<Self>,
+        frame: Result<Option<PipelineRequest>, Status>,
+        metadata: &MetadataMap,
+        reading: &mut bool,
+        in_flight: &mut InFlight,
+        out: &mut Outbox,
+    ) -> bool {
+        match frame {
+            Ok(Some(frame)) => {
+                self.start_frame(metadata, frame.calls, Instant::now(), in_flight, out)
+                    .await
+            }
+            // The client is done sending; what is in flight is still answered.
+            Ok(None) => {
+                *reading = false;
+                true
+            }
+            // The client is gone or sent garbage; tonic has the reason.
+            Err(status) => {
+                let _ = out.tx.send(Err(status)).await;
+                false
             }
         }
     }
