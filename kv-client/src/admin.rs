@@ -13,7 +13,16 @@ pub struct Quota {
     pub max_bytes: Option<u64>,
 }
 
-/// A project with its usage and quota.
+/// A project with its usage, quota and incarnation; from the [`Admin`]
+/// project methods.
+///
+/// ```no_run
+/// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+/// let shop = admin.get_project("shop").await?;
+/// println!("{} (incarnation {}): {} keys", shop.name, shop.incarnation, shop.keys);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectInfo {
     /// The name.
@@ -24,6 +33,11 @@ pub struct ProjectInfo {
     pub bytes: u64,
     /// The project's own quota (unset fields: server default).
     pub quota: Quota,
+    /// Which life of the name this is: 0 for the first project of the
+    /// name; a project deleted and created again gets a new, larger one, so
+    /// versions and resume points of the old project are told apart from
+    /// the new one's.
+    pub incarnation: u64,
 }
 
 /// A token, without its secret.
@@ -67,6 +81,7 @@ fn project(p: pb::Project) -> ProjectInfo {
             max_keys: quota.max_keys,
             max_bytes: quota.max_bytes,
         },
+        incarnation: p.incarnation,
     }
 }
 
@@ -294,5 +309,38 @@ impl Admin {
             .call(self.client.admin.clone().list_tokens(request))
             .await?;
         Ok(reply.tokens.into_iter().map(token).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projects_carry_their_incarnation() {
+        let info = project(pb::Project {
+            name: "shop".into(),
+            keys: 3,
+            bytes: 40,
+            quota: Some(pb::Quota {
+                max_keys: Some(10),
+                max_bytes: None,
+            }),
+            incarnation: 1_700_000_000_000,
+        });
+        assert_eq!(
+            info,
+            ProjectInfo {
+                name: "shop".into(),
+                keys: 3,
+                bytes: 40,
+                quota: Quota {
+                    max_keys: Some(10),
+                    max_bytes: None,
+                },
+                incarnation: 1_700_000_000_000,
+            }
+        );
+        assert_eq!(project(pb::Project::default()).incarnation, 0);
     }
 }

@@ -6,10 +6,11 @@
 //! # Layout
 //!
 //! - [`Client`]: one connection (HTTP/2, multiplexed), cheap to clone;
-//!   built with [`Client::connect`] or [`Client::builder`].
+//!   built with [`Client::connect`] or [`Client::builder`]; one client
+//!   serves any number of projects.
 //! - [`Project`]: a cheap handle for one project's keys:
 //!   - reads: [`get`](Project::get), [`get_entry`](Project::get_entry) (with
-//!     [`Entry`]'s version and deadline), [`has`](Project::has),
+//!     [`Entry`]'s version, deadline and incarnation), [`has`](Project::has),
 //!     [`get_many`](Project::get_many) (many keys as of one moment);
 //!   - writes: [`set`](Project::set), [`set_with_ttl`](Project::set_with_ttl),
 //!     [`delete`](Project::delete), [`clear`](Project::clear);
@@ -35,8 +36,8 @@
 //!     of [`ListEntry`]s; [`list_all`](Project::list_all) /
 //!     [`list_all_with`](Project::list_all_with) walk every page;
 //!   - change feeds: [`watch`](Project::watch) ([`WatchOptions`]: a key, a
-//!     prefix or everything, from a version) gives a [`Watch`], a stream of
-//!     [`Event`]s ([`EventKind`]).
+//!     prefix or everything, from a version of an incarnation) gives a
+//!     [`Watch`], a stream of [`Event`]s ([`EventKind`]).
 //! - [`Error`]: the one error type; [`Error::code`] gives its gRPC code.
 //!
 //! # Versions
@@ -48,6 +49,43 @@
 //! [`Batch::check_version`], and resume a [`Watch`] after it. A condition
 //! that does not hold is not an error: the outcome says `applied: false`
 //! (or `deleted: false`) with the key's current version.
+//!
+//! # Incarnations
+//!
+//! Deleting a project and creating it again under the same name makes a
+//! new project that shares nothing with the old one, and its versions
+//! start over above every version the old one used. Its incarnation tells
+//! the two apart: 0 for the first project of a name, another number for
+//! each one created after a deletion. It comes with every version the SDK
+//! hands out for resuming: [`Entry::incarnation`], [`Page::incarnation`],
+//! [`Event::incarnation`] (and [`ProjectInfo::incarnation`] from the admin
+//! API). Give it back with [`WatchOptions::incarnation`]: a watch resuming
+//! in a project recreated since fails with `FAILED_PRECONDITION` instead of
+//! following the new one as if it were the old.
+//!
+//! # Auto-batching
+//!
+//! Single-key calls ([`get`](Project::get), [`set`](Project::set),
+//! [`has`](Project::has), [`delete`](Project::delete),
+//! [`incr`](Project::incr), [`merge`](Project::merge) and their variants)
+//! made concurrently on one [`Client`] share frames of one long-lived
+//! `Pipeline` stream, like Redis pipelining without changing your code. A
+//! call made while nothing else is pending is sent at once; each keeps its
+//! own result, error and timeout; calls on a key apply in the order made.
+//!
+//! One client, with all its clones and [`Project`] handles, uses one such
+//! stream for every project: a gateway serving thousands of tenants through
+//! one client holds one stream and no state per project, however many
+//! projects it touches. Each frame names its calls' project, and a call
+//! names its own only when it differs from the frame's. This needs a
+//! server that says, in the stream's response headers
+//! (`x-kv-call-projects`), that it honours those names; with an older
+//! server (or one without the stream at all) every call is its own unary
+//! call with its own `x-kv-project`, slower but never run in the wrong
+//! project. When the stream breaks, or the server ends it (a revoked token
+//! ends it with `UNAUTHENTICATED`), the calls it carried fail with that
+//! code and the next call opens a new one.
+//! [`ClientBuilder::auto_batching`] turns it off.
 //!
 //! # Retries and request ids
 //!
@@ -113,12 +151,7 @@
 //! # }
 //! ```
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use kv_proto::v1::{
     self as pb, GetRequest, HasRequest, admin_service_client::AdminServiceClient,
@@ -128,7 +161,7 @@ use pipeline::Pipeline;
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
     Request,
-    metadata::{AsciiMetadataValue, MetadataValue},
+    metadata::{AsciiMetadataValue, MetadataMap, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
@@ -182,10 +215,9 @@ pub struct Client {
     timeout: Duration,
     /// `Bearer <token>`, sent with every call.
     authorization: Option<AsciiMetadataValue>,
-    /// Whether single-key calls share a `Pipeline` stream.
-    auto_batching: bool,
-    /// One auto-batching stream per project, shared by its handles.
-    pipelines: Arc<Mutex<HashMap<String, Arc<Pipeline>>>>,
+    /// The auto-batching stream of every project, shared by all clones;
+    /// `None` when auto-batching is off.
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -194,6 +226,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("timeout", &self.timeout)
             .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("auto_batching", &self.pipeline.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -348,11 +381,12 @@ impl ClientBuilder {
 
     /// Whether concurrent single-key calls (get, get_entry, has, set and
     /// its variants, delete, incr, merge) are batched over one long-lived
-    /// stream per project (default on). Each call keeps its own result,
-    /// error and timeout, and calls on a key apply in the order they were
-    /// made; a call made while nothing else is pending is sent at once.
-    /// Off, every call is its own unary gRPC call. Servers without the
-    /// stream get unary calls either way.
+    /// stream (default on), one per client whatever the number of
+    /// projects. Each call keeps its own result, error and timeout, and
+    /// calls on a key apply in the order they were made; a call made while
+    /// nothing else is pending is sent at once. Off, every call is its own
+    /// unary gRPC call. Servers without the stream, or whose stream cannot
+    /// carry calls of several projects, get unary calls either way.
     ///
     /// ```
     /// let unbatched = kv_client::Client::builder("http://127.0.0.1:50051").auto_batching(false);
@@ -404,15 +438,24 @@ impl ClientBuilder {
                     .map_err(|_| Error::InvalidArgument("the token is not printable ASCII".into()))
             })
             .transpose()?;
+        let grpc = KvServiceClient::new(channel.clone())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        let pipeline = self.auto_batching.then(|| {
+            // Only what every call carries: the stream serves every project,
+            // so it names none (each frame and call does).
+            let mut metadata = MetadataMap::new();
+            if let Some(authorization) = &authorization {
+                metadata.insert("authorization", authorization.clone());
+            }
+            Arc::new(Pipeline::new(grpc.clone(), metadata))
+        });
         Ok(Client {
-            grpc: KvServiceClient::new(channel.clone())
-                .max_decoding_message_size(self.max_message_bytes)
-                .max_encoding_message_size(self.max_message_bytes),
+            grpc,
             admin: AdminServiceClient::new(channel),
             timeout: self.timeout,
             authorization,
-            auto_batching: self.auto_batching,
-            pipelines: Arc::default(),
+            pipeline,
         })
     }
 
@@ -532,7 +575,9 @@ impl Client {
         }
     }
 
-    /// A handle on the keys of project `name`. Cheap; clone it freely.
+    /// A handle on the keys of project `name`. Cheap, and holds nothing
+    /// on the client (handles of any number of projects share the client's
+    /// one auto-batching stream); clone it freely, or make one per request.
     ///
     /// The name is checked here (1-64 characters of `[A-Za-z0-9_.-]`); an
     /// invalid one makes every call on the handle fail with
@@ -546,31 +591,11 @@ impl Client {
     /// # }
     /// ```
     pub fn project(&self, name: &str) -> Project {
-        let header = project_header(name);
-        let pipeline = match &header {
-            Ok(header) if self.auto_batching => Some(self.pipeline(name, header)),
-            _ => None,
-        };
         Project {
             client: self.clone(),
-            header: Arc::new(header),
-            pipeline,
+            name: Arc::from(name),
+            header: Arc::new(project_header(name)),
         }
-    }
-
-    /// The project's auto-batching stream, shared by all its handles.
-    fn pipeline(&self, name: &str, header: &AsciiMetadataValue) -> Arc<Pipeline> {
-        let mut pipelines = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
-        pipelines
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                let mut request = self.request_without_deadline(());
-                request
-                    .metadata_mut()
-                    .insert(PROJECT_HEADER, header.clone());
-                Arc::new(Pipeline::new(self.grpc.clone(), request.into_parts().0))
-            })
-            .clone()
     }
 }
 
@@ -599,8 +624,9 @@ fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
 #[derive(Clone)]
 pub struct Project {
     client: Client,
+    /// Travels with each auto-batched call, shared rather than copied.
+    name: Arc<str>,
     header: Arc<Result<AsciiMetadataValue, String>>,
-    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl std::fmt::Debug for Project {
@@ -608,7 +634,6 @@ impl std::fmt::Debug for Project {
         f.debug_struct("Project")
             .field("client", &self.client)
             .field("header", &self.header)
-            .field("auto_batching", &self.pipeline.is_some())
             .finish()
     }
 }
@@ -646,9 +671,12 @@ impl Project {
         if let Err(e) = &*self.header {
             return Err(Error::InvalidArgument(e.clone()));
         }
-        let request = match &self.pipeline {
+        let request = match &self.client.pipeline {
             Some(pipeline) if request.encoded_len() <= pipeline::MAX_CALL_BYTES => {
-                match pipeline.call(request, self.client.timeout).await {
+                match pipeline
+                    .call(&self.name, request, self.client.timeout)
+                    .await
+                {
                     Ok(result) => return result,
                     Err(request) => request,
                 }
@@ -1180,11 +1208,12 @@ fn entry_from_proto<T: DeserializeOwned>(
         value: decode(value)?,
         version: reply.version,
         expires_at_ms: reply.expires_at_ms,
+        incarnation: reply.incarnation,
     }))
 }
 
-/// A stored value with its version and deadline; from
-/// [`Project::get_entry`] and [`Project::get_many`].
+/// A stored value with its version, deadline and the project's incarnation;
+/// from [`Project::get_entry`] and [`Project::get_many`].
 ///
 /// ```no_run
 /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
@@ -1202,6 +1231,9 @@ pub struct Entry<T> {
     pub version: u64,
     /// When the key expires (unix milliseconds), if it has a TTL.
     pub expires_at_ms: Option<u64>,
+    /// The project's incarnation: [`version`](Self::version) means something
+    /// only in it (see [`WatchOptions::incarnation`]).
+    pub incarnation: u64,
 }
 
 /// What a conditional set did; from [`Project::set_with`],

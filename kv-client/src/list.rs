@@ -93,6 +93,12 @@ pub struct Page {
     /// ([`WatchOptions::from_version`](crate::WatchOptions::from_version))
     /// misses nothing.
     pub version: u64,
+    /// The project's incarnation: [`version`](Self::version) means
+    /// something only in it. Pass it to
+    /// [`WatchOptions::incarnation`](crate::WatchOptions::incarnation) with
+    /// the version, so a watch does not follow a project deleted and
+    /// recreated since under the same name.
+    pub incarnation: u64,
 }
 
 impl Page {
@@ -105,6 +111,7 @@ impl Page {
                 .collect::<Result<_, _>>()?,
             next_start_after: Some(reply.next_start_after).filter(|key| !key.is_empty()),
             version: reply.version,
+            incarnation: reply.incarnation,
         })
     }
 }
@@ -283,10 +290,11 @@ mod tests {
             ],
             next_start_after: "b".into(),
             version: 12,
+            incarnation: 3,
         };
         let page = Page::from_proto(reply).unwrap();
         assert_eq!(page.next_start_after.as_deref(), Some("b"));
-        assert_eq!(page.version, 12);
+        assert_eq!((page.version, page.incarnation), (12, 3));
         assert_eq!(
             page.entries[0],
             ListEntry {

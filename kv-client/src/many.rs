@@ -200,6 +200,7 @@ mod tests {
             value: Some(crate::json::to_proto(&value).unwrap()),
             version,
             expires_at_ms,
+            incarnation: 8,
         }
     }
 
@@ -219,13 +220,15 @@ mod tests {
                 Some(Entry {
                     value: 1,
                     version: 3,
-                    expires_at_ms: None
+                    expires_at_ms: None,
+                    incarnation: 8,
                 }),
                 None,
                 Some(Entry {
                     value: 2,
                     version: 9,
-                    expires_at_ms: Some(1_700_000_000_000)
+                    expires_at_ms: Some(1_700_000_000_000),
+                    incarnation: 8,
                 }),
             ]
         );

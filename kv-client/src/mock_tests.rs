@@ -5,7 +5,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,22 +28,64 @@ use crate::{
 const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Answers unary calls from the requests alone; with `pipeline`, also
-/// serves the `Pipeline` stream, recording each frame's size in `frames`.
+/// serves the `Pipeline` stream, recording every frame in `frames`; with
+/// `call_projects` too, says so in the stream's headers, as a server that
+/// honours per-call projects does.
 #[derive(Default, Clone)]
 struct Stub {
     pipeline: bool,
-    frames: Arc<Mutex<Vec<usize>>>,
+    call_projects: bool,
+    frames: Arc<Mutex<Vec<Frame>>>,
     /// The numbers of pipelined sets, in the order they arrived.
     sets: Arc<Mutex<Vec<f64>>>,
+    /// `Pipeline` streams accepted.
+    streams: Arc<AtomicUsize>,
+    /// Refuses new `Pipeline` streams as a revoked token would be.
+    revoked: Arc<AtomicBool>,
+    /// Unary single-key calls as (`x-kv-project`, key), in arrival order.
+    unary: Arc<Mutex<Vec<(String, String)>>>,
 }
 
-/// Refuses requests without the project, the token, or (for unary calls)
-/// a deadline; a watch must come without one.
-fn check<T>(request: &Request<T>, unary: bool) -> Result<(), Status> {
-    let metadata = request.metadata();
-    if metadata.get("x-kv-project").and_then(|v| v.to_str().ok()) != Some("p") {
-        return Err(Status::invalid_argument("no project"));
+/// One frame as it arrived: its project and each call's (project, key).
+#[derive(Debug, Clone)]
+struct Frame {
+    project: String,
+    calls: Vec<(String, String)>,
+}
+
+impl Stub {
+    fn frame_sizes(&self) -> Vec<usize> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| f.calls.len())
+            .collect()
     }
+
+    fn streams(&self) -> usize {
+        self.streams.load(Ordering::SeqCst)
+    }
+
+    /// Records a unary single-key call.
+    fn saw(&self, project: String, key: &str) {
+        self.unary.lock().unwrap().push((project, key.to_string()));
+    }
+}
+
+/// Refuses requests without a project, the token, or (for unary calls) a
+/// deadline; a watch must come without one. Gives the project.
+fn check<T>(request: &Request<T>, unary: bool) -> Result<String, Status> {
+    let metadata = request.metadata();
+    let Some(project) = metadata.get("x-kv-project").and_then(|v| v.to_str().ok()) else {
+        return Err(Status::invalid_argument("no project"));
+    };
+    check_credentials(request, unary)?;
+    Ok(project.to_string())
+}
+
+fn check_credentials<T>(request: &Request<T>, unary: bool) -> Result<(), Status> {
+    let metadata = request.metadata();
     if metadata.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer secret") {
         return Err(Status::unauthenticated("no token"));
     }
@@ -53,15 +98,22 @@ fn check<T>(request: &Request<T>, unary: bool) -> Result<(), Status> {
     Ok(())
 }
 
-fn get(key: &str) -> pb::GetResponse {
+/// Key `whoami` reads back the project the call ran in.
+fn get(key: &str, project: &str) -> pb::GetResponse {
     if key == "missing" {
         return pb::GetResponse::default();
     }
+    let value = if key == "whoami" {
+        json!({ "project": project })
+    } else {
+        json!({ "key": key })
+    };
     pb::GetResponse {
         found: true,
-        value: Some(json::to_proto(&json!({ "key": key })).unwrap()),
+        value: Some(json::to_proto(&value).unwrap()),
         version: 7,
         expires_at_ms: (key == "ttl").then_some(123),
+        incarnation: 5,
     }
 }
 
@@ -70,13 +122,13 @@ const KEYS: [&str; 7] = ["a1", "a2", "a3", "a4", "a5", "b1", "b2"];
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
 
-/// The stub's answer to one pipelined call. Keys steer it: `hang` is never
-/// answered, `slow` after half the timeout, `bad` is an error, `break`
-/// ends the stream.
-async fn pipelined(call: pb::Call) -> Option<Result<pb::Reply, Status>> {
+/// The stub's answer to one pipelined call, run in `project`. Keys steer
+/// it: `hang` is never answered, `slow` after half the timeout, `bad` is an
+/// error, `break` ends the stream, `revoke` ends it as a revoked token does.
+async fn pipelined(call: pb::Call, project: &str) -> Option<Result<pb::Reply, Status>> {
     use pb::{call::Request as Req, reply::Response as Res};
     let (key, response) = match call.request? {
-        Req::Get(r) => (r.key.clone(), Res::Get(get(&r.key))),
+        Req::Get(r) => (r.key.clone(), Res::Get(get(&r.key, project))),
         Req::Has(r) => (
             r.key.clone(),
             Res::Has(pb::HasResponse {
@@ -122,6 +174,7 @@ async fn pipelined(call: pb::Call) -> Option<Result<pb::Reply, Status>> {
     let response = match key.as_str() {
         "hang" => return None,
         "break" => return Some(Err(Status::aborted("the stub broke the stream"))),
+        "revoke" => return Some(Err(Status::unauthenticated("the token was revoked"))),
         "bad" => pb::reply::Response::Error(pb::CallError {
             code: Code::InvalidArgument as i32,
             message: "bad is a bad key".into(),
@@ -141,13 +194,16 @@ async fn pipelined(call: pb::Call) -> Option<Result<pb::Reply, Status>> {
 #[tonic::async_trait]
 impl KvService for Stub {
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        check(&r, true)?;
-        Ok(Response::new(get(&r.get_ref().key)))
+        let project = check(&r, true)?;
+        let reply = get(&r.get_ref().key, &project);
+        self.saw(project, &r.get_ref().key);
+        Ok(Response::new(reply))
     }
 
     async fn set(&self, r: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, &r.key);
         if r.request_id == "reused" {
             return Err(Status::failed_precondition("request id reused"));
         }
@@ -158,7 +214,8 @@ impl KvService for Stub {
     }
 
     async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
+        self.saw(project, &r.get_ref().key);
         Ok(Response::new(pb::HasResponse {
             exists: r.get_ref().key != "missing",
         }))
@@ -168,8 +225,9 @@ impl KvService for Stub {
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, &r.key);
         Ok(Response::new(pb::DeleteResponse {
             deleted: r.if_version.is_none_or(|v| v == 3),
             version: r.if_version.unwrap_or(50) + r.request_id.len() as u64,
@@ -191,8 +249,9 @@ impl KvService for Stub {
         &self,
         r: Request<pb::IncrRequest>,
     ) -> Result<Response<pb::IncrResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, &r.key);
         Ok(Response::new(pb::IncrResponse {
             value: r.delta * 2.0,
             version: r.ttl_ms.unwrap_or(1),
@@ -203,8 +262,9 @@ impl KvService for Stub {
         &self,
         r: Request<pb::MergeRequest>,
     ) -> Result<Response<pb::MergeResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, &r.key);
         Ok(Response::new(pb::MergeResponse {
             value: r.patch,
             version: r.ttl_ms.unwrap_or(5),
@@ -254,7 +314,7 @@ impl KvService for Stub {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         check(&r, true)?;
         Ok(Response::new(pb::GetManyResponse {
-            results: r.get_ref().keys.iter().map(|k| get(k)).collect(),
+            results: r.get_ref().keys.iter().map(|k| get(k, "p")).collect(),
         }))
     }
 
@@ -314,6 +374,7 @@ impl KvService for Stub {
                 String::new()
             },
             version: 77,
+            incarnation: 6,
         }))
     }
 
@@ -326,14 +387,30 @@ impl KvService for Stub {
         if !self.pipeline {
             return Err(Status::unimplemented("no Pipeline here"));
         }
-        check(&r, false)?;
+        // One stream serves every project, so it must not name one.
+        if r.metadata().get("x-kv-project").is_some() {
+            return Err(Status::invalid_argument("the stream names a project"));
+        }
+        check_credentials(&r, false)?;
+        if self.revoked.load(Ordering::SeqCst) {
+            return Err(Status::unauthenticated("the token was revoked"));
+        }
+        self.streams.fetch_add(1, Ordering::SeqCst);
         let mut frames = r.into_inner();
-        let sizes = self.frames.clone();
+        let seen = self.frames.clone();
         let sets = self.sets.clone();
+        let call_projects = self.call_projects;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             while let Ok(Some(frame)) = frames.message().await {
-                sizes.lock().unwrap().push(frame.calls.len());
+                seen.lock().unwrap().push(Frame {
+                    project: frame.project.clone(),
+                    calls: frame
+                        .calls
+                        .iter()
+                        .map(|call| (call.project.clone(), call_key(call)))
+                        .collect(),
+                });
                 for call in &frame.calls {
                     if let Some(pb::call::Request::Set(set)) = &call.request
                         && let Some(prost_types::value::Kind::NumberValue(n)) =
@@ -344,10 +421,16 @@ impl KvService for Stub {
                 }
                 for call in frame.calls {
                     let tx = tx.clone();
+                    // An older server runs every call in the stream's
+                    // project; this one has none, so that is `default`.
+                    let project = [&call.project, &frame.project]
+                        .into_iter()
+                        .find(|p| call_projects && !p.is_empty())
+                        .map_or("default".to_string(), |p| p.to_string());
                     // Each call on its own task: replies come back in any
                     // order, as they may from a real server.
                     tokio::spawn(async move {
-                        if let Some(reply) = pipelined(call).await {
+                        if let Some(reply) = pipelined(call, &project).await {
                             let reply = reply.map(|reply| pb::PipelineResponse {
                                 replies: vec![reply],
                             });
@@ -357,9 +440,13 @@ impl KvService for Stub {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as ReplyStream
-        ))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as ReplyStream);
+        if self.call_projects {
+            response
+                .metadata_mut()
+                .insert("x-kv-call-projects", "1".parse().unwrap());
+        }
+        Ok(response)
     }
 
     type WatchStream = EventStream;
@@ -379,6 +466,11 @@ impl KvService for Stub {
         }
         if r.from_version == Some(1) {
             return Err(Status::out_of_range("history starts at 10"));
+        }
+        if r.incarnation.is_some_and(|i| i != 2) {
+            return Err(Status::failed_precondition(
+                "the project was deleted and created again",
+            ));
         }
         let start = r.from_version.unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -404,6 +496,7 @@ impl KvService for Stub {
                         .then(|| json::to_proto(&json!({"n": i})).unwrap()),
                     version: start + 1 + i as u64,
                     expires_at_ms: (kind == pb::EventKind::Set).then_some(1000),
+                    incarnation: 2,
                 };
                 if tx.send(Ok(event)).await.is_err() {
                     return;
@@ -416,6 +509,19 @@ impl KvService for Stub {
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as EventStream
         ))
+    }
+}
+
+fn call_key(call: &pb::Call) -> String {
+    use pb::call::Request as Req;
+    match &call.request {
+        Some(Req::Get(r)) => r.key.clone(),
+        Some(Req::Set(r)) => r.key.clone(),
+        Some(Req::Has(r)) => r.key.clone(),
+        Some(Req::Delete(r)) => r.key.clone(),
+        Some(Req::Incr(r)) => r.key.clone(),
+        Some(Req::Merge(r)) => r.key.clone(),
+        None => String::new(),
     }
 }
 
@@ -441,7 +547,8 @@ async fn client_of(stub: Stub) -> Client {
 
 #[tokio::test]
 async fn reads_carry_versions_and_deadlines() {
-    let kv = client().await.project("p");
+    let stub = Stub::default();
+    let kv = client_of(stub.clone()).await.project("p");
     let entry: Entry<Value> = kv.get_entry("ttl").await.unwrap().unwrap();
     assert_eq!(
         entry,
@@ -449,6 +556,7 @@ async fn reads_carry_versions_and_deadlines() {
             value: json!({"key": "ttl"}),
             version: 7,
             expires_at_ms: Some(123),
+            incarnation: 5,
         }
     );
     assert_eq!(kv.get_entry::<Value>("missing").await.unwrap(), None);
@@ -468,6 +576,12 @@ async fn reads_carry_versions_and_deadlines() {
     assert_eq!(many[0].as_ref().unwrap().value, json!({"key": "a"}));
     assert_eq!(many[1], None);
     assert_eq!(many[2].as_ref().unwrap().expires_at_ms, Some(123));
+    assert_eq!(many[2].as_ref().unwrap().incarnation, 5);
+
+    // Without the stream, each call names its project itself.
+    let unary = stub.unary.lock().unwrap().clone();
+    assert_eq!(unary.len(), 5, "{unary:?}");
+    assert!(unary.iter().all(|(project, _)| project == "p"), "{unary:?}");
 }
 
 #[tokio::test]
@@ -628,7 +742,7 @@ async fn listings_walk_every_page() {
     assert_eq!(page.entries.len(), 2);
     assert_eq!(page.entries[0].value, Some(json!("a1")));
     assert_eq!(page.next_start_after.as_deref(), Some("a2"));
-    assert_eq!(page.version, 77);
+    assert_eq!((page.version, page.incarnation), (77, 6));
 
     let page = kv
         .list(
@@ -660,10 +774,11 @@ async fn listings_walk_every_page() {
 async fn a_watch_outlives_the_per_call_timeout() {
     let kv = client().await.project("p");
     let mut watch = kv
-        .watch(WatchOptions::key("w").from_version(20))
+        .watch(WatchOptions::key("w").from_version(20).incarnation(2))
         .await
         .unwrap();
     assert_eq!(watch.last_version(), None);
+    assert_eq!(watch.last_incarnation(), None);
     let started = tokio::time::Instant::now();
 
     let first = watch.next_event().await.unwrap().unwrap();
@@ -671,7 +786,9 @@ async fn a_watch_outlives_the_per_call_timeout() {
     assert_eq!(first.key, "w");
     assert_eq!(first.value, Some(json!({"n": 0})));
     assert_eq!((first.version, first.expires_at_ms), (21, Some(1000)));
+    assert_eq!(first.incarnation, 2);
     assert_eq!(watch.last_version(), Some(21));
+    assert_eq!(watch.last_incarnation(), Some(2));
 
     // The rest through the Stream impl.
     let mut kinds = Vec::new();
@@ -712,6 +829,12 @@ async fn a_watch_that_cannot_start_fails() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange);
+    // A resume point of an earlier life of the project.
+    let err = kv
+        .watch(WatchOptions::key("w").from_version(30).incarnation(0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     let err = kv.watch(WatchOptions::prefix("x")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = kv
@@ -726,6 +849,7 @@ async fn a_watch_that_cannot_start_fails() {
 fn pipelining() -> Stub {
     Stub {
         pipeline: true,
+        call_projects: true,
         ..Stub::default()
     }
 }
@@ -739,7 +863,7 @@ async fn concurrent_calls_share_frames_and_keep_their_own_results() {
         kv.get::<Value>("one").await.unwrap(),
         Some(json!({"key": "one"}))
     );
-    assert_eq!(*stub.frames.lock().unwrap(), vec![1]);
+    assert_eq!(stub.frame_sizes(), vec![1]);
     let calls = (0..200).map(|i| {
         let kv = kv.clone();
         tokio::spawn(async move {
@@ -769,7 +893,7 @@ async fn concurrent_calls_share_frames_and_keep_their_own_results() {
             }
         }
     }
-    let frames = stub.frames.lock().unwrap().clone();
+    let frames = stub.frame_sizes();
     assert_eq!(frames.iter().sum::<usize>(), 201, "{frames:?}");
     assert!(
         frames.iter().any(|&n| n > 1),
@@ -826,6 +950,7 @@ async fn a_broken_stream_fails_its_calls_and_the_next_call_reopens_it() {
         kv.get::<Value>("after").await.unwrap(),
         Some(json!({"key": "after"}))
     );
+    assert_eq!(stub.streams(), 2);
 }
 
 #[tokio::test]
@@ -902,4 +1027,159 @@ async fn auto_batching_off_makes_unary_calls() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(stub.frames.lock().unwrap().is_empty());
+    assert_eq!(stub.streams(), 0);
+}
+
+const TENANTS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+#[tokio::test]
+async fn calls_of_several_projects_share_one_stream() {
+    let stub = pipelining();
+    let client = client_of(stub.clone()).await;
+    // Handles from clones of the client share its stream too.
+    let handles: Vec<_> = TENANTS.iter().map(|n| client.clone().project(n)).collect();
+    let reads = (0..30).map(|i| {
+        let kv = handles[i % 3].clone();
+        async move { kv.get::<Value>("whoami").await.unwrap().unwrap() }
+    });
+    let answers = futures_util_join_all(reads).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer, json!({ "project": TENANTS[i % 3] }), "call {i}");
+    }
+    // A fresh handle per call, as a gateway makes them.
+    let writes = (0..30u64).map(|i| {
+        let client = client.clone();
+        async move {
+            let kv = client.project(TENANTS[i as usize % 3]);
+            kv.set_with("n", &i, SetOptions::new())
+                .await
+                .unwrap()
+                .version
+        }
+    });
+    assert_eq!(
+        futures_util_join_all(writes).await,
+        (0..30).collect::<Vec<_>>()
+    );
+
+    assert_eq!(stub.streams(), 1);
+    assert!(stub.unary.lock().unwrap().is_empty());
+    let frames = stub.frames.lock().unwrap().clone();
+    let mut ran_in = Vec::new();
+    for frame in &frames {
+        assert!(TENANTS.contains(&frame.project.as_str()), "{frame:?}");
+        for (project, key) in &frame.calls {
+            // Named only when it differs from the frame's.
+            assert_ne!(project, &frame.project, "{frame:?}");
+            let project = if project.is_empty() {
+                &frame.project
+            } else {
+                project
+            };
+            ran_in.push((project.as_str(), key.as_str()));
+        }
+    }
+    let expected: Vec<_> = (0..30)
+        .map(|i| (TENANTS[i % 3], "whoami"))
+        .chain((0..30).map(|i| (TENANTS[i % 3], "n")))
+        .collect();
+    assert_eq!(ran_in, expected);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.calls.iter().any(|(project, _)| !project.is_empty())),
+        "no frame carried calls of several projects: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_projects_one_after_another_open_one_stream() {
+    let stub = pipelining();
+    let client = client_of(stub.clone()).await;
+    for i in 0..1000u64 {
+        let kv = client.project(&format!("g{i}"));
+        let outcome = kv.set_with("k", &i, SetOptions::new()).await.unwrap();
+        assert_eq!(outcome.version, i);
+    }
+    assert_eq!(stub.streams(), 1);
+    let frames = stub.frames.lock().unwrap().clone();
+    assert_eq!(frames.len(), 1000);
+    for (i, frame) in frames.iter().enumerate() {
+        assert_eq!(frame.project, format!("g{i}"));
+        // The frame names the project; its one call need not.
+        assert_eq!(frame.calls, [(String::new(), "k".to_string())]);
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_per_call_projects_gets_unary_calls() {
+    // It has the stream, but would run every call in the stream's project.
+    let stub = Stub {
+        pipeline: true,
+        ..Stub::default()
+    };
+    let client = client_of(stub.clone()).await;
+    let reads = (0..9).map(|i| {
+        let kv = client.project(TENANTS[i % 3]);
+        async move { kv.get::<Value>("whoami").await.unwrap().unwrap() }
+    });
+    let answers = futures_util_join_all(reads).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer, json!({ "project": TENANTS[i % 3] }), "call {i}");
+    }
+    for (i, name) in TENANTS.into_iter().enumerate() {
+        let outcome = client
+            .project(name)
+            .set_with("k", &1, SetOptions::new().if_version(i as u64 + 1))
+            .await
+            .unwrap();
+        assert_eq!(outcome.version, i as u64 + 2);
+    }
+
+    // Opened once to learn what the server can do, and never used.
+    assert_eq!(stub.streams(), 1);
+    assert!(stub.frames.lock().unwrap().is_empty());
+    let mut unary = stub.unary.lock().unwrap().clone();
+    unary.sort();
+    let mut expected: Vec<_> = (0..9)
+        .map(|i| (TENANTS[i % 3].to_string(), "whoami".to_string()))
+        .chain(TENANTS.map(|name| (name.to_string(), "k".to_string())))
+        .collect();
+    expected.sort();
+    assert_eq!(unary, expected);
+}
+
+#[tokio::test]
+async fn a_stream_the_server_ends_fails_its_calls_with_its_code_and_the_next_call_reopens() {
+    let stub = pipelining();
+    let client = client_of(stub.clone()).await;
+    let (a, b) = (client.project("a"), client.project("b"));
+    let (revoked, in_flight) = tokio::join!(a.get::<Value>("revoke"), b.get::<Value>("hang"));
+    let err = revoked.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = in_flight.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.to_string().contains("may or may not have run"), "{err}");
+
+    // While the credentials stay bad, reopening fails with the server's
+    // own status.
+    stub.revoked.store(true, Ordering::SeqCst);
+    let err = a.get::<Value>("x").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Status(s) if s.code() == Code::Unauthenticated),
+        "{err}"
+    );
+    assert_eq!(stub.streams(), 1);
+
+    stub.revoked.store(false, Ordering::SeqCst);
+    assert_eq!(
+        b.get::<Value>("whoami").await.unwrap(),
+        Some(json!({ "project": "b" }))
+    );
+    assert_eq!(
+        a.get::<Value>("whoami").await.unwrap(),
+        Some(json!({ "project": "a" }))
+    );
+    assert_eq!(stub.streams(), 2);
+    assert!(stub.unary.lock().unwrap().is_empty());
 }

@@ -1,5 +1,5 @@
-//! Auto-batching: concurrent single-key calls of one client and project
-//! share one long-lived `Pipeline` stream.
+//! Auto-batching: concurrent single-key calls of one client share one
+//! long-lived `Pipeline` stream, whatever their projects.
 //!
 //! A unary gRPC call costs an HTTP/2 stream each (headers both ways, flow
 //! control), which on a fast network is most of its time. Here callers
@@ -8,6 +8,23 @@
 //! no added latency) and, while a frame is being written, the calls that
 //! arrive meanwhile gather into the next one. Replies come back by id on
 //! another task and wake each caller with its own result or error.
+//!
+//! Projects: a stream per project would run a client serving many tenants
+//! into the server's limit of streams per connection, and keep open one
+//! stream (and its state) for every tenant ever served. So one stream
+//! carries every project, and nothing is kept per project. It opens without
+//! `x-kv-project`; each frame names the project of its first call, and a
+//! call names its own only when that differs, so a client busy with one
+//! project pays nothing per call for this. A server that does not answer
+//! the stream's headers with `x-kv-call-projects` would run every call in
+//! the stream's project, so then the stream is given up and calls go unary,
+//! each with its own `x-kv-project`.
+//!
+//! Ends: when the stream breaks, or the server ends it (`UNAUTHENTICATED`
+//! for a revoked token, `NOT_FOUND` once a project token's project is
+//! deleted), the calls it carried fail with that code, since they may or
+//! may not have run, and the next call opens a new stream; with
+//! credentials still bad, that call fails with the server's status.
 //!
 //! Order: frames go out in queue order and the server runs a stream's
 //! calls on a key in the order sent, so calls a task makes one after the
@@ -39,10 +56,16 @@ pub(crate) const MAX_CALL_BYTES: usize = MAX_FRAME_BYTES;
 /// Frames handed to the transport but not yet written. Small on purpose:
 /// while they wait, new calls gather into a bigger next frame.
 const FRAMES_IN_FLIGHT: usize = 2;
+/// Response metadata of a server that honours `PipelineRequest.project`
+/// and `Call.project`; one without it would run every call in the stream's
+/// own project.
+const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
 
 type Outcome = Result<Res, Status>;
 
 struct Queued {
+    /// Shared with the handle that made the call: no allocation per call.
+    project: Arc<str>,
     request: Req,
     deadline: Instant,
     reply: oneshot::Sender<Outcome>,
@@ -73,12 +96,13 @@ enum State {
     /// No stream yet, or the last one ended: the next call opens one.
     Idle,
     Open(Arc<Link>),
-    /// The server has no `Pipeline` method (an older server): unary calls.
+    /// The server has no `Pipeline` method, or one that cannot take calls
+    /// of several projects (an older server): unary calls.
     Unsupported,
 }
 
-/// The auto-batching stream of one client and project, opened on first use
-/// and again after it breaks.
+/// The auto-batching stream of one client (all its clones and project
+/// handles), opened on first use and again after it breaks.
 pub(crate) struct Pipeline {
     grpc: KvServiceClient<Channel>,
     metadata: MetadataMap,
@@ -103,11 +127,12 @@ impl Pipeline {
         }
     }
 
-    /// Runs `request` over the stream. Gives the request back when the
-    /// server has no `Pipeline` method: the caller then makes the unary
-    /// call.
+    /// Runs `request` on `project` over the stream. Gives the request back
+    /// when the server cannot take it on a shared stream: the caller then
+    /// makes the unary call.
     pub(crate) async fn call(
         &self,
+        project: &Arc<str>,
         request: Req,
         timeout: Duration,
     ) -> Result<Result<Res, Error>, Req> {
@@ -121,6 +146,7 @@ impl Pipeline {
         let wait = async {
             let (reply, answer) = oneshot::channel();
             let queued = Queued {
+                project: project.clone(),
                 request,
                 deadline,
                 reply,
@@ -153,9 +179,13 @@ impl Pipeline {
             State::Open(_) | State::Idle => {}
         }
         match self.open().await {
-            Ok(link) => {
+            Ok(Some(link)) => {
                 *state = State::Open(link.clone());
                 Ok(Some(link))
+            }
+            Ok(None) => {
+                *state = State::Unsupported;
+                Ok(None)
             }
             Err(status) if status.code() == Code::Unimplemented => {
                 *state = State::Unsupported;
@@ -168,14 +198,21 @@ impl Pipeline {
         }
     }
 
-    async fn open(&self) -> Result<Arc<Link>, Status> {
+    /// Opens a stream; `None` when the server would not honour the
+    /// projects of its calls.
+    async fn open(&self) -> Result<Option<Arc<Link>>, Status> {
         let (frames, outgoing) = mpsc::channel::<PipelineRequest>(FRAMES_IN_FLIGHT);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
         *request.metadata_mut() = self.metadata.clone();
         // Resolves with the server's response headers: an unknown method or
         // bad credentials fail here, before any call is queued.
-        let mut replies = self.grpc.clone().pipeline(request).await?.into_inner();
+        let response = self.grpc.clone().pipeline(request).await?;
+        if response.metadata().get(CALL_PROJECTS_HEADER).is_none() {
+            // Dropping both ends closes the stream before any call is sent.
+            return Ok(None);
+        }
+        let mut replies = response.into_inner();
         let (queue, queued) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let (ended, on_end) = oneshot::channel::<()>();
@@ -223,7 +260,7 @@ impl Pipeline {
             }
             let _ = ended.send(());
         });
-        Ok(Arc::new(Link { queue, waiting }))
+        Ok(Some(Arc::new(Link { queue, waiting })))
     }
 }
 
@@ -256,6 +293,8 @@ async fn send_frames(
         let mut calls = Vec::new();
         let mut replies = Vec::new();
         let mut bytes = 0;
+        // The first call's project, which the frame names once.
+        let mut project: Option<Arc<str>> = None;
         let mut next = Some(first);
         while let Some(q) = next.take().or_else(|| queued.try_recv().ok()) {
             let Some(left) = q
@@ -266,7 +305,13 @@ async fn send_frames(
                 // Its caller has already timed out.
                 continue;
             };
-            let size = q.request.encoded_len() + 16;
+            let frame_project = project.get_or_insert_with(|| q.project.clone());
+            let own_project =
+                !Arc::ptr_eq(frame_project, &q.project) && **frame_project != *q.project;
+            let mut size = q.request.encoded_len() + 16;
+            if own_project {
+                size += q.project.len() + 2;
+            }
             if !calls.is_empty() && bytes + size > MAX_FRAME_BYTES {
                 carry = Some(q);
                 break;
@@ -280,6 +325,11 @@ async fn send_frames(
                 // deadline" (0).
                 timeout_ms: left.as_millis() as u64 + 1,
                 request: Some(q.request),
+                project: if own_project {
+                    q.project.to_string()
+                } else {
+                    String::new()
+                },
             });
             if calls.len() >= MAX_FRAME_CALLS {
                 break;
@@ -300,7 +350,11 @@ async fn send_frames(
         if calls.is_empty() {
             continue;
         }
-        if frames.send(PipelineRequest { calls }).await.is_err() {
+        let frame = PipelineRequest {
+            calls,
+            project: project.as_deref().unwrap_or_default().to_owned(),
+        };
+        if frames.send(frame).await.is_err() {
             break;
         }
     }

@@ -11,12 +11,13 @@ use tokio_stream::Stream;
 
 use crate::{Error, Project, json};
 
-/// Which keys [`Project::watch`] follows, and from which version.
+/// Which keys [`Project::watch`] follows, and from which version (of which
+/// incarnation of the project).
 ///
 /// ```
 /// use kv_client::WatchOptions;
 /// let one_key = WatchOptions::key("config");
-/// let users = WatchOptions::prefix("user:").from_version(1200);
+/// let users = WatchOptions::prefix("user:").from_version(1200).incarnation(0);
 /// let everything = WatchOptions::all();
 /// # let _ = (one_key, users, everything);
 /// ```
@@ -24,6 +25,7 @@ use crate::{Error, Project, json};
 pub struct WatchOptions {
     target: Target,
     from_version: Option<u64>,
+    incarnation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,7 +46,7 @@ impl WatchOptions {
     pub fn key(key: impl Into<String>) -> Self {
         WatchOptions {
             target: Target::Key(key.into()),
-            from_version: None,
+            ..Self::default()
         }
     }
 
@@ -52,22 +54,48 @@ impl WatchOptions {
     pub fn prefix(prefix: impl Into<String>) -> Self {
         WatchOptions {
             target: Target::Prefix(prefix.into()),
-            from_version: None,
+            ..Self::default()
         }
     }
 
     /// Resumes: delivers every change with a version above `version` (a
     /// [`Page::version`](crate::Page::version), or the last
     /// [`Event::version`] seen). A version older than the server's retained
-    /// history fails the watch with `OUT_OF_RANGE`.
+    /// history fails the watch with `OUT_OF_RANGE`. Pair it with
+    /// [`incarnation`](Self::incarnation) so that a project deleted and
+    /// recreated meanwhile is noticed.
     pub fn from_version(mut self, version: u64) -> Self {
         self.from_version = Some(version);
+        self
+    }
+
+    /// The incarnation of the project the resume point belongs to: the
+    /// [`Page::incarnation`](crate::Page::incarnation),
+    /// [`Entry::incarnation`](crate::Entry::incarnation) or
+    /// [`Event::incarnation`] that came with the version. If the project
+    /// has been deleted and created again since, the watch fails with
+    /// `FAILED_PRECONDITION` instead of following a project that shares
+    /// nothing with the one seen: reread it (list again) and watch from
+    /// there.
+    ///
+    /// ```no_run
+    /// use kv_client::{ListOptions, WatchOptions};
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let page = kv.list(ListOptions::new()).await?;
+    /// let options = WatchOptions::all().from_version(page.version).incarnation(page.incarnation);
+    /// let watch = kv.watch(options).await?;
+    /// # let _ = watch; Ok(())
+    /// # }
+    /// ```
+    pub fn incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = Some(incarnation);
         self
     }
 
     pub(crate) fn to_request(&self) -> pb::WatchRequest {
         pb::WatchRequest {
             from_version: self.from_version,
+            incarnation: self.incarnation,
             target: match &self.target {
                 Target::All => None,
                 Target::Key(key) => Some(pb::watch_request::Target::Key(key.clone())),
@@ -100,6 +128,7 @@ pub enum EventKind {
 ///     value: Some(serde_json::json!(3)),
 ///     version: 17,
 ///     expires_at_ms: None,
+///     incarnation: 0,
 /// };
 /// assert_eq!(event.value_as::<u32>()?, Some(3));
 /// # Ok::<(), kv_client::Error>(())
@@ -116,6 +145,9 @@ pub struct Event {
     pub version: u64,
     /// The deadline (unix ms) of a set key with a TTL.
     pub expires_at_ms: Option<u64>,
+    /// The incarnation of the project the change happened in: resume with
+    /// it ([`WatchOptions::incarnation`]) along with the version.
+    pub incarnation: u64,
 }
 
 impl Event {
@@ -157,6 +189,7 @@ impl Event {
             value,
             version: event.version,
             expires_at_ms: event.expires_at_ms,
+            incarnation: event.incarnation,
         })
     }
 }
@@ -167,7 +200,9 @@ impl Event {
 /// [`next_event`](Self::next_event)). It ends with `None` when the server
 /// closes it, after an error: `RESOURCE_EXHAUSTED` when this watcher fell
 /// too far behind, `UNAVAILABLE` when the connection dropped... Resume with
-/// [`WatchOptions::from_version`] and [`last_version`](Self::last_version).
+/// [`WatchOptions::from_version`] and [`last_version`](Self::last_version)
+/// (and [`WatchOptions::incarnation`] with
+/// [`last_incarnation`](Self::last_incarnation)).
 /// Dropping it cancels the watch.
 ///
 /// ```no_run
@@ -189,6 +224,7 @@ impl Event {
 pub struct Watch {
     inner: tonic::Streaming<pb::WatchEvent>,
     last_version: Option<u64>,
+    last_incarnation: Option<u64>,
 }
 
 impl Watch {
@@ -219,6 +255,26 @@ impl Watch {
     pub fn last_version(&self) -> Option<u64> {
         self.last_version
     }
+
+    /// The project incarnation of the last event delivered: resume with it
+    /// ([`WatchOptions::incarnation`]) along with
+    /// [`last_version`](Self::last_version). `None` before the first event.
+    ///
+    /// ```no_run
+    /// use kv_client::WatchOptions;
+    /// # async fn demo(kv: kv_client::Project, watch: kv_client::Watch) -> Result<(), kv_client::Error> {
+    /// // After the watch ended with an error: pick up where it stopped.
+    /// if let (Some(version), Some(incarnation)) = (watch.last_version(), watch.last_incarnation()) {
+    ///     let options = WatchOptions::all().from_version(version).incarnation(incarnation);
+    ///     let resumed = kv.watch(options).await?;
+    ///     # let _ = resumed;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn last_incarnation(&self) -> Option<u64> {
+        self.last_incarnation
+    }
 }
 
 impl Stream for Watch {
@@ -232,6 +288,7 @@ impl Stream for Watch {
         Poll::Ready(item.map(|event| {
             let event = Event::from_proto(event?)?;
             self.last_version = Some(event.version);
+            self.last_incarnation = Some(event.incarnation);
             Ok(event)
         }))
     }
@@ -255,7 +312,8 @@ impl Project {
     /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
     /// // A consistent view: list, then watch from the listing's version.
     /// let page = kv.list(ListOptions::new().prefix("job:").limit(1000)).await?;
-    /// let mut changes = kv.watch(WatchOptions::prefix("job:").from_version(page.version)).await?;
+    /// let from = WatchOptions::prefix("job:").from_version(page.version).incarnation(page.incarnation);
+    /// let mut changes = kv.watch(from).await?;
     /// while let Some(event) = changes.next().await {
     ///     println!("{:?}", event?);
     /// }
@@ -266,7 +324,9 @@ impl Project {
     /// # Errors
     ///
     /// [`Error::Status`] from the server (`OUT_OF_RANGE` for a version older
-    /// than its history; it may also come as the stream's first item),
+    /// than its history, `FAILED_PRECONDITION` for a resume point of another
+    /// incarnation of the project; either may also come as the stream's
+    /// first item),
     /// [`Error::Timeout`] when the server does not accept the watch within
     /// the per-call timeout, [`Error::InvalidArgument`] for a bad project
     /// name.
@@ -276,6 +336,7 @@ impl Project {
         Ok(Watch {
             inner,
             last_version: None,
+            last_incarnation: None,
         })
     }
 }
@@ -292,6 +353,7 @@ mod tests {
             pb::WatchRequest {
                 from_version: None,
                 target: None,
+                incarnation: None,
             }
         );
         assert_eq!(WatchOptions::default(), WatchOptions::all());
@@ -300,6 +362,7 @@ mod tests {
             pb::WatchRequest {
                 from_version: Some(7),
                 target: Some(pb::watch_request::Target::Key("k".into())),
+                incarnation: None,
             }
         );
         assert_eq!(
@@ -307,6 +370,18 @@ mod tests {
             pb::WatchRequest {
                 from_version: None,
                 target: Some(pb::watch_request::Target::Prefix("p:".into())),
+                incarnation: None,
+            }
+        );
+        assert_eq!(
+            WatchOptions::prefix("p:")
+                .from_version(1_700_000_000_123)
+                .incarnation(1_700_000_000_000)
+                .to_request(),
+            pb::WatchRequest {
+                from_version: Some(1_700_000_000_123),
+                target: Some(pb::watch_request::Target::Prefix("p:".into())),
+                incarnation: Some(1_700_000_000_000),
             }
         );
     }
@@ -318,6 +393,7 @@ mod tests {
             value: value.map(|v| json::to_proto(&v).unwrap()),
             version: 9,
             expires_at_ms: Some(5),
+            incarnation: 4,
         }
     }
 
@@ -332,6 +408,7 @@ mod tests {
                 value: Some(json!([1, 2])),
                 version: 9,
                 expires_at_ms: Some(5),
+                incarnation: 4,
             }
         );
         assert_eq!(set.value_as::<Vec<u8>>().unwrap(), Some(vec![1, 2]));

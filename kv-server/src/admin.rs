@@ -1,5 +1,10 @@
 //! `kv.v1.AdminService`: projects, quotas, usage and tokens, on the durable
 //! store. Every call first passes [`Auth::require_admin`].
+//!
+//! Conditions (the project exists, or does not) are judged by the store's
+//! writer in log order ([`AdminChange`]), not checked here and then
+//! written: of concurrent creates (or deletes) of one name exactly one
+//! succeeds.
 
 use std::sync::Arc;
 
@@ -14,9 +19,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::{Auth, new_token},
     engine::{
-        Quota,
-        catalog::{CatalogChange, TokenMeta},
-        log::DurableStore,
+        EngineError, Quota,
+        catalog::TokenMeta,
+        log::{AdminChange, DurableStore},
     },
     project::ProjectName,
 };
@@ -47,6 +52,7 @@ impl AdminService {
                 max_keys: quota.max_keys,
                 max_bytes: quota.max_bytes,
             }),
+            incarnation: self.store.memory().incarnation(project),
         }
     }
 
@@ -57,24 +63,13 @@ impl AdminService {
             ))
         })
     }
+}
 
-    async fn put(
-        &self,
-        project: &ProjectName,
-        quota: Option<pb::Quota>,
-    ) -> Result<pb::Project, Status> {
-        let quota = quota.map_or_else(Quota::default, |q| Quota {
-            max_keys: q.max_keys,
-            max_bytes: q.max_bytes,
-        });
-        self.store
-            .change_catalog(CatalogChange::PutProject {
-                project: project.clone(),
-                quota,
-            })
-            .await?;
-        Ok(self.describe(project, quota))
-    }
+fn quota(quota: Option<pb::Quota>) -> Quota {
+    quota.map_or_else(Quota::default, |q| Quota {
+        max_keys: q.max_keys,
+        max_bytes: q.max_bytes,
+    })
 }
 
 fn token_info(meta: TokenMeta) -> pb::TokenInfo {
@@ -93,14 +88,17 @@ impl admin_service_server::AdminService for AdminService {
         request: Request<CreateProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         self.auth.require_admin(request.metadata())?;
-        let CreateProjectRequest { name, quota } = request.into_inner();
+        let CreateProjectRequest { name, quota: q } = request.into_inner();
         let project = self.project(&name)?;
-        if self.store.catalog().project(&project).is_some() {
-            return Err(Status::already_exists(format!(
-                "project {project} already exists"
-            )));
-        }
-        Ok(Response::new(self.put(&project, quota).await?))
+        let quota = quota(q);
+        self.store
+            .admin(AdminChange::CreateProject {
+                project: project.clone(),
+                quota,
+            })
+            .await?;
+        tracing::info!(%project, "project created");
+        Ok(Response::new(self.describe(&project, quota)))
     }
 
     async fn delete_project(
@@ -109,13 +107,15 @@ impl admin_service_server::AdminService for AdminService {
     ) -> Result<Response<DeleteProjectResponse>, Status> {
         self.auth.require_admin(request.metadata())?;
         let project = self.project(&request.get_ref().name)?;
-        self.registered(&project)?;
-        let applied = self
+        let outcome = self
             .store
-            .change_catalog(CatalogChange::DeleteProject { project })
+            .admin(AdminChange::DeleteProject {
+                project: project.clone(),
+            })
             .await?;
+        tracing::info!(%project, deleted_keys = outcome.removed, "project deleted; a snapshot will drop its data from disk");
         Ok(Response::new(DeleteProjectResponse {
-            deleted_keys: applied.removed,
+            deleted_keys: outcome.removed,
         }))
     }
 
@@ -149,10 +149,16 @@ impl admin_service_server::AdminService for AdminService {
         request: Request<SetQuotaRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         self.auth.require_admin(request.metadata())?;
-        let SetQuotaRequest { name, quota } = request.into_inner();
+        let SetQuotaRequest { name, quota: q } = request.into_inner();
         let project = self.project(&name)?;
-        self.registered(&project)?;
-        Ok(Response::new(self.put(&project, quota).await?))
+        let quota = quota(q);
+        self.store
+            .admin(AdminChange::SetQuota {
+                project: project.clone(),
+                quota,
+            })
+            .await?;
+        Ok(Response::new(self.describe(&project, quota)))
     }
 
     async fn create_token(
@@ -163,11 +169,17 @@ impl admin_service_server::AdminService for AdminService {
         let CreateTokenRequest { project, read_only } = request.into_inner();
         let project = self.project(&project)?;
         self.registered(&project)?;
+        // The incarnation seen now: if the project is deleted (and maybe
+        // recreated) before the token is stored, the store refuses it.
+        let incarnation = self.store.memory().incarnation(&project);
         let now = self.store.memory().clock().now_ms();
         let token = new_token(project, read_only, now)
             .map_err(|e| Status::unavailable(format!("no randomness for a token: {e}")))?;
         self.store
-            .change_catalog(CatalogChange::PutToken(token.meta.clone()))
+            .admin(AdminChange::CreateToken {
+                token: token.meta.clone(),
+                incarnation,
+            })
             .await?;
         tracing::info!(id = %token.meta.id, project = %token.meta.project, read_only, "token created");
         Ok(Response::new(CreateTokenResponse {
@@ -182,14 +194,19 @@ impl admin_service_server::AdminService for AdminService {
     ) -> Result<Response<RevokeTokenResponse>, Status> {
         self.auth.require_admin(request.metadata())?;
         let id = request.into_inner().id;
-        let existed = self.store.catalog().token(&id).is_some();
-        if existed {
-            self.store
-                .change_catalog(CatalogChange::RevokeToken { id: id.clone() })
-                .await?;
+        let revoked = match self
+            .store
+            .admin(AdminChange::RevokeToken { id: id.clone() })
+            .await
+        {
+            Ok(_) => true,
+            Err(EngineError::TokenNotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if revoked {
             tracing::info!(%id, "token revoked");
         }
-        Ok(Response::new(RevokeTokenResponse { revoked: existed }))
+        Ok(Response::new(RevokeTokenResponse { revoked }))
     }
 
     async fn list_tokens(

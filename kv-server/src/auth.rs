@@ -164,10 +164,85 @@ pub fn new_token(
     })
 }
 
-/// Who a call comes from.
-enum Caller {
+/// Who a call comes from, once its credentials were checked.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No authentication configured: anyone may do anything.
+    Open,
+    /// The admin token: any project.
     Admin,
+    /// A project token: its project only.
     Project(TokenMeta),
+}
+
+impl Caller {
+    /// The project a call acts on: `named` (a call that names its own
+    /// project, as a Pipeline call may), else `x-kv-project`, else the
+    /// token's project (or `default`), if this caller may.
+    ///
+    /// ```
+    /// use kv_server::auth::{Access, Caller};
+    /// let metadata = tonic::metadata::MetadataMap::new();
+    /// let p = Caller::Open.project(&metadata, Some("shop"), Access::Write).unwrap();
+    /// assert_eq!(p.as_str(), "shop");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// PERMISSION_DENIED ([`AuthError::WrongProject`],
+    /// [`AuthError::ReadOnly`]) or a bad name ([`AuthError::Request`]).
+    pub fn project(
+        &self,
+        metadata: &MetadataMap,
+        named: Option<&str>,
+        access: Access,
+    ) -> Result<ProjectName, AuthError> {
+        let asked = match named {
+            Some(name) => Some(ProjectName::parse(name).map_err(RequestError::from)?),
+            None if metadata.get(crate::service::PROJECT_HEADER).is_some() => {
+                Some(project_of(metadata)?)
+            }
+            None => None,
+        };
+        match self {
+            Self::Open | Self::Admin => Ok(asked.unwrap_or_else(ProjectName::default_project)),
+            Self::Project(token) => {
+                if let Some(asked) = asked
+                    && asked != token.project
+                {
+                    return Err(AuthError::WrongProject {
+                        token: token.project.clone(),
+                        asked,
+                    });
+                }
+                if access == Access::Write && token.read_only {
+                    return Err(AuthError::ReadOnly(token.project.clone()));
+                }
+                Ok(token.project.clone())
+            }
+        }
+    }
+
+    /// The project a long-lived stream is tied to: its token's, or the one
+    /// `x-kv-project` names. A stream naming none (the admin token or open
+    /// mode without the header) may carry calls of any project and is tied
+    /// to none.
+    ///
+    /// # Errors
+    ///
+    /// A bad `x-kv-project` ([`AuthError::Request`]).
+    pub fn bound_project(&self, metadata: &MetadataMap) -> Result<Option<ProjectName>, AuthError> {
+        match self {
+            Self::Project(token) => Ok(Some(token.project.clone())),
+            Self::Open | Self::Admin => {
+                if metadata.get(crate::service::PROJECT_HEADER).is_some() {
+                    Ok(Some(project_of(metadata)?))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// Authentication and project resolution for every call.
@@ -185,6 +260,25 @@ impl Auth {
     /// Whether no authentication is required.
     pub fn is_open(&self) -> bool {
         self.admin.is_none()
+    }
+
+    /// A receiver that changes whenever a token or project does: open
+    /// streams wait on it to re-check their credentials and project.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.catalog.changes_receiver()
+    }
+
+    /// Checks the credentials of a call (any caller in open mode).
+    ///
+    /// # Errors
+    ///
+    /// UNAUTHENTICATED ([`AuthError::Missing`], [`AuthError::Malformed`],
+    /// [`AuthError::Unknown`]).
+    pub fn caller_of(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        match &self.admin {
+            None => Ok(Caller::Open),
+            Some(admin) => self.caller(metadata, admin),
+        }
     }
 
     fn caller(&self, metadata: &MetadataMap, admin: &AdminToken) -> Result<Caller, AuthError> {
@@ -233,27 +327,7 @@ impl Auth {
         metadata: &MetadataMap,
         access: Access,
     ) -> Result<ProjectName, AuthError> {
-        let Some(admin) = &self.admin else {
-            return Ok(project_of(metadata)?);
-        };
-        match self.caller(metadata, admin)? {
-            Caller::Admin => Ok(project_of(metadata)?),
-            Caller::Project(token) => {
-                if metadata.get(crate::service::PROJECT_HEADER).is_some() {
-                    let asked = project_of(metadata)?;
-                    if asked != token.project {
-                        return Err(AuthError::WrongProject {
-                            token: token.project,
-                            asked,
-                        });
-                    }
-                }
-                if access == Access::Write && token.read_only {
-                    return Err(AuthError::ReadOnly(token.project));
-                }
-                Ok(token.project)
-            }
-        }
+        self.caller_of(metadata)?.project(metadata, None, access)
     }
 
     /// Admits admin calls: the admin token, or anyone in open mode.
@@ -267,7 +341,7 @@ impl Auth {
             return Ok(());
         };
         match self.caller(metadata, admin)? {
-            Caller::Admin => Ok(()),
+            Caller::Admin | Caller::Open => Ok(()),
             Caller::Project(_) => Err(AuthError::NotAdmin),
         }
     }

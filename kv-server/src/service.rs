@@ -3,6 +3,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
+mod guard;
 mod pipeline;
 
 use kv_proto::wire::{
@@ -30,6 +31,10 @@ use crate::{
 
 /// Request metadata key naming the project in open mode.
 pub const PROJECT_HEADER: &str = "x-kv-project";
+
+/// Response metadata of `Pipeline`: the server honours the project named
+/// by each frame and call.
+pub const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
 
 /// A request the service refuses before it reaches the engine.
 #[derive(Debug, thiserror::Error)]
@@ -199,8 +204,29 @@ impl From<EngineError> for Status {
                 tracing::error!(error = %e, "internal error");
                 Status::internal(e.to_string())
             }
+            EngineError::ProjectGone { .. }
+            | EngineError::ProjectNotFound { .. }
+            | EngineError::TokenNotFound { .. } => Status::not_found(e.to_string()),
+            EngineError::ProjectExists { .. } => Status::already_exists(e.to_string()),
         }
     }
+}
+
+/// The project a call acts on, and the incarnation of it the caller was
+/// admitted to: writes carry it to the engine, reads check it afterwards,
+/// so a call admitted just before its project was deleted and recreated
+/// can touch neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scope {
+    pub(crate) project: ProjectName,
+    pub(crate) incarnation: u64,
+}
+
+/// The status of a call or stream whose project was deleted.
+pub(crate) fn project_deleted(project: &ProjectName) -> Status {
+    Status::not_found(format!(
+        "project {project} was deleted; a project created again under its name is a new project that shares nothing with it"
+    ))
 }
 
 /// Resolves the project of a request from its `x-kv-project` metadata
@@ -410,12 +436,19 @@ impl<B> KvService<B> {
         }))
     }
 
-    fn txn(&self, checks: Vec<Check>, ops: Vec<Op>, request: Option<RequestId>) -> Txn {
+    fn txn(
+        &self,
+        scope: &Scope,
+        checks: Vec<Check>,
+        ops: Vec<Op>,
+        request: Option<RequestId>,
+    ) -> Txn {
         Txn {
             checks,
             ops,
             request,
             max_value_bytes: self.limits.max_value_bytes,
+            incarnation: Some(scope.incarnation),
         }
     }
 }
@@ -423,13 +456,38 @@ impl<B> KvService<B> {
 // The unary methods' work, shared with `Pipeline`, which runs the same
 // calls for a stream's frames.
 impl<B: Backend> KvService<B> {
-    async fn get_in(&self, project: &ProjectName, r: &GetRequest) -> Result<GetResponse, Status> {
-        let key = self.key(&r.key)?;
-        let entry = self.backend.get(project, key).await?;
-        Ok(get_response(entry))
+    /// Admits a call: its project and the incarnation it is admitted to.
+    fn scope(&self, metadata: &MetadataMap, access: Access) -> Result<Scope, Status> {
+        let project = self.auth.project_for(metadata, access)?;
+        Ok(self.scope_of(project))
     }
 
-    async fn set_in(&self, project: &ProjectName, r: &SetRequest) -> Result<SetResponse, Status> {
+    pub(crate) fn scope_of(&self, project: ProjectName) -> Scope {
+        let incarnation = self.backend.incarnation(&project);
+        Scope {
+            project,
+            incarnation,
+        }
+    }
+
+    /// Refuses what a read found when the project it was admitted to is no
+    /// longer there: the read may have seen a successor's data.
+    fn still(&self, scope: &Scope) -> Result<(), Status> {
+        if self.backend.incarnation(&scope.project) == scope.incarnation {
+            Ok(())
+        } else {
+            Err(project_deleted(&scope.project))
+        }
+    }
+
+    async fn get_in(&self, scope: &Scope, r: &GetRequest) -> Result<GetResponse, Status> {
+        let key = self.key(&r.key)?;
+        let entry = self.backend.get(&scope.project, key).await?;
+        self.still(scope)?;
+        Ok(get_response(entry, scope.incarnation))
+    }
+
+    async fn set_in(&self, scope: &Scope, r: &SetRequest) -> Result<SetResponse, Status> {
         let op = self.set_op(&wire::SetOp {
             key: r.key.clone(),
             value: r.value.clone(),
@@ -461,7 +519,7 @@ impl<B: Backend> KvService<B> {
         let id = Self::request_id("Set", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(project, self.txn(checks, vec![op], id))
+            .write(&scope.project, self.txn(scope, checks, vec![op], id))
             .await?;
         let version = if outcome.applied {
             match first(&outcome)? {
@@ -477,17 +535,14 @@ impl<B: Backend> KvService<B> {
         })
     }
 
-    async fn has_in(&self, project: &ProjectName, r: &HasRequest) -> Result<HasResponse, Status> {
+    async fn has_in(&self, scope: &Scope, r: &HasRequest) -> Result<HasResponse, Status> {
         let key = self.key(&r.key)?;
-        let exists = self.backend.has(project, key).await?;
+        let exists = self.backend.has(&scope.project, key).await?;
+        self.still(scope)?;
         Ok(HasResponse { exists })
     }
 
-    async fn delete_in(
-        &self,
-        project: &ProjectName,
-        r: &DeleteRequest,
-    ) -> Result<DeleteResponse, Status> {
+    async fn delete_in(&self, scope: &Scope, r: &DeleteRequest) -> Result<DeleteResponse, Status> {
         let key = self.key(&r.key)?;
         let checks = match r.if_version {
             Some(0) => {
@@ -506,7 +561,7 @@ impl<B: Backend> KvService<B> {
         let op = Op::Delete { key: key.into() };
         let outcome = self
             .backend
-            .write(project, self.txn(checks, vec![op], id))
+            .write(&scope.project, self.txn(scope, checks, vec![op], id))
             .await?;
         let (deleted, version) = match outcome.results.first() {
             Some(OpOutcome::Delete { deleted, version }) => (*deleted, *version),
@@ -515,16 +570,12 @@ impl<B: Backend> KvService<B> {
         Ok(DeleteResponse { deleted, version })
     }
 
-    async fn incr_in(
-        &self,
-        project: &ProjectName,
-        r: &IncrRequest,
-    ) -> Result<IncrResponse, Status> {
+    async fn incr_in(&self, scope: &Scope, r: &IncrRequest) -> Result<IncrResponse, Status> {
         let op = self.incr_op(&r.key, r.delta, r.ttl_ms)?;
         let id = Self::request_id("Incr", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(project, self.txn(Vec::new(), vec![op], id))
+            .write(&scope.project, self.txn(scope, Vec::new(), vec![op], id))
             .await?;
         match first(&outcome)? {
             OpOutcome::Incr { value, version } => Ok(IncrResponse {
@@ -535,16 +586,12 @@ impl<B: Backend> KvService<B> {
         }
     }
 
-    async fn merge_in(
-        &self,
-        project: &ProjectName,
-        r: &MergeRequest,
-    ) -> Result<MergeResponse, Status> {
+    async fn merge_in(&self, scope: &Scope, r: &MergeRequest) -> Result<MergeResponse, Status> {
         let op = self.merge_op(&r.key, &r.patch, r.ttl_ms)?;
         let id = Self::request_id("Merge", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(project, self.txn(Vec::new(), vec![op], id))
+            .write(&scope.project, self.txn(scope, Vec::new(), vec![op], id))
             .await?;
         match first(&outcome)? {
             OpOutcome::Merge { value, version } => Ok(MergeResponse {
@@ -556,15 +603,19 @@ impl<B: Backend> KvService<B> {
     }
 }
 
-fn get_response(entry: Option<Entry>) -> GetResponse {
+fn get_response(entry: Option<Entry>, incarnation: u64) -> GetResponse {
     match entry {
         Some(entry) => GetResponse {
             found: true,
             value: entry.value,
             version: entry.version,
             expires_at_ms: entry.expires_at,
+            incarnation,
         },
-        None => GetResponse::default(),
+        None => GetResponse {
+            incarnation,
+            ..GetResponse::default()
+        },
     }
 }
 
@@ -592,11 +643,14 @@ impl From<WatchError> for Status {
         match e {
             WatchError::TooOld { .. } => Status::out_of_range(e.to_string()),
             WatchError::Ahead { .. } => Status::invalid_argument(e.to_string()),
+            WatchError::Recreated { .. } | WatchError::OtherIncarnation { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
         }
     }
 }
 
-fn watch_event(event: &Event) -> WatchEvent {
+fn watch_event(event: &Event, incarnation: u64) -> WatchEvent {
     let kind = match event.kind {
         EventKind::Set => wire::EventKind::Set,
         EventKind::Deleted => wire::EventKind::Deleted,
@@ -609,6 +663,7 @@ fn watch_event(event: &Event) -> WatchEvent {
         value: event.value.clone().unwrap_or_default(),
         version: event.version,
         expires_at_ms: (event.expires_at != 0).then_some(event.expires_at),
+        incarnation,
     }
 }
 
@@ -637,33 +692,27 @@ type PipelineStream =
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Read)?;
-        Ok(Response::new(
-            self.get_in(&project, request.get_ref()).await?,
-        ))
+        let scope = self.scope(request.metadata(), Access::Read)?;
+        Ok(Response::new(self.get_in(&scope, request.get_ref()).await?))
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
-        Ok(Response::new(
-            self.set_in(&project, request.get_ref()).await?,
-        ))
+        let scope = self.scope(request.metadata(), Access::Write)?;
+        Ok(Response::new(self.set_in(&scope, request.get_ref()).await?))
     }
 
     async fn has(&self, request: Request<HasRequest>) -> Result<Response<HasResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Read)?;
-        Ok(Response::new(
-            self.has_in(&project, request.get_ref()).await?,
-        ))
+        let scope = self.scope(request.metadata(), Access::Read)?;
+        Ok(Response::new(self.has_in(&scope, request.get_ref()).await?))
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         Ok(Response::new(
-            self.delete_in(&project, request.get_ref()).await?,
+            self.delete_in(&scope, request.get_ref()).await?,
         ))
     }
 
@@ -671,12 +720,15 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<ClearRequest>,
     ) -> Result<Response<ClearResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         let r = request.get_ref();
         let id = Self::request_id("Clear", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(&project, self.txn(Vec::new(), vec![Op::Clear], id))
+            .write(
+                &scope.project,
+                self.txn(&scope, Vec::new(), vec![Op::Clear], id),
+            )
             .await?;
         let (deleted, version) = match first(&outcome)? {
             OpOutcome::Clear { removed, version } => (*removed, *version),
@@ -686,9 +738,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
     }
 
     async fn incr(&self, request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         Ok(Response::new(
-            self.incr_in(&project, request.get_ref()).await?,
+            self.incr_in(&scope, request.get_ref()).await?,
         ))
     }
 
@@ -696,9 +748,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<MergeRequest>,
     ) -> Result<Response<MergeResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         Ok(Response::new(
-            self.merge_in(&project, request.get_ref()).await?,
+            self.merge_in(&scope, request.get_ref()).await?,
         ))
     }
 
@@ -706,7 +758,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<BatchRequest>,
     ) -> Result<Response<BatchResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         let r = request.get_ref();
         self.count("ops", r.ops.len())?;
         if r.checks.len() > self.limits.max_batch_ops {
@@ -754,7 +806,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let id = Self::request_id("Batch", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(&project, self.txn(checks, ops, id))
+            .write(&scope.project, self.txn(&scope, checks, ops, id))
             .await?;
         Ok(Response::new(BatchResponse {
             applied: outcome.applied,
@@ -768,20 +820,24 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<GetManyRequest>,
     ) -> Result<Response<GetManyResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let scope = self.scope(request.metadata(), Access::Read)?;
         let keys = &request.get_ref().keys;
         self.count("keys", keys.len())?;
         for (i, key) in keys.iter().enumerate() {
             self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
         }
-        let entries = self.backend.get_many(&project, keys).await?;
+        let entries = self.backend.get_many(&scope.project, keys).await?;
+        self.still(&scope)?;
         let limit = self.limits.max_message_bytes();
         let total: usize = entries.iter().flatten().map(|e| e.value.len() + 32).sum();
         if total > limit {
             return Err(RequestError::ResponseTooLarge { limit }.into());
         }
         Ok(Response::new(GetManyResponse {
-            results: entries.into_iter().map(get_response).collect(),
+            results: entries
+                .into_iter()
+                .map(|e| get_response(e, scope.incarnation))
+                .collect(),
         }))
     }
 
@@ -789,7 +845,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<SetManyRequest>,
     ) -> Result<Response<SetManyResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         let r = request.get_ref();
         self.count("entries", r.entries.len())?;
         let ops = r
@@ -804,7 +860,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let id = Self::request_id("SetMany", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(&project, self.txn(Vec::new(), ops, id))
+            .write(&scope.project, self.txn(&scope, Vec::new(), ops, id))
             .await?;
         let versions = outcome
             .results
@@ -821,7 +877,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<DeleteManyRequest>,
     ) -> Result<Response<DeleteManyResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Write)?;
+        let scope = self.scope(request.metadata(), Access::Write)?;
         let r = request.get_ref();
         self.count("keys", r.keys.len())?;
         let ops = r
@@ -837,7 +893,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let id = Self::request_id("DeleteMany", &r.request_id, r, |m| m.request_id.clear())?;
         let outcome = self
             .backend
-            .write(&project, self.txn(Vec::new(), ops, id))
+            .write(&scope.project, self.txn(&scope, Vec::new(), ops, id))
             .await?;
         let deleted = outcome
             .results
@@ -848,7 +904,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let scope = self.scope(request.metadata(), Access::Read)?;
         let r = request.get_ref();
         let limit = match r.limit {
             0 => DEFAULT_LIST_LIMIT,
@@ -868,7 +924,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             limit,
             keys_only: r.keys_only,
         };
-        let page = self.backend.list(&project, &query).await?;
+        let page = self.backend.list(&scope.project, &query).await?;
+        self.still(&scope)?;
         // A page of large values is cut short at the message limit; the
         // cursor carries on from there.
         let budget = self.limits.max_message_bytes() / 2;
@@ -897,6 +954,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             entries,
             next_start_after,
             version: page.version,
+            incarnation: scope.incarnation,
         }))
     }
 
@@ -907,13 +965,32 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<tonic::Streaming<PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         // Bad credentials fail the stream at once rather than every call.
-        self.auth.project_for(request.metadata(), Access::Read)?;
+        let caller = self.auth.caller_of(request.metadata())?;
+        let bound = caller
+            .bound_project(request.metadata())?
+            .map(|project| self.scope_of(project));
+        if bound.is_some() {
+            caller.project(request.metadata(), None, Access::Read)?;
+        }
         let (metadata, _, calls) = request.into_parts();
+        let guard = guard::StreamGuard::new(
+            Arc::clone(&self.auth),
+            metadata.clone(),
+            bound,
+            Access::Read,
+        );
         let (tx, rx) = tokio::sync::mpsc::channel(pipeline::PIPELINE_QUEUE);
-        tokio::spawn(self.clone().serve_pipeline(metadata, calls, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        tokio::spawn(self.clone().serve_pipeline(metadata, guard, calls, tx));
+        let mut response = Response::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as Self::PipelineStream
+        );
+        // Tells clients this server runs each call on the project it names:
+        // one that did not would run them all on the stream's project.
+        response.metadata_mut().insert(
+            CALL_PROJECTS_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Ok(response)
     }
 
     type WatchStream = WatchStream;
@@ -922,7 +999,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let project = self.auth.project_for(request.metadata(), Access::Read)?;
+        let scope = self.scope(request.metadata(), Access::Read)?;
         let r = request.get_ref();
         let target = match &r.target {
             None => WatchTarget::All,
@@ -946,14 +1023,39 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         };
         // Subscribed before the response starts: once a client holds the
         // stream, every later change reaches it.
-        let mut subscription = self.backend.watch(&project, target, r.from_version)?;
+        let mut subscription = self.backend.watch(&scope.project, target, r.from_version)?;
+        let incarnation = subscription.incarnation();
+        if incarnation != scope.incarnation {
+            // Deleted (and recreated) between the credential check and the
+            // subscription: the caller was admitted to the old project.
+            return Err(project_deleted(&scope.project));
+        }
+        if let Some(asked) = r.incarnation
+            && asked != incarnation
+        {
+            return Err(WatchError::OtherIncarnation { asked, incarnation }.into());
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
         let mut stopping = self.stopping.clone();
+        let backend = Arc::clone(&self.backend);
+        let project = scope.project.clone();
+        let mut guard = guard::StreamGuard::new(
+            Arc::clone(&self.auth),
+            request.into_parts().0,
+            Some(scope),
+            Access::Read,
+        );
         tokio::spawn(async move {
+            /// What woke the watch task.
+            enum Woke {
+                Batch(Result<Vec<Arc<Event>>, Lagged>),
+                Recheck,
+            }
             loop {
-                let batch = tokio::select! {
-                    batch = subscription.next_batch(WATCH_BATCH) => batch,
+                let woke = tokio::select! {
+                    batch = subscription.next_batch(WATCH_BATCH) => Woke::Batch(batch),
                     () = tx.closed() => return,
+                    () = guard.changed() => Woke::Recheck,
                     () = until_true(&mut stopping) => {
                         let resume = subscription.cursor();
                         let status = Status::unavailable(format!(
@@ -963,18 +1065,29 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
                         return;
                     }
                 };
-                match batch {
-                    Ok(events) => {
-                        for event in events {
-                            if tx.send(Ok(watch_event(&event))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(lagged @ Lagged::Behind { .. }) => {
+                let events = match woke {
+                    Woke::Recheck => Vec::new(),
+                    Woke::Batch(Ok(events)) => events,
+                    Woke::Batch(Err(lagged @ Lagged::Behind { .. })) => {
                         let _ = tx
                             .send(Err(Status::resource_exhausted(lagged.to_string())))
                             .await;
+                        return;
+                    }
+                    Woke::Batch(Err(Lagged::Deleted)) => {
+                        let _ = tx.send(Err(project_deleted(&project))).await;
+                        return;
+                    }
+                };
+                // Before anything is delivered: a change made after a
+                // revocation or deletion is applied after the catalog
+                // change, so a batch holding one fails this check.
+                if let Err(status) = guard.check(&*backend) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                for event in events {
+                    if tx.send(Ok(watch_event(&event, incarnation))).await.is_err() {
                         return;
                     }
                 }

@@ -1007,6 +1007,7 @@ async fn failed_batches_change_nothing() {
             value: "hello".into(),
             version: text.version,
             expires_at_ms: None,
+            incarnation: 0,
         })
     );
 
@@ -1110,6 +1111,7 @@ async fn many_key_calls_keep_order_atomicity_and_limits() {
                 value: json!({"i": i}),
                 version: versions[i],
                 expires_at_ms: None,
+                incarnation: 0,
             })
         })
         .collect();
@@ -1310,6 +1312,7 @@ async fn mixed_writes(kv: &Project, round: u32, seen: &mut Seen) {
             value: cas.value + 1,
             version: seen.saw(swap.version),
             expires_at_ms: None,
+            incarnation: 0,
         };
     }
     assert!(!kv.compare_and_swap("cas", 1, &0u32).await.unwrap().applied);

@@ -278,6 +278,17 @@ async fn projects_tokens_and_quotas_survive_restart_and_delete_cleans_up() {
     assert_eq!(admin.list_projects().await.unwrap().len(), 1);
 
     assert_eq!(admin.delete_project("shop").await.unwrap(), 3);
+    // The handle's open stream ends with NOT_FOUND naming the project; a
+    // call that meets it there says so, a later one finds its token gone.
+    let err = shop.get::<i32>("a").await.expect_err("must be refused");
+    match err.code() {
+        Code::NotFound => assert!(
+            err.to_string().contains("project shop was deleted"),
+            "{err}"
+        ),
+        Code::Unauthenticated => assert!(err.to_string().contains("unknown or revoked"), "{err}"),
+        other => panic!("{other:?}: {err}"),
+    }
     denied(
         shop.get::<i32>("a").await,
         Code::Unauthenticated,

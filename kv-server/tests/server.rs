@@ -170,6 +170,9 @@ impl Backend for SlowSets {
     async fn expire_due(&self, limit: usize) -> usize {
         self.inner.expire_due(limit).await
     }
+    fn incarnation(&self, project: &ProjectName) -> u64 {
+        self.inner.incarnation(project)
+    }
 }
 
 async fn start_slow(

@@ -810,6 +810,7 @@ fn resolve(spec: &TxnSpec, m: &ModelProject, now: u64) -> Txn {
         } else {
             MAX_VALUE_LIMIT
         },
+        incarnation: None,
     };
     if let Some(i) = spec.request {
         // What the service derives from the request: the same request

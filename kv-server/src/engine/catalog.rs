@@ -61,10 +61,24 @@ pub enum CatalogChange {
 }
 
 /// Registered projects and tokens.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     projects: RwLock<BTreeMap<ProjectName, Quota>>,
     tokens: RwLock<HashMap<String, TokenMeta>>,
+    /// Counts changes: open streams wait on it to re-check their
+    /// credentials and project the moment anything changes, rather than
+    /// polling.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            projects: RwLock::default(),
+            tokens: RwLock::default(),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -90,6 +104,31 @@ impl Catalog {
     /// assert!(catalog.project(&p).is_some());
     /// ```
     pub fn apply(&self, change: &CatalogChange) -> bool {
+        let changed = self.apply_quietly(change);
+        // Only a wake-up: skip it (and its lock) when no stream listens,
+        // as during a replay.
+        if self.generation.receiver_count() > 0 {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        changed
+    }
+
+    /// A receiver that changes whenever the catalog does (a token created
+    /// or revoked, a project created, changed or deleted).
+    ///
+    /// ```
+    /// use kv_server::engine::{Quota, catalog::{Catalog, CatalogChange}};
+    /// use kv_server::project::ProjectName;
+    /// let catalog = Catalog::default();
+    /// let mut changes = catalog.changes_receiver();
+    /// catalog.apply(&CatalogChange::PutProject { project: ProjectName::parse("a").unwrap(), quota: Quota::default() });
+    /// assert!(changes.has_changed().unwrap());
+    /// ```
+    pub fn changes_receiver(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn apply_quietly(&self, change: &CatalogChange) -> bool {
         match change {
             CatalogChange::PutProject { project, quota } => {
                 write(&self.projects).insert(project.clone(), *quota);

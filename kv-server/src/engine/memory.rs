@@ -62,6 +62,10 @@ use crate::project::ProjectName;
 /// who choose their keys.
 type MapHasher = ahash::RandomState;
 
+/// Project names with a version each (retired names with their last
+/// version, live ones with their incarnation).
+pub(crate) type Numbering = Vec<(ProjectName, u64)>;
+
 /// Number of independently locked parts of the expiry index.
 const EXPIRY_SHARDS: usize = 16;
 
@@ -95,6 +99,11 @@ pub struct MemoryStore {
     /// Serialises writes when the store is used alone (the durable store's
     /// writer thread is the only writer and does not take it).
     write_lock: Mutex<()>,
+    /// Deleted project names and the newest version each used: the next
+    /// project of the name numbers its versions above it. Lock order: this,
+    /// then a `projects` shard (creation and deletion both take it first,
+    /// so a name is never half deleted for a concurrent creator).
+    retired: Mutex<HashMap<ProjectName, u64, MapHasher>>,
 }
 
 /// One project's keys.
@@ -114,12 +123,19 @@ struct Namespace {
     consistency: RwLock<()>,
     requests: Mutex<RequestTable>,
     hub: Arc<Hub>,
+    /// The version this incarnation's numbering starts after (0 for the
+    /// first project of a name). Fixed for the namespace's life: a deleted
+    /// project's name gets a new namespace, never this one again.
+    incarnation: u64,
+    /// Set when the project is deleted: walks that collected this
+    /// namespace before (snapshots) skip it.
+    deleted: AtomicBool,
 }
 
 impl Namespace {
     /// A namespace created during a recovery gathers its keys for an
     /// [`OrderBuild`]; any other starts with an empty, ready index.
-    fn new(loading: bool) -> Self {
+    fn new(loading: bool, incarnation: u64) -> Self {
         let order = if loading {
             OrderIndex::Building(Pending::default())
         } else {
@@ -131,10 +147,12 @@ impl Namespace {
             built: Built::new(!loading),
             keys: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(incarnation),
             consistency: RwLock::new(()),
             requests: Mutex::default(),
-            hub: Arc::new(Hub::new()),
+            hub: Arc::new(Hub::new(incarnation)),
+            incarnation,
+            deleted: AtomicBool::new(false),
         }
     }
 }
@@ -427,6 +445,7 @@ impl MemoryStore {
             history: Budget::new(),
             loading: AtomicBool::new(false),
             write_lock: Mutex::new(()),
+            retired: Mutex::default(),
         }
     }
 
@@ -511,12 +530,123 @@ impl MemoryStore {
         if let Some(ns) = self.namespace(project) {
             return ns;
         }
-        Arc::clone(
-            &self
-                .projects
-                .entry(project.clone())
-                .or_insert_with(|| Arc::new(Namespace::new(self.loading()))),
-        )
+        let mut retired = lock(&self.retired);
+        Arc::clone(&self.projects.entry(project.clone()).or_insert_with(|| {
+            // A name used before continues its numbering above the deleted
+            // project's (see `incarnation`).
+            let base = retired.remove(project).map_or(0, |last| last + 1);
+            Arc::new(Namespace::new(self.loading(), base))
+        }))
+    }
+
+    /// The incarnation of `project`: its namespace's, or the one a
+    /// namespace created now would get.
+    ///
+    /// ```
+    /// use kv_server::engine::{memory::MemoryStore, Mutation};
+    /// use kv_server::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// assert_eq!(store.incarnation(&p), 0);
+    /// store.apply(&p, Mutation::Set { key: "k".into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// store.delete_project(&p);
+    /// assert!(store.incarnation(&p) > 1);
+    /// ```
+    pub fn incarnation(&self, project: &ProjectName) -> u64 {
+        // Read under the shard guard, without cloning the namespace's Arc:
+        // every call asks this, and a shared count bounced between cores
+        // costs more than the lookup.
+        if let Some(ns) = self.projects.get(project) {
+            return ns.incarnation;
+        }
+        let retired = lock(&self.retired);
+        // Asked again under the lock: a creation may have consumed the
+        // tombstone since the first look.
+        if let Some(ns) = self.projects.get(project) {
+            return ns.incarnation;
+        }
+        retired.get(project).map_or(0, |last| last + 1)
+    }
+
+    /// Deletes `project`: its keys, history, request ids and version
+    /// counter go, its watchers end ([`super::watch::Lagged::Deleted`]),
+    /// and the name's next project numbers its versions above every
+    /// version this one used. Returns how many live keys it held.
+    pub fn delete_project(&self, project: &ProjectName) -> Applied {
+        let ns = {
+            let mut retired = lock(&self.retired);
+            let ns = self.projects.remove(project).map(|(_, ns)| ns);
+            let last = match &ns {
+                Some(ns) => ns.version.load(Ordering::Acquire).max(ns.incarnation),
+                None => retired.get(project).map_or(0, |last| last + 1),
+            };
+            retired.insert(project.clone(), last);
+            ns
+        };
+        let Some(ns) = ns else {
+            return Applied::default();
+        };
+        ns.deleted.store(true, Ordering::Release);
+        let now = self.clock.now_ms();
+        // The namespace is out of the map, so nothing new reaches it; what
+        // it holds leaves memory, the expiry index and the usage totals.
+        let removed = {
+            let _exclusive = write_lock(&ns.consistency);
+            self.apply_clear(project, &ns, now)
+        };
+        *lock(&ns.requests) = RequestTable::default();
+        ns.hub.close(&self.history);
+        Applied { removed }
+    }
+
+    /// Starts a new, empty incarnation of `project` numbered after `base`,
+    /// replacing anything held under the name (CreateProject of a name
+    /// used before, and its replay).
+    pub(crate) fn start_incarnation(&self, project: &ProjectName, base: u64) {
+        let old = {
+            let mut retired = lock(&self.retired);
+            retired.remove(project);
+            let fresh = Arc::new(Namespace::new(self.loading(), base));
+            self.projects.insert(project.clone(), fresh)
+        };
+        if let Some(old) = old {
+            old.deleted.store(true, Ordering::Release);
+            let now = self.clock.now_ms();
+            {
+                let _exclusive = write_lock(&old.consistency);
+                self.apply_clear(project, &old, now);
+            }
+            old.hub.close(&self.history);
+        }
+    }
+
+    /// Whether `project` has a namespace (it was written, watched or
+    /// created with a non-zero incarnation).
+    pub(crate) fn has_namespace(&self, project: &ProjectName) -> bool {
+        self.projects.contains_key(project)
+    }
+
+    /// Deleted names and the newest version each used, and the
+    /// incarnations of the namespaces now held (non-zero ones), as of one
+    /// moment, for snapshots.
+    pub(crate) fn incarnations(&self) -> (Numbering, Numbering) {
+        let retired = lock(&self.retired);
+        let live = self
+            .projects
+            .iter()
+            .filter(|ns| ns.incarnation != 0)
+            .map(|ns| (ns.key().clone(), ns.incarnation))
+            .collect();
+        let gone = retired.iter().map(|(p, v)| (p.clone(), *v)).collect();
+        (gone, live)
+    }
+
+    /// Records that `project` was deleted after using versions up to
+    /// `last` (loading a snapshot).
+    pub(crate) fn restore_retired(&self, project: &ProjectName, last: u64) {
+        let mut retired = lock(&self.retired);
+        let entry = retired.entry(project.clone()).or_insert(last);
+        *entry = (*entry).max(last);
     }
 
     /// The live value of `key` at the clock's current time.
@@ -574,7 +704,10 @@ impl MemoryStore {
     pub fn list_now(&self, project: &ProjectName, query: &ListQuery) -> ListPage {
         let now = self.clock.now_ms();
         let Some(ns) = self.namespace(project) else {
-            return ListPage::default();
+            return ListPage {
+                version: self.incarnation(project),
+                ..ListPage::default()
+            };
         };
         let limit = query.limit.max(1);
         // Before the consistency lock: the builder's install must not wait
@@ -632,10 +765,13 @@ impl MemoryStore {
         }
     }
 
-    /// The newest version of `project` (0 before its first change).
+    /// The newest version of `project` (its incarnation before its first
+    /// change).
     pub fn version(&self, project: &ProjectName) -> u64 {
-        self.namespace(project)
-            .map_or(0, |ns| ns.version.load(Ordering::Acquire))
+        match self.namespace(project) {
+            Some(ns) => ns.version.load(Ordering::Acquire),
+            None => self.incarnation(project),
+        }
     }
 
     /// Subscribes to `project`'s changes.
@@ -650,7 +786,7 @@ impl MemoryStore {
         from_version: Option<u64>,
     ) -> Result<Subscription, WatchError> {
         let ns = self.namespace_or_create(project);
-        ns.hub.subscribe(target, from_version)
+        ns.hub.subscribe(target, from_version, ns.incarnation)
     }
 
     /// The state of `key` for the transaction evaluator: dead entries
@@ -715,7 +851,7 @@ impl MemoryStore {
         mut f: impl FnMut(&ProjectName, &str, &Remembered) -> Result<(), E>,
     ) -> Result<(), E> {
         let now = self.clock.now_ms();
-        for (project, ns) in self.namespaces() {
+        for (project, ns) in self.live_namespaces() {
             // Copied out first: `f` writes a file, and the writer must not
             // wait on that to remember a new request of this project.
             let live: Vec<(Box<str>, Remembered)> = lock(&ns.requests)
@@ -734,8 +870,7 @@ impl MemoryStore {
     /// Every project's version counter (snapshots record them so versions
     /// never go back, even for projects whose keys are all gone).
     pub(crate) fn versions(&self) -> Vec<(ProjectName, u64)> {
-        self.namespaces()
-            .into_iter()
+        self.live_namespaces()
             .map(|(p, ns)| (p, ns.version.load(Ordering::Acquire)))
             .collect()
     }
@@ -754,6 +889,15 @@ impl MemoryStore {
             .iter()
             .map(|ns| (ns.key().clone(), Arc::clone(ns.value())))
             .collect()
+    }
+
+    /// [`Self::namespaces`] less those deleted since they were collected:
+    /// a snapshot started after a deletion writes nothing of the deleted
+    /// project, even if the deletion lands during its walk.
+    fn live_namespaces(&self) -> impl Iterator<Item = (ProjectName, Arc<Namespace>)> {
+        self.namespaces()
+            .into_iter()
+            .filter(|(_, ns)| !ns.deleted.load(Ordering::Acquire))
     }
 
     /// Whether `key` is live at the clock's current time.
@@ -863,19 +1007,6 @@ impl MemoryStore {
         };
         ns.version.fetch_max(version, Ordering::AcqRel);
         applied
-    }
-
-    /// Removes a deleted project's data and remembered requests, without a
-    /// version (the project is gone).
-    pub(crate) fn drop_project_data(&self, project: &ProjectName) -> Applied {
-        let Some(ns) = self.namespace(project) else {
-            return Applied::default();
-        };
-        let now = self.clock.now_ms();
-        *lock(&ns.requests) = RequestTable::default();
-        Applied {
-            removed: self.apply_clear(project, &ns, now),
-        }
     }
 
     fn apply_set(
@@ -1113,10 +1244,12 @@ impl MemoryStore {
         mut f: impl FnMut(&ProjectName, &str, &[u8], u64, u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let now = self.clock.now_ms();
-        let namespaces = self.namespaces();
         let mut count = 0;
-        for (project, ns) in namespaces {
+        for (project, ns) in self.live_namespaces() {
             for entry in ns.entries.iter() {
+                if ns.deleted.load(Ordering::Relaxed) {
+                    break;
+                }
                 if entry.is_live(now) {
                     f(
                         &project,
@@ -1178,6 +1311,10 @@ impl Backend for MemoryStore {
 
     async fn expire_due(&self, limit: usize) -> usize {
         self.purge_expired(limit)
+    }
+
+    fn incarnation(&self, project: &ProjectName) -> u64 {
+        MemoryStore::incarnation(self, project)
     }
 }
 

@@ -104,6 +104,13 @@ pub trait Backend: Send + Sync + 'static {
     /// expiry event) and returns how many due deadlines it consumed.
     fn expire_due(&self, limit: usize) -> impl Future<Output = usize> + Send;
 
+    /// The current incarnation of `project`: 0 for the first project of a
+    /// name; after a deletion, a number above every version the deleted
+    /// project used. Reads compare it before and after, writes carry it in
+    /// [`Txn::incarnation`], and streams re-check it, so nothing of one
+    /// incarnation reaches a caller admitted for another.
+    fn incarnation(&self, project: &ProjectName) -> u64;
+
     /// Stores `value` under `key`, expiring `ttl_ms` milliseconds from now,
     /// or never when `None` (which also drops any earlier TTL).
     fn set(
@@ -252,6 +259,12 @@ pub struct Txn {
     pub request: Option<RequestId>,
     /// Largest encoded value a merge may produce.
     pub max_value_bytes: usize,
+    /// Apply only to this incarnation of the project (the one the caller's
+    /// credentials were checked against); `None` applies to whichever is
+    /// current. A project deleted (and maybe recreated) since the check
+    /// refuses the write with [`EngineError::ProjectGone`], so a write
+    /// admitted for a deleted tenant never lands in its successor.
+    pub incarnation: Option<u64>,
 }
 
 impl Txn {
@@ -268,6 +281,7 @@ impl Txn {
             ops: vec![op],
             request: None,
             max_value_bytes: crate::config::MAX_VALUE_LIMIT,
+            incarnation: None,
         }
     }
 }
@@ -396,6 +410,26 @@ pub enum WatchError {
         from: u64,
         /// The project's version.
         current: u64,
+    },
+    /// `from` is a version of an earlier incarnation of the project.
+    #[error(
+        "from_version {from} belongs to an earlier incarnation of this project: it was deleted and recreated, and its versions now start after {incarnation}; read the current state and watch from its version"
+    )]
+    Recreated {
+        /// The requested version.
+        from: u64,
+        /// The current incarnation.
+        incarnation: u64,
+    },
+    /// The watch names an incarnation the project no longer is.
+    #[error(
+        "incarnation {asked} of this project no longer exists: it was deleted and recreated (now incarnation {incarnation}); read the current state and watch again"
+    )]
+    OtherIncarnation {
+        /// The incarnation the request named.
+        asked: u64,
+        /// The current incarnation.
+        incarnation: u64,
     },
 }
 
@@ -554,6 +588,31 @@ pub enum EngineError {
     DeadlineOverflow {
         /// The refused TTL.
         ttl_ms: u64,
+    },
+    /// The incarnation of the project the call was admitted for is gone:
+    /// the project was deleted (and maybe recreated) meanwhile.
+    #[error("project {project} was deleted while this call was in flight; nothing was applied")]
+    ProjectGone {
+        /// The project.
+        project: ProjectName,
+    },
+    /// CreateProject of a registered project.
+    #[error("project {project} already exists")]
+    ProjectExists {
+        /// The project.
+        project: ProjectName,
+    },
+    /// A revoke of a token that does not exist.
+    #[error("no token has id {id:?}")]
+    TokenNotFound {
+        /// The id.
+        id: String,
+    },
+    /// An admin change of a project that is not registered.
+    #[error("project {project} is not registered (CreateProject first)")]
+    ProjectNotFound {
+        /// The project.
+        project: ProjectName,
     },
 }
 

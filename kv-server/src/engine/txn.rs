@@ -61,6 +61,11 @@ pub(crate) struct Overlay {
     versions: HashMap<ProjectName, u64>,
     usage: HashMap<ProjectName, Usage>,
     requests: HashMap<(ProjectName, Box<str>), (u64, Arc<TxnOutcome>)>,
+    /// Incarnations begun by deletions and creations earlier in the group.
+    incarnations: HashMap<ProjectName, u64>,
+    /// Whether a project will have a namespace, where the group changed it
+    /// (deleted, created, or first written).
+    held: HashMap<ProjectName, bool>,
 }
 
 /// An evaluated transaction.
@@ -104,12 +109,42 @@ impl Overlay {
         None
     }
 
-    /// A deleted project's data goes with the group.
-    pub(crate) fn drop_project(&mut self, project: &ProjectName) {
+    /// The incarnation of `project` after the writes evaluated so far.
+    pub(crate) fn incarnation(&self, mem: &MemoryStore, project: &ProjectName) -> u64 {
+        self.incarnations
+            .get(project)
+            .copied()
+            .unwrap_or_else(|| mem.incarnation(project))
+    }
+
+    /// A deleted project's data goes with the group, and later writes of
+    /// the name belong to the next incarnation (numbered as
+    /// [`MemoryStore::delete_project`] numbers it).
+    pub(crate) fn drop_project(&mut self, mem: &MemoryStore, project: &ProjectName) {
+        let last = self
+            .version(mem, project)
+            .max(self.incarnation(mem, project));
+        self.begin(project, last + 1);
+        self.held.insert(project.clone(), false);
+    }
+
+    /// Whether `project` will have a namespace once the group is applied.
+    pub(crate) fn holds_namespace(&self, mem: &MemoryStore, project: &ProjectName) -> bool {
+        self.held
+            .get(project)
+            .copied()
+            .unwrap_or_else(|| mem.has_namespace(project))
+    }
+
+    /// A project created afresh under `project`, numbered after `base`.
+    pub(crate) fn begin(&mut self, project: &ProjectName, base: u64) {
         self.keys.remove(project);
         self.cleared.insert(project.clone());
         self.usage.insert(project.clone(), Usage::default());
         self.requests.retain(|(p, _), _| p != project);
+        self.versions.insert(project.clone(), base);
+        self.incarnations.insert(project.clone(), base);
+        self.held.insert(project.clone(), true);
     }
 
     /// Evaluates `txn` on `project` at time `now` against memory plus the
@@ -127,6 +162,13 @@ impl Overlay {
         now: u64,
         quota: Quota,
     ) -> Result<Evaluated, EngineError> {
+        if let Some(expected) = txn.incarnation
+            && self.incarnation(mem, project) != expected
+        {
+            return Err(EngineError::ProjectGone {
+                project: project.clone(),
+            });
+        }
         if let Some(request) = &txn.request {
             let pending = self
                 .requests
@@ -163,6 +205,7 @@ impl Overlay {
             ops,
             request,
             max_value_bytes,
+            incarnation: _,
         } = txn;
         let outcome = eval.run(&checks, ops, max_value_bytes)?;
         let Eval {
@@ -182,6 +225,11 @@ impl Overlay {
         }
         self.versions.insert(project.clone(), version);
         self.usage.insert(project.clone(), usage);
+        if !out.is_empty() || request.is_some() {
+            // Applying it (or remembering its outcome) creates the
+            // namespace if there was none.
+            self.held.insert(project.clone(), true);
+        }
         let outcome = Arc::new(outcome);
         let remember = request.map(|r| {
             self.requests.insert(

@@ -80,6 +80,19 @@ struct History {
     floor: u64,
     /// The newest version published.
     last: u64,
+    /// The project was deleted: its watchers end, nothing more is kept.
+    closed: bool,
+}
+
+impl History {
+    /// Drops every event held, and their bytes from the shared budget.
+    fn forget(&mut self, budget: &Budget) {
+        self.events.clear();
+        budget
+            .used
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes = 0;
+    }
 }
 
 /// What every project's history may hold together.
@@ -101,16 +114,33 @@ impl Budget {
 }
 
 impl Hub {
-    pub(crate) fn new() -> Self {
+    /// The history of a project incarnation whose versions start after
+    /// `base`.
+    pub(crate) fn new(base: u64) -> Self {
         Self {
             state: Mutex::new(History {
                 events: VecDeque::new(),
                 bytes: 0,
-                floor: 0,
-                last: 0,
+                floor: base,
+                last: base,
+                closed: false,
             }),
-            latest: tokio::sync::watch::Sender::new(0),
+            latest: tokio::sync::watch::Sender::new(base),
         }
+    }
+
+    /// Ends the history of a deleted project: its watchers end with
+    /// [`Lagged::Deleted`] at their next look, whatever they had not read
+    /// yet, and its events leave the shared budget.
+    pub(crate) fn close(&self, budget: &Budget) {
+        let mut h = self.lock();
+        h.closed = true;
+        h.forget(budget);
+        let last = h.last;
+        drop(h);
+        // Wakes every waiting watcher so it sees the end now, not at the
+        // next change (there will be none on this hub).
+        self.latest.send_replace(last);
     }
 
     fn lock(&self) -> MutexGuard<'_, History> {
@@ -132,15 +162,14 @@ impl Hub {
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut h = self.lock();
-        if version <= h.last {
-            // Replays of changes already counted (a fuzzy snapshot's overlap).
+        if version <= h.last || h.closed {
+            // Replays of changes already counted (a fuzzy snapshot's
+            // overlap), or a deleted project's hub, which nothing reads.
             return;
         }
         h.last = version;
         if !budget.recording.load(Relaxed) {
-            budget.used.fetch_sub(h.bytes, Relaxed);
-            h.events.clear();
-            h.bytes = 0;
+            h.forget(budget);
             h.floor = version;
         } else {
             let event = Arc::new(event());
@@ -175,23 +204,30 @@ impl Hub {
         if version > h.last {
             h.last = version;
             h.floor = version;
-            h.events.clear();
-            budget
-                .used
-                .fetch_sub(h.bytes, std::sync::atomic::Ordering::Relaxed);
-            h.bytes = 0;
+            h.forget(budget);
             drop(h);
             self.latest.send_replace(version);
         }
     }
 
-    /// Starts a watcher after `from` (default: now).
+    /// Starts a watcher after `from` (default: now; 0: the incarnation's
+    /// first change) on the project incarnation whose versions start after
+    /// `incarnation`.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         target: WatchTarget,
         from: Option<u64>,
+        incarnation: u64,
     ) -> Result<Subscription, WatchError> {
         let h = self.lock();
+        let asked = from;
+        let from = match from {
+            Some(0) => Some(incarnation),
+            Some(from) if from < incarnation => {
+                return Err(WatchError::Recreated { from, incarnation });
+            }
+            other => other,
+        };
         let cursor = match from {
             None => h.last,
             Some(from) if from > h.last => {
@@ -202,7 +238,7 @@ impl Hub {
             }
             Some(from) if from < h.floor => {
                 return Err(WatchError::TooOld {
-                    from,
+                    from: asked.unwrap_or(from),
                     oldest: h.floor,
                 });
             }
@@ -213,6 +249,7 @@ impl Hub {
             hub: Arc::clone(self),
             target,
             cursor,
+            incarnation,
             latest: self.latest.subscribe(),
         })
     }
@@ -231,6 +268,10 @@ pub enum Lagged {
         /// The newest version no longer retained.
         oldest: u64,
     },
+    /// The project was deleted: nothing of it is delivered any more, and a
+    /// project recreated under the name is another one.
+    #[error("the project was deleted")]
+    Deleted,
 }
 
 /// One watcher: a cursor into its project's history.
@@ -238,10 +279,16 @@ pub struct Subscription {
     hub: Arc<Hub>,
     target: WatchTarget,
     cursor: u64,
+    incarnation: u64,
     latest: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Subscription {
+    /// The incarnation of the project this watcher follows.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// The version of the last change looked at (delivered or filtered out).
     pub fn cursor(&self) -> u64 {
         self.cursor
@@ -260,6 +307,9 @@ impl Subscription {
             let mut out = Vec::new();
             {
                 let h = self.hub.lock();
+                if h.closed {
+                    return Err(Lagged::Deleted);
+                }
                 if self.cursor < h.floor {
                     return Err(Lagged::Behind {
                         cursor: self.cursor,

@@ -11,6 +11,12 @@
 //! share one group commit (one fsync). A read waits only for the writes of
 //! its own key sent before it; reads of other keys are answered at once,
 //! without waiting for anyone's fsync.
+//!
+//! Projects: each call runs on the project it names, else its frame's,
+//! else the stream's (see [`Caller::project`]), so one stream serves any
+//! number of projects. The stream itself obeys [`StreamGuard`]: checked
+//! before every frame and whenever a token or project changes, it ends
+//! with the guard's status (a revoked token, a deleted project).
 
 use std::{
     collections::HashMap,
@@ -26,8 +32,11 @@ use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use kv_proto::wire::{self, Call, CallError, PipelineRequest, PipelineResponse, Reply};
 use tonic::{Status, Streaming, metadata::MetadataMap};
 
-use super::{KvService, until_true};
-use crate::{auth::Access, engine::Backend, project::ProjectName};
+use super::{KvService, Scope, guard::StreamGuard, until_true};
+use crate::{
+    auth::{Access, Caller},
+    engine::Backend,
+};
 
 use wire::{call::Request as Req, reply::Response as Res};
 
@@ -159,6 +168,54 @@ impl InFlight {
     }
 }
 
+/// The projects of one frame's calls, resolved once per name and access.
+struct Scopes<'a> {
+    caller: Caller,
+    metadata: &'a MetadataMap,
+    /// The project the stream is tied to.
+    bound: Option<&'a Scope>,
+    /// The frame's project, for calls that name none.
+    frame_project: String,
+    known: Vec<(String, Access, Result<Scope, Status>)>,
+}
+
+impl Scopes<'_> {
+    /// The scope of a call naming `call_project` (empty: none).
+    fn scope<B: Backend>(
+        &mut self,
+        service: &KvService<B>,
+        call_project: &str,
+        access: Access,
+    ) -> Result<Scope, Status> {
+        let named = if call_project.is_empty() {
+            self.frame_project.as_str()
+        } else {
+            call_project
+        };
+        if let Some((_, _, known)) = self
+            .known
+            .iter()
+            .find(|(name, a, _)| name == named && *a == access)
+        {
+            return known.clone();
+        }
+        let resolved = self
+            .caller
+            .project(self.metadata, (!named.is_empty()).then_some(named), access)
+            .map_err(Status::from)
+            .map(|project| match self.bound {
+                // The stream's own project keeps the incarnation it opened
+                // on: if it is gone, its calls fail rather than reach a
+                // successor.
+                Some(bound) if bound.project == project => bound.clone(),
+                _ => service.scope_of(project),
+            });
+        self.known
+            .push((named.to_string(), access, resolved.clone()));
+        resolved
+    }
+}
+
 impl<B: Backend> KvService<B> {
     /// Reads frames off `calls` and answers them on `tx` until the client
     /// ends the stream, goes away, or the server stops.
@@ -169,6 +226,7 @@ impl<B: Backend> KvService<B> {
     pub(super) async fn serve_pipeline(
         self,
         metadata: MetadataMap,
+        mut guard: StreamGuard,
         mut calls: Streaming<PipelineRequest>,
         tx: ReplySender,
     ) {
@@ -192,7 +250,13 @@ impl<B: Backend> KvService<B> {
                 };
                 ready += 1;
                 if !this
-                    .on_frame(frame, &metadata, &mut reading, &mut in_flight, &mut out)
+                    .on_frame(
+                        frame,
+                        (&metadata, &guard),
+                        &mut reading,
+                        &mut in_flight,
+                        &mut out,
+                    )
                     .await
                 {
                     return;
@@ -220,6 +284,13 @@ impl<B: Backend> KvService<B> {
             tokio::select! {
                 biased;
                 () = tx.closed() => return,
+                () = guard.changed() => {
+                    if let Err(status) = guard.check(&*this.backend) {
+                        let _ = out.flush().await;
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
                 () = until_true(&mut stopping), if !shutting_down => {
                     // Like a unary request in flight at shutdown, a started
                     // write is finished and answered.
@@ -233,7 +304,7 @@ impl<B: Backend> KvService<B> {
                     }
                 }
                 frame = calls.message(), if reading && in_flight.writes.len() < MAX_IN_FLIGHT => {
-                    if !this.on_frame(frame, &metadata, &mut reading, &mut in_flight, &mut out).await {
+                    if !this.on_frame(frame, (&metadata, &guard), &mut reading, &mut in_flight, &mut out).await {
                         return;
                     }
                 }
@@ -246,14 +317,33 @@ impl<B: Backend> KvService<B> {
     async fn on_frame(
         self: &Arc<Self>,
         frame: Result<Option<PipelineRequest>, Status>,
-        metadata: &MetadataMap,
+        (metadata, guard): (&MetadataMap, &StreamGuard),
         reading: &mut bool,
         in_flight: &mut InFlight,
         out: &mut Outbox,
     ) -> bool {
         match frame {
             Ok(Some(frame)) => {
-                self.start_frame(metadata, frame.calls, Instant::now(), in_flight, out)
+                // Credentials and the stream's project are checked again
+                // for every frame, so a revoked token or a deleted project
+                // stops open streams too: the stream ends, and nothing of
+                // this frame runs.
+                let caller = match guard.check(&*self.backend) {
+                    Ok(caller) => caller,
+                    Err(status) => {
+                        let _ = out.flush().await;
+                        let _ = out.tx.send(Err(status)).await;
+                        return false;
+                    }
+                };
+                let scopes = Scopes {
+                    caller,
+                    metadata,
+                    bound: guard.bound(),
+                    frame_project: frame.project,
+                    known: Vec::new(),
+                };
+                self.start_frame(scopes, frame.calls, Instant::now(), in_flight, out)
                     .await
             }
             // The client is done sending; what is in flight is still answered.
@@ -273,19 +363,12 @@ impl<B: Backend> KvService<B> {
     /// order sent; false once the client is gone.
     async fn start_frame(
         self: &Arc<Self>,
-        metadata: &MetadataMap,
+        mut scopes: Scopes<'_>,
         calls: Vec<Call>,
         received: Instant,
         in_flight: &mut InFlight,
         out: &mut Outbox,
     ) -> bool {
-        // Credentials are checked per frame, not once per stream, so a
-        // revoked token stops working on open streams too.
-        let read = self
-            .auth
-            .project_for(metadata, Access::Read)
-            .map_err(Status::from);
-        let mut write: Option<Result<ProjectName, Status>> = None;
         for call in calls {
             let id = call.id;
             if call.timeout_ms > 0 && received.elapsed() >= Duration::from_millis(call.timeout_ms) {
@@ -312,30 +395,25 @@ impl<B: Backend> KvService<B> {
                     if !in_flight.wait_for(&r.key, out).await {
                         return false;
                     }
-                    match &read {
-                        Ok(project) => self.get_in(project, &r).await.map(Res::Get),
-                        Err(e) => Err(e.clone()),
+                    match scopes.scope(self, &call.project, Access::Read) {
+                        Ok(scope) => self.get_in(&scope, &r).await.map(Res::Get),
+                        Err(e) => Err(e),
                     }
                 }
                 Req::Has(r) => {
                     if !in_flight.wait_for(&r.key, out).await {
                         return false;
                     }
-                    match &read {
-                        Ok(project) => self.has_in(project, &r).await.map(Res::Has),
-                        Err(e) => Err(e.clone()),
+                    match scopes.scope(self, &call.project, Access::Read) {
+                        Ok(scope) => self.has_in(&scope, &r).await.map(Res::Has),
+                        Err(e) => Err(e),
                     }
                 }
                 write_request => {
-                    let project = write.get_or_insert_with(|| {
-                        self.auth
-                            .project_for(metadata, Access::Write)
-                            .map_err(Status::from)
-                    });
-                    let project = match project {
-                        Ok(project) => project.clone(),
+                    let scope = match scopes.scope(self, &call.project, Access::Write) {
+                        Ok(scope) => scope,
                         Err(e) => {
-                            if !out.push(reply(id, Err(e.clone()))).await {
+                            if !out.push(reply(id, Err(e))).await {
                                 return false;
                             }
                             continue;
@@ -343,7 +421,7 @@ impl<B: Backend> KvService<B> {
                     };
                     let due = self.due(call.timeout_ms, received);
                     match self
-                        .start_write(project, id, due, write_request, in_flight)
+                        .start_write(scope, id, due, write_request, in_flight)
                         .await
                     {
                         Some(result) => result,
@@ -385,7 +463,7 @@ impl<B: Backend> KvService<B> {
     /// is in flight, answered later.
     async fn start_write(
         self: &Arc<Self>,
-        project: ProjectName,
+        scope: Scope,
         id: u64,
         (due, late): (Instant, Status),
         request: Req,
@@ -403,10 +481,10 @@ impl<B: Backend> KvService<B> {
         let this = Arc::clone(self);
         let write = async move {
             match request {
-                Req::Set(r) => this.set_in(&project, &r).await.map(Res::Set),
-                Req::Delete(r) => this.delete_in(&project, &r).await.map(Res::Delete),
-                Req::Incr(r) => this.incr_in(&project, &r).await.map(Res::Incr),
-                Req::Merge(r) => this.merge_in(&project, &r).await.map(Res::Merge),
+                Req::Set(r) => this.set_in(&scope, &r).await.map(Res::Set),
+                Req::Delete(r) => this.delete_in(&scope, &r).await.map(Res::Delete),
+                Req::Incr(r) => this.incr_in(&scope, &r).await.map(Res::Incr),
+                Req::Merge(r) => this.merge_in(&scope, &r).await.map(Res::Merge),
                 Req::Get(_) | Req::Has(_) => Err(Status::internal("a read was taken for a write")),
             }
         };

@@ -31,12 +31,16 @@
 //!                      | 3 incr: f64 bits: u64, version | 4 merge: version, value_len: u32, value
 //!                      | 5 clear: removed: u64, version
 //! 10 Version project, version: u64   (a project's version counter, in snapshots)
+//! 11 Incarnation project, base: u64  (a new, empty project under the name,
+//!                                     numbered after `base`)
+//! 12 Retired project, last: u64      (a deleted name and the newest version
+//!                                     it used, in snapshots)
 //! ```
 //!
 //! Format version 2 added versions (kinds 9 and 10; writes are logged as
 //! one Txn record each, so a transaction is all or nothing on disk too).
-//! Files of version 1 (kinds 1-8, no versions) are still read: replay
-//! numbers their changes.
+//! Version 3 added incarnations (kinds 11 and 12). Files of version 1
+//! (kinds 1-8, no versions) are still read: replay numbers their changes.
 //!
 //! Written by hand rather than with a serialisation crate: the format is the
 //! product's durability contract, and its torn-tail versus corruption rules
@@ -58,7 +62,7 @@ pub(crate) const LOG_MAGIC: [u8; 6] = *b"KVLOG\0";
 /// Magic bytes of a snapshot.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 6] = *b"KVSNAP";
 /// The format version this build writes.
-pub(crate) const FORMAT_VERSION: u16 = 2;
+pub(crate) const FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub(crate) const OLDEST_READABLE_VERSION: u16 = 1;
 /// Bytes of a file header.
@@ -82,6 +86,8 @@ const PUT_TOKEN: u8 = 7;
 const REVOKE_TOKEN: u8 = 8;
 const TXN: u8 = 9;
 const VERSION: u8 = 10;
+const INCARNATION: u8 = 11;
+const RETIRED: u8 = 12;
 
 const CHANGE_SET: u8 = 1;
 const CHANGE_DELETE: u8 = 2;
@@ -124,6 +130,21 @@ pub enum Record {
         project: ProjectName,
         /// Its newest version.
         version: u64,
+    },
+    /// A new, empty project under a name, numbered after `base`: whatever
+    /// the name held before is gone.
+    Incarnation {
+        /// The project.
+        project: ProjectName,
+        /// Its versions start after this.
+        base: u64,
+    },
+    /// A deleted project name and the newest version it used.
+    Retired {
+        /// The project.
+        project: ProjectName,
+        /// Its newest version.
+        last: u64,
     },
     /// The end of a snapshot, with how many entries it holds.
     End {
@@ -240,6 +261,24 @@ pub(crate) fn encode_version(out: &mut Vec<u8>, project: &ProjectName, version: 
         payload.push(VERSION);
         put_project(payload, project);
         payload.extend_from_slice(&version.to_le_bytes());
+    });
+}
+
+/// Appends the start of a new incarnation of `project`.
+pub(crate) fn encode_incarnation(out: &mut Vec<u8>, project: &ProjectName, base: u64) {
+    frame(out, |payload| {
+        payload.push(INCARNATION);
+        put_project(payload, project);
+        payload.extend_from_slice(&base.to_le_bytes());
+    });
+}
+
+/// Appends a deleted name's newest version (snapshots).
+pub(crate) fn encode_retired(out: &mut Vec<u8>, project: &ProjectName, last: u64) {
+    frame(out, |payload| {
+        payload.push(RETIRED);
+        put_project(payload, project);
+        payload.extend_from_slice(&last.to_le_bytes());
     });
 }
 
@@ -494,6 +533,14 @@ pub fn decode_payload_cached(
         VERSION => Record::Version {
             project: r.project()?,
             version: r.u64()?,
+        },
+        INCARNATION => Record::Incarnation {
+            project: r.project()?,
+            base: r.u64()?,
+        },
+        RETIRED => Record::Retired {
+            project: r.project()?,
+            last: r.u64()?,
         },
         other => return Err(bad(format!("unknown record kind {other}"))),
     };
@@ -935,6 +982,14 @@ mod tests {
                 project: project("c"),
                 version: u64::MAX,
             },
+            Record::Incarnation {
+                project: project("c"),
+                base: 1_764_600_000_000,
+            },
+            Record::Retired {
+                project: project("d"),
+                last: 77,
+            },
         ]
     }
 
@@ -953,6 +1008,10 @@ mod tests {
                     encode_txn(&mut out, project, *at, mutations, request);
                 }
                 Record::Version { project, version } => encode_version(&mut out, project, *version),
+                Record::Incarnation { project, base } => {
+                    encode_incarnation(&mut out, project, *base)
+                }
+                Record::Retired { project, last } => encode_retired(&mut out, project, *last),
                 other => panic!("not in the sample: {other:?}"),
             }
             boundaries.push(out.len());

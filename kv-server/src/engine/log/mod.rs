@@ -20,6 +20,11 @@
 //!   are the older segments removed.
 //! - Start-up loads the newest snapshot and replays the segments after it
 //!   (see [`DurableStore::open`]).
+//! - Admin changes (projects, tokens) go through the same writer, which
+//!   checks their preconditions in log order ([`AdminChange`]): of two
+//!   concurrent creates of a name exactly one succeeds. A project deletion
+//!   asks for a snapshot at once, so the deleted tenant's values leave the
+//!   disk as soon as it is written (the older segments are then removed).
 //!
 //! Files in the data directory: `LOCK`, `<seq>.log` (segments),
 //! `<seq>.snap` (the state of every segment before `<seq>`), and
@@ -40,7 +45,7 @@ use tokio::sync::oneshot;
 use super::{
     Applied, Backend, EngineError, Entry, ListPage, ListQuery, Quota, Txn, TxnOutcome, WatchError,
     WatchTarget,
-    catalog::{Catalog, CatalogChange},
+    catalog::{Catalog, CatalogChange, TokenMeta},
     memory::{Due, MemoryStore},
     watch::Subscription,
 };
@@ -146,6 +151,59 @@ enum Command {
     Shutdown(oneshot::Sender<io::Result<()>>),
 }
 
+/// A change to the catalog of projects and tokens, with the condition
+/// under which it applies. The writer judges the condition in log order,
+/// against every change before it, so two concurrent admin calls can
+/// never both pass a check that only one of them should.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Registers `project`; [`EngineError::ProjectExists`] if it is. A name
+    /// deleted before becomes a new incarnation sharing nothing with the
+    /// old one; a name holding unregistered data (open mode) keeps it.
+    CreateProject {
+        /// The project.
+        project: ProjectName,
+        /// Its quota.
+        quota: Quota,
+    },
+    /// Replaces a registered project's quota.
+    SetQuota {
+        /// The project.
+        project: ProjectName,
+        /// Its quota.
+        quota: Quota,
+    },
+    /// Deletes a registered project: data, history, request ids, tokens.
+    DeleteProject {
+        /// The project.
+        project: ProjectName,
+    },
+    /// Stores a token of a registered project, if the project is still
+    /// the incarnation the caller saw ([`EngineError::ProjectGone`]
+    /// otherwise: a token meant for a deleted project never opens its
+    /// successor).
+    CreateToken {
+        /// The token.
+        token: TokenMeta,
+        /// The incarnation the token is for.
+        incarnation: u64,
+    },
+    /// Removes a token (no error when unknown).
+    RevokeToken {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// What an [`AdminChange`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdminOutcome {
+    /// Live keys a deletion removed; 1 when a revoke removed a token.
+    pub removed: u64,
+    /// The project's incarnation after the change.
+    pub incarnation: u64,
+}
+
 /// A change the writer evaluates, logs and then applies.
 enum Change {
     /// A transaction on one project's data.
@@ -153,7 +211,7 @@ enum Change {
     /// Deadlines that have come.
     Expire(Vec<Due>),
     /// To the catalog of projects and tokens.
-    Catalog(CatalogChange),
+    Admin(AdminChange),
 }
 
 impl Change {
@@ -172,7 +230,7 @@ impl Change {
                 .sum::<usize>()
                 .max(64),
             Self::Expire(due) => due.len() * 64,
-            Self::Catalog(_) => 128,
+            Self::Admin(_) => 128,
         }
     }
 }
@@ -180,7 +238,8 @@ impl Change {
 /// The writer's answer to a submission.
 enum Answer {
     Txn(Arc<TxnOutcome>),
-    Applied(Applied),
+    Expired,
+    Admin(AdminOutcome),
 }
 
 struct Submission {
@@ -230,16 +289,35 @@ impl DurableStore {
         &self.catalog
     }
 
-    /// Logs and applies a catalog change (a project deletion also removes
-    /// the project's data: `removed` counts its live keys).
+    /// Checks, logs and applies an admin change (a project deletion also
+    /// removes the project's data: `removed` counts its live keys).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_server::engine::{Quota, SystemClock, log::{AdminChange, DurableStore, LogOptions}};
+    /// use kv_server::project::ProjectName;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = DurableStore::open(dir.path(), LogOptions::default(), Arc::new(SystemClock)).unwrap();
+    /// let shop = ProjectName::parse("shop").unwrap();
+    /// let create = AdminChange::CreateProject { project: shop.clone(), quota: Quota::default() };
+    /// assert!(store.admin(create.clone()).await.is_ok());
+    /// assert!(store.admin(create).await.is_err()); // exactly one create wins
+    /// # store.close().await.unwrap();
+    /// # });
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`EngineError::Storage`] when it cannot be logged.
-    pub async fn change_catalog(&self, change: CatalogChange) -> Result<Applied, EngineError> {
-        match self.send(Change::Catalog(change)).await? {
-            Answer::Applied(applied) => Ok(applied),
-            Answer::Txn(_) => Ok(Applied::default()),
+    /// [`EngineError::Storage`] when it cannot be logged;
+    /// [`EngineError::ProjectExists`], [`EngineError::ProjectNotFound`] or
+    /// [`EngineError::ProjectGone`] when its condition does not hold.
+    pub async fn admin(&self, change: AdminChange) -> Result<AdminOutcome, EngineError> {
+        match self.send(Change::Admin(change)).await? {
+            Answer::Admin(outcome) => Ok(outcome),
+            Answer::Txn(_) | Answer::Expired => Err(EngineError::Internal(
+                "the log writer answered an admin change with a data result".into(),
+            )),
         }
     }
 
@@ -334,7 +412,7 @@ impl Backend for DurableStore {
         };
         match self.send(change).await? {
             Answer::Txn(outcome) => Ok(outcome),
-            Answer::Applied(_) => Err(EngineError::Internal(
+            Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
                 "the log writer answered a write with a catalog result".into(),
             )),
         }
@@ -347,6 +425,10 @@ impl Backend for DurableStore {
         from_version: Option<u64>,
     ) -> Result<Subscription, WatchError> {
         self.mem.subscribe(project, target, from_version)
+    }
+
+    fn incarnation(&self, project: &ProjectName) -> u64 {
+        self.mem.incarnation(project)
     }
 
     async fn expire_due(&self, limit: usize) -> usize {
@@ -367,13 +449,16 @@ impl Backend for DurableStore {
 /// Applies a logged catalog change to memory and catalog (the writer and
 /// replay both come here, so they cannot disagree).
 fn apply_catalog(mem: &MemoryStore, catalog: &Catalog, change: CatalogChange) -> Applied {
-    catalog.apply(&change);
-    match change {
-        CatalogChange::DeleteProject { project } => mem.drop_project_data(&project),
+    // The data goes first: the catalog change wakes open streams, which
+    // must then find the project gone, not merely their token.
+    let applied = match &change {
+        CatalogChange::DeleteProject { project } => mem.delete_project(project),
         CatalogChange::PutProject { .. }
         | CatalogChange::PutToken(_)
         | CatalogChange::RevokeToken { .. } => Applied::default(),
-    }
+    };
+    catalog.apply(&change);
+    applied
 }
 
 /// File name of segment `seq`.

@@ -284,6 +284,7 @@ impl DurableStore {
             snapshot: None,
             unsynced: None,
             dirty_tail: false,
+            snapshot_wanted: false,
             _lock: lock,
         };
         let (commands, receiver) = mpsc::channel();
@@ -465,6 +466,14 @@ fn load_snapshot(
             mem.restore_version(&project, version);
             Ok(())
         }
+        Record::Incarnation { project, base } => {
+            mem.start_incarnation(&project, base);
+            Ok(())
+        }
+        Record::Retired { project, last } => {
+            mem.restore_retired(&project, last);
+            Ok(())
+        }
         Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
         Record::Catalog(change) => {
             apply_catalog(mem, catalog, change);
@@ -630,7 +639,13 @@ fn replay_segment(
             records += 1;
             Ok(())
         }
+        Record::Incarnation { project, base } => {
+            mem.start_incarnation(&project, base);
+            records += 1;
+            Ok(())
+        }
         Record::Version { .. } => Err("snapshot version record in a log segment".into()),
+        Record::Retired { .. } => Err("snapshot retired-name record in a log segment".into()),
         Record::End { .. } => Err("snapshot end record in a log segment".into()),
     });
     recovered.records += records;

@@ -47,6 +47,19 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
             codec::encode_catalog(&mut record, &change);
             out.write_all(&record)?;
         }
+        // Deleted names and incarnations before counters and entries:
+        // loading starts each incarnation afresh, then fills it.
+        let (retired, incarnations) = mem.incarnations();
+        for (project, last) in &retired {
+            record.clear();
+            codec::encode_retired(&mut record, project, *last);
+            out.write_all(&record)?;
+        }
+        for (project, base) in &incarnations {
+            record.clear();
+            codec::encode_incarnation(&mut record, project, *base);
+            out.write_all(&record)?;
+        }
         // Version counters before entries: loading raises them first, so
         // no version is ever handed out twice, even for emptied projects.
         for (project, version) in mem.versions() {

@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    Answer, Change, Command, FsyncPolicy, LogOptions, Submission, apply_catalog, codec,
-    segment_name, snapshot, sync_dir,
+    AdminChange, AdminOutcome, Answer, Change, Command, FsyncPolicy, LogOptions, Submission,
+    apply_catalog, codec, segment_name, snapshot, sync_dir,
 };
 use crate::{
     engine::{
@@ -31,8 +31,45 @@ enum Pending {
     Replay(Arc<TxnOutcome>),
     Commit(ProjectName, Commit),
     Expire(Vec<(ProjectName, Vec<Versioned>)>),
-    Catalog(CatalogChange),
+    Admin(Admitted),
 }
+
+/// An admin change whose condition held, as what it logs and applies.
+struct Admitted {
+    /// A new incarnation to start before the catalog change.
+    incarnation: Option<(ProjectName, u64)>,
+    change: CatalogChange,
+    /// The project's incarnation after the change.
+    after: u64,
+}
+
+/// What the admin changes evaluated earlier in a group will have done to
+/// the catalog, so each judges its condition as if they were applied.
+#[derive(Default)]
+struct AdminOverlay {
+    registered: std::collections::HashMap<ProjectName, bool>,
+    tokens: std::collections::HashMap<String, bool>,
+}
+
+impl AdminOverlay {
+    fn registered(&self, catalog: &Catalog, project: &ProjectName) -> bool {
+        self.registered
+            .get(project)
+            .copied()
+            .unwrap_or_else(|| catalog.project(project).is_some())
+    }
+
+    fn token_exists(&self, catalog: &Catalog, id: &str) -> bool {
+        self.tokens
+            .get(id)
+            .copied()
+            .unwrap_or_else(|| catalog.token(id).is_some())
+    }
+}
+
+/// How long the writer, idle, waits before looking again whether a
+/// snapshot it was asked for can start (one is still being written).
+const SNAPSHOT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Most bytes gathered into one write; a single larger record still goes
 /// alone.
@@ -55,6 +92,9 @@ pub(super) struct Writer {
     /// Set when a failed append could not be rolled back: the file may end
     /// in a partial batch, which must be cut before the next append.
     pub(super) dirty_tail: bool,
+    /// A snapshot was asked for (a project was deleted): one starts as soon
+    /// as none is running, whatever the log's size.
+    pub(super) snapshot_wanted: bool,
     /// Held (locked) for as long as the writer runs.
     pub(super) _lock: File,
 }
@@ -102,14 +142,25 @@ impl Writer {
     /// the interval ends with nothing new.
     fn next_command(&mut self, commands: &mpsc::Receiver<Command>) -> Option<Command> {
         loop {
-            let deadline = match (self.options.fsync, self.unsynced) {
-                (FsyncPolicy::Interval(every), Some(since)) => since + every,
-                _ => return commands.recv().ok(),
+            let sync_at = match (self.options.fsync, self.unsynced) {
+                (FsyncPolicy::Interval(every), Some(since)) => Some(since + every),
+                _ => None,
+            };
+            let snapshot_at = self.snapshot_wanted.then(|| Instant::now() + SNAPSHOT_POLL);
+            let Some(deadline) = sync_at.into_iter().chain(snapshot_at).min() else {
+                return commands.recv().ok();
             };
             let wait = deadline.saturating_duration_since(Instant::now());
             match commands.recv_timeout(wait) {
                 Ok(command) => return Some(command),
-                Err(mpsc::RecvTimeoutError::Timeout) => self.sync_in_background(),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if sync_at.is_some_and(|at| at <= Instant::now()) {
+                        self.sync_in_background();
+                    }
+                    if self.snapshot_wanted {
+                        self.after_batch();
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
@@ -130,6 +181,7 @@ impl Writer {
         buf.clear();
         let now = self.mem.clock().now_ms();
         let mut overlay = Overlay::default();
+        let mut admin = AdminOverlay::default();
         let mut pending: Vec<(Pending, oneshot::Sender<Result<Answer, EngineError>>)> =
             Vec::with_capacity(batch.len());
         for Submission { change, reply } in batch.drain(..) {
@@ -174,13 +226,18 @@ impl Writer {
                     }
                     pending.push((Pending::Expire(expired), reply));
                 }
-                Change::Catalog(change) => {
-                    if let CatalogChange::DeleteProject { project } = &change {
-                        overlay.drop_project(project);
+                Change::Admin(change) => match self.admit(change, now, &mut overlay, &mut admin) {
+                    Ok(admitted) => {
+                        if let Some((project, base)) = &admitted.incarnation {
+                            codec::encode_incarnation(buf, project, *base);
+                        }
+                        codec::encode_catalog(buf, &admitted.change);
+                        pending.push((Pending::Admin(admitted), reply));
                     }
-                    codec::encode_catalog(buf, &change);
-                    pending.push((Pending::Catalog(change), reply));
-                }
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused));
+                    }
+                },
             }
         }
         if pending.is_empty() {
@@ -226,14 +283,122 @@ impl Writer {
                     for (project, list) in expired {
                         self.mem.apply_txn(&project, list);
                     }
-                    Answer::Applied(Default::default())
+                    Answer::Expired
                 }
-                Pending::Catalog(change) => {
-                    Answer::Applied(apply_catalog(&self.mem, &self.catalog, change))
+                Pending::Admin(Admitted {
+                    incarnation,
+                    change,
+                    after,
+                }) => {
+                    if let Some((project, base)) = incarnation {
+                        self.mem.start_incarnation(&project, base);
+                    }
+                    if matches!(change, CatalogChange::DeleteProject { .. }) {
+                        self.snapshot_wanted = true;
+                    }
+                    let revoke = matches!(change, CatalogChange::RevokeToken { .. });
+                    let applied = apply_catalog(&self.mem, &self.catalog, change);
+                    Answer::Admin(AdminOutcome {
+                        removed: if revoke { 1 } else { applied.removed },
+                        incarnation: after,
+                    })
                 }
             };
             let _ = reply.send(Ok(answer));
         }
+    }
+
+    /// Judges an admin change's condition against the catalog and the
+    /// changes before it in the group; what it will log and apply.
+    fn admit(
+        &self,
+        change: AdminChange,
+        now: u64,
+        overlay: &mut Overlay,
+        admin: &mut AdminOverlay,
+    ) -> Result<Admitted, EngineError> {
+        let registered = |admin: &AdminOverlay, project: &ProjectName| {
+            if admin.registered(&self.catalog, project) {
+                Ok(())
+            } else {
+                Err(EngineError::ProjectNotFound {
+                    project: project.clone(),
+                })
+            }
+        };
+        Ok(match change {
+            AdminChange::CreateProject { project, quota } => {
+                if admin.registered(&self.catalog, &project) {
+                    return Err(EngineError::ProjectExists { project });
+                }
+                admin.registered.insert(project.clone(), true);
+                let current = overlay.incarnation(&self.mem, &project);
+                let held = overlay.holds_namespace(&self.mem, &project);
+                // A name never used starts at 0 when first written; one
+                // holding unregistered data (open mode) keeps it. A name
+                // used before starts above the old numbering and above
+                // the clock, so the new versions say nothing of how many
+                // changes the deleted project had.
+                let incarnation = if held || current == 0 {
+                    None
+                } else {
+                    let base = current.max(now);
+                    overlay.begin(&project, base);
+                    Some((project.clone(), base))
+                };
+                Admitted {
+                    after: incarnation.as_ref().map_or(current, |(_, base)| *base),
+                    incarnation,
+                    change: CatalogChange::PutProject { project, quota },
+                }
+            }
+            AdminChange::SetQuota { project, quota } => {
+                registered(admin, &project)?;
+                Admitted {
+                    after: overlay.incarnation(&self.mem, &project),
+                    incarnation: None,
+                    change: CatalogChange::PutProject { project, quota },
+                }
+            }
+            AdminChange::DeleteProject { project } => {
+                registered(admin, &project)?;
+                admin.registered.insert(project.clone(), false);
+                for token in self.catalog.tokens(Some(&project)) {
+                    admin.tokens.insert(token.id, false);
+                }
+                overlay.drop_project(&self.mem, &project);
+                Admitted {
+                    after: overlay.incarnation(&self.mem, &project),
+                    incarnation: None,
+                    change: CatalogChange::DeleteProject { project },
+                }
+            }
+            AdminChange::CreateToken { token, incarnation } => {
+                registered(admin, &token.project)?;
+                if overlay.incarnation(&self.mem, &token.project) != incarnation {
+                    return Err(EngineError::ProjectGone {
+                        project: token.project,
+                    });
+                }
+                admin.tokens.insert(token.id.clone(), true);
+                Admitted {
+                    after: incarnation,
+                    incarnation: None,
+                    change: CatalogChange::PutToken(token),
+                }
+            }
+            AdminChange::RevokeToken { id } => {
+                if !admin.token_exists(&self.catalog, &id) {
+                    return Err(EngineError::TokenNotFound { id });
+                }
+                admin.tokens.insert(id.clone(), false);
+                Admitted {
+                    after: 0,
+                    incarnation: None,
+                    change: CatalogChange::RevokeToken { id },
+                }
+            }
+        })
     }
 
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
@@ -285,6 +450,11 @@ impl Writer {
     fn after_batch(&mut self) {
         if let Some(handle) = self.snapshot.take_if(|h| h.is_finished()) {
             let _ = handle.join();
+        }
+        if self.snapshot_wanted && self.snapshot.is_none() {
+            self.snapshot_wanted = false;
+            self.start_snapshot();
+            return;
         }
         let live = self.mem.data_bytes();
         let want_snapshot = self.snapshot.is_none()
