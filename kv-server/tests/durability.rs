@@ -422,7 +422,7 @@ async fn writes_after_close_fail_cleanly() {
 async fn the_catalog_survives_snapshots() {
     use kv_server::{
         auth::new_token,
-        engine::{Quota, catalog::CatalogChange},
+        engine::{Quota, log::AdminChange},
     };
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
@@ -434,7 +434,7 @@ async fn the_catalog_survives_snapshots() {
         max_bytes: None,
     };
     store
-        .change_catalog(CatalogChange::PutProject {
+        .admin(AdminChange::CreateProject {
             project: shop.clone(),
             quota,
         })
@@ -444,12 +444,15 @@ async fn the_catalog_survives_snapshots() {
     let revoked = new_token(shop.clone(), false, 2).unwrap().meta;
     for token in [&kept, &revoked] {
         store
-            .change_catalog(CatalogChange::PutToken(token.clone()))
+            .admin(AdminChange::CreateToken {
+                token: token.clone(),
+                incarnation: 0,
+            })
             .await
             .unwrap();
     }
     store
-        .change_catalog(CatalogChange::RevokeToken {
+        .admin(AdminChange::RevokeToken {
             id: revoked.id.clone(),
         })
         .await
@@ -507,5 +510,225 @@ async fn listing_after_a_restart_sees_the_loaded_and_the_newer_keys_in_order() {
         keys(store.list(&p, &query).await.unwrap()),
         ["b", "c", "d", "m"]
     );
+    store.close().await.unwrap();
+}
+
+/// A string value holding `marker`, canonical encoded as the service
+/// stores it: field 3 (string_value), length, bytes.
+fn marked(marker: &str) -> Box<[u8]> {
+    let mut v = vec![0x1a, marker.len() as u8];
+    v.extend_from_slice(marker.as_bytes());
+    v.into_boxed_slice()
+}
+
+/// Whether any file of `dir` holds `marker`.
+fn dir_holds(dir: &Path, marker: &str) -> bool {
+    fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+    })
+}
+
+/// A deleted project's data, history, request ids, tokens and numbering
+/// never come back: not after a restart that replays the deletion, nor
+/// after the snapshot the deletion asks for, which also takes the old
+/// values off the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
+    use kv_server::{
+        auth::new_token,
+        engine::{Quota, Txn, log::AdminChange},
+    };
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let b = project("b");
+    let marker = "old-tenant-4f1c9a7e2b6d8035";
+    let store = open(dir.path(), &clock).unwrap();
+    let create = AdminChange::CreateProject {
+        project: b.clone(),
+        quota: Quota::default(),
+    };
+    store.admin(create.clone()).await.unwrap();
+    let token = new_token(b.clone(), false, 1).unwrap().meta;
+    store
+        .admin(AdminChange::CreateToken {
+            token: token.clone(),
+            incarnation: 0,
+        })
+        .await
+        .unwrap();
+    let mut remembered = Txn::op(kv_server::engine::Op::Set {
+        key: "b1".into(),
+        value: marked(marker),
+        ttl: kv_server::engine::Ttl::Never,
+    });
+    remembered.request = Some(kv_server::engine::RequestId {
+        id: "req-1".into(),
+        fingerprint: 7,
+    });
+    store.write(&b, remembered.clone()).await.unwrap();
+    for i in 0..5 {
+        store
+            .set(&b, &format!("k{i}"), value(i), None)
+            .await
+            .unwrap();
+    }
+    let old_last = store.memory().version(&b);
+    assert_eq!(old_last, 6);
+    assert!(dir_holds(dir.path(), marker), "the value is on disk first");
+
+    // Only the first of two deletes finds the project.
+    let deleted = store
+        .admin(AdminChange::DeleteProject { project: b.clone() })
+        .await
+        .unwrap();
+    assert_eq!(deleted.removed, 6);
+    assert!(
+        store
+            .admin(AdminChange::DeleteProject { project: b.clone() })
+            .await
+            .is_err()
+    );
+    let recreated = store.admin(create.clone()).await.unwrap();
+    assert!(recreated.incarnation > old_last);
+    assert!(
+        recreated.incarnation >= CLOCK_START_MS,
+        "numbered after the clock"
+    );
+    // A token meant for the deleted incarnation never opens the new one.
+    let stale = new_token(b.clone(), false, 2).unwrap().meta;
+    let refused = store
+        .admin(AdminChange::CreateToken {
+            token: stale,
+            incarnation: 0,
+        })
+        .await;
+    assert!(refused.is_err());
+    // Nor does a write admitted for it.
+    let mut late = Txn::op(kv_server::engine::Op::Delete { key: "x".into() });
+    late.incarnation = Some(0);
+    assert!(store.write(&b, late).await.is_err());
+
+    let check = |store: &DurableStore| {
+        let mem = store.memory();
+        assert_eq!(mem.incarnation(&b), recreated.incarnation);
+        assert_eq!(mem.entry_now(&b, "b1"), None);
+        assert_eq!(mem.usage(&b).keys, 0);
+        assert_eq!(store.catalog().token(&token.id), None);
+        assert!(store.catalog().project(&b).is_some());
+        // From 0 is the new incarnation's start (out of range once a
+        // restart has dropped the history after it); old versions are
+        // refused as such.
+        match mem.subscribe(&b, kv_server::engine::WatchTarget::All, Some(0)) {
+            Ok(from_zero) => assert_eq!(from_zero.incarnation(), recreated.incarnation),
+            Err(e) => assert!(
+                matches!(e, kv_server::engine::WatchError::TooOld { from: 0, .. }),
+                "{e}"
+            ),
+        }
+        for from in [1, old_last] {
+            let refused = mem.subscribe(&b, kv_server::engine::WatchTarget::All, Some(from));
+            assert!(
+                matches!(
+                    refused,
+                    Err(kv_server::engine::WatchError::Recreated { .. })
+                ),
+                "from {from}"
+            );
+        }
+    };
+    check(&store);
+    // The old tenant's request id is not remembered by the new project:
+    // the same id and fingerprint applies afresh.
+    let mut retry = remembered.clone();
+    retry.ops = vec![kv_server::engine::Op::Set {
+        key: "b1".into(),
+        value: value(9),
+        ttl: kv_server::engine::Ttl::Never,
+    }];
+    let retried = store.write(&b, retry).await.unwrap();
+    assert!(retried.results.iter().all(|r| matches!(
+        r,
+        kv_server::engine::OpOutcome::Set { version } if *version > recreated.incarnation
+    )));
+    store
+        .write(
+            &b,
+            Txn::op(kv_server::engine::Op::Delete { key: "b1".into() }),
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+
+    // The deletion asked for a snapshot: the old values are off the disk.
+    assert!(!files(dir.path(), ".snap").is_empty());
+    assert!(!dir_holds(dir.path(), marker));
+
+    let store = open(dir.path(), &clock).unwrap();
+    check(&store);
+    let first_new = store.set(&b, "n", value(1), None).await;
+    first_new.unwrap();
+    assert!(store.memory().version(&b) > recreated.incarnation + 1);
+    store.close().await.unwrap();
+}
+
+/// Of concurrent creates of one name exactly one succeeds, and of
+/// concurrent deletes exactly one reports the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_and_deletes_of_one_name_succeed_once() {
+    use kv_server::engine::{Quota, log::AdminChange};
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), &clock).unwrap());
+    let p = project("race");
+    let creates: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, p) = (store.clone(), p.clone());
+            tokio::spawn(async move {
+                store
+                    .admin(AdminChange::CreateProject {
+                        project: p,
+                        quota: Quota::default(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for create in creates {
+        match create.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert!(
+                matches!(e, kv_server::engine::EngineError::ProjectExists { .. }),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(won, 1);
+    for i in 0..10 {
+        store
+            .set(&p, &format!("k{i}"), value(i), None)
+            .await
+            .unwrap();
+    }
+    let deletes: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, p) = (store.clone(), p.clone());
+            tokio::spawn(
+                async move { store.admin(AdminChange::DeleteProject { project: p }).await },
+            )
+        })
+        .collect();
+    let mut removed = Vec::new();
+    for delete in deletes {
+        match delete.await.unwrap() {
+            Ok(outcome) => removed.push(outcome.removed),
+            Err(e) => assert!(
+                matches!(e, kv_server::engine::EngineError::ProjectNotFound { .. }),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(removed, vec![10]);
     store.close().await.unwrap();
 }
