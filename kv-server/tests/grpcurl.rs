@@ -606,3 +606,207 @@ fn pipeline_through_grpcurl() {
     assert_eq!(replies[&8]["merge"]["value"], json!({"x": true}));
     assert_eq!(replies[&9]["error"]["code"], json!(3), "{:?}", replies[&9]);
 }
+
+const TENANCY_ADMIN: &str = "grpcurl-tenancy-admin-0123456789";
+
+/// A grpcurl process left running (a watch), its output gathered as it
+/// comes; killed on drop so a failing test leaves nothing behind.
+struct Running {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("grpcurl starts");
+        let gather = |mut pipe: Box<dyn std::io::Read + Send>| {
+            let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = buffer.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = std::io::Read::read(&mut pipe, &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+            buffer
+        };
+        let stdout = gather(Box::new(child.stdout.take().expect("stdout is piped")));
+        let stderr = gather(Box::new(child.stderr.take().expect("stderr is piped")));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> (String, String) {
+        (
+            String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned(),
+            String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned(),
+        )
+    }
+
+    /// The exit code, once the process exits within `limit`.
+    fn exit_within(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for grpcurl") {
+                // Let the readers take the last of the output.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server with an admin token, project `b` and a token for it (secret
+/// and id), all through grpcurl.
+fn tenancy_server() -> Option<(BinaryServer, String, String)> {
+    if !tool_available("grpcurl", "-version") {
+        return None;
+    }
+    let server = BinaryServer::start(BIN, &["--admin-token", TENANCY_ADMIN]);
+    let admin = format!("authorization: Bearer {TENANCY_ADMIN}");
+    ok(grpcurl(
+        server.addr,
+        &[&admin],
+        Some(r#"{"name":"b"}"#),
+        &["kv.v1.AdminService/CreateProject"],
+    ));
+    let created = ok(grpcurl(
+        server.addr,
+        &[&admin],
+        Some(r#"{"project":"b"}"#),
+        &["kv.v1.AdminService/CreateToken"],
+    ));
+    let secret = created["token"].as_str().expect("a token").to_string();
+    let id = created["info"]["id"].as_str().expect("an id").to_string();
+    Some((server, secret, id))
+}
+
+/// `grpcurl ... kv.v1.KvService/Watch` with `token`, once it is known to
+/// be streaming: writes go to `b` until one shows in its output.
+fn open_grpcurl_watch(server: &BinaryServer, token: &str) -> Running {
+    let mut cmd = Command::new("grpcurl");
+    // -max-time only bounds a server that never ends the stream.
+    cmd.args(["-plaintext", "-max-time", "30", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .args(["-d", "{}"])
+        .arg(server.addr.to_string())
+        .arg("kv.v1.KvService/Watch");
+    let watch = Running::spawn(cmd);
+    let admin = format!("authorization: Bearer {TENANCY_ADMIN}");
+    let start = Instant::now();
+    while !watch.output().0.contains("ping") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the grpcurl watch never streamed: {:?}",
+            watch.output()
+        );
+        ok(grpcurl(
+            server.addr,
+            &[&admin, "x-kv-project: b"],
+            Some(r#"{"key":"k","value":"ping"}"#),
+            &["kv.v1.KvService/Set"],
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    watch
+}
+
+/// A grpcurl watch whose token is revoked exits UNAUTHENTICATED (64 + 16)
+/// within about a second, and shows nothing written after the revocation.
+#[test]
+fn grpcurl_watch_ends_unauthenticated_when_its_token_is_revoked() {
+    let Some((server, token, id)) = tenancy_server() else {
+        return;
+    };
+    let mut watch = open_grpcurl_watch(&server, &token);
+    let admin = format!("authorization: Bearer {TENANCY_ADMIN}");
+    let revoked = ok(grpcurl(
+        server.addr,
+        &[&admin],
+        Some(&json!({ "id": id }).to_string()),
+        &["kv.v1.AdminService/RevokeToken"],
+    ));
+    let since = Instant::now();
+    assert_eq!(revoked, json!({"revoked": true}));
+    ok(grpcurl(
+        server.addr,
+        &[&admin, "x-kv-project: b"],
+        Some(r#"{"key":"k","value":"after-revocation"}"#),
+        &["kv.v1.KvService/Set"],
+    ));
+    let code = watch.exit_within(Duration::from_secs(3));
+    let (stdout, stderr) = watch.output();
+    assert_eq!(
+        code,
+        Some(64 + tonic::Code::Unauthenticated as i32),
+        "after {:?}: {stdout}\n{stderr}",
+        since.elapsed()
+    );
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(!stdout.contains("after-revocation"), "{stdout}");
+}
+
+/// A grpcurl watch whose project is deleted exits NOT_FOUND (64 + 5)
+/// within about a second, naming the project, and shows nothing of the
+/// project created again under its name.
+#[test]
+fn grpcurl_watch_ends_not_found_when_its_project_is_deleted() {
+    let Some((server, token, _)) = tenancy_server() else {
+        return;
+    };
+    let mut watch = open_grpcurl_watch(&server, &token);
+    let admin = format!("authorization: Bearer {TENANCY_ADMIN}");
+    ok(grpcurl(
+        server.addr,
+        &[&admin],
+        Some(r#"{"name":"b"}"#),
+        &["kv.v1.AdminService/DeleteProject"],
+    ));
+    let since = Instant::now();
+    ok(grpcurl(
+        server.addr,
+        &[&admin],
+        Some(r#"{"name":"b"}"#),
+        &["kv.v1.AdminService/CreateProject"],
+    ));
+    ok(grpcurl(
+        server.addr,
+        &[&admin, "x-kv-project: b"],
+        Some(r#"{"key":"k","value":"successor"}"#),
+        &["kv.v1.KvService/Set"],
+    ));
+    let code = watch.exit_within(Duration::from_secs(3));
+    let (stdout, stderr) = watch.output();
+    assert_eq!(
+        code,
+        Some(64 + tonic::Code::NotFound as i32),
+        "after {:?}: {stdout}\n{stderr}",
+        since.elapsed()
+    );
+    assert!(stderr.contains("NotFound"), "{stderr}");
+    assert!(stderr.contains("project b"), "{stderr}");
+    assert!(!stdout.contains("successor"), "{stdout}");
+}
