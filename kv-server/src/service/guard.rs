@@ -11,7 +11,10 @@
 //! hear that the project went (NOT_FOUND), not merely that their token is
 //! unknown.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tonic::{Status, metadata::MetadataMap};
 
@@ -30,6 +33,8 @@ pub(crate) struct StreamGuard {
     /// What the stream needs of its bound project.
     access: Access,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The catalog generation the last successful check saw.
+    checked: AtomicU64,
 }
 
 impl StreamGuard {
@@ -43,13 +48,14 @@ impl StreamGuard {
         access: Access,
     ) -> Self {
         let mut changes = auth.changes();
-        changes.borrow_and_update();
+        let generation = *changes.borrow_and_update();
         Self {
             auth,
             metadata,
             bound,
             access,
             changes,
+            checked: AtomicU64::new(generation),
         }
     }
 
@@ -66,6 +72,9 @@ impl StreamGuard {
     /// deleted, UNAUTHENTICATED or PERMISSION_DENIED when its credentials
     /// no longer admit it.
     pub(crate) fn check<B: Backend>(&self, backend: &B) -> Result<Caller, Status> {
+        // Read before checking: a change after this read makes the next
+        // `recheck` look again.
+        let generation = *self.changes.borrow();
         if let Some(scope) = &self.bound
             && backend.incarnation(&scope.project) != scope.incarnation
         {
@@ -75,7 +84,22 @@ impl StreamGuard {
         if self.bound.is_some() {
             caller.project(&self.metadata, None, self.access)?;
         }
+        self.checked.store(generation, Ordering::Release);
         Ok(caller)
+    }
+
+    /// [`StreamGuard::check`] again only if a token or project changed
+    /// since the last check: one atomic read otherwise, cheap enough to do
+    /// before every call a stream runs.
+    ///
+    /// # Errors
+    ///
+    /// As [`StreamGuard::check`].
+    pub(crate) fn recheck<B: Backend>(&self, backend: &B) -> Result<(), Status> {
+        if *self.changes.borrow() == self.checked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check(backend).map(|_| ())
     }
 
     /// Resolves when a token or project has changed since the last call:

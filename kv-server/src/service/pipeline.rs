@@ -171,6 +171,7 @@ impl InFlight {
 /// The projects of one frame's calls, resolved once per name and access.
 struct Scopes<'a> {
     caller: Caller,
+    guard: &'a StreamGuard,
     metadata: &'a MetadataMap,
     /// The project the stream is tied to.
     bound: Option<&'a Scope>,
@@ -338,6 +339,7 @@ impl<B: Backend> KvService<B> {
                 };
                 let scopes = Scopes {
                     caller,
+                    guard,
                     metadata,
                     bound: guard.bound(),
                     frame_project: frame.project,
@@ -359,6 +361,20 @@ impl<B: Backend> KvService<B> {
         }
     }
 
+    /// Whether the stream's credentials and project still hold (see
+    /// [`StreamGuard::recheck`]); if not, the stream ends with the reason
+    /// and false is returned.
+    async fn still_admitted(backend: &B, guard: &StreamGuard, out: &mut Outbox) -> bool {
+        match guard.recheck(backend) {
+            Ok(()) => true,
+            Err(status) => {
+                let _ = out.flush().await;
+                let _ = out.tx.send(Err(status)).await;
+                false
+            }
+        }
+    }
+
     /// Answers a frame's reads and hands its writes to the engine, in the
     /// order sent; false once the client is gone.
     async fn start_frame(
@@ -370,6 +386,12 @@ impl<B: Backend> KvService<B> {
         out: &mut Outbox,
     ) -> bool {
         for call in calls {
+            // A frame's calls may wait (a read for in-flight writes of its
+            // key): a revocation or deletion meanwhile ends the stream
+            // before any later call runs.
+            if !Self::still_admitted(&self.backend, scopes.guard, out).await {
+                return false;
+            }
             let id = call.id;
             if call.timeout_ms > 0 && received.elapsed() >= Duration::from_millis(call.timeout_ms) {
                 let late = Status::deadline_exceeded(format!(
@@ -392,7 +414,9 @@ impl<B: Backend> KvService<B> {
             };
             let result = match request {
                 Req::Get(r) => {
-                    if !in_flight.wait_for(&r.key, out).await {
+                    if !in_flight.wait_for(&r.key, out).await
+                        || !Self::still_admitted(&self.backend, scopes.guard, out).await
+                    {
                         return false;
                     }
                     match scopes.scope(self, &call.project, Access::Read) {
@@ -401,7 +425,9 @@ impl<B: Backend> KvService<B> {
                     }
                 }
                 Req::Has(r) => {
-                    if !in_flight.wait_for(&r.key, out).await {
+                    if !in_flight.wait_for(&r.key, out).await
+                        || !Self::still_admitted(&self.backend, scopes.guard, out).await
+                    {
                         return false;
                     }
                     match scopes.scope(self, &call.project, Access::Read) {
