@@ -10,11 +10,7 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::Error;
 
-/// Largest integer magnitude a double holds exactly: 2^53.
-pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
-
-/// Deepest nesting of arrays and objects the server accepts.
-pub const MAX_DEPTH: usize = 32;
+pub use kv_proto::contract::{MAX_DEPTH, MAX_SAFE_INTEGER};
 
 pub(crate) fn to_proto(json: &Json) -> Result<Value, Error> {
     to_proto_at(json, 0)

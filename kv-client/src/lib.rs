@@ -189,8 +189,7 @@ pub use options::{
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 
-/// Request metadata naming the project.
-pub const PROJECT_HEADER: &str = "x-kv-project";
+pub use kv_proto::contract::PROJECT_HEADER;
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connect timeout.
@@ -600,14 +599,8 @@ impl Client {
 }
 
 fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
-    let valid_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if name.is_empty() || name.len() > 64 || !valid_chars {
-        return Err(format!(
-            "project name {name:?} is invalid; names are 1-64 characters of [A-Za-z0-9_.-]"
-        ));
-    }
+    kv_proto::contract::check_project_name(name)
+        .map_err(|e| format!("project name {name:?} is invalid: {e}"))?;
     MetadataValue::try_from(name).map_err(|e| format!("project name {name:?}: {e}"))
 }
 

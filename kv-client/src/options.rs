@@ -6,8 +6,7 @@ use kv_proto::v1 as pb;
 
 use crate::Error;
 
-/// Longest request id the server accepts, in bytes (the shortest is 1).
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
+pub use kv_proto::contract::MAX_REQUEST_ID_BYTES;
 
 /// A fresh random request id: 128 bits as 32 lowercase hex digits.
 ///

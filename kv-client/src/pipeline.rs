@@ -56,10 +56,9 @@ pub(crate) const MAX_CALL_BYTES: usize = MAX_FRAME_BYTES;
 /// Frames handed to the transport but not yet written. Small on purpose:
 /// while they wait, new calls gather into a bigger next frame.
 const FRAMES_IN_FLIGHT: usize = 2;
-/// Response metadata of a server that honours `PipelineRequest.project`
-/// and `Call.project`; one without it would run every call in the stream's
-/// own project.
-const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
+// A server without `CALL_PROJECTS_HEADER` would run every call in the
+// stream's own project.
+use kv_proto::contract::CALL_PROJECTS_HEADER;
 
 type Outcome = Result<Res, Status>;
 

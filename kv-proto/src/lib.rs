@@ -70,6 +70,10 @@ pub mod wire {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kv_descriptor.bin"));
 
+/// The rules of the contract the server and every SDK share (metadata
+/// names, the project-name rule, limits).
+pub use kv_contract as contract;
+
 /// The gRPC service name, as used by health checks and reflection.
 pub const SERVICE_NAME: &str = "kv.v1.KvService";
 

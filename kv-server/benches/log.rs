@@ -8,14 +8,12 @@
 use std::{sync::Arc, time::Duration, time::Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kv_server::{
-    config::Config,
-    engine::{
-        Backend, SystemClock,
-        log::{DurableStore, FsyncPolicy, LogOptions},
-    },
+use kv_engine::{
+    Backend, SystemClock,
+    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
 };
+use kv_server::config::Config;
 use prost::Message;
 use prost_types::{Value, value::Kind};
 

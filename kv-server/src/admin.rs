@@ -16,14 +16,16 @@ use kv_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use kv_engine::{
+    EngineError, Quota,
+    catalog::TokenMeta,
+    log::{AdminChange, DurableStore},
+    project::ProjectName,
+};
+
 use crate::{
     auth::{Auth, new_token},
-    engine::{
-        EngineError, Quota,
-        catalog::TokenMeta,
-        log::{AdminChange, DurableStore},
-    },
-    project::ProjectName,
+    status::engine_status,
 };
 
 /// The admin API over a [`DurableStore`].
@@ -96,7 +98,8 @@ impl admin_service_server::AdminService for AdminService {
                 project: project.clone(),
                 quota,
             })
-            .await?;
+            .await
+            .map_err(engine_status)?;
         tracing::info!(%project, "project created");
         Ok(Response::new(self.describe(&project, quota)))
     }
@@ -112,7 +115,8 @@ impl admin_service_server::AdminService for AdminService {
             .admin(AdminChange::DeleteProject {
                 project: project.clone(),
             })
-            .await?;
+            .await
+            .map_err(engine_status)?;
         tracing::info!(%project, deleted_keys = outcome.removed, "project deleted; a snapshot will drop its data from disk");
         Ok(Response::new(DeleteProjectResponse {
             deleted_keys: outcome.removed,
@@ -157,7 +161,8 @@ impl admin_service_server::AdminService for AdminService {
                 project: project.clone(),
                 quota,
             })
-            .await?;
+            .await
+            .map_err(engine_status)?;
         Ok(Response::new(self.describe(&project, quota)))
     }
 
@@ -180,7 +185,8 @@ impl admin_service_server::AdminService for AdminService {
                 token: token.meta.clone(),
                 incarnation,
             })
-            .await?;
+            .await
+            .map_err(engine_status)?;
         tracing::info!(id = %token.meta.id, project = %token.meta.project, read_only, "token created");
         Ok(Response::new(CreateTokenResponse {
             token: token.secret,
@@ -201,7 +207,7 @@ impl admin_service_server::AdminService for AdminService {
         {
             Ok(_) => true,
             Err(EngineError::TokenNotFound { .. }) => false,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(engine_status(e)),
         };
         if revoked {
             tracing::info!(%id, "token revoked");

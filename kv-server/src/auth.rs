@@ -18,11 +18,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Status, metadata::MetadataMap};
 
-use crate::{
-    engine::catalog::{Catalog, TokenMeta},
+use kv_engine::{
+    catalog::{Catalog, TokenMeta},
     project::ProjectName,
-    service::{RequestError, project_of},
 };
+
+use crate::service::{RequestError, project_of};
 
 /// Prefix of project tokens.
 pub const TOKEN_PREFIX: &str = "kv_";

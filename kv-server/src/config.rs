@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::auth::AdminToken;
-use crate::engine::{
+use kv_engine::{
     Quota, Settings,
     log::{FsyncPolicy, LogOptions},
 };
@@ -32,8 +32,7 @@ pub const DEFAULT_MAX_BATCH_OPS: usize = 1000;
 pub const MAX_LIST_LIMIT: usize = 1000;
 /// Page size of a List that does not say.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
-/// Longest request id, in bytes.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
+pub use kv_proto::contract::MAX_REQUEST_ID_BYTES;
 /// Default idempotency window.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// Default most request ids remembered per project.
@@ -68,9 +67,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
 /// Default time a connection may stay completely silent (live clients
 /// answer keepalive pings) before it is closed.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
-/// Largest value limit the server accepts (1 GiB); gRPC frames carry at most
-/// 4 GiB and a single value that size would not be a key-value workload.
-pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
+/// Largest value limit the server accepts: the engine's bound.
+pub use kv_engine::MAX_VALUE_LIMIT;
 
 /// TLS files: the server's certificate chain and key, and optionally the CA
 /// whose client certificates it requires (mutual TLS).

@@ -6,12 +6,10 @@
 //! - [`config`]: flags and `KV_*` environment variables into one [`config::Config`].
 //! - [`service`]: the gRPC handlers: validate, resolve the project, call the
 //!   engine, convert back; errors map to gRPC codes in one place each.
-//! - [`engine`]: the [`engine::Backend`] trait; the in-memory engine
-//!   ([`engine::memory`]) with TTLs and active expiry; the durable embedded
-//!   default ([`engine::log`]): append-only log, group commit, snapshots,
-//!   crash recovery.
-//! - [`value`]: JSON values as stored (canonical encoded `google.protobuf.Value`).
-//! - [`project`]: project names.
+//! - the storage engine is its own crate, [`kv_engine`]: the
+//!   [`kv_engine::Backend`] trait, the in-memory state with TTLs and active
+//!   expiry, the durable embedded default (write-ahead log, group commit,
+//!   snapshots, crash recovery), project names and stored values.
 //! - [`limits`]: connection count, idle and request-time limits.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
@@ -27,7 +25,7 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 //! let addr = listener.local_addr().unwrap();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! let store = std::sync::Arc::new(kv_server::engine::memory::MemoryStore::new());
+//! let store = std::sync::Arc::new(kv_engine::memory::MemoryStore::new());
 //! let server = tokio::spawn(kv_server::server::run_memory(
 //!     kv_server::config::Config::default(),
 //!     store,
@@ -43,9 +41,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
-pub mod engine;
 pub mod limits;
-pub mod project;
 pub mod server;
 pub mod service;
-pub mod value;
+pub mod status;

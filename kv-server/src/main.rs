@@ -4,7 +4,8 @@
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use kv_server::{config::Cli, engine::SystemClock};
+use kv_engine::SystemClock;
+use kv_server::config::Cli;
 use tracing_subscriber::EnvFilter;
 
 // Every request and every logged write allocates a few small buffers; with

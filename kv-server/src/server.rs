@@ -10,15 +10,16 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
+use kv_engine::{
+    Backend, Clock, SystemClock,
+    log::{DurableStore, OpenError},
+    memory::{ExpiryTask, MemoryStore},
+};
+
 use crate::{
     admin::AdminService,
     auth::Auth,
     config::{Config, ConfigError, TlsFiles},
-    engine::{
-        Backend, Clock, SystemClock,
-        log::{DurableStore, OpenError},
-        memory::{ExpiryTask, MemoryStore},
-    },
     limits::{RequestLimitsLayer, guard_connections},
     service::KvService,
 };

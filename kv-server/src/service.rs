@@ -14,27 +14,25 @@ use kv_proto::wire::{
     SetManyResponse, SetRequest, SetResponse, WatchEvent, WatchRequest, kv_service_server,
 };
 use prost::Message;
+
+use crate::status::{engine_status, watch_status};
 use sha2::Digest;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use kv_engine::{
+    Backend, Check, Entry, ListQuery, Op, OpOutcome, RequestId, Ttl, Txn, TxnOutcome, WatchError,
+    WatchTarget, jsonops,
+    project::{ProjectName, ProjectNameError},
+    value::{self, ValueError},
+    watch::{Event, EventKind, Lagged},
+};
 
 use crate::{
     auth::{Access, Auth},
     config::{DEFAULT_LIST_LIMIT, Limits, MAX_LIST_LIMIT, MAX_REQUEST_ID_BYTES},
-    engine::{
-        Backend, Check, EngineError, Entry, ListQuery, Op, OpOutcome, RequestId, Ttl, Txn,
-        TxnOutcome, WatchError, WatchTarget, jsonops,
-        watch::{Event, EventKind, Lagged},
-    },
-    project::{ProjectName, ProjectNameError},
-    value::{self, ValueError},
 };
 
-/// Request metadata key naming the project in open mode.
-pub const PROJECT_HEADER: &str = "x-kv-project";
-
-/// Response metadata of `Pipeline`: the server honours the project named
-/// by each frame and call.
-pub const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
+pub use kv_proto::contract::{CALL_PROJECTS_HEADER, PROJECT_HEADER};
 
 /// A request the service refuses before it reaches the engine.
 #[derive(Debug, thiserror::Error)]
@@ -186,32 +184,6 @@ impl From<RequestError> for Status {
     }
 }
 
-impl From<EngineError> for Status {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Storage { .. } => {
-                tracing::warn!(error = %e, "write failed in storage");
-                Status::unavailable(e.to_string())
-            }
-            EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
-            EngineError::QuotaExceeded(_) | EngineError::MergedTooLarge { .. } => {
-                Status::resource_exhausted(e.to_string())
-            }
-            EngineError::NotANumber { .. }
-            | EngineError::NumberOutOfRange { .. }
-            | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),
-            EngineError::Internal(_) => {
-                tracing::error!(error = %e, "internal error");
-                Status::internal(e.to_string())
-            }
-            EngineError::ProjectGone { .. }
-            | EngineError::ProjectNotFound { .. }
-            | EngineError::TokenNotFound { .. } => Status::not_found(e.to_string()),
-            EngineError::ProjectExists { .. } => Status::already_exists(e.to_string()),
-        }
-    }
-}
-
 /// The project a call acts on, and the incarnation of it the caller was
 /// admitted to: writes carry it to the engine, reads check it afterwards,
 /// so a call admitted just before its project was deleted and recreated
@@ -284,7 +256,8 @@ impl<B> KvService<B> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// use kv_engine::memory::MemoryStore;
+    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
     /// let auth = Arc::new(Auth::new(None, Default::default()));
     /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth);
     /// let _grpc = kv_proto::wire::kv_service_server::KvServiceServer::new(service);
@@ -304,7 +277,8 @@ impl<B> KvService<B> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// use kv_engine::memory::MemoryStore;
+    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
     /// let (stop, stopping) = tokio::sync::watch::channel(false);
     /// let auth = Arc::new(Auth::new(None, Default::default()));
     /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
@@ -322,7 +296,8 @@ impl<B> KvService<B> {
     ///
     /// ```
     /// use std::{sync::Arc, time::Duration};
-    /// use kv_server::{auth::Auth, config::Limits, engine::memory::MemoryStore, service::KvService};
+    /// use kv_engine::memory::MemoryStore;
+    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
     /// let auth = Arc::new(Auth::new(None, Default::default()));
     /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
     ///     .with_max_call_time(Duration::from_secs(5));
@@ -482,7 +457,11 @@ impl<B: Backend> KvService<B> {
 
     async fn get_in(&self, scope: &Scope, r: &GetRequest) -> Result<GetResponse, Status> {
         let key = self.key(&r.key)?;
-        let entry = self.backend.get(&scope.project, key).await?;
+        let entry = self
+            .backend
+            .get(&scope.project, key)
+            .await
+            .map_err(engine_status)?;
         self.still(scope)?;
         Ok(get_response(entry, scope.incarnation))
     }
@@ -520,7 +499,8 @@ impl<B: Backend> KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(scope, checks, vec![op], id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         let version = if outcome.applied {
             match first(&outcome)? {
                 OpOutcome::Set { version } => *version,
@@ -537,7 +517,11 @@ impl<B: Backend> KvService<B> {
 
     async fn has_in(&self, scope: &Scope, r: &HasRequest) -> Result<HasResponse, Status> {
         let key = self.key(&r.key)?;
-        let exists = self.backend.has(&scope.project, key).await?;
+        let exists = self
+            .backend
+            .has(&scope.project, key)
+            .await
+            .map_err(engine_status)?;
         self.still(scope)?;
         Ok(HasResponse { exists })
     }
@@ -562,7 +546,8 @@ impl<B: Backend> KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(scope, checks, vec![op], id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         let (deleted, version) = match outcome.results.first() {
             Some(OpOutcome::Delete { deleted, version }) => (*deleted, *version),
             _ => (false, outcome.current_version),
@@ -576,7 +561,8 @@ impl<B: Backend> KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(scope, Vec::new(), vec![op], id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         match first(&outcome)? {
             OpOutcome::Incr { value, version } => Ok(IncrResponse {
                 value: *value,
@@ -592,7 +578,8 @@ impl<B: Backend> KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(scope, Vec::new(), vec![op], id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         match first(&outcome)? {
             OpOutcome::Merge { value, version } => Ok(MergeResponse {
                 value: value.clone(),
@@ -636,18 +623,6 @@ fn op_result(result: &OpOutcome) -> wire::OpResult {
         OpOutcome::Clear { version, .. } => (*version, None),
     };
     wire::OpResult { version, result }
-}
-
-impl From<WatchError> for Status {
-    fn from(e: WatchError) -> Self {
-        match e {
-            WatchError::TooOld { .. } => Status::out_of_range(e.to_string()),
-            WatchError::Ahead { .. } => Status::invalid_argument(e.to_string()),
-            WatchError::Recreated { .. } | WatchError::OtherIncarnation { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
-        }
-    }
 }
 
 fn watch_event(event: &Event, incarnation: u64) -> WatchEvent {
@@ -729,7 +704,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
                 &scope.project,
                 self.txn(&scope, Vec::new(), vec![Op::Clear], id),
             )
-            .await?;
+            .await
+            .map_err(engine_status)?;
         let (deleted, version) = match first(&outcome)? {
             OpOutcome::Clear { removed, version } => (*removed, *version),
             _ => (0, 0),
@@ -807,7 +783,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(&scope, checks, ops, id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         Ok(Response::new(BatchResponse {
             applied: outcome.applied,
             failed_check: outcome.failed_check,
@@ -826,7 +803,11 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         for (i, key) in keys.iter().enumerate() {
             self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
         }
-        let entries = self.backend.get_many(&scope.project, keys).await?;
+        let entries = self
+            .backend
+            .get_many(&scope.project, keys)
+            .await
+            .map_err(engine_status)?;
         self.still(&scope)?;
         let limit = self.limits.max_message_bytes();
         let total: usize = entries.iter().flatten().map(|e| e.value.len() + 32).sum();
@@ -861,7 +842,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(&scope, Vec::new(), ops, id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         let versions = outcome
             .results
             .iter()
@@ -894,7 +876,8 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let outcome = self
             .backend
             .write(&scope.project, self.txn(&scope, Vec::new(), ops, id))
-            .await?;
+            .await
+            .map_err(engine_status)?;
         let deleted = outcome
             .results
             .iter()
@@ -924,7 +907,11 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             limit,
             keys_only: r.keys_only,
         };
-        let page = self.backend.list(&scope.project, &query).await?;
+        let page = self
+            .backend
+            .list(&scope.project, &query)
+            .await
+            .map_err(engine_status)?;
         self.still(&scope)?;
         // A page of large values is cut short at the message limit; the
         // cursor carries on from there.
@@ -1023,7 +1010,10 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         };
         // Subscribed before the response starts: once a client holds the
         // stream, every later change reaches it.
-        let mut subscription = self.backend.watch(&scope.project, target, r.from_version)?;
+        let mut subscription = self
+            .backend
+            .watch(&scope.project, target, r.from_version)
+            .map_err(watch_status)?;
         let incarnation = subscription.incarnation();
         if incarnation != scope.incarnation {
             // Deleted (and recreated) between the credential check and the
@@ -1033,7 +1023,10 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         if let Some(asked) = r.incarnation
             && asked != incarnation
         {
-            return Err(WatchError::OtherIncarnation { asked, incarnation }.into());
+            return Err(watch_status(WatchError::OtherIncarnation {
+                asked,
+                incarnation,
+            }));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
         let mut stopping = self.stopping.clone();

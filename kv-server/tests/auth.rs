@@ -5,8 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use kv_client::{Client, Code, Quota};
+use kv_engine::ManualClock;
 use kv_proto::v1::{HasRequest, kv_service_client::KvServiceClient};
-use kv_server::{auth::AdminToken, config::Config, engine::ManualClock};
+use kv_server::{auth::AdminToken, config::Config};
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
 
 const ADMIN: &str = "admin-secret-0123456789abcdef";

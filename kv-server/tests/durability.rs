@@ -9,14 +9,12 @@ use std::{
     time::Duration,
 };
 
-use kv_server::{
-    config::Config,
-    engine::{
-        Backend, ManualClock,
-        log::{DurableStore, FsyncPolicy, LogOptions, OpenError},
-    },
+use kv_engine::{
+    Backend, ManualClock,
+    log::{DurableStore, FsyncPolicy, LogOptions, OpenError},
     project::ProjectName,
 };
+use kv_server::config::Config;
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
 use serde_json::{Value as Json, json};
 
@@ -415,15 +413,16 @@ async fn writes_after_close_fail_cleanly() {
         .set(&project("p"), "k", value(1), None)
         .await
         .unwrap_err();
-    assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unavailable);
+    assert_eq!(
+        kv_server::status::engine_status(err).code(),
+        tonic::Code::Unavailable
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_survives_snapshots() {
-    use kv_server::{
-        auth::new_token,
-        engine::{Quota, log::AdminChange},
-    };
+    use kv_engine::{Quota, log::AdminChange};
+    use kv_server::auth::new_token;
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
     let options = snapshotting();
@@ -479,7 +478,7 @@ async fn the_catalog_survives_snapshots() {
 /// the restart but before it; later writes keep the index exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_after_a_restart_sees_the_loaded_and_the_newer_keys_in_order() {
-    use kv_server::engine::ListQuery;
+    use kv_engine::ListQuery;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let p = project("listed");
@@ -493,7 +492,7 @@ async fn listing_after_a_restart_sees_the_loaded_and_the_newer_keys_in_order() {
     let store = open(dir.path(), &clock).unwrap();
     store.set(&p, "b", value(2), None).await.unwrap();
     assert!(store.delete(&p, "x").await.unwrap());
-    let keys = |page: kv_server::engine::ListPage| -> Vec<String> {
+    let keys = |page: kv_engine::ListPage| -> Vec<String> {
         page.entries.iter().map(|(k, _)| k.to_string()).collect()
     };
     let query = ListQuery {
@@ -535,10 +534,8 @@ fn dir_holds(dir: &Path, marker: &str) -> bool {
 /// values off the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
-    use kv_server::{
-        auth::new_token,
-        engine::{Quota, Txn, log::AdminChange},
-    };
+    use kv_engine::{Quota, Txn, log::AdminChange};
+    use kv_server::auth::new_token;
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
     let b = project("b");
@@ -557,12 +554,12 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         })
         .await
         .unwrap();
-    let mut remembered = Txn::op(kv_server::engine::Op::Set {
+    let mut remembered = Txn::op(kv_engine::Op::Set {
         key: "b1".into(),
         value: marked(marker),
-        ttl: kv_server::engine::Ttl::Never,
+        ttl: kv_engine::Ttl::Never,
     });
-    remembered.request = Some(kv_server::engine::RequestId {
+    remembered.request = Some(kv_engine::RequestId {
         id: "req-1".into(),
         fingerprint: 7,
     });
@@ -605,7 +602,7 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         .await;
     assert!(refused.is_err());
     // Nor does a write admitted for it.
-    let mut late = Txn::op(kv_server::engine::Op::Delete { key: "x".into() });
+    let mut late = Txn::op(kv_engine::Op::Delete { key: "x".into() });
     late.incarnation = Some(0);
     assert!(store.write(&b, late).await.is_err());
 
@@ -619,20 +616,17 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         // From 0 is the new incarnation's start (out of range once a
         // restart has dropped the history after it); old versions are
         // refused as such.
-        match mem.subscribe(&b, kv_server::engine::WatchTarget::All, Some(0)) {
+        match mem.subscribe(&b, kv_engine::WatchTarget::All, Some(0)) {
             Ok(from_zero) => assert_eq!(from_zero.incarnation(), recreated.incarnation),
             Err(e) => assert!(
-                matches!(e, kv_server::engine::WatchError::TooOld { from: 0, .. }),
+                matches!(e, kv_engine::WatchError::TooOld { from: 0, .. }),
                 "{e}"
             ),
         }
         for from in [1, old_last] {
-            let refused = mem.subscribe(&b, kv_server::engine::WatchTarget::All, Some(from));
+            let refused = mem.subscribe(&b, kv_engine::WatchTarget::All, Some(from));
             assert!(
-                matches!(
-                    refused,
-                    Err(kv_server::engine::WatchError::Recreated { .. })
-                ),
+                matches!(refused, Err(kv_engine::WatchError::Recreated { .. })),
                 "from {from}"
             );
         }
@@ -641,21 +635,18 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
     // The old tenant's request id is not remembered by the new project:
     // the same id and fingerprint applies afresh.
     let mut retry = remembered.clone();
-    retry.ops = vec![kv_server::engine::Op::Set {
+    retry.ops = vec![kv_engine::Op::Set {
         key: "b1".into(),
         value: value(9),
-        ttl: kv_server::engine::Ttl::Never,
+        ttl: kv_engine::Ttl::Never,
     }];
     let retried = store.write(&b, retry).await.unwrap();
     assert!(retried.results.iter().all(|r| matches!(
         r,
-        kv_server::engine::OpOutcome::Set { version } if *version > recreated.incarnation
+        kv_engine::OpOutcome::Set { version } if *version > recreated.incarnation
     )));
     store
-        .write(
-            &b,
-            Txn::op(kv_server::engine::Op::Delete { key: "b1".into() }),
-        )
+        .write(&b, Txn::op(kv_engine::Op::Delete { key: "b1".into() }))
         .await
         .unwrap();
     store.close().await.unwrap();
@@ -676,7 +667,7 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
 /// concurrent deletes exactly one reports the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_and_deletes_of_one_name_succeed_once() {
-    use kv_server::engine::{Quota, log::AdminChange};
+    use kv_engine::{Quota, log::AdminChange};
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(dir.path(), &clock).unwrap());
@@ -699,7 +690,7 @@ async fn concurrent_creates_and_deletes_of_one_name_succeed_once() {
         match create.await.unwrap() {
             Ok(_) => won += 1,
             Err(e) => assert!(
-                matches!(e, kv_server::engine::EngineError::ProjectExists { .. }),
+                matches!(e, kv_engine::EngineError::ProjectExists { .. }),
                 "{e}"
             ),
         }
@@ -724,7 +715,7 @@ async fn concurrent_creates_and_deletes_of_one_name_succeed_once() {
         match delete.await.unwrap() {
             Ok(outcome) => removed.push(outcome.removed),
             Err(e) => assert!(
-                matches!(e, kv_server::engine::EngineError::ProjectNotFound { .. }),
+                matches!(e, kv_engine::EngineError::ProjectNotFound { .. }),
                 "{e}"
             ),
         }

@@ -6,11 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use kv_client::Code;
-use kv_server::{
-    config::Config,
-    engine::{ManualClock, Quota, log::LogOptions, memory::Usage},
-    project::ProjectName,
-};
+use kv_engine::{ManualClock, Quota, log::LogOptions, memory::Usage, project::ProjectName};
+use kv_server::config::Config;
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
 
 fn config(max_keys: Option<u64>, max_bytes: Option<u64>) -> Config {

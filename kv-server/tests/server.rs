@@ -2,14 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kv_server::{
-    config::Config,
-    engine::{
-        Backend, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError, WatchTarget,
-        memory::MemoryStore, watch::Subscription,
-    },
-    project::ProjectName,
+use kv_engine::{
+    Backend, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError, WatchTarget,
+    memory::MemoryStore, project::ProjectName, watch::Subscription,
 };
+use kv_server::config::Config;
 use kv_tests::{InProcess, Target};
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic_health::pb::{

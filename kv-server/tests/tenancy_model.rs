@@ -17,18 +17,15 @@ use std::{
     time::Duration,
 };
 
+use kv_engine::{
+    ManualClock,
+    log::{FsyncPolicy, LogOptions},
+};
 use kv_proto::v1::{
     self as pb, admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient,
     watch_request::Target as WatchTarget,
 };
-use kv_server::{
-    auth::AdminToken,
-    config::Config,
-    engine::{
-        ManualClock,
-        log::{FsyncPolicy, LogOptions},
-    },
-};
+use kv_server::{auth::AdminToken, config::Config};
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target as _};
 use proptest::prelude::*;
 use prost_types::{Value, value::Kind};

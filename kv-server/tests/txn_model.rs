@@ -34,18 +34,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use kv_server::{
-    config::MAX_VALUE_LIMIT,
-    engine::{
-        Backend, Check, Clock, EngineError, Entry, ListPage, ListQuery, ManualClock, Op, OpOutcome,
-        RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
-        jsonops::NumberError,
-        log::{DurableStore, FsyncPolicy, LogOptions},
-        memory::{MemoryStore, Usage},
-        watch::{Event, EventKind, Subscription},
-    },
+use kv_engine::{
+    Backend, Check, Clock, EngineError, Entry, ListPage, ListQuery, ManualClock, Op, OpOutcome,
+    RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
+    jsonops::NumberError,
+    log::{DurableStore, FsyncPolicy, LogOptions},
+    memory::{MemoryStore, Usage},
     project::ProjectName,
+    watch::{Event, EventKind, Subscription},
 };
+use kv_server::config::MAX_VALUE_LIMIT;
 use proptest::{prelude::*, test_runner::TestCaseError};
 use prost::Message;
 use prost_types::{ListValue, Struct, value::Kind};

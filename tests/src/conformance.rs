@@ -777,10 +777,10 @@ pub async fn versions_count_up_per_project(ctx: &Ctx) {
 
 /// The time the server's clock shows, as well as the test can tell.
 fn now_ms(ctx: &Ctx) -> u64 {
-    use kv_server::engine::Clock;
+    use kv_engine::Clock;
     match &ctx.time {
         crate::Time::Manual(clock) => clock.now_ms(),
-        crate::Time::Real => kv_server::engine::SystemClock.now_ms(),
+        crate::Time::Real => kv_engine::SystemClock.now_ms(),
     }
 }
 

@@ -29,12 +29,9 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
+use kv_engine::{ManualClock, log::DurableStore, memory::MemoryStore};
 use kv_proto::v1::kv_service_client::KvServiceClient;
-use kv_server::{
-    config::Config,
-    engine::{ManualClock, log::DurableStore, memory::MemoryStore},
-    server::ServeError,
-};
+use kv_server::{config::Config, server::ServeError};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 

@@ -19,10 +19,9 @@ use std::sync::{
 use tonic::{Status, metadata::MetadataMap};
 
 use super::{Scope, project_deleted};
-use crate::{
-    auth::{Access, Auth, Caller},
-    engine::Backend,
-};
+use kv_engine::Backend;
+
+use crate::auth::{Access, Auth, Caller};
 
 /// What a stream re-checks, and the signal that tells it when.
 pub(crate) struct StreamGuard {

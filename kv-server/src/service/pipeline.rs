@@ -33,10 +33,9 @@ use kv_proto::wire::{self, Call, CallError, PipelineRequest, PipelineResponse, R
 use tonic::{Status, Streaming, metadata::MetadataMap};
 
 use super::{KvService, Scope, guard::StreamGuard, until_true};
-use crate::{
-    auth::{Access, Caller},
-    engine::Backend,
-};
+use kv_engine::Backend;
+
+use crate::auth::{Access, Caller};
 
 use wire::{call::Request as Req, reply::Response as Res};
 

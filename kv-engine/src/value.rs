@@ -10,13 +10,9 @@ use std::fmt::Write as _;
 use prost::Message;
 use prost_types::{ListValue, Struct, Value, value::Kind};
 
-/// Deepest nesting of arrays and objects a value may have (`[[1]]` is 2).
-///
-/// prost stops decoding at 100 nested messages. Measured (see the tests):
-/// a prost client decodes a response holding objects nested 33 deep or
-/// arrays nested 49 deep, and no deeper. 32 is one limit for both shapes that
-/// every prost client (and other languages' default limits of 100) can read.
-pub const MAX_DEPTH: usize = 32;
+/// Deepest nesting of arrays and objects a value may have (the contract's
+/// limit; see the tests below for how it was measured).
+pub use kv_contract::MAX_DEPTH;
 
 /// Why a value was refused.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +55,7 @@ pub enum ValueError {
 /// buffer, which would keep the whole receive buffer alive).
 ///
 /// ```
-/// use kv_server::value::{canonicalize, ValueError};
+/// use kv_engine::value::{canonicalize, ValueError};
 /// use prost::Message;
 /// use prost_types::{value::Kind, Value};
 ///

@@ -16,7 +16,7 @@ use super::{
     codec::{self, FrameError, FrameReader, Record},
     remove_file_logged, segment_name, snapshot, snapshot_name, writer,
 };
-use crate::engine::{
+use crate::{
     Clock, Mutation, Versioned,
     catalog::Catalog,
     memory::{MemoryStore, Remembered},
@@ -140,7 +140,7 @@ impl DurableStore {
     /// [`OpenError`]: the directory is locked by another server, unusable,
     /// or corrupt.
     pub fn open(dir: &Path, options: LogOptions, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
-        Self::open_with(dir, options, clock, crate::engine::Settings::default())
+        Self::open_with(dir, options, clock, crate::Settings::default())
     }
 
     /// [`DurableStore::open`] with engine tunables.
@@ -152,7 +152,7 @@ impl DurableStore {
         dir: &Path,
         options: LogOptions,
         clock: Arc<dyn Clock>,
-        settings: crate::engine::Settings,
+        settings: crate::Settings,
     ) -> Result<Self, OpenError> {
         let started = Instant::now();
         fs::create_dir_all(dir).map_err(io_error(format!(
@@ -388,7 +388,7 @@ fn apply_txn_record(
     project: &crate::project::ProjectName,
     at: u64,
     mutations: Vec<Versioned>,
-    request: Option<(Box<str>, u64, crate::engine::TxnOutcome)>,
+    request: Option<(Box<str>, u64, crate::TxnOutcome)>,
     now: u64,
 ) {
     for m in mutations {

@@ -71,11 +71,11 @@ const EXPIRY_SHARDS: usize = 16;
 
 /// The embedded in-memory store. Used alone it keeps nothing across
 /// restarts and enforces no quotas (the durable store's log writer does);
-/// the product runs it behind [`crate::engine::log::DurableStore`].
+/// the product runs it behind [`crate::log::DurableStore`].
 ///
 /// ```
-/// use kv_server::engine::{memory::MemoryStore, Mutation, Applied};
-/// use kv_server::project::ProjectName;
+/// use kv_engine::{memory::MemoryStore, Mutation, Applied};
+/// use kv_engine::project::ProjectName;
 ///
 /// let store = MemoryStore::new();
 /// let p = ProjectName::parse("p").unwrap();
@@ -418,7 +418,7 @@ impl MemoryStore {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::engine::{memory::MemoryStore, ManualClock};
+    /// use kv_engine::{memory::MemoryStore, ManualClock};
     /// let store = MemoryStore::with_clock(Arc::new(ManualClock::new(1)));
     /// assert_eq!(store.stored_entries(), 0);
     /// ```
@@ -430,7 +430,7 @@ impl MemoryStore {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::engine::{memory::MemoryStore, Settings, SystemClock};
+    /// use kv_engine::{memory::MemoryStore, Settings, SystemClock};
     /// let settings = Settings { watch_history_events: 100, ..Settings::default() };
     /// let store = MemoryStore::with_settings(Arc::new(SystemClock), settings);
     /// assert_eq!(store.settings().watch_history_events, 100);
@@ -543,8 +543,8 @@ impl MemoryStore {
     /// namespace created now would get.
     ///
     /// ```
-    /// use kv_server::engine::{memory::MemoryStore, Mutation};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{memory::MemoryStore, Mutation};
+    /// use kv_engine::project::ProjectName;
     /// let store = MemoryStore::new();
     /// let p = ProjectName::parse("p").unwrap();
     /// assert_eq!(store.incarnation(&p), 0);
@@ -689,8 +689,8 @@ impl MemoryStore {
     /// One page of live entries in byte order of key.
     ///
     /// ```
-    /// use kv_server::engine::{memory::MemoryStore, ListQuery, Mutation};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{memory::MemoryStore, ListQuery, Mutation};
+    /// use kv_engine::project::ProjectName;
     /// let store = MemoryStore::new();
     /// let p = ProjectName::parse("p").unwrap();
     /// for key in ["b", "a", "c"] {
@@ -1103,8 +1103,8 @@ impl MemoryStore {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_server::engine::{memory::MemoryStore, ManualClock, Mutation};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{memory::MemoryStore, ManualClock, Mutation};
+    /// use kv_engine::project::ProjectName;
     ///
     /// let clock = Arc::new(ManualClock::new(1_000));
     /// let store = MemoryStore::with_clock(clock.clone());
@@ -1178,8 +1178,8 @@ impl MemoryStore {
     /// What `project` holds now.
     ///
     /// ```
-    /// use kv_server::engine::{memory::{MemoryStore, Usage}, Mutation};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{memory::{MemoryStore, Usage}, Mutation};
+    /// use kv_engine::project::ProjectName;
     /// let store = MemoryStore::new();
     /// let p = ProjectName::parse("p").unwrap();
     /// store.apply(&p, Mutation::Set { key: "ab".into(), value: vec![0x20, 0x01].into(), expires_at: None });
@@ -1425,7 +1425,7 @@ const PURGE_BATCH: usize = 1024;
 ///
 /// ```
 /// use std::{sync::Arc, time::Duration};
-/// use kv_server::engine::memory::{ExpiryTask, MemoryStore};
+/// use kv_engine::memory::{ExpiryTask, MemoryStore};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let task = ExpiryTask::spawn(Arc::new(MemoryStore::new()), Duration::from_millis(100));
@@ -1475,7 +1475,7 @@ mod tests {
     //! for it shows exactly the project's keys at the page's version.
 
     use super::*;
-    use crate::engine::ManualClock;
+    use crate::ManualClock;
 
     fn project() -> ProjectName {
         ProjectName::parse("p").unwrap()

@@ -10,7 +10,7 @@
 //! they are refused with an error.
 //!
 //! ```
-//! use kv_server::engine::jsonops::{incr, merge_patch, number};
+//! use kv_engine::jsonops::{incr, merge_patch, number};
 //! use prost::Message;
 //! use prost_types::{Struct, Value, value::Kind};
 //!
@@ -38,7 +38,7 @@ use prost_types::{Struct, Value, value::Kind};
 /// stays within it never silently loses an increment.
 ///
 /// ```
-/// use kv_server::engine::jsonops::MAX_EXACT;
+/// use kv_engine::jsonops::MAX_EXACT;
 ///
 /// assert_eq!(MAX_EXACT, 2f64.powi(53));
 /// assert_eq!(MAX_EXACT + 1.0, MAX_EXACT); // the first integer a double skips
@@ -48,7 +48,7 @@ pub const MAX_EXACT: f64 = 9007199254740992.0;
 /// Why [`incr`] refused.
 ///
 /// ```
-/// use kv_server::engine::jsonops::{NumberError, incr};
+/// use kv_engine::jsonops::{NumberError, incr};
 /// use prost::Message;
 /// use prost_types::{Value, value::Kind};
 ///
@@ -82,7 +82,7 @@ pub enum NumberError {
 /// Why [`merge_patch`] refused.
 ///
 /// ```
-/// use kv_server::engine::jsonops::{MergeError, merge_patch};
+/// use kv_engine::jsonops::{MergeError, merge_patch};
 ///
 /// let err = merge_patch(None, &[0xff]).unwrap_err();
 /// assert_eq!(err, MergeError::Malformed { which: "patch" });
@@ -105,7 +105,7 @@ pub enum MergeError {
 /// ±[`MAX_EXACT`]. Fractional deltas round as any double addition does.
 ///
 /// ```
-/// use kv_server::engine::jsonops::{MAX_EXACT, NumberError, incr, number};
+/// use kv_engine::jsonops::{MAX_EXACT, NumberError, incr, number};
 ///
 /// let (bytes, n) = incr(Some(&number(41.0)), 1.0).unwrap();
 /// assert_eq!((&*bytes, n), (&*number(42.0), 42.0));
@@ -164,8 +164,8 @@ pub fn incr(current: Option<&[u8]>, delta: f64) -> Result<(Box<[u8]>, f64), Numb
 /// [`crate::value::canonicalize`] refuses them.
 ///
 /// ```
-/// use kv_server::engine::jsonops::number;
-/// use kv_server::value::canonicalize;
+/// use kv_engine::jsonops::number;
+/// use kv_engine::value::canonicalize;
 ///
 /// let bytes = number(1.5);
 /// assert_eq!(canonicalize(&bytes, 64).unwrap(), bytes);
@@ -193,7 +193,7 @@ pub fn number(n: f64) -> Box<[u8]> {
 /// merging two values within [`crate::value::MAX_DEPTH`] stays within it.
 ///
 /// ```
-/// use kv_server::engine::jsonops::merge_patch;
+/// use kv_engine::jsonops::merge_patch;
 /// use prost::Message;
 /// use prost_types::{Struct, Value, value::Kind};
 ///

@@ -3,7 +3,7 @@
 //! the expiry sweep, a List page from a big project, and transactions
 //! evaluated by the writer (incr on one hot key against plain sets).
 //!
-//! `cargo bench -p kv-server --bench engine` runs everything (a few
+//! `cargo bench -p kv-engine --bench engine` runs everything (a few
 //! minutes on 2 cores); add a filter to run one group, e.g. `-- ops/`,
 //! `-- ops_durable`, `-- contention`, `-- expiry`, `-- list`, `-- txn`.
 //! Keys are 16 bytes, values 100 bytes (a canonical encoded
@@ -24,12 +24,10 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
     criterion_main, measurement::WallTime,
 };
-use kv_server::{
-    engine::{
-        Backend, Clock, ListQuery, ManualClock, Mutation, Op, SystemClock, Ttl, Txn,
-        log::{DurableStore, FsyncPolicy, LogOptions},
-        memory::MemoryStore,
-    },
+use kv_engine::{
+    Backend, Clock, ListQuery, ManualClock, Mutation, Op, SystemClock, Ttl, Txn,
+    log::{DurableStore, FsyncPolicy, LogOptions},
+    memory::MemoryStore,
     project::ProjectName,
 };
 use prost::Message;
@@ -580,7 +578,7 @@ fn transactions(c: &mut Criterion) {
                                         "set" => Op::Set {
                                             key: key(t * per_task + i).into(),
                                             value: value_100_bytes(),
-                                            ttl: kv_server::engine::Ttl::Never,
+                                            ttl: kv_engine::Ttl::Never,
                                         },
                                         _ => Op::Incr {
                                             key: "hot".into(),

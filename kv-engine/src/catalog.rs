@@ -96,8 +96,8 @@ impl Catalog {
     /// unknown token does not).
     ///
     /// ```
-    /// use kv_server::engine::{Quota, catalog::{Catalog, CatalogChange}};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{Quota, catalog::{Catalog, CatalogChange}};
+    /// use kv_engine::project::ProjectName;
     /// let catalog = Catalog::default();
     /// let p = ProjectName::parse("shop").unwrap();
     /// catalog.apply(&CatalogChange::PutProject { project: p.clone(), quota: Quota::default() });
@@ -117,8 +117,8 @@ impl Catalog {
     /// or revoked, a project created, changed or deleted).
     ///
     /// ```
-    /// use kv_server::engine::{Quota, catalog::{Catalog, CatalogChange}};
-    /// use kv_server::project::ProjectName;
+    /// use kv_engine::{Quota, catalog::{Catalog, CatalogChange}};
+    /// use kv_engine::project::ProjectName;
     /// let catalog = Catalog::default();
     /// let mut changes = catalog.changes_receiver();
     /// catalog.apply(&CatalogChange::PutProject { project: ProjectName::parse("a").unwrap(), quota: Quota::default() });

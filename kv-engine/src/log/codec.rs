@@ -49,11 +49,8 @@
 use std::io::{self, Read};
 
 use crate::{
-    config::MAX_VALUE_LIMIT,
-    engine::{
-        Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
-        catalog::{CatalogChange, TokenMeta},
-    },
+    MAX_VALUE_LIMIT, Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
+    catalog::{CatalogChange, TokenMeta},
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
 };
 

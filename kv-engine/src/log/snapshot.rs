@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{codec, remove_file_logged, snapshot_name, sync_dir};
-use crate::engine::{catalog::Catalog, memory::MemoryStore};
+use crate::{catalog::Catalog, memory::MemoryStore};
 
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and

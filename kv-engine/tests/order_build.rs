@@ -11,11 +11,9 @@ use std::{
     },
 };
 
-use kv_server::{
-    engine::{
-        Backend, ListQuery, SystemClock,
-        log::{DurableStore, FsyncPolicy, LogOptions},
-    },
+use kv_engine::{
+    Backend, ListQuery, SystemClock,
+    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
 };
 

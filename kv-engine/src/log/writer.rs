@@ -16,13 +16,11 @@ use super::{
     apply_catalog, codec, segment_name, snapshot, sync_dir,
 };
 use crate::{
-    engine::{
-        EngineError, TxnOutcome, Versioned,
-        catalog::{Catalog, CatalogChange},
-        memory::{MemoryStore, Remembered},
-        txn::{Commit, Evaluated, Overlay},
-    },
+    EngineError, TxnOutcome, Versioned,
+    catalog::{Catalog, CatalogChange},
+    memory::{MemoryStore, Remembered},
     project::ProjectName,
+    txn::{Commit, Evaluated, Overlay},
 };
 
 /// A submission evaluated and waiting for its batch to be logged.

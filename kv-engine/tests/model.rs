@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use kv_server::{
-    engine::{Applied, ManualClock, Mutation, memory::MemoryStore},
-    project::ProjectName,
-};
+use kv_engine::{Applied, ManualClock, Mutation, memory::MemoryStore, project::ProjectName};
 use proptest::prelude::*;
 
 const PROJECTS: [&str; 2] = ["a", "b"];

@@ -2,19 +2,15 @@
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
-/// The project used when a request names none.
-pub const DEFAULT_PROJECT: &str = "default";
+pub use kv_contract::{DEFAULT_PROJECT, MAX_PROJECT_NAME_LEN, ProjectNameError};
 
-/// Longest project name, in characters.
-pub const MAX_PROJECT_NAME_LEN: usize = 64;
-
-/// A validated project name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+/// A validated project name: 1 to 64 characters of `[A-Za-z0-9_.-]` (the
+/// contract's rule, [`kv_contract::check_project_name`]).
 ///
-/// Cheap to clone (shared). The restricted alphabet keeps names safe in
-/// metadata, file names and log lines without escaping.
+/// Cheap to clone (shared).
 ///
 /// ```
-/// use kv_server::project::ProjectName;
+/// use kv_engine::project::ProjectName;
 ///
 /// let shop = ProjectName::parse("shop-eu.1").unwrap();
 /// assert_eq!(shop.as_str(), "shop-eu.1");
@@ -24,30 +20,6 @@ pub const MAX_PROJECT_NAME_LEN: usize = 64;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProjectName(Arc<str>);
 
-/// Why a project name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProjectNameError {
-    /// The name is empty.
-    #[error(
-        "project name is empty; names are 1-{MAX_PROJECT_NAME_LEN} characters of [A-Za-z0-9_.-]"
-    )]
-    Empty,
-    /// The name is longer than [`MAX_PROJECT_NAME_LEN`].
-    #[error(
-        "project name is {len} characters long; the limit is {MAX_PROJECT_NAME_LEN} characters of [A-Za-z0-9_.-]"
-    )]
-    TooLong {
-        /// Length of the refused name in characters.
-        len: usize,
-    },
-    /// The name has a character outside `[A-Za-z0-9_.-]`.
-    #[error("project name contains {found:?}; names may only contain [A-Za-z0-9_.-]")]
-    BadCharacter {
-        /// The first offending character.
-        found: char,
-    },
-}
-
 impl ProjectName {
     /// Validates `name`.
     ///
@@ -56,26 +28,14 @@ impl ProjectName {
     /// [`ProjectNameError`] when the name is empty, longer than 64
     /// characters, or has a character outside `[A-Za-z0-9_.-]`.
     pub fn parse(name: &str) -> Result<Self, ProjectNameError> {
-        if name.is_empty() {
-            return Err(ProjectNameError::Empty);
-        }
-        if let Some(found) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-        {
-            return Err(ProjectNameError::BadCharacter { found });
-        }
-        // Only ASCII is left, so bytes are characters.
-        if name.len() > MAX_PROJECT_NAME_LEN {
-            return Err(ProjectNameError::TooLong { len: name.len() });
-        }
+        kv_contract::check_project_name(name)?;
         Ok(Self(name.into()))
     }
 
     /// The project `default`, used when a request names none.
     ///
     /// ```
-    /// assert_eq!(kv_server::project::ProjectName::default_project().as_str(), "default");
+    /// assert_eq!(kv_engine::project::ProjectName::default_project().as_str(), "default");
     /// ```
     pub fn default_project() -> Self {
         Self(DEFAULT_PROJECT.into())
@@ -84,7 +44,7 @@ impl ProjectName {
     /// The name as a string slice.
     ///
     /// ```
-    /// let p = kv_server::project::ProjectName::parse("a").unwrap();
+    /// let p = kv_engine::project::ProjectName::parse("a").unwrap();
     /// assert_eq!(p.as_str(), "a");
     /// ```
     pub fn as_str(&self) -> &str {

@@ -4,11 +4,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use kv_server::{
-    engine::{
-        Backend, Clock, ManualClock,
-        log::{DurableStore, FsyncPolicy, LogOptions},
-    },
+use kv_engine::{
+    Backend, Clock, ManualClock,
+    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
 };
 use proptest::prelude::*;

@@ -1,4 +1,11 @@
-//! Storage engines behind the service.
+//! `kv-engine`: the storage engine of kv, knowing nothing of gRPC or of
+//! the server's configuration (the compiler keeps it so: this crate does
+//! not depend on either).
+//!
+//! The service validates requests and resolves the project, then calls a
+//! [`Backend`] with plain Rust values. Project names ([`project`]) and
+//! stored JSON values ([`value`]) are defined here, so every backend and
+//! the server agree on them.
 //!
 //! The service validates requests and resolves the project, then calls a
 //! [`Backend`] with plain Rust values; a backend never sees gRPC types.
@@ -26,8 +33,15 @@ pub mod catalog;
 pub mod jsonops;
 pub mod log;
 pub mod memory;
+pub mod project;
 mod txn;
+pub mod value;
 pub mod watch;
+
+/// Largest value limit any configuration may set (1 GiB); gRPC frames carry
+/// at most 4 GiB and a single value that size would not be a key-value
+/// workload. The log's record bound derives from it.
+pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
 
 /// A storage engine holding every project's keys.
 ///
@@ -39,8 +53,8 @@ pub mod watch;
 /// such as increments never lose updates).
 ///
 /// ```
-/// use kv_server::engine::{Backend, memory::MemoryStore};
-/// use kv_server::project::ProjectName;
+/// use kv_engine::{Backend, memory::MemoryStore};
+/// use kv_engine::project::ProjectName;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::new();
@@ -271,7 +285,7 @@ impl Txn {
     /// A transaction of one unconditional operation.
     ///
     /// ```
-    /// use kv_server::engine::{Op, Txn};
+    /// use kv_engine::{Op, Txn};
     /// let txn = Txn::op(Op::Clear);
     /// assert!(txn.checks.is_empty() && txn.request.is_none());
     /// ```
@@ -280,7 +294,7 @@ impl Txn {
             checks: Vec::new(),
             ops: vec![op],
             request: None,
-            max_value_bytes: crate::config::MAX_VALUE_LIMIT,
+            max_value_bytes: crate::MAX_VALUE_LIMIT,
             incarnation: None,
         }
     }
@@ -377,7 +391,7 @@ impl WatchTarget {
     /// every target).
     ///
     /// ```
-    /// use kv_server::engine::WatchTarget;
+    /// use kv_engine::WatchTarget;
     /// assert!(WatchTarget::Prefix("a:".into()).matches("a:1"));
     /// assert!(!WatchTarget::Key("a".into()).matches("ab"));
     /// ```
@@ -506,7 +520,7 @@ impl Versioned {
     /// store gives it the project's next one when applied.
     ///
     /// ```
-    /// use kv_server::engine::{Mutation, Versioned};
+    /// use kv_engine::{Mutation, Versioned};
     /// assert_eq!(Versioned::unnumbered(Mutation::Clear).version, 0);
     /// ```
     pub fn unnumbered(mutation: Mutation) -> Self {
@@ -668,7 +682,7 @@ pub trait Clock: Send + Sync + 'static {
 /// The system's real-time clock.
 ///
 /// ```
-/// use kv_server::engine::{Clock, SystemClock};
+/// use kv_engine::{Clock, SystemClock};
 /// assert!(SystemClock.now_ms() > 1_600_000_000_000);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
@@ -686,7 +700,7 @@ impl Clock for SystemClock {
 /// A clock that moves only when told to, for tests of TTL behaviour.
 ///
 /// ```
-/// use kv_server::engine::{Clock, ManualClock};
+/// use kv_engine::{Clock, ManualClock};
 /// let clock = ManualClock::new(1_000);
 /// clock.advance(500);
 /// assert_eq!(clock.now_ms(), 1_500);
