@@ -23,7 +23,7 @@ use kv_engine::{
     project::ProjectName,
 };
 
-use crate::service::{RequestError, project_of};
+use crate::metadata::{ProjectError, names_project, project_of};
 
 /// Prefix of project tokens.
 pub const TOKEN_PREFIX: &str = "kv_";
@@ -65,9 +65,9 @@ pub enum AuthError {
     /// A project token called the admin API.
     #[error("the admin API needs the admin token, not a project token")]
     NotAdmin,
-    /// `x-kv-project` is invalid.
+    /// The project the call names is invalid.
     #[error(transparent)]
-    Request(#[from] RequestError),
+    Project(#[from] ProjectError),
 }
 
 impl From<AuthError> for Status {
@@ -79,7 +79,7 @@ impl From<AuthError> for Status {
             AuthError::WrongProject { .. } | AuthError::ReadOnly(_) | AuthError::NotAdmin => {
                 Status::permission_denied(e.to_string())
             }
-            AuthError::Request(e) => e.into(),
+            AuthError::Project(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }
@@ -191,7 +191,7 @@ impl Caller {
     /// # Errors
     ///
     /// PERMISSION_DENIED ([`AuthError::WrongProject`],
-    /// [`AuthError::ReadOnly`]) or a bad name ([`AuthError::Request`]).
+    /// [`AuthError::ReadOnly`]) or a bad name ([`AuthError::Project`]).
     pub fn project(
         &self,
         metadata: &MetadataMap,
@@ -199,10 +199,8 @@ impl Caller {
         access: Access,
     ) -> Result<ProjectName, AuthError> {
         let asked = match named {
-            Some(name) => Some(ProjectName::parse(name).map_err(RequestError::from)?),
-            None if metadata.get(crate::service::PROJECT_HEADER).is_some() => {
-                Some(project_of(metadata)?)
-            }
+            Some(name) => Some(ProjectName::parse(name).map_err(ProjectError::Named)?),
+            None if names_project(metadata) => Some(project_of(metadata)?),
             None => None,
         };
         match self {
@@ -231,12 +229,12 @@ impl Caller {
     ///
     /// # Errors
     ///
-    /// A bad `x-kv-project` ([`AuthError::Request`]).
+    /// A bad `x-kv-project` ([`AuthError::Project`]).
     pub fn bound_project(&self, metadata: &MetadataMap) -> Result<Option<ProjectName>, AuthError> {
         match self {
             Self::Project(token) => Ok(Some(token.project.clone())),
             Self::Open | Self::Admin => {
-                if metadata.get(crate::service::PROJECT_HEADER).is_some() {
+                if names_project(metadata) {
                     Ok(Some(project_of(metadata)?))
                 } else {
                     Ok(None)

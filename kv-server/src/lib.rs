@@ -42,6 +42,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod metadata;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 use kv_engine::{
     Backend, Check, Entry, ListQuery, Op, OpOutcome, RequestId, Ttl, Txn, TxnOutcome, WatchError,
     WatchTarget, jsonops,
-    project::{ProjectName, ProjectNameError},
+    project::ProjectName,
     value::{self, ValueError},
     watch::{Event, EventKind, Lagged},
 };
@@ -34,17 +34,14 @@ use crate::{
 
 pub use kv_proto::contract::{CALL_PROJECTS_HEADER, PROJECT_HEADER};
 
+use crate::metadata::ProjectError;
+
 /// A request the service refuses before it reaches the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// `x-kv-project` is not printable ASCII.
-    #[error(
-        "{PROJECT_HEADER} metadata is not printable ASCII; project names are 1-64 characters of [A-Za-z0-9_.-]"
-    )]
-    ProjectNotAscii,
-    /// `x-kv-project` names an invalid project.
-    #[error("{PROJECT_HEADER}: {0}")]
-    Project(#[from] ProjectNameError),
+    /// The request's project name cannot be used.
+    #[error(transparent)]
+    Project(#[from] ProjectError),
     /// The key is empty.
     #[error("key is empty; keys must be 1 to {max} bytes")]
     EmptyKey {
@@ -199,30 +196,6 @@ pub(crate) fn project_deleted(project: &ProjectName) -> Status {
     Status::not_found(format!(
         "project {project} was deleted; a project created again under its name is a new project that shares nothing with it"
     ))
-}
-
-/// Resolves the project of a request from its `x-kv-project` metadata
-/// (open mode), defaulting to `default`.
-///
-/// ```
-/// use kv_server::service::project_of;
-/// let mut metadata = tonic::metadata::MetadataMap::new();
-/// assert_eq!(project_of(&metadata).unwrap().as_str(), "default");
-/// metadata.insert("x-kv-project", "shop".parse().unwrap());
-/// assert_eq!(project_of(&metadata).unwrap().as_str(), "shop");
-/// ```
-///
-/// # Errors
-///
-/// [`RequestError`] when the header is not ASCII or not a valid name.
-pub fn project_of(metadata: &MetadataMap) -> Result<ProjectName, RequestError> {
-    match metadata.get(PROJECT_HEADER) {
-        None => Ok(ProjectName::default_project()),
-        Some(raw) => {
-            let name = raw.to_str().map_err(|_| RequestError::ProjectNotAscii)?;
-            Ok(ProjectName::parse(name)?)
-        }
-    }
 }
 
 /// The `kv.v1.KvService` implementation over any [`Backend`].

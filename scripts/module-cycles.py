@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Lists import cycles between the files of each workspace crate.
+
+A file's module imports another when it names it by path: `crate::a::b`,
+`super::x`, `self::y` (in `use` items or inline). Each reference is mapped
+to the deepest module file it reaches; cycles are the strongly connected
+components of that graph with more than one file. Exits 1 when any crate
+has a cycle, so CI or a reviewer can run it as a check.
+
+    scripts/module-cycles.py            # every crate of the workspace
+    scripts/module-cycles.py kv-server  # one crate
+"""
+
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRATES = ["kv-contract", "kv-proto", "kv-engine", "kv-server", "kv-client", "tests", "kv-bench"]
+
+
+def modules(src):
+    """Maps module path tuples to files under `src`."""
+    found = {}
+    for dirpath, _, files in os.walk(src):
+        for f in files:
+            if not f.endswith(".rs"):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, f), src)
+            parts = rel[:-3].split(os.sep)
+            if parts[-1] in ("mod", "lib", "main"):
+                parts = parts[:-1]
+            found[tuple(parts)] = os.path.join(dirpath, f)
+    return found
+
+
+def strip_comments(text):
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return "\n".join(line.split("//")[0] for line in text.splitlines())
+
+
+def paths(text):
+    """Every `crate::`, `super::` or `self::` path, with `use` groups
+    expanded one level deep (enough for this code base's imports)."""
+    out = []
+    for m in re.finditer(r"\b(crate|super|self)((?:::\w+)*)(::\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\})?", text):
+        head = [m.group(1)] + [p for p in m.group(2).split("::") if p]
+        if m.group(4) is None:
+            out.append(head)
+            continue
+        depth, item = 0, ""
+        for ch in m.group(4) + ",":
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+            if ch == "," and depth == 0:
+                first = item.strip().split("::")[0].split(" ")[0].strip("{} ")
+                if first:
+                    out.append(head + [first])
+                item = ""
+            else:
+                item += ch
+    return out
+
+
+def graph(src):
+    mods = modules(src)
+    edges = {m: set() for m in mods}
+    for mod, path in mods.items():
+        is_dir_mod = os.path.basename(path) in ("mod.rs", "lib.rs", "main.rs")
+        here = mod if is_dir_mod else mod[:-1]
+        for p in paths(strip_comments(open(path, encoding="utf-8").read())):
+            if p[0] == "crate":
+                base, rest = (), p[1:]
+            elif p[0] == "super":
+                base, rest = here[:-1] if is_dir_mod else here, p[1:]
+                while rest and rest[0] == "super":
+                    base, rest = base[:-1], rest[1:]
+            else:
+                base, rest = here, p[1:]
+            target = base
+            for part in rest:
+                if target + (part,) in mods:
+                    target = target + (part,)
+                else:
+                    break
+            if target in mods and target != mod and target != ():
+                edges[mod].add(target)
+    return mods, edges
+
+
+def cycles(edges):
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    sys.setrecursionlimit(10000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main():
+    crates = sys.argv[1:] or CRATES
+    found = False
+    for crate in crates:
+        src = os.path.join(ROOT, crate, "src")
+        if not os.path.isdir(src):
+            continue
+        mods, edges = graph(src)
+        comps = cycles(edges)
+        if not comps:
+            print(f"{crate}: no cycles among {len(mods)} files")
+        for comp in comps:
+            found = True
+            names = sorted(os.path.relpath(mods[m], ROOT) for m in comp)
+            print(f"{crate}: cycle: {' <-> '.join(names)}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
