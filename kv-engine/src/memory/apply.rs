@@ -1,0 +1,259 @@
+//! Applying resulting-state mutations, and deleting or starting a
+//! project incarnation. Only the one writer (the log writer, or the
+//! store's write lock when used alone) calls these.
+
+use super::*;
+
+impl MemoryStore {
+    /// Deletes `project`: its keys, history, request ids and version
+    /// counter go, its watchers end ([`crate::watch::Lagged::Deleted`]),
+    /// and the name's next project numbers its versions above every
+    /// version this one used. Returns how many live keys it held.
+    pub fn delete_project(&self, project: &ProjectName) -> Applied {
+        let ns = {
+            let mut retired = lock(&self.retired);
+            let ns = self.projects.remove(project).map(|(_, ns)| ns);
+            let last = match &ns {
+                Some(ns) => ns.version.load(Ordering::Acquire).max(ns.incarnation),
+                None => retired.get(project).map_or(0, |last| last + 1),
+            };
+            retired.insert(project.clone(), last);
+            ns
+        };
+        let Some(ns) = ns else {
+            return Applied::default();
+        };
+        ns.deleted.store(true, Ordering::Release);
+        let now = self.clock.now_ms();
+        // The namespace is out of the map, so nothing new reaches it; what
+        // it holds leaves memory, the expiry index and the usage totals.
+        let removed = {
+            let _exclusive = write_lock(&ns.consistency);
+            self.apply_clear(project, &ns, now)
+        };
+        *lock(&ns.requests) = RequestTable::default();
+        ns.hub.close(&self.history);
+        Applied { removed }
+    }
+
+    /// Starts a new, empty incarnation of `project` numbered after `base`,
+    /// replacing anything held under the name (CreateProject of a name
+    /// used before, and its replay).
+    pub(crate) fn start_incarnation(&self, project: &ProjectName, base: u64) {
+        let old = {
+            let mut retired = lock(&self.retired);
+            retired.remove(project);
+            let fresh = Arc::new(Namespace::new(self.loading(), base));
+            self.projects.insert(project.clone(), fresh)
+        };
+        if let Some(old) = old {
+            old.deleted.store(true, Ordering::Release);
+            let now = self.clock.now_ms();
+            {
+                let _exclusive = write_lock(&old.consistency);
+                self.apply_clear(project, &old, now);
+            }
+            old.hub.close(&self.history);
+        }
+    }
+
+    /// Applies a write as the project's next version and reports what it
+    /// found. Liveness (for the delete and clear answers) is judged at the
+    /// clock's current time.
+    pub fn apply(&self, project: &ProjectName, mutation: Mutation) -> Applied {
+        self.apply_versioned(project, Versioned::unnumbered(mutation))
+    }
+
+    /// Applies a write with its version (0: the project's next one).
+    ///
+    /// Writes change state only through here, so a durable log can apply
+    /// records in log order; the change is published to the project's
+    /// watchers.
+    pub fn apply_versioned(&self, project: &ProjectName, versioned: Versioned) -> Applied {
+        let ns = self.namespace_or_create(project);
+        let _exclusive = write_lock(&ns.consistency);
+        self.apply_in(project, &ns, versioned)
+    }
+
+    /// Applies the mutations of one transaction, all visible together to
+    /// multi-key readers.
+    pub(crate) fn apply_txn(&self, project: &ProjectName, mutations: Vec<Versioned>) {
+        let ns = self.namespace_or_create(project);
+        // Every write holds the namespace exclusively, even a single one:
+        // a List page or a GetMany then shows one moment, and its version
+        // covers exactly what it shows.
+        let _exclusive = write_lock(&ns.consistency);
+        for m in mutations {
+            self.apply_in(project, &ns, m);
+        }
+    }
+
+    pub(super) fn apply_in(
+        &self,
+        project: &ProjectName,
+        ns: &Namespace,
+        versioned: Versioned,
+    ) -> Applied {
+        let version = match versioned.version {
+            0 => ns.version.load(Ordering::Acquire) + 1,
+            v => v,
+        };
+        let now = self.clock.now_ms();
+        let settings = &self.settings;
+        let applied = match versioned.mutation {
+            Mutation::Set {
+                key,
+                value,
+                expires_at,
+            } => {
+                let expires_at = expires_at.unwrap_or(0);
+                let key: Arc<str> = key;
+                self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
+                // Published once the value is in place, so a watcher reading
+                // the key after the event sees at least this write. The
+                // event copies the value only when history is kept; only
+                // this thread writes, so the entry is still this write's.
+                ns.hub.publish(version, settings, &self.history, || Event {
+                    version,
+                    kind: EventKind::Set,
+                    key: Arc::clone(&key),
+                    value: ns
+                        .entries
+                        .get(&*key)
+                        .map(|e| Bytes::copy_from_slice(&e.value)),
+                    expires_at,
+                });
+                Applied::default()
+            }
+            Mutation::Delete { key } => {
+                let removed = u64::from(self.apply_delete(project, ns, &key, now));
+                ns.hub.publish(version, settings, &self.history, || Event {
+                    version,
+                    kind: EventKind::Deleted,
+                    key,
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied { removed }
+            }
+            Mutation::Expire { key } => {
+                let removed = u64::from(self.apply_delete(project, ns, &key, now));
+                ns.hub.publish(version, settings, &self.history, || Event {
+                    version,
+                    kind: EventKind::Expired,
+                    key,
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied { removed }
+            }
+            Mutation::Clear => {
+                let removed = self.apply_clear(project, ns, now);
+                ns.hub.publish(version, settings, &self.history, || Event {
+                    version,
+                    kind: EventKind::Cleared,
+                    key: "".into(),
+                    value: None,
+                    expires_at: 0,
+                });
+                Applied { removed }
+            }
+        };
+        ns.version.fetch_max(version, Ordering::AcqRel);
+        applied
+    }
+
+    pub(super) fn apply_set(
+        &self,
+        project: &ProjectName,
+        ns: &Namespace,
+        key: Arc<str>,
+        value: Box<[u8]>,
+        expires_at: u64,
+        version: u64,
+    ) {
+        let added = key.len() + value.len();
+        let entry = StoredEntry {
+            value,
+            expires_at,
+            version,
+        };
+        let replaced = match ns.entries.entry(key) {
+            MapEntry::Occupied(mut slot) => {
+                let old = slot.get().expires_at;
+                self.account(ns, -1, slot.key().len() + slot.get().value.len(), false);
+                if old != expires_at {
+                    let mut index = self.expiry.shard_for(project, slot.key());
+                    if old != 0 {
+                        index.remove(&ExpiryRecord::new(old, project, slot.key()));
+                    }
+                    if expires_at != 0 {
+                        index.insert(ExpiryRecord::new(expires_at, project, slot.key()));
+                    }
+                }
+                slot.insert(entry);
+                true
+            }
+            MapEntry::Vacant(slot) => {
+                if expires_at != 0 {
+                    self.expiry
+                        .shard_for(project, slot.key())
+                        .insert(ExpiryRecord::new(expires_at, project, slot.key()));
+                }
+                // Lock order: map shard, then the order index (readers of
+                // the index never wait for a shard while holding it).
+                self.change_order(ns, OrderChange::Insert(Arc::clone(slot.key())));
+                slot.insert(entry);
+                false
+            }
+        };
+        self.account(ns, 1, added, !replaced);
+    }
+
+    /// Counts an entry of `bytes` in (`sign` 1) or out (-1) of the totals;
+    /// the key count moves only when `count_key` (a replaced value keeps its
+    /// key).
+    pub(super) fn account(&self, ns: &Namespace, sign: i64, bytes: usize, count_key: bool) {
+        // Two's-complement wrapping adds subtract when the delta is negative.
+        let bytes = (sign * bytes as i64) as u64;
+        self.data_bytes.fetch_add(bytes, Ordering::Relaxed);
+        ns.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if count_key {
+            ns.keys.fetch_add(sign as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn apply_delete(
+        &self,
+        project: &ProjectName,
+        ns: &Namespace,
+        key: &str,
+        now: u64,
+    ) -> bool {
+        let mut live = false;
+        // The predicate runs under the shard's write lock: the index is
+        // updated there so no concurrent set of the key can slip between.
+        ns.entries.remove_if(key, |key, entry| {
+            live = entry.is_live(now);
+            self.expiry.forget(project, key, entry.expires_at);
+            self.account(ns, -1, key.len() + entry.value.len(), true);
+            self.change_order(ns, OrderChange::Remove(Arc::clone(key)));
+            true
+        });
+        live
+    }
+
+    pub(super) fn apply_clear(&self, project: &ProjectName, ns: &Namespace, now: u64) -> u64 {
+        let mut live = 0;
+        // retain write-locks one shard at a time; other readers go on
+        // meanwhile.
+        ns.entries.retain(|key, entry| {
+            live += u64::from(entry.is_live(now));
+            self.expiry.forget(project, key, entry.expires_at);
+            self.account(ns, -1, key.len() + entry.value.len(), true);
+            false
+        });
+        self.change_order(ns, OrderChange::Clear);
+        live
+    }
+}

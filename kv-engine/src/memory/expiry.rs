@@ -1,0 +1,155 @@
+//! The expiry index (deadlines in order) and the task that reclaims
+//! expired entries.
+
+use super::*;
+
+/// Number of independently locked parts of the expiry index.
+pub(super) const EXPIRY_SHARDS: usize = 16;
+
+/// A deadline that has come: expire `key` if it still carries it.
+#[derive(Debug, Clone)]
+pub(crate) struct Due {
+    pub(crate) project: ProjectName,
+    pub(crate) key: Arc<str>,
+    pub(crate) at: u64,
+}
+
+/// `(deadline, project, key)` records in deadline order, split into shards
+/// by key so writers to different keys rarely share a lock.
+///
+/// Lock order: a map shard, then an index shard. The purge takes index
+/// shards alone and releases them before touching a map.
+pub(super) struct ExpiryIndex {
+    pub(super) shards: Box<[Mutex<BTreeSet<ExpiryRecord>>]>,
+    pub(super) hasher: MapHasher,
+}
+
+impl ExpiryIndex {
+    pub(super) fn new() -> Self {
+        Self {
+            shards: (0..EXPIRY_SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    pub(super) fn shard_for(
+        &self,
+        project: &ProjectName,
+        key: &str,
+    ) -> MutexGuard<'_, BTreeSet<ExpiryRecord>> {
+        let mut h = self.hasher.build_hasher();
+        project.hash(&mut h);
+        key.hash(&mut h);
+        let i = (h.finish() % self.shards.len() as u64) as usize;
+        lock(&self.shards[i])
+    }
+
+    /// Drops the record of an entry that is going away.
+    pub(super) fn forget(&self, project: &ProjectName, key: &str, at: u64) {
+        if at != 0 {
+            self.shard_for(project, key)
+                .remove(&ExpiryRecord::new(at, project, key));
+        }
+    }
+
+    /// Removes and returns up to `limit` records due at `now`, earliest
+    /// first within each shard.
+    pub(super) fn take_due(&self, now: u64, limit: usize) -> Vec<ExpiryRecord> {
+        let mut due = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            while due.len() < limit && shard.first().is_some_and(|r| r.at <= now) {
+                due.extend(shard.pop_first());
+            }
+        }
+        due
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct ExpiryRecord {
+    pub(super) at: u64,
+    pub(super) project: ProjectName,
+    pub(super) key: Arc<str>,
+}
+
+impl ExpiryRecord {
+    pub(super) fn new(at: u64, project: &ProjectName, key: &str) -> Self {
+        Self {
+            at,
+            project: project.clone(),
+            key: key.into(),
+        }
+    }
+}
+
+/// Records popped from the expiry index per purge step; between steps the
+/// task yields so a mass expiry never monopolises a worker thread.
+pub(super) const PURGE_BATCH: usize = 1024;
+
+/// The background task that reclaims expired entries.
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use kv_engine::memory::{ExpiryTask, MemoryStore};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let task = ExpiryTask::spawn(Arc::new(MemoryStore::new()), Duration::from_millis(100));
+/// task.stop().await;
+/// # });
+/// ```
+pub struct ExpiryTask {
+    pub(super) stop: tokio::sync::oneshot::Sender<()>,
+    pub(super) handle: tokio::task::JoinHandle<()>,
+}
+
+impl ExpiryTask {
+    /// Starts expiring `store`'s due entries every `interval` on the
+    /// current runtime.
+    pub fn spawn<B: Backend>(store: Arc<B>, interval: std::time::Duration) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                while store.expire_due(PURGE_BATCH).await == PURGE_BATCH {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops the task and waits for it to finish.
+    pub async fn stop(self) {
+        // The task may already be gone (runtime shutting down); either way
+        // there is nothing left to stop.
+        let _ = self.stop.send(());
+        let _ = self.handle.await;
+    }
+}
+
+impl MemoryStore {
+    /// Takes up to `limit` due deadlines out of the expiry index. Each must
+    /// then be expired through the store's writer (or dropped when the
+    /// entry changed meanwhile).
+    pub(crate) fn take_due(&self, limit: usize) -> Vec<Due> {
+        self.expiry
+            .take_due(self.clock.now_ms(), limit)
+            .into_iter()
+            .map(|r| Due {
+                project: r.project,
+                key: r.key,
+                at: r.at,
+            })
+            .collect()
+    }
+}

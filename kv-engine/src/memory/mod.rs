@@ -1,0 +1,533 @@
+//! The in-memory engine: one `DashMap` per project, TTLs, active expiry.
+//!
+//! # Layout
+//!
+//! `projects` maps a project name to its namespace, a sharded `DashMap`
+//! from key to entry. Reads take one shard read lock of one project; projects
+//! never share a map, so one tenant's hot keys do not contend with another's.
+//!
+//! An entry stores its value as canonical encoded `google.protobuf.Value`
+//! bytes and its deadline as absolute unix milliseconds (0 = never). Every
+//! read compares the deadline with the clock, so an expired key is invisible
+//! at once. Memory is reclaimed by [`MemoryStore::purge_expired`], run by the
+//! server's expiry task: an expiry index orders `(deadline, project, key)`
+//! so each run touches only what is due, never a whole project.
+//!
+//! The index is kept exact under the map's shard lock: every write that adds
+//! or drops a deadline updates the index while it still holds the key's
+//! shard. Keys without a TTL never touch the index.
+//!
+//! Beside the map, each namespace keeps its keys in a `BTreeSet` for
+//! ordered listing (sharing the key allocation with the map), its version
+//! counter, the outcomes of recent request ids, and its change history
+//! ([`super::watch`]). All writes are applied by one thread at a time (the
+//! log writer, or the store's write lock when used alone), so these
+//! structures are only ever changed by one writer.
+//!
+//! A transaction touching several keys is applied under the namespace's
+//! `consistency` write lock; multi-key reads (GetMany, List) take it for
+//! reading, so they never see a transaction half applied.
+//!
+//! After a recovery the ordered indexes are built on a background thread
+//! (`OrderBuild` (in `order`)): sorting a million keys takes most of a second, and
+//! only List needs the order. Until a project's index is installed, the
+//! writes that change its key set queue their change beside it, the
+//! builder replays the queue onto the tree it built, and a List of that
+//! project waits for the install. Gets and writes never wait for it.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    hash::{BuildHasher, Hash, Hasher},
+    ops::Bound,
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
+
+use super::{
+    Applied, Backend, Clock, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
+    SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
+    watch::{Budget, Event, EventKind, Hub, Subscription},
+};
+use crate::project::ProjectName;
+
+mod alone;
+mod apply;
+mod expiry;
+mod order;
+mod read;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use expiry::Due;
+pub use expiry::ExpiryTask;
+use expiry::{ExpiryIndex, ExpiryRecord};
+use order::{Built, OrderChange, OrderIndex, Pending};
+pub(crate) use requests::Remembered;
+use requests::RequestTable;
+
+/// The hasher of every map here. SipHash (std's) dominated profiles of
+/// replay and writes; aHash is several times faster on short keys and,
+/// seeded at random per process, still resists hash flooding by tenants
+/// who choose their keys.
+type MapHasher = ahash::RandomState;
+
+/// Project names with a version each (retired names with their last
+/// version, live ones with their incarnation).
+pub(crate) type Numbering = Vec<(ProjectName, u64)>;
+
+/// The embedded in-memory store. Used alone it keeps nothing across
+/// restarts and enforces no quotas (the durable store's log writer does);
+/// the product runs it behind [`crate::log::DurableStore`].
+///
+/// ```
+/// use kv_engine::{memory::MemoryStore, Mutation, Applied};
+/// use kv_engine::project::ProjectName;
+///
+/// let store = MemoryStore::new();
+/// let p = ProjectName::parse("p").unwrap();
+/// let set = Mutation::Set { key: "k".into(), value: b"\x20\x01".to_vec().into(), expires_at: None };
+/// assert_eq!(store.apply(&p, set), Applied { removed: 0 });
+/// assert!(store.get_now(&p, "k").is_some());
+/// ```
+pub struct MemoryStore {
+    projects: DashMap<ProjectName, Arc<Namespace>, MapHasher>,
+    expiry: ExpiryIndex,
+    clock: Arc<dyn Clock>,
+    /// Bytes of keys and values held, expired-but-unreclaimed included.
+    data_bytes: AtomicU64,
+    settings: Settings,
+    /// What all projects' change histories hold together.
+    history: Budget,
+    /// While a recovery loads, the ordered key indexes are not kept up to
+    /// date key by key; each namespace gathers its keys unordered, to be
+    /// sorted once by an `OrderBuild`.
+    loading: AtomicBool,
+    /// Serialises writes when the store is used alone (the durable store's
+    /// writer thread is the only writer and does not take it).
+    write_lock: Mutex<()>,
+    /// Deleted project names and the newest version each used: the next
+    /// project of the name numbers its versions above it. Lock order: this,
+    /// then a `projects` shard (creation and deletion both take it first,
+    /// so a name is never half deleted for a concurrent creator).
+    retired: Mutex<HashMap<ProjectName, u64, MapHasher>>,
+}
+
+/// One project's keys.
+struct Namespace {
+    entries: DashMap<Arc<str>, StoredEntry, MapHasher>,
+    /// The same keys in byte order, for listing.
+    order: RwLock<OrderIndex>,
+    /// Set once `order` is ready; Lists wait for it.
+    built: Built,
+    /// Entries held (expired-but-unreclaimed included).
+    keys: AtomicU64,
+    /// Bytes of their keys and values.
+    bytes: AtomicU64,
+    /// The newest version applied.
+    version: AtomicU64,
+    /// Held for writing while a multi-key transaction applies.
+    consistency: RwLock<()>,
+    requests: Mutex<RequestTable>,
+    hub: Arc<Hub>,
+    /// The version this incarnation's numbering starts after (0 for the
+    /// first project of a name). Fixed for the namespace's life: a deleted
+    /// project's name gets a new namespace, never this one again.
+    incarnation: u64,
+    /// Set when the project is deleted: walks that collected this
+    /// namespace before (snapshots) skip it.
+    deleted: AtomicBool,
+}
+
+impl Namespace {
+    /// A namespace created during a recovery gathers its keys for an
+    /// `OrderBuild`; any other starts with an empty, ready index.
+    fn new(loading: bool, incarnation: u64) -> Self {
+        let order = if loading {
+            OrderIndex::Building(Pending::default())
+        } else {
+            OrderIndex::Ready(BTreeSet::new())
+        };
+        Self {
+            entries: DashMap::default(),
+            order: RwLock::new(order),
+            built: Built::new(!loading),
+            keys: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            version: AtomicU64::new(incarnation),
+            consistency: RwLock::new(()),
+            requests: Mutex::default(),
+            hub: Arc::new(Hub::new(incarnation)),
+            incarnation,
+            deleted: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What one project holds: the figures its quotas are checked against.
+/// Expired entries count until the expiry task reclaims them (within about
+/// one expiry interval).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys held.
+    pub keys: u64,
+    /// Bytes of keys plus encoded values.
+    pub bytes: u64,
+}
+
+struct StoredEntry {
+    value: Box<[u8]>,
+    /// Unix ms; 0 means no deadline (a real deadline is always > 0).
+    expires_at: u64,
+    version: u64,
+}
+
+impl StoredEntry {
+    fn is_live(&self, now: u64) -> bool {
+        self.expires_at == 0 || self.expires_at > now
+    }
+}
+
+/// An entry as the transaction evaluator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) expires_at: u64,
+    pub(crate) version: u64,
+    /// Key plus value bytes.
+    pub(crate) size: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store reading time from `clock`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{memory::MemoryStore, ManualClock};
+    /// let store = MemoryStore::with_clock(Arc::new(ManualClock::new(1)));
+    /// assert_eq!(store.stored_entries(), 0);
+    /// ```
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::with_settings(clock, Settings::default())
+    }
+
+    /// An empty store reading time from `clock`, tuned by `settings`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{memory::MemoryStore, Settings, SystemClock};
+    /// let settings = Settings { watch_history_events: 100, ..Settings::default() };
+    /// let store = MemoryStore::with_settings(Arc::new(SystemClock), settings);
+    /// assert_eq!(store.settings().watch_history_events, 100);
+    /// ```
+    pub fn with_settings(clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Self {
+            projects: DashMap::default(),
+            expiry: ExpiryIndex::new(),
+            clock,
+            data_bytes: AtomicU64::new(0),
+            settings,
+            history: Budget::new(),
+            loading: AtomicBool::new(false),
+            write_lock: Mutex::new(()),
+            retired: Mutex::default(),
+        }
+    }
+
+    /// The tunables this store runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The clock deadlines are measured against.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn namespace(&self, project: &ProjectName) -> Option<Arc<Namespace>> {
+        // Clone the Arc so no projects-map guard outlives this call.
+        self.projects.get(project).map(|ns| Arc::clone(&ns))
+    }
+
+    fn namespace_or_create(&self, project: &ProjectName) -> Arc<Namespace> {
+        if let Some(ns) = self.namespace(project) {
+            return ns;
+        }
+        let mut retired = lock(&self.retired);
+        Arc::clone(&self.projects.entry(project.clone()).or_insert_with(|| {
+            // A name used before continues its numbering above the deleted
+            // project's (see `incarnation`).
+            let base = retired.remove(project).map_or(0, |last| last + 1);
+            Arc::new(Namespace::new(self.loading(), base))
+        }))
+    }
+
+    /// The incarnation of `project`: its namespace's, or the one a
+    /// namespace created now would get.
+    ///
+    /// ```
+    /// use kv_engine::{memory::MemoryStore, Mutation};
+    /// use kv_engine::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// assert_eq!(store.incarnation(&p), 0);
+    /// store.apply(&p, Mutation::Set { key: "k".into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// store.delete_project(&p);
+    /// assert!(store.incarnation(&p) > 1);
+    /// ```
+    pub fn incarnation(&self, project: &ProjectName) -> u64 {
+        // Read under the shard guard, without cloning the namespace's Arc:
+        // every call asks this, and a shared count bounced between cores
+        // costs more than the lookup.
+        if let Some(ns) = self.projects.get(project) {
+            return ns.incarnation;
+        }
+        let retired = lock(&self.retired);
+        // Asked again under the lock: a creation may have consumed the
+        // tombstone since the first look.
+        if let Some(ns) = self.projects.get(project) {
+            return ns.incarnation;
+        }
+        retired.get(project).map_or(0, |last| last + 1)
+    }
+
+    /// Whether `project` has a namespace (it was written, watched or
+    /// created with a non-zero incarnation).
+    pub(crate) fn has_namespace(&self, project: &ProjectName) -> bool {
+        self.projects.contains_key(project)
+    }
+
+    /// Deleted names and the newest version each used, and the
+    /// incarnations of the namespaces now held (non-zero ones), as of one
+    /// moment, for snapshots.
+    pub(crate) fn incarnations(&self) -> (Numbering, Numbering) {
+        let retired = lock(&self.retired);
+        let live = self
+            .projects
+            .iter()
+            .filter(|ns| ns.incarnation != 0)
+            .map(|ns| (ns.key().clone(), ns.incarnation))
+            .collect();
+        let gone = retired.iter().map(|(p, v)| (p.clone(), *v)).collect();
+        (gone, live)
+    }
+
+    /// Records that `project` was deleted after using versions up to
+    /// `last` (loading a snapshot).
+    pub(crate) fn restore_retired(&self, project: &ProjectName, last: u64) {
+        let mut retired = lock(&self.retired);
+        let entry = retired.entry(project.clone()).or_insert(last);
+        *entry = (*entry).max(last);
+    }
+
+    /// The newest version of `project` (its incarnation before its first
+    /// change).
+    pub fn version(&self, project: &ProjectName) -> u64 {
+        match self.namespace(project) {
+            Some(ns) => ns.version.load(Ordering::Acquire),
+            None => self.incarnation(project),
+        }
+    }
+
+    /// Subscribes to `project`'s changes.
+    ///
+    /// # Errors
+    ///
+    /// [`WatchError`] when `from_version` is outside the retained history.
+    pub fn subscribe(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> Result<Subscription, WatchError> {
+        let ns = self.namespace_or_create(project);
+        ns.hub.subscribe(target, from_version, ns.incarnation)
+    }
+
+    /// The state of `key` for the transaction evaluator: dead entries
+    /// included (they still occupy space until reclaimed).
+    pub(crate) fn meta(&self, project: &ProjectName, key: &str) -> Option<Meta> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some(Meta {
+            expires_at: entry.expires_at,
+            version: entry.version,
+            size: (key.len() + entry.value.len()) as u64,
+        })
+    }
+
+    /// The stored bytes of `key`, live or not.
+    pub(crate) fn value(&self, project: &ProjectName, key: &str) -> Option<Bytes> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some(Bytes::copy_from_slice(&entry.value))
+    }
+
+    /// Live keys of `project` at `now`.
+    pub(crate) fn live_count(&self, project: &ProjectName, now: u64) -> u64 {
+        self.namespace(project).map_or(0, |ns| {
+            ns.entries.iter().filter(|e| e.is_live(now)).count() as u64
+        })
+    }
+
+    /// Every project's version counter (snapshots record them so versions
+    /// never go back, even for projects whose keys are all gone).
+    pub(crate) fn versions(&self) -> Vec<(ProjectName, u64)> {
+        self.live_namespaces()
+            .map(|(p, ns)| (p, ns.version.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Raises `project`'s version counter to at least `version`.
+    pub(crate) fn restore_version(&self, project: &ProjectName, version: u64) {
+        let ns = self.namespace_or_create(project);
+        ns.version.fetch_max(version, Ordering::AcqRel);
+        ns.hub.advance_to(version, &self.history);
+    }
+
+    fn namespaces(&self) -> Vec<(ProjectName, Arc<Namespace>)> {
+        // Collected first so no guard on the projects map is held while
+        // walking one.
+        self.projects
+            .iter()
+            .map(|ns| (ns.key().clone(), Arc::clone(ns.value())))
+            .collect()
+    }
+
+    /// [`Self::namespaces`] less those deleted since they were collected:
+    /// a snapshot started after a deletion writes nothing of the deleted
+    /// project, even if the deletion lands during its walk.
+    fn live_namespaces(&self) -> impl Iterator<Item = (ProjectName, Arc<Namespace>)> {
+        self.namespaces()
+            .into_iter()
+            .filter(|(_, ns)| !ns.deleted.load(Ordering::Acquire))
+    }
+
+    /// What `project` holds now.
+    ///
+    /// ```
+    /// use kv_engine::{memory::{MemoryStore, Usage}, Mutation};
+    /// use kv_engine::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// store.apply(&p, Mutation::Set { key: "ab".into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// assert_eq!(store.usage(&p), Usage { keys: 1, bytes: 4 });
+    /// ```
+    pub fn usage(&self, project: &ProjectName) -> Usage {
+        self.namespace(project)
+            .map_or_else(Usage::default, |ns| Usage {
+                keys: ns.keys.load(Ordering::Relaxed),
+                bytes: ns.bytes.load(Ordering::Relaxed),
+            })
+    }
+
+    /// Bytes (key plus value) `key` occupies in `project`, if held (expired
+    /// or not: it counts in the usage until reclaimed).
+    pub fn stored_size(&self, project: &ProjectName, key: &str) -> Option<u64> {
+        let ns = self.namespace(project)?;
+        let entry = ns.entries.get(key)?;
+        Some((key.len() + entry.value.len()) as u64)
+    }
+
+    /// The absolute deadline (unix ms) of a TTL starting now.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::DeadlineOverflow`] when the deadline would not fit.
+    pub fn deadline(&self, ttl_ms: Option<u64>) -> Result<Option<u64>, EngineError> {
+        ttl_ms
+            .map(|ttl_ms| {
+                self.clock
+                    .now_ms()
+                    .checked_add(ttl_ms)
+                    .ok_or(EngineError::DeadlineOverflow { ttl_ms })
+            })
+            .transpose()
+    }
+
+    /// Entries held in memory, expired-but-unreclaimed ones included.
+    pub fn stored_entries(&self) -> usize {
+        self.projects.iter().map(|ns| ns.entries.len()).sum()
+    }
+
+    /// Bytes of keys and values held in memory (expired-but-unreclaimed
+    /// entries included): the live data a log is compared against.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` with every live entry (project, key, encoded value,
+    /// deadline or 0, version) and returns how many there were.
+    ///
+    /// The walk is fuzzy: it holds one shard's read lock at a time, so
+    /// writes to other shards go on meanwhile, and an entry written during
+    /// the walk may or may not be seen. A log that replays everything after
+    /// the walk began over its output arrives at the exact state.
+    ///
+    /// # Errors
+    ///
+    /// The first error `f` returns, which stops the walk.
+    pub fn for_each_live<E>(
+        &self,
+        mut f: impl FnMut(&ProjectName, &str, &[u8], u64, u64) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let now = self.clock.now_ms();
+        let mut count = 0;
+        for (project, ns) in self.live_namespaces() {
+            for entry in ns.entries.iter() {
+                if ns.deleted.load(Ordering::Relaxed) {
+                    break;
+                }
+                if entry.is_live(now) {
+                    f(
+                        &project,
+                        entry.key(),
+                        &entry.value,
+                        entry.expires_at,
+                        entry.version,
+                    )?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Deadline records waiting in the expiry index.
+    pub fn pending_expiries(&self) -> usize {
+        self.expiry.len()
+    }
+}
+
+/// A std `Mutex` is right here: it is held only for short, non-async
+/// critical sections. A panic while holding it cannot leave the set half
+/// updated (BTreeSet operations are atomic from the outside), so poisoning is
+/// ignored rather than turned into a second panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// As [`lock`]: the guarded sets and tables are changed by single calls
+/// that leave them whole.
+fn read_lock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,135 @@
+//! Reads: single keys, multi-key reads and List pages, each as of one
+//! moment of its namespace.
+
+use super::*;
+
+impl MemoryStore {
+    /// The live value of `key` at the clock's current time.
+    pub fn get_now(&self, project: &ProjectName, key: &str) -> Option<Bytes> {
+        self.entry_now(project, key).map(|e| e.value)
+    }
+
+    /// The live entry under `key` at the clock's current time.
+    pub fn entry_now(&self, project: &ProjectName, key: &str) -> Option<Entry> {
+        let now = self.clock.now_ms();
+        let ns = self.namespace(project)?;
+        Self::read_entry(&ns, key, now, false)
+    }
+
+    pub(super) fn read_entry(
+        ns: &Namespace,
+        key: &str,
+        now: u64,
+        keys_only: bool,
+    ) -> Option<Entry> {
+        let entry = ns.entries.get(key)?;
+        entry.is_live(now).then(|| Entry {
+            value: if keys_only {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&entry.value)
+            },
+            version: entry.version,
+            expires_at: (entry.expires_at != 0).then_some(entry.expires_at),
+        })
+    }
+
+    /// The live entries under `keys`, as of one moment.
+    pub fn entries_now(&self, project: &ProjectName, keys: &[String]) -> Vec<Option<Entry>> {
+        let now = self.clock.now_ms();
+        let Some(ns) = self.namespace(project) else {
+            return vec![None; keys.len()];
+        };
+        let _consistent = read_lock(&ns.consistency);
+        keys.iter()
+            .map(|key| Self::read_entry(&ns, key, now, false))
+            .collect()
+    }
+
+    /// One page of live entries in byte order of key.
+    ///
+    /// ```
+    /// use kv_engine::{memory::MemoryStore, ListQuery, Mutation};
+    /// use kv_engine::project::ProjectName;
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// for key in ["b", "a", "c"] {
+    ///     store.apply(&p, Mutation::Set { key: key.into(), value: vec![0x20, 0x01].into(), expires_at: None });
+    /// }
+    /// let query = ListQuery { limit: 2, ..ListQuery::default() };
+    /// let page = store.list_now(&p, &query);
+    /// let keys: Vec<&str> = page.entries.iter().map(|(k, _)| &**k).collect();
+    /// assert_eq!((keys, page.more), (vec!["a", "b"], true));
+    /// ```
+    pub fn list_now(&self, project: &ProjectName, query: &ListQuery) -> ListPage {
+        let now = self.clock.now_ms();
+        let Some(ns) = self.namespace(project) else {
+            return ListPage {
+                version: self.incarnation(project),
+                ..ListPage::default()
+            };
+        };
+        let limit = query.limit.max(1);
+        // Before the consistency lock: the builder's install must not wait
+        // for this reader. Once ready, an index stays ready.
+        if !ns.built.is_set() {
+            ns.built.wait();
+        }
+        let _consistent = read_lock(&ns.consistency);
+        let version = ns.version.load(Ordering::Acquire);
+        let prefix = query.prefix.as_str();
+        let mut entries = Vec::new();
+        let mut after: Option<Arc<str>> = None;
+        let mut more = false;
+        'pages: loop {
+            // Collect candidates under the order lock, then read them with it
+            // released: the lock is never held while waiting for a map shard.
+            let candidates: Vec<Arc<str>> = {
+                let order = read_lock(&ns.order);
+                let OrderIndex::Ready(order) = &*order else {
+                    unreachable!("the index was built before the lock was taken")
+                };
+                let start = match &after {
+                    Some(key) => Bound::Excluded(&**key),
+                    None if query.start_after.as_str() >= prefix => {
+                        Bound::Excluded(query.start_after.as_str())
+                    }
+                    None => Bound::Included(prefix),
+                };
+                order
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .take_while(|key| key.starts_with(prefix))
+                    .take(limit + 1 - entries.len())
+                    .cloned()
+                    .collect()
+            };
+            let exhausted = candidates.len() < limit + 1 - entries.len();
+            for key in candidates {
+                if let Some(entry) = Self::read_entry(&ns, &key, now, query.keys_only) {
+                    if entries.len() == limit {
+                        more = true;
+                        break 'pages;
+                    }
+                    entries.push((Arc::clone(&key), entry));
+                }
+                after = Some(key);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        ListPage {
+            entries,
+            more,
+            version,
+        }
+    }
+
+    /// Whether `key` is live at the clock's current time.
+    pub fn has_now(&self, project: &ProjectName, key: &str) -> bool {
+        let now = self.clock.now_ms();
+        self.namespace(project)
+            .and_then(|ns| ns.entries.get(key).map(|e| e.is_live(now)))
+            .unwrap_or(false)
+    }
+}

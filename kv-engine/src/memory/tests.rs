@@ -1,0 +1,287 @@
+//! The ordered index built after a recovery: whatever writes (inserts,
+//! deletes, expiries, clears) run before, during and after the build,
+//! the installed index holds exactly the map's keys, and a List waiting
+//! for it shows exactly the project's keys at the page's version.
+
+use super::{order::OrderBuild, *};
+use crate::ManualClock;
+
+fn project() -> ProjectName {
+    ProjectName::parse("p").unwrap()
+}
+
+fn set(store: &MemoryStore, key: &str, expires_at: Option<u64>) {
+    let value = vec![0x20, 0x01].into_boxed_slice();
+    let key = key.into();
+    store.apply(
+        &project(),
+        Mutation::Set {
+            key,
+            value,
+            expires_at,
+        },
+    );
+}
+
+fn remove(store: &MemoryStore, key: &str, expire: bool) {
+    let key = key.into();
+    let mutation = if expire {
+        Mutation::Expire { key }
+    } else {
+        Mutation::Delete { key }
+    };
+    store.apply(&project(), mutation);
+}
+
+fn ns(store: &MemoryStore) -> Arc<Namespace> {
+    store.namespace(&project()).unwrap()
+}
+
+/// The installed index and the map's keys, both in byte order.
+fn index_and_map(store: &MemoryStore) -> (Vec<String>, Vec<String>) {
+    let ns = ns(store);
+    let index = match &*read_lock(&ns.order) {
+        OrderIndex::Ready(tree) => tree.iter().map(|k| k.to_string()).collect(),
+        OrderIndex::Building(_) => panic!("index not installed"),
+    };
+    let mut map: Vec<String> = ns.entries.iter().map(|e| e.key().to_string()).collect();
+    map.sort_unstable();
+    (index, map)
+}
+
+fn listed(store: &MemoryStore) -> ListPage {
+    let query = ListQuery {
+        limit: 10_000_000,
+        keys_only: true,
+        ..ListQuery::default()
+    };
+    store.list_now(&project(), &query)
+}
+
+/// xorshift64*: deterministic, seed printed by the caller.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Random writes over a key space larger than an inline build: sets
+/// (some with deadlines), deletes, expiries through the purge, and
+/// now and then a clear.
+fn random_writes(store: &MemoryStore, clock: &ManualClock, rng: &mut Rng, n: usize) {
+    for _ in 0..n {
+        let key = format!("k{:06}", rng.below(12_000));
+        match rng.below(10_000) {
+            0 => {
+                store.apply(&project(), Mutation::Clear);
+            }
+            1..=5_499 => set(store, &key, None),
+            5_500..=6_999 => set(store, &key, Some(clock.now_ms() + 1 + rng.below(5))),
+            7_000..=8_999 => remove(store, &key, false),
+            9_000..=9_899 => {
+                // A recovery turns sets already due into expiries; after
+                // it, the purge expires what fell due.
+                if store.loading() {
+                    remove(store, &key, true);
+                } else {
+                    clock.advance(1);
+                    store.purge_expired(64);
+                }
+            }
+            _ => clock.advance(1),
+        }
+    }
+}
+
+#[test]
+fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
+    for seed in 1..=8u64 {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        store.begin_load();
+        random_writes(&store, &clock, &mut rng, 20_000);
+        // Enough keys added since the load's last clear for a build in
+        // the background.
+        for i in 0..8_000 {
+            set(&store, &format!("k{:06}", i), None);
+        }
+        let build = store.end_load();
+        assert!(!build.is_empty(), "seed {seed}: the build was inlined");
+        // Before the builder gathers the load's keys, between that and
+        // the install, and after it.
+        random_writes(&store, &clock, &mut rng, 5_000);
+        let (_, ns) = &build.namespaces[0];
+        let tree = OrderBuild::sorted(ns);
+        random_writes(&store, &clock, &mut rng, 5_000);
+        assert!(!ns.built.is_set());
+        OrderBuild::install(ns, tree);
+        assert!(ns.built.is_set());
+        let (index, map) = index_and_map(&store);
+        assert_eq!(index, map, "seed {seed}");
+        random_writes(&store, &clock, &mut rng, 5_000);
+        let (index, map) = index_and_map(&store);
+        assert_eq!(index, map, "seed {seed}");
+        let now = clock.now_ms();
+        let live: Vec<String> = ns
+            .entries
+            .iter()
+            .filter(|e| e.is_live(now))
+            .map(|e| e.key().to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let page: Vec<String> = listed(&store)
+            .entries
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(page, live, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_load_cleared_or_small_needs_no_background_build() {
+    let store = MemoryStore::new();
+    store.begin_load();
+    for i in 0..10_000 {
+        set(&store, &format!("k{i:06}"), None);
+    }
+    store.apply(&project(), Mutation::Clear);
+    set(&store, "b", None);
+    set(&store, "a", None);
+    remove(&store, "b", false);
+    let build = store.end_load();
+    assert!(build.is_empty());
+    let (index, map) = index_and_map(&store);
+    assert_eq!((index, map), (vec!["a".to_string()], vec!["a".to_string()]));
+}
+
+#[test]
+fn many_mid_sized_projects_are_not_all_built_before_the_open_returns() {
+    let store = MemoryStore::new();
+    store.begin_load();
+    for name in ["a", "b", "c"] {
+        let project = ProjectName::parse(name).unwrap();
+        for i in 0..3_000 {
+            let key = format!("k{i:05}").into();
+            let value = vec![0x20, 0x01].into_boxed_slice();
+            let expires_at = None;
+            store.apply(
+                &project,
+                Mutation::Set {
+                    key,
+                    value,
+                    expires_at,
+                },
+            );
+        }
+    }
+    let build = store.end_load();
+    assert_eq!(build.keys(), 6_000);
+    build.run();
+    for name in ["a", "b", "c"] {
+        let project = ProjectName::parse(name).unwrap();
+        let query = ListQuery {
+            limit: 10_000,
+            ..ListQuery::default()
+        };
+        assert_eq!(store.list_now(&project, &query).entries.len(), 3_000);
+    }
+}
+
+/// A List started right after the load, while writes go on and the
+/// builder runs on its own thread: every page it returns is exactly the
+/// project's keys at the page's version.
+#[test]
+fn lists_during_the_build_wait_and_see_exactly_the_keys_of_their_version() {
+    const LOADED: usize = 200_000;
+    let store = Arc::new(MemoryStore::new());
+    store.begin_load();
+    for i in 0..LOADED {
+        set(&store, &format!("k{:07}", i * 2), None);
+    }
+    let build = store.end_load();
+    assert_eq!(build.keys(), LOADED);
+    let loaded_version = store.version(&project());
+
+    // What each version changed, to rebuild the key set a page shows.
+    enum Op {
+        Insert(String),
+        Remove(String),
+        Clear,
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let lister = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut pages = Vec::new();
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let page = listed(&store);
+                assert!(!page.more);
+                let keys: Vec<String> = page.entries.iter().map(|(k, _)| k.to_string()).collect();
+                pages.push((page.version, keys));
+                if finished {
+                    return pages;
+                }
+            }
+        })
+    };
+    let builder = std::thread::spawn(move || build.run());
+    let mut ops = Vec::new();
+    let mut rng = Rng(0x5eed);
+    for round in 0..20_000u64 {
+        let key = format!("k{:07}", rng.below(LOADED as u64 * 2));
+        let op = match rng.below(10) {
+            0..=4 => {
+                set(&store, &key, None);
+                Op::Insert(key)
+            }
+            5..=7 => {
+                remove(&store, &key, false);
+                Op::Remove(key)
+            }
+            _ => {
+                remove(&store, &key, true);
+                Op::Remove(key)
+            }
+        };
+        ops.push((store.version(&project()), op));
+        if round == 15_000 {
+            store.apply(&project(), Mutation::Clear);
+            ops.push((store.version(&project()), Op::Clear));
+        }
+    }
+    done.store(true, Ordering::Release);
+    builder.join().unwrap();
+    let pages = lister.join().unwrap();
+    let (index, map) = index_and_map(&store);
+    assert_eq!(index, map);
+
+    let mut model: BTreeSet<String> = (0..LOADED).map(|i| format!("k{:07}", i * 2)).collect();
+    let mut applied = ops.iter().peekable();
+    let mut at = loaded_version;
+    for (version, keys) in &pages {
+        assert!(*version >= at, "pages go forward");
+        while let Some((_, op)) = applied.next_if(|(v, _)| v <= version) {
+            match op {
+                Op::Insert(key) => {
+                    model.insert(key.clone());
+                }
+                Op::Remove(key) => {
+                    model.remove(key);
+                }
+                Op::Clear => model.clear(),
+            }
+        }
+        at = *version;
+        assert!(keys.iter().eq(model.iter()), "page at version {version}");
+    }
+    assert!(pages.len() >= 2);
+}
