@@ -26,9 +26,9 @@ use criterion::{
 };
 use kv_engine::{
     Backend, Clock, ListQuery, ManualClock, Mutation, Op, SystemClock, Ttl, Txn,
-    log::{DurableStore, FsyncPolicy, LogOptions},
     memory::MemoryStore,
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions},
 };
 use prost::Message;
 use prost_types::{Value, value::Kind};

@@ -31,11 +31,11 @@ use crate::project::ProjectName;
 
 pub mod catalog;
 pub mod jsonops;
-pub mod log;
 pub mod memory;
 pub mod project;
 mod txn;
 pub mod value;
+pub mod wal;
 pub mod watch;
 
 /// Largest value limit any configuration may set (1 GiB); gRPC frames carry

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use kv_engine::{
     Backend, Clock, ManualClock,
-    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions},
 };
 use proptest::prelude::*;
 

@@ -13,8 +13,8 @@ use std::{
 
 use kv_engine::{
     Backend, ListQuery, SystemClock,
-    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions},
 };
 
 const KEYS: u64 = 100_000;

@@ -10,8 +10,8 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kv_engine::{
     Backend, SystemClock,
-    log::{DurableStore, FsyncPolicy, LogOptions},
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions},
 };
 use kv_server::config::Config;
 use prost::Message;

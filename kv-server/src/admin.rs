@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status};
 use kv_engine::{
     EngineError, Quota,
     catalog::TokenMeta,
-    log::{AdminChange, DurableStore},
     project::ProjectName,
+    wal::{AdminChange, DurableStore},
 };
 
 use crate::{

@@ -12,7 +12,7 @@ use clap::Parser;
 use crate::auth::AdminToken;
 use kv_engine::{
     Quota, Settings,
-    log::{FsyncPolicy, LogOptions},
+    wal::{FsyncPolicy, LogOptions},
 };
 
 /// Default listen address: loopback only, so a fresh install is not exposed.

@@ -12,8 +12,8 @@ use tonic_health::ServingStatus;
 
 use kv_engine::{
     Backend, Clock, SystemClock,
-    log::{DurableStore, OpenError},
     memory::{ExpiryTask, MemoryStore},
+    wal::{DurableStore, OpenError},
 };
 
 use crate::{

@@ -11,8 +11,8 @@ use std::{
 
 use kv_engine::{
     Backend, ManualClock,
-    log::{DurableStore, FsyncPolicy, LogOptions, OpenError},
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions, OpenError},
 };
 use kv_server::config::Config;
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
@@ -421,7 +421,7 @@ async fn writes_after_close_fail_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_survives_snapshots() {
-    use kv_engine::{Quota, log::AdminChange};
+    use kv_engine::{Quota, wal::AdminChange};
     use kv_server::auth::new_token;
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
@@ -534,7 +534,7 @@ fn dir_holds(dir: &Path, marker: &str) -> bool {
 /// values off the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
-    use kv_engine::{Quota, Txn, log::AdminChange};
+    use kv_engine::{Quota, Txn, wal::AdminChange};
     use kv_server::auth::new_token;
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
@@ -667,7 +667,7 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
 /// concurrent deletes exactly one reports the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_and_deletes_of_one_name_succeed_once() {
-    use kv_engine::{Quota, log::AdminChange};
+    use kv_engine::{Quota, wal::AdminChange};
     let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(dir.path(), &clock).unwrap());

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use kv_client::Code;
-use kv_engine::{ManualClock, Quota, log::LogOptions, memory::Usage, project::ProjectName};
+use kv_engine::{ManualClock, Quota, memory::Usage, project::ProjectName, wal::LogOptions};
 use kv_server::config::Config;
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
 

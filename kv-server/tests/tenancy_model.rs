@@ -19,7 +19,7 @@ use std::{
 
 use kv_engine::{
     ManualClock,
-    log::{FsyncPolicy, LogOptions},
+    wal::{FsyncPolicy, LogOptions},
 };
 use kv_proto::v1::{
     self as pb, admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient,

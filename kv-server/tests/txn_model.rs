@@ -38,9 +38,9 @@ use kv_engine::{
     Backend, Check, Clock, EngineError, Entry, ListPage, ListQuery, ManualClock, Op, OpOutcome,
     RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
     jsonops::NumberError,
-    log::{DurableStore, FsyncPolicy, LogOptions},
     memory::{MemoryStore, Usage},
     project::ProjectName,
+    wal::{DurableStore, FsyncPolicy, LogOptions},
     watch::{Event, EventKind, Subscription},
 };
 use kv_server::config::MAX_VALUE_LIMIT;

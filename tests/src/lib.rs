@@ -29,7 +29,7 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use kv_engine::{ManualClock, log::DurableStore, memory::MemoryStore};
+use kv_engine::{ManualClock, memory::MemoryStore, wal::DurableStore};
 use kv_proto::v1::kv_service_client::KvServiceClient;
 use kv_server::{config::Config, server::ServeError};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};

@@ -83,7 +83,7 @@ pub(crate) type Numbering = Vec<(ProjectName, u64)>;
 
 /// The embedded in-memory store. Used alone it keeps nothing across
 /// restarts and enforces no quotas (the durable store's log writer does);
-/// the product runs it behind [`crate::log::DurableStore`].
+/// the product runs it behind [`crate::wal::DurableStore`].
 ///
 /// ```
 /// use kv_engine::{memory::MemoryStore, Mutation, Applied};

@@ -83,7 +83,7 @@ impl FromStr for FsyncPolicy {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use kv_engine::log::FsyncPolicy;
+    /// use kv_engine::wal::FsyncPolicy;
     /// assert_eq!("interval:50".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(50))));
     /// assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
     /// assert!("sometimes".parse::<FsyncPolicy>().is_err());
@@ -251,7 +251,7 @@ struct Submission {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use kv_engine::{Backend, SystemClock, log::{DurableStore, LogOptions}};
+/// use kv_engine::{Backend, SystemClock, wal::{DurableStore, LogOptions}};
 /// use kv_engine::project::ProjectName;
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -294,7 +294,7 @@ impl DurableStore {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_engine::{Quota, SystemClock, log::{AdminChange, DurableStore, LogOptions}};
+    /// use kv_engine::{Quota, SystemClock, wal::{AdminChange, DurableStore, LogOptions}};
     /// use kv_engine::project::ProjectName;
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let dir = tempfile::tempdir().unwrap();
