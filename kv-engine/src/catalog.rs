@@ -6,7 +6,7 @@ use std::{
     sync::RwLock,
 };
 
-use super::Quota;
+use super::{Applied, Quota, memory::MemoryStore};
 use crate::project::ProjectName;
 
 /// A project access token as stored: never the secret, only its SHA-256.
@@ -198,4 +198,19 @@ impl Catalog {
         changes.extend(self.tokens(None).into_iter().map(CatalogChange::PutToken));
         changes
     }
+}
+
+/// Applies a logged catalog change to memory and catalog (the log writer
+/// and replay both come here, so they cannot disagree).
+pub(crate) fn apply_logged(mem: &MemoryStore, catalog: &Catalog, change: CatalogChange) -> Applied {
+    // The data goes first: the catalog change wakes open streams, which
+    // must then find the project gone, not merely their token.
+    let applied = match &change {
+        CatalogChange::DeleteProject { project } => mem.delete_project(project),
+        CatalogChange::PutProject { .. }
+        | CatalogChange::PutToken(_)
+        | CatalogChange::RevokeToken { .. } => Applied::default(),
+    };
+    catalog.apply(&change);
+    applied
 }

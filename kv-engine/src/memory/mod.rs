@@ -67,6 +67,7 @@ mod tests;
 pub(crate) use expiry::Due;
 pub use expiry::ExpiryTask;
 use expiry::{ExpiryIndex, ExpiryRecord};
+pub(crate) use order::OrderBuild;
 use order::{Built, OrderChange, OrderIndex, Pending};
 pub(crate) use requests::Remembered;
 use requests::RequestTable;

@@ -31,221 +31,32 @@
 //! `<seq>.snap.tmp` (an unfinished snapshot, removed at start).
 
 use std::{
-    fmt, fs,
-    fs::File,
     io,
     path::{Path, PathBuf},
-    str::FromStr,
     sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    time::Instant,
 };
 
 use tokio::sync::oneshot;
 
-use super::{
-    Applied, Backend, EngineError, Entry, ListPage, ListQuery, Quota, Txn, TxnOutcome, WatchError,
-    WatchTarget,
-    catalog::{Catalog, CatalogChange, TokenMeta},
-    memory::{Due, MemoryStore},
-    watch::Subscription,
+use crate::{
+    Backend, Clock, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError,
+    WatchTarget, catalog::Catalog, memory::MemoryStore, project::ProjectName, watch::Subscription,
 };
-use crate::project::ProjectName;
 
 pub mod codec;
+mod dir;
+mod options;
 mod recovery;
 mod snapshot;
 mod writer;
 
-pub use recovery::{LOCK_FILE, OpenError, Recovered};
-
-/// When the log is flushed to stable storage. In every mode a record is
-/// written to the file (handed to the OS) before its write is acknowledged,
-/// so a crash of the process alone (`kill -9`) never loses an acknowledged
-/// write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// `fdatasync` before acknowledging (default). Acknowledged writes
-    /// survive an OS crash or power loss. Concurrent writes share one
-    /// `fdatasync` (group commit).
-    Always,
-    /// `fdatasync` at most this often, and within this long of a write. An
-    /// OS crash may lose the writes of the last interval.
-    Interval(Duration),
-    /// Never `fdatasync` (the OS flushes when it likes). An OS crash may lose
-    /// any writes not yet flushed by the OS.
-    Never,
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = String;
-
-    /// Parses `always`, `never` or `interval:<ms>`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use kv_engine::wal::FsyncPolicy;
-    /// assert_eq!("interval:50".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(50))));
-    /// assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
-    /// assert!("sometimes".parse::<FsyncPolicy>().is_err());
-    /// ```
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(Self::Always),
-            "never" => Ok(Self::Never),
-            _ => {
-                let ms = s
-                    .strip_prefix("interval:")
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .filter(|&ms| ms > 0)
-                    .ok_or_else(|| {
-                        format!("{s:?} is not a fsync policy: use always, never or interval:<ms> with ms >= 1")
-                    })?;
-                Ok(Self::Interval(Duration::from_millis(ms)))
-            }
-        }
-    }
-}
-
-impl fmt::Display for FsyncPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Always => f.write_str("always"),
-            Self::Never => f.write_str("never"),
-            Self::Interval(d) => write!(f, "interval:{}", d.as_millis()),
-        }
-    }
-}
-
-/// How the log behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogOptions {
-    /// When to fsync.
-    pub fsync: FsyncPolicy,
-    /// At start, truncate the log at the first corrupt record (and drop what
-    /// follows) instead of refusing to start.
-    pub repair: bool,
-    /// No snapshot before the log holds this many bytes.
-    pub snapshot_min_log_bytes: u64,
-    /// A segment this large is closed and a new one started.
-    pub segment_bytes: u64,
-    /// What each project may hold. Checked by the writer, one write at a
-    /// time in log order, so concurrent writers can never overshoot it.
-    pub quota: Quota,
-}
-
-impl Default for LogOptions {
-    fn default() -> Self {
-        Self {
-            fsync: FsyncPolicy::Always,
-            repair: false,
-            snapshot_min_log_bytes: 64 << 20,
-            segment_bytes: 64 << 20,
-            quota: Quota::default(),
-        }
-    }
-}
-
-enum Command {
-    Write(Submission),
-    /// Flush, fsync and stop once everything queued before has been written.
-    Shutdown(oneshot::Sender<io::Result<()>>),
-}
-
-/// A change to the catalog of projects and tokens, with the condition
-/// under which it applies. The writer judges the condition in log order,
-/// against every change before it, so two concurrent admin calls can
-/// never both pass a check that only one of them should.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminChange {
-    /// Registers `project`; [`EngineError::ProjectExists`] if it is. A name
-    /// deleted before becomes a new incarnation sharing nothing with the
-    /// old one; a name holding unregistered data (open mode) keeps it.
-    CreateProject {
-        /// The project.
-        project: ProjectName,
-        /// Its quota.
-        quota: Quota,
-    },
-    /// Replaces a registered project's quota.
-    SetQuota {
-        /// The project.
-        project: ProjectName,
-        /// Its quota.
-        quota: Quota,
-    },
-    /// Deletes a registered project: data, history, request ids, tokens.
-    DeleteProject {
-        /// The project.
-        project: ProjectName,
-    },
-    /// Stores a token of a registered project, if the project is still
-    /// the incarnation the caller saw ([`EngineError::ProjectGone`]
-    /// otherwise: a token meant for a deleted project never opens its
-    /// successor).
-    CreateToken {
-        /// The token.
-        token: TokenMeta,
-        /// The incarnation the token is for.
-        incarnation: u64,
-    },
-    /// Removes a token (no error when unknown).
-    RevokeToken {
-        /// Its id.
-        id: String,
-    },
-}
-
-/// What an [`AdminChange`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdminOutcome {
-    /// Live keys a deletion removed; 1 when a revoke removed a token.
-    pub removed: u64,
-    /// The project's incarnation after the change.
-    pub incarnation: u64,
-}
-
-/// A change the writer evaluates, logs and then applies.
-enum Change {
-    /// A transaction on one project's data.
-    Txn { project: ProjectName, txn: Txn },
-    /// Deadlines that have come.
-    Expire(Vec<Due>),
-    /// To the catalog of projects and tokens.
-    Admin(AdminChange),
-}
-
-impl Change {
-    /// Roughly the bytes it will log, to bound a batch.
-    fn approx_len(&self) -> usize {
-        match self {
-            Self::Txn { txn, .. } => txn
-                .ops
-                .iter()
-                .map(|op| match op {
-                    super::Op::Set { key, value, .. } => 32 + key.len() + value.len(),
-                    super::Op::Merge { key, patch, .. } => 32 + key.len() + patch.len(),
-                    super::Op::Delete { key } | super::Op::Incr { key, .. } => 32 + key.len(),
-                    super::Op::Clear => 16,
-                })
-                .sum::<usize>()
-                .max(64),
-            Self::Expire(due) => due.len() * 64,
-            Self::Admin(_) => 128,
-        }
-    }
-}
-
-/// The writer's answer to a submission.
-enum Answer {
-    Txn(Arc<TxnOutcome>),
-    Expired,
-    Admin(AdminOutcome),
-}
-
-struct Submission {
-    change: Change,
-    reply: oneshot::Sender<Result<Answer, EngineError>>,
-}
+pub use dir::LOCK_FILE;
+pub use options::{FsyncPolicy, LogOptions};
+use recovery::io_error;
+pub use recovery::{OpenError, Recovered};
+pub use writer::{AdminChange, AdminOutcome};
+use writer::{Answer, Change, Command, Submission};
 
 /// The durable store: a [`MemoryStore`] behind an append-only log.
 ///
@@ -279,6 +90,100 @@ pub struct DurableStore {
 }
 
 impl DurableStore {
+    /// Opens (creating if needed) the data directory `dir`: takes its lock,
+    /// loads the newest snapshot, replays the log after it, and starts the
+    /// writer on a new segment. Keys whose deadline passed while the server
+    /// was down are not loaded.
+    ///
+    /// A torn tail (an append interrupted by a crash) is cut off with a
+    /// warning. Any other damage stops start-up with an error naming the file
+    /// and offset, unless `options.repair`, which cuts the log there, drops
+    /// what follows, and says how much.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: the directory is locked by another server, unusable,
+    /// or corrupt.
+    pub fn open(dir: &Path, options: LogOptions, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open_with(dir, options, clock, crate::Settings::default())
+    }
+
+    /// [`DurableStore::open`] with engine tunables.
+    ///
+    /// # Errors
+    ///
+    /// As [`DurableStore::open`].
+    pub fn open_with(
+        dir: &Path,
+        options: LogOptions,
+        clock: Arc<dyn Clock>,
+        settings: crate::Settings,
+    ) -> Result<Self, OpenError> {
+        let started = Instant::now();
+        let recovery::Loaded {
+            mem,
+            catalog,
+            lock,
+            file,
+            seq,
+            log_bytes,
+            build,
+            mut recovered,
+        } = recovery::recover(dir, options.repair, clock, settings)?;
+        let indexer = if build.is_empty() {
+            None
+        } else {
+            let handle = std::thread::Builder::new()
+                .name("kv-index-build".into())
+                .spawn(move || {
+                    let building = Instant::now();
+                    let keys = build.keys();
+                    build.run();
+                    tracing::info!(
+                        keys,
+                        took_ms = building.elapsed().as_millis() as u64,
+                        "ordered key indexes built"
+                    );
+                })
+                .map_err(io_error("cannot start the index builder thread"))?;
+            Some(handle)
+        };
+        recovered.took = started.elapsed();
+        tracing::info!(
+            dir = %dir.display(),
+            snapshot = ?recovered.snapshot,
+            snapshot_entries = recovered.snapshot_entries,
+            segments = recovered.segments,
+            records = recovered.records,
+            keys = mem.stored_entries(),
+            took_ms = recovered.took.as_millis() as u64,
+            index_ms = recovered.index_took.as_millis() as u64,
+            index_deferred_keys = recovered.index_deferred_keys,
+            "recovered"
+        );
+
+        let (commands, handle) = writer::spawn(writer::Parts {
+            dir: dir.to_path_buf(),
+            mem: Arc::clone(&mem),
+            catalog: Arc::clone(&catalog),
+            options,
+            file,
+            seq,
+            log_bytes,
+            lock,
+        })
+        .map_err(io_error("cannot start the log writer thread"))?;
+        Ok(Self {
+            mem,
+            catalog,
+            commands,
+            writer: Mutex::new(Some(handle)),
+            indexer: Mutex::new(indexer),
+            dir: dir.to_path_buf(),
+            recovered,
+        })
+    }
+
     /// The in-memory state reads are served from.
     pub fn memory(&self) -> &Arc<MemoryStore> {
         &self.mem
@@ -443,43 +348,5 @@ impl Backend for DurableStore {
             }
         }
         consumed
-    }
-}
-
-/// Applies a logged catalog change to memory and catalog (the writer and
-/// replay both come here, so they cannot disagree).
-fn apply_catalog(mem: &MemoryStore, catalog: &Catalog, change: CatalogChange) -> Applied {
-    // The data goes first: the catalog change wakes open streams, which
-    // must then find the project gone, not merely their token.
-    let applied = match &change {
-        CatalogChange::DeleteProject { project } => mem.delete_project(project),
-        CatalogChange::PutProject { .. }
-        | CatalogChange::PutToken(_)
-        | CatalogChange::RevokeToken { .. } => Applied::default(),
-    };
-    catalog.apply(&change);
-    applied
-}
-
-/// File name of segment `seq`.
-fn segment_name(seq: u64) -> String {
-    format!("{seq:020}.log")
-}
-
-/// File name of the snapshot holding every segment before `seq`.
-fn snapshot_name(seq: u64) -> String {
-    format!("{seq:020}.snap")
-}
-
-/// Makes a directory's entries (new, renamed or removed files) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn remove_file_logged(path: &Path, why: &str) {
-    match fs::remove_file(path) {
-        Ok(()) => tracing::info!(file = %path.display(), "removed {why}"),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(file = %path.display(), "could not remove {why}: {e}"),
     }
 }

@@ -1,54 +1,29 @@
-//! Opening a data directory: lock it, load the newest snapshot, replay the
+//! Recovery: lock a data directory, load the newest snapshot, replay the
 //! segments after it, cut a torn tail, refuse (or with `--repair`, cut)
-//! corruption, then start the writer.
+//! corruption, and hand back what it found ([`Loaded`]); the store then
+//! starts its writer on it.
 
 use std::{
     collections::BTreeSet,
     fs::{self, File, OpenOptions, TryLockError},
     io::{self, BufReader},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
 use super::{
-    DurableStore, LogOptions, apply_catalog,
     codec::{self, FrameError, FrameReader, Record},
-    remove_file_logged, segment_name, snapshot, snapshot_name, writer,
+    dir::{
+        Kind, LOCK_FILE, create_segment, parse_name, remove_file_logged, remove_older,
+        segment_name, snapshot_name,
+    },
 };
 use crate::{
     Clock, Mutation, Versioned,
-    catalog::Catalog,
-    memory::{MemoryStore, Remembered},
+    catalog::{Catalog, apply_logged},
+    memory::{MemoryStore, OrderBuild, Remembered},
 };
-
-/// Name of the lock file in the data directory.
-pub const LOCK_FILE: &str = "LOCK";
-
-/// What kind of file a data-directory name is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Segment,
-    Snapshot,
-    Temp,
-}
-
-/// Parses `<20 digits>.log`, `.snap` or `.snap.tmp`.
-pub(super) fn parse_name(name: &str) -> Option<(u64, Kind)> {
-    let (digits, kind) = if let Some(d) = name.strip_suffix(".snap.tmp") {
-        (d, Kind::Temp)
-    } else if let Some(d) = name.strip_suffix(".snap") {
-        (d, Kind::Snapshot)
-    } else if let Some(d) = name.strip_suffix(".log") {
-        (d, Kind::Segment)
-    } else {
-        return None;
-    };
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((digits.parse().ok()?, kind))
-}
 
 /// Why a data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +60,7 @@ pub enum OpenError {
     },
 }
 
-fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+pub(super) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
     let context = context.into();
     move |source| OpenError::Io { context, source }
 }
@@ -124,184 +99,119 @@ enum SegmentEnd {
     Cut(u64),
 }
 
-impl DurableStore {
-    /// Opens (creating if needed) the data directory `dir`: takes its lock,
-    /// loads the newest snapshot, replays the log after it, and starts the
-    /// writer on a new segment. Keys whose deadline passed while the server
-    /// was down are not loaded.
-    ///
-    /// A torn tail (an append interrupted by a crash) is cut off with a
-    /// warning. Any other damage stops start-up with an error naming the file
-    /// and offset, unless `options.repair`, which cuts the log there, drops
-    /// what follows, and says how much.
-    ///
-    /// # Errors
-    ///
-    /// [`OpenError`]: the directory is locked by another server, unusable,
-    /// or corrupt.
-    pub fn open(dir: &Path, options: LogOptions, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
-        Self::open_with(dir, options, clock, crate::Settings::default())
+/// What a recovery leaves: the state as of the last whole record, and
+/// where the writer goes on.
+pub(super) struct Loaded {
+    pub(super) mem: Arc<MemoryStore>,
+    pub(super) catalog: Arc<Catalog>,
+    /// The directory's lock, held for as long as the writer runs.
+    pub(super) lock: File,
+    /// The fresh segment the writer appends to, and its number.
+    pub(super) file: File,
+    pub(super) seq: u64,
+    /// Bytes of the segments a later recovery would replay, before `file`.
+    pub(super) log_bytes: u64,
+    /// Ordered key indexes still to build (large projects).
+    pub(super) build: OrderBuild,
+    pub(super) recovered: Recovered,
+}
+
+/// Locks `dir` (creating it if needed), loads the newest snapshot, replays
+/// the segments after it, and starts a fresh segment after everything that
+/// exists. See [`super::DurableStore::open`] for the rules on damage.
+pub(super) fn recover(
+    dir: &Path,
+    repair: bool,
+    clock: Arc<dyn Clock>,
+    settings: crate::Settings,
+) -> Result<Loaded, OpenError> {
+    fs::create_dir_all(dir).map_err(io_error(format!(
+        "cannot create data directory {}",
+        dir.display()
+    )))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(OpenError::Locked {
+                dir: dir.to_path_buf(),
+                lock: lock_path,
+            });
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(io_error(format!("cannot lock {}", lock_path.display()))(e));
+        }
     }
 
-    /// [`DurableStore::open`] with engine tunables.
-    ///
-    /// # Errors
-    ///
-    /// As [`DurableStore::open`].
-    pub fn open_with(
-        dir: &Path,
-        options: LogOptions,
-        clock: Arc<dyn Clock>,
-        settings: crate::Settings,
-    ) -> Result<Self, OpenError> {
-        let started = Instant::now();
-        fs::create_dir_all(dir).map_err(io_error(format!(
-            "cannot create data directory {}",
-            dir.display()
-        )))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(OpenError::Locked {
-                    dir: dir.to_path_buf(),
-                    lock: lock_path,
-                });
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(io_error(format!("cannot lock {}", lock_path.display()))(e));
-            }
-        }
+    let mut recovered = Recovered::default();
+    let (snapshots, segments) = list(dir, &mut recovered)?;
+    let mem = Arc::new(MemoryStore::with_settings(clock, settings));
+    mem.begin_load();
+    let catalog = Arc::new(Catalog::default());
+    let now = mem.clock().now_ms();
 
-        let mut recovered = Recovered::default();
-        let (snapshots, segments) = list(dir, &mut recovered)?;
-        let mem = Arc::new(MemoryStore::with_settings(clock, settings));
-        mem.begin_load();
-        let catalog = Arc::new(Catalog::default());
-        let now = mem.clock().now_ms();
+    let base = snapshots.last().copied();
+    if let Some(base) = base {
+        load_snapshot(dir, base, &mem, &catalog, now, repair, &mut recovered)?;
+        recovered.snapshot = Some(base);
+    }
+    let base = base.unwrap_or(0);
 
-        let base = snapshots.last().copied();
-        if let Some(base) = base {
-            load_snapshot(
-                dir,
-                base,
-                &mem,
-                &catalog,
-                now,
-                options.repair,
-                &mut recovered,
-            )?;
-            recovered.snapshot = Some(base);
-        }
-        let base = base.unwrap_or(0);
-
-        let to_replay: Vec<u64> = segments.range(base..).copied().collect();
-        let mut log_bytes = 0;
-        for (i, &seq) in to_replay.iter().enumerate() {
-            let last = i + 1 == to_replay.len();
-            match replay_segment(
-                dir,
-                seq,
-                (&mem, &catalog),
-                now,
-                last,
-                options.repair,
-                &mut recovered,
-            )? {
-                SegmentEnd::Complete(len) => log_bytes += len,
-                SegmentEnd::Cut(len) => {
-                    log_bytes += len;
-                    for &later in &to_replay[i + 1..] {
-                        let path = dir.join(segment_name(later));
-                        recovered.repaired_bytes += fs::metadata(&path).map_or(0, |m| m.len());
-                        remove_file_logged(&path, "segment after a repaired corruption");
-                    }
-                    break;
+    let to_replay: Vec<u64> = segments.range(base..).copied().collect();
+    let mut log_bytes = 0;
+    for (i, &seq) in to_replay.iter().enumerate() {
+        let last = i + 1 == to_replay.len();
+        match replay_segment(
+            dir,
+            seq,
+            (&mem, &catalog),
+            now,
+            last,
+            repair,
+            &mut recovered,
+        )? {
+            SegmentEnd::Complete(len) => log_bytes += len,
+            SegmentEnd::Cut(len) => {
+                log_bytes += len;
+                for &later in &to_replay[i + 1..] {
+                    let path = dir.join(segment_name(later));
+                    recovered.repaired_bytes += fs::metadata(&path).map_or(0, |m| m.len());
+                    remove_file_logged(&path, "segment after a repaired corruption");
                 }
+                break;
             }
-            recovered.segments += 1;
         }
-
-        // Start a fresh segment after everything that exists.
-        let next = segments.last().map_or(base, |&s| s + 1).max(base);
-        let file = writer::create_segment(dir, next).map_err(io_error(format!(
-            "cannot create log segment {}",
-            dir.join(segment_name(next)).display()
-        )))?;
-        snapshot::remove_older(dir, base);
-        let indexing = Instant::now();
-        let build = mem.end_load();
-        recovered.index_took = indexing.elapsed();
-        recovered.index_deferred_keys = build.keys() as u64;
-        let indexer = if build.is_empty() {
-            None
-        } else {
-            let handle = std::thread::Builder::new()
-                .name("kv-index-build".into())
-                .spawn(move || {
-                    let building = Instant::now();
-                    let keys = build.keys();
-                    build.run();
-                    tracing::info!(
-                        keys,
-                        took_ms = building.elapsed().as_millis() as u64,
-                        "ordered key indexes built"
-                    );
-                })
-                .map_err(io_error("cannot start the index builder thread"))?;
-            Some(handle)
-        };
-        recovered.took = started.elapsed();
-        tracing::info!(
-            dir = %dir.display(),
-            snapshot = ?recovered.snapshot,
-            snapshot_entries = recovered.snapshot_entries,
-            segments = recovered.segments,
-            records = recovered.records,
-            keys = mem.stored_entries(),
-            took_ms = recovered.took.as_millis() as u64,
-            index_ms = recovered.index_took.as_millis() as u64,
-            index_deferred_keys = recovered.index_deferred_keys,
-            "recovered"
-        );
-
-        let writer = writer::Writer {
-            dir: dir.to_path_buf(),
-            mem: Arc::clone(&mem),
-            catalog: Arc::clone(&catalog),
-            options,
-            file,
-            seq: next,
-            file_len: codec::FILE_HEADER_LEN as u64,
-            log_bytes: log_bytes + codec::FILE_HEADER_LEN as u64,
-            snapshot: None,
-            unsynced: None,
-            dirty_tail: false,
-            snapshot_wanted: false,
-            _lock: lock,
-        };
-        let (commands, receiver) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("kv-log-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(io_error("cannot start the log writer thread"))?;
-        Ok(Self {
-            mem,
-            catalog,
-            commands,
-            writer: Mutex::new(Some(handle)),
-            indexer: Mutex::new(indexer),
-            dir: dir.to_path_buf(),
-            recovered,
-        })
+        recovered.segments += 1;
     }
+
+    // Start a fresh segment after everything that exists.
+    let next = segments.last().map_or(base, |&s| s + 1).max(base);
+    let file = create_segment(dir, next).map_err(io_error(format!(
+        "cannot create log segment {}",
+        dir.join(segment_name(next)).display()
+    )))?;
+    remove_older(dir, base);
+    let indexing = Instant::now();
+    let build = mem.end_load();
+    recovered.index_took = indexing.elapsed();
+    recovered.index_deferred_keys = build.keys() as u64;
+    Ok(Loaded {
+        mem,
+        catalog,
+        lock,
+        file,
+        seq: next,
+        log_bytes,
+        build,
+        recovered,
+    })
 }
 
 fn list(
@@ -476,7 +386,7 @@ fn load_snapshot(
         }
         Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
         Record::Catalog(change) => {
-            apply_catalog(mem, catalog, change);
+            apply_logged(mem, catalog, change);
             Ok(())
         }
         Record::End { count } => {
@@ -635,7 +545,7 @@ fn replay_segment(
             Ok(())
         }
         Record::Catalog(change) => {
-            apply_catalog(mem, catalog, change);
+            apply_logged(mem, catalog, change);
             records += 1;
             Ok(())
         }

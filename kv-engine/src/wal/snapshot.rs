@@ -7,7 +7,10 @@ use std::{
     path::Path,
 };
 
-use super::{codec, remove_file_logged, snapshot_name, sync_dir};
+use super::{
+    codec,
+    dir::{remove_older, snapshot_name, sync_dir},
+};
 use crate::{catalog::Catalog, memory::MemoryStore};
 
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
@@ -91,28 +94,4 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Removes the segments and snapshots a durable snapshot at `base` makes
-/// redundant.
-pub(super) fn remove_older(dir: &Path, base: u64) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        match super::recovery::parse_name(name) {
-            Some((seq, super::recovery::Kind::Segment)) if seq < base => {
-                remove_file_logged(&entry.path(), "segment replaced by a snapshot")
-            }
-            Some((seq, super::recovery::Kind::Snapshot)) if seq < base => {
-                remove_file_logged(&entry.path(), "older snapshot")
-            }
-            _ => {}
-        }
-    }
-    if let Err(e) = sync_dir(dir) {
-        tracing::warn!("could not sync the data directory: {e}");
-    }
 }

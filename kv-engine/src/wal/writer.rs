@@ -1,7 +1,7 @@
 //! The log writer thread: group commit, rotation, snapshot triggering.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write},
     path::PathBuf,
     sync::{Arc, mpsc},
@@ -12,16 +12,121 @@ use std::{
 use tokio::sync::oneshot;
 
 use super::{
-    AdminChange, AdminOutcome, Answer, Change, Command, FsyncPolicy, LogOptions, Submission,
-    apply_catalog, codec, segment_name, snapshot, sync_dir,
+    codec,
+    dir::create_segment,
+    options::{FsyncPolicy, LogOptions},
+    snapshot,
 };
 use crate::{
-    EngineError, TxnOutcome, Versioned,
-    catalog::{Catalog, CatalogChange},
+    EngineError, Quota, Txn, TxnOutcome, Versioned,
+    catalog::{Catalog, CatalogChange, TokenMeta, apply_logged},
+    memory::Due,
     memory::{MemoryStore, Remembered},
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
+
+pub(super) enum Command {
+    Write(Submission),
+    /// Flush, fsync and stop once everything queued before has been written.
+    Shutdown(oneshot::Sender<io::Result<()>>),
+}
+
+/// A change to the catalog of projects and tokens, with the condition
+/// under which it applies. The writer judges the condition in log order,
+/// against every change before it, so two concurrent admin calls can
+/// never both pass a check that only one of them should.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Registers `project`; [`EngineError::ProjectExists`] if it is. A name
+    /// deleted before becomes a new incarnation sharing nothing with the
+    /// old one; a name holding unregistered data (open mode) keeps it.
+    CreateProject {
+        /// The project.
+        project: ProjectName,
+        /// Its quota.
+        quota: Quota,
+    },
+    /// Replaces a registered project's quota.
+    SetQuota {
+        /// The project.
+        project: ProjectName,
+        /// Its quota.
+        quota: Quota,
+    },
+    /// Deletes a registered project: data, history, request ids, tokens.
+    DeleteProject {
+        /// The project.
+        project: ProjectName,
+    },
+    /// Stores a token of a registered project, if the project is still
+    /// the incarnation the caller saw ([`EngineError::ProjectGone`]
+    /// otherwise: a token meant for a deleted project never opens its
+    /// successor).
+    CreateToken {
+        /// The token.
+        token: TokenMeta,
+        /// The incarnation the token is for.
+        incarnation: u64,
+    },
+    /// Removes a token (no error when unknown).
+    RevokeToken {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// What an [`AdminChange`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdminOutcome {
+    /// Live keys a deletion removed; 1 when a revoke removed a token.
+    pub removed: u64,
+    /// The project's incarnation after the change.
+    pub incarnation: u64,
+}
+
+/// A change the writer evaluates, logs and then applies.
+pub(super) enum Change {
+    /// A transaction on one project's data.
+    Txn { project: ProjectName, txn: Txn },
+    /// Deadlines that have come.
+    Expire(Vec<Due>),
+    /// To the catalog of projects and tokens.
+    Admin(AdminChange),
+}
+
+impl Change {
+    /// Roughly the bytes it will log, to bound a batch.
+    fn approx_len(&self) -> usize {
+        match self {
+            Self::Txn { txn, .. } => txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    crate::Op::Set { key, value, .. } => 32 + key.len() + value.len(),
+                    crate::Op::Merge { key, patch, .. } => 32 + key.len() + patch.len(),
+                    crate::Op::Delete { key } | crate::Op::Incr { key, .. } => 32 + key.len(),
+                    crate::Op::Clear => 16,
+                })
+                .sum::<usize>()
+                .max(64),
+            Self::Expire(due) => due.len() * 64,
+            Self::Admin(_) => 128,
+        }
+    }
+}
+
+/// The writer's answer to a submission.
+pub(super) enum Answer {
+    Txn(Arc<TxnOutcome>),
+    Expired,
+    Admin(AdminOutcome),
+}
+
+pub(super) struct Submission {
+    pub(super) change: Change,
+    pub(super) reply: oneshot::Sender<Result<Answer, EngineError>>,
+}
 
 /// A submission evaluated and waiting for its batch to be logged.
 enum Pending {
@@ -74,31 +179,31 @@ const SNAPSHOT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// The open segment and everything the writer tracks.
-pub(super) struct Writer {
-    pub(super) dir: PathBuf,
-    pub(super) mem: Arc<MemoryStore>,
-    pub(super) catalog: Arc<Catalog>,
-    pub(super) options: LogOptions,
-    pub(super) file: File,
-    pub(super) seq: u64,
-    pub(super) file_len: u64,
+struct Writer {
+    dir: PathBuf,
+    mem: Arc<MemoryStore>,
+    catalog: Arc<Catalog>,
+    options: LogOptions,
+    file: File,
+    seq: u64,
+    file_len: u64,
     /// Bytes in the segments a recovery would replay (since the newest
     /// snapshot's start).
-    pub(super) log_bytes: u64,
-    pub(super) snapshot: Option<JoinHandle<()>>,
-    pub(super) unsynced: Option<Instant>,
+    log_bytes: u64,
+    snapshot: Option<JoinHandle<()>>,
+    unsynced: Option<Instant>,
     /// Set when a failed append could not be rolled back: the file may end
     /// in a partial batch, which must be cut before the next append.
-    pub(super) dirty_tail: bool,
+    dirty_tail: bool,
     /// A snapshot was asked for (a project was deleted): one starts as soon
     /// as none is running, whatever the log's size.
-    pub(super) snapshot_wanted: bool,
+    snapshot_wanted: bool,
     /// Held (locked) for as long as the writer runs.
-    pub(super) _lock: File,
+    _lock: File,
 }
 
 impl Writer {
-    pub(super) fn run(mut self, commands: mpsc::Receiver<Command>) {
+    fn run(mut self, commands: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         let mut buf = Vec::new();
         loop {
@@ -295,7 +400,7 @@ impl Writer {
                         self.snapshot_wanted = true;
                     }
                     let revoke = matches!(change, CatalogChange::RevokeToken { .. });
-                    let applied = apply_catalog(&self.mem, &self.catalog, change);
+                    let applied = apply_logged(&self.mem, &self.catalog, change);
                     Answer::Admin(AdminOutcome {
                         removed: if revoke { 1 } else { applied.removed },
                         incarnation: after,
@@ -518,21 +623,43 @@ impl Writer {
     }
 }
 
-/// Creates segment `seq` with its header, durably (file and directory).
-pub(super) fn create_segment(dir: &std::path::Path, seq: u64) -> io::Result<File> {
-    let path = dir.join(segment_name(seq));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
-    let written = file
-        .write_all(&codec::file_header(codec::LOG_MAGIC))
-        .and_then(|()| file.sync_data())
-        .and_then(|()| sync_dir(dir));
-    if let Err(e) = written {
-        // Leave no half-made segment behind to confuse a recovery.
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(file)
+/// What a writer starts from: the state a recovery loaded and the fresh
+/// segment after it.
+pub(super) struct Parts {
+    pub(super) dir: PathBuf,
+    pub(super) mem: Arc<MemoryStore>,
+    pub(super) catalog: Arc<Catalog>,
+    pub(super) options: LogOptions,
+    /// The fresh segment, and its number.
+    pub(super) file: File,
+    pub(super) seq: u64,
+    /// Bytes of the segments a recovery would replay, before `file`.
+    pub(super) log_bytes: u64,
+    /// The data directory's lock, held for as long as the writer runs.
+    pub(super) lock: File,
+}
+
+/// Starts the writer thread; every write goes through the returned sender.
+pub(super) fn spawn(parts: Parts) -> io::Result<(mpsc::Sender<Command>, JoinHandle<()>)> {
+    let header = codec::FILE_HEADER_LEN as u64;
+    let writer = Writer {
+        dir: parts.dir,
+        mem: parts.mem,
+        catalog: parts.catalog,
+        options: parts.options,
+        file: parts.file,
+        seq: parts.seq,
+        file_len: header,
+        log_bytes: parts.log_bytes + header,
+        snapshot: None,
+        unsynced: None,
+        dirty_tail: false,
+        snapshot_wanted: false,
+        _lock: parts.lock,
+    };
+    let (commands, receiver) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("kv-log-writer".into())
+        .spawn(move || writer.run(receiver))?;
+    Ok((commands, handle))
 }
