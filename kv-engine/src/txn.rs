@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::{
     Check, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn, TxnOutcome,
     Versioned, jsonops,
-    memory::{Due, MemoryStore, Meta, Usage},
+    memory::{Due, MemoryStore, Meta, Remembered, Usage},
 };
 use crate::project::ProjectName;
 
@@ -81,6 +81,20 @@ pub(crate) struct Commit {
     pub(crate) outcome: Arc<TxnOutcome>,
     /// Remember the outcome under this request id and fingerprint.
     pub(crate) remember: Option<(Box<str>, u64)>,
+}
+
+impl Commit {
+    /// The outcome to remember under the request id, as applied at `now`.
+    pub(crate) fn remembered(&mut self, now: u64) -> Option<(Box<str>, Remembered)> {
+        self.remember.take().map(|(id, fingerprint)| {
+            let remembered = Remembered {
+                fingerprint,
+                at: now,
+                outcome: Arc::clone(&self.outcome),
+            };
+            (id, remembered)
+        })
+    }
 }
 
 impl Overlay {

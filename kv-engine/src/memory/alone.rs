@@ -53,16 +53,9 @@ impl MemoryStore {
         let now = self.clock.now_ms();
         match overlay.evaluate(self, project, txn, now, crate::Quota::default())? {
             Evaluated::Replay(outcome) => Ok(outcome),
-            Evaluated::Commit(commit) => {
-                self.apply_txn(project, commit.mutations);
-                if let Some((id, fingerprint)) = commit.remember {
-                    let remembered = Remembered {
-                        fingerprint,
-                        at: now,
-                        outcome: Arc::clone(&commit.outcome),
-                    };
-                    self.remember(project, id, remembered);
-                }
+            Evaluated::Commit(mut commit) => {
+                let request = commit.remembered(now);
+                self.apply_commit(project, commit.mutations, request);
                 Ok(commit.outcome)
             }
         }

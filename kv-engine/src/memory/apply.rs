@@ -75,16 +75,29 @@ impl MemoryStore {
         self.apply_in(project, &ns, versioned)
     }
 
-    /// Applies the mutations of one transaction, all visible together to
-    /// multi-key readers.
-    pub(crate) fn apply_txn(&self, project: &ProjectName, mutations: Vec<Versioned>) {
-        let ns = self.namespace_or_create(project);
-        // Every write holds the namespace exclusively, even a single one:
-        // a List page or a GetMany then shows one moment, and its version
-        // covers exactly what it shows.
-        let _exclusive = write_lock(&ns.consistency);
-        for m in mutations {
-            self.apply_in(project, &ns, m);
+    /// Applies one committed transaction: its mutations, all visible
+    /// together to multi-key readers, then the outcome remembered under
+    /// its request id. The one apply path of every writer: the log writer
+    /// after its append, the store used alone, and recovery replaying a
+    /// record, so the three cannot drift apart.
+    pub(crate) fn apply_commit(
+        &self,
+        project: &ProjectName,
+        mutations: Vec<Versioned>,
+        request: Option<(Box<str>, Remembered)>,
+    ) {
+        if !mutations.is_empty() {
+            let ns = self.namespace_or_create(project);
+            // Every write holds the namespace exclusively, even a single
+            // one: a List page or a GetMany then shows one moment, and its
+            // version covers exactly what it shows.
+            let _exclusive = write_lock(&ns.consistency);
+            for m in mutations {
+                self.apply_in(project, &ns, m);
+            }
+        }
+        if let Some((id, remembered)) = request {
+            self.remember(project, id, remembered);
         }
     }
 

@@ -269,12 +269,7 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> OpenError {
 
 /// A replayed set whose deadline has passed acts as an expiry: it must
 /// still override what came before it.
-fn apply_replayed(
-    mem: &MemoryStore,
-    project: &crate::project::ProjectName,
-    versioned: Versioned,
-    now: u64,
-) {
+fn replayed(versioned: Versioned, now: u64) -> Versioned {
     let mutation = match versioned.mutation {
         Mutation::Set {
             key,
@@ -283,16 +278,24 @@ fn apply_replayed(
         } if at <= now => Mutation::Expire { key },
         other => other,
     };
-    mem.apply_versioned(
-        project,
-        Versioned {
-            version: versioned.version,
-            mutation,
-        },
-    );
+    Versioned {
+        version: versioned.version,
+        mutation,
+    }
 }
 
-/// Replays a Txn record: its changes, then its remembered outcome.
+/// Replays a single-mutation record of the first log format.
+fn apply_replayed(
+    mem: &MemoryStore,
+    project: &crate::project::ProjectName,
+    versioned: Versioned,
+    now: u64,
+) {
+    mem.apply_commit(project, vec![replayed(versioned, now)], None);
+}
+
+/// Replays a Txn record: its changes, then its remembered outcome, through
+/// the same apply path as the writer.
 fn apply_txn_record(
     mem: &MemoryStore,
     project: &crate::project::ProjectName,
@@ -301,17 +304,16 @@ fn apply_txn_record(
     request: Option<(Box<str>, u64, crate::TxnOutcome)>,
     now: u64,
 ) {
-    for m in mutations {
-        apply_replayed(mem, project, m, now);
-    }
-    if let Some((id, fingerprint, outcome)) = request {
+    let mutations = mutations.into_iter().map(|m| replayed(m, now)).collect();
+    let request = request.map(|(id, fingerprint, outcome)| {
         let remembered = Remembered {
             fingerprint,
             at,
             outcome: Arc::new(outcome),
         };
-        mem.remember(project, id, remembered);
-    }
+        (id, remembered)
+    });
+    mem.apply_commit(project, mutations, request);
 }
 
 fn load_snapshot(

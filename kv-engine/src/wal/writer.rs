@@ -21,7 +21,7 @@ use crate::{
     EngineError, Quota, Txn, TxnOutcome, Versioned,
     catalog::{Catalog, CatalogChange, TokenMeta, apply_logged},
     memory::Due,
-    memory::{MemoryStore, Remembered},
+    memory::MemoryStore,
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
@@ -370,21 +370,14 @@ impl Writer {
             // stands regardless, as it is in the log.
             let answer = match done {
                 Pending::Replay(outcome) => Answer::Txn(outcome),
-                Pending::Commit(project, commit) => {
-                    self.mem.apply_txn(&project, commit.mutations);
-                    if let Some((id, fingerprint)) = commit.remember {
-                        let remembered = Remembered {
-                            fingerprint,
-                            at: now,
-                            outcome: Arc::clone(&commit.outcome),
-                        };
-                        self.mem.remember(&project, id, remembered);
-                    }
+                Pending::Commit(project, mut commit) => {
+                    let request = commit.remembered(now);
+                    self.mem.apply_commit(&project, commit.mutations, request);
                     Answer::Txn(commit.outcome)
                 }
                 Pending::Expire(expired) => {
                     for (project, list) in expired {
-                        self.mem.apply_txn(&project, list);
+                        self.mem.apply_commit(&project, list, None);
                     }
                     Answer::Expired
                 }
