@@ -180,7 +180,7 @@ fn durable_fixture(runtime: &tokio::runtime::Runtime) -> Fixture<DurableStore> {
         for (project, ttl) in [(&plain, Ttl::Never), (&ttl, Ttl::After(TTL_MS))] {
             for chunk in keys.chunks(1000) {
                 let txn = set_many(chunk.iter().cloned(), &value, ttl);
-                store.write(project, txn).await.unwrap();
+                store.submit(project, txn).await.unwrap();
             }
         }
     });
@@ -475,7 +475,7 @@ fn expiry(c: &mut Criterion) {
                         for chunk in 0..n / 1000 {
                             let keys = (chunk * 1000..(chunk + 1) * 1000).map(key);
                             let txn = set_many(keys, value, Ttl::After(1));
-                            store.write(project, txn).await.unwrap();
+                            store.submit(project, txn).await.unwrap();
                         }
                         clock.advance(1);
                         let started = Instant::now();
@@ -586,7 +586,7 @@ fn transactions(c: &mut Criterion) {
                                             ttl_ms: None,
                                         },
                                     };
-                                    store.write(&project, Txn::op(op)).await.unwrap();
+                                    store.submit(&project, Txn::op(op)).await.unwrap();
                                 }
                             }));
                         }

@@ -38,6 +38,12 @@ pub mod value;
 pub mod wal;
 pub mod watch;
 
+/// Most client transactions a backend queues ahead of its writer; past
+/// it, [`Backend::submit`] refuses with [`EngineError::Overloaded`]. About
+/// a second of writes at the log writer's measured peak, so a burst is
+/// absorbed and a sustained overload is refused within a second.
+pub const MAX_QUEUED_WRITES: usize = 65_536;
+
 /// Largest value limit any configuration may set (1 GiB); gRPC frames carry
 /// at most 4 GiB and a single value that size would not be a key-value
 /// workload. The log's record bound derives from it.
@@ -94,12 +100,29 @@ pub trait Backend: Send + Sync + 'static {
         query: &ListQuery,
     ) -> impl Future<Output = Result<ListPage, EngineError>> + Send;
 
-    /// Evaluates and applies `txn` atomically.
-    fn write(
+    /// Submits `txn`, to be evaluated and applied atomically; the future
+    /// resolves with its outcome once it is applied (and, for a durable
+    /// backend, logged).
+    ///
+    /// # Ordering
+    ///
+    /// The transaction is queued before this call returns, not when the
+    /// returned future is first polled. So of two `submit` calls made one
+    /// after the other on one thread, awaited or not, the first is
+    /// evaluated and applied first: a stream that submits its writes in
+    /// the order it received them applies them in that order. The future
+    /// holds no borrow of the backend.
+    ///
+    /// # Backpressure
+    ///
+    /// The queue is bounded ([`MAX_QUEUED_WRITES`]). When it is full the
+    /// future resolves at once with [`EngineError::Overloaded`] and nothing
+    /// is applied: load shows as refusals to retry, never as memory growth.
+    fn submit(
         &self,
         project: &ProjectName,
         txn: Txn,
-    ) -> impl Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send;
+    ) -> impl Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send + 'static;
 
     /// Subscribes to the changes of `project` matching `target`, from just
     /// after `from_version` (or from now).
@@ -140,7 +163,8 @@ pub trait Backend: Send + Sync + 'static {
             value,
             ttl,
         });
-        async move { self.write(project, txn).await.map(|_| ()) }
+        let submitted = self.submit(project, txn);
+        async move { submitted.await.map(|_| ()) }
     }
 
     /// Removes `key`; true only when a live key was removed.
@@ -149,9 +173,9 @@ pub trait Backend: Send + Sync + 'static {
         project: &ProjectName,
         key: &str,
     ) -> impl Future<Output = Result<bool, EngineError>> + Send {
-        let txn = Txn::op(Op::Delete { key: key.into() });
+        let submitted = self.submit(project, Txn::op(Op::Delete { key: key.into() }));
         async move {
-            let outcome = self.write(project, txn).await?;
+            let outcome = submitted.await?;
             Ok(matches!(
                 outcome.results.first(),
                 Some(OpOutcome::Delete { deleted: true, .. })
@@ -164,8 +188,9 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         project: &ProjectName,
     ) -> impl Future<Output = Result<u64, EngineError>> + Send {
+        let submitted = self.submit(project, Txn::op(Op::Clear));
         async move {
-            let outcome = self.write(project, Txn::op(Op::Clear)).await?;
+            let outcome = submitted.await?;
             Ok(match outcome.results.first() {
                 Some(OpOutcome::Clear { removed, .. }) => *removed,
                 _ => 0,
@@ -602,6 +627,14 @@ pub enum EngineError {
     DeadlineOverflow {
         /// The refused TTL.
         ttl_ms: u64,
+    },
+    /// The write queue is full: nothing was applied; retry with backoff.
+    #[error(
+        "the server is overloaded: {capacity} writes are already waiting to be logged; nothing was applied, retry with backoff"
+    )]
+    Overloaded {
+        /// The queue's capacity.
+        capacity: usize,
     },
     /// The incarnation of the project the call was admitted for is gone:
     /// the project was deleted (and maybe recreated) meanwhile.

@@ -14,9 +14,9 @@ pub fn engine_status(e: EngineError) -> Status {
             Status::unavailable(e.to_string())
         }
         EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
-        EngineError::QuotaExceeded(_) | EngineError::MergedTooLarge { .. } => {
-            Status::resource_exhausted(e.to_string())
-        }
+        EngineError::QuotaExceeded(_)
+        | EngineError::MergedTooLarge { .. }
+        | EngineError::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
         EngineError::NotANumber { .. }
         | EngineError::NumberOutOfRange { .. }
         | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),

@@ -563,7 +563,7 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         id: "req-1".into(),
         fingerprint: 7,
     });
-    store.write(&b, remembered.clone()).await.unwrap();
+    store.submit(&b, remembered.clone()).await.unwrap();
     for i in 0..5 {
         store
             .set(&b, &format!("k{i}"), value(i), None)
@@ -604,7 +604,7 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
     // Nor does a write admitted for it.
     let mut late = Txn::op(kv_engine::Op::Delete { key: "x".into() });
     late.incarnation = Some(0);
-    assert!(store.write(&b, late).await.is_err());
+    assert!(store.submit(&b, late).await.is_err());
 
     let check = |store: &DurableStore| {
         let mem = store.memory();
@@ -640,13 +640,13 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         value: value(9),
         ttl: kv_engine::Ttl::Never,
     }];
-    let retried = store.write(&b, retry).await.unwrap();
+    let retried = store.submit(&b, retry).await.unwrap();
     assert!(retried.results.iter().all(|r| matches!(
         r,
         kv_engine::OpOutcome::Set { version } if *version > recreated.incarnation
     )));
     store
-        .write(&b, Txn::op(kv_engine::Op::Delete { key: "b1".into() }))
+        .submit(&b, Txn::op(kv_engine::Op::Delete { key: "b1".into() }))
         .await
         .unwrap();
     store.close().await.unwrap();

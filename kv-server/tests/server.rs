@@ -152,9 +152,19 @@ impl Backend for SlowSets {
     ) -> Result<ListPage, EngineError> {
         self.inner.list(project, query).await
     }
-    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.write(project, txn).await
+    fn submit(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> impl std::future::Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send + 'static
+    {
+        // Applied now, answered after the delay: a request stays in flight.
+        let applied = self.inner.submit(project, txn);
+        let delay = self.delay;
+        async move {
+            tokio::time::sleep(delay).await;
+            applied.await
+        }
     }
     fn watch(
         &self,

@@ -834,8 +834,8 @@ enum Engine {
 impl Engine {
     async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
         match self {
-            Self::Memory(s) => s.write(project, txn).await,
-            Self::Durable(s) => s.write(project, txn).await,
+            Self::Memory(s) => s.submit(project, txn).await,
+            Self::Durable(s) => s.submit(project, txn).await,
         }
     }
 

@@ -87,8 +87,14 @@ impl Backend for MemoryStore {
         Ok(self.list_now(project, query))
     }
 
-    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
-        self.write_now(project, txn)
+    fn submit(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> impl std::future::Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send + 'static
+    {
+        // Applied before this returns: the store used alone has no queue.
+        std::future::ready(self.write_now(project, txn))
     }
 
     fn watch(

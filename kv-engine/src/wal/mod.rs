@@ -37,6 +37,8 @@ use std::{
     time::Instant,
 };
 
+use std::{future::Future, sync::atomic::AtomicUsize};
+
 use tokio::sync::oneshot;
 
 use crate::{
@@ -81,6 +83,8 @@ pub struct DurableStore {
     mem: Arc<MemoryStore>,
     catalog: Arc<Catalog>,
     commands: mpsc::Sender<Command>,
+    /// Client transactions queued and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Builds the ordered key indexes after start-up; joined on close so
     /// no work of this store outlives it.
@@ -162,6 +166,7 @@ impl DurableStore {
             "recovered"
         );
 
+        let queued = Arc::new(AtomicUsize::new(0));
         let (commands, handle) = writer::spawn(writer::Parts {
             dir: dir.to_path_buf(),
             mem: Arc::clone(&mem),
@@ -171,12 +176,14 @@ impl DurableStore {
             seq,
             log_bytes,
             lock,
+            queued: Arc::clone(&queued),
         })
         .map_err(io_error("cannot start the log writer thread"))?;
         Ok(Self {
             mem,
             catalog,
             commands,
+            queued,
             writer: Mutex::new(Some(handle)),
             indexer: Mutex::new(indexer),
             dir: dir.to_path_buf(),
@@ -237,12 +244,38 @@ impl DurableStore {
     }
 
     async fn send(&self, change: Change) -> Result<Answer, EngineError> {
+        self.enqueue(change, false)?.await.map_err(|_| closed())?
+    }
+
+    /// Hands `change` to the writer now; `bounded` changes (client
+    /// transactions) are refused when [`crate::MAX_QUEUED_WRITES`] are
+    /// already waiting. Expiries and admin changes are not bounded: they
+    /// are the server's own, few, and must not be lost to a busy queue.
+    fn enqueue(
+        &self,
+        change: Change,
+        bounded: bool,
+    ) -> Result<oneshot::Receiver<Result<Answer, EngineError>>, EngineError> {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        if bounded && self.queued.fetch_add(1, AcqRel) >= crate::MAX_QUEUED_WRITES {
+            self.queued.fetch_sub(1, Relaxed);
+            return Err(EngineError::Overloaded {
+                capacity: crate::MAX_QUEUED_WRITES,
+            });
+        }
         let (reply, answer) = oneshot::channel();
-        let submission = Submission { change, reply };
-        self.commands
-            .send(Command::Write(submission))
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let submission = Submission {
+            change,
+            reply,
+            bounded,
+        };
+        if self.commands.send(Command::Write(submission)).is_err() {
+            if bounded {
+                self.queued.fetch_sub(1, Relaxed);
+            }
+            return Err(closed());
+        }
+        Ok(answer)
     }
 
     /// Writes everything pending, fsyncs, and stops the writer. Later
@@ -310,16 +343,24 @@ impl Backend for DurableStore {
         Ok(self.mem.list_now(project, query))
     }
 
-    async fn write(&self, project: &ProjectName, txn: Txn) -> Result<Arc<TxnOutcome>, EngineError> {
+    fn submit(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> impl Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send + 'static {
         let change = Change::Txn {
             project: project.clone(),
             txn,
         };
-        match self.send(change).await? {
-            Answer::Txn(outcome) => Ok(outcome),
-            Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
-                "the log writer answered a write with a catalog result".into(),
-            )),
+        // Queued here, before the future exists: see the trait's ordering.
+        let queued = self.enqueue(change, true);
+        async move {
+            match queued?.await.map_err(|_| closed())?? {
+                Answer::Txn(outcome) => Ok(outcome),
+                Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
+                    "the log writer answered a write with a catalog result".into(),
+                )),
+            }
         }
     }
 

@@ -126,6 +126,8 @@ pub(super) enum Answer {
 pub(super) struct Submission {
     pub(super) change: Change,
     pub(super) reply: oneshot::Sender<Result<Answer, EngineError>>,
+    /// Counted in the store's bounded queue (client transactions).
+    pub(super) bounded: bool,
 }
 
 /// A submission evaluated and waiting for its batch to be logged.
@@ -198,6 +200,8 @@ struct Writer {
     /// A snapshot was asked for (a project was deleted): one starts as soon
     /// as none is running, whatever the log's size.
     snapshot_wanted: bool,
+    /// Bounded submissions queued and not yet taken.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Held (locked) for as long as the writer runs.
     _lock: File,
 }
@@ -218,6 +222,10 @@ impl Writer {
             while let Some(command) = next.take() {
                 match command {
                     Command::Write(submission) => {
+                        if submission.bounded {
+                            self.queued
+                                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        }
                         bytes += submission.change.approx_len();
                         batch.push(submission);
                     }
@@ -287,7 +295,7 @@ impl Writer {
         let mut admin = AdminOverlay::default();
         let mut pending: Vec<(Pending, oneshot::Sender<Result<Answer, EngineError>>)> =
             Vec::with_capacity(batch.len());
-        for Submission { change, reply } in batch.drain(..) {
+        for Submission { change, reply, .. } in batch.drain(..) {
             match change {
                 Change::Txn { project, txn } => {
                     let quota = self.catalog.effective_quota(&project, self.options.quota);
@@ -630,6 +638,9 @@ pub(super) struct Parts {
     pub(super) log_bytes: u64,
     /// The data directory's lock, held for as long as the writer runs.
     pub(super) lock: File,
+    /// Bounded submissions queued and not yet taken; the writer counts
+    /// them out as it takes them.
+    pub(super) queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Starts the writer thread; every write goes through the returned sender.
@@ -648,6 +659,7 @@ pub(super) fn spawn(parts: Parts) -> io::Result<(mpsc::Sender<Command>, JoinHand
         unsynced: None,
         dirty_tail: false,
         snapshot_wanted: false,
+        queued: parts.queued,
         _lock: parts.lock,
     };
     let (commands, receiver) = mpsc::channel();

@@ -23,7 +23,6 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -48,6 +47,9 @@ pub(super) const PIPELINE_QUEUE: usize = 16;
 const REPLY_FRAME_BYTES: usize = 1 << 20;
 
 type Pending = Pin<Box<dyn Future<Output = Answered> + Send>>;
+
+/// A write handed to the engine, until its reply.
+type Write = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>>;
 
 /// The sender of a stream's reply frames.
 pub(super) type ReplySender = tokio::sync::mpsc::Sender<Result<PipelineResponse, Status>>;
@@ -445,10 +447,7 @@ impl<B: Backend> KvService<B> {
                         }
                     };
                     let due = self.due(call.timeout_ms, received);
-                    match self
-                        .start_write(scope, id, due, write_request, in_flight)
-                        .await
-                    {
+                    match self.start_write(&scope, id, due, write_request, in_flight) {
                         Some(result) => result,
                         None => continue,
                     }
@@ -483,45 +482,41 @@ impl<B: Backend> KvService<B> {
         }
     }
 
-    /// Hands a write to the engine now. Its result when it is already
-    /// known (refused, or the engine finished it at once); `None` when it
-    /// is in flight, answered later.
-    async fn start_write(
-        self: &Arc<Self>,
-        scope: Scope,
+    /// Hands a write to the engine now ([`KvService::start`] submits
+    /// before it returns, so writes reach the engine in the order this is
+    /// called). Its result when it is already known (refused by
+    /// validation); `None` when it is in flight, answered later.
+    fn start_write(
+        &self,
+        scope: &Scope,
         id: u64,
         (due, late): (Instant, Status),
         request: Req,
         in_flight: &mut InFlight,
     ) -> Option<Result<Res, Status>> {
-        let key = match &request {
-            Req::Set(r) => r.key.clone(),
-            Req::Delete(r) => r.key.clone(),
-            Req::Incr(r) => r.key.clone(),
-            Req::Merge(r) => r.key.clone(),
+        fn boxed<R: 'static, F>(
+            started: Result<F, Status>,
+            wrap: fn(R) -> Res,
+        ) -> Result<Write, Status>
+        where
+            F: Future<Output = Result<R, Status>> + Send + 'static,
+        {
+            started.map(|write| -> Write { Box::pin(async move { write.await.map(wrap) }) })
+        }
+        let (key, started) = match &request {
+            Req::Set(r) => (&r.key, boxed(self.start(scope, r), Res::Set)),
+            Req::Delete(r) => (&r.key, boxed(self.start(scope, r), Res::Delete)),
+            Req::Incr(r) => (&r.key, boxed(self.start(scope, r), Res::Incr)),
+            Req::Merge(r) => (&r.key, boxed(self.start(scope, r), Res::Merge)),
             Req::Get(_) | Req::Has(_) => {
                 return Some(Err(Status::internal("a read was taken for a write")));
             }
         };
-        let this = Arc::clone(self);
-        let write = async move {
-            match request {
-                Req::Set(r) => this.set_in(&scope, &r).await.map(Res::Set),
-                Req::Delete(r) => this.delete_in(&scope, &r).await.map(Res::Delete),
-                Req::Incr(r) => this.incr_in(&scope, &r).await.map(Res::Incr),
-                Req::Merge(r) => this.merge_in(&scope, &r).await.map(Res::Merge),
-                Req::Get(_) | Req::Has(_) => Err(Status::internal("a read was taken for a write")),
-            }
+        let key = key.clone();
+        let write = match started {
+            Ok(write) => write,
+            Err(refused) => return Some(Err(refused)),
         };
-        let mut write: Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>> = Box::pin(write);
-        // Polled once now, in order: that hands the write to the engine
-        // (validation and submission are synchronous), so writes of one
-        // key reach the writer in the order they were sent.
-        if let Poll::Ready(result) =
-            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
-        {
-            return Some(result);
-        }
         let due = tokio::time::Instant::from_std(due);
         in_flight.push(
             key.clone(),

@@ -1,0 +1,134 @@
+//! `Watch`: a project's changes streamed to a watcher, under the stream
+//! guard's rule (nothing delivered once the token is revoked or the
+//! project deleted).
+
+use std::sync::Arc;
+
+use kv_engine::{
+    Backend, WatchError, WatchTarget,
+    watch::{Event, Lagged},
+};
+use kv_proto::wire::{self, WatchRequest};
+use tonic::{Request, Status};
+
+use super::{KvService, RequestError, WatchStream, guard, project_deleted, respond, until_true};
+use crate::{auth::Access, status::watch_status};
+
+/// Events sent to a watcher per wake-up; bounds the work between checks
+/// for a hang-up.
+const WATCH_BATCH: usize = 256;
+/// Events queued for one watcher's connection before the history itself
+/// has to hold them.
+const WATCH_QUEUE: usize = 64;
+
+impl<B: Backend> KvService<B> {
+    /// Validates a Watch, subscribes, and starts the task that delivers
+    /// its events.
+    pub(super) fn open_watch(&self, request: Request<WatchRequest>) -> Result<WatchStream, Status> {
+        let scope = self.scope(request.metadata(), Access::Read)?;
+        let r = request.get_ref();
+        let target = match &r.target {
+            None => WatchTarget::All,
+            Some(wire::watch_request::Target::Key(key)) => {
+                WatchTarget::Key(self.key(key).map_err(|e| e.at("key"))?.into())
+            }
+            Some(wire::watch_request::Target::Prefix(prefix)) if prefix.is_empty() => {
+                WatchTarget::All
+            }
+            Some(wire::watch_request::Target::Prefix(prefix)) => {
+                if prefix.len() > self.limits.max_key_bytes {
+                    return Err(RequestError::KeyTooLong {
+                        len: prefix.len(),
+                        max: self.limits.max_key_bytes,
+                    }
+                    .at("prefix")
+                    .into());
+                }
+                WatchTarget::Prefix(prefix.as_str().into())
+            }
+        };
+        // Subscribed before the response starts: once a client holds the
+        // stream, every later change reaches it.
+        let mut subscription = self
+            .backend
+            .watch(&scope.project, target, r.from_version)
+            .map_err(watch_status)?;
+        let incarnation = subscription.incarnation();
+        if incarnation != scope.incarnation {
+            // Deleted (and recreated) between the credential check and the
+            // subscription: the caller was admitted to the old project.
+            return Err(project_deleted(&scope.project));
+        }
+        if let Some(asked) = r.incarnation
+            && asked != incarnation
+        {
+            return Err(watch_status(WatchError::OtherIncarnation {
+                asked,
+                incarnation,
+            }));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+        let mut stopping = self.stopping.clone();
+        let backend = Arc::clone(&self.backend);
+        let project = scope.project.clone();
+        let mut guard = guard::StreamGuard::new(
+            Arc::clone(&self.auth),
+            request.into_parts().0,
+            Some(scope),
+            Access::Read,
+        );
+        tokio::spawn(async move {
+            /// What woke the watch task.
+            enum Woke {
+                Batch(Result<Vec<Arc<Event>>, Lagged>),
+                Recheck,
+            }
+            loop {
+                let woke = tokio::select! {
+                    batch = subscription.next_batch(WATCH_BATCH) => Woke::Batch(batch),
+                    () = tx.closed() => return,
+                    () = guard.changed() => Woke::Recheck,
+                    () = until_true(&mut stopping) => {
+                        let resume = subscription.cursor();
+                        let status = Status::unavailable(format!(
+                            "the server is shutting down; watch again with from_version {resume}"
+                        ));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let events = match woke {
+                    Woke::Recheck => Vec::new(),
+                    Woke::Batch(Ok(events)) => events,
+                    Woke::Batch(Err(lagged @ Lagged::Behind { .. })) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(lagged.to_string())))
+                            .await;
+                        return;
+                    }
+                    Woke::Batch(Err(Lagged::Deleted)) => {
+                        let _ = tx.send(Err(project_deleted(&project))).await;
+                        return;
+                    }
+                };
+                // Before anything is delivered: a change made after a
+                // revocation or deletion is applied after the catalog
+                // change, so a batch holding one fails this check.
+                if let Err(status) = guard.check(&*backend) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                for event in events {
+                    if tx
+                        .send(Ok(respond::watch_event(&event, incarnation)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
