@@ -3,18 +3,87 @@
 //! not depend on either).
 //!
 //! The service validates requests and resolves the project, then calls a
-//! [`Backend`] with plain Rust values. Project names ([`project`]) and
-//! stored JSON values ([`value`]) are defined here, so every backend and
-//! the server agree on them.
-//!
-//! The service validates requests and resolves the project, then calls a
-//! [`Backend`] with plain Rust values; a backend never sees gRPC types.
-//! [`memory::MemoryStore`] is the embedded default.
+//! [`Backend`] with plain Rust values. [`memory::MemoryStore`] holds the
+//! state; [`wal::DurableStore`], the embedded default, makes it durable.
+//! Project names ([`project`]) and stored JSON values ([`value`]) are
+//! defined here, so every backend and the server agree on them.
 //!
 //! Writes are expressed as a [`Mutation`] carrying the resulting state (the
 //! value and its absolute deadline), never as an operation relative to the
 //! old state, so a durable log can record exactly what was applied and
 //! replaying it is idempotent.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: the [`Backend`] trait (the only way in), transactions
+//!   ([`Txn`], [`Op`], [`Check`]), outcomes, errors, clocks.
+//! - [`memory`]: the state. `memory/mod.rs` namespaces and lookups,
+//!   `apply.rs` applying mutations (the one apply path, `apply_commit`),
+//!   `read.rs` reads and List pages, `order.rs` the ordered key index,
+//!   `requests.rs` remembered request ids, `expiry.rs` the deadline index
+//!   and [`memory::ExpiryTask`], `alone.rs` the store used without a log.
+//! - `txn.rs`: evaluating a transaction (checks, read-modify-write, quotas,
+//!   request ids, versions) into the mutations to log and apply.
+//! - [`watch`]: change history and watchers; [`catalog`]: projects,
+//!   quotas, tokens; [`jsonops`]: increments and merge patches.
+//! - [`wal`]: the write-ahead log. `wal/mod.rs` the [`wal::DurableStore`],
+//!   `options.rs` its settings, `dir.rs` file names and segments,
+//!   [`wal::codec`] the record format, `writer.rs` the writer thread (group
+//!   commit, admin changes, snapshot triggers), `snapshot.rs` snapshots,
+//!   `recovery.rs` start-up.
+//!
+//! # Life of a write
+//!
+//! A `Set` of key `k` in project `shop`, from the gRPC handler to the log
+//! record and back:
+//!
+//! 1. `kv-server/src/service/mod.rs` (`KvService::set`) admits the call:
+//!    credentials and project (`auth.rs`), and the project's incarnation
+//!    ([`Backend::incarnation`]).
+//! 2. `kv-server/src/service/mutate.rs` (`KvService::start`, with
+//!    `service/validate.rs`) validates the request into a [`Txn`] (key,
+//!    canonical value, TTL, conditions, request-id fingerprint, the
+//!    incarnation) and calls [`Backend::submit`].
+//! 3. `wal/mod.rs` (`DurableStore::submit`) queues it for the writer
+//!    before returning (bounded by [`MAX_QUEUED_WRITES`]): this is where
+//!    the order of writes is fixed.
+//! 4. `wal/writer.rs` (`Writer::commit`) takes everything queued, evaluates
+//!    each transaction in order with `txn.rs` (`Overlay::evaluate`: checks,
+//!    quota, version, request id) and encodes the resulting state with
+//!    [`wal::codec`] into one buffer.
+//! 5. `wal/writer.rs` (`Writer::append`) writes the buffer with one
+//!    `write` and, under [`wal::FsyncPolicy::Always`], one `fdatasync`: the
+//!    write is now durable. A failed append refuses every write of the
+//!    batch and none is applied.
+//! 6. `memory/apply.rs` (`MemoryStore::apply_commit`) applies the mutations
+//!    under the namespace's consistency lock, publishes each change to the
+//!    project's history ([`watch`]), and remembers the request id.
+//! 7. The writer answers the submission; `service/mutate.rs` turns the
+//!    [`TxnOutcome`] into a `SetResponse`, and tonic sends it. Watchers of
+//!    the project wake and read the change from the history
+//!    (`kv-server/src/service/watch.rs`).
+//!
+//! Reads never go through the writer: `memory/read.rs` reads the map,
+//! checking each entry's deadline against the clock.
+//!
+//! # Life of an expiry
+//!
+//! 1. A write with a TTL stores the absolute deadline with its entry and in
+//!    the deadline index (`memory/expiry.rs`, under the key's map shard).
+//! 2. From that deadline on, reads treat the key as absent
+//!    (`memory/read.rs` compares deadlines with the clock), whether or not
+//!    it has been reclaimed.
+//! 3. [`memory::ExpiryTask`] (started by `kv-server/src/server.rs`) wakes
+//!    every expiry interval and calls [`Backend::expire_due`]: the durable
+//!    store takes the due records out of the index
+//!    (`MemoryStore::take_due`) and hands them to the writer like a write.
+//! 4. The writer (`Writer::commit`) checks that each entry still carries
+//!    that deadline (`Overlay::expire`: a rewrite may have moved it), gives
+//!    each expiry the project's next version, logs them, and applies them
+//!    with `apply_commit`: the memory is reclaimed and watchers get an
+//!    EXPIRED event.
+//! 5. At recovery (`wal/recovery.rs`), a logged set whose deadline has
+//!    passed replays as an expiry, so nothing expired comes back.
 
 use std::{
     future::Future,
@@ -53,7 +122,7 @@ pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
 ///
 /// Keys arrive validated (non-empty UTF-8 within the configured size), values
 /// as canonical encoded `google.protobuf.Value` bytes (see [`crate::value`]).
-/// Every write goes through [`Backend::write`]: one [`Txn`] of checks and
+/// Every write goes through [`Backend::submit`]: one [`Txn`] of checks and
 /// operations, evaluated against the current state and applied all or
 /// nothing, one transaction after another (so read-modify-write operations
 /// such as increments never lose updates).
