@@ -85,20 +85,15 @@
 //! 5. At recovery (`wal/recovery.rs`), a logged set whose deadline has
 //!    passed replays as an expiry, so nothing expired comes back.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
 
 use crate::project::ProjectName;
 
 pub mod catalog;
+mod clock;
+mod error;
 pub mod jsonops;
 pub mod memory;
 pub mod project;
@@ -106,6 +101,9 @@ mod txn;
 pub mod value;
 pub mod wal;
 pub mod watch;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{EngineError, QuotaExceeded, WatchError};
 
 /// Most client transactions a backend queues ahead of its writer; past
 /// it, [`Backend::submit`] refuses with [`EngineError::Overloaded`]. About
@@ -498,49 +496,6 @@ impl WatchTarget {
     }
 }
 
-/// Why a watch could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WatchError {
-    /// Changes after `from` are no longer all retained.
-    #[error(
-        "from_version {from} is older than the retained history, which starts after version {oldest}; read the current state and watch from its version"
-    )]
-    TooOld {
-        /// The requested version.
-        from: u64,
-        /// The newest version no longer retained.
-        oldest: u64,
-    },
-    /// `from` is ahead of the project.
-    #[error("from_version {from} is ahead of the project's current version {current}")]
-    Ahead {
-        /// The requested version.
-        from: u64,
-        /// The project's version.
-        current: u64,
-    },
-    /// `from` is a version of an earlier incarnation of the project.
-    #[error(
-        "from_version {from} belongs to an earlier incarnation of this project: it was deleted and recreated, and its versions now start after {incarnation}; read the current state and watch from its version"
-    )]
-    Recreated {
-        /// The requested version.
-        from: u64,
-        /// The current incarnation.
-        incarnation: u64,
-    },
-    /// The watch names an incarnation the project no longer is.
-    #[error(
-        "incarnation {asked} of this project no longer exists: it was deleted and recreated (now incarnation {incarnation}); read the current state and watch again"
-    )]
-    OtherIncarnation {
-        /// The incarnation the request named.
-        asked: u64,
-        /// The current incarnation.
-        incarnation: u64,
-    },
-}
-
 /// Tunables of the engine shared by both stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -633,105 +588,6 @@ pub struct Applied {
     pub removed: u64,
 }
 
-/// A failure of the storage engine.
-///
-/// The service maps each variant to a gRPC status in one exhaustive match,
-/// so adding a variant forces a decision about its code.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The engine could not make a write durable (disk full, I/O error). The
-    /// write was not applied.
-    #[error("storage unavailable: {context}")]
-    Storage {
-        /// What the engine was doing.
-        context: String,
-        /// The underlying I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The write would take its project over a quota. Nothing was written.
-    #[error("{0}")]
-    QuotaExceeded(QuotaExceeded),
-    /// An increment met a value that is not a number.
-    #[error("key {key:?} holds a {kind}, not a number; incr needs a JSON number")]
-    NotANumber {
-        /// The key.
-        key: Box<str>,
-        /// What it holds.
-        kind: &'static str,
-    },
-    /// An increment's result would not be exact.
-    #[error("key {key:?}: {source}")]
-    NumberOutOfRange {
-        /// The key.
-        key: Box<str>,
-        /// Details with the limit.
-        source: jsonops::NumberError,
-    },
-    /// A merge would produce a value over the size limit.
-    #[error(
-        "key {key:?}: the merged value would be {len} bytes encoded; the limit is {limit} bytes"
-    )]
-    MergedTooLarge {
-        /// The key.
-        key: Box<str>,
-        /// Encoded size of the result.
-        len: usize,
-        /// The value limit.
-        limit: usize,
-    },
-    /// A request id came back with a different request.
-    #[error(
-        "request_id {id:?} was already used for a different request within the idempotency window; use a new id for a new request"
-    )]
-    RequestIdReused {
-        /// The id.
-        id: Box<str>,
-    },
-    /// Stored state that should be impossible (a bug, never bad input).
-    #[error("internal error: {0}")]
-    Internal(String),
-    /// A TTL would put the deadline past what the clock can represent.
-    #[error("ttl of {ttl_ms} ms overflows the clock")]
-    DeadlineOverflow {
-        /// The refused TTL.
-        ttl_ms: u64,
-    },
-    /// The write queue is full: nothing was applied; retry with backoff.
-    #[error(
-        "the server is overloaded: {capacity} writes are already waiting to be logged; nothing was applied, retry with backoff"
-    )]
-    Overloaded {
-        /// The queue's capacity.
-        capacity: usize,
-    },
-    /// The incarnation of the project the call was admitted for is gone:
-    /// the project was deleted (and maybe recreated) meanwhile.
-    #[error("project {project} was deleted while this call was in flight; nothing was applied")]
-    ProjectGone {
-        /// The project.
-        project: ProjectName,
-    },
-    /// CreateProject of a registered project.
-    #[error("project {project} already exists")]
-    ProjectExists {
-        /// The project.
-        project: ProjectName,
-    },
-    /// A revoke of a token that does not exist.
-    #[error("no token has id {id:?}")]
-    TokenNotFound {
-        /// The id.
-        id: String,
-    },
-    /// An admin change of a project that is not registered.
-    #[error("project {project} is not registered (CreateProject first)")]
-    ProjectNotFound {
-        /// The project.
-        project: ProjectName,
-    },
-}
-
 /// Per-project limits on what a project may hold. `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
@@ -739,97 +595,4 @@ pub struct Quota {
     pub max_keys: Option<u64>,
     /// Most bytes (keys plus encoded values) the project may hold.
     pub max_bytes: Option<u64>,
-}
-
-/// A refused write: which quota, its limit, and the usage it met.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuotaExceeded {
-    /// The key quota is full.
-    #[error(
-        "project {project} is at its quota of {limit} keys ({usage} keys in use); delete keys or raise the quota"
-    )]
-    Keys {
-        /// The project.
-        project: ProjectName,
-        /// The key quota.
-        limit: u64,
-        /// Keys in use.
-        usage: u64,
-    },
-    /// The byte quota would be exceeded.
-    #[error(
-        "project {project} would hold {after} bytes, over its quota of {limit} bytes ({usage} bytes in use)"
-    )]
-    Bytes {
-        /// The project.
-        project: ProjectName,
-        /// The byte quota.
-        limit: u64,
-        /// Bytes in use.
-        usage: u64,
-        /// Bytes the project would hold after the write.
-        after: u64,
-    },
-}
-
-/// Wall-clock time in unix milliseconds.
-///
-/// Deadlines are absolute unix milliseconds (they must survive a restart,
-/// which `Instant` does not). Tests inject a [`ManualClock`].
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system's real-time clock.
-///
-/// ```
-/// use kv_engine::{Clock, SystemClock};
-/// assert!(SystemClock.now_ms() > 1_600_000_000_000);
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        // A clock before 1970 is a broken host; treat it as the epoch.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// A clock that moves only when told to, for tests of TTL behaviour.
-///
-/// ```
-/// use kv_engine::{Clock, ManualClock};
-/// let clock = ManualClock::new(1_000);
-/// clock.advance(500);
-/// assert_eq!(clock.now_ms(), 1_500);
-/// ```
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock showing `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        Self(AtomicU64::new(now_ms))
-    }
-
-    /// Moves the clock forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now_ms(&self) -> u64 {
-        (**self).now_ms()
-    }
 }

@@ -903,9 +903,9 @@ fn open(dir: &Path, clock: &Arc<ManualClock>) -> DurableStore {
     DurableStore::open_with(dir, options, clock.clone(), settings()).expect("opens")
 }
 
-/// Runs `futures` to completion, polling each first in order: each submits
-/// its change to the engine on its first poll, so they are evaluated in
-/// this order (the log writer may gather them into one group).
+/// Runs `futures` to completion together. `Backend::submit` queued each
+/// change when its future was made, so they are evaluated in that order
+/// (the log writer may gather them into one group) whatever the polling.
 async fn in_order<'a, T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
     let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

@@ -1,0 +1,177 @@
+//! What can go wrong in the engine, each error naming the problem and
+//! the limit.
+
+use crate::{jsonops, project::ProjectName};
+
+/// Why a watch could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// Changes after `from` are no longer all retained.
+    #[error(
+        "from_version {from} is older than the retained history, which starts after version {oldest}; read the current state and watch from its version"
+    )]
+    TooOld {
+        /// The requested version.
+        from: u64,
+        /// The newest version no longer retained.
+        oldest: u64,
+    },
+    /// `from` is ahead of the project.
+    #[error("from_version {from} is ahead of the project's current version {current}")]
+    Ahead {
+        /// The requested version.
+        from: u64,
+        /// The project's version.
+        current: u64,
+    },
+    /// `from` is a version of an earlier incarnation of the project.
+    #[error(
+        "from_version {from} belongs to an earlier incarnation of this project: it was deleted and recreated, and its versions now start after {incarnation}; read the current state and watch from its version"
+    )]
+    Recreated {
+        /// The requested version.
+        from: u64,
+        /// The current incarnation.
+        incarnation: u64,
+    },
+    /// The watch names an incarnation the project no longer is.
+    #[error(
+        "incarnation {asked} of this project no longer exists: it was deleted and recreated (now incarnation {incarnation}); read the current state and watch again"
+    )]
+    OtherIncarnation {
+        /// The incarnation the request named.
+        asked: u64,
+        /// The current incarnation.
+        incarnation: u64,
+    },
+}
+
+/// A failure of the storage engine.
+///
+/// The service maps each variant to a gRPC status in one exhaustive match,
+/// so adding a variant forces a decision about its code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine could not make a write durable (disk full, I/O error). The
+    /// write was not applied.
+    #[error("storage unavailable: {context}")]
+    Storage {
+        /// What the engine was doing.
+        context: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write would take its project over a quota. Nothing was written.
+    #[error("{0}")]
+    QuotaExceeded(QuotaExceeded),
+    /// An increment met a value that is not a number.
+    #[error("key {key:?} holds a {kind}, not a number; incr needs a JSON number")]
+    NotANumber {
+        /// The key.
+        key: Box<str>,
+        /// What it holds.
+        kind: &'static str,
+    },
+    /// An increment's result would not be exact.
+    #[error("key {key:?}: {source}")]
+    NumberOutOfRange {
+        /// The key.
+        key: Box<str>,
+        /// Details with the limit.
+        source: jsonops::NumberError,
+    },
+    /// A merge would produce a value over the size limit.
+    #[error(
+        "key {key:?}: the merged value would be {len} bytes encoded; the limit is {limit} bytes"
+    )]
+    MergedTooLarge {
+        /// The key.
+        key: Box<str>,
+        /// Encoded size of the result.
+        len: usize,
+        /// The value limit.
+        limit: usize,
+    },
+    /// A request id came back with a different request.
+    #[error(
+        "request_id {id:?} was already used for a different request within the idempotency window; use a new id for a new request"
+    )]
+    RequestIdReused {
+        /// The id.
+        id: Box<str>,
+    },
+    /// Stored state that should be impossible (a bug, never bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A TTL would put the deadline past what the clock can represent.
+    #[error("ttl of {ttl_ms} ms overflows the clock")]
+    DeadlineOverflow {
+        /// The refused TTL.
+        ttl_ms: u64,
+    },
+    /// The write queue is full: nothing was applied; retry with backoff.
+    #[error(
+        "the server is overloaded: {capacity} writes are already waiting to be logged; nothing was applied, retry with backoff"
+    )]
+    Overloaded {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The incarnation of the project the call was admitted for is gone:
+    /// the project was deleted (and maybe recreated) meanwhile.
+    #[error("project {project} was deleted while this call was in flight; nothing was applied")]
+    ProjectGone {
+        /// The project.
+        project: ProjectName,
+    },
+    /// CreateProject of a registered project.
+    #[error("project {project} already exists")]
+    ProjectExists {
+        /// The project.
+        project: ProjectName,
+    },
+    /// A revoke of a token that does not exist.
+    #[error("no token has id {id:?}")]
+    TokenNotFound {
+        /// The id.
+        id: String,
+    },
+    /// An admin change of a project that is not registered.
+    #[error("project {project} is not registered (CreateProject first)")]
+    ProjectNotFound {
+        /// The project.
+        project: ProjectName,
+    },
+}
+
+/// A refused write: which quota, its limit, and the usage it met.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    /// The key quota is full.
+    #[error(
+        "project {project} is at its quota of {limit} keys ({usage} keys in use); delete keys or raise the quota"
+    )]
+    Keys {
+        /// The project.
+        project: ProjectName,
+        /// The key quota.
+        limit: u64,
+        /// Keys in use.
+        usage: u64,
+    },
+    /// The byte quota would be exceeded.
+    #[error(
+        "project {project} would hold {after} bytes, over its quota of {limit} bytes ({usage} bytes in use)"
+    )]
+    Bytes {
+        /// The project.
+        project: ProjectName,
+        /// The byte quota.
+        limit: u64,
+        /// Bytes in use.
+        usage: u64,
+        /// Bytes the project would hold after the write.
+        after: u64,
+    },
+}
