@@ -14,6 +14,11 @@ use prost_types::{ListValue, Struct, Value, value::Kind};
 /// limit; see the tests below for how it was measured).
 pub use kv_contract::MAX_DEPTH;
 
+/// Largest value limit any configuration may set (1 GiB); gRPC frames carry
+/// at most 4 GiB and a single value that size would not be a key-value
+/// workload. The log's record bound derives from it.
+pub const MAX_VALUE_LIMIT: usize = 1024 * 1024 * 1024;
+
 /// Why a value was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
