@@ -15,13 +15,17 @@
 //!
 //! # Layout
 //!
-//! - `lib.rs`: the [`Backend`] trait (the only way in), transactions
-//!   ([`Txn`], [`Op`], [`Check`]), outcomes, errors, clocks.
-//! - [`memory`]: the state. `memory/mod.rs` namespaces and lookups,
-//!   `apply.rs` applying mutations (the one apply path, `apply_commit`),
-//!   `read.rs` reads and List pages, `order.rs` the ordered key index,
-//!   `requests.rs` remembered request ids, `expiry.rs` the deadline index
-//!   and [`memory::ExpiryTask`], `alone.rs` the store used without a log.
+//! - `backend.rs`: the [`Backend`] trait (the only way in); `types.rs`:
+//!   transactions ([`Txn`], [`Op`], [`Check`]), outcomes and the values
+//!   crossing the trait; `error.rs`, `clock.rs`.
+//! - [`memory`]: the state. `memory/mod.rs` the store and its lookups;
+//!   the parts of the state, each in its own file: `namespace.rs` (one
+//!   project), `order.rs` (the ordered key index), `requests.rs`
+//!   (remembered request ids), `expiry.rs` (the deadline index and
+//!   [`memory::ExpiryTask`]); and the store's methods by concern:
+//!   `apply.rs` (the one apply path, `apply_commit`), `read.rs` (reads and
+//!   List pages), `idempotency.rs`, `load.rs` (recovery loading and the
+//!   index build), `alone.rs` (the store used without a log).
 //! - `txn.rs`: evaluating a transaction (checks, read-modify-write, quotas,
 //!   request ids, versions) into the mutations to log and apply.
 //! - [`watch`]: change history and watchers; [`catalog`]: projects,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::{
     Check, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn, TxnOutcome,
     Versioned, jsonops,
-    memory::{Due, MemoryStore, Meta, Remembered, Usage},
+    memory::{MemoryStore, Usage, expiry::Due, namespace::Meta, requests::Remembered},
 };
 use crate::project::ProjectName;
 

@@ -108,7 +108,7 @@ pub struct Txn {
     /// Apply only to this incarnation of the project (the one the caller's
     /// credentials were checked against); `None` applies to whichever is
     /// current. A project deleted (and maybe recreated) since the check
-    /// refuses the write with [`EngineError::ProjectGone`], so a write
+    /// refuses the write with [`crate::EngineError::ProjectGone`], so a write
     /// admitted for a deleted tenant never lands in its successor.
     pub incarnation: Option<u64>,
 }
@@ -183,7 +183,7 @@ pub enum OpOutcome {
     },
 }
 
-/// A page request of [`Backend::list`].
+/// A page request of [`crate::Backend::list`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     /// Only keys starting with this.
@@ -196,7 +196,7 @@ pub struct ListQuery {
     pub keys_only: bool,
 }
 
-/// One page of [`Backend::list`].
+/// One page of [`crate::Backend::list`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListPage {
     /// Live entries in byte order of key (values empty when keys only).

@@ -2,7 +2,7 @@
 //! project incarnation. Only the one writer (the log writer, or the
 //! store's write lock when used alone) calls these.
 
-use super::*;
+use super::{requests::RequestTable, *};
 
 impl MemoryStore {
     /// Deletes `project`: its keys, history, request ids and version

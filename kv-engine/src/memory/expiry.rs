@@ -1,7 +1,14 @@
 //! The expiry index (deadlines in order) and the task that reclaims
 //! expired entries.
 
-use super::*;
+use std::{
+    collections::BTreeSet,
+    hash::{BuildHasher, Hash, Hasher},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use super::{hash::MapHasher, locks::lock};
+use crate::{Backend, project::ProjectName};
 
 /// Number of independently locked parts of the expiry index.
 pub(super) const EXPIRY_SHARDS: usize = 16;
@@ -134,22 +141,5 @@ impl ExpiryTask {
         // there is nothing left to stop.
         let _ = self.stop.send(());
         let _ = self.handle.await;
-    }
-}
-
-impl MemoryStore {
-    /// Takes up to `limit` due deadlines out of the expiry index. Each must
-    /// then be expired through the store's writer (or dropped when the
-    /// entry changed meanwhile).
-    pub(crate) fn take_due(&self, limit: usize) -> Vec<Due> {
-        self.expiry
-            .take_due(self.clock.now_ms(), limit)
-            .into_iter()
-            .map(|r| Due {
-                project: r.project,
-                key: r.key,
-                at: r.at,
-            })
-            .collect()
     }
 }

@@ -36,11 +36,10 @@
 //! project waits for the install. Gets and writes never wait for it.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    hash::{BuildHasher, Hash, Hasher},
+    collections::{BTreeSet, HashMap},
     ops::Bound,
     sync::{
-        Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -51,32 +50,35 @@ use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 use super::{
     Applied, Backend, Clock, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
     SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
-    watch::{Budget, Event, EventKind, Hub, Subscription},
+    watch::{Budget, Event, EventKind, Subscription},
 };
 use crate::project::ProjectName;
 
+// Each file below either holds a part of the state (and imports nothing
+// of this file) or adds methods to `MemoryStore` (importing this file,
+// never imported by it), so no two files import each other.
 mod alone;
 mod apply;
-mod expiry;
+pub(crate) mod expiry;
+mod hash;
+mod idempotency;
+pub(crate) mod load;
+mod locks;
+pub(crate) mod namespace;
 mod order;
 mod read;
-mod requests;
+pub(crate) mod requests;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use expiry::Due;
 pub use expiry::ExpiryTask;
-use expiry::{ExpiryIndex, ExpiryRecord};
-pub(crate) use order::OrderBuild;
-use order::{Built, OrderChange, OrderIndex, Pending};
-pub(crate) use requests::Remembered;
-use requests::RequestTable;
-
-/// The hasher of every map here. SipHash (std's) dominated profiles of
-/// replay and writes; aHash is several times faster on short keys and,
-/// seeded at random per process, still resists hash flooding by tenants
-/// who choose their keys.
-type MapHasher = ahash::RandomState;
+use expiry::{Due, ExpiryIndex, ExpiryRecord};
+use hash::MapHasher;
+use locks::{lock, read_lock, write_lock};
+pub use namespace::Usage;
+use namespace::{Meta, Namespace, StoredEntry};
+use order::{OrderChange, OrderIndex};
+use requests::Remembered;
 
 /// Project names with a version each (retired names with their last
 /// version, live ones with their incarnation).
@@ -117,90 +119,6 @@ pub struct MemoryStore {
     /// then a `projects` shard (creation and deletion both take it first,
     /// so a name is never half deleted for a concurrent creator).
     retired: Mutex<HashMap<ProjectName, u64, MapHasher>>,
-}
-
-/// One project's keys.
-struct Namespace {
-    entries: DashMap<Arc<str>, StoredEntry, MapHasher>,
-    /// The same keys in byte order, for listing.
-    order: RwLock<OrderIndex>,
-    /// Set once `order` is ready; Lists wait for it.
-    built: Built,
-    /// Entries held (expired-but-unreclaimed included).
-    keys: AtomicU64,
-    /// Bytes of their keys and values.
-    bytes: AtomicU64,
-    /// The newest version applied.
-    version: AtomicU64,
-    /// Held for writing while a multi-key transaction applies.
-    consistency: RwLock<()>,
-    requests: Mutex<RequestTable>,
-    hub: Arc<Hub>,
-    /// The version this incarnation's numbering starts after (0 for the
-    /// first project of a name). Fixed for the namespace's life: a deleted
-    /// project's name gets a new namespace, never this one again.
-    incarnation: u64,
-    /// Set when the project is deleted: walks that collected this
-    /// namespace before (snapshots) skip it.
-    deleted: AtomicBool,
-}
-
-impl Namespace {
-    /// A namespace created during a recovery gathers its keys for an
-    /// `OrderBuild`; any other starts with an empty, ready index.
-    fn new(loading: bool, incarnation: u64) -> Self {
-        let order = if loading {
-            OrderIndex::Building(Pending::default())
-        } else {
-            OrderIndex::Ready(BTreeSet::new())
-        };
-        Self {
-            entries: DashMap::default(),
-            order: RwLock::new(order),
-            built: Built::new(!loading),
-            keys: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            version: AtomicU64::new(incarnation),
-            consistency: RwLock::new(()),
-            requests: Mutex::default(),
-            hub: Arc::new(Hub::new(incarnation)),
-            incarnation,
-            deleted: AtomicBool::new(false),
-        }
-    }
-}
-
-/// What one project holds: the figures its quotas are checked against.
-/// Expired entries count until the expiry task reclaims them (within about
-/// one expiry interval).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Keys held.
-    pub keys: u64,
-    /// Bytes of keys plus encoded values.
-    pub bytes: u64,
-}
-
-struct StoredEntry {
-    value: Box<[u8]>,
-    /// Unix ms; 0 means no deadline (a real deadline is always > 0).
-    expires_at: u64,
-    version: u64,
-}
-
-impl StoredEntry {
-    fn is_live(&self, now: u64) -> bool {
-        self.expires_at == 0 || self.expires_at > now
-    }
-}
-
-/// An entry as the transaction evaluator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Meta {
-    pub(crate) expires_at: u64,
-    pub(crate) version: u64,
-    /// Key plus value bytes.
-    pub(crate) size: u64,
 }
 
 impl Default for MemoryStore {
@@ -513,22 +431,19 @@ impl MemoryStore {
     pub fn pending_expiries(&self) -> usize {
         self.expiry.len()
     }
-}
 
-/// A std `Mutex` is right here: it is held only for short, non-async
-/// critical sections. A panic while holding it cannot leave the set half
-/// updated (BTreeSet operations are atomic from the outside), so poisoning is
-/// ignored rather than turned into a second panic.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// As [`lock`]: the guarded sets and tables are changed by single calls
-/// that leave them whole.
-fn read_lock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write_lock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Takes up to `limit` due deadlines out of the expiry index. Each must
+    /// then be expired through the store's writer (or dropped when the
+    /// entry changed meanwhile).
+    pub(crate) fn take_due(&self, limit: usize) -> Vec<Due> {
+        self.expiry
+            .take_due(self.clock.now_ms(), limit)
+            .into_iter()
+            .map(|r| Due {
+                project: r.project,
+                key: r.key,
+                at: r.at,
+            })
+            .collect()
+    }
 }

@@ -1,7 +1,12 @@
 //! The ordered key index of each namespace, and its build after a
 //! recovery (see the parent module).
 
-use super::*;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Condvar, Mutex},
+};
+
+use super::locks::lock;
 
 /// A namespace's ordered keys, or what will make them.
 pub(super) enum OrderIndex {
@@ -96,149 +101,5 @@ impl Built {
     pub(super) async fn wait_async(&self) {
         // The sender lives as long as the namespace, which the caller holds.
         let _ = self.watch.subscribe().wait_for(|done| *done).await;
-    }
-}
-
-/// Namespaces whose ordered indexes are still to be built after a
-/// recovery; [`OrderBuild::run`] builds them (on a thread of its own).
-pub(crate) struct OrderBuild {
-    pub(super) namespaces: Vec<(ProjectName, Arc<Namespace>)>,
-}
-
-impl OrderBuild {
-    /// Whether there is anything left to build.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.namespaces.is_empty()
-    }
-
-    /// Keys held by the namespaces left to build.
-    pub(crate) fn keys(&self) -> usize {
-        self.namespaces.iter().map(|(_, ns)| ns.entries.len()).sum()
-    }
-
-    /// Builds every index, one namespace after another, and marks each
-    /// ready as soon as it is installed.
-    pub(crate) fn run(self) {
-        for (_, ns) in self.namespaces {
-            let tree = Self::sorted(&ns);
-            Self::install(&ns, tree);
-        }
-    }
-
-    /// The namespace's keys as of the end of its load, in order. Only
-    /// the gathering and the install take the index's lock; sorting (the
-    /// slow part) holds nothing, so writers go on meanwhile.
-    pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Arc<str>> {
-        let (mut keys, mut removed) = match &mut *write_lock(&ns.order) {
-            OrderIndex::Building(pending) => (
-                std::mem::take(&mut pending.loaded),
-                std::mem::take(&mut pending.removed),
-            ),
-            OrderIndex::Ready(_) => return BTreeSet::new(),
-        };
-        // The map yields keys unordered: an unstable sort is the fastest
-        // way to order them, and a BTreeSet collected from sorted keys is
-        // built in one linear pass.
-        keys.sort_unstable();
-        keys.dedup();
-        if !removed.is_empty() {
-            removed.sort_unstable();
-            removed.dedup();
-            // A key removed during the load may have been added again. The
-            // map is asked now, not as of the load's end: a change since
-            // then is also queued in `changes`, and the install replays
-            // it over whatever was seen here.
-            keys.retain(|key| {
-                removed.binary_search(key).is_err() || ns.entries.contains_key(&**key)
-            });
-        }
-        keys.into_iter().collect()
-    }
-
-    /// Replays the changes queued since the load onto `tree` and makes it
-    /// the namespace's index.
-    pub(super) fn install(ns: &Namespace, mut tree: BTreeSet<Arc<str>>) {
-        {
-            let mut order = write_lock(&ns.order);
-            if let OrderIndex::Building(pending) = &mut *order {
-                let mut ready = OrderIndex::Ready(std::mem::take(&mut tree));
-                for change in pending.changes.drain(..) {
-                    ready.change(change, false);
-                }
-                *order = ready;
-            }
-        }
-        ns.built.set();
-    }
-}
-
-/// Up to this many keys, all projects together, indexes are built at once
-/// when the load ends (small projects first): a few milliseconds at most,
-/// and a store of small projects then needs no thread. Past it, many
-/// mid-sized projects would add up to the delay the background build
-/// avoids.
-pub(super) const INLINE_BUILD_KEYS: usize = 4096;
-
-impl MemoryStore {
-    /// Puts the store in bulk loading, for a recovery: no change history is
-    /// recorded (nobody can watch yet) and the ordered key indexes are not
-    /// kept key by key (see [`MemoryStore::end_load`]).
-    pub(crate) fn begin_load(&self) {
-        self.history.recording.store(false, Ordering::Relaxed);
-        self.loading.store(true, Ordering::Relaxed);
-    }
-
-    /// Ends the bulk load. Small namespaces get their ordered index at
-    /// once; the others are returned, to be built by [`OrderBuild::run`]
-    /// while the store serves (their Lists wait until then).
-    pub(crate) fn end_load(&self) -> OrderBuild {
-        self.history.recording.store(true, Ordering::Relaxed);
-        self.loading.store(false, Ordering::Relaxed);
-        let mut namespaces: Vec<_> = self
-            .namespaces()
-            .into_iter()
-            .filter_map(|(project, ns)| {
-                let loaded = match &*read_lock(&ns.order) {
-                    OrderIndex::Ready(_) => return None,
-                    OrderIndex::Building(pending) => pending.loaded.len(),
-                };
-                Some((loaded, project, ns))
-            })
-            .collect();
-        namespaces.sort_unstable_by_key(|(loaded, _, _)| *loaded);
-        let mut budget = INLINE_BUILD_KEYS;
-        namespaces.retain(|(loaded, _, ns)| {
-            let inline = *loaded <= budget;
-            if inline {
-                budget -= loaded;
-                OrderBuild::install(ns, OrderBuild::sorted(ns));
-            }
-            !inline
-        });
-        OrderBuild {
-            namespaces: namespaces
-                .into_iter()
-                .map(|(_, project, ns)| (project, ns))
-                .collect(),
-        }
-    }
-
-    pub(super) fn loading(&self) -> bool {
-        self.loading.load(Ordering::Relaxed)
-    }
-
-    /// Records a change of `ns`'s key set in its ordered index.
-    pub(super) fn change_order(&self, ns: &Namespace, change: OrderChange) {
-        write_lock(&ns.order).change(change, self.loading());
-    }
-
-    /// Waits until `project`'s ordered index is ready (it is being built
-    /// after a recovery), without blocking the thread.
-    pub(crate) async fn order_ready(&self, project: &ProjectName) {
-        if let Some(ns) = self.namespace(project)
-            && !ns.built.is_set()
-        {
-            ns.built.wait_async().await;
-        }
     }
 }

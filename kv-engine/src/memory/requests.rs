@@ -1,6 +1,12 @@
 //! The outcomes of recent request ids, per project, for retries.
 
-use super::*;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use super::hash::MapHasher;
+use crate::{Settings, TxnOutcome};
 
 /// The outcome of a request id, remembered for retries.
 #[derive(Debug, Clone)]
@@ -41,59 +47,5 @@ impl RequestTable {
                 self.by_id.remove(&id);
             }
         }
-    }
-}
-
-impl MemoryStore {
-    /// The remembered outcome of request `id`, if within the window.
-    pub(crate) fn remembered(
-        &self,
-        project: &ProjectName,
-        id: &str,
-        now: u64,
-    ) -> Option<Remembered> {
-        let ns = self.namespace(project)?;
-        let table = lock(&ns.requests);
-        table
-            .by_id
-            .get(id)
-            .filter(|r| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
-            .cloned()
-    }
-
-    /// Remembers the outcome of request `id` (replay and the writer).
-    pub(crate) fn remember(&self, project: &ProjectName, id: Box<str>, remembered: Remembered) {
-        let now = self.clock.now_ms();
-        if remembered
-            .at
-            .saturating_add(self.settings.idempotency_window_ms)
-            <= now
-        {
-            return;
-        }
-        let ns = self.namespace_or_create(project);
-        lock(&ns.requests).insert(id, remembered, now, &self.settings);
-    }
-
-    /// Calls `f` with every remembered request id still in its window.
-    pub(crate) fn for_each_remembered<E>(
-        &self,
-        mut f: impl FnMut(&ProjectName, &str, &Remembered) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let now = self.clock.now_ms();
-        for (project, ns) in self.live_namespaces() {
-            // Copied out first: `f` writes a file, and the writer must not
-            // wait on that to remember a new request of this project.
-            let live: Vec<(Box<str>, Remembered)> = lock(&ns.requests)
-                .by_id
-                .iter()
-                .filter(|(_, r)| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
-                .map(|(id, r)| (id.clone(), r.clone()))
-                .collect();
-            for (id, r) in &live {
-                f(&project, id, r)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! the installed index holds exactly the map's keys, and a List waiting
 //! for it shows exactly the project's keys at the page's version.
 
-use super::{order::OrderBuild, *};
+use super::{load::OrderBuild, *};
 use crate::ManualClock;
 
 fn project() -> ProjectName {

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     Clock, Mutation, Versioned,
     catalog::{Catalog, apply_logged},
-    memory::{MemoryStore, OrderBuild, Remembered},
+    memory::{MemoryStore, load::OrderBuild, requests::Remembered},
 };
 
 /// Why a data directory could not be opened.

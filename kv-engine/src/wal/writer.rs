@@ -20,8 +20,8 @@ use super::{
 use crate::{
     EngineError, Quota, Txn, TxnOutcome, Versioned,
     catalog::{Catalog, CatalogChange, TokenMeta, apply_logged},
-    memory::Due,
     memory::MemoryStore,
+    memory::expiry::Due,
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
