@@ -18,7 +18,7 @@ use std::sync::{
 
 use tonic::{Status, metadata::MetadataMap};
 
-use super::{Scope, project_deleted};
+use super::shared::{Scope, project_deleted};
 use kv_engine::Backend;
 
 use crate::auth::{Access, Auth, Caller};

@@ -1,198 +1,49 @@
 //! The gRPC `kv.v1.KvService`: validate, resolve the project, call the
 //! engine, convert back. Nothing else happens here.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the handlers, each a few lines.
+//! - `shared.rs`: the service's state, admitting a call to a project
+//!   incarnation (`Scope`), the reads.
+//! - `validate.rs` (wire requests into engine operations) with `error.rs`
+//!   ([`RequestError`]); `respond.rs` (engine results into wire messages);
+//!   `mutate.rs` (every writing request: one trait, one path to the engine).
+//! - `watch.rs`, `pipeline.rs`: the long-lived streams, both under the rule
+//!   of `guard.rs`.
+//!
+//! Errors of the engine map to statuses in [`crate::status`].
 
-use std::{pin::Pin, sync::Arc};
-
+mod error;
 mod guard;
 mod mutate;
 mod pipeline;
 mod respond;
+mod shared;
 mod validate;
 mod watch;
 
-use kv_engine::{Backend, ListQuery, project::ProjectName};
+use std::sync::Arc;
+
+pub use error::RequestError;
+use kv_engine::{Backend, ListQuery};
 pub use kv_proto::contract::{CALL_PROJECTS_HEADER, PROJECT_HEADER};
 use kv_proto::wire::{
     self as wire, BatchRequest, BatchResponse, ClearRequest, ClearResponse, DeleteManyRequest,
     DeleteManyResponse, DeleteRequest, DeleteResponse, GetManyRequest, GetManyResponse, GetRequest,
     GetResponse, HasRequest, HasResponse, IncrRequest, IncrResponse, ListRequest, ListResponse,
-    MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, SetManyRequest,
-    SetManyResponse, SetRequest, SetResponse, WatchRequest, kv_service_server,
+    MergeRequest, MergeResponse, PipelineRequest, SetManyRequest, SetManyResponse, SetRequest,
+    SetResponse, WatchRequest, kv_service_server,
 };
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-pub use validate::RequestError;
+pub use shared::KvService;
+use shared::{PipelineStream, WatchStream};
+use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Access, Auth},
-    config::{DEFAULT_LIST_LIMIT, Limits, MAX_LIST_LIMIT},
+    auth::Access,
+    config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT},
     status::engine_status,
 };
-
-/// The project a call acts on, and the incarnation of it the caller was
-/// admitted to: writes carry it to the engine, reads check it afterwards,
-/// so a call admitted just before its project was deleted and recreated
-/// can touch neither.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Scope {
-    pub(crate) project: ProjectName,
-    pub(crate) incarnation: u64,
-}
-
-/// The status of a call or stream whose project was deleted.
-pub(crate) fn project_deleted(project: &ProjectName) -> Status {
-    Status::not_found(format!(
-        "project {project} was deleted; a project created again under its name is a new project that shares nothing with it"
-    ))
-}
-
-/// The `kv.v1.KvService` implementation over any [`Backend`].
-pub struct KvService<B> {
-    backend: Arc<B>,
-    limits: Limits,
-    auth: Arc<Auth>,
-    /// Turns true when the server starts shutting down: open watches end.
-    stopping: tokio::sync::watch::Receiver<bool>,
-    /// Longest a pipelined call may run (`--max-request-time-ms`): the
-    /// transport's per-request cap sees only the stream, not its calls.
-    max_call_time: std::time::Duration,
-}
-
-// Not derived: that would require `B: Clone`, and the backend is shared.
-impl<B> Clone for KvService<B> {
-    fn clone(&self) -> Self {
-        Self {
-            backend: self.backend.clone(),
-            limits: self.limits.clone(),
-            auth: self.auth.clone(),
-            stopping: self.stopping.clone(),
-            max_call_time: self.max_call_time,
-        }
-    }
-}
-
-impl<B> KvService<B> {
-    /// A service answering from `backend` under `limits`, admitting calls
-    /// through `auth`.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use kv_engine::memory::MemoryStore;
-    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
-    /// let auth = Arc::new(Auth::new(None, Default::default()));
-    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth);
-    /// let _grpc = kv_proto::wire::kv_service_server::KvServiceServer::new(service);
-    /// ```
-    pub fn new(backend: Arc<B>, limits: Limits, auth: Arc<Auth>) -> Self {
-        Self {
-            backend,
-            limits,
-            auth,
-            stopping: tokio::sync::watch::Sender::new(false).subscribe(),
-            max_call_time: crate::config::Config::default().max_request_time,
-        }
-    }
-
-    /// Ends open watches (UNAVAILABLE, naming the version to resume from)
-    /// once `stopping` turns true, so they do not hold a shutdown's drain.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use kv_engine::memory::MemoryStore;
-    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
-    /// let (stop, stopping) = tokio::sync::watch::channel(false);
-    /// let auth = Arc::new(Auth::new(None, Default::default()));
-    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
-    ///     .with_stopping(stopping);
-    /// stop.send_replace(true);
-    /// # let _ = service;
-    /// ```
-    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.stopping = stopping;
-        self
-    }
-
-    /// Caps each call of a `Pipeline` stream at `limit`, as
-    /// `--max-request-time-ms` caps a unary request.
-    ///
-    /// ```
-    /// use std::{sync::Arc, time::Duration};
-    /// use kv_engine::memory::MemoryStore;
-    /// use kv_server::{auth::Auth, config::Limits, service::KvService};
-    /// let auth = Arc::new(Auth::new(None, Default::default()));
-    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
-    ///     .with_max_call_time(Duration::from_secs(5));
-    /// # let _ = service;
-    /// ```
-    pub fn with_max_call_time(mut self, limit: std::time::Duration) -> Self {
-        self.max_call_time = limit;
-        self
-    }
-}
-
-// The unary methods' work, shared with `Pipeline`, which runs the same
-// calls for a stream's frames.
-impl<B: Backend> KvService<B> {
-    /// Admits a call: its project and the incarnation it is admitted to.
-    fn scope(&self, metadata: &MetadataMap, access: Access) -> Result<Scope, Status> {
-        let project = self.auth.project_for(metadata, access)?;
-        Ok(self.scope_of(project))
-    }
-
-    pub(crate) fn scope_of(&self, project: ProjectName) -> Scope {
-        let incarnation = self.backend.incarnation(&project);
-        Scope {
-            project,
-            incarnation,
-        }
-    }
-
-    /// Refuses what a read found when the project it was admitted to is no
-    /// longer there: the read may have seen a successor's data.
-    fn still(&self, scope: &Scope) -> Result<(), Status> {
-        if self.backend.incarnation(&scope.project) == scope.incarnation {
-            Ok(())
-        } else {
-            Err(project_deleted(&scope.project))
-        }
-    }
-
-    async fn get_in(&self, scope: &Scope, r: &GetRequest) -> Result<GetResponse, Status> {
-        let key = self.key(&r.key)?;
-        let entry = self
-            .backend
-            .get(&scope.project, key)
-            .await
-            .map_err(engine_status)?;
-        self.still(scope)?;
-        Ok(respond::get_response(entry, scope.incarnation))
-    }
-
-    async fn has_in(&self, scope: &Scope, r: &HasRequest) -> Result<HasResponse, Status> {
-        let key = self.key(&r.key)?;
-        let exists = self
-            .backend
-            .has(&scope.project, key)
-            .await
-            .map_err(engine_status)?;
-        self.still(scope)?;
-        Ok(HasResponse { exists })
-    }
-}
-
-/// Resolves once `flag` is true (never, if its sender is gone first).
-async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
-    while !*flag.borrow_and_update() {
-        if flag.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-type WatchStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<wire::WatchEvent, Status>> + Send + 'static>>;
-
-type PipelineStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<PipelineResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {

@@ -14,7 +14,11 @@ use kv_proto::wire::{
 use prost::Message;
 use tonic::Status;
 
-use super::{KvService, RequestError, Scope, respond};
+use super::{
+    error::RequestError,
+    respond,
+    shared::{KvService, Scope},
+};
 use crate::status::engine_status;
 
 /// A request that writes: its transaction and its response.

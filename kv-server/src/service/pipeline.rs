@@ -31,7 +31,10 @@ use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use kv_proto::wire::{self, Call, CallError, PipelineRequest, PipelineResponse, Reply};
 use tonic::{Status, Streaming, metadata::MetadataMap};
 
-use super::{KvService, Scope, guard::StreamGuard, until_true};
+use super::{
+    guard::StreamGuard,
+    shared::{KvService, Scope, until_true},
+};
 use kv_engine::Backend;
 
 use crate::auth::{Access, Caller};

@@ -11,7 +11,11 @@ use kv_engine::{
 use kv_proto::wire::{self, WatchRequest};
 use tonic::{Request, Status};
 
-use super::{KvService, RequestError, WatchStream, guard, project_deleted, respond, until_true};
+use super::{
+    error::RequestError,
+    guard, respond,
+    shared::{KvService, WatchStream, project_deleted, until_true},
+};
 use crate::{auth::Access, status::watch_status};
 
 /// Events sent to a watcher per wake-up; bounds the work between checks
