@@ -312,6 +312,30 @@ impl Admin {
     }
 }
 
+impl Client {
+    /// The admin API (projects, quotas, tokens), with this client's
+    /// credentials (the admin token when the server requires one).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), kv_client::Error> {
+    /// let admin = kv_client::Client::builder("http://127.0.0.1:50051")
+    ///     .token("the-admin-token")
+    ///     .connect()
+    ///     .await?
+    ///     .admin();
+    /// admin.create_project("shop", kv_client::Quota::default()).await?;
+    /// let token = admin.create_token("shop", false).await?;
+    /// println!("give the shop service this secret once: {}", token.token);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn admin(&self) -> Admin {
+        Admin {
+            client: self.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@ use kv_proto::v1 as pb;
 use serde::Serialize;
 
 use crate::{
-    Error, Project, encode, json,
+    Error, Project, json,
     options::{check_delta, request_id, ttl_ms},
+    project::encode,
 };
 
 /// Checks plus writes on one project, applied all or nothing; from
@@ -367,6 +368,28 @@ impl OpResult {
                 )));
             }
         })
+    }
+}
+
+impl Project {
+    /// Starts a [`Batch`]: checks plus writes on this project, applied all or
+    /// nothing with [`Batch::commit`].
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let outcome = kv
+    ///     .batch()
+    ///     .check_absent("order:9")
+    ///     .set("order:9", &serde_json::json!({"total": 30}))
+    ///     .incr("stats:orders", 1.0)
+    ///     .commit()
+    ///     .await?;
+    /// if !outcome.applied { println!("order 9 already exists"); }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.clone())
     }
 }
 

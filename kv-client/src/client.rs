@@ -1,6 +1,23 @@
 //! The connection: [`Client`], its builder and TLS settings.
 
-use super::*;
+use std::{sync::Arc, time::Duration};
+
+use kv_proto::v1::{admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient};
+use tonic::{
+    Request,
+    metadata::{AsciiMetadataValue, MetadataMap, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+use crate::{Error, pipeline::Pipeline};
+
+/// Default per-call timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest message the SDK sends or accepts (the server enforces its
+/// own, smaller, limits).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A connection to a kv server. Clones share the connection.
 ///
@@ -321,28 +338,6 @@ impl Client {
         }
     }
 
-    /// The admin API (projects, quotas, tokens), with this client's
-    /// credentials (the admin token when the server requires one).
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), kv_client::Error> {
-    /// let admin = kv_client::Client::builder("http://127.0.0.1:50051")
-    ///     .token("the-admin-token")
-    ///     .connect()
-    ///     .await?
-    ///     .admin();
-    /// admin.create_project("shop", kv_client::Quota::default()).await?;
-    /// let token = admin.create_token("shop", false).await?;
-    /// println!("give the shop service this secret once: {}", token.token);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn admin(&self) -> Admin {
-        Admin {
-            client: self.clone(),
-        }
-    }
-
     /// Connects to `url` (like `http://127.0.0.1:50051`) with default options.
     ///
     /// ```no_run
@@ -375,29 +370,6 @@ impl Client {
             tls: None,
             token: None,
             auto_batching: true,
-        }
-    }
-
-    /// A handle on the keys of project `name`. Cheap, and holds nothing
-    /// on the client (handles of any number of projects share the client's
-    /// one auto-batching stream); clone it freely, or make one per request.
-    ///
-    /// The name is checked here (1-64 characters of `[A-Za-z0-9_.-]`); an
-    /// invalid one makes every call on the handle fail with
-    /// [`Error::InvalidArgument`].
-    ///
-    /// ```no_run
-    /// # async fn demo(client: kv_client::Client) -> Result<(), kv_client::Error> {
-    /// let prefs = client.project("prefs");
-    /// prefs.set("theme", &"dark").await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn project(&self, name: &str) -> Project {
-        Project {
-            client: self.clone(),
-            name: Arc::from(name),
-            header: Arc::new(project_header(name)),
         }
     }
 }

@@ -151,20 +151,6 @@
 //! # }
 //! ```
 
-use std::{future::Future, sync::Arc, time::Duration};
-
-use kv_proto::v1::{
-    self as pb, GetRequest, HasRequest, admin_service_client::AdminServiceClient,
-    call::Request as Req, kv_service_client::KvServiceClient, reply::Response as Res,
-};
-use pipeline::Pipeline;
-use serde::{Serialize, de::DeserializeOwned};
-use tonic::{
-    Request,
-    metadata::{AsciiMetadataValue, MetadataMap, MetadataValue},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
-
 mod admin;
 mod batch;
 mod client;
@@ -181,7 +167,9 @@ mod watch;
 
 pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
 pub use batch::{Batch, BatchOutcome, OpResult};
-pub use client::{Client, ClientBuilder, Tls};
+pub use client::{
+    Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,
+};
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use list::{ListEntry, ListOptions, Page};
@@ -190,19 +178,10 @@ pub use options::{
     MergeOptions, SetManyOptions, SetOptions, new_request_id,
 };
 pub use project::{ClearOutcome, DeleteOutcome, Entry, Project, SetOutcome, Versioned};
-use project::{encode, entry_from_proto, project_header};
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 
 pub use kv_proto::contract::PROJECT_HEADER;
-/// Default per-call timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default connect timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default largest message the SDK sends or accepts (the server enforces its
-/// own, smaller, limits).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -3,7 +3,10 @@
 use kv_proto::v1 as pb;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{DeleteManyOptions, Entry, Error, Project, SetManyOptions, encode, entry_from_proto};
+use crate::{
+    DeleteManyOptions, Entry, Error, Project, SetManyOptions,
+    project::{encode, entry_from_proto},
+};
 
 impl Project {
     /// Reads many keys as `T`s in one call, all as of one moment: one

@@ -1,6 +1,22 @@
 //! One project's keys: [`Project`] and the results its calls return.
 
-use super::*;
+use std::{future::Future, sync::Arc, time::Duration};
+
+use kv_proto::v1::{
+    self as pb, GetRequest, HasRequest, call::Request as Req, reply::Response as Res,
+};
+use kv_proto::{contract::PROJECT_HEADER, v1::kv_service_client::KvServiceClient};
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::{
+    Request,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::Channel,
+};
+
+use crate::{
+    ClearOptions, Client, DeleteOptions, Error, IncrOptions, MergeOptions, SetOptions, json,
+    pipeline,
+};
 
 pub(crate) fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
     kv_proto::contract::check_project_name(name)
@@ -560,26 +576,6 @@ impl Project {
             version: reply.version,
         })
     }
-
-    /// Starts a [`Batch`]: checks plus writes on this project, applied all or
-    /// nothing with [`Batch::commit`].
-    ///
-    /// ```no_run
-    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
-    /// let outcome = kv
-    ///     .batch()
-    ///     .check_absent("order:9")
-    ///     .set("order:9", &serde_json::json!({"total": 30}))
-    ///     .incr("stats:orders", 1.0)
-    ///     .commit()
-    ///     .await?;
-    /// if !outcome.applied { println!("order 9 already exists"); }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn batch(&self) -> Batch {
-        Batch::new(self.clone())
-    }
 }
 
 /// `value` as JSON on the wire, checked against the number and depth rules.
@@ -703,4 +699,29 @@ pub struct Versioned<T> {
     pub value: T,
     /// The key's new version.
     pub version: u64,
+}
+
+impl Client {
+    /// A handle on the keys of project `name`. Cheap, and holds nothing
+    /// on the client (handles of any number of projects share the client's
+    /// one auto-batching stream); clone it freely, or make one per request.
+    ///
+    /// The name is checked here (1-64 characters of `[A-Za-z0-9_.-]`); an
+    /// invalid one makes every call on the handle fail with
+    /// [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kv_client::Client) -> Result<(), kv_client::Error> {
+    /// let prefs = client.project("prefs");
+    /// prefs.set("theme", &"dark").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn project(&self, name: &str) -> Project {
+        Project {
+            client: self.clone(),
+            name: Arc::from(name),
+            header: Arc::new(project_header(name)),
+        }
+    }
 }
