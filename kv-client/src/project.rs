@@ -185,7 +185,7 @@ impl Project {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for an integer beyond ±2^53 or nesting
-    /// deeper than [`MAX_DEPTH`]; [`Error::Encode`] when `value` cannot be
+    /// deeper than [`MAX_DEPTH`](crate::MAX_DEPTH); [`Error::Encode`] when `value` cannot be
     /// JSON; [`Error::Status`] from the server (`RESOURCE_EXHAUSTED` over a
     /// size limit, `INVALID_ARGUMENT` for a bad key); [`Error::Timeout`].
     pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
@@ -248,7 +248,7 @@ impl Project {
     /// # Errors
     ///
     /// As [`Project::set_with_ttl`]; [`Error::InvalidArgument`] for a
-    /// request id that is empty or longer than [`MAX_REQUEST_ID_BYTES`];
+    /// request id that is empty or longer than [`MAX_REQUEST_ID_BYTES`](crate::MAX_REQUEST_ID_BYTES);
     /// `FAILED_PRECONDITION` from the server when a request id is reused
     /// for a different request. A condition that does not hold is not an
     /// error: it is `applied = false`.
@@ -625,7 +625,7 @@ pub struct Entry<T> {
     /// When the key expires (unix milliseconds), if it has a TTL.
     pub expires_at_ms: Option<u64>,
     /// The project's incarnation: [`version`](Self::version) means something
-    /// only in it (see [`WatchOptions::incarnation`]).
+    /// only in it (see [`WatchOptions::incarnation`](crate::WatchOptions::incarnation)).
     pub incarnation: u64,
 }
 
