@@ -67,11 +67,8 @@ mod runner;
 mod target;
 mod workload;
 
-/// etcd's v3 KV messages and client, generated from `proto/etcd.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
-mod etcd {
-    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
-}
+mod etcd;
 
 use cli::{Cli, Command, RunArgs, TargetKind};
 
