@@ -251,15 +251,27 @@ pub struct Settings {
     pub watch_history_total_bytes: usize,
 }
 
+impl Settings {
+    /// The defaults, defined here once: the server's flags and
+    /// configuration take theirs from this.
+    ///
+    /// ```
+    /// use kv_engine::Settings;
+    /// assert_eq!(Settings::default(), Settings::DEFAULT);
+    /// assert_eq!(Settings::DEFAULT.idempotency_window_ms, 600_000);
+    /// ```
+    pub const DEFAULT: Self = Self {
+        idempotency_window_ms: 10 * 60 * 1000,
+        idempotency_max_ids: 100_000,
+        watch_history_events: 10_000,
+        watch_history_bytes: 16 << 20,
+        watch_history_total_bytes: 256 << 20,
+    };
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            idempotency_window_ms: 10 * 60 * 1000,
-            idempotency_max_ids: 100_000,
-            watch_history_events: 10_000,
-            watch_history_bytes: 16 << 20,
-            watch_history_total_bytes: 256 << 20,
-        }
+        Self::DEFAULT
     }
 }
 

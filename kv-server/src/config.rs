@@ -33,26 +33,28 @@ pub const MAX_LIST_LIMIT: usize = 1000;
 /// Page size of a List that does not say.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub use kv_proto::contract::MAX_REQUEST_ID_BYTES;
-/// Default idempotency window.
-pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
-/// Default most request ids remembered per project.
-pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = 100_000;
-/// Default most change events kept per project.
-pub const DEFAULT_WATCH_HISTORY_EVENTS: usize = 10_000;
-/// Default most bytes of change events kept per project.
-pub const DEFAULT_WATCH_HISTORY_BYTES: usize = 16 << 20;
-/// Default most bytes of change events kept by all projects together.
-pub const DEFAULT_WATCH_HISTORY_TOTAL_BYTES: usize = 256 << 20;
+/// Default idempotency window (the engine's).
+pub const DEFAULT_IDEMPOTENCY_WINDOW_MS: u64 = Settings::DEFAULT.idempotency_window_ms;
+/// Default most request ids remembered per project (the engine's).
+pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = Settings::DEFAULT.idempotency_max_ids;
+/// Default most change events kept per project (the engine's).
+pub const DEFAULT_WATCH_HISTORY_EVENTS: usize = Settings::DEFAULT.watch_history_events;
+/// Default most bytes of change events kept per project (the engine's).
+pub const DEFAULT_WATCH_HISTORY_BYTES: usize = Settings::DEFAULT.watch_history_bytes;
+/// Default most bytes of change events kept by all projects together (the
+/// engine's).
+pub const DEFAULT_WATCH_HISTORY_TOTAL_BYTES: usize = Settings::DEFAULT.watch_history_total_bytes;
 /// Default period of the active expiry task, in milliseconds.
 pub const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 100;
 /// Default time in-flight requests get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
-/// Default fsync policy.
+/// Default fsync policy, as the flag spells it (a test checks it is the
+/// engine's default).
 pub const DEFAULT_FSYNC: &str = "always";
-/// Default log size before a snapshot is considered (64 MiB).
-pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = 64 << 20;
-/// Default segment size (64 MiB).
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default log size before a snapshot is considered (the engine's, 64 MiB).
+pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = LogOptions::DEFAULT.snapshot_min_log_bytes;
+/// Default segment size (the engine's, 64 MiB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = LogOptions::DEFAULT.segment_bytes;
 /// Default most connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default most concurrent requests (HTTP/2 streams) per connection.
@@ -177,15 +179,7 @@ impl Default for Config {
                 .parse()
                 .expect("DEFAULT_LISTEN is a valid address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            log: LogOptions {
-                fsync: DEFAULT_FSYNC
-                    .parse()
-                    .expect("DEFAULT_FSYNC is a valid policy"),
-                repair: false,
-                snapshot_min_log_bytes: DEFAULT_SNAPSHOT_MIN_LOG_BYTES,
-                segment_bytes: DEFAULT_SEGMENT_BYTES,
-                quota: Quota::default(),
-            },
+            log: LogOptions::DEFAULT,
             limits: Limits::default(),
             expiry_interval: Duration::from_millis(DEFAULT_EXPIRY_INTERVAL_MS),
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
@@ -197,13 +191,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_millis(DEFAULT_KEEPALIVE_INTERVAL_MS),
             keepalive_timeout: Duration::from_millis(DEFAULT_KEEPALIVE_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
-            engine: Settings {
-                idempotency_window_ms: DEFAULT_IDEMPOTENCY_WINDOW_MS,
-                idempotency_max_ids: DEFAULT_IDEMPOTENCY_MAX_IDS,
-                watch_history_events: DEFAULT_WATCH_HISTORY_EVENTS,
-                watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
-                watch_history_total_bytes: DEFAULT_WATCH_HISTORY_TOTAL_BYTES,
-            },
+            engine: Settings::DEFAULT,
             tls: None,
             admin_token: None,
         }

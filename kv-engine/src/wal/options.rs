@@ -80,14 +80,29 @@ pub struct LogOptions {
     pub quota: Quota,
 }
 
+impl LogOptions {
+    /// The defaults, defined here once: the server's flags and
+    /// configuration take theirs from this.
+    ///
+    /// ```
+    /// use kv_engine::wal::{FsyncPolicy, LogOptions};
+    /// assert_eq!(LogOptions::default(), LogOptions::DEFAULT);
+    /// assert_eq!(LogOptions::DEFAULT.fsync, FsyncPolicy::Always);
+    /// ```
+    pub const DEFAULT: Self = Self {
+        fsync: FsyncPolicy::Always,
+        repair: false,
+        snapshot_min_log_bytes: 64 << 20,
+        segment_bytes: 64 << 20,
+        quota: Quota {
+            max_keys: None,
+            max_bytes: None,
+        },
+    };
+}
+
 impl Default for LogOptions {
     fn default() -> Self {
-        Self {
-            fsync: FsyncPolicy::Always,
-            repair: false,
-            snapshot_min_log_bytes: 64 << 20,
-            segment_bytes: 64 << 20,
-            quota: Quota::default(),
-        }
+        Self::DEFAULT
     }
 }
