@@ -53,6 +53,9 @@ const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Calls larger than this go as unary calls: batching gains them nothing,
 /// and one oversized call must fail alone, not end the shared stream.
 pub(crate) const MAX_CALL_BYTES: usize = MAX_FRAME_BYTES;
+/// A call's bytes in a frame besides its request: id, deadline, tags and
+/// lengths, rounded up.
+const CALL_OVERHEAD: usize = 16;
 /// Frames handed to the transport but not yet written. Small on purpose:
 /// while they wait, new calls gather into a bigger next frame.
 const FRAMES_IN_FLIGHT: usize = 2;
@@ -307,8 +310,9 @@ async fn send_frames(
             let frame_project = project.get_or_insert_with(|| q.project.clone());
             let own_project =
                 !Arc::ptr_eq(frame_project, &q.project) && **frame_project != *q.project;
-            let mut size = q.request.encoded_len() + 16;
+            let mut size = q.request.encoded_len() + CALL_OVERHEAD;
             if own_project {
+                // The field's tag and length byte.
                 size += q.project.len() + 2;
             }
             if !calls.is_empty() && bytes + size > MAX_FRAME_BYTES {

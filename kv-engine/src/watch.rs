@@ -59,10 +59,13 @@ pub struct Event {
     pub expires_at: u64,
 }
 
+/// An event's own allocation besides its key and value (the `Arc`, the
+/// struct, the key's and value's headers), rounded up.
+const EVENT_OVERHEAD: usize = 64;
+
 impl Event {
     fn size(&self) -> usize {
-        // The fixed part approximates the event's own allocation.
-        64 + self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
+        EVENT_OVERHEAD + self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
     }
 }
 

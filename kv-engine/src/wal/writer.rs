@@ -95,6 +95,16 @@ pub(super) enum Change {
     Admin(AdminChange),
 }
 
+/// Record bytes of a change besides its key and value (version, tags,
+/// lengths, deadline), rounded up: only to bound a batch's size.
+const CHANGE_OVERHEAD: usize = 32;
+/// The least a transaction's record takes (project name, time, framing).
+const TXN_MIN: usize = 64;
+/// An expiry's record bytes, key included, for the usual short key.
+const EXPIRY_APPROX: usize = 64;
+/// An admin change's record bytes (a token is the largest).
+const ADMIN_APPROX: usize = 128;
+
 impl Change {
     /// Roughly the bytes it will log, to bound a batch.
     fn approx_len(&self) -> usize {
@@ -103,15 +113,19 @@ impl Change {
                 .ops
                 .iter()
                 .map(|op| match op {
-                    crate::Op::Set { key, value, .. } => 32 + key.len() + value.len(),
-                    crate::Op::Merge { key, patch, .. } => 32 + key.len() + patch.len(),
-                    crate::Op::Delete { key } | crate::Op::Incr { key, .. } => 32 + key.len(),
-                    crate::Op::Clear => 16,
+                    crate::Op::Set { key, value, .. } => CHANGE_OVERHEAD + key.len() + value.len(),
+                    crate::Op::Merge { key, patch, .. } => {
+                        CHANGE_OVERHEAD + key.len() + patch.len()
+                    }
+                    crate::Op::Delete { key } | crate::Op::Incr { key, .. } => {
+                        CHANGE_OVERHEAD + key.len()
+                    }
+                    crate::Op::Clear => CHANGE_OVERHEAD,
                 })
                 .sum::<usize>()
-                .max(64),
-            Self::Expire(due) => due.len() * 64,
-            Self::Admin(_) => 128,
+                .max(TXN_MIN),
+            Self::Expire(due) => due.len() * EXPIRY_APPROX,
+            Self::Admin(_) => ADMIN_APPROX,
         }
     }
 }

@@ -45,6 +45,10 @@ use crate::{
     status::engine_status,
 };
 
+/// An entry's bytes in a response besides its key and value (version,
+/// deadline, tags and lengths), rounded up.
+const ENTRY_OVERHEAD: usize = 32;
+
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -122,7 +126,11 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             .map_err(engine_status)?;
         self.still(&scope)?;
         let limit = self.limits.max_message_bytes();
-        let total: usize = entries.iter().flatten().map(|e| e.value.len() + 32).sum();
+        let total: usize = entries
+            .iter()
+            .flatten()
+            .map(|e| e.value.len() + ENTRY_OVERHEAD)
+            .sum();
         if total > limit {
             return Err(RequestError::ResponseTooLarge { limit }.into());
         }
@@ -186,7 +194,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let mut entries = Vec::with_capacity(page.entries.len());
         let mut cut = false;
         for (key, entry) in page.entries {
-            used += key.len() + entry.value.len() + 32;
+            used += key.len() + entry.value.len() + ENTRY_OVERHEAD;
             if used > budget && !entries.is_empty() {
                 cut = true;
                 break;

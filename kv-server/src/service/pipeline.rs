@@ -83,6 +83,10 @@ fn reply(id: u64, result: Result<Res, Status>) -> Reply {
     }
 }
 
+/// A reply's bytes besides its value or message: id, tags, lengths and
+/// versions, rounded up.
+const REPLY_OVERHEAD: usize = 24;
+
 fn reply_bytes(reply: &Reply) -> usize {
     let body = match &reply.response {
         Some(Res::Get(r)) => r.value.len(),
@@ -90,7 +94,7 @@ fn reply_bytes(reply: &Reply) -> usize {
         Some(Res::Error(e)) => e.message.len(),
         _ => 0,
     };
-    body + 24
+    body + REPLY_OVERHEAD
 }
 
 /// Replies gathered for the client, sent in bounded frames.
