@@ -101,9 +101,19 @@ pub enum EngineError {
         /// The id.
         id: Box<str>,
     },
-    /// Stored state that should be impossible (a bug, never bad input).
+    /// The engine answered itself inconsistently (a bug, never bad input).
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(&'static str),
+    /// A stored value or patch that validation should have refused could
+    /// not be merged (a bug, never bad input).
+    #[error("key {key:?}: the merge failed: {source}")]
+    Unmergeable {
+        /// The key.
+        key: Box<str>,
+        /// What could not be decoded.
+        #[source]
+        source: jsonops::MergeError,
+    },
     /// A TTL would put the deadline past what the clock can represent.
     #[error("ttl of {ttl_ms} ms overflows the clock")]
     DeadlineOverflow {

@@ -580,9 +580,13 @@ impl Eval<'_> {
             Op::Merge { key, patch, ttl_ms } => {
                 let live = self.touch(&key);
                 let current = live.and_then(|_| self.value(&key));
-                let merged = jsonops::merge_patch(current.as_deref(), &patch).map_err(|e| {
-                    EngineError::Internal(format!("merge of key {key:?} failed: {e}"))
-                })?;
+                let merged =
+                    jsonops::merge_patch(current.as_deref(), &patch).map_err(|source| {
+                        EngineError::Unmergeable {
+                            key: key.clone(),
+                            source,
+                        }
+                    })?;
                 if merged.len() > max_value_bytes {
                     return Err(EngineError::MergedTooLarge {
                         key: key.clone(),

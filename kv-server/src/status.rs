@@ -20,7 +20,7 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::NotANumber { .. }
         | EngineError::NumberOutOfRange { .. }
         | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),
-        EngineError::Internal(_) => {
+        EngineError::Internal(_) | EngineError::Unmergeable { .. } => {
             tracing::error!(error = %e, "internal error");
             Status::internal(e.to_string())
         }

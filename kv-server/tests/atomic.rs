@@ -21,7 +21,7 @@ use kv_client::{
     BatchOutcome, Code, Entry, IncrOptions, ListOptions, MergeOptions, OpResult, Page, Project,
     SetManyOptions, SetOptions, Versioned,
 };
-use kv_tests::BinaryServer;
+use kv_tests::{BinaryServer, Rng};
 use serde_json::{Value as Json, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
@@ -119,18 +119,6 @@ async fn wait_until_absent(kv: &Project, key: &str) {
     while kv.has(key).await.unwrap() {
         assert!(Instant::now() < deadline, "{key} did not expire within 5 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// xorshift64*: reproducible choices per task.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 
@@ -749,7 +737,7 @@ fn account(i: usize) -> String {
 /// with GetMany and committed as a batch checking both versions, retried
 /// until applied. Returns (applied commits, refused commits).
 async fn transfers(kv: Project, seed: u64, count: usize) -> (u64, u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let (mut applied, mut refused) = (0, 0);
     for _ in 0..count {
         let from = rng.below(ACCOUNTS as u64) as usize;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use kv_tests::BinaryServer;
+use kv_tests::{BinaryServer, Rng};
 use serde_json::{Value as Json, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
@@ -29,18 +29,6 @@ struct KeyState {
 }
 
 type States = Arc<Mutex<HashMap<String, KeyState>>>;
-
-/// xorshift64*: enough randomness for kill instants, reproducible by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
 
 async fn connect(server: &BinaryServer) -> kv_client::Project {
     kv_client::Client::builder(format!("http://{}", server.addr))
@@ -127,7 +115,7 @@ async fn sigkill_never_loses_an_acknowledged_write() {
         .as_nanos() as u64
         | 1;
     println!("crash test seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let dir = tempfile::tempdir().unwrap();
     let states: States = Arc::default();
     let started = Instant::now();

@@ -29,7 +29,7 @@ use kv_client::{
     ClearOptions, Code, DeleteOptions, Event, EventKind, IncrOptions, ListEntry, ListOptions,
     MergeOptions, Project, SetManyOptions, SetOptions, Watch, WatchOptions,
 };
-use kv_tests::BinaryServer;
+use kv_tests::{BinaryServer, Rng};
 use serde_json::{Value as Json, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_kv-server");
@@ -54,48 +54,6 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .expect("milliseconds fit u64")
-}
-
-/// A small deterministic generator (xorshift64*); the seed is printed so a
-/// failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(label: &str) -> Self {
-        let seed = std::env::var("KV_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .expect("clock after 1970")
-                    .subsec_nanos()
-                    .into()
-            });
-        println!("{label}: KV_TEST_SEED={seed}");
-        Self::seeded(seed)
-    }
-
-    fn seeded(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
 }
 
 /// The next event of `watch`, failing the test on an error, the end of the
@@ -257,7 +215,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn list_returns_live_keys_in_byte_order_across_pages_prefixes_and_cursors() {
     let server = start(&["--expiry-interval-ms", "60000"]);
     let kv = server.project("listing").await;
-    let mut rng = Rng::new("list order");
+    let mut rng = Rng::from_env("list order");
 
     let mut live: Vec<String> = [
         "a",
@@ -320,7 +278,7 @@ async fn list_returns_live_keys_in_byte_order_across_pages_prefixes_and_cursors(
     let mut write_run = async |range: std::ops::Range<usize>, rng: &mut Rng| {
         let mut offset = range.start;
         while offset < range.end {
-            let end = (offset + 1 + rng.below(150)).min(range.end);
+            let end = (offset + 1 + rng.index(150)).min(range.end);
             let chunk = &order[offset..end];
             let values: Vec<Json> = chunk
                 .iter()
@@ -513,25 +471,25 @@ async fn pagination_is_exact_for_stable_keys_while_other_keys_churn() {
     let stop = Arc::new(AtomicBool::new(false));
     let churned = Arc::new(AtomicU64::new(0));
     let churn = Arc::new(churn);
-    let mut rng = Rng::new("churn");
+    let mut rng = Rng::from_env("churn");
     let churners: Vec<_> = (0..2)
         .map(|task| {
             let (kv, stop, churned, churn) =
                 (kv.clone(), stop.clone(), churned.clone(), churn.clone());
-            let mut rng = Rng::seeded(rng.next() + task);
+            let mut rng = Rng::seeded(rng.next_u64() + task);
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let key = &churn[rng.below(churn.len())];
-                    match rng.below(5) {
+                    let key = &churn[rng.index(churn.len())];
+                    match rng.index(5) {
                         0 | 1 => kv.set(key, &i).await.unwrap(),
                         2 | 3 => {
                             kv.delete(key).await.unwrap();
                         }
                         _ => {
                             let many: Vec<&str> = (0..20)
-                                .map(|_| churn[rng.below(churn.len())].as_str())
+                                .map(|_| churn[rng.index(churn.len())].as_str())
                                 .collect();
                             if i.is_multiple_of(2) {
                                 kv.delete_many(&many).await.unwrap();
@@ -1150,22 +1108,22 @@ async fn a_listing_plus_a_watch_from_its_version_misses_nothing() {
     let kv = server.project("mirror").await;
     let _keeper = kv.watch(WatchOptions::all()).await.unwrap();
     let (signal, mut moments) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut rng = Rng::new("mirror");
+    let mut rng = Rng::from_env("mirror");
     let writers: Vec<_> = (0..3u64)
         .map(|w| {
             let kv = kv.clone();
             let signal = signal.clone();
-            let mut rng = Rng::seeded(rng.next() + w);
+            let mut rng = Rng::seeded(rng.next_u64() + w);
             tokio::spawn(async move {
                 for i in 0..400u64 {
-                    let key = format!("m/{}", rng.below(200));
-                    match rng.below(10) {
+                    let key = format!("m/{}", rng.index(200));
+                    match rng.index(10) {
                         0..=4 => kv.set(&key, &json!({ "w": w, "i": i })).await.unwrap(),
                         5 | 6 => {
                             kv.delete(&key).await.unwrap();
                         }
                         7 => {
-                            kv.incr(&format!("n/{}", rng.below(20)), 1.0).await.unwrap();
+                            kv.incr(&format!("n/{}", rng.index(20)), 1.0).await.unwrap();
                         }
                         8 => {
                             kv.merge::<_, Json>(&key, &json!({ "merged": i }))
@@ -1174,7 +1132,7 @@ async fn a_listing_plus_a_watch_from_its_version_misses_nothing() {
                         }
                         _ => {
                             let many: BTreeSet<String> =
-                                (0..5).map(|_| format!("m/{}", rng.below(200))).collect();
+                                (0..5).map(|_| format!("m/{}", rng.index(200))).collect();
                             kv.set_many(many.iter().map(|k| (k.as_str(), &i)))
                                 .await
                                 .unwrap();
@@ -1255,16 +1213,16 @@ async fn a_page_version_is_at_least_every_entry_version_under_concurrent_writes(
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut rng = Rng::new("bound");
+    let mut rng = Rng::from_env("bound");
     let writers: Vec<_> = (0..2u64)
         .map(|w| {
             let (kv, stop) = (kv.clone(), stop.clone());
-            let mut rng = Rng::seeded(rng.next() + w);
+            let mut rng = Rng::seeded(rng.next_u64() + w);
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    kv.set(&format!("b/{:03}", rng.below(300)), &i)
+                    kv.set(&format!("b/{:03}", rng.index(300)), &i)
                         .await
                         .unwrap();
                 }

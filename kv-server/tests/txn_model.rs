@@ -1356,9 +1356,8 @@ fn config(cases: u32) -> ProptestConfig {
         .unwrap_or(cases);
     ProptestConfig {
         cases,
-        // Failures are reported (shrunk) in the output; this file is the
-        // test's only footprint in the tree.
-        failure_persistence: None,
+        // A failure is saved (shrunk) beside this file, to be committed so
+        // that it is run first from then on.
         ..ProptestConfig::default()
     }
 }

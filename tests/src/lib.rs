@@ -37,6 +37,8 @@ pub mod conformance;
 mod ctx;
 pub use ctx::{CLOCK_START_MS, Ctx, Time};
 pub mod pki;
+mod rng;
+pub use rng::Rng;
 
 /// A server the suite runs against.
 pub trait Target: Sized {

@@ -228,7 +228,7 @@ impl DurableStore {
         match self.send(Change::Admin(change)).await? {
             Answer::Admin(outcome) => Ok(outcome),
             Answer::Txn(_) | Answer::Expired => Err(EngineError::Internal(
-                "the log writer answered an admin change with a data result".into(),
+                "the log writer answered an admin change with a data result",
             )),
         }
     }
@@ -358,7 +358,7 @@ impl Backend for DurableStore {
             match queued?.await.map_err(|_| closed())?? {
                 Answer::Txn(outcome) => Ok(outcome),
                 Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
-                    "the log writer answered a write with a catalog result".into(),
+                    "the log writer answered a write with a catalog result",
                 )),
             }
         }
