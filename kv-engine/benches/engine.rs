@@ -25,7 +25,7 @@ use criterion::{
     criterion_main, measurement::WallTime,
 };
 use kv_engine::{
-    Backend, Clock, ListQuery, ManualClock, Mutation, Op, SystemClock, Ttl, Txn,
+    Backend, Clock, Deadline, ListQuery, ManualClock, Mutation, Op, SystemClock, Ttl, Txn,
     memory::MemoryStore,
     project::ProjectName,
     wal::{DurableStore, FsyncPolicy, LogOptions},
@@ -123,7 +123,7 @@ fn memory_fixture() -> Fixture<MemoryStore> {
     let ttl = ProjectName::parse("ttl").unwrap();
     let value = value_100_bytes();
     let deadline = SystemClock.now_ms() + TTL_MS;
-    for (project, expires_at) in [(&plain, None), (&ttl, Some(deadline))] {
+    for (project, expires_at) in [(&plain, None), (&ttl, Deadline::at(deadline))] {
         for k in &keys {
             store.apply(
                 project,
@@ -431,7 +431,7 @@ fn expiry(c: &mut Criterion) {
                                 Mutation::Set {
                                     key: key(i).into(),
                                     value: value.clone(),
-                                    expires_at: Some(due_at),
+                                    expires_at: Deadline::at(due_at),
                                 },
                             );
                         }

@@ -92,6 +92,7 @@
 mod backend;
 pub mod catalog;
 mod clock;
+mod deadline;
 mod error;
 pub mod jsonops;
 pub mod memory;
@@ -104,6 +105,7 @@ pub mod watch;
 
 pub use backend::{Backend, MAX_QUEUED_WRITES};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use deadline::Deadline;
 pub use error::{EngineError, QuotaExceeded, WatchError};
 pub use types::{
     Applied, Check, Entry, ListPage, ListQuery, Mutation, Op, OpOutcome, Quota, RequestId,

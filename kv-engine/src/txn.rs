@@ -14,8 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    Check, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn, TxnOutcome,
-    Versioned, jsonops,
+    Check, Deadline, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn,
+    TxnOutcome, Versioned, jsonops,
     memory::{MemoryStore, Usage, expiry::Due, namespace::Meta, requests::Remembered},
 };
 use crate::project::ProjectName;
@@ -30,7 +30,7 @@ type HashSet<K> = std::collections::HashSet<K, ahash::RandomState>;
 enum Slot {
     Present {
         value: Bytes,
-        expires_at: u64,
+        expires_at: Option<Deadline>,
         version: u64,
     },
     Absent,
@@ -41,7 +41,7 @@ enum Slot {
 enum View {
     /// Present and live.
     Live {
-        expires_at: u64,
+        expires_at: Option<Deadline>,
         version: u64,
         size: u64,
     },
@@ -261,17 +261,17 @@ impl Overlay {
 
     /// The expiry of a due deadline, if the entry still carries it.
     pub(crate) fn expire(&mut self, mem: &MemoryStore, due: &Due, now: u64) -> Option<Versioned> {
-        if due.at > now {
+        if !due.at.passed(now) {
             return None;
         }
         let size = match self.slot(&due.project, &due.key) {
             Some(Slot::Present {
                 expires_at, value, ..
-            }) if expires_at == due.at => (due.key.len() + value.len()) as u64,
+            }) if expires_at == Some(due.at) => (due.key.len() + value.len()) as u64,
             Some(_) => return None,
             None => {
                 mem.meta(&due.project, &due.key)
-                    .filter(|m| m.expires_at == due.at)?
+                    .filter(|m| m.expires_at == Some(due.at))?
                     .size
             }
         };
@@ -318,7 +318,7 @@ fn view_of_slot(key: &str, slot: &Slot, now: u64) -> View {
             version,
         } => {
             let size = (key.len() + value.len()) as u64;
-            if *expires_at != 0 && *expires_at <= now {
+            if expires_at.is_some_and(|d| d.passed(now)) {
                 View::Dead { size }
             } else {
                 View::Live {
@@ -334,7 +334,7 @@ fn view_of_slot(key: &str, slot: &Slot, now: u64) -> View {
 fn view_of_meta(meta: Option<Meta>, now: u64) -> View {
     match meta {
         None => View::Absent,
-        Some(m) if m.expires_at != 0 && m.expires_at <= now => View::Dead { size: m.size },
+        Some(m) if m.expires_at.is_some_and(|d| d.passed(now)) => View::Dead { size: m.size },
         Some(m) => View::Live {
             expires_at: m.expires_at,
             version: m.version,
@@ -346,7 +346,7 @@ fn view_of_meta(meta: Option<Meta>, now: u64) -> View {
 /// A live entry as a write found it.
 #[derive(Debug, Clone, Copy)]
 struct Live {
-    expires_at: u64,
+    expires_at: Option<Deadline>,
     /// Key plus value bytes.
     size: u64,
 }
@@ -426,7 +426,7 @@ impl Eval<'_> {
         key: Box<str>,
         live: Option<Live>,
         value: Box<[u8]>,
-        expires_at: u64,
+        expires_at: Option<Deadline>,
     ) -> Result<u64, EngineError> {
         let old = live.map(|l| l.size);
         let size = (key.len() + value.len()) as u64;
@@ -462,7 +462,7 @@ impl Eval<'_> {
         let version = self.emit(Mutation::Set {
             key: Arc::from(&*key),
             value,
-            expires_at: (expires_at != 0).then_some(expires_at),
+            expires_at,
         });
         self.local.insert(
             key,
@@ -475,9 +475,10 @@ impl Eval<'_> {
         Ok(version)
     }
 
-    fn deadline(&self, ttl_ms: u64) -> Result<u64, EngineError> {
+    fn deadline(&self, ttl_ms: u64) -> Result<Option<Deadline>, EngineError> {
         self.now
             .checked_add(ttl_ms)
+            .map(Deadline::at)
             .ok_or(EngineError::DeadlineOverflow { ttl_ms })
     }
 
@@ -525,8 +526,8 @@ impl Eval<'_> {
             Op::Set { key, value, ttl } => {
                 let live = self.touch(&key);
                 let expires_at = match ttl {
-                    Ttl::Never => 0,
-                    Ttl::Keep => live.map_or(0, |l| l.expires_at),
+                    Ttl::Never => None,
+                    Ttl::Keep => live.and_then(|l| l.expires_at),
                     Ttl::After(ms) => self.deadline(ms)?,
                 };
                 OpOutcome::Set {
@@ -570,7 +571,7 @@ impl Eval<'_> {
                 let expires_at = match (live, ttl_ms) {
                     (Some(l), _) => l.expires_at,
                     (None, Some(ms)) => self.deadline(ms)?,
-                    (None, None) => 0,
+                    (None, None) => None,
                 };
                 OpOutcome::Incr {
                     value: number,
@@ -597,7 +598,7 @@ impl Eval<'_> {
                 let expires_at = match (ttl_ms, live) {
                     (Some(ms), _) => self.deadline(ms)?,
                     (None, Some(l)) => l.expires_at,
-                    (None, None) => 0,
+                    (None, None) => None,
                 };
                 let value = Bytes::copy_from_slice(&merged);
                 OpOutcome::Merge {

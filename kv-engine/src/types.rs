@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::Deadline;
+
 /// A live entry as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -14,7 +16,7 @@ pub struct Entry {
     /// The version of the change that last wrote it.
     pub version: u64,
     /// Its deadline in unix ms, if it has a TTL.
-    pub expires_at: Option<u64>,
+    pub expires_at: Option<Deadline>,
 }
 
 /// The deadline a write gives its key.
@@ -290,7 +292,7 @@ pub enum Mutation {
         /// Canonical encoded `google.protobuf.Value`.
         value: Box<[u8]>,
         /// Absolute deadline in unix milliseconds.
-        expires_at: Option<u64>,
+        expires_at: Option<Deadline>,
     },
     /// `key` no longer exists (deleted by a call).
     Delete {

@@ -55,8 +55,8 @@ pub struct Event {
     pub key: Arc<str>,
     /// The new value of a set (canonical encoded).
     pub value: Option<Bytes>,
-    /// The new deadline of a set, 0 when none.
-    pub expires_at: u64,
+    /// The new deadline of a set.
+    pub expires_at: Option<crate::Deadline>,
 }
 
 /// An event's own allocation besides its key and value (the `Arc`, the

@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use kv_engine::{Applied, ManualClock, Mutation, memory::MemoryStore, project::ProjectName};
+use kv_engine::{
+    Applied, Deadline, ManualClock, Mutation, memory::MemoryStore, project::ProjectName,
+};
 use proptest::prelude::*;
 
 const PROJECTS: [&str; 2] = ["a", "b"];
@@ -80,7 +82,7 @@ proptest! {
             match op {
                 Op::Set { p, k, v, ttl } => {
                     let expires_at = ttl.map(|t| now + t);
-                    let applied = store.apply(&projects[p], Mutation::Set { key: KEYS[k].into(), value: encoded(v), expires_at });
+                    let applied = store.apply(&projects[p], Mutation::Set { key: KEYS[k].into(), value: encoded(v), expires_at: expires_at.and_then(Deadline::at) });
                     prop_assert_eq!(applied, Applied { removed: 0 });
                     model.insert((p, k), (v, expires_at));
                 }
@@ -152,12 +154,12 @@ fn racing_writers_keep_the_expiry_index_exact() {
                         2 | 3 => Mutation::Set {
                             key,
                             value: encoded(1),
-                            expires_at: Some(5_000),
+                            expires_at: Deadline::at(5_000),
                         },
                         4 => Mutation::Set {
                             key,
                             value: encoded(2),
-                            expires_at: Some(5_000 + i % 3),
+                            expires_at: Deadline::at(5_000 + i % 3),
                         },
                         _ => Mutation::Set {
                             key,

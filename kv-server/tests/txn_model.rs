@@ -35,8 +35,8 @@ use std::{
 
 use bytes::Bytes;
 use kv_engine::{
-    Backend, Check, Clock, EngineError, Entry, ListPage, ListQuery, ManualClock, Op, OpOutcome,
-    RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
+    Backend, Check, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, ManualClock, Op,
+    OpOutcome, RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
     jsonops::NumberError,
     memory::{MemoryStore, Usage},
     project::ProjectName,
@@ -421,7 +421,7 @@ impl ModelEntry {
         Entry {
             value: self.value.clone(),
             version: self.version,
-            expires_at: self.expires_at,
+            expires_at: self.expires_at.and_then(Deadline::at),
         }
     }
 }
@@ -451,7 +451,7 @@ fn event(version: u64, kind: EventKind, key: &str, value: Option<Bytes>, at: u64
         kind,
         key: key.into(),
         value,
-        expires_at: at,
+        expires_at: Deadline::at(at),
     }
 }
 
@@ -1310,7 +1310,7 @@ impl Case {
                             let got = got.next().expect("counted");
                             prop_assert_eq!(
                                 (got.version, got.kind, &got.value, got.expires_at),
-                                (version, EventKind::Expired, &None, 0),
+                                (version, EventKind::Expired, &None, None),
                                 "step {}: expiry event in {}",
                                 i,
                                 PROJECTS[p]

@@ -11,14 +11,14 @@ impl MemoryStore {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use kv_engine::{memory::MemoryStore, ManualClock, Mutation};
+    /// use kv_engine::{memory::MemoryStore, Deadline, ManualClock, Mutation};
     /// use kv_engine::project::ProjectName;
     ///
     /// let clock = Arc::new(ManualClock::new(1_000));
     /// let store = MemoryStore::with_clock(clock.clone());
     /// let p = ProjectName::parse("p").unwrap();
     /// let value = b"\x20\x01".to_vec().into_boxed_slice();
-    /// store.apply(&p, Mutation::Set { key: "k".into(), value, expires_at: Some(1_500) });
+    /// store.apply(&p, Mutation::Set { key: "k".into(), value, expires_at: Deadline::at(1_500) });
     /// clock.advance(500);
     /// assert_eq!(store.stored_entries(), 1); // invisible, not yet reclaimed
     /// store.purge_expired(1024);

@@ -3,6 +3,7 @@
 //! store's write lock when used alone) calls these.
 
 use super::{requests::RequestTable, *};
+use crate::Deadline;
 
 impl MemoryStore {
     /// Deletes `project`: its keys, history, request ids and version
@@ -119,7 +120,6 @@ impl MemoryStore {
                 value,
                 expires_at,
             } => {
-                let expires_at = expires_at.unwrap_or(0);
                 let key: Arc<str> = key;
                 self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
                 // Published once the value is in place, so a watcher reading
@@ -145,7 +145,7 @@ impl MemoryStore {
                     kind: EventKind::Deleted,
                     key,
                     value: None,
-                    expires_at: 0,
+                    expires_at: None,
                 });
                 Applied { removed }
             }
@@ -156,7 +156,7 @@ impl MemoryStore {
                     kind: EventKind::Expired,
                     key,
                     value: None,
-                    expires_at: 0,
+                    expires_at: None,
                 });
                 Applied { removed }
             }
@@ -167,7 +167,7 @@ impl MemoryStore {
                     kind: EventKind::Cleared,
                     key: "".into(),
                     value: None,
-                    expires_at: 0,
+                    expires_at: None,
                 });
                 Applied { removed }
             }
@@ -182,7 +182,7 @@ impl MemoryStore {
         ns: &Namespace,
         key: Arc<str>,
         value: Box<[u8]>,
-        expires_at: u64,
+        expires_at: Option<Deadline>,
         version: u64,
     ) {
         let added = key.len() + value.len();
@@ -197,21 +197,21 @@ impl MemoryStore {
                 self.account(ns, -1, slot.key().len() + slot.get().value.len(), false);
                 if old != expires_at {
                     let mut index = self.expiry.shard_for(project, slot.key());
-                    if old != 0 {
+                    if let Some(old) = old {
                         index.remove(&ExpiryRecord::new(old, project, slot.key()));
                     }
-                    if expires_at != 0 {
-                        index.insert(ExpiryRecord::new(expires_at, project, slot.key()));
+                    if let Some(at) = expires_at {
+                        index.insert(ExpiryRecord::new(at, project, slot.key()));
                     }
                 }
                 slot.insert(entry);
                 true
             }
             MapEntry::Vacant(slot) => {
-                if expires_at != 0 {
+                if let Some(at) = expires_at {
                     self.expiry
                         .shard_for(project, slot.key())
-                        .insert(ExpiryRecord::new(expires_at, project, slot.key()));
+                        .insert(ExpiryRecord::new(at, project, slot.key()));
                 }
                 // Lock order: map shard, then the order index (readers of
                 // the index never wait for a shard while holding it).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{hash::MapHasher, locks::lock};
-use crate::{Backend, project::ProjectName};
+use crate::{Backend, Deadline, project::ProjectName};
 
 /// Number of independently locked parts of the expiry index.
 pub(super) const EXPIRY_SHARDS: usize = 16;
@@ -18,7 +18,7 @@ pub(super) const EXPIRY_SHARDS: usize = 16;
 pub(crate) struct Due {
     pub(crate) project: ProjectName,
     pub(crate) key: Arc<str>,
-    pub(crate) at: u64,
+    pub(crate) at: Deadline,
 }
 
 /// `(deadline, project, key)` records in deadline order, split into shards
@@ -52,8 +52,8 @@ impl ExpiryIndex {
     }
 
     /// Drops the record of an entry that is going away.
-    pub(super) fn forget(&self, project: &ProjectName, key: &str, at: u64) {
-        if at != 0 {
+    pub(super) fn forget(&self, project: &ProjectName, key: &str, at: Option<Deadline>) {
+        if let Some(at) = at {
             self.shard_for(project, key)
                 .remove(&ExpiryRecord::new(at, project, key));
         }
@@ -65,7 +65,7 @@ impl ExpiryIndex {
         let mut due = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            while due.len() < limit && shard.first().is_some_and(|r| r.at <= now) {
+            while due.len() < limit && shard.first().is_some_and(|r| r.at.passed(now)) {
                 due.extend(shard.pop_first());
             }
         }
@@ -79,13 +79,13 @@ impl ExpiryIndex {
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct ExpiryRecord {
-    pub(super) at: u64,
+    pub(super) at: Deadline,
     pub(super) project: ProjectName,
     pub(super) key: Arc<str>,
 }
 
 impl ExpiryRecord {
-    pub(super) fn new(at: u64, project: &ProjectName, key: &str) -> Self {
+    pub(super) fn new(at: Deadline, project: &ProjectName, key: &str) -> Self {
         Self {
             at,
             project: project.clone(),

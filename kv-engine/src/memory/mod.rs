@@ -7,7 +7,7 @@
 //! never share a map, so one tenant's hot keys do not contend with another's.
 //!
 //! An entry stores its value as canonical encoded `google.protobuf.Value`
-//! bytes and its deadline as absolute unix milliseconds (0 = never). Every
+//! bytes and its deadline as a [`crate::Deadline`] (absolute unix ms). Every
 //! read compares the deadline with the clock, so an expired key is invisible
 //! at once. Memory is reclaimed by [`MemoryStore::purge_expired`], run by the
 //! server's expiry task: an expiry index orders `(deadline, project, key)`
@@ -48,7 +48,7 @@ use bytes::Bytes;
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 
 use super::{
-    Applied, Backend, Clock, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
+    Applied, Backend, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
     SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
     watch::{Budget, Event, EventKind, Subscription},
 };
@@ -391,7 +391,7 @@ impl MemoryStore {
     }
 
     /// Calls `f` with every live entry (project, key, encoded value,
-    /// deadline or 0, version) and returns how many there were.
+    /// deadline, version) and returns how many there were.
     ///
     /// The walk is fuzzy: it holds one shard's read lock at a time, so
     /// writes to other shards go on meanwhile, and an entry written during
@@ -403,7 +403,7 @@ impl MemoryStore {
     /// The first error `f` returns, which stops the walk.
     pub fn for_each_live<E>(
         &self,
-        mut f: impl FnMut(&ProjectName, &str, &[u8], u64, u64) -> Result<(), E>,
+        mut f: impl FnMut(&ProjectName, &str, &[u8], Option<Deadline>, u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let now = self.clock.now_ms();
         let mut count = 0;

@@ -15,7 +15,7 @@ use super::{
     order::{Built, OrderIndex, Pending},
     requests::RequestTable,
 };
-use crate::watch::Hub;
+use crate::{Deadline, watch::Hub};
 
 /// One project's keys.
 pub(super) struct Namespace {
@@ -81,21 +81,20 @@ pub struct Usage {
 
 pub(super) struct StoredEntry {
     pub(super) value: Box<[u8]>,
-    /// Unix ms; 0 means no deadline (a real deadline is always > 0).
-    pub(super) expires_at: u64,
+    pub(super) expires_at: Option<Deadline>,
     pub(super) version: u64,
 }
 
 impl StoredEntry {
     pub(super) fn is_live(&self, now: u64) -> bool {
-        self.expires_at == 0 || self.expires_at > now
+        self.expires_at.is_none_or(|d| !d.passed(now))
     }
 }
 
 /// An entry as the transaction evaluator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Meta {
-    pub(crate) expires_at: u64,
+    pub(crate) expires_at: Option<Deadline>,
     pub(crate) version: u64,
     /// Key plus value bytes.
     pub(crate) size: u64,

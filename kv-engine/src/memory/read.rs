@@ -30,7 +30,7 @@ impl MemoryStore {
                 Bytes::copy_from_slice(&entry.value)
             },
             version: entry.version,
-            expires_at: (entry.expires_at != 0).then_some(entry.expires_at),
+            expires_at: entry.expires_at,
         })
     }
 

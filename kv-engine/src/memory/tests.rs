@@ -18,7 +18,7 @@ fn set(store: &MemoryStore, key: &str, expires_at: Option<u64>) {
         Mutation::Set {
             key,
             value,
-            expires_at,
+            expires_at: expires_at.and_then(Deadline::at),
         },
     );
 }

@@ -49,7 +49,7 @@
 use std::io::{self, Read};
 
 use crate::{
-    MAX_VALUE_LIMIT, Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
+    Deadline, MAX_VALUE_LIMIT, Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
     catalog::{CatalogChange, TokenMeta},
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
 };
@@ -180,7 +180,7 @@ pub(crate) fn encode_mutation(out: &mut Vec<u8>, project: &ProjectName, mutation
             payload.push(SET);
             put_project(payload, project);
             put_bytes(payload, key.as_bytes());
-            payload.extend_from_slice(&expires_at.unwrap_or(0).to_le_bytes());
+            payload.extend_from_slice(&Deadline::ms_or_zero(*expires_at).to_le_bytes());
             put_bytes(payload, value);
         }
         Mutation::Delete { key } => {
@@ -235,7 +235,7 @@ pub(crate) fn encode_entry(
     project: &ProjectName,
     key: &str,
     value: &[u8],
-    expires_at: u64,
+    expires_at: Option<Deadline>,
     version: u64,
 ) {
     frame(out, |payload| {
@@ -246,7 +246,7 @@ pub(crate) fn encode_entry(
         payload.extend_from_slice(&version.to_le_bytes());
         payload.push(CHANGE_SET);
         put_bytes(payload, key.as_bytes());
-        payload.extend_from_slice(&expires_at.to_le_bytes());
+        payload.extend_from_slice(&Deadline::ms_or_zero(expires_at).to_le_bytes());
         put_bytes(payload, value);
         payload.push(0);
     });
@@ -289,7 +289,7 @@ fn put_change(out: &mut Vec<u8>, version: u64, mutation: &Mutation) {
         } => {
             out.push(CHANGE_SET);
             put_bytes(out, key.as_bytes());
-            out.extend_from_slice(&expires_at.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&Deadline::ms_or_zero(*expires_at).to_le_bytes());
             put_bytes(out, value);
         }
         Mutation::Delete { key } => {
@@ -441,7 +441,7 @@ pub fn decode_payload_cached(
                 mutation: Mutation::Set {
                     key,
                     value,
-                    expires_at: (expires_at != 0).then_some(expires_at),
+                    expires_at: Deadline::at(expires_at),
                 },
             }
         }
@@ -501,7 +501,7 @@ pub fn decode_payload_cached(
                         Mutation::Set {
                             key,
                             value,
-                            expires_at: (expires_at != 0).then_some(expires_at),
+                            expires_at: Deadline::at(expires_at),
                         }
                     }
                     CHANGE_DELETE => Mutation::Delete { key: r.key()? },

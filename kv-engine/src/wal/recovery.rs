@@ -275,7 +275,7 @@ fn replayed(versioned: Versioned, now: u64) -> Versioned {
             key,
             expires_at: Some(at),
             ..
-        } if at <= now => Mutation::Expire { key },
+        } if at.passed(now) => Mutation::Expire { key },
         other => other,
     };
     Versioned {

@@ -203,7 +203,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
                 key: key.to_string(),
                 value: entry.value,
                 version: entry.version,
-                expires_at_ms: entry.expires_at,
+                expires_at_ms: entry.expires_at.map(kv_engine::Deadline::ms),
             });
         }
         let next_start_after = if page.more || cut {

@@ -1,7 +1,7 @@
 //! Responses: engine results into wire messages.
 
 use kv_engine::{
-    Entry, OpOutcome, TxnOutcome,
+    Deadline, Entry, OpOutcome, TxnOutcome,
     watch::{Event, EventKind},
 };
 use kv_proto::wire::{self, GetResponse, WatchEvent};
@@ -13,7 +13,7 @@ pub(super) fn get_response(entry: Option<Entry>, incarnation: u64) -> GetRespons
             found: true,
             value: entry.value,
             version: entry.version,
-            expires_at_ms: entry.expires_at,
+            expires_at_ms: entry.expires_at.map(Deadline::ms),
             incarnation,
         },
         None => GetResponse {
@@ -54,7 +54,7 @@ pub(super) fn watch_event(event: &Event, incarnation: u64) -> WatchEvent {
         key: event.key.to_string(),
         value: event.value.clone().unwrap_or_default(),
         version: event.version,
-        expires_at_ms: (event.expires_at != 0).then_some(event.expires_at),
+        expires_at_ms: event.expires_at.map(Deadline::ms),
         incarnation,
     }
 }

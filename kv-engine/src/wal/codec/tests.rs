@@ -12,7 +12,7 @@ fn sample() -> Vec<(ProjectName, Mutation)> {
             Mutation::Set {
                 key: "k".into(),
                 value: vec![0x20, 0x01].into(),
-                expires_at: Some(42),
+                expires_at: Deadline::at(42),
             },
         ),
         (
@@ -116,7 +116,7 @@ fn txn_sample() -> Vec<Record> {
                     mutation: Mutation::Set {
                         key: "k".into(),
                         value: vec![0x20, 0x01].into(),
-                        expires_at: Some(42),
+                        expires_at: Deadline::at(42),
                     },
                 },
                 Versioned {
@@ -210,7 +210,14 @@ fn txn_and_version_records_round_trip_and_tear_only_at_the_tail() {
     }
     // A snapshot entry is a one-set transaction with its version.
     let mut entry = Vec::new();
-    encode_entry(&mut entry, &project("p"), "k", &[0x20, 0x01], 9, 3);
+    encode_entry(
+        &mut entry,
+        &project("p"),
+        "k",
+        &[0x20, 0x01],
+        Deadline::at(9),
+        3,
+    );
     let payload = &entry[FRAME_HEADER_LEN..];
     assert_eq!(
         decode_payload(payload).unwrap(),
@@ -222,7 +229,7 @@ fn txn_and_version_records_round_trip_and_tear_only_at_the_tail() {
                 mutation: Mutation::Set {
                     key: "k".into(),
                     value: vec![0x20, 0x01].into(),
-                    expires_at: Some(9),
+                    expires_at: Deadline::at(9),
                 },
             }],
             request: None,
