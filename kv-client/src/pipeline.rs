@@ -56,6 +56,8 @@ pub(crate) const MAX_CALL_BYTES: usize = MAX_FRAME_BYTES;
 /// A call's bytes in a frame besides its request: id, deadline, tags and
 /// lengths, rounded up.
 const CALL_OVERHEAD: usize = 16;
+/// Longest wait, once sending fails, for the stream's ending status.
+const ENDING_WAIT: Duration = Duration::from_secs(1);
 /// Frames handed to the transport but not yet written. Small on purpose:
 /// while they wait, new calls gather into a bigger next frame.
 const FRAMES_IN_FLIGHT: usize = 2;
@@ -116,6 +118,22 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
     waiting.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The status of a call that was never sent because the stream ended:
+/// the code the server ended the stream with (a revoked token's calls are
+/// UNAUTHENTICATED, not merely unavailable), and that it did not run.
+fn unsent(waiting: &Mutex<Waiting>) -> Status {
+    match &lock(waiting).closed {
+        Some(status) => Status::new(
+            status.code(),
+            format!(
+                "{}; the call was not sent, so it did not run",
+                status.message()
+            ),
+        ),
+        None => not_sent("the stream to the server ended"),
+    }
+}
+
 fn not_sent(why: &str) -> Status {
     Status::unavailable(format!("{why}; the call was not sent, so it did not run"))
 }
@@ -155,14 +173,12 @@ impl Pipeline {
             };
             if let Err(mpsc::error::SendError(queued)) = link.queue.send(queued) {
                 // The stream ended between the check and the send.
-                let _ = queued
-                    .reply
-                    .send(Err(not_sent("the stream to the server ended")));
+                let _ = queued.reply.send(Err(unsent(&link.waiting)));
             }
             match answer.await {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(status)) => Err(Error::from(status)),
-                Err(_) => Err(Error::from(not_sent("the stream to the server ended"))),
+                Err(_) => Err(Error::from(unsent(&link.waiting))),
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -275,6 +291,7 @@ async fn send_frames(
 ) {
     let mut next_id: u64 = 0;
     let mut carry: Option<Queued> = None;
+    let mut ended_seen = false;
     loop {
         let first = match carry.take() {
             Some(first) => first,
@@ -284,7 +301,10 @@ async fn send_frames(
                     // Every handle is gone: closing our side ends the stream.
                     None => return,
                 },
-                _ = &mut ended => break,
+                _ = &mut ended => {
+                    ended_seen = true;
+                    break;
+                }
             },
         };
         // One turn of the scheduler before taking the rest: the callers
@@ -361,17 +381,18 @@ async fn send_frames(
             break;
         }
     }
-    // The stream is over: whatever is still queued was never sent.
+    // The stream is over: whatever is still queued was never sent. Its
+    // callers get the code the server ended the stream with, so wait (a
+    // moment at most) for the replies side to have read it.
+    if !ended_seen {
+        let _ = tokio::time::timeout(ENDING_WAIT, ended).await;
+    }
     queued.close();
     if let Some(q) = carry {
-        let _ = q
-            .reply
-            .send(Err(not_sent("the stream to the server ended")));
+        let _ = q.reply.send(Err(unsent(&waiting)));
     }
     while let Ok(q) = queued.try_recv() {
-        let _ = q
-            .reply
-            .send(Err(not_sent("the stream to the server ended")));
+        let _ = q.reply.send(Err(unsent(&waiting)));
     }
 }
 
