@@ -152,11 +152,42 @@ pub enum Record {
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(String);
-
-fn bad(what: impl Into<String>) -> DecodeError {
-    DecodeError(what.into())
+pub enum DecodeError {
+    /// A field is longer than what is left of the record.
+    #[error("field of {len} bytes runs past the record ({left} left)")]
+    PastEnd {
+        /// The field's length.
+        len: usize,
+        /// Bytes left in the record.
+        left: usize,
+    },
+    /// Bytes follow the last field.
+    #[error("{0} unexpected bytes after the record")]
+    Trailing(usize),
+    /// A record kind this build does not know.
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    /// A change tag this build does not know.
+    #[error("unknown change tag {0}")]
+    ChangeTag(u8),
+    /// A result tag this build does not know.
+    #[error("unknown result tag {0}")]
+    ResultTag(u8),
+    /// The request flag is neither 0 nor 1.
+    #[error("bad request flag {0}")]
+    RequestFlag(u8),
+    /// A project name longer than any name.
+    #[error("project name of {0} bytes")]
+    ProjectTooLong(usize),
+    /// A project name that is not a valid name.
+    #[error(transparent)]
+    Project(#[from] crate::project::ProjectNameError),
+    /// A text field (key, project, id) that is not UTF-8.
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// An empty key.
+    #[error("empty key")]
+    EmptyKey,
 }
 
 /// The 8-byte file header for `magic`.
@@ -507,7 +538,7 @@ pub fn decode_payload_cached(
                     CHANGE_DELETE => Mutation::Delete { key: r.key()? },
                     CHANGE_CLEAR => Mutation::Clear,
                     CHANGE_EXPIRE => Mutation::Expire { key: r.key()? },
-                    other => return Err(bad(format!("unknown change tag {other}"))),
+                    other => return Err(DecodeError::ChangeTag(other)),
                 };
                 mutations.push(Versioned { version, mutation });
             }
@@ -518,7 +549,7 @@ pub fn decode_payload_cached(
                     let fingerprint = r.u64()?;
                     Some((id, fingerprint, r.outcome()?))
                 }
-                other => return Err(bad(format!("bad request flag {other}"))),
+                other => return Err(DecodeError::RequestFlag(other)),
             };
             Record::Txn {
                 project,
@@ -539,13 +570,10 @@ pub fn decode_payload_cached(
             project: r.project()?,
             last: r.u64()?,
         },
-        other => return Err(bad(format!("unknown record kind {other}"))),
+        other => return Err(DecodeError::Kind(other)),
     };
     if !r.0.is_empty() {
-        return Err(bad(format!(
-            "{} unexpected bytes after the record",
-            r.0.len()
-        )));
+        return Err(DecodeError::Trailing(r.0.len()));
     }
     Ok(record)
 }
@@ -555,10 +583,10 @@ struct Cursor<'a, 'c>(&'a [u8], &'c mut Option<ProjectName>);
 impl<'a> Cursor<'a, '_> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.0.len() {
-            return Err(bad(format!(
-                "field of {n} bytes runs past the record ({} left)",
-                self.0.len()
-            )));
+            return Err(DecodeError::PastEnd {
+                len: n,
+                left: self.0.len(),
+            });
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
@@ -589,21 +617,21 @@ impl<'a> Cursor<'a, '_> {
     fn project(&mut self) -> Result<ProjectName, DecodeError> {
         let len = self.u8()? as usize;
         if len > MAX_PROJECT_NAME_LEN {
-            return Err(bad(format!("project name of {len} bytes")));
+            return Err(DecodeError::ProjectTooLong(len));
         }
         let raw = self.take(len)?;
         if let Some(last) = self.1.as_ref().filter(|p| p.as_str().as_bytes() == raw) {
             return Ok(last.clone());
         }
-        let name = std::str::from_utf8(raw).map_err(|_| bad("project name is not UTF-8"))?;
-        let project = ProjectName::parse(name).map_err(|e| bad(e.to_string()))?;
+        let name = std::str::from_utf8(raw).map_err(|_| DecodeError::NotUtf8("project name"))?;
+        let project = ProjectName::parse(name)?;
         *self.1 = Some(project.clone());
         Ok(project)
     }
 
     fn text(&mut self) -> Result<String, DecodeError> {
         let raw = self.bytes()?;
-        String::from_utf8(raw.to_vec()).map_err(|_| bad("text field is not UTF-8"))
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::NotUtf8("text field"))
     }
 
     fn outcome(&mut self) -> Result<TxnOutcome, DecodeError> {
@@ -636,7 +664,7 @@ impl<'a> Cursor<'a, '_> {
                     removed: self.u64()?,
                     version: self.u64()?,
                 },
-                other => return Err(bad(format!("unknown result tag {other}"))),
+                other => return Err(DecodeError::ResultTag(other)),
             });
         }
         Ok(TxnOutcome {
@@ -650,11 +678,11 @@ impl<'a> Cursor<'a, '_> {
     fn key(&mut self) -> Result<std::sync::Arc<str>, DecodeError> {
         let raw = self.bytes()?;
         if raw.is_empty() {
-            return Err(bad("empty key"));
+            return Err(DecodeError::EmptyKey);
         }
         std::str::from_utf8(raw)
             .map(Into::into)
-            .map_err(|_| bad("key is not UTF-8"))
+            .map_err(|_| DecodeError::NotUtf8("key"))
     }
 }
 
