@@ -48,6 +48,7 @@ use crate::{
 
 pub mod codec;
 mod dir;
+mod frame;
 mod options;
 mod recovery;
 mod snapshot;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::wal::frame::{FRAME_HEADER_LEN, len_check};
 use proptest::prelude::*;
 
 fn project(name: &str) -> ProjectName {
