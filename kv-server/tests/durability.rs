@@ -12,7 +12,7 @@ use std::{
 use kv_engine::{
     Backend, ManualClock,
     project::ProjectName,
-    wal::{DurableStore, FsyncPolicy, LogOptions, OpenError},
+    wal::{Damage, DurableStore, FsyncPolicy, LogOptions, OpenError, codec::FrameDamage},
 };
 use kv_server::config::Config;
 use kv_tests::{CLOCK_START_MS, InProcessDurable, Target};
@@ -285,17 +285,18 @@ async fn a_flipped_byte_in_the_middle_stops_start_up_unless_repair() {
         Err(OpenError::Corrupt {
             file,
             offset,
-            reason,
+            damage,
         }) => {
             assert_eq!(file, segment);
             assert_eq!(offset, 8, "the damaged record starts after the header");
-            assert!(reason.contains("checksum"), "{reason}");
+            assert_eq!(damage, Damage::Frame(FrameDamage::Checksum));
             let message = OpenError::Corrupt {
                 file,
                 offset,
-                reason,
+                damage,
             }
             .to_string();
+            assert!(message.contains("checksum mismatch"), "{message}");
             assert!(message.contains("--repair"), "{message}");
         }
         Ok(_) => panic!("a corrupt log must not open"),
@@ -349,11 +350,22 @@ async fn leftover_temp_snapshots_are_removed_and_wrong_versions_refused() {
     bytes[6] = 7;
     fs::write(&segment, &bytes).unwrap();
     match open(dir.path(), &clock) {
-        Err(OpenError::Corrupt { reason, offset, .. }) => {
+        Err(error @ OpenError::Corrupt { offset, .. }) => {
             assert_eq!(offset, 6);
             assert!(
-                reason.contains("format version 7 is not supported"),
-                "{reason}"
+                matches!(
+                    error,
+                    OpenError::Corrupt {
+                        damage: Damage::Frame(FrameDamage::UnsupportedVersion(7)),
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("format version 7 is not supported"),
+                "{message}"
             );
         }
         Ok(_) => panic!("a log of another version must not open"),

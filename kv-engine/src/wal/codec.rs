@@ -48,7 +48,7 @@
 
 use super::frame::frame;
 pub(crate) use super::frame::{FILE_HEADER_LEN, LOG_MAGIC, SNAPSHOT_MAGIC, file_header};
-pub use super::frame::{FrameError, FrameReader};
+pub use super::frame::{FrameDamage, FrameError, FrameReader};
 use crate::{
     Deadline, Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
     catalog::{CatalogChange, TokenMeta},

@@ -67,12 +67,12 @@ pub enum FrameError {
         offset: u64,
     },
     /// Bytes that no append of this format produces.
-    #[error("corrupt record at offset {offset}: {reason}")]
+    #[error("corrupt record at offset {offset}: {damage}")]
     Corrupt {
         /// Where the bad frame starts.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        damage: FrameDamage,
     },
     /// Reading failed.
     #[error("read failed at offset {offset}: {source}")]
@@ -83,6 +83,29 @@ pub enum FrameError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What is wrong with a frame (or a file header) that no append of this
+/// format produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameDamage {
+    /// The file does not start with the magic bytes of its kind.
+    #[error("not a kv file of this kind (wrong magic bytes)")]
+    WrongMagic,
+    /// The file header names a format this build cannot read.
+    #[error(
+        "format version {0} is not supported (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion(u16),
+    /// The frame's length does not match the check word beside it.
+    #[error("record length fails its check")]
+    LengthCheck,
+    /// A length that passes its check but no record can have.
+    #[error("record length {0} is out of range (at most {MAX_PAYLOAD_LEN})")]
+    LengthOutOfRange(usize),
+    /// The payload's checksum does not match, and data follows it.
+    #[error("checksum mismatch")]
+    Checksum,
 }
 
 /// Reads frames from a file of known length.
@@ -111,16 +134,14 @@ impl<R: Read> FrameReader<R> {
         if header[..6] != magic {
             return Err(FrameError::Corrupt {
                 offset: 0,
-                reason: "not a kv file of this kind (wrong magic bytes)".into(),
+                damage: FrameDamage::WrongMagic,
             });
         }
         let version = u16::from_le_bytes([header[6], header[7]]);
         if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FrameError::Corrupt {
                 offset: 6,
-                reason: format!(
-                    "format version {version} is not supported (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
-                ),
+                damage: FrameDamage::UnsupportedVersion(version),
             });
         }
         Ok(Self {
@@ -166,7 +187,7 @@ impl<R: Read> FrameReader<R> {
             } else {
                 Err(FrameError::Corrupt {
                     offset: start,
-                    reason: "record length fails its check".into(),
+                    damage: FrameDamage::LengthCheck,
                 })
             };
         }
@@ -174,7 +195,7 @@ impl<R: Read> FrameReader<R> {
         if len == 0 || len > MAX_PAYLOAD_LEN {
             return Err(FrameError::Corrupt {
                 offset: start,
-                reason: format!("record length {len} is out of range"),
+                damage: FrameDamage::LengthOutOfRange(len),
             });
         }
         let end = start + (FRAME_HEADER_LEN + len) as u64;
@@ -193,7 +214,7 @@ impl<R: Read> FrameReader<R> {
             } else {
                 Err(FrameError::Corrupt {
                     offset: start,
-                    reason: "checksum mismatch".into(),
+                    damage: FrameDamage::Checksum,
                 })
             };
         }

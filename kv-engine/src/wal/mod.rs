@@ -57,7 +57,7 @@ mod writer;
 pub use dir::LOCK_FILE;
 pub use options::{FsyncPolicy, LogOptions};
 use recovery::io_error;
-pub use recovery::{OpenError, Recovered};
+pub use recovery::{Damage, OpenError, Recovered};
 pub use writer::{AdminChange, AdminOutcome};
 use writer::{Answer, Change, Command, Submission};
 

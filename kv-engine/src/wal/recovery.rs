@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{
-    codec::{self, FrameError, FrameReader, Record},
+    codec::{self, DecodeError, FrameDamage, FrameError, FrameReader, Record},
     dir::{
         Kind, LOCK_FILE, create_segment, parse_name, remove_file_logged, remove_older,
         segment_name, snapshot_name,
@@ -38,7 +38,7 @@ pub enum OpenError {
     },
     /// A file in the log is damaged before its end.
     #[error(
-        "{file}: corrupt at offset {offset}: {reason}; start with --repair to truncate the log there and drop what follows",
+        "{file}: corrupt at offset {offset}: {damage}; start with --repair to truncate the log there and drop what follows",
         file = .file.display()
     )]
     Corrupt {
@@ -47,7 +47,7 @@ pub enum OpenError {
         /// Where the damage starts.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        damage: Damage,
     },
     /// The file system refused.
     #[error("{context}: {source}")]
@@ -58,6 +58,65 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What is wrong with a damaged file of the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    /// The framing is broken (magic, version, length, checksum).
+    #[error(transparent)]
+    Frame(#[from] FrameDamage),
+    /// A whole frame whose payload is not a record.
+    #[error(transparent)]
+    Record(#[from] DecodeError),
+    /// A file ends early where a crash cannot have cut it: a snapshot
+    /// (renamed into place only once complete) or a segment that is not
+    /// the last (the writer only starts a new segment after syncing the
+    /// old one).
+    #[error("{0} cut short")]
+    CutShort(&'static str),
+    /// A well-formed record of a kind that does not belong in this file.
+    #[error("{record} record in a {file}")]
+    Misplaced {
+        /// The record's kind.
+        record: &'static str,
+        /// The kind of file it was found in.
+        file: &'static str,
+    },
+    /// Records after a snapshot's end record.
+    #[error("data after the snapshot's end record")]
+    AfterEnd,
+    /// A snapshot's end record disagrees with what it holds.
+    #[error("end record counts {counted} entries, the snapshot holds {held}")]
+    EndCount {
+        /// The count in the end record.
+        counted: u64,
+        /// Entries actually read.
+        held: u64,
+    },
+    /// A snapshot without its end record.
+    #[error("snapshot ends without its end record")]
+    NoEnd,
+}
+
+/// Why reading the records of a file stopped early.
+enum Stop {
+    /// The file ends inside a record (see [`FrameError::Torn`]).
+    Torn(u64),
+    /// Damage at an offset.
+    Damaged(u64, Damage),
+    /// The read itself failed.
+    Io(io::Error),
+}
+
+impl From<FrameError> for Stop {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Torn { offset } => Stop::Torn(offset),
+            FrameError::Corrupt { offset, damage } => Stop::Damaged(offset, damage.into()),
+            FrameError::Io { source, .. } => Stop::Io(source),
+        }
+    }
 }
 
 pub(super) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
@@ -259,11 +318,11 @@ fn open_reader(
     ))
 }
 
-fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> OpenError {
+fn corrupt(path: &Path, offset: u64, damage: Damage) -> OpenError {
     OpenError::Corrupt {
         file: path.to_path_buf(),
         offset,
-        reason: reason.into(),
+        damage,
     }
 }
 
@@ -327,29 +386,30 @@ fn load_snapshot(
 ) -> Result<(), OpenError> {
     let path = dir.join(snapshot_name(base));
     let (len, reader) = open_reader(&path, codec::SNAPSHOT_MAGIC)?;
-    let fail = |offset: u64, reason: String, recovered: &mut Recovered| {
+    let fail = |offset: u64, damage: Damage, recovered: &mut Recovered| {
         if repair {
             recovered.repaired_bytes += len.saturating_sub(offset);
-            tracing::warn!(file = %path.display(), offset, "repair: snapshot corrupt ({reason}); keeping the {} entries before it", recovered.snapshot_entries);
+            tracing::warn!(file = %path.display(), offset, "repair: snapshot corrupt ({damage}); keeping the {} entries before it", recovered.snapshot_entries);
             Ok(())
         } else {
-            Err(corrupt(&path, offset, reason))
+            Err(corrupt(&path, offset, damage))
         }
+    };
+    // A snapshot is renamed into place only once complete: a short one is
+    // damage, not a crash.
+    let stopped = |stop: Stop, recovered: &mut Recovered| match stop {
+        Stop::Torn(offset) => fail(offset, Damage::CutShort("snapshot"), recovered),
+        Stop::Damaged(offset, damage) => fail(offset, damage, recovered),
+        Stop::Io(source) => Err(io_error(format!("cannot read {}", path.display()))(source)),
     };
     let reader = match reader {
         Ok(reader) => reader,
-        Err(FrameError::Torn { offset }) => {
-            return fail(offset, "snapshot header cut short".into(), recovered);
-        }
-        Err(FrameError::Corrupt { offset, reason }) => return fail(offset, reason, recovered),
-        Err(FrameError::Io { source, .. }) => {
-            return Err(io_error(format!("cannot read {}", path.display()))(source));
-        }
+        Err(e) => return stopped(e.into(), recovered),
     };
     let mut end = None;
     let mut entries = 0;
     let streamed = for_each_record(reader, |at, record| match record {
-        _ if end.is_some() => Err("data after the snapshot's end record".into()),
+        _ if end.is_some() => Err(Damage::AfterEnd),
         Record::Mutation {
             project,
             mutation: mutation @ Mutation::Set { .. },
@@ -368,7 +428,10 @@ fn load_snapshot(
                 .iter()
                 .any(|m| !matches!(m.mutation, Mutation::Set { .. }))
             {
-                return Err("a snapshot holds only set records".into());
+                return Err(Damage::Misplaced {
+                    record: "change other than a set",
+                    file: "snapshot",
+                });
             }
             entries += mutations.len() as u64;
             apply_txn_record(mem, &project, at, mutations, request, now);
@@ -386,7 +449,10 @@ fn load_snapshot(
             mem.restore_retired(&project, last);
             Ok(())
         }
-        Record::Mutation { .. } => Err("a snapshot holds only set records".into()),
+        Record::Mutation { .. } => Err(Damage::Misplaced {
+            record: "change other than a set",
+            file: "snapshot",
+        }),
         Record::Catalog(change) => {
             apply_logged(mem, catalog, change);
             Ok(())
@@ -401,23 +467,14 @@ fn load_snapshot(
         (Ok(()), Some((_, count))) if count == entries => Ok(()),
         (Ok(()), Some((at, count))) => fail(
             at,
-            format!("end record counts {count} entries, the snapshot holds {entries}"),
+            Damage::EndCount {
+                counted: count,
+                held: entries,
+            },
             recovered,
         ),
-        (Ok(()), None) => fail(
-            len,
-            "snapshot ends without its end record".into(),
-            recovered,
-        ),
-        // A snapshot is renamed into place only once complete: a short one
-        // is damage, not a crash.
-        (Err(FrameError::Torn { offset }), _) => {
-            fail(offset, "snapshot is cut short".into(), recovered)
-        }
-        (Err(FrameError::Corrupt { offset, reason }), _) => fail(offset, reason, recovered),
-        (Err(FrameError::Io { source, .. }), _) => {
-            Err(io_error(format!("cannot read {}", path.display()))(source))
-        }
+        (Ok(()), None) => fail(len, Damage::NoEnd, recovered),
+        (Err(stop), _) => stopped(stop, recovered),
     }
 }
 
@@ -427,10 +484,10 @@ fn load_snapshot(
 /// `each` returns, ends the stream as corruption at that record's offset.
 fn for_each_record(
     mut reader: FileReader,
-    mut each: impl FnMut(u64, Record) -> Result<(), String>,
-) -> Result<(), FrameError> {
+    mut each: impl FnMut(u64, Record) -> Result<(), Damage>,
+) -> Result<(), Stop> {
     const BATCH: usize = 4096;
-    type Batch = Vec<Result<(u64, Record), FrameError>>;
+    type Batch = Vec<Result<(u64, Record), Stop>>;
     let (batches, received) = mpsc::sync_channel::<Batch>(4);
     std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -442,12 +499,9 @@ fn for_each_record(
                 let item = match reader.next_into(&mut payload) {
                     Ok(true) => codec::decode_payload_cached(&payload, &mut last_project)
                         .map(|record| (at, record))
-                        .map_err(|e| FrameError::Corrupt {
-                            offset: at,
-                            reason: e.to_string(),
-                        }),
+                        .map_err(|e| Stop::Damaged(at, e.into())),
                     Ok(false) => break,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
                 let stop = item.is_err();
                 batch.push(item);
@@ -464,7 +518,7 @@ fn for_each_record(
         for batch in received {
             for item in batch {
                 let (at, record) = item?;
-                each(at, record).map_err(|reason| FrameError::Corrupt { offset: at, reason })?;
+                each(at, record).map_err(|damage| Stop::Damaged(at, damage))?;
             }
         }
         Ok(())
@@ -483,9 +537,9 @@ fn replay_segment(
     let path = dir.join(segment_name(seq));
     let (len, reader) = open_reader(&path, codec::LOG_MAGIC)?;
     let cut =
-        |offset: u64, reason: String, recovered: &mut Recovered| -> Result<SegmentEnd, OpenError> {
+        |offset: u64, damage: Damage, recovered: &mut Recovered| -> Result<SegmentEnd, OpenError> {
             if !repair {
-                return Err(corrupt(&path, offset, reason));
+                return Err(corrupt(&path, offset, damage));
             }
             truncate(&path, offset)?;
             recovered.repaired_bytes += len - offset;
@@ -493,7 +547,7 @@ fn replay_segment(
                 file = %path.display(),
                 offset,
                 dropped_bytes = len - offset,
-                "repair: log corrupt ({reason}); truncated here, later segments dropped"
+                "repair: log corrupt ({damage}); truncated here, later segments dropped"
             );
             Ok(SegmentEnd::Cut(offset))
         };
@@ -514,20 +568,20 @@ fn replay_segment(
         truncate(&path, offset)?;
         Ok(SegmentEnd::Complete(offset))
     };
+    // Only the last segment can end in a crash's torn append.
+    let stopped = |stop: Stop, recovered: &mut Recovered| match stop {
+        Stop::Torn(offset) if last => torn(offset, recovered),
+        Stop::Torn(offset) => cut(
+            offset,
+            Damage::CutShort("segment that is not the last"),
+            recovered,
+        ),
+        Stop::Damaged(offset, damage) => cut(offset, damage, recovered),
+        Stop::Io(source) => Err(io_error(format!("cannot read {}", path.display()))(source)),
+    };
     let reader = match reader {
         Ok(reader) => reader,
-        Err(FrameError::Torn { offset }) if last => return torn(offset, recovered),
-        Err(FrameError::Torn { offset }) => {
-            return cut(
-                offset,
-                "segment header cut short in a segment that is not the last".into(),
-                recovered,
-            );
-        }
-        Err(FrameError::Corrupt { offset, reason }) => return cut(offset, reason, recovered),
-        Err(FrameError::Io { source, .. }) => {
-            return Err(io_error(format!("cannot read {}", path.display()))(source));
-        }
+        Err(e) => return stopped(e.into(), recovered),
     };
     let mut records = 0;
     let streamed = for_each_record(reader, |_, record| match record {
@@ -556,23 +610,23 @@ fn replay_segment(
             records += 1;
             Ok(())
         }
-        Record::Version { .. } => Err("snapshot version record in a log segment".into()),
-        Record::Retired { .. } => Err("snapshot retired-name record in a log segment".into()),
-        Record::End { .. } => Err("snapshot end record in a log segment".into()),
+        Record::Version { .. } => Err(Damage::Misplaced {
+            record: "snapshot version",
+            file: "log segment",
+        }),
+        Record::Retired { .. } => Err(Damage::Misplaced {
+            record: "snapshot retired-name",
+            file: "log segment",
+        }),
+        Record::End { .. } => Err(Damage::Misplaced {
+            record: "snapshot end",
+            file: "log segment",
+        }),
     });
     recovered.records += records;
     match streamed {
         Ok(()) => Ok(SegmentEnd::Complete(len)),
-        Err(FrameError::Torn { offset }) if last => torn(offset, recovered),
-        Err(FrameError::Torn { offset }) => cut(
-            offset,
-            "record cut short in a segment that is not the last".into(),
-            recovered,
-        ),
-        Err(FrameError::Corrupt { offset, reason }) => cut(offset, reason, recovered),
-        Err(FrameError::Io { source, .. }) => {
-            Err(io_error(format!("cannot read {}", path.display()))(source))
-        }
+        Err(stop) => stopped(stop, recovered),
     }
 }
 
