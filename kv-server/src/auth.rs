@@ -93,6 +93,17 @@ pub fn sha256(secret: &[u8]) -> [u8; 32] {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken([u8; 32]);
 
+/// An admin token too short to resist guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the admin token is {len} characters; it must be at least {min} (use a random secret)",
+    min = AdminToken::MIN_LEN
+)]
+pub struct AdminTokenTooShort {
+    /// The length given (after trimming whitespace).
+    pub len: usize,
+}
+
 impl AdminToken {
     /// Shortest admin token accepted.
     pub const MIN_LEN: usize = 16;
@@ -101,15 +112,12 @@ impl AdminToken {
     ///
     /// # Errors
     ///
-    /// When the secret is shorter than [`AdminToken::MIN_LEN`] characters.
-    pub fn new(secret: &str) -> Result<Self, String> {
+    /// [`AdminTokenTooShort`] when the secret is shorter than
+    /// [`AdminToken::MIN_LEN`] characters.
+    pub fn new(secret: &str) -> Result<Self, AdminTokenTooShort> {
         let secret = secret.trim();
         if secret.len() < Self::MIN_LEN {
-            return Err(format!(
-                "the admin token is {} characters; it must be at least {} (use a random secret)",
-                secret.len(),
-                Self::MIN_LEN
-            ));
+            return Err(AdminTokenTooShort { len: secret.len() });
         }
         Ok(Self(sha256(secret.as_bytes())))
     }

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::auth::AdminToken;
+use crate::auth::{AdminToken, AdminTokenTooShort};
 use kv_engine::{
     Quota, Settings,
     wal::{FsyncPolicy, LogOptions},
@@ -199,7 +199,7 @@ impl Default for Config {
 }
 
 /// A configuration value out of range.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Open mode (no authentication) on an address other machines can reach.
     #[error(
@@ -212,9 +212,21 @@ pub enum ConfigError {
     /// TLS flags that do not go together.
     #[error("{0}")]
     Tls(&'static str),
-    /// The admin token could not be read or is too weak.
+    /// The admin token is too weak.
     #[error("admin token: {0}")]
-    AdminToken(String),
+    AdminToken(#[from] AdminTokenTooShort),
+    /// The admin token was given twice.
+    #[error("admin token: give --admin-token-file or KV_ADMIN_TOKEN, not both")]
+    AdminTokenTwice,
+    /// The admin token file could not be read.
+    #[error("admin token: cannot read {path}: {source}", path = .path.display())]
+    AdminTokenFile {
+        /// The file named by `--admin-token-file`.
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The idle timeout would cut clients that answer keepalive pings.
     #[error(
         "--idle-timeout-ms ({idle} ms) must exceed --keepalive-interval-ms plus --keepalive-timeout-ms ({keepalive} ms), or live idle clients are cut"
@@ -535,17 +547,18 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let admin_token = match (&self.admin_token_file, &self.admin_token) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::AdminToken(
-                    "give --admin-token-file or KV_ADMIN_TOKEN, not both".into(),
-                ));
+                return Err(ConfigError::AdminTokenTwice);
             }
             (Some(path), None) => {
-                let secret = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::AdminToken(format!("cannot read {}: {e}", path.display()))
+                let secret = std::fs::read_to_string(path).map_err(|source| {
+                    ConfigError::AdminTokenFile {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
-                Some(AdminToken::new(&secret).map_err(ConfigError::AdminToken)?)
+                Some(AdminToken::new(&secret)?)
             }
-            (None, Some(secret)) => Some(AdminToken::new(secret).map_err(ConfigError::AdminToken)?),
+            (None, Some(secret)) => Some(AdminToken::new(secret)?),
             (None, None) => None,
         };
         let config = Config {
