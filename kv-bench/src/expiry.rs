@@ -40,7 +40,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     cli::ExpiryArgs,
-    workload::{Payload, SplitMix64},
+    workload::{Payload, TaskRng},
 };
 
 /// Longest lag the histograms hold exactly (larger ones are recorded as
@@ -223,12 +223,8 @@ pub(crate) async fn run(args: &ExpiryArgs) -> Result<(), String> {
     // One deadline offset per call.
     let batch = args.batch as u64;
     let calls = keys.div_ceil(batch);
-    let mut rng = SplitMix64::new(args.seed);
-    let offsets: Arc<Vec<u64>> = Arc::new(
-        (0..calls)
-            .map(|_| rng.below(args.spread_ms.saturating_add(1)))
-            .collect(),
-    );
+    let mut rng = TaskRng::with_seed(args.seed);
+    let offsets: Arc<Vec<u64>> = Arc::new((0..calls).map(|_| rng.u64(..=args.spread_ms)).collect());
     let first_deadline = start_ms + args.ttl_ms;
     let last_deadline = first_deadline + offsets.iter().copied().max().unwrap_or(0);
 

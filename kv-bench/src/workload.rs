@@ -5,39 +5,12 @@ use std::time::Duration;
 
 use crate::cli::{Mix, RunArgs, Workload};
 
-/// A small, fast generator (SplitMix64), one per task. The harness draws a
-/// key for every operation, so the generator must cost next to nothing and
-/// must not be shared between tasks (a shared one would be a lock or a
-/// contended atomic on the hot path). SplitMix64 is a few arithmetic
-/// instructions, has no all-zero state to avoid, passes BigCrush, and seeding
-/// task i with `seed + i` gives independent, reproducible streams.
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), by Lemire's multiply-shift: no division,
-    /// and a bias of at most n / 2^64.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// True with probability `p` (0 to 1).
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
-        // 53 random bits as a double in [0, 1).
-        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
+/// One generator per task (`fastrand`'s wyrand: a few instructions a
+/// draw). The harness draws a key for every operation, so a generator
+/// shared between tasks would be a lock or a contended atomic on the hot
+/// path; seeding task i with `seed + i` gives independent, reproducible
+/// streams.
+pub(crate) type TaskRng = fastrand::Rng;
 
 /// Names keys: `k` followed by the key's number, zero-padded so every key has
 /// exactly `width + 1` bytes.
@@ -85,7 +58,7 @@ impl Op {
 
 /// Draws each task's operations.
 pub(crate) struct OpGen {
-    rng: SplitMix64,
+    rng: TaskRng,
     workload: Workload,
     /// Cumulative weights of get, set, has, delete for `mixed`.
     thresholds: [u64; 4],
@@ -107,7 +80,7 @@ impl OpGen {
         let has = set + u64::from(has);
         let delete = has + u64::from(delete);
         Self {
-            rng: SplitMix64::new(args.seed.wrapping_add(task)),
+            rng: TaskRng::with_seed(args.seed.wrapping_add(task)),
             workload: args.workload,
             thresholds: [get, set, has, delete],
             keys: args.keys,
@@ -117,7 +90,7 @@ impl OpGen {
     }
 
     fn key(&mut self) -> u64 {
-        self.rng.below(self.keys)
+        self.rng.u64(..self.keys)
     }
 
     pub(crate) fn next_op(&mut self) -> Op {
@@ -127,7 +100,7 @@ impl OpGen {
             Workload::Has => Op::Has(self.key()),
             Workload::Delete => Op::Delete(self.key()),
             Workload::Mixed => {
-                let pick = self.rng.below(self.thresholds[3]);
+                let pick = self.rng.u64(..self.thresholds[3]);
                 if pick < self.thresholds[0] {
                     Op::Get(self.key())
                 } else if pick < self.thresholds[1] {
@@ -145,7 +118,7 @@ impl OpGen {
                 // entry of a call the same expiry.
                 Op::SetMany {
                     keys,
-                    ttl: self.rng.chance(self.ttl_share),
+                    ttl: self.rng.f64() < self.ttl_share,
                 }
             }
         }
@@ -154,7 +127,7 @@ impl OpGen {
     fn set(&mut self) -> Op {
         Op::Set {
             key: self.key(),
-            ttl: self.rng.chance(self.ttl_share),
+            ttl: self.rng.f64() < self.ttl_share,
         }
     }
 }
@@ -236,25 +209,5 @@ mod tests {
         }
         // No string encodes to exactly 130 bytes: the nearest below is used.
         assert_eq!(Payload::new(130, 1).proto.encoded_len(), 129);
-    }
-
-    #[test]
-    fn draws_are_uniform_enough_and_reproducible() {
-        let mut a = SplitMix64::new(7);
-        let mut b = SplitMix64::new(7);
-        let mut counts = [0u32; 10];
-        for _ in 0..100_000 {
-            let n = a.below(10);
-            assert_eq!(n, b.below(10));
-            counts[n as usize] += 1;
-        }
-        // Each bucket expects 10 000; 5 sigma is about 475.
-        assert!(
-            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
-            "{counts:?}"
-        );
-        let hits = (0..100_000).filter(|_| a.chance(0.25)).count();
-        assert!((24_000..26_000).contains(&hits), "{hits}");
-        assert!(!(0..1000).any(|_| a.chance(0.0)));
     }
 }

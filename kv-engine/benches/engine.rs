@@ -67,31 +67,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// xorshift64*: a few ns a draw, so picking a random key costs next to
-/// nothing beside the operation measured (and the access pattern defeats
-/// the caches, as many clients over a big keyspace would).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self((seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (multiply-shift: no division).
-    fn below(&mut self, n: u64) -> usize {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as usize
-    }
-}
-
 /// A store holding two projects of 1M keys each: `plain` without TTLs and
 /// `ttl` with every key under a deadline. The key strings are built once,
 /// so formatting a key is never part of a measured operation.
@@ -217,9 +192,9 @@ fn ops_on<B: Backend>(
         group.bench_function(BenchmarkId::new("get", name), |b| {
             let fx = fx();
             let (_, project, _) = variants(fx)[variant];
-            let mut rng = Rng::new(1);
+            let mut rng = fastrand::Rng::with_seed(1);
             b.to_async(runtime).iter(|| {
-                let k = &fx.keys[rng.below(KEYS)];
+                let k = &fx.keys[rng.usize(..KEYS as usize)];
                 async move {
                     let entry = fx.store.get(project, k).await.unwrap();
                     assert!(entry.is_some());
@@ -231,9 +206,9 @@ fn ops_on<B: Backend>(
             group.bench_function(BenchmarkId::new("has", name), |b| {
                 let fx = fx();
                 let (_, project, _) = variants(fx)[variant];
-                let mut rng = Rng::new(2);
+                let mut rng = fastrand::Rng::with_seed(2);
                 b.to_async(runtime).iter(|| {
-                    let k = &fx.keys[rng.below(KEYS)];
+                    let k = &fx.keys[rng.usize(..KEYS as usize)];
                     async move { assert!(fx.store.has(project, k).await.unwrap()) }
                 });
             });
@@ -242,12 +217,12 @@ fn ops_on<B: Backend>(
             let fx = fx();
             let (_, project, ttl_ms) = variants(fx)[variant];
             let value = value_100_bytes();
-            let mut rng = Rng::new(3);
+            let mut rng = fastrand::Rng::with_seed(3);
             b.to_async(runtime).iter(|| {
                 // Overwrites an existing key (the map neither grows nor
                 // shrinks over the run). The value copy stands for the
                 // buffer a decoded request hands over.
-                let k = &fx.keys[rng.below(KEYS)];
+                let k = &fx.keys[rng.usize(..KEYS as usize)];
                 let value = value.clone();
                 async move { fx.store.set(project, k, value, ttl_ms).await.unwrap() }
             });
@@ -256,9 +231,9 @@ fn ops_on<B: Backend>(
     if reads {
         group.bench_function("get_miss", |b| {
             let fx = fx();
-            let mut rng = Rng::new(4);
+            let mut rng = fastrand::Rng::with_seed(4);
             b.to_async(runtime).iter(|| {
-                let k = &fx.misses[rng.below(fx.misses.len() as u64)];
+                let k = &fx.misses[rng.usize(..fx.misses.len())];
                 async move { assert!(fx.store.get(&fx.plain, k).await.unwrap().is_none()) }
             });
         });
@@ -324,15 +299,15 @@ fn contend(
             let (start_line, value) = (&start_line, &value);
             let ops = iters / threads as u64 + u64::from((t as u64) < iters % threads as u64);
             s.spawn(move || {
-                let mut rng = Rng::new(100 + t as u64);
+                let mut rng = fastrand::Rng::with_seed(100 + t as u64);
                 start_line.wait();
                 for _ in 0..ops {
                     let k = if one_key {
                         &fx.keys[0]
                     } else {
-                        &fx.keys[rng.below(KEYS)]
+                        &fx.keys[rng.usize(..KEYS as usize)]
                     };
-                    if write_every != 0 && rng.next().is_multiple_of(write_every) {
+                    if write_every != 0 && rng.u64(..).is_multiple_of(write_every) {
                         // What `Backend::set` on the memory store does,
                         // without the async wrapper.
                         let set = Op::Set {

@@ -2,13 +2,11 @@
 //! operations, clock moves and restarts (which replay snapshots and logs)
 //! against a `BTreeMap` model must agree on every answer.
 
+mod common;
+
 use std::{collections::BTreeMap, sync::Arc};
 
-use kv_engine::{
-    Backend, Clock, ManualClock,
-    project::ProjectName,
-    wal::{DurableStore, FsyncPolicy, LogOptions},
-};
+use kv_engine::{Backend, Clock, ManualClock, Settings, project::ProjectName, wal::DurableStore};
 use proptest::prelude::*;
 
 const PROJECTS: [&str; 2] = ["a", "b"];
@@ -56,13 +54,7 @@ fn encoded(v: u8) -> Box<[u8]> {
 }
 
 fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> DurableStore {
-    let options = LogOptions {
-        fsync: FsyncPolicy::Never,
-        // Snapshot early and often, so restarts load snapshots too.
-        snapshot_min_log_bytes: 256,
-        ..LogOptions::default()
-    };
-    DurableStore::open(dir, options, clock.clone()).expect("reopens")
+    common::open_churning(dir, clock, Settings::DEFAULT)
 }
 
 proptest! {

@@ -1,5 +1,6 @@
-//! A small seedable generator (xorshift64*) for the tests' random
-//! choices: a failing run is reproduced from the seed it printed.
+//! The tests' random choices, from a seed a failing run prints so it can
+//! be replayed. The generator is `fastrand`'s; what this adds is the seed
+//! from `KV_TEST_SEED` and the few draws the tests use.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,12 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// assert_eq!(a.below(100), b.below(100));
 /// ```
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(fastrand::Rng);
 
 impl Rng {
     /// A generator started from `seed` (any value; 0 too).
     pub fn seeded(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Self(fastrand::Rng::with_seed(seed))
     }
 
     /// A generator seeded from `KV_TEST_SEED` when set, else from the
@@ -38,26 +39,21 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.u64(..)
     }
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+        self.0.u64(..n)
     }
 
     /// An index in `0..n` (`n` > 0).
     pub fn index(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.usize(..n)
     }
 
-    /// Shuffles `items` in place (Fisher-Yates).
+    /// Shuffles `items` in place.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.index(i + 1));
-        }
+        self.0.shuffle(items);
     }
 }

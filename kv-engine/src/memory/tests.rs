@@ -58,30 +58,18 @@ fn listed(store: &MemoryStore) -> ListPage {
     store.list_now(&project(), &query)
 }
 
-/// xorshift64*: deterministic, seed printed by the caller.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 /// Random writes over a key space larger than an inline build: sets
 /// (some with deadlines), deletes, expiries through the purge, and
 /// now and then a clear.
-fn random_writes(store: &MemoryStore, clock: &ManualClock, rng: &mut Rng, n: usize) {
+fn random_writes(store: &MemoryStore, clock: &ManualClock, rng: &mut fastrand::Rng, n: usize) {
     for _ in 0..n {
-        let key = format!("k{:06}", rng.below(12_000));
-        match rng.below(10_000) {
+        let key = format!("k{:06}", rng.u64(..12_000));
+        match rng.u64(..10_000) {
             0 => {
                 store.apply(&project(), Mutation::Clear);
             }
             1..=5_499 => set(store, &key, None),
-            5_500..=6_999 => set(store, &key, Some(clock.now_ms() + 1 + rng.below(5))),
+            5_500..=6_999 => set(store, &key, Some(clock.now_ms() + 1 + rng.u64(..5))),
             7_000..=8_999 => remove(store, &key, false),
             9_000..=9_899 => {
                 // A recovery turns sets already due into expiries; after
@@ -103,7 +91,7 @@ fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
     for seed in 1..=8u64 {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let store = MemoryStore::with_clock(clock.clone());
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = fastrand::Rng::with_seed(seed);
         store.begin_load();
         random_writes(&store, &clock, &mut rng, 20_000);
         // Enough keys added since the load's last clear for a build in
@@ -235,10 +223,10 @@ fn lists_during_the_build_wait_and_see_exactly_the_keys_of_their_version() {
     };
     let builder = std::thread::spawn(move || build.run());
     let mut ops = Vec::new();
-    let mut rng = Rng(0x5eed);
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
     for round in 0..20_000u64 {
-        let key = format!("k{:07}", rng.below(LOADED as u64 * 2));
-        let op = match rng.below(10) {
+        let key = format!("k{:07}", rng.u64(..LOADED as u64 * 2));
+        let op = match rng.u64(..10) {
             0..=4 => {
                 set(&store, &key, None);
                 Op::Insert(key)

@@ -23,6 +23,8 @@
 //!
 //! `PROPTEST_CASES` overrides the number of cases.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{DefaultHasher, Hash, Hasher},
@@ -35,15 +37,14 @@ use std::{
 
 use bytes::Bytes;
 use kv_engine::{
-    Backend, Check, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, ManualClock, Op,
-    OpOutcome, RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
+    Backend, Check, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, MAX_VALUE_LIMIT,
+    ManualClock, Op, OpOutcome, RequestId, Settings, Ttl, Txn, TxnOutcome, WatchTarget,
     jsonops::NumberError,
     memory::{MemoryStore, Usage},
     project::ProjectName,
-    wal::{DurableStore, FsyncPolicy, LogOptions},
+    wal::DurableStore,
     watch::{Event, EventKind, Subscription},
 };
-use kv_server::config::MAX_VALUE_LIMIT;
 use proptest::{prelude::*, test_runner::TestCaseError};
 use prost::Message;
 use prost_types::{ListValue, Struct, value::Kind};
@@ -894,13 +895,7 @@ fn settings() -> Settings {
 }
 
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> DurableStore {
-    let options = LogOptions {
-        fsync: FsyncPolicy::Never,
-        // Snapshot early and often, so restarts load snapshots too.
-        snapshot_min_log_bytes: 256,
-        ..LogOptions::default()
-    };
-    DurableStore::open_with(dir, options, clock.clone(), settings()).expect("opens")
+    common::open_churning(dir, clock, settings())
 }
 
 /// Runs `futures` to completion together. `Backend::submit` queued each
