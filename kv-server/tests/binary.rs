@@ -1,5 +1,5 @@
-//! The real `kv-server` binary: the conformance suite on the real clock,
-//! signals, start-up errors.
+//! The real `kv-server` binary: the conformance suite (its clockless cases
+//! and a real expiry), signals, start-up errors.
 
 use std::{process::Command, time::Duration};
 
@@ -34,7 +34,9 @@ impl Target for Binary {
     }
 }
 
-kv_tests::conformance_suite!(Binary);
+// The cases that let time pass run in process on the manual clock; here
+// one real expiry shows the binary's clock and expiry task at work.
+kv_tests::conformance_suite!(Binary, real_clock);
 
 #[tokio::test]
 async fn sigterm_exits_zero_after_logging_shutdown() {

@@ -19,6 +19,10 @@
 //! // tests/conformance.rs
 //! kv_tests::conformance_suite!(kv_tests::InProcess);
 //! ```
+//!
+//! A server on the real clock runs `conformance_suite!(T, real_clock)`:
+//! the cases that let time pass run exactly on the manual clock in
+//! process instead of sleeping.
 
 use std::{
     io::{BufRead, BufReader},
@@ -52,9 +56,23 @@ pub trait Target: Sized {
 
 /// Expands into one `#[tokio::test]` per conformance case, against a fresh
 /// server of type `$target` (a [`Target`]) for each.
+///
+/// `conformance_suite!(T)` runs every case; `conformance_suite!(T,
+/// real_clock)` is for a server on the real clock (the binary): the cases
+/// that let time pass would only sleep there, and they already run exactly
+/// on the manual clock in process, so it runs the others and one real
+/// expiry.
 #[macro_export]
 macro_rules! conformance_suite {
     ($target:ty) => {
+        $crate::conformance_suite!(@clockless $target);
+        $crate::conformance_suite!(@clocked $target);
+    };
+    ($target:ty, real_clock) => {
+        $crate::conformance_suite!(@clockless $target);
+        $crate::conformance_suite!(@cases $target; ttl_expires_key);
+    };
+    (@clockless $target:ty) => {
         $crate::conformance_suite!(@cases $target;
             missing_key_is_not_found,
             every_json_type_round_trips,
@@ -62,11 +80,6 @@ macro_rules! conformance_suite {
             typed_values_round_trip,
             set_overwrites,
             unicode_keys_work,
-            ttl_expires_key,
-            ttl_deadline_is_exact,
-            plain_set_removes_earlier_ttl,
-            set_with_ttl_replaces_ttl,
-            ttl_zero_and_over_max_are_invalid,
             missing_value_is_invalid,
             non_finite_numbers_are_invalid,
             nesting_limit_is_enforced,
@@ -76,19 +89,29 @@ macro_rules! conformance_suite {
             projects_are_isolated,
             default_project_when_header_absent,
             invalid_project_names_are_refused,
-            delete_reports_whether_a_live_key_was_removed,
-            clear_counts_live_keys_and_spares_other_projects,
             concurrent_writers_lose_no_acknowledged_set,
             versions_count_up_per_project,
-            conditional_sets_compare_and_swap,
             incr_adds_and_refuses_what_is_not_a_number,
-            incr_with_ttl_is_a_fixed_window,
             merge_applies_json_merge_patch,
             batch_is_all_or_nothing,
             bulk_calls_read_and_write_many_keys,
+            request_ids_make_retries_safe,
+        );
+    };
+    // The cases that call `Ctx::advance`.
+    (@clocked $target:ty) => {
+        $crate::conformance_suite!(@cases $target;
+            ttl_expires_key,
+            ttl_deadline_is_exact,
+            plain_set_removes_earlier_ttl,
+            set_with_ttl_replaces_ttl,
+            ttl_zero_and_over_max_are_invalid,
+            delete_reports_whether_a_live_key_was_removed,
+            clear_counts_live_keys_and_spares_other_projects,
+            conditional_sets_compare_and_swap,
+            incr_with_ttl_is_a_fixed_window,
             list_pages_in_key_order,
             watch_reports_changes_with_causes,
-            request_ids_make_retries_safe,
         );
     };
     (@cases $target:ty; $($case:ident),* $(,)?) => {
@@ -515,5 +538,32 @@ mod tests {
             }
         }
         assert!(count >= 20, "found only {count} cases");
+    }
+
+    /// A case that lets time pass must be in the clocked list, or the real
+    /// clock target would run it with sleeps (or wrongly skip exactness).
+    #[test]
+    fn every_case_that_lets_time_pass_is_clocked() {
+        let cases = include_str!("conformance.rs");
+        let suite = include_str!("lib.rs");
+        let clocked = &suite[suite.find("(@clocked $target:ty) => {").unwrap()..];
+        let clocked = &clocked[..clocked.find("    };").unwrap()];
+        let mut current = None;
+        let mut advancing = std::collections::BTreeSet::new();
+        for line in cases.lines() {
+            if let Some(rest) = line.strip_prefix("pub async fn ") {
+                current = Some(&rest[..rest.find('(').unwrap()]);
+            }
+            if line.contains("ctx.advance(") {
+                advancing.insert(current.expect("advance inside a case"));
+            }
+        }
+        assert!(!advancing.is_empty());
+        for name in advancing {
+            assert!(
+                clocked.contains(&format!("            {name},\n")),
+                "conformance case {name} lets time pass but is not in the clocked list"
+            );
+        }
     }
 }
