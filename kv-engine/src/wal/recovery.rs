@@ -375,6 +375,84 @@ fn apply_txn_record(
     mem.apply_commit(project, mutations, request);
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Snapshot,
+    Segment,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Snapshot => "snapshot",
+            FileKind::Segment => "log segment",
+        }
+    }
+}
+
+/// Applies one record read from a file of `kind` (a snapshot's end record
+/// is its reader's business) and returns how many entries it set. A
+/// snapshot holds the state (sets, version counters, incarnations, retired
+/// names, the catalog); a segment holds changes.
+fn apply_record(
+    mem: &MemoryStore,
+    catalog: &Catalog,
+    record: Record,
+    now: u64,
+    kind: FileKind,
+) -> Result<u64, Damage> {
+    let misplaced = |record| Damage::Misplaced {
+        record,
+        file: kind.name(),
+    };
+    let is_set = |m: &Mutation| matches!(m, Mutation::Set { .. });
+    match record {
+        Record::Mutation { mutation, .. } if kind == FileKind::Snapshot && !is_set(&mutation) => {
+            Err(misplaced("change other than a set"))
+        }
+        Record::Mutation { project, mutation } => {
+            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
+            Ok(1)
+        }
+        Record::Txn { mutations, .. }
+            if kind == FileKind::Snapshot && !mutations.iter().all(|m| is_set(&m.mutation)) =>
+        {
+            Err(misplaced("change other than a set"))
+        }
+        Record::Txn {
+            project,
+            at,
+            mutations,
+            request,
+        } => {
+            let entries = mutations.len() as u64;
+            apply_txn_record(mem, &project, at, mutations, request, now);
+            Ok(entries)
+        }
+        Record::Catalog(change) => {
+            apply_logged(mem, catalog, change);
+            Ok(0)
+        }
+        Record::Incarnation { project, base } => {
+            mem.start_incarnation(&project, base);
+            Ok(0)
+        }
+        Record::Version { .. } if kind == FileKind::Segment => Err(misplaced("snapshot version")),
+        Record::Version { project, version } => {
+            mem.restore_version(&project, version);
+            Ok(0)
+        }
+        Record::Retired { .. } if kind == FileKind::Segment => {
+            Err(misplaced("snapshot retired-name"))
+        }
+        Record::Retired { project, last } => {
+            mem.restore_retired(&project, last);
+            Ok(0)
+        }
+        Record::End { .. } => Err(misplaced("snapshot end")),
+    }
+}
+
 fn load_snapshot(
     dir: &Path,
     base: u64,
@@ -410,55 +488,12 @@ fn load_snapshot(
     let mut entries = 0;
     let streamed = for_each_record(reader, |at, record| match record {
         _ if end.is_some() => Err(Damage::AfterEnd),
-        Record::Mutation {
-            project,
-            mutation: mutation @ Mutation::Set { .. },
-        } => {
-            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
-            entries += 1;
-            Ok(())
-        }
-        Record::Txn {
-            project,
-            at,
-            mutations,
-            request,
-        } => {
-            if mutations
-                .iter()
-                .any(|m| !matches!(m.mutation, Mutation::Set { .. }))
-            {
-                return Err(Damage::Misplaced {
-                    record: "change other than a set",
-                    file: "snapshot",
-                });
-            }
-            entries += mutations.len() as u64;
-            apply_txn_record(mem, &project, at, mutations, request, now);
-            Ok(())
-        }
-        Record::Version { project, version } => {
-            mem.restore_version(&project, version);
-            Ok(())
-        }
-        Record::Incarnation { project, base } => {
-            mem.start_incarnation(&project, base);
-            Ok(())
-        }
-        Record::Retired { project, last } => {
-            mem.restore_retired(&project, last);
-            Ok(())
-        }
-        Record::Mutation { .. } => Err(Damage::Misplaced {
-            record: "change other than a set",
-            file: "snapshot",
-        }),
-        Record::Catalog(change) => {
-            apply_logged(mem, catalog, change);
-            Ok(())
-        }
         Record::End { count } => {
             end = Some((at, count));
+            Ok(())
+        }
+        record => {
+            entries += apply_record(mem, catalog, record, now, FileKind::Snapshot)?;
             Ok(())
         }
     });
@@ -584,44 +619,10 @@ fn replay_segment(
         Err(e) => return stopped(e.into(), recovered),
     };
     let mut records = 0;
-    let streamed = for_each_record(reader, |_, record| match record {
-        Record::Mutation { project, mutation } => {
-            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
-            records += 1;
-            Ok(())
-        }
-        Record::Txn {
-            project,
-            at,
-            mutations,
-            request,
-        } => {
-            apply_txn_record(mem, &project, at, mutations, request, now);
-            records += 1;
-            Ok(())
-        }
-        Record::Catalog(change) => {
-            apply_logged(mem, catalog, change);
-            records += 1;
-            Ok(())
-        }
-        Record::Incarnation { project, base } => {
-            mem.start_incarnation(&project, base);
-            records += 1;
-            Ok(())
-        }
-        Record::Version { .. } => Err(Damage::Misplaced {
-            record: "snapshot version",
-            file: "log segment",
-        }),
-        Record::Retired { .. } => Err(Damage::Misplaced {
-            record: "snapshot retired-name",
-            file: "log segment",
-        }),
-        Record::End { .. } => Err(Damage::Misplaced {
-            record: "snapshot end",
-            file: "log segment",
-        }),
+    let streamed = for_each_record(reader, |_, record| {
+        apply_record(mem, catalog, record, now, FileKind::Segment)?;
+        records += 1;
+        Ok(())
     });
     recovered.records += records;
     match streamed {
