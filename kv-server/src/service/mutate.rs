@@ -50,6 +50,20 @@ pub(super) trait Mutating: Message + Clone {
     fn respond(outcome: &TxnOutcome) -> Result<Self::Response, Status>;
 }
 
+/// Every mutating request of the wire carries its id in a field named
+/// `request_id`.
+macro_rules! request_id_field {
+    () => {
+        fn request_id(&self) -> &str {
+            &self.request_id
+        }
+
+        fn clear_request_id(&mut self) {
+            self.request_id.clear();
+        }
+    };
+}
+
 impl<B: Backend> KvService<B> {
     /// Validates `request`, submits its transaction to the backend now
     /// (see [`Backend::submit`]: the order of `start` calls is the order
@@ -100,13 +114,7 @@ impl Mutating for SetRequest {
     type Response = SetResponse;
     const METHOD: &'static str = "Set";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         let op = service.set_op(&wire::SetOp {
@@ -151,13 +159,7 @@ impl Mutating for DeleteRequest {
     type Response = DeleteResponse;
     const METHOD: &'static str = "Delete";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         let key = service.key(&self.key)?;
@@ -178,13 +180,7 @@ impl Mutating for IncrRequest {
     type Response = IncrResponse;
     const METHOD: &'static str = "Incr";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         let op = service.incr_op(&self.key, self.delta, self.ttl_ms)?;
@@ -206,13 +202,7 @@ impl Mutating for MergeRequest {
     type Response = MergeResponse;
     const METHOD: &'static str = "Merge";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         let op = service.merge_op(&self.key, &self.patch, self.ttl_ms)?;
@@ -234,13 +224,7 @@ impl Mutating for ClearRequest {
     type Response = ClearResponse;
     const METHOD: &'static str = "Clear";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, _: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         Ok((Vec::new(), vec![Op::Clear]))
@@ -259,13 +243,7 @@ impl Mutating for BatchRequest {
     type Response = BatchResponse;
     const METHOD: &'static str = "Batch";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         service.count("ops", self.ops.len())?;
@@ -331,13 +309,7 @@ impl Mutating for SetManyRequest {
     type Response = SetManyResponse;
     const METHOD: &'static str = "SetMany";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         service.count("entries", self.entries.len())?;
@@ -371,13 +343,7 @@ impl Mutating for DeleteManyRequest {
     type Response = DeleteManyResponse;
     const METHOD: &'static str = "DeleteMany";
 
-    fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    fn clear_request_id(&mut self) {
-        self.request_id.clear();
-    }
+    request_id_field!();
 
     fn txn<B>(&self, service: &KvService<B>) -> Result<(Vec<Check>, Vec<Op>), Status> {
         service.count("keys", self.keys.len())?;
