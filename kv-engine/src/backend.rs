@@ -99,7 +99,7 @@ pub trait Backend: Send + Sync + 'static {
         project: &ProjectName,
         target: WatchTarget,
         from_version: Option<u64>,
-    ) -> Result<Subscription, WatchError>;
+    ) -> impl Future<Output = Result<Subscription, WatchError>> + Send;
 
     /// Removes up to `limit` entries whose deadline has passed (each an
     /// expiry event) and returns how many due deadlines it consumed.

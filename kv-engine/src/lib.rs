@@ -97,7 +97,7 @@ mod error;
 pub mod jsonops;
 pub mod memory;
 pub mod project;
-mod txn;
+pub mod txn;
 mod types;
 pub mod value;
 pub mod wal;

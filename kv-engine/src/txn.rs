@@ -16,9 +16,39 @@ use bytes::Bytes;
 use super::{
     Check, Deadline, EngineError, Mutation, Op, OpOutcome, Quota, QuotaExceeded, Ttl, Txn,
     TxnOutcome, Versioned, jsonops,
-    memory::{MemoryStore, Usage, expiry::Due, namespace::Meta, requests::Remembered},
+    memory::{Usage, expiry::Due, requests::Remembered},
 };
 use crate::project::ProjectName;
+
+pub use crate::memory::namespace::Meta as KeyMeta;
+
+/// The committed state a transaction is evaluated against: the memory
+/// store's, or a remote backend's copy of what a transaction touches.
+///
+/// Every answer is about one moment; a remote backend fetches the project's
+/// counters and the transaction's keys together and applies the result only
+/// if nothing changed since (see `kv-redis`).
+pub trait State {
+    /// The newest version of `project` (its incarnation before its first
+    /// change).
+    fn version(&self, project: &ProjectName) -> u64;
+    /// Keys and bytes held by `project`, dead entries included until
+    /// they are expired.
+    fn usage(&self, project: &ProjectName) -> Usage;
+    /// The incarnation of `project` (see [`crate::Backend::incarnation`]).
+    fn incarnation(&self, project: &ProjectName) -> u64;
+    /// Whether `project` has any state (a memory store creates namespaces
+    /// lazily; a remote store can answer true).
+    fn has_namespace(&self, project: &ProjectName) -> bool;
+    /// The outcome remembered under request `id`, if within the window.
+    fn remembered(&self, project: &ProjectName, id: &str, now: u64) -> Option<Remembered>;
+    /// `key`'s entry, live or dead.
+    fn meta(&self, project: &ProjectName, key: &str) -> Option<KeyMeta>;
+    /// `key`'s stored bytes, live or dead.
+    fn value(&self, project: &ProjectName, key: &str) -> Option<Bytes>;
+    /// Live keys of `project` at `now`.
+    fn live_count(&self, project: &ProjectName, now: u64) -> u64;
+}
 
 /// The writer's maps hash with aHash, as the store's do: SipHash showed in
 /// profiles of mass expiry.
@@ -54,7 +84,7 @@ enum View {
 
 /// What a group of writes evaluated so far will have done once applied.
 #[derive(Default)]
-pub(crate) struct Overlay {
+pub struct Overlay {
     /// Per project, so a lookup by `&str` allocates nothing.
     keys: HashMap<ProjectName, HashMap<Box<str>, Slot>>,
     cleared: HashSet<ProjectName>,
@@ -69,23 +99,26 @@ pub(crate) struct Overlay {
 }
 
 /// An evaluated transaction.
-pub(crate) enum Evaluated {
+pub enum Evaluated {
     /// A retry of a remembered request: answer this, change nothing.
     Replay(Arc<TxnOutcome>),
     /// Log and apply these.
     Commit(Commit),
 }
 
-pub(crate) struct Commit {
-    pub(crate) mutations: Vec<Versioned>,
-    pub(crate) outcome: Arc<TxnOutcome>,
+/// What a transaction changes, and what it answers.
+pub struct Commit {
+    /// The resulting-state changes, numbered.
+    pub mutations: Vec<Versioned>,
+    /// The answer.
+    pub outcome: Arc<TxnOutcome>,
     /// Remember the outcome under this request id and fingerprint.
-    pub(crate) remember: Option<(Box<str>, u64)>,
+    pub remember: Option<(Box<str>, u64)>,
 }
 
 impl Commit {
     /// The outcome to remember under the request id, as applied at `now`.
-    pub(crate) fn remembered(&mut self, now: u64) -> Option<(Box<str>, Remembered)> {
+    pub fn remembered(&mut self, now: u64) -> Option<(Box<str>, Remembered)> {
         self.remember.take().map(|(id, fingerprint)| {
             let remembered = Remembered {
                 fingerprint,
@@ -98,14 +131,14 @@ impl Commit {
 }
 
 impl Overlay {
-    fn version(&self, mem: &MemoryStore, project: &ProjectName) -> u64 {
+    fn version<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> u64 {
         self.versions
             .get(project)
             .copied()
             .unwrap_or_else(|| mem.version(project))
     }
 
-    fn usage(&self, mem: &MemoryStore, project: &ProjectName) -> Usage {
+    fn usage<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> Usage {
         self.usage
             .get(project)
             .copied()
@@ -124,7 +157,7 @@ impl Overlay {
     }
 
     /// The incarnation of `project` after the writes evaluated so far.
-    pub(crate) fn incarnation(&self, mem: &MemoryStore, project: &ProjectName) -> u64 {
+    pub(crate) fn incarnation<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> u64 {
         self.incarnations
             .get(project)
             .copied()
@@ -133,8 +166,8 @@ impl Overlay {
 
     /// A deleted project's data goes with the group, and later writes of
     /// the name belong to the next incarnation (numbered as
-    /// [`MemoryStore::delete_project`] numbers it).
-    pub(crate) fn drop_project(&mut self, mem: &MemoryStore, project: &ProjectName) {
+    /// [`crate::memory::MemoryStore::delete_project`] numbers it).
+    pub(crate) fn drop_project<S: State + ?Sized>(&mut self, mem: &S, project: &ProjectName) {
         let last = self
             .version(mem, project)
             .max(self.incarnation(mem, project));
@@ -143,7 +176,11 @@ impl Overlay {
     }
 
     /// Whether `project` will have a namespace once the group is applied.
-    pub(crate) fn holds_namespace(&self, mem: &MemoryStore, project: &ProjectName) -> bool {
+    pub(crate) fn holds_namespace<S: State + ?Sized>(
+        &self,
+        mem: &S,
+        project: &ProjectName,
+    ) -> bool {
         self.held
             .get(project)
             .copied()
@@ -168,9 +205,9 @@ impl Overlay {
     ///
     /// [`EngineError`] when an operation or the quota refuses it; the
     /// overlay is then unchanged.
-    pub(crate) fn evaluate(
+    pub fn evaluate<S: State + ?Sized>(
         &mut self,
-        mem: &MemoryStore,
+        mem: &S,
         project: &ProjectName,
         txn: Txn,
         now: u64,
@@ -260,7 +297,12 @@ impl Overlay {
     }
 
     /// The expiry of a due deadline, if the entry still carries it.
-    pub(crate) fn expire(&mut self, mem: &MemoryStore, due: &Due, now: u64) -> Option<Versioned> {
+    pub(crate) fn expire<S: State + ?Sized>(
+        &mut self,
+        mem: &S,
+        due: &Due,
+        now: u64,
+    ) -> Option<Versioned> {
         if !due.at.passed(now) {
             return None;
         }
@@ -293,14 +335,14 @@ impl Overlay {
         })
     }
 
-    fn view(&self, mem: &MemoryStore, project: &ProjectName, key: &str, now: u64) -> View {
+    fn view<S: State + ?Sized>(&self, mem: &S, project: &ProjectName, key: &str, now: u64) -> View {
         match self.slot(project, key) {
             Some(slot) => view_of_slot(key, &slot, now),
             None => view_of_meta(mem.meta(project, key), now),
         }
     }
 
-    fn value(&self, mem: &MemoryStore, project: &ProjectName, key: &str) -> Option<Bytes> {
+    fn value<S: State + ?Sized>(&self, mem: &S, project: &ProjectName, key: &str) -> Option<Bytes> {
         match self.slot(project, key) {
             Some(Slot::Present { value, .. }) => Some(value),
             Some(Slot::Absent) => None,
@@ -331,7 +373,7 @@ fn view_of_slot(key: &str, slot: &Slot, now: u64) -> View {
     }
 }
 
-fn view_of_meta(meta: Option<Meta>, now: u64) -> View {
+fn view_of_meta(meta: Option<KeyMeta>, now: u64) -> View {
     match meta {
         None => View::Absent,
         Some(m) if m.expires_at.is_some_and(|d| d.passed(now)) => View::Dead { size: m.size },
@@ -353,8 +395,8 @@ struct Live {
 
 /// One transaction being evaluated: its own writes sit in `local` until it
 /// succeeds as a whole.
-struct Eval<'a> {
-    mem: &'a MemoryStore,
+struct Eval<'a, S: ?Sized> {
+    mem: &'a S,
     overlay: &'a Overlay,
     project: &'a ProjectName,
     now: u64,
@@ -366,7 +408,7 @@ struct Eval<'a> {
     out: Vec<Versioned>,
 }
 
-impl Eval<'_> {
+impl<S: State + ?Sized> Eval<'_, S> {
     fn view(&self, key: &str) -> View {
         if let Some(slot) = self.local.get(key) {
             return view_of_slot(key, slot, self.now);

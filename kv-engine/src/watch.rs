@@ -249,11 +249,13 @@ impl Hub {
         };
         drop(h);
         Ok(Subscription {
-            hub: Arc::clone(self),
+            source: Source::Hub {
+                hub: Arc::clone(self),
+                latest: self.latest.subscribe(),
+            },
             target,
             cursor,
             incarnation,
-            latest: self.latest.subscribe(),
         })
     }
 }
@@ -279,12 +281,31 @@ pub enum Lagged {
 
 /// One watcher: a cursor into its project's history.
 pub struct Subscription {
-    hub: Arc<Hub>,
+    source: Source,
     target: WatchTarget,
     cursor: u64,
     incarnation: u64,
-    latest: tokio::sync::watch::Receiver<u64>,
 }
+
+/// Where a watcher's changes come from.
+enum Source {
+    /// This process's history of the project.
+    Hub {
+        hub: Arc<Hub>,
+        latest: tokio::sync::watch::Receiver<u64>,
+    },
+    /// A task reading another store's change feed: every change in
+    /// version order, unfiltered, and what was left of the last batch.
+    Feed {
+        feed: tokio::sync::mpsc::Receiver<Result<Vec<Arc<Event>>, Lagged>>,
+        left: VecDeque<Arc<Event>>,
+    },
+}
+
+/// What a task feeding a remote watcher sends: every change of the
+/// project in version order (the subscription filters), or why the feed
+/// ended.
+pub type FeedSender = tokio::sync::mpsc::Sender<Result<Vec<Arc<Event>>, Lagged>>;
 
 impl Subscription {
     /// The incarnation of the project this watcher follows.
@@ -297,19 +318,62 @@ impl Subscription {
         self.cursor
     }
 
+    /// A watcher fed by a task that reads another store's change feed
+    /// (a remote backend): `feed` yields every change after `cursor` of the
+    /// incarnation after `incarnation`, in version order. The task ends
+    /// when its receiver is dropped.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{WatchTarget, watch::{Event, EventKind, Subscription}};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let (tx, rx) = tokio::sync::mpsc::channel(4);
+    /// let mut sub = Subscription::from_feed(WatchTarget::Prefix("a".into()), 0, 0, rx);
+    /// let event = |version, key: &str| Arc::new(Event {
+    ///     version, kind: EventKind::Deleted, key: key.into(), value: None, expires_at: None,
+    /// });
+    /// tx.send(Ok(vec![event(1, "b"), event(2, "a1")])).await.unwrap();
+    /// let batch = sub.next_batch(10).await.unwrap();
+    /// assert_eq!(batch.len(), 1);
+    /// assert_eq!(sub.cursor(), 2);
+    /// # });
+    /// ```
+    pub fn from_feed(
+        target: WatchTarget,
+        incarnation: u64,
+        cursor: u64,
+        feed: tokio::sync::mpsc::Receiver<Result<Vec<Arc<Event>>, Lagged>>,
+    ) -> Self {
+        Self {
+            source: Source::Feed {
+                feed,
+                left: VecDeque::new(),
+            },
+            target,
+            cursor,
+            incarnation,
+        }
+    }
+
     /// Waits for the next matching changes (up to `max`), in version order.
     ///
     /// # Errors
     ///
     /// [`Lagged`] when the history no longer holds what follows the cursor.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Arc<Event>>, Lagged> {
+        let (hub, latest) = match &mut self.source {
+            Source::Hub { hub, latest } => (hub, latest),
+            Source::Feed { feed, left } => {
+                return next_from_feed(feed, left, &self.target, &mut self.cursor, max).await;
+            }
+        };
         loop {
             // Mark the current version seen before reading, so a change
             // published after the read wakes the wait below.
-            self.latest.borrow_and_update();
+            latest.borrow_and_update();
             let mut out = Vec::new();
             {
-                let h = self.hub.lock();
+                let h = hub.lock();
                 if h.closed {
                     return Err(Lagged::Deleted);
                 }
@@ -335,10 +399,44 @@ impl Subscription {
             if !out.is_empty() {
                 return Ok(out);
             }
-            if self.latest.changed().await.is_err() {
+            if latest.changed().await.is_err() {
                 // The hub is gone with its store; nothing more will come.
                 std::future::pending::<()>().await;
             }
+        }
+    }
+}
+
+async fn next_from_feed(
+    feed: &mut tokio::sync::mpsc::Receiver<Result<Vec<Arc<Event>>, Lagged>>,
+    left: &mut VecDeque<Arc<Event>>,
+    target: &WatchTarget,
+    cursor: &mut u64,
+    max: usize,
+) -> Result<Vec<Arc<Event>>, Lagged> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(event) = left.pop_front() {
+            // A feed resumed after a reconnection may repeat what it sent.
+            if event.version <= *cursor {
+                continue;
+            }
+            *cursor = event.version;
+            if event.kind == EventKind::Cleared || target.matches(&event.key) {
+                out.push(event);
+                if out.len() == max {
+                    return Ok(out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        match feed.recv().await {
+            Some(batch) => left.extend(batch?),
+            // The feeding task is gone with its store; nothing more will
+            // come.
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -873,8 +873,8 @@ impl Engine {
 
     fn watch(&self, project: &ProjectName, from: u64) -> Result<Subscription, TestCaseError> {
         match self {
-            Self::Memory(s) => s.watch(project, WatchTarget::All, Some(from)),
-            Self::Durable(s) => s.watch(project, WatchTarget::All, Some(from)),
+            Self::Memory(s) => s.subscribe(project, WatchTarget::All, Some(from)),
+            Self::Durable(s) => s.memory().subscribe(project, WatchTarget::All, Some(from)),
         }
         .map_err(|e| TestCaseError::fail(format!("watch {project} from version {from}: {e}")))
     }

@@ -171,7 +171,7 @@ impl Backend for SlowSets {
         project: &ProjectName,
         target: WatchTarget,
         from_version: Option<u64>,
-    ) -> Result<Subscription, WatchError> {
+    ) -> impl std::future::Future<Output = Result<Subscription, WatchError>> + Send {
         self.inner.watch(project, target, from_version)
     }
     async fn expire_due(&self, limit: usize) -> usize {

@@ -102,8 +102,9 @@ impl Backend for MemoryStore {
         project: &ProjectName,
         target: WatchTarget,
         from_version: Option<u64>,
-    ) -> Result<Subscription, WatchError> {
-        self.subscribe(project, target, from_version)
+    ) -> impl std::future::Future<Output = Result<Subscription, WatchError>> + Send {
+        // Subscribed before this returns, like a write is queued.
+        std::future::ready(self.subscribe(project, target, from_version))
     }
 
     async fn expire_due(&self, limit: usize) -> usize {

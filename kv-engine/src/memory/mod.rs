@@ -64,10 +64,11 @@ mod hash;
 mod idempotency;
 pub(crate) mod load;
 mod locks;
-pub(crate) mod namespace;
+pub mod namespace;
 mod order;
 mod read;
-pub(crate) mod requests;
+pub mod requests;
+mod state;
 #[cfg(test)]
 mod tests;
 

@@ -93,9 +93,11 @@ impl StoredEntry {
 
 /// An entry as the transaction evaluator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Meta {
-    pub(crate) expires_at: Option<Deadline>,
-    pub(crate) version: u64,
+pub struct Meta {
+    /// Its deadline, if any.
+    pub expires_at: Option<Deadline>,
+    /// The version that wrote it.
+    pub version: u64,
     /// Key plus value bytes.
-    pub(crate) size: u64,
+    pub size: u64,
 }

@@ -10,11 +10,14 @@ use crate::{Settings, TxnOutcome};
 
 /// The outcome of a request id, remembered for retries.
 #[derive(Debug, Clone)]
-pub(crate) struct Remembered {
-    pub(crate) fingerprint: u64,
+pub struct Remembered {
+    /// The request's fingerprint (a reuse of the id for another request
+    /// is refused).
+    pub fingerprint: u64,
     /// When the request was applied (unix ms).
-    pub(crate) at: u64,
-    pub(crate) outcome: Arc<TxnOutcome>,
+    pub at: u64,
+    /// What it answered.
+    pub outcome: Arc<TxnOutcome>,
 }
 
 /// A project's remembered request ids, oldest first for eviction.

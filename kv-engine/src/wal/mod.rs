@@ -370,8 +370,9 @@ impl Backend for DurableStore {
         project: &ProjectName,
         target: WatchTarget,
         from_version: Option<u64>,
-    ) -> Result<Subscription, WatchError> {
-        self.mem.subscribe(project, target, from_version)
+    ) -> impl std::future::Future<Output = Result<Subscription, WatchError>> + Send {
+        // Subscribed before this returns, like a write is queued.
+        std::future::ready(self.mem.subscribe(project, target, from_version))
     }
 
     fn incarnation(&self, project: &ProjectName) -> u64 {

@@ -313,7 +313,7 @@ impl Writer {
             match change {
                 Change::Txn { project, txn } => {
                     let quota = self.catalog.effective_quota(&project, self.options.quota);
-                    match overlay.evaluate(&self.mem, &project, txn, now, quota) {
+                    match overlay.evaluate(&*self.mem, &project, txn, now, quota) {
                         Err(refused) => {
                             let _ = reply.send(Err(refused));
                         }
@@ -337,7 +337,7 @@ impl Writer {
                     // keys cost one frame, not one each.
                     let mut expired: Vec<(ProjectName, Vec<Versioned>)> = Vec::new();
                     for due in due {
-                        if let Some(expire) = overlay.expire(&self.mem, &due, now) {
+                        if let Some(expire) = overlay.expire(&*self.mem, &due, now) {
                             match expired.last_mut() {
                                 Some((project, list)) if *project == due.project => {
                                     list.push(expire);
@@ -450,8 +450,8 @@ impl Writer {
                     return Err(EngineError::ProjectExists { project });
                 }
                 admin.registered.insert(project.clone(), true);
-                let current = overlay.incarnation(&self.mem, &project);
-                let held = overlay.holds_namespace(&self.mem, &project);
+                let current = overlay.incarnation(&*self.mem, &project);
+                let held = overlay.holds_namespace(&*self.mem, &project);
                 // A name never used starts at 0 when first written; one
                 // holding unregistered data (open mode) keeps it. A name
                 // used before starts above the old numbering and above
@@ -473,7 +473,7 @@ impl Writer {
             AdminChange::SetQuota { project, quota } => {
                 registered(admin, &project)?;
                 Admitted {
-                    after: overlay.incarnation(&self.mem, &project),
+                    after: overlay.incarnation(&*self.mem, &project),
                     incarnation: None,
                     change: CatalogChange::PutProject { project, quota },
                 }
@@ -484,16 +484,16 @@ impl Writer {
                 for token in self.catalog.tokens(Some(&project)) {
                     admin.tokens.insert(token.id, false);
                 }
-                overlay.drop_project(&self.mem, &project);
+                overlay.drop_project(&*self.mem, &project);
                 Admitted {
-                    after: overlay.incarnation(&self.mem, &project),
+                    after: overlay.incarnation(&*self.mem, &project),
                     incarnation: None,
                     change: CatalogChange::DeleteProject { project },
                 }
             }
             AdminChange::CreateToken { token, incarnation } => {
                 registered(admin, &token.project)?;
-                if overlay.incarnation(&self.mem, &token.project) != incarnation {
+                if overlay.incarnation(&*self.mem, &token.project) != incarnation {
                     return Err(EngineError::ProjectGone {
                         project: token.project,
                     });

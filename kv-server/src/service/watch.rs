@@ -28,7 +28,10 @@ const WATCH_QUEUE: usize = 64;
 impl<B: Backend> KvService<B> {
     /// Validates a Watch, subscribes, and starts the task that delivers
     /// its events.
-    pub(super) fn open_watch(&self, request: Request<WatchRequest>) -> Result<WatchStream, Status> {
+    pub(super) async fn open_watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<WatchStream, Status> {
         let scope = self.scope(request.metadata(), Access::Read)?;
         let r = request.get_ref();
         let target = match &r.target {
@@ -56,6 +59,7 @@ impl<B: Backend> KvService<B> {
         let mut subscription = self
             .backend
             .watch(&scope.project, target, r.from_version)
+            .await
             .map_err(watch_status)?;
         let incarnation = subscription.incarnation();
         if incarnation != scope.incarnation {
