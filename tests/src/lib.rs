@@ -37,6 +37,7 @@ use kv_engine::{ManualClock, memory::MemoryStore, wal::DurableStore};
 use kv_server::{config::Config, server::ServeError};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod cluster;
 pub mod conformance;
 mod ctx;
 pub use ctx::{CLOCK_START_MS, Ctx, Time};
