@@ -44,6 +44,12 @@ pub enum WatchError {
         /// The current incarnation.
         incarnation: u64,
     },
+    /// The store holding the history could not be reached.
+    #[error("cannot start the watch: {context}; retry")]
+    Unavailable {
+        /// What failed.
+        context: String,
+    },
 }
 
 /// A failure of the storage engine.
@@ -61,6 +67,36 @@ pub enum EngineError {
         /// The underlying I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// A remote store could not be reached or refused the call; nothing
+    /// was applied.
+    #[error("storage unreachable: {context}: {source}; nothing was applied, retry")]
+    Unreachable {
+        /// What the engine was doing.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write was sent to a remote store but its answer was lost: it may
+    /// or may not have been applied.
+    #[error(
+        "{context}: the outcome of this write is unknown (it may or may not have been applied); a retry with the same request id is safe"
+    )]
+    OutcomeUnknown {
+        /// What happened.
+        context: String,
+    },
+    /// Writes of other front-ends to the same project kept changing it
+    /// while this one was evaluated; nothing was applied.
+    #[error(
+        "project {project} changed under this write {attempts} times in a row (other front-ends are writing to it); nothing was applied, retry"
+    )]
+    Contended {
+        /// The project.
+        project: crate::project::ProjectName,
+        /// How many evaluations were tried.
+        attempts: u32,
     },
     /// The write would take its project over a quota. Nothing was written.
     #[error("{0}")]

@@ -131,14 +131,16 @@ impl Commit {
 }
 
 impl Overlay {
-    fn version<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> u64 {
+    /// The version of `project` after the writes evaluated so far.
+    pub fn version<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> u64 {
         self.versions
             .get(project)
             .copied()
             .unwrap_or_else(|| mem.version(project))
     }
 
-    fn usage<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> Usage {
+    /// What `project` holds after the writes evaluated so far.
+    pub fn usage<S: State + ?Sized>(&self, mem: &S, project: &ProjectName) -> Usage {
         self.usage
             .get(project)
             .copied()

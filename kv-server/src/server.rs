@@ -153,11 +153,27 @@ pub async fn run_memory(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_backend(config, store, listener, shutdown).await
+}
+
+/// Runs the server on any `backend` (the memory store, the Redis Cluster
+/// backend) with its expiry task, without the admin service: tokens come
+/// from a catalog, which only the durable store has so far.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_backend<B: Backend>(
+    config: Config,
+    backend: Arc<B>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
-    let expiry = ExpiryTask::spawn(Arc::clone(&store), config.expiry_interval);
-    // Without a log there are no tokens: only the admin token, if any.
+    let expiry = ExpiryTask::spawn(Arc::clone(&backend), config.expiry_interval);
+    // Without a catalog there are no tokens: only the admin token, if any.
     let auth = Arc::new(Auth::new(config.admin_token.clone(), Default::default()));
-    let served = serve(&config, store, auth, None, listener, shutdown).await;
+    let served = serve(&config, backend, auth, None, listener, shutdown).await;
     expiry.stop().await;
     served
 }

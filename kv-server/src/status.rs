@@ -13,6 +13,11 @@ pub fn engine_status(e: EngineError) -> Status {
             tracing::warn!(error = %e, "write failed in storage");
             Status::unavailable(e.to_string())
         }
+        EngineError::Unreachable { .. } | EngineError::OutcomeUnknown { .. } => {
+            tracing::warn!(error = %e, "storage call failed");
+            Status::unavailable(e.to_string())
+        }
+        EngineError::Contended { .. } => Status::aborted(e.to_string()),
         EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
         EngineError::QuotaExceeded(_)
         | EngineError::MergedTooLarge { .. }
@@ -39,5 +44,6 @@ pub fn watch_status(e: WatchError) -> Status {
         WatchError::Recreated { .. } | WatchError::OtherIncarnation { .. } => {
             Status::failed_precondition(e.to_string())
         }
+        WatchError::Unavailable { .. } => Status::unavailable(e.to_string()),
     }
 }

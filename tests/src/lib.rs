@@ -40,10 +40,17 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub mod cluster;
 pub mod conformance;
 mod ctx;
+pub mod redis;
 pub use ctx::{CLOCK_START_MS, Ctx, Time};
 pub mod pki;
 mod rng;
 pub use rng::Rng;
+
+/// What a listed conformance case returns.
+pub type CaseFuture<'a> = BoxFuture<'a, ()>;
+
+/// A conformance case, as [`conformance_suite!`]`(list)` gives it.
+pub type Case = for<'a> fn(&'a Ctx) -> CaseFuture<'a>;
 
 /// A server the suite runs against.
 pub trait Target: Sized {
@@ -65,16 +72,23 @@ pub trait Target: Sized {
 /// expiry.
 #[macro_export]
 macro_rules! conformance_suite {
+    // Every case as `(name, fn)`, for a test that runs them one after
+    // the other against one expensive server (a Redis Cluster).
+    (list) => {{
+        let mut cases = $crate::conformance_suite!(@clockless @list);
+        cases.extend($crate::conformance_suite!(@clocked @list));
+        cases
+    }};
     ($target:ty) => {
-        $crate::conformance_suite!(@clockless $target);
-        $crate::conformance_suite!(@clocked $target);
+        $crate::conformance_suite!(@clockless @cases $target);
+        $crate::conformance_suite!(@clocked @cases $target);
     };
     ($target:ty, real_clock) => {
-        $crate::conformance_suite!(@clockless $target);
+        $crate::conformance_suite!(@clockless @cases $target);
         $crate::conformance_suite!(@cases $target; ttl_expires_key);
     };
-    (@clockless $target:ty) => {
-        $crate::conformance_suite!(@cases $target;
+    (@clockless $($then:tt)+) => {
+        $crate::conformance_suite!($($then)+;
             missing_key_is_not_found,
             every_json_type_round_trips,
             null_is_found_and_distinct_from_missing,
@@ -100,8 +114,8 @@ macro_rules! conformance_suite {
         );
     };
     // The cases that call `Ctx::advance`.
-    (@clocked $target:ty) => {
-        $crate::conformance_suite!(@cases $target;
+    (@clocked $($then:tt)+) => {
+        $crate::conformance_suite!($($then)+;
             ttl_expires_key,
             ttl_deadline_is_exact,
             plain_set_removes_earlier_ttl,
@@ -114,6 +128,14 @@ macro_rules! conformance_suite {
             list_pages_in_key_order,
             watch_reports_changes_with_causes,
         );
+    };
+    (@list; $($case:ident),* $(,)?) => {
+        vec![$({
+            fn run(ctx: &$crate::Ctx) -> $crate::CaseFuture<'_> {
+                Box::pin($crate::conformance::$case(ctx))
+            }
+            (stringify!($case), run as $crate::Case)
+        }),*]
     };
     (@cases $target:ty; $($case:ident),* $(,)?) => {
         $(
@@ -137,7 +159,7 @@ struct Running {
 impl Running {
     /// Binds `127.0.0.1:0`, spawns `serve(listener, shutdown)` and connects.
     async fn start<F>(
-        clock: &Arc<ManualClock>,
+        time: Time,
         serve: impl FnOnce(TcpListener, BoxFuture<'static, ()>) -> F,
     ) -> Self
     where
@@ -152,7 +174,7 @@ impl Running {
             let _ = stopped.await;
         });
         let handle = tokio::spawn(serve(listener, shutdown));
-        let ctx = Ctx::connect(addr, Time::Manual(clock.clone())).await;
+        let ctx = Ctx::connect(addr, time).await;
         Self { ctx, stop, handle }
     }
 
@@ -189,7 +211,7 @@ impl InProcess {
         let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
         let store = Arc::new(MemoryStore::with_clock(clock.clone()));
         let served = store.clone();
-        let running = Running::start(&clock, move |listener, shutdown| {
+        let running = Running::start(Time::Manual(clock.clone()), move |listener, shutdown| {
             kv_server::server::run_memory(config, served, listener, shutdown)
         })
         .await;
@@ -242,7 +264,7 @@ impl InProcessDurable {
             .await
             .expect("data directory opens");
         let served = store.clone();
-        let running = Running::start(&clock, move |listener, shutdown| {
+        let running = Running::start(Time::Manual(clock.clone()), move |listener, shutdown| {
             kv_server::server::run_durable(config, served, listener, shutdown)
         })
         .await;
@@ -547,7 +569,7 @@ mod tests {
     fn every_case_that_lets_time_pass_is_clocked() {
         let cases = include_str!("conformance.rs");
         let suite = include_str!("lib.rs");
-        let clocked = &suite[suite.find("(@clocked $target:ty) => {").unwrap()..];
+        let clocked = &suite[suite.find("(@clocked $($then:tt)+) => {").unwrap()..];
         let clocked = &clocked[..clocked.find("    };").unwrap()];
         let mut current = None;
         let mut advancing = std::collections::BTreeSet::new();

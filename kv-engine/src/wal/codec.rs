@@ -309,6 +309,35 @@ fn put_change(out: &mut Vec<u8>, version: u64, mutation: &Mutation) {
     }
 }
 
+/// Appends `outcome` in the log's encoding: how a remote backend
+/// remembers the outcome of a request id.
+///
+/// ```
+/// use kv_engine::{OpOutcome, TxnOutcome, wal::codec};
+/// let outcome = TxnOutcome { applied: true, results: vec![OpOutcome::Set { version: 3 }], ..Default::default() };
+/// let mut bytes = Vec::new();
+/// codec::encode_outcome(&mut bytes, &outcome);
+/// assert_eq!(codec::decode_outcome(&bytes).unwrap(), outcome);
+/// ```
+pub fn encode_outcome(out: &mut Vec<u8>, outcome: &TxnOutcome) {
+    put_outcome(out, outcome);
+}
+
+/// Reads back what [`encode_outcome`] wrote.
+///
+/// # Errors
+///
+/// [`DecodeError`] naming what is wrong.
+pub fn decode_outcome(bytes: &[u8]) -> Result<TxnOutcome, DecodeError> {
+    let mut no_project = None;
+    let mut cursor = Cursor(bytes, &mut no_project);
+    let outcome = cursor.outcome()?;
+    if !cursor.0.is_empty() {
+        return Err(DecodeError::Trailing(cursor.0.len()));
+    }
+    Ok(outcome)
+}
+
 fn put_outcome(out: &mut Vec<u8>, outcome: &TxnOutcome) {
     out.push(u8::from(outcome.applied));
     out.extend_from_slice(&outcome.failed_check.unwrap_or(u32::MAX).to_le_bytes());

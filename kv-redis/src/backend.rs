@@ -1,0 +1,285 @@
+//! The backend: connecting, the reads, and the [`Backend`] methods.
+
+use std::{future::Future, sync::Arc};
+
+use dashmap::DashMap;
+use kv_engine::{
+    Backend, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError, WatchTarget,
+    project::ProjectName, watch::Subscription,
+};
+use redis::cluster::ClusterClient;
+
+use crate::{
+    codec::{array, entries, int},
+    inner::{Inner, unreachable},
+    keys, library,
+    options::{ConnectError, RedisOptions},
+    queues::Queues,
+    watch, writer,
+};
+
+/// The engine's [`Backend`] over a Redis Cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl RedisBackend {
+    /// Connects to the cluster, checks that it serves every slot, and
+    /// installs (or upgrades) the function library on every master.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), kv_redis::ConnectError> {
+    /// let options = kv_redis::RedisOptions::new(vec!["redis://127.0.0.1:7000".into()]);
+    /// let backend = kv_redis::RedisBackend::connect(options).await?;
+    /// # let _ = backend; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] naming what is wrong.
+    pub async fn connect(options: RedisOptions) -> Result<Self, ConnectError> {
+        if options.seeds.is_empty() {
+            return Err(ConnectError::NoSeeds);
+        }
+        if let Err(e) = ProjectName::parse(&options.namespace) {
+            return Err(ConnectError::Namespace(e.to_string()));
+        }
+        let mut builder = ClusterClient::builder(options.seeds.clone())
+            .connection_timeout(std::time::Duration::from_secs(2))
+            .response_timeout(std::time::Duration::from_secs(5));
+        if let Some(user) = &options.username {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &options.password {
+            builder = builder.password(password);
+        }
+        let client = builder.build().map_err(ConnectError::Redis)?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(ConnectError::Redis)?;
+        library::install(&mut conn).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                names: keys::Names::new(&options.namespace),
+                options,
+                incarnations: DashMap::new(),
+                writes: Queues::default(),
+            }),
+        })
+    }
+
+    /// Whether the cluster answers and serves every slot (for health).
+    pub async fn healthy(&self) -> bool {
+        let mut conn = self.inner.conn.clone();
+        let info: Result<String, _> = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await;
+        info.is_ok_and(|i| i.contains("cluster_state:ok"))
+    }
+
+    async fn read(
+        &self,
+        project: &ProjectName,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Entry>>, EngineError> {
+        let reply = self
+            .inner
+            .call("kv_get", project, |cmd| {
+                for key in keys {
+                    cmd.arg(*key);
+                }
+            })
+            .await
+            .map_err(unreachable(format!("reading project {project}")))?;
+        let mut parts = array(reply)?.into_iter();
+        let (Some(now), Some(incarnation), Some(_version), Some(found)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(crate::codec::malformed("a short kv_get reply"));
+        };
+        let now = int(&now)?;
+        self.inner.saw_incarnation(project, int(&incarnation)?);
+        Ok(entries(found)?
+            .into_iter()
+            .map(|e| e.filter(|e| e.live(now)).map(|e| e.entry()))
+            .collect())
+    }
+}
+
+/// The ZRANGEBYLEX bounds of a page: after `start_after` (or from the
+/// prefix), up to the end of the prefix.
+fn lex_bounds(query: &ListQuery) -> (Vec<u8>, Vec<u8>) {
+    let prefix = query.prefix.as_bytes();
+    let min = if !query.start_after.is_empty() && query.start_after.as_bytes() >= prefix {
+        [b"(".as_slice(), query.start_after.as_bytes()].concat()
+    } else if prefix.is_empty() {
+        b"-".to_vec()
+    } else {
+        [b"[".as_slice(), prefix].concat()
+    };
+    // Keys are UTF-8, so no key byte is 0xff: the prefix's successor is
+    // the prefix with its last byte raised.
+    let max = match prefix.split_last() {
+        None => b"+".to_vec(),
+        Some((&last, head)) if last < 0xff => [b"(".as_slice(), head, &[last + 1]].concat(),
+        Some(_) => b"+".to_vec(),
+    };
+    (min, max)
+}
+
+impl Backend for RedisBackend {
+    async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Entry>, EngineError> {
+        Ok(self.read(project, &[key]).await?.pop().flatten())
+    }
+
+    async fn get_many(
+        &self,
+        project: &ProjectName,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, EngineError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.read(project, &keys).await
+    }
+
+    async fn has(&self, project: &ProjectName, key: &str) -> Result<bool, EngineError> {
+        Ok(self.get(project, key).await?.is_some())
+    }
+
+    async fn list(
+        &self,
+        project: &ProjectName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError> {
+        let limit = query.limit.max(1);
+        let mut page = ListPage::default();
+        let mut query = query.clone();
+        let mut first = true;
+        loop {
+            let (min, max) = lex_bounds(&query);
+            // One more than asked, to know whether more follow.
+            let want = limit + 1 - page.entries.len();
+            let reply = self
+                .inner
+                .call("kv_list", project, |cmd| {
+                    cmd.arg(min).arg(max).arg(want);
+                })
+                .await
+                .map_err(unreachable(format!("listing project {project}")))?;
+            let mut parts = array(reply)?.into_iter();
+            let (Some(now), Some(incarnation), Some(version), Some(names), Some(found)) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
+                return Err(crate::codec::malformed("a short kv_list reply"));
+            };
+            let now = int(&now)?;
+            self.inner.saw_incarnation(project, int(&incarnation)?);
+            if first {
+                page.version = int(&version)?;
+                first = false;
+            }
+            let names = array(names)?;
+            let fetched = names.len();
+            let mut last = None;
+            for (name, stored) in names.into_iter().zip(entries(found)?) {
+                let name = match crate::codec::bytes(name)? {
+                    Some(raw) => String::from_utf8(raw)
+                        .map_err(|_| crate::codec::malformed("a key that is not UTF-8"))?,
+                    None => continue,
+                };
+                if let Some(stored) = stored.filter(|s| s.live(now)) {
+                    if page.entries.len() == limit {
+                        page.more = true;
+                        return Ok(page);
+                    }
+                    let mut entry = stored.entry();
+                    if query.keys_only {
+                        entry.value = bytes::Bytes::new();
+                    }
+                    page.entries.push((Arc::from(name.as_str()), entry));
+                }
+                last = Some(name);
+            }
+            // Fewer than asked: the range is exhausted. Else dead keys
+            // took places: go on after the last one read.
+            match last {
+                Some(last) if fetched == want => query.start_after = last,
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    fn submit(
+        &self,
+        project: &ProjectName,
+        txn: Txn,
+    ) -> impl Future<Output = Result<Arc<TxnOutcome>, EngineError>> + Send + 'static {
+        writer::submit(&self.inner, project, txn)
+    }
+
+    fn watch(
+        &self,
+        project: &ProjectName,
+        target: WatchTarget,
+        from_version: Option<u64>,
+    ) -> impl Future<Output = Result<Subscription, WatchError>> + Send {
+        watch::subscribe(
+            Arc::clone(&self.inner),
+            project.clone(),
+            target,
+            from_version,
+        )
+    }
+
+    fn expire_due(&self, limit: usize) -> impl Future<Output = usize> + Send {
+        crate::expiry::sweep(Arc::clone(&self.inner), limit)
+    }
+
+    fn incarnation(&self, project: &ProjectName) -> u64 {
+        self.inner.incarnations.get(project).map_or(0, |i| *i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(prefix: &str, start_after: &str) -> ListQuery {
+        ListQuery {
+            prefix: prefix.into(),
+            start_after: start_after.into(),
+            limit: 10,
+            keys_only: false,
+        }
+    }
+
+    #[test]
+    fn pages_are_lexicographic_ranges() {
+        assert_eq!(lex_bounds(&query("", "")), (b"-".to_vec(), b"+".to_vec()));
+        assert_eq!(
+            lex_bounds(&query("ab", "")),
+            (b"[ab".to_vec(), b"(ac".to_vec())
+        );
+        assert_eq!(
+            lex_bounds(&query("ab", "abc")),
+            (b"(abc".to_vec(), b"(ac".to_vec())
+        );
+        // A start before the prefix starts at the prefix.
+        assert_eq!(
+            lex_bounds(&query("b", "a")),
+            (b"[b".to_vec(), b"(c".to_vec())
+        );
+        assert_eq!(lex_bounds(&query("", "k")), (b"(k".to_vec(), b"+".to_vec()));
+    }
+}

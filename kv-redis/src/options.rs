@@ -1,0 +1,70 @@
+//! What the backend is given: where the cluster is, and why connecting
+//! failed.
+
+use kv_engine::Settings;
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Seed nodes (`redis://host:port`); any reachable one finds the rest.
+    pub seeds: Vec<String>,
+    /// ACL user, if the cluster requires one.
+    pub username: Option<String>,
+    /// Password, if the cluster requires one.
+    pub password: Option<String>,
+    /// The engine's tunables (history length, request-id window).
+    pub settings: Settings,
+    /// The first part of every key name: deployments (or test runs) with
+    /// different namespaces share a cluster without seeing each other.
+    pub namespace: String,
+}
+
+impl RedisOptions {
+    /// Options for `seeds` with the engine's defaults.
+    ///
+    /// ```
+    /// let options = kv_redis::RedisOptions::new(vec!["redis://127.0.0.1:7000".into()]);
+    /// assert_eq!(options.seeds.len(), 1);
+    /// ```
+    pub fn new(seeds: Vec<String>) -> Self {
+        Self {
+            seeds,
+            username: None,
+            password: None,
+            settings: Settings::DEFAULT,
+            namespace: "kv".into(),
+        }
+    }
+}
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No seed was given.
+    #[error("no Redis seed URL given (--redis-url)")]
+    NoSeeds,
+    /// The client failed.
+    #[error("redis cluster: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// The namespace is not a valid name.
+    #[error("redis namespace: {0}")]
+    Namespace(String),
+    /// The cluster does not serve all slots.
+    #[error("the redis cluster is not healthy ({state}); kv needs every slot served")]
+    Unhealthy {
+        /// What the cluster said.
+        state: String,
+    },
+    /// A master runs a library of another major version.
+    #[error(
+        "redis node {node} runs kv function library {found}, which this kv-server (library {ours}) cannot use: upgrade or roll back the front-ends so that all speak one major version"
+    )]
+    IncompatibleLibrary {
+        /// The node.
+        node: String,
+        /// Its library's version.
+        found: String,
+        /// This build's library version.
+        ours: &'static str,
+    },
+}

@@ -1,0 +1,260 @@
+//! Watches: where a watcher starts (`kv_watch_start`), and a task per
+//! watcher that reads the project's change stream on a connection of its
+//! own, so a blocking read never delays other commands.
+
+use std::{sync::Arc, time::Duration};
+
+use kv_engine::{
+    WatchError, WatchTarget,
+    project::ProjectName,
+    watch::{Event, EventKind, FeedSender, Lagged, Subscription},
+};
+use redis::{Value, aio::MultiplexedConnection};
+
+use crate::{
+    codec::{Stored, array, bytes, int, malformed},
+    inner::Inner,
+};
+
+/// Events read per XREAD.
+const READ_COUNT: usize = 512;
+
+/// How long one blocking read waits: also how often a quiet watcher looks
+/// whether its project was deleted and its client is gone.
+const BLOCK: Duration = Duration::from_millis(1000);
+
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    project: ProjectName,
+    target: WatchTarget,
+    from: Option<u64>,
+) -> Result<Subscription, WatchError> {
+    let (incarnation, version, oldest) = start(&inner, &project)
+        .await
+        .map_err(|context| WatchError::Unavailable { context })?;
+    inner.saw_incarnation(&project, incarnation);
+    // The same rules as the embedded history: 0 is the incarnation's first
+    // change; before the incarnation is another project; the stream holds
+    // `oldest..=version`.
+    let asked = from;
+    let from = match from {
+        Some(0) => Some(incarnation),
+        Some(from) if from < incarnation => {
+            return Err(WatchError::Recreated { from, incarnation });
+        }
+        other => other,
+    };
+    let floor = if oldest == 0 { version } else { oldest - 1 };
+    let cursor = match from {
+        None => version,
+        Some(from) if from > version => {
+            return Err(WatchError::Ahead {
+                from,
+                current: version,
+            });
+        }
+        Some(from) if from < floor => {
+            return Err(WatchError::TooOld {
+                from: asked.unwrap_or(from),
+                oldest: floor,
+            });
+        }
+        Some(from) => from,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(feed(inner, project, incarnation, cursor, tx));
+    Ok(Subscription::from_feed(target, incarnation, cursor, rx))
+}
+
+async fn start(inner: &Inner, project: &ProjectName) -> Result<(u64, u64, u64), String> {
+    let reply = inner
+        .call("kv_watch_start", project, |_| {})
+        .await
+        .map_err(|e| format!("reading where project {project}'s history starts: {e}"))?;
+    let parts = array(reply).map_err(|e| e.to_string())?;
+    let get = |i: usize| -> Result<u64, String> {
+        parts
+            .get(i)
+            .ok_or_else(|| "a short kv_watch_start reply".to_string())
+            .and_then(|v| int(v).map_err(|e| e.to_string()))
+    };
+    Ok((get(0)?, get(1)?, get(2)?))
+}
+
+/// A connection of its own to `addr` (a node's "host:port"), or to the
+/// first seed: a read there answers MOVED with the node that serves the
+/// slot.
+async fn connect(inner: &Inner, addr: Option<String>) -> Result<MultiplexedConnection, String> {
+    let url = match addr {
+        Some(addr) => format!("redis://{addr}"),
+        None => inner
+            .options
+            .seeds
+            .first()
+            .cloned()
+            .ok_or_else(|| "no seed".to_string())?,
+    };
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut redis_settings = info.redis_settings().clone();
+    if let Some(user) = &inner.options.username {
+        redis_settings = redis_settings.set_username(user);
+    }
+    if let Some(password) = &inner.options.password {
+        redis_settings = redis_settings.set_password(password);
+    }
+    info = info.set_redis_settings(redis_settings);
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads the project's stream after `cursor` and sends every change, in
+/// order, until the subscription is dropped or the history moved past it.
+async fn feed(
+    inner: Arc<Inner>,
+    project: ProjectName,
+    incarnation: u64,
+    mut cursor: u64,
+    tx: FeedSender,
+) {
+    let stream = inner.names.stream(&project);
+    let mut addr: Option<String> = None;
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut failures = 0u32;
+    while !tx.is_closed() {
+        let c = match &mut conn {
+            Some(c) => c,
+            None => match connect(&inner, addr.clone()).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(%project, error = %e, "watch: cannot connect; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20))))
+                        .await;
+                    addr = None;
+                    continue;
+                }
+            },
+        };
+        let read: Result<Value, redis::RedisError> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(format!("{cursor}-0"))
+            .query_async(c)
+            .await;
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(e) => {
+                // The slot moved (resharding, failover): follow it. The
+                // redirect names the node's "host:port" and the slot.
+                addr = e.redirect_node().map(|(node, _slot)| node.to_string());
+                conn = None;
+                failures += 1;
+                if addr.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20))))
+                        .await;
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let events = match events_of(reply) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(%project, error = %e, "watch: an unreadable change event");
+                return;
+            }
+        };
+        if events.is_empty() {
+            // Quiet: was the project deleted meanwhile?
+            if let Ok((now, _, _)) = start(&inner, &project).await
+                && now != incarnation
+            {
+                inner.saw_incarnation(&project, now);
+                let _ = tx.send(Err(Lagged::Deleted)).await;
+                return;
+            }
+            continue;
+        }
+        if events[0].version != cursor + 1 {
+            let _ = tx
+                .send(Err(Lagged::Behind {
+                    cursor,
+                    oldest: events[0].version - 1,
+                }))
+                .await;
+            return;
+        }
+        cursor = events.last().map_or(cursor, |e| e.version);
+        if tx.send(Ok(events)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn events_of(reply: Value) -> Result<Vec<Arc<Event>>, kv_engine::EngineError> {
+    let mut out = Vec::new();
+    for stream in array(reply)? {
+        let mut parts = array(stream)?.into_iter();
+        let entries = parts
+            .nth(1)
+            .ok_or_else(|| malformed("an XREAD stream without entries"))?;
+        for entry in array(entries)? {
+            let mut entry = array(entry)?.into_iter();
+            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                return Err(malformed("an XREAD entry without fields"));
+            };
+            let id = bytes(id)?.ok_or_else(|| malformed("an XREAD entry without an id"))?;
+            let version = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|s| s.split('-').next()?.parse().ok())
+                .ok_or_else(|| malformed("a stream id that is not VERSION-0"))?;
+            out.push(Arc::new(event(version, array(fields)?)?));
+        }
+    }
+    Ok(out)
+}
+
+fn event(version: u64, fields: Vec<Value>) -> Result<Event, kv_engine::EngineError> {
+    let mut kind = None;
+    let mut key = String::new();
+    let mut stored = None;
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let name = bytes(name)?.unwrap_or_default();
+        let value = bytes(value)?.unwrap_or_default();
+        match name.as_slice() {
+            b"t" => kind = value.first().copied(),
+            b"k" => {
+                key = String::from_utf8(value)
+                    .map_err(|_| malformed("an event key that is not UTF-8"))?
+            }
+            b"e" => stored = Some(Stored::parse(value)?),
+            _ => {}
+        }
+    }
+    let kind = match kind {
+        Some(b's') => EventKind::Set,
+        Some(b'd') => EventKind::Deleted,
+        Some(b'e') => EventKind::Expired,
+        Some(b'c') => EventKind::Cleared,
+        _ => return Err(malformed("an event of an unknown kind")),
+    };
+    Ok(Event {
+        version,
+        kind,
+        key: key.into(),
+        expires_at: stored.as_ref().and_then(|s| s.expires_at),
+        value: stored.map(|s| s.value),
+    })
+}
