@@ -10,11 +10,17 @@ pub(crate) const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSa
 /// Most keys one GetMany/SetMany may carry by default on kv-server.
 const MAX_BATCH: usize = 1000;
 
+/// The hash tag that puts every key of one redis-cluster batch call in one
+/// slot: `{b<task>}`, written before the key's usual name.
+pub(crate) fn batch_tag(task: u32) -> String {
+    format!("{{b{task}}}")
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kv-bench",
     version,
-    about = "Load generator: kv (SDK or unary gRPC), Redis, etcd and a bare tonic reference server, one harness"
+    about = "Load generator: kv (SDK or unary gRPC), Redis, Redis Cluster, etcd and a bare tonic reference server, one harness"
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -45,6 +51,15 @@ pub(crate) enum TargetKind {
     Unary,
     /// Redis through the `redis` crate.
     Redis,
+    /// A Redis Cluster driven directly through the `redis` crate's cluster
+    /// client: plain GET, SET (with PX for TTL writes), EXISTS and DEL, each
+    /// routed to the master that owns its key's slot, over one shared
+    /// cluster connection (one multiplexed connection per node). get-many and
+    /// set-many are pipelines of GETs/SETs, and a pipeline's keys must share
+    /// a slot: every key of a batch call carries its task's hash tag
+    /// `{b<task>}` before the usual name (so each task's batches go to one
+    /// master, and batch keys are longer than `--key-bytes` by the tag).
+    RedisCluster,
     /// etcd's v3 gRPC KV service.
     Etcd,
 }
@@ -55,6 +70,7 @@ impl TargetKind {
             Self::Sdk => "sdk",
             Self::Unary => "unary",
             Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
             Self::Etcd => "etcd",
         }
     }
@@ -73,9 +89,11 @@ pub(crate) enum Workload {
     Delete,
     /// Single-key operations in the ratios of `--mix`.
     Mixed,
-    /// `--batch` keys per call (Redis: a pipeline of GETs).
+    /// `--batch` keys per call (Redis: a pipeline of GETs; Redis Cluster:
+    /// one too, its keys under the task's hash tag `{b<task>}`).
     GetMany,
-    /// `--batch` keys per call (Redis: a pipeline of SETs).
+    /// `--batch` keys per call (Redis: a pipeline of SETs; Redis Cluster:
+    /// one too, its keys under the task's hash tag `{b<task>}`).
     SetMany,
 }
 
@@ -171,12 +189,13 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) keys: u64,
 
-    /// Length of every key: `k` and the key's number, zero-padded.
+    /// Length of every key: `k` and the key's number, zero-padded
+    /// (redis-cluster get-many/set-many: after the `{b<task>}` hash tag).
     #[arg(long, default_value_t = 16)]
     pub(crate) key_bytes: usize,
 
     /// Value size. kv: a JSON string whose encoded google.protobuf.Value is
-    /// this many bytes; Redis and etcd: this many raw bytes.
+    /// this many bytes; Redis, Redis Cluster and etcd: this many raw bytes.
     #[arg(long, default_value_t = 100)]
     pub(crate) value_bytes: usize,
 
@@ -188,7 +207,9 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) ttl_ms: u64,
 
-    /// Keys per call of get-many and set-many (Redis: pipeline depth).
+    /// Keys per call of get-many and set-many (Redis: pipeline depth; Redis
+    /// Cluster: the pipeline's keys all carry the hash tag `{b<task>}`, so
+    /// they share a slot).
     #[arg(long, default_value_t = 16)]
     pub(crate) batch: usize,
 
@@ -196,7 +217,9 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency: u32,
 
-    /// Connections to the server; tasks are spread over them.
+    /// Connections to the server; tasks are spread over them. With several
+    /// kv `--url`s: this many per URL. redis-cluster: 1 (one shared cluster
+    /// connection).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) connections: u32,
 
@@ -212,7 +235,9 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub(crate) warmup: Duration,
 
-    /// Write every key of the key space once before the warm-up, so gets hit.
+    /// Write every key of the key space once before the warm-up, so gets hit
+    /// (redis-cluster get-many/set-many: once under each task's hash tag,
+    /// `--keys` times `--concurrency` writes).
     #[arg(long)]
     pub(crate) preload: bool,
 
@@ -232,8 +257,11 @@ pub(crate) struct RunArgs {
     pub(crate) token: Option<String>,
 
     /// Server address: `host:port` or a URL. Defaults: kv
-    /// `http://127.0.0.1:50051`, Redis `redis://127.0.0.1:6379`, etcd
-    /// `http://127.0.0.1:2379`.
+    /// `http://127.0.0.1:50051`, Redis `redis://127.0.0.1:6379`, Redis
+    /// Cluster `redis://127.0.0.1:7000`, etcd `http://127.0.0.1:2379`.
+    /// Several, comma-separated: kv targets spread the tasks round-robin over
+    /// one client per URL (`--connections` per URL); redis-cluster takes
+    /// them as seed nodes.
     #[arg(long, visible_alias = "addr")]
     pub(crate) url: Option<String>,
 
@@ -282,27 +310,57 @@ impl RunArgs {
         }
     }
 
-    /// Connections actually opened (Redis multiplexed: one).
+    /// Connections actually opened (Redis multiplexed and Redis Cluster:
+    /// one; kv: `--connections` per URL).
     pub(crate) fn effective_connections(&self) -> u32 {
-        if self.target == TargetKind::Redis && self.redis_mode == RedisMode::Multiplexed {
-            1
-        } else {
-            self.connections
+        match self.target {
+            TargetKind::Redis if self.redis_mode == RedisMode::Multiplexed => 1,
+            TargetKind::RedisCluster => 1,
+            TargetKind::Sdk | TargetKind::Unary => self
+                .connections
+                .saturating_mul(u32::try_from(self.url_list().len()).unwrap_or(u32::MAX)),
+            TargetKind::Redis | TargetKind::Etcd => self.connections,
         }
     }
 
-    /// The server URL for the target, with its scheme.
-    pub(crate) fn url(&self) -> String {
+    /// `--url` split at commas (one entry when it has none).
+    fn url_list(&self) -> Vec<&str> {
+        match &self.url {
+            None => vec![""],
+            Some(urls) => urls.split(',').map(str::trim).collect(),
+        }
+    }
+
+    /// The server URLs for the target (one unless `--url` lists several),
+    /// each with its scheme.
+    pub(crate) fn urls(&self) -> Vec<String> {
         let (scheme, default) = match self.target {
             TargetKind::Sdk | TargetKind::Unary => ("http", "127.0.0.1:50051"),
             TargetKind::Redis => ("redis", "127.0.0.1:6379"),
+            TargetKind::RedisCluster => ("redis", "127.0.0.1:7000"),
             TargetKind::Etcd => ("http", "127.0.0.1:2379"),
         };
-        match &self.url {
-            None => format!("{scheme}://{default}"),
-            Some(url) if url.contains("://") => url.clone(),
-            Some(addr) => format!("{scheme}://{addr}"),
+        if self.url.is_none() {
+            return vec![format!("{scheme}://{default}")];
         }
+        self.url_list()
+            .into_iter()
+            .map(|url| {
+                if url.contains("://") {
+                    url.to_string()
+                } else {
+                    format!("{scheme}://{url}")
+                }
+            })
+            .collect()
+    }
+
+    /// Batch keys carry a per-task hash tag (`{b<task>}`): redis-cluster
+    /// get-many and set-many, whose pipelines must stay in one slot. The
+    /// number of tasks, so of tags, when they do.
+    pub(crate) fn batch_tags(&self) -> Option<u32> {
+        (self.target == TargetKind::RedisCluster && self.workload.is_batch())
+            .then_some(self.concurrency)
     }
 
     /// Checks what clap cannot check flag by flag.
@@ -348,6 +406,38 @@ impl RunArgs {
                 "--connections {} is more than --concurrency {}: some connections would carry nothing",
                 self.connections, self.concurrency
             ));
+        }
+        let urls = self.url_list();
+        if urls.iter().any(|url| url.is_empty()) && self.url.is_some() {
+            return Err(format!(
+                "--url {:?} has an empty entry: give host:port or URLs, separated by single commas",
+                self.url.as_deref().unwrap_or_default()
+            ));
+        }
+        if urls.len() > 1 {
+            if !matches!(
+                self.target,
+                TargetKind::Sdk | TargetKind::Unary | TargetKind::RedisCluster
+            ) {
+                return Err(format!(
+                    "--url lists {} URLs: several apply to the kv targets (sdk, unary) and redis-cluster only",
+                    urls.len()
+                ));
+            }
+            if self.effective_connections() > self.concurrency {
+                return Err(format!(
+                    "--connections {} on each of {} URLs is more than --concurrency {}: some connections would carry nothing",
+                    self.connections,
+                    urls.len(),
+                    self.concurrency
+                ));
+            }
+        }
+        if self.target == TargetKind::RedisCluster && self.connections > 1 {
+            return Err(
+                "--target redis-cluster shares one cluster connection (one multiplexed connection per node); --connections must be 1"
+                    .into(),
+            );
         }
         if self.target == TargetKind::Redis
             && self.redis_mode == RedisMode::Multiplexed
@@ -654,11 +744,83 @@ mod tests {
                 _ => unreachable!(),
             }
         };
-        assert_eq!(args("redis", &[]).url(), "redis://127.0.0.1:6379");
+        assert_eq!(args("redis", &[]).urls(), ["redis://127.0.0.1:6379"]);
         assert_eq!(
-            args("sdk", &["--addr", "127.0.0.1:7"]).url(),
-            "http://127.0.0.1:7"
+            args("redis-cluster", &[]).urls(),
+            ["redis://127.0.0.1:7000"]
         );
-        assert_eq!(args("etcd", &["--url", "http://h:1"]).url(), "http://h:1");
+        assert_eq!(
+            args("sdk", &["--addr", "127.0.0.1:7"]).urls(),
+            ["http://127.0.0.1:7"]
+        );
+        assert_eq!(
+            args("etcd", &["--url", "http://h:1"]).urls(),
+            ["http://h:1"]
+        );
+    }
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["kv-bench", "run"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(args) => *args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn several_urls_are_split_and_counted() {
+        let args = run_args(&[
+            "--target",
+            "unary",
+            "--url",
+            "127.0.0.1:1, http://h:2",
+            "--connections",
+            "2",
+            "--concurrency",
+            "4",
+        ]);
+        assert_eq!(args.urls(), ["http://127.0.0.1:1", "http://h:2"]);
+        assert_eq!(args.effective_connections(), 4);
+        assert_eq!(args.validate(), Ok(()));
+
+        let args = run_args(&["--target", "redis-cluster", "--url", "h:1,h:2,h:3"]);
+        assert_eq!(args.urls(), ["redis://h:1", "redis://h:2", "redis://h:3"]);
+        assert_eq!(args.effective_connections(), 1);
+        assert_eq!(args.batch_tags(), None);
+        assert_eq!(args.validate(), Ok(()));
+        let args = run_args(&["--target", "redis-cluster", "--workload", "get-many"]);
+        assert_eq!(args.batch_tags(), Some(50));
+        assert_eq!(batch_tag(7), "{b7}");
+
+        let refused = |argv: &[&str], says: &str| {
+            let err = run_args(argv).validate().unwrap_err();
+            assert!(err.contains(says), "{argv:?}: {err}");
+        };
+        refused(&["--target", "redis", "--url", "h:1,h:2"], "several apply");
+        refused(&["--target", "etcd", "--url", "h:1,h:2"], "several apply");
+        refused(&["--target", "sdk", "--url", "h:1,"], "empty entry");
+        refused(
+            &[
+                "--target",
+                "sdk",
+                "--url",
+                "h:1,h:2,h:3",
+                "--concurrency",
+                "2",
+            ],
+            "on each of 3 URLs",
+        );
+        refused(
+            &[
+                "--target",
+                "redis-cluster",
+                "--connections",
+                "2",
+                "--concurrency",
+                "4",
+            ],
+            "--connections must be 1",
+        );
     }
 }

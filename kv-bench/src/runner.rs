@@ -142,7 +142,9 @@ pub(crate) async fn run(args: &RunArgs, conns: &[Conn], shared: Arc<Shared>) -> 
         Arc::new((0..args.concurrency).map(|_| Counter::default()).collect());
     let mut tasks = Vec::new();
     for task in 0..args.concurrency {
-        let conn = conns[task as usize % conns.len()].clone();
+        let conn = conns[task as usize % conns.len()]
+            .clone()
+            .for_task(task, &shared);
         let shared = shared.clone();
         let generator = OpGen::new(args, u64::from(task));
         let counters = counters.clone();

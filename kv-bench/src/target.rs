@@ -13,7 +13,7 @@ use tonic::{
 };
 
 use crate::{
-    cli::{RedisMode, RunArgs, TargetKind},
+    cli::{RedisMode, RunArgs, TargetKind, batch_tag},
     etcd::{DeleteRangeRequest, PutRequest, RangeRequest, kv_client::KvClient as EtcdClient},
     workload::{KeySpace, Op, Payload},
 };
@@ -25,6 +25,9 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// default per-call timeout (the redis crate's own default is 500 ms, which
 /// a loaded 2-core machine can exceed without anything being wrong).
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting to one Redis Cluster node may take.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failed operation: its kind (for counting) and what it said.
 #[derive(Debug)]
@@ -69,6 +72,9 @@ pub(crate) struct Shared {
     /// `Bearer <token>` for unary calls.
     authorization: Option<AsciiMetadataValue>,
     etcd_serializable: bool,
+    /// Redis Cluster batch runs: batch keys carry their task's hash tag, and
+    /// this many tasks (tags) read and write them.
+    batch_tags: Option<u32>,
 }
 
 impl Shared {
@@ -89,6 +95,7 @@ impl Shared {
             project,
             authorization,
             etcd_serializable: args.etcd_serializable,
+            batch_tags: args.batch_tags(),
         })
     }
 
@@ -117,15 +124,32 @@ pub(crate) enum Conn {
     Sdk(kv_client::Project),
     Unary(KvServiceClient<Channel>),
     Redis(redis::aio::MultiplexedConnection),
+    RedisCluster(ClusterConn),
     Etcd(EtcdClient<Channel>),
 }
 
-/// Opens the run's connections: `--connections` of them (one for Redis
-/// multiplexed).
+/// The shared Redis Cluster connection (clones share its per-node
+/// multiplexed connections) and the hash tag of one task's batch keys.
+#[derive(Clone)]
+pub(crate) struct ClusterConn {
+    conn: redis::cluster_async::ClusterConnection,
+    /// `{b<task>}`, set by `Conn::for_task` for batch workloads.
+    tag: Option<String>,
+}
+
+/// Opens the run's connections: `--connections` of them per URL (one for
+/// Redis multiplexed, one shared cluster connection for Redis Cluster).
 pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
-    let url = args.url();
+    let urls = args.urls();
+    if args.target == TargetKind::RedisCluster {
+        return Ok(vec![Conn::RedisCluster(cluster(&urls).await?)]);
+    }
+    // Only the kv targets take several URLs (`RunArgs::validate`). Each
+    // round opens one connection to every URL, so the harness, which hands
+    // task i connection i mod len, spreads the tasks round-robin over them.
+    let rounds = args.effective_connections() / u32::try_from(urls.len()).unwrap_or(u32::MAX);
     let mut conns = Vec::new();
-    for _ in 0..args.effective_connections() {
+    for url in (0..rounds).flat_map(|_| &urls) {
         let conn = match args.target {
             TargetKind::Sdk => {
                 let mut builder = kv_client::Client::builder(url.clone());
@@ -139,7 +163,7 @@ pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
                 Conn::Sdk(client.project(&args.project))
             }
             TargetKind::Unary => Conn::Unary(
-                KvServiceClient::new(channel(&url).await?)
+                KvServiceClient::new(channel(url).await?)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             ),
@@ -155,10 +179,11 @@ pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
                 Conn::Redis(conn)
             }
             TargetKind::Etcd => Conn::Etcd(
-                EtcdClient::new(channel(&url).await?)
+                EtcdClient::new(channel(url).await?)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             ),
+            TargetKind::RedisCluster => unreachable!("connected above"),
         };
         conns.push(conn);
     }
@@ -168,6 +193,22 @@ pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
             || conns.len() == 1
     );
     Ok(conns)
+}
+
+/// One cluster connection from the seed URLs: the client reads the slot map
+/// from the first seed that answers and connects to every master.
+async fn cluster(seeds: &[String]) -> Result<ClusterConn, String> {
+    let listed = seeds.join(",");
+    let client = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(REDIS_CONNECT_TIMEOUT)
+        .response_timeout(REDIS_RESPONSE_TIMEOUT)
+        .build()
+        .map_err(|e| format!("bad Redis Cluster seed URLs {listed}: {e}"))?;
+    let conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect to Redis Cluster at {listed}: {e}"))?;
+    Ok(ClusterConn { conn, tag: None })
 }
 
 async fn channel(url: &str) -> Result<Channel, String> {
@@ -183,6 +224,17 @@ async fn channel(url: &str) -> Result<Channel, String> {
 }
 
 impl Conn {
+    /// This connection as caller task `task` uses it: for Redis Cluster
+    /// batch workloads, with the task's hash tag on its batch keys.
+    pub(crate) fn for_task(mut self, task: u32, shared: &Shared) -> Self {
+        if let Conn::RedisCluster(cluster) = &mut self
+            && shared.batch_tags.is_some()
+        {
+            cluster.tag = Some(batch_tag(task));
+        }
+        self
+    }
+
     /// Runs one operation; returns how many keys it looked for and did not
     /// find (gets, has).
     pub(crate) async fn exec(&mut self, op: &Op, shared: &Shared) -> Result<u64, OpError> {
@@ -190,6 +242,7 @@ impl Conn {
             Conn::Sdk(project) => sdk(project, op, shared).await,
             Conn::Unary(client) => unary(client, op, shared).await,
             Conn::Redis(conn) => redis_op(conn, op, shared).await,
+            Conn::RedisCluster(conn) => redis_cluster(conn, op, shared).await,
             Conn::Etcd(client) => etcd(client, op, shared).await,
         }
     }
@@ -210,6 +263,7 @@ impl Conn {
                 }
                 Ok(())
             }
+            Conn::RedisCluster(conn) => cluster_write_range(conn, from, to, shared).await,
             _ => self
                 .exec(&Op::SetMany { keys, ttl: false }, shared)
                 .await
@@ -384,6 +438,117 @@ async fn redis_op(
             Ok(0)
         }
     }
+}
+
+/// `SET key value`, with `PX ttl_ms` when given.
+fn cluster_set(name: String, value: &[u8], ttl_ms: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(name).arg(value);
+    if let Some(ttl_ms) = ttl_ms {
+        cmd.arg("PX").arg(ttl_ms);
+    }
+    cmd
+}
+
+async fn redis_cluster(
+    cluster: &mut ClusterConn,
+    op: &Op,
+    shared: &Shared,
+) -> Result<u64, OpError> {
+    let ClusterConn { conn, tag } = cluster;
+    let tag = tag.as_deref();
+    let name = |n: &u64| shared.keys.name(*n);
+    // A pipeline must stay in one slot: batch keys carry the task's tag
+    // (always set for batch workloads; see `Conn::for_task`).
+    let batch_name = |n: &u64| match tag {
+        Some(tag) => shared.keys.tagged_name(tag, *n),
+        None => shared.keys.name(*n),
+    };
+    let value = shared.payload.raw.as_ref();
+    match op {
+        Op::Get(key) => {
+            let found: Option<bytes::Bytes> =
+                redis::cmd("GET").arg(name(key)).query_async(conn).await?;
+            Ok(missing(found.is_some()))
+        }
+        Op::Set { key, ttl } => {
+            let () = cluster_set(name(key), value, shared.ttl_ms(*ttl))
+                .query_async(conn)
+                .await?;
+            Ok(0)
+        }
+        Op::Has(key) => {
+            let exists: u64 = redis::cmd("EXISTS")
+                .arg(name(key))
+                .query_async(conn)
+                .await?;
+            Ok(missing(exists > 0))
+        }
+        Op::Delete(key) => {
+            let _deleted: u64 = redis::cmd("DEL").arg(name(key)).query_async(conn).await?;
+            Ok(0)
+        }
+        Op::GetMany(keys) => {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("GET").arg(batch_name(key));
+            }
+            let found: Vec<Option<bytes::Bytes>> = pipe.query_async(conn).await?;
+            Ok(found.iter().filter(|v| v.is_none()).count() as u64)
+        }
+        Op::SetMany { keys, ttl } => {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.add_command(cluster_set(batch_name(key), value, shared.ttl_ms(*ttl)))
+                    .ignore();
+            }
+            let () = pipe.query_async(conn).await?;
+            Ok(0)
+        }
+    }
+}
+
+/// `--preload` on Redis Cluster: the names the run will read.
+async fn cluster_write_range(
+    cluster: &ClusterConn,
+    from: u64,
+    to: u64,
+    shared: &Shared,
+) -> Result<(), OpError> {
+    let value = shared.payload.raw.as_ref();
+    match shared.batch_tags {
+        // Batch runs use tagged names only: the range under every task's
+        // tag, one pipeline (so one slot) per tag.
+        Some(tasks) => {
+            let mut conn = cluster.conn.clone();
+            for task in 0..tasks {
+                let tag = batch_tag(task);
+                let mut pipe = redis::pipe();
+                for n in from..to {
+                    pipe.add_command(cluster_set(shared.keys.tagged_name(&tag, n), value, None))
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+        }
+        // Plain names are spread over every slot: one SET each, all in
+        // flight at once (the cluster connection pipelines them per node).
+        None => {
+            let mut sets = tokio::task::JoinSet::new();
+            for n in from..to {
+                let cmd = cluster_set(shared.keys.name(n), value, None);
+                let mut conn = cluster.conn.clone();
+                sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+            }
+            while let Some(outcome) = sets.join_next().await {
+                outcome.map_err(|e| OpError {
+                    kind: "preload".into(),
+                    message: format!("a preload write failed: {e}"),
+                })??;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn etcd(client: &mut EtcdClient<Channel>, op: &Op, shared: &Shared) -> Result<u64, OpError> {

@@ -33,6 +33,12 @@ impl KeySpace {
     pub(crate) fn name(&self, n: u64) -> String {
         format!("k{n:0width$}", width = self.width)
     }
+
+    /// The key's name after a hash tag (`{b3}k000000000000042`): Redis
+    /// Cluster batches, whose keys must share a slot.
+    pub(crate) fn tagged_name(&self, tag: &str, n: u64) -> String {
+        format!("{tag}k{n:0width$}", width = self.width)
+    }
 }
 
 /// One operation, by key numbers.
@@ -138,7 +144,7 @@ pub(crate) struct Payload {
     pub(crate) json: serde_json::Value,
     /// kv via unary calls: the same string as a `google.protobuf.Value`.
     pub(crate) proto: prost_types::Value,
-    /// Redis and etcd: raw bytes.
+    /// Redis, Redis Cluster and etcd: raw bytes.
     pub(crate) raw: bytes::Bytes,
     pub(crate) ttl: Duration,
 }
@@ -198,6 +204,7 @@ mod tests {
         assert_eq!(space.name(0), "k000000000000000");
         assert_eq!(space.name(999_999), "k000000000999999");
         assert_eq!(space.name(42).len(), 16);
+        assert_eq!(space.tagged_name("{b3}", 42), "{b3}k000000000000042");
     }
 
     #[test]

@@ -105,6 +105,45 @@ fn bad_flags_are_refused_with_a_clear_message() {
         2,
         "--concurrency",
     );
+    refused(
+        &[
+            "run",
+            "--target",
+            "redis",
+            "--url",
+            "127.0.0.1:1,127.0.0.1:2",
+        ],
+        2,
+        "several apply to the kv targets (sdk, unary) and redis-cluster only",
+    );
+    refused(
+        &[
+            "run",
+            "--target",
+            "unary",
+            "--url",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--connections",
+            "2",
+            "--concurrency",
+            "3",
+        ],
+        2,
+        "--connections 2 on each of 2 URLs is more than --concurrency 3",
+    );
+    refused(
+        &[
+            "run",
+            "--target",
+            "redis-cluster",
+            "--connections",
+            "2",
+            "--concurrency",
+            "8",
+        ],
+        2,
+        "--connections must be 1",
+    );
 }
 
 #[test]
@@ -133,7 +172,7 @@ fn bad_expiry_flags_are_refused_with_a_clear_message() {
 #[test]
 fn an_unreachable_server_fails_the_run() {
     let addr = format!("127.0.0.1:{}", free_port());
-    for target in ["sdk", "unary", "redis"] {
+    for target in ["sdk", "unary", "redis", "redis-cluster"] {
         let outcome = refused(
             &[
                 "run",

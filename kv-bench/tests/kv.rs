@@ -209,6 +209,40 @@ async fn reference_server_serves_what_it_implements() {
     );
 }
 
+/// Every key of a 1000-key space a reference server at `addr` holds.
+async fn stored_at(addr: &str) -> Vec<serde_json::Value> {
+    let client = kv_client::Client::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    stored(&client.project("bench")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_spread_the_tasks_over_every_front_end() {
+    for target in ["sdk", "unary"] {
+        // Reference servers share nothing: each holds what reached it.
+        let (a, b) = (Server::reference(), Server::reference());
+        let urls = format!("{},{}", a.addr_arg(), b.addr_arg());
+        let result = run_json(&args(
+            target,
+            &urls,
+            "set",
+            &["--connections", "2", "--concurrency", "4"],
+        ));
+        assert_clean(&result, target, "set");
+        // Two connections to each URL.
+        assert_eq!(result["connections"], 4, "{result:#}");
+        for server in [&a, &b] {
+            let values = stored_at(&server.addr_arg()).await;
+            assert!(
+                !values.is_empty(),
+                "{target}: nothing reached {}",
+                server.addr
+            );
+        }
+    }
+}
+
 #[test]
 fn reference_server_refuses_a_taken_address() {
     let server = Server::reference();
