@@ -10,6 +10,7 @@ use kv_engine::{
 use redis::cluster::ClusterClient;
 
 use crate::{
+    catalog,
     codec::{array, entries, int},
     inner::{Inner, unreachable},
     keys, library,
@@ -61,15 +62,36 @@ impl RedisBackend {
             .await
             .map_err(ConnectError::Redis)?;
         library::install(&mut conn).await?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                conn,
-                names: keys::Names::new(&options.namespace),
-                options,
-                incarnations: DashMap::new(),
-                writes: Queues::default(),
-            }),
-        })
+        let wait_replicas = match options.wait_replicas {
+            Some(n) => n,
+            None => u32::from(has_replicas(&mut conn).await.map_err(ConnectError::Redis)?),
+        };
+        let inner = Arc::new(Inner {
+            wait_replicas,
+            conn,
+            names: keys::Names::new(&options.namespace),
+            options,
+            incarnations: DashMap::new(),
+            writes: Queues::default(),
+            catalog: Arc::default(),
+            generations: DashMap::new(),
+        });
+        let loaded = catalog::load(&inner).await.map_err(ConnectError::Catalog)?;
+        let last_id = loaded.last_id.clone();
+        catalog::replace(&inner, loaded);
+        tokio::spawn(catalog::follow(Arc::downgrade(&inner), last_id));
+        Ok(Self { inner })
+    }
+
+    /// Registered projects and tokens, kept current by following the
+    /// cluster's catalog stream.
+    pub fn catalog(&self) -> &Arc<kv_engine::catalog::Catalog> {
+        &self.inner.catalog
+    }
+
+    /// Replicas each write waits for before it is acknowledged.
+    pub fn wait_replicas(&self) -> u32 {
+        self.inner.wait_replicas
     }
 
     /// Whether the cluster answers and serves every slot (for health).
@@ -109,6 +131,18 @@ impl RedisBackend {
             .map(|e| e.filter(|e| e.live(now)).map(|e| e.entry()))
             .collect())
     }
+}
+
+/// Whether any master of the cluster has a replica.
+async fn has_replicas(
+    conn: &mut redis::cluster_async::ClusterConnection,
+) -> Result<bool, redis::RedisError> {
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    Ok(nodes.lines().any(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.contains("slave"))
+    }))
 }
 
 /// The ZRANGEBYLEX bounds of a page: after `start_after` (or from the

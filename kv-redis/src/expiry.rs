@@ -111,7 +111,7 @@ async fn expire_project(
 }
 
 /// Runs `kv_expire`: (keys expired, next deadline or -1).
-async fn expire(
+pub(crate) async fn expire(
     inner: &Inner,
     project: &ProjectName,
     limit: usize,

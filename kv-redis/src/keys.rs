@@ -35,14 +35,54 @@ impl Names {
         format!("{}:{{{project}}}:m", self.namespace)
     }
 
+    /// Every key of `project` a data function declares, in the order the
+    /// library numbers them: meta, entries, index, deadlines, stream.
+    pub fn project_keys(&self, project: &ProjectName) -> [String; 5] {
+        let tag = format!("{}:{{{project}}}:", self.namespace);
+        ["m", "h", "i", "d", "s"].map(|suffix| format!("{tag}{suffix}"))
+    }
+
+    /// Where the outcome of request id `id` of `project` is remembered.
+    pub fn request(&self, project: &ProjectName, id: &str) -> String {
+        format!("{}:{{{project}}}:r:{id}", self.namespace)
+    }
+
+    /// Where the outcome of a front-end's write `id` is remembered.
+    pub fn write(&self, project: &ProjectName, id: &str) -> String {
+        format!("{}:{{{project}}}:w:{id}", self.namespace)
+    }
+
     /// The change stream of `project`.
     pub fn stream(&self, project: &ProjectName) -> String {
         format!("{}:{{{project}}}:s", self.namespace)
     }
 
-    /// The due-project bucket `index`.
+    /// The due-project bucket `index`. Its hash tag starts with `#`, which
+    /// no project name holds, so it never shares a name with a project's
+    /// keys.
     pub fn bucket(&self, index: u32) -> String {
-        format!("{}:{{due.{index}}}", self.namespace)
+        format!("{}:{{#due.{index}}}", self.namespace)
+    }
+
+    /// The catalog's project hash: the catalog functions get it as their
+    /// one key and derive the token hash and the change stream from it.
+    ///
+    /// ```
+    /// assert_eq!(kv_redis::keys::Names::new("kv").catalog(), "kv:{#catalog}:p");
+    /// ```
+    pub fn catalog(&self) -> String {
+        format!("{}:{{#catalog}}:p", self.namespace)
+    }
+
+    /// The catalog's change stream.
+    pub fn catalog_stream(&self) -> String {
+        format!("{}:{{#catalog}}:s", self.namespace)
+    }
+
+    /// Every key a catalog function declares: projects, tokens, stream.
+    pub fn catalog_keys(&self) -> [String; 3] {
+        let tag = format!("{}:{{#catalog}}:", self.namespace);
+        ["p", "t", "s"].map(|suffix| format!("{tag}{suffix}"))
     }
 
     /// The due-project bucket of `project`: the same on every front-end (a
@@ -52,7 +92,7 @@ impl Names {
     /// let names = kv_redis::keys::Names::new("kv");
     /// let p = kv_engine::project::ProjectName::parse("shop").unwrap();
     /// assert_eq!(names.bucket_of(&p), names.bucket_of(&p));
-    /// assert!(names.bucket_of(&p).starts_with("kv:{due."));
+    /// assert!(names.bucket_of(&p).starts_with("kv:{#due."));
     /// ```
     pub fn bucket_of(&self, project: &ProjectName) -> String {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

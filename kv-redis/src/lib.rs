@@ -39,7 +39,9 @@
 //! twice. The work is proportional to what expires, not to the number of
 //! projects.
 
+mod admin;
 mod backend;
+mod catalog;
 mod codec;
 mod expiry;
 mod inner;

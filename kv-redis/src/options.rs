@@ -1,7 +1,7 @@
 //! What the backend is given: where the cluster is, and why connecting
 //! failed.
 
-use kv_engine::Settings;
+use kv_engine::{Quota, Settings};
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
@@ -14,6 +14,14 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// The engine's tunables (history length, request-id window).
     pub settings: Settings,
+    /// The quota of projects without their own (fields unset: no limit).
+    pub default_quota: Quota,
+    /// Replicas a write must reach (Redis `WAIT`) before it is
+    /// acknowledged; `None`: 1 when the cluster has replicas, else 0.
+    pub wait_replicas: Option<u32>,
+    /// How long a write waits for those replicas before it is answered
+    /// UNAVAILABLE (outcome unknown; a retry with its request id is safe).
+    pub wait_timeout: std::time::Duration,
     /// The first part of every key name: deployments (or test runs) with
     /// different namespaces share a cluster without seeing each other.
     pub namespace: String,
@@ -32,6 +40,9 @@ impl RedisOptions {
             username: None,
             password: None,
             settings: Settings::DEFAULT,
+            default_quota: Quota::default(),
+            wait_replicas: None,
+            wait_timeout: std::time::Duration::from_millis(1000),
             namespace: "kv".into(),
         }
     }
@@ -46,6 +57,9 @@ pub enum ConnectError {
     /// The client failed.
     #[error("redis cluster: {0}")]
     Redis(#[source] redis::RedisError),
+    /// The catalog could not be read.
+    #[error("reading the catalog: {0}")]
+    Catalog(#[source] kv_engine::EngineError),
     /// The namespace is not a valid name.
     #[error("redis namespace: {0}")]
     Namespace(String),

@@ -23,26 +23,36 @@ pub(crate) struct Snapshot {
     pub(crate) version: u64,
     pub(crate) usage: Usage,
     pub(crate) live: u64,
+    /// Keys past their deadline not yet expired.
+    pub(crate) due: u64,
     records: HashMap<Box<str>, Remembered>,
     entries: HashMap<Box<str>, Stored>,
 }
 
-/// A remembered outcome as stored: the request's fingerprint, then the
-/// outcome in the log's encoding.
-pub(crate) fn record(fingerprint: u64, outcome: &kv_engine::TxnOutcome) -> Vec<u8> {
-    let mut out = fingerprint.to_le_bytes().to_vec();
+/// A remembered outcome as stored: the incarnation it belongs to, the
+/// request's fingerprint, then the outcome in the log's encoding.
+pub(crate) fn record(
+    incarnation: u64,
+    fingerprint: u64,
+    outcome: &kv_engine::TxnOutcome,
+) -> Vec<u8> {
+    let mut out = incarnation.to_le_bytes().to_vec();
+    out.extend_from_slice(&fingerprint.to_le_bytes());
     codec::encode_outcome(&mut out, outcome);
     out
 }
 
+/// The incarnation a record belongs to.
+fn record_incarnation(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(raw.get(..8)?.try_into().ok()?))
+}
+
 pub(crate) fn parse_record(raw: &[u8], now: u64) -> Result<Remembered, EngineError> {
-    if raw.len() < 8 {
-        return Err(malformed(
-            "a remembered outcome shorter than its fingerprint",
-        ));
+    if raw.len() < 16 {
+        return Err(malformed("a remembered outcome shorter than its header"));
     }
-    let fingerprint = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
-    let outcome = codec::decode_outcome(&raw[8..])
+    let fingerprint = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    let outcome = codec::decode_outcome(&raw[16..])
         .map_err(|_| malformed("a remembered outcome that does not decode"))?;
     Ok(Remembered {
         fingerprint,
@@ -74,11 +84,11 @@ impl Snapshot {
             bytes: int(&next()?)?,
         };
         let live = int(&next()?)?;
-        // Keys past their deadline not yet expired: quotas will want it.
-        let _due = int(&next()?)?;
+        let due = int(&next()?)?;
         let mut records = HashMap::new();
         for (id, raw) in ids.iter().zip(array(next()?)?) {
-            if let Some(raw) = bytes(raw)? {
+            // A record of a deleted incarnation is another project's.
+            if let Some(raw) = bytes(raw)?.filter(|r| record_incarnation(r) == Some(incarnation)) {
                 records.insert(id.clone(), parse_record(&raw, now)?);
             }
         }
@@ -94,6 +104,7 @@ impl Snapshot {
             version,
             usage,
             live,
+            due,
             records,
             entries: found,
         })

@@ -13,15 +13,13 @@ use redis::{Value, aio::MultiplexedConnection};
 
 use crate::{
     codec::{Stored, array, bytes, int, malformed},
-    inner::Inner,
+    // How long one blocking read waits is also how often a quiet watcher
+    // looks whether its project was deleted and its client is gone.
+    inner::{BLOCKING_READ, Inner, dedicated},
 };
 
 /// Events read per XREAD.
 const READ_COUNT: usize = 512;
-
-/// How long one blocking read waits: also how often a quiet watcher looks
-/// whether its project was deleted and its client is gone.
-const BLOCK: Duration = Duration::from_millis(1000);
 
 pub(crate) async fn subscribe(
     inner: Arc<Inner>,
@@ -81,39 +79,6 @@ async fn start(inner: &Inner, project: &ProjectName) -> Result<(u64, u64, u64), 
     Ok((get(0)?, get(1)?, get(2)?))
 }
 
-/// A connection of its own to `addr` (a node's "host:port"), or to the
-/// first seed: a read there answers MOVED with the node that serves the
-/// slot.
-async fn connect(inner: &Inner, addr: Option<String>) -> Result<MultiplexedConnection, String> {
-    let url = match addr {
-        Some(addr) => format!("redis://{addr}"),
-        None => inner
-            .options
-            .seeds
-            .first()
-            .cloned()
-            .ok_or_else(|| "no seed".to_string())?,
-    };
-    let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-        .map_err(|e| format!("{url}: {e}"))?;
-    let mut redis_settings = info.redis_settings().clone();
-    if let Some(user) = &inner.options.username {
-        redis_settings = redis_settings.set_username(user);
-    }
-    if let Some(password) = &inner.options.password {
-        redis_settings = redis_settings.set_password(password);
-    }
-    info = info.set_redis_settings(redis_settings);
-    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Reads the project's stream after `cursor` and sends every change, in
 /// order, until the subscription is dropped or the history moved past it.
 async fn feed(
@@ -130,7 +95,7 @@ async fn feed(
     while !tx.is_closed() {
         let c = match &mut conn {
             Some(c) => c,
-            None => match connect(&inner, addr.clone()).await {
+            None => match dedicated(&inner, addr.clone()).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     failures += 1;
@@ -146,7 +111,7 @@ async fn feed(
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
+            .arg(BLOCKING_READ.as_millis() as u64)
             .arg("STREAMS")
             .arg(&stream)
             .arg(format!("{cursor}-0"))

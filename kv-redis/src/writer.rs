@@ -14,11 +14,14 @@ use std::{
 };
 
 use kv_engine::{
-    EngineError, MAX_QUEUED_WRITES, Mutation, Quota, Txn, TxnOutcome,
+    EngineError, MAX_QUEUED_WRITES, Mutation, Txn, TxnOutcome,
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
-use redis::Value;
+use redis::{
+    Value,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -38,6 +41,10 @@ const MAX_ATTEMPTS: u32 = 32;
 /// reported unknown. Each resend is safe: the write ids make a repeat
 /// answer what the first run did.
 const APPLY_RESENDS: u32 = 3;
+
+/// Most due keys expired before a quota check (more is rare: the expiry
+/// task keeps up; what is left counts against the quota until it does).
+const QUOTA_SWEEP: usize = 10_000;
 
 /// A worker with nothing to do for this long leaves.
 const IDLE: Duration = Duration::from_secs(5);
@@ -161,6 +168,11 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
     let (keys, ids) = touched(&group);
     let wids: Vec<String> = group.iter().map(|_| write_id()).collect();
     let mut fates: Vec<Fate> = Vec::new();
+    let quota = inner
+        .catalog
+        .effective_quota(project, inner.options.default_quota);
+    let limited = quota.max_keys.is_some() || quota.max_bytes.is_some();
+    let mut swept = false;
     for attempt in 1..=MAX_ATTEMPTS {
         let snapshot = match read(inner, project, &keys, &ids).await {
             Ok(snapshot) => snapshot,
@@ -175,6 +187,16 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
             }
         };
         inner.saw_incarnation(project, snapshot.incarnation);
+        if limited && snapshot.due > 0 && !swept {
+            // Keys past their deadline still count in what the project
+            // holds until expired: expire them now (with their events),
+            // so a quota never refuses a write for space the dead hold.
+            swept = true;
+            if let Err(e) = crate::expiry::expire(inner, project, QUOTA_SWEEP).await {
+                tracing::warn!(%project, error = %e, "could not expire due keys before a quota check");
+            }
+            continue;
+        }
         let mut overlay = Overlay::default();
         let mut commits: Vec<(usize, Commit)> = Vec::new();
         fates.clear();
@@ -184,7 +206,7 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
                 project,
                 pending.txn.clone(),
                 snapshot.now,
-                Quota::default(),
+                quota,
             ) {
                 Ok(Evaluated::Replay(outcome)) => Fate::Answered(Ok(outcome)),
                 Ok(Evaluated::Commit(commit)) => {
@@ -202,13 +224,24 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
         match send_apply(inner, &cmd).await {
             Ok(Applied::Ok) => {
                 note_deadlines(inner, project, &commits).await;
-                let outcomes = commits.into_iter().map(|(_, c)| Ok(c.outcome)).collect();
+                let replicated = replicated(inner, project).await;
+                let outcomes = commits
+                    .into_iter()
+                    .map(|(_, c)| {
+                        replicated.clone()?;
+                        Ok(c.outcome)
+                    })
+                    .collect();
                 return answer(group, fates, outcomes);
             }
             Ok(Applied::Dup(outcomes)) => {
+                let replicated = replicated(inner, project).await;
                 let outcomes = outcomes
                     .into_iter()
-                    .map(|raw| parse_record(&raw, snapshot.now).map(|r| r.outcome))
+                    .map(|raw| {
+                        replicated.clone()?;
+                        parse_record(&raw, snapshot.now).map(|r| r.outcome)
+                    })
                     .collect();
                 return answer(group, fates, outcomes);
             }
@@ -263,16 +296,18 @@ async fn read(
     keys: &[Box<str>],
     ids: &[Box<str>],
 ) -> Result<Snapshot, String> {
-    let reply = inner
-        .call("kv_snapshot", project, |cmd| {
-            cmd.arg(ids.len());
-            for id in ids {
-                cmd.arg(&**id);
-            }
-            for key in keys {
-                cmd.arg(&**key);
-            }
-        })
+    let requests: Vec<String> = ids
+        .iter()
+        .map(|id| inner.names.request(project, id))
+        .collect();
+    let cmd = inner.command("kv_snapshot", project, &requests, |cmd| {
+        for key in keys {
+            cmd.arg(&**key);
+        }
+    });
+    let mut conn = inner.conn.clone();
+    let reply: Value = cmd
+        .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
     Snapshot::parse(reply, ids, keys).map_err(|e| e.to_string())
@@ -288,26 +323,33 @@ fn apply_command(
 ) -> redis::Cmd {
     let usage = overlay.usage(snapshot, project);
     let settings = &inner.options.settings;
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg("kv_apply")
-        .arg(1)
-        .arg(inner.names.meta(project))
-        .arg(snapshot.incarnation)
-        .arg(snapshot.version)
-        .arg(snapshot.horizon())
-        .arg(usage.keys)
-        .arg(usage.bytes)
-        .arg(settings.watch_history_events)
-        .arg(settings.idempotency_window_ms.max(1))
-        .arg(commits.len());
+    let mut extra = Vec::with_capacity(2 * commits.len());
     for (i, commit) in commits {
-        let (id, fingerprint) = commit
+        let write = inner.names.write(project, &wids[*i]);
+        let request = match &commit.remember {
+            Some((id, _)) => inner.names.request(project, id),
+            None => write.clone(),
+        };
+        extra.push(write);
+        extra.push(request);
+    }
+    let mut cmd = inner.command("kv_apply", project, &extra, |cmd| {
+        cmd.arg(snapshot.incarnation)
+            .arg(snapshot.incarnation.to_le_bytes().as_slice())
+            .arg(snapshot.version)
+            .arg(snapshot.horizon())
+            .arg(usage.keys)
+            .arg(usage.bytes)
+            .arg(settings.watch_history_events)
+            .arg(settings.idempotency_window_ms.max(1));
+    });
+    for (_, commit) in commits {
+        let (has_request, fingerprint) = commit
             .remember
             .as_ref()
-            .map_or(("", 0), |(id, fp)| (&**id, *fp));
-        cmd.arg(&wids[*i])
-            .arg(id)
-            .arg(record(fingerprint, &commit.outcome));
+            .map_or(("0", 0), |(_, fp)| ("1", *fp));
+        cmd.arg(has_request)
+            .arg(record(snapshot.incarnation, fingerprint, &commit.outcome));
     }
     for (_, commit) in commits {
         for change in &commit.mutations {
@@ -384,6 +426,47 @@ async fn send_apply(inner: &Inner, cmd: &redis::Cmd) -> Result<Applied, String> 
         "the cluster did not answer the write after {} attempts ({last})",
         APPLY_RESENDS + 1
     ))
+}
+
+/// Waits until the write just applied on the project's master has reached
+/// the replicas asked for (`WAIT` on the connection the write went over:
+/// it counts that connection's writes), so a failover cannot lose it.
+async fn replicated(inner: &Inner, project: &ProjectName) -> Result<(), ReplicationError> {
+    let wanted = inner.wait_replicas;
+    if wanted == 0 {
+        return Ok(());
+    }
+    let timeout = inner.options.wait_timeout;
+    let route = Route::with_slot(Slot::for_key(inner.names.meta(project)), SlotAddr::Master);
+    let mut conn = inner.conn.clone();
+    let reached = conn
+        .route_command(
+            redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(timeout.as_millis() as u64)
+                .clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+        )
+        .await;
+    match reached {
+        Ok(Value::Int(n)) if n >= i64::from(wanted) => Ok(()),
+        Ok(Value::Int(n)) => Err(ReplicationError(format!(
+            "the write reached {n} of the {wanted} replicas required (--redis-wait-replicas) within {} ms, so a failover could lose it",
+            timeout.as_millis()
+        ))),
+        Ok(other) => Err(ReplicationError(format!("WAIT answered {other:?}"))),
+        Err(e) => Err(ReplicationError(format!("WAIT failed: {e}"))),
+    }
+}
+
+/// A write applied on a master but not confirmed on its replicas.
+#[derive(Clone)]
+struct ReplicationError(String);
+
+impl From<ReplicationError> for EngineError {
+    fn from(e: ReplicationError) -> Self {
+        EngineError::OutcomeUnknown { context: e.0 }
+    }
 }
 
 /// Records the project's earliest new deadline in its due bucket, so the

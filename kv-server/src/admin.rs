@@ -6,7 +6,7 @@
 //! written: of concurrent creates (or deletes) of one name exactly one
 //! succeeds.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use kv_proto::v1::{
     self as pb, CreateProjectRequest, CreateTokenRequest, CreateTokenResponse,
@@ -17,26 +17,95 @@ use kv_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use kv_engine::{
-    EngineError, Quota,
-    catalog::TokenMeta,
+    Clock, EngineError, Quota,
+    catalog::{Catalog, TokenMeta},
+    memory::Usage,
     project::ProjectName,
-    wal::{AdminChange, DurableStore},
+    wal::{AdminChange, AdminOutcome, DurableStore},
 };
+use kv_redis::RedisBackend;
 
 use crate::{
     auth::{Auth, new_token},
     status::engine_status,
 };
 
-/// The admin API over a [`DurableStore`].
-pub struct AdminService {
-    store: Arc<DurableStore>,
+/// A store with a catalog: what the admin API needs of a backend.
+pub trait AdminStore: Send + Sync + 'static {
+    /// Registered projects and tokens.
+    fn catalog(&self) -> &Arc<Catalog>;
+
+    /// Checks and applies an admin change.
+    fn admin(
+        &self,
+        change: AdminChange,
+    ) -> impl Future<Output = Result<AdminOutcome, EngineError>> + Send;
+
+    /// What `project` holds and its incarnation.
+    fn usage(
+        &self,
+        project: &ProjectName,
+    ) -> impl Future<Output = Result<(Usage, u64), EngineError>> + Send;
+
+    /// Unix ms, as the store's clock reads it.
+    fn now_ms(&self) -> u64;
+}
+
+impl AdminStore for DurableStore {
+    fn catalog(&self) -> &Arc<Catalog> {
+        DurableStore::catalog(self)
+    }
+
+    fn admin(
+        &self,
+        change: AdminChange,
+    ) -> impl Future<Output = Result<AdminOutcome, EngineError>> + Send {
+        DurableStore::admin(self, change)
+    }
+
+    async fn usage(&self, project: &ProjectName) -> Result<(Usage, u64), EngineError> {
+        let memory = self.memory();
+        Ok((memory.usage(project), memory.incarnation(project)))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.memory().clock().now_ms()
+    }
+}
+
+impl AdminStore for RedisBackend {
+    fn catalog(&self) -> &Arc<Catalog> {
+        RedisBackend::catalog(self)
+    }
+
+    fn admin(
+        &self,
+        change: AdminChange,
+    ) -> impl Future<Output = Result<AdminOutcome, EngineError>> + Send {
+        RedisBackend::admin(self, change)
+    }
+
+    fn usage(
+        &self,
+        project: &ProjectName,
+    ) -> impl Future<Output = Result<(Usage, u64), EngineError>> + Send {
+        RedisBackend::usage(self, project)
+    }
+
+    fn now_ms(&self) -> u64 {
+        kv_engine::SystemClock.now_ms()
+    }
+}
+
+/// The admin API over a store with a catalog.
+pub struct AdminService<S> {
+    store: Arc<S>,
     auth: Arc<Auth>,
 }
 
-impl AdminService {
+impl<S: AdminStore> AdminService<S> {
     /// An admin service for `store`, admitting calls through `auth`.
-    pub fn new(store: Arc<DurableStore>, auth: Arc<Auth>) -> Self {
+    pub fn new(store: Arc<S>, auth: Arc<Auth>) -> Self {
         Self { store, auth }
     }
 
@@ -44,9 +113,9 @@ impl AdminService {
         ProjectName::parse(name).map_err(|e| Status::invalid_argument(format!("project: {e}")))
     }
 
-    fn describe(&self, project: &ProjectName, quota: Quota) -> pb::Project {
-        let usage = self.store.memory().usage(project);
-        pb::Project {
+    async fn describe(&self, project: &ProjectName, quota: Quota) -> Result<pb::Project, Status> {
+        let (usage, incarnation) = self.store.usage(project).await.map_err(engine_status)?;
+        Ok(pb::Project {
             name: project.to_string(),
             keys: usage.keys,
             bytes: usage.bytes,
@@ -54,8 +123,8 @@ impl AdminService {
                 max_keys: quota.max_keys,
                 max_bytes: quota.max_bytes,
             }),
-            incarnation: self.store.memory().incarnation(project),
-        }
+            incarnation,
+        })
     }
 
     fn registered(&self, project: &ProjectName) -> Result<Quota, Status> {
@@ -84,7 +153,7 @@ fn token_info(meta: TokenMeta) -> pb::TokenInfo {
 }
 
 #[tonic::async_trait]
-impl admin_service_server::AdminService for AdminService {
+impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
     async fn create_project(
         &self,
         request: Request<CreateProjectRequest>,
@@ -101,7 +170,7 @@ impl admin_service_server::AdminService for AdminService {
             .await
             .map_err(engine_status)?;
         tracing::info!(%project, "project created");
-        Ok(Response::new(self.describe(&project, quota)))
+        Ok(Response::new(self.describe(&project, quota).await?))
     }
 
     async fn delete_project(
@@ -130,7 +199,7 @@ impl admin_service_server::AdminService for AdminService {
         self.auth.require_admin(request.metadata())?;
         let project = self.project(&request.get_ref().name)?;
         let quota = self.registered(&project)?;
-        Ok(Response::new(self.describe(&project, quota)))
+        Ok(Response::new(self.describe(&project, quota).await?))
     }
 
     async fn list_projects(
@@ -138,13 +207,10 @@ impl admin_service_server::AdminService for AdminService {
         request: Request<ListProjectsRequest>,
     ) -> Result<Response<ListProjectsResponse>, Status> {
         self.auth.require_admin(request.metadata())?;
-        let projects = self
-            .store
-            .catalog()
-            .projects()
-            .into_iter()
-            .map(|(project, quota)| self.describe(&project, quota))
-            .collect();
+        let mut projects = Vec::new();
+        for (project, quota) in self.store.catalog().projects() {
+            projects.push(self.describe(&project, quota).await?);
+        }
         Ok(Response::new(ListProjectsResponse { projects }))
     }
 
@@ -163,7 +229,7 @@ impl admin_service_server::AdminService for AdminService {
             })
             .await
             .map_err(engine_status)?;
-        Ok(Response::new(self.describe(&project, quota)))
+        Ok(Response::new(self.describe(&project, quota).await?))
     }
 
     async fn create_token(
@@ -176,8 +242,8 @@ impl admin_service_server::AdminService for AdminService {
         self.registered(&project)?;
         // The incarnation seen now: if the project is deleted (and maybe
         // recreated) before the token is stored, the store refuses it.
-        let incarnation = self.store.memory().incarnation(&project);
-        let now = self.store.memory().clock().now_ms();
+        let (_, incarnation) = self.store.usage(&project).await.map_err(engine_status)?;
+        let now = self.store.now_ms();
         let token = new_token(project, read_only, now)
             .map_err(|e| Status::unavailable(format!("no randomness for a token: {e}")))?;
         self.store

@@ -9,7 +9,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::auth::{AdminToken, AdminTokenTooShort};
+use crate::{
+    auth::{AdminToken, AdminTokenTooShort},
+    storage::{Storage, StorageArgs, StorageError},
+};
 use kv_engine::{
     Quota, Settings,
     wal::{FsyncPolicy, LogOptions},
@@ -170,6 +173,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Idempotency window and watch history.
     pub engine: Settings,
+    /// The embedded engine, or a Redis Cluster.
+    pub storage: Storage,
 }
 
 impl Default for Config {
@@ -194,6 +199,7 @@ impl Default for Config {
             engine: Settings::DEFAULT,
             tls: None,
             admin_token: None,
+            storage: Storage::Embedded,
         }
     }
 }
@@ -212,6 +218,9 @@ pub enum ConfigError {
     /// TLS flags that do not go together.
     #[error("{0}")]
     Tls(&'static str),
+    /// Storage flags that do not go together.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// The admin token is too weak.
     #[error("admin token: {0}")]
     AdminToken(#[from] AdminTokenTooShort),
@@ -528,6 +537,10 @@ pub struct Cli {
     /// Require client certificates signed by this PEM CA (mutual TLS).
     #[arg(long, env = "KV_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// The storage engine and its flags.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 impl Cli {
@@ -562,6 +575,7 @@ impl Cli {
             (None, None) => None,
         };
         let config = Config {
+            storage: self.storage.storage()?,
             admin_token,
             listen: self.listen,
             data_dir: self.data_dir,

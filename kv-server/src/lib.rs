@@ -46,3 +46,4 @@ pub mod metadata;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod storage;

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use kv_engine::SystemClock;
-use kv_server::config::Cli;
+use kv_server::{config::Cli, storage::Storage};
 use tracing_subscriber::EnvFilter;
 
 // Every request and every logged write allocates a few small buffers; with
@@ -44,15 +44,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The storage, opened before the server listens.
+enum Opened {
+    Embedded(Arc<kv_engine::wal::DurableStore>),
+    Redis(Arc<kv_redis::RedisBackend>),
+}
+
 async fn serve(config: kv_server::config::Config) -> ExitCode {
     let shutdown = shutdown_signal();
-    // Recover before listening: a client that can connect can read
-    // everything acknowledged before the restart.
-    let store = match kv_server::server::open_store(&config, Arc::new(SystemClock)).await {
-        Ok(store) => store,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
+    let store = match &config.storage {
+        Storage::Embedded => {
+            // Recover before listening: a client that can connect can read
+            // everything acknowledged before the restart.
+            match kv_server::server::open_store(&config, Arc::new(SystemClock)).await {
+                Ok(store) => Opened::Embedded(store),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Storage::RedisCluster(redis) => {
+            let options = redis.options(config.engine, config.log.quota);
+            match kv_server::server::connect_cluster(options).await {
+                Ok(backend) => Opened::Redis(backend),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -72,7 +92,15 @@ async fn serve(config: kv_server::config::Config) -> ExitCode {
         Ok(addr) => tracing::info!("listening on {addr}"),
         Err(e) => tracing::warn!("listening, address unknown: {e}"),
     }
-    match kv_server::server::run_durable(config, store, listener, shutdown).await {
+    let served = match store {
+        Opened::Embedded(store) => {
+            kv_server::server::run_durable(config, store, listener, shutdown).await
+        }
+        Opened::Redis(backend) => {
+            kv_server::server::run_redis(config, backend, listener, shutdown).await
+        }
+    };
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -16,8 +16,10 @@ use kv_engine::{
     wal::{DurableStore, OpenError},
 };
 
+use kv_redis::{ConnectError, RedisBackend, RedisOptions};
+
 use crate::{
-    admin::AdminService,
+    admin::{AdminService, AdminStore},
     auth::Auth,
     config::{Config, ConfigError, TlsFiles},
     limits::{RequestLimitsLayer, guard_connections},
@@ -45,6 +47,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The Redis Cluster could not be used.
+    #[error(transparent)]
+    Redis(#[from] ConnectError),
     /// The data directory could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -173,7 +178,111 @@ pub async fn run_backend<B: Backend>(
     let expiry = ExpiryTask::spawn(Arc::clone(&backend), config.expiry_interval);
     // Without a catalog there are no tokens: only the admin token, if any.
     let auth = Arc::new(Auth::new(config.admin_token.clone(), Default::default()));
-    let served = serve(&config, backend, auth, None, listener, shutdown).await;
+    let served = serve(
+        &config,
+        backend,
+        auth,
+        None::<AdminService<DurableStore>>,
+        listener,
+        shutdown,
+    )
+    .await;
+    expiry.stop().await;
+    served
+}
+
+/// How long a front-end keeps trying to reach its Redis Cluster at start
+/// before it gives up.
+const CLUSTER_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connects to the Redis Cluster of `options`: checks that it serves every
+/// slot and installs the function library. A cluster that is unreachable
+/// or not yet serving is tried again for up to 30 s; a library of another
+/// major version is refused at once.
+///
+/// # Errors
+///
+/// [`ServeError::Redis`] naming what is wrong.
+pub async fn connect_cluster(options: RedisOptions) -> Result<Arc<RedisBackend>, ServeError> {
+    let started = std::time::Instant::now();
+    loop {
+        match RedisBackend::connect(options.clone()).await {
+            Ok(backend) => {
+                tracing::info!(
+                    seeds = ?options.seeds,
+                    namespace = %options.namespace,
+                    wait_replicas = backend.wait_replicas(),
+                    "serving from the redis cluster"
+                );
+                return Ok(Arc::new(backend));
+            }
+            Err(
+                e @ (ConnectError::Redis(_)
+                | ConnectError::Unhealthy { .. }
+                | ConnectError::Catalog(_)),
+            ) if started.elapsed() < CLUSTER_CONNECT_PATIENCE => {
+                tracing::warn!("{e}; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(ServeError::Redis(e)),
+        }
+    }
+}
+
+/// How often a front-end on a Redis Cluster checks that the cluster
+/// serves: health turns NOT_SERVING within this of an outage, and SERVING
+/// again within this of the recovery.
+const CLUSTER_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs a front-end on a Redis Cluster (connected, its function library
+/// installed) until `shutdown` resolves: the kv service, the admin service
+/// on the cluster's catalog, the expiry task, and health that follows the
+/// cluster's (NOT_SERVING while it does not serve every slot).
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_redis(
+    config: Config,
+    backend: Arc<RedisBackend>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let expiry = ExpiryTask::spawn(Arc::clone(&backend), config.expiry_interval);
+    let auth = Arc::new(Auth::new(
+        config.admin_token.clone(),
+        Arc::clone(backend.catalog()),
+    ));
+    let admin = AdminService::new(Arc::clone(&backend), Arc::clone(&auth));
+    let (report, healthy) = tokio::sync::watch::channel(true);
+    let checked = Arc::clone(&backend);
+    let checker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CLUSTER_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            let ok = checked.healthy().await;
+            if *report.borrow() != ok {
+                if ok {
+                    tracing::info!("the redis cluster serves again: SERVING");
+                } else {
+                    tracing::warn!("the redis cluster does not serve every slot: NOT_SERVING");
+                }
+                report.send_replace(ok);
+            }
+        }
+    });
+    let served = serve_with(
+        &config,
+        Arc::clone(&backend),
+        auth,
+        Some(admin),
+        Some(healthy),
+        listener,
+        shutdown,
+    )
+    .await;
+    checker.abort();
     expiry.stop().await;
     served
 }
@@ -186,11 +295,29 @@ pub async fn run_backend<B: Backend>(
 /// # Errors
 ///
 /// [`ServeError`] when reflection cannot be built or the transport fails.
-pub async fn serve<B: Backend>(
+pub async fn serve<B: Backend, A: AdminStore>(
     config: &Config,
     backend: Arc<B>,
     auth: Arc<Auth>,
-    admin: Option<AdminService>,
+    admin: Option<AdminService<A>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with(config, backend, auth, admin, None, listener, shutdown).await
+}
+
+/// [`serve`], with health following `healthy` (NOT_SERVING while false)
+/// when given.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_with<B: Backend, A: AdminStore>(
+    config: &Config,
+    backend: Arc<B>,
+    auth: Arc<Auth>,
+    admin: Option<AdminService<A>>,
+    healthy: Option<tokio::sync::watch::Receiver<bool>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -207,6 +334,26 @@ pub async fn serve<B: Backend>(
     health
         .set_service_status(kv_proto::SERVICE_NAME, ServingStatus::Serving)
         .await;
+    let (stopping_health, mut health_stopping) = tokio::sync::watch::channel(false);
+    let follower = healthy.map(|mut healthy| {
+        let health = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *healthy.borrow_and_update() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for service in ["", kv_proto::SERVICE_NAME] {
+                    health.set_service_status(service, status).await;
+                }
+                tokio::select! {
+                    changed = healthy.changed() => if changed.is_err() { return },
+                    _ = health_stopping.changed() => return,
+                }
+            }
+        })
+    });
 
     // tonic ignores the builder's TCP options for a listener passed in, so
     // TCP_NODELAY goes on the incoming stream itself. Without it a serial
@@ -222,6 +369,11 @@ pub async fn serve<B: Backend>(
         shutdown.await;
         let _ = signalled.send(());
         stop_watches.send_replace(true);
+        // The cluster's health no longer decides: the server is stopping.
+        stopping_health.send_replace(true);
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
         tracing::info!("shutting down: not serving, draining in-flight requests");
         for service in ["", kv_proto::SERVICE_NAME] {
             health

@@ -199,7 +199,8 @@ async fn start_slow(
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let auth = Arc::new(kv_server::auth::Auth::new(None, Default::default()));
-        kv_server::server::serve(&config, backend, auth, None, listener, async {
+        let no_admin = None::<kv_server::admin::AdminService<kv_engine::wal::DurableStore>>;
+        kv_server::server::serve(&config, backend, auth, no_admin, listener, async {
             let _ = stopped.await;
         })
         .await

@@ -27,6 +27,7 @@ impl InProcessRedis {
         let options = RedisOptions {
             namespace: namespace.to_string(),
             settings: config.engine,
+            default_quota: config.log.quota,
             ..RedisOptions::new(seeds)
         };
         let backend = Arc::new(
@@ -36,7 +37,7 @@ impl InProcessRedis {
         );
         let served = Arc::clone(&backend);
         let running = Running::start(Time::Real, move |listener, shutdown| {
-            kv_server::server::run_backend(config, served, listener, shutdown)
+            kv_server::server::run_redis(config, served, listener, shutdown)
         })
         .await;
         Self { running, backend }
