@@ -7,7 +7,11 @@ use kv_engine::{
     Backend, EngineError, Entry, ListPage, ListQuery, Txn, TxnOutcome, WatchError, WatchTarget,
     project::ProjectName, watch::Subscription,
 };
-use redis::cluster::ClusterClient;
+use redis::{
+    Value,
+    cluster::ClusterClient,
+    cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
+};
 
 use crate::{
     catalog,
@@ -56,6 +60,12 @@ impl RedisBackend {
         if let Some(password) = &options.password {
             builder = builder.password(password);
         }
+        if let Some(ca) = &options.tls_ca {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+        }
         let client = builder.build().map_err(ConnectError::Redis)?;
         let mut conn = client
             .get_async_connection()
@@ -95,13 +105,26 @@ impl RedisBackend {
     }
 
     /// Whether the cluster answers and serves every slot (for health).
+    ///
+    /// Every master is asked, and must answer within two seconds: a master
+    /// that does not answer serves no slot, whatever the others say; a
+    /// replica that does not answer does not matter.
     pub async fn healthy(&self) -> bool {
         let mut conn = self.inner.conn.clone();
-        let info: Result<String, _> = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await;
-        info.is_ok_and(|i| i.contains("cluster_state:ok"))
+        let asked = conn.route_command(
+            redis::cmd("CLUSTER").arg("INFO").clone(),
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+        );
+        let ok = |reply: &Value| match reply {
+            Value::BulkString(b) => String::from_utf8_lossy(b).contains("cluster_state:ok"),
+            Value::VerbatimString { text, .. } => text.contains("cluster_state:ok"),
+            _ => false,
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
+            Ok(Ok(Value::Map(answers))) => !answers.is_empty() && answers.iter().all(|(_, a)| ok(a)),
+            Ok(Ok(single)) => ok(&single),
+            _ => false,
+        }
     }
 
     async fn read(

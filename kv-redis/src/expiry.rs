@@ -18,6 +18,7 @@ use crate::{
     codec::{array, int, signed},
     inner::Inner,
     keys,
+    replication::replicated,
 };
 
 /// Projects taken from one bucket per sweep.
@@ -124,11 +125,16 @@ pub(crate) async fn expire(
         .await
         .map_err(|e| e.to_string())?;
     let parts = array(reply).map_err(|e| e.to_string())?;
-    match parts.as_slice() {
-        [n, next] => Ok((
-            int(n).map_err(|e| e.to_string())? as usize,
-            signed(next).map_err(|e| e.to_string())?,
-        )),
-        _ => Err("a malformed kv_expire reply".into()),
+    let [n, next, version] = parts.as_slice() else {
+        return Err("a malformed kv_expire reply".into());
+    };
+    let expired = int(n).map_err(|e| e.to_string())? as usize;
+    let next = signed(next).map_err(|e| e.to_string())?;
+    if expired > 0 {
+        let version = int(version).map_err(|e| e.to_string())?;
+        replicated(inner, project, Some(version))
+            .await
+            .map_err(|e| e.0)?;
     }
+    Ok((expired, next))
 }

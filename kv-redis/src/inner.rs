@@ -112,7 +112,17 @@ pub(crate) async fn dedicated(
         redis_settings = redis_settings.set_password(password);
     }
     info = info.set_redis_settings(redis_settings);
-    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let client = match &inner.options.tls_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| e.to_string())?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(BLOCKING_READ + Duration::from_secs(5)));

@@ -23,9 +23,8 @@ impl Names {
         }
     }
 
-    /// The meta hash of `project`: every function gets it as its one key,
-    /// and derives the project's other keys from it (they share its hash
-    /// tag).
+    /// The meta hash of `project` (its counters); its hash tag is the
+    /// project's slot.
     ///
     /// ```
     /// let p = kv_engine::project::ProjectName::parse("shop").unwrap();
@@ -64,8 +63,7 @@ impl Names {
         format!("{}:{{#due.{index}}}", self.namespace)
     }
 
-    /// The catalog's project hash: the catalog functions get it as their
-    /// one key and derive the token hash and the change stream from it.
+    /// The catalog's project hash.
     ///
     /// ```
     /// assert_eq!(kv_redis::keys::Names::new("kv").catalog(), "kv:{#catalog}:p");

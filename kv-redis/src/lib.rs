@@ -49,6 +49,7 @@ pub mod keys;
 mod library;
 mod options;
 mod queues;
+mod replication;
 mod state;
 mod watch;
 mod writer;

@@ -5,7 +5,8 @@
 --
 -- Keys of project P all carry the hash tag {P} (one slot, one shard):
 --   kv:{P}:m        hash: v (newest version), inc (incarnation),
---                   k (keys held), b (bytes held: keys plus values)
+--                   k (keys held), b (bytes held: keys plus values),
+--                   cv (newest version known to be on the replicas)
 --   kv:{P}:h        hash: key -> entry (8-byte LE version, 8-byte LE
 --                   deadline in unix ms or 0, then the encoded value)
 --   kv:{P}:i        sorted set, all scores 0: the keys in byte order
@@ -22,12 +23,13 @@
 -- KEYS = m, h, i, d, s (then the request and write keys they use).
 --
 -- The catalog (projects, quotas, tokens) of a deployment lives in one slot:
---   kv:{catalog}:p  hash: project -> "generation|max keys|max bytes"
---   kv:{catalog}:t  hash: token id -> token record (project name length,
---                   name, read-only flag, SHA-256 of the secret, creation
---                   time): never the secret
---   kv:{catalog}:s  stream: every catalog change, which every front-end
---                   follows to keep its copy current
+--   kv:{#catalog}:p  hash: project -> "generation|max keys|max bytes"
+--   kv:{#catalog}:t  hash: token id -> token record (project name length,
+--                    name, read-only flag, SHA-256 of the secret, creation
+--                    time): never the secret
+--   kv:{#catalog}:s  stream: every catalog change, which every front-end
+--                    follows to keep its copy current
+-- (No project name holds `#`, so these never meet a project's keys.)
 --
 -- The front-end evaluates transactions (it holds the engine's evaluator)
 -- against a snapshot read by kv_snapshot, and kv_apply writes the result
@@ -207,7 +209,7 @@ end
 
 -- Expires up to ARGV[1] due keys, each a change with its own version and
 -- event. ARGV[2] = history length.
--- {expired, next deadline or -1}
+-- {expired, next deadline or -1, newest version}
 local function expire(keys, args)
   local now = now_ms()
   local due = redis.call('ZRANGEBYSCORE', keys[D], '-inf', int(now), 'LIMIT', 0, tonumber(args[1]))
@@ -231,7 +233,7 @@ local function expire(keys, args)
   if #first > 0 then
     next = tonumber(first[2])
   end
-  return {#due, next}
+  return {#due, next, v}
 end
 
 -- Where a watch starts: {inc, v, oldest version held in the stream or 0}.
@@ -255,7 +257,7 @@ local function drop(keys, args)
   local removed = live_count(keys, now)
   local next = math.max(math.max(v, inc) + 1, now)
   redis.call('UNLINK', keys[H], keys[I], keys[D], keys[S])
-  redis.call('HSET', keys[M], 'v', int(next), 'inc', int(next), 'k', 0, 'b', 0)
+  redis.call('HSET', keys[M], 'v', int(next), 'inc', int(next), 'k', 0, 'b', 0, 'cv', int(next))
   return {removed, next}
 end
 
@@ -273,6 +275,24 @@ local function settle(keys, args)
     return 1
   end
   return 0
+end
+
+-- Records that the project's changes up to ARGV[1] reached the replicas
+-- (a WAIT after them succeeded). Watches deliver only those, so no
+-- watcher sees a change that a failover could take back.
+local function confirm(keys, args)
+  local version = tonumber(args[1])
+  local cv = tonumber(redis.call('HGET', keys[M], 'cv') or 0) or 0
+  if version > cv then
+    redis.call('HSET', keys[M], 'cv', int(version))
+  end
+  return 1
+end
+
+-- {inc, newest version on the replicas}
+local function confirmed(keys, args)
+  local m = redis.call('HMGET', keys[M], 'inc', 'cv')
+  return {tonumber(m[1] or 0) or 0, tonumber(m[2] or 0) or 0}
 end
 
 -- Project usage for the admin API: {inc, v, keys held, bytes held}.
@@ -368,6 +388,8 @@ local function catalog_revoke(keys, args)
   return {'ok'}
 end
 
+redis.register_function{function_name = 'kv_confirm', callback = confirm}
+redis.register_function{function_name = 'kv_confirmed', callback = confirmed, flags = {'no-writes'}}
 redis.register_function{function_name = 'kv_stat', callback = stat, flags = {'no-writes'}}
 redis.register_function{function_name = 'kv_catalog_load', callback = catalog_load, flags = {'no-writes'}}
 redis.register_function{function_name = 'kv_catalog_put_project', callback = catalog_put_project}

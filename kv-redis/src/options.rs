@@ -12,6 +12,9 @@ pub struct RedisOptions {
     pub username: Option<String>,
     /// Password, if the cluster requires one.
     pub password: Option<String>,
+    /// The PEM certificate of the CA that signed the cluster's TLS
+    /// certificates (`rediss://` seeds); `None` trusts the system's roots.
+    pub tls_ca: Option<Vec<u8>>,
     /// The engine's tunables (history length, request-id window).
     pub settings: Settings,
     /// The quota of projects without their own (fields unset: no limit).
@@ -39,6 +42,7 @@ impl RedisOptions {
             seeds,
             username: None,
             password: None,
+            tls_ca: None,
             settings: Settings::DEFAULT,
             default_quota: Quota::default(),
             wait_replicas: None,
@@ -81,4 +85,33 @@ pub enum ConnectError {
         /// This build's library version.
         ours: &'static str,
     },
+}
+
+impl ConnectError {
+    /// Whether trying again may help: the cluster is unreachable or not
+    /// yet serving. A refused password, a bad configuration or a library
+    /// of another major version will not change by waiting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Redis(e) => {
+                // The cluster client reports a refused login while it
+                // discovers the nodes as a connection failure: look at what
+                // the server said.
+                let said = e.to_string();
+                let refused = ["WRONGPASS", "NOAUTH", "NOPERM", "AuthenticationFailed"]
+                    .iter()
+                    .any(|word| said.contains(word));
+                !refused
+                    && (e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_cluster_error())
+            }
+            ConnectError::Unhealthy { .. } | ConnectError::Catalog(_) => true,
+            ConnectError::NoSeeds
+            | ConnectError::Namespace(_)
+            | ConnectError::IncompatibleLibrary { .. } => false,
+        }
+    }
 }

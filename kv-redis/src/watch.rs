@@ -2,7 +2,7 @@
 //! watcher that reads the project's change stream on a connection of its
 //! own, so a blocking read never delays other commands.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use kv_engine::{
     WatchError, WatchTarget,
@@ -17,6 +17,9 @@ use crate::{
     // looks whether its project was deleted and its client is gone.
     inner::{BLOCKING_READ, Inner, dedicated},
 };
+
+/// How soon a watcher holding unconfirmed changes looks again.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
 
 /// Events read per XREAD.
 const READ_COUNT: usize = 512;
@@ -92,6 +95,10 @@ async fn feed(
     let mut addr: Option<String> = None;
     let mut conn: Option<MultiplexedConnection> = None;
     let mut failures = 0u32;
+    // Read but not yet known to be on the replicas: held back, so no
+    // watcher sees a change a failover could take back.
+    let mut held: VecDeque<Arc<Event>> = VecDeque::new();
+    let mut read = cursor;
     while !tx.is_closed() {
         let c = match &mut conn {
             Some(c) => c,
@@ -107,17 +114,23 @@ async fn feed(
                 }
             },
         };
-        let read: Result<Value, redis::RedisError> = redis::cmd("XREAD")
+        // While changes are held, look again soon for their confirmation.
+        let block = if held.is_empty() {
+            BLOCKING_READ
+        } else {
+            CONFIRM_POLL
+        };
+        let reply: Result<Value, redis::RedisError> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
-            .arg(BLOCKING_READ.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&stream)
-            .arg(format!("{cursor}-0"))
+            .arg(format!("{read}-0"))
             .query_async(c)
             .await;
-        let reply = match read {
+        let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
                 // The slot moved (resharding, failover): follow it. The
@@ -140,7 +153,7 @@ async fn feed(
                 return;
             }
         };
-        if events.is_empty() {
+        if events.is_empty() && held.is_empty() {
             // Quiet: was the project deleted meanwhile?
             if let Ok((now, _, _)) = start(&inner, &project).await
                 && now != incarnation
@@ -151,20 +164,53 @@ async fn feed(
             }
             continue;
         }
-        if events[0].version != cursor + 1 {
-            let _ = tx
-                .send(Err(Lagged::Behind {
-                    cursor,
-                    oldest: events[0].version - 1,
-                }))
-                .await;
-            return;
+        if let Some(first) = events.first() {
+            if first.version != read + 1 {
+                let _ = tx
+                    .send(Err(Lagged::Behind {
+                        cursor,
+                        oldest: first.version - 1,
+                    }))
+                    .await;
+                return;
+            }
+            read = events.last().map_or(read, |e| e.version);
+            held.extend(events);
         }
-        cursor = events.last().map_or(cursor, |e| e.version);
-        if tx.send(Ok(events)).await.is_err() {
+        let confirmed = if inner.wait_replicas == 0 {
+            read
+        } else {
+            match confirmed_version(&inner, &project).await {
+                Ok(confirmed) => confirmed,
+                Err(e) => {
+                    tracing::warn!(%project, error = %e, "watch: cannot read the replicated version");
+                    continue;
+                }
+            }
+        };
+        let ready = held.iter().take_while(|e| e.version <= confirmed).count();
+        if ready == 0 {
+            continue;
+        }
+        let batch: Vec<Arc<Event>> = held.drain(..ready).collect();
+        cursor = batch.last().map_or(cursor, |e| e.version);
+        if tx.send(Ok(batch)).await.is_err() {
             return;
         }
     }
+}
+
+/// The newest version of `project` known to be on the replicas.
+async fn confirmed_version(inner: &Inner, project: &ProjectName) -> Result<u64, String> {
+    let reply = inner
+        .call("kv_confirmed", project, |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    let parts = array(reply).map_err(|e| e.to_string())?;
+    parts
+        .get(1)
+        .ok_or_else(|| "a short kv_confirmed reply".to_string())
+        .and_then(|v| int(v).map_err(|e| e.to_string()))
 }
 
 fn events_of(reply: Value) -> Result<Vec<Arc<Event>>, kv_engine::EngineError> {

@@ -18,16 +18,14 @@ use kv_engine::{
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
-use redis::{
-    Value,
-    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
-};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     codec::{array, bytes, malformed, pack, text},
     inner::Inner,
     queues::Pending,
+    replication::replicated,
     state::{Snapshot, parse_record, record},
 };
 
@@ -224,7 +222,8 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
         match send_apply(inner, &cmd).await {
             Ok(Applied::Ok) => {
                 note_deadlines(inner, project, &commits).await;
-                let replicated = replicated(inner, project).await;
+                let last = overlay.version(&snapshot, project);
+                let replicated = replicated(inner, project, Some(last)).await;
                 let outcomes = commits
                     .into_iter()
                     .map(|(_, c)| {
@@ -235,7 +234,7 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
                 return answer(group, fates, outcomes);
             }
             Ok(Applied::Dup(outcomes)) => {
-                let replicated = replicated(inner, project).await;
+                let replicated = replicated(inner, project, None).await;
                 let outcomes = outcomes
                     .into_iter()
                     .map(|raw| {
@@ -254,10 +253,23 @@ async fn apply_group(inner: &Arc<Inner>, project: &ProjectName, group: Vec<Pendi
                     tokio::time::sleep(Duration::from_micros(jitter)).await;
                 }
             }
-            Err(e) => {
+            Err(SendError::Lost(e)) => {
                 let outcomes = commits
                     .iter()
                     .map(|_| Err(EngineError::OutcomeUnknown { context: e.clone() }))
+                    .collect();
+                return answer(group, fates, outcomes);
+            }
+            Err(SendError::Refused(e)) => {
+                let message = e.to_string();
+                let outcomes = commits
+                    .iter()
+                    .map(|_| {
+                        Err(EngineError::Unreachable {
+                            context: format!("the cluster refused a write to project {project}"),
+                            source: message.clone().into(),
+                        })
+                    })
                     .collect();
                 return answer(group, fates, outcomes);
             }
@@ -406,8 +418,17 @@ fn parse_applied(reply: Value) -> Result<Applied, EngineError> {
     })
 }
 
+/// Why an apply has no answer.
+enum SendError {
+    /// The cluster refused the call before running it (out of memory, the
+    /// slot not served): nothing was applied.
+    Refused(redis::RedisError),
+    /// The answer was lost: the write may or may not have been applied.
+    Lost(String),
+}
+
 /// Sends the apply, resending it when its answer is lost.
-async fn send_apply(inner: &Inner, cmd: &redis::Cmd) -> Result<Applied, String> {
+async fn send_apply(inner: &Inner, cmd: &redis::Cmd) -> Result<Applied, SendError> {
     let mut last = String::new();
     for resend in 0..=APPLY_RESENDS {
         if resend > 0 {
@@ -415,58 +436,22 @@ async fn send_apply(inner: &Inner, cmd: &redis::Cmd) -> Result<Applied, String> 
         }
         let mut conn = inner.conn.clone();
         match cmd.query_async::<Value>(&mut conn).await {
-            Ok(reply) => return parse_applied(reply).map_err(|e| e.to_string()),
+            Ok(reply) => return parse_applied(reply).map_err(|e| SendError::Lost(e.to_string())),
+            // An error reply: the function did not run (the library
+            // raises no errors of its own once it writes).
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                return Err(SendError::Refused(e));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, resend, "a write's answer was lost; resending it");
                 last = e.to_string();
             }
         }
     }
-    Err(format!(
+    Err(SendError::Lost(format!(
         "the cluster did not answer the write after {} attempts ({last})",
         APPLY_RESENDS + 1
-    ))
-}
-
-/// Waits until the write just applied on the project's master has reached
-/// the replicas asked for (`WAIT` on the connection the write went over:
-/// it counts that connection's writes), so a failover cannot lose it.
-async fn replicated(inner: &Inner, project: &ProjectName) -> Result<(), ReplicationError> {
-    let wanted = inner.wait_replicas;
-    if wanted == 0 {
-        return Ok(());
-    }
-    let timeout = inner.options.wait_timeout;
-    let route = Route::with_slot(Slot::for_key(inner.names.meta(project)), SlotAddr::Master);
-    let mut conn = inner.conn.clone();
-    let reached = conn
-        .route_command(
-            redis::cmd("WAIT")
-                .arg(wanted)
-                .arg(timeout.as_millis() as u64)
-                .clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-        )
-        .await;
-    match reached {
-        Ok(Value::Int(n)) if n >= i64::from(wanted) => Ok(()),
-        Ok(Value::Int(n)) => Err(ReplicationError(format!(
-            "the write reached {n} of the {wanted} replicas required (--redis-wait-replicas) within {} ms, so a failover could lose it",
-            timeout.as_millis()
-        ))),
-        Ok(other) => Err(ReplicationError(format!("WAIT answered {other:?}"))),
-        Err(e) => Err(ReplicationError(format!("WAIT failed: {e}"))),
-    }
-}
-
-/// A write applied on a master but not confirmed on its replicas.
-#[derive(Clone)]
-struct ReplicationError(String);
-
-impl From<ReplicationError> for EngineError {
-    fn from(e: ReplicationError) -> Self {
-        EngineError::OutcomeUnknown { context: e.0 }
-    }
+    )))
 }
 
 /// Records the project's earliest new deadline in its due bucket, so the

@@ -65,7 +65,13 @@ async fn serve(config: kv_server::config::Config) -> ExitCode {
             }
         }
         Storage::RedisCluster(redis) => {
-            let options = redis.options(config.engine, config.log.quota);
+            let options = match redis.options(config.engine, config.log.quota) {
+                Ok(options) => options,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
             match kv_server::server::connect_cluster(options).await {
                 Ok(backend) => Opened::Redis(backend),
                 Err(e) => {

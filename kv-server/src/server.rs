@@ -197,8 +197,8 @@ const CLUSTER_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_
 
 /// Connects to the Redis Cluster of `options`: checks that it serves every
 /// slot and installs the function library. A cluster that is unreachable
-/// or not yet serving is tried again for up to 30 s; a library of another
-/// major version is refused at once.
+/// or not yet serving is tried again for up to 30 s; a refused password or
+/// a library of another major version is refused at once.
 ///
 /// # Errors
 ///

@@ -2,11 +2,19 @@
 //! or a Redis Cluster shared by any number of front-ends; and the flags of
 //! the latter.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 use kv_engine::{Quota, Settings};
 use kv_redis::RedisOptions;
+
+/// Prefix of every Redis key name unless `--redis-namespace` says
+/// otherwise.
+pub const DEFAULT_NAMESPACE: &str = "kv";
+
+/// How long a write waits for its replicas unless
+/// `--redis-wait-timeout-ms` says otherwise.
+pub const DEFAULT_WAIT_TIMEOUT_MS: u64 = 1000;
 
 /// The `--backend` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -37,6 +45,8 @@ pub struct RedisConfig {
     pub user: Option<String>,
     /// Password (of the ACL user, or `requirepass`).
     pub password: Option<String>,
+    /// PEM file of the CA that signed the cluster's TLS certificates.
+    pub tls_ca: Option<PathBuf>,
     /// Prefix of every key name.
     pub namespace: String,
     /// Replicas a write must reach before it is acknowledged (`None`: 1
@@ -53,6 +63,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("urls", &self.urls)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
             .field("namespace", &self.namespace)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
@@ -70,24 +81,41 @@ impl RedisConfig {
     ///     urls: vec!["redis://127.0.0.1:7000".into()],
     ///     user: None,
     ///     password: None,
+    ///     tls_ca: None,
     ///     namespace: "kv".into(),
     ///     wait_replicas: Some(1),
     ///     wait_timeout: std::time::Duration::from_secs(1),
     /// };
-    /// let options = config.options(kv_engine::Settings::DEFAULT, kv_engine::Quota::default());
+    /// let options = config.options(kv_engine::Settings::DEFAULT, kv_engine::Quota::default()).unwrap();
     /// assert_eq!(options.seeds.len(), 1);
     /// ```
-    pub fn options(&self, settings: Settings, default_quota: Quota) -> RedisOptions {
-        RedisOptions {
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::TlsCa`] when the CA file cannot be read.
+    pub fn options(
+        &self,
+        settings: Settings,
+        default_quota: Quota,
+    ) -> Result<RedisOptions, StorageError> {
+        let tls_ca = match &self.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| StorageError::TlsCa {
+                path: path.clone(),
+                reason: e.kind(),
+            })?),
+            None => None,
+        };
+        Ok(RedisOptions {
             username: self.user.clone(),
             password: self.password.clone(),
+            tls_ca,
             settings,
             default_quota,
             wait_replicas: self.wait_replicas,
             wait_timeout: self.wait_timeout,
             namespace: self.namespace.clone(),
             ..RedisOptions::new(self.urls.clone())
-        }
+        })
     }
 }
 
@@ -112,10 +140,16 @@ pub struct StorageArgs {
     #[arg(long, env = "KV_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
+    /// PEM file of the CA that signed the cluster's TLS certificates
+    /// (rediss:// URLs); the system's roots otherwise.
+    #[arg(long, env = "KV_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
     /// Prefix of every Redis key name: deployments with different
     /// namespaces share a cluster without seeing each other.
-    #[arg(long, env = "KV_REDIS_NAMESPACE", default_value = "kv")]
-    pub redis_namespace: String,
+    /// [default: kv]
+    #[arg(long, env = "KV_REDIS_NAMESPACE")]
+    pub redis_namespace: Option<String>,
 
     /// Replicas a write must reach (Redis WAIT) before it is acknowledged;
     /// default 1 when the cluster has replicas, else 0.
@@ -124,9 +158,9 @@ pub struct StorageArgs {
 
     /// How long a write waits for those replicas before it is answered
     /// UNAVAILABLE (outcome unknown; a retry with the same request id is
-    /// safe).
-    #[arg(long, env = "KV_REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
-    pub redis_wait_timeout_ms: u64,
+    /// safe). [default: 1000]
+    #[arg(long, env = "KV_REDIS_WAIT_TIMEOUT_MS")]
+    pub redis_wait_timeout_ms: Option<u64>,
 }
 
 /// Storage flags that do not go together.
@@ -135,12 +169,20 @@ pub enum StorageError {
     /// The cluster backend without a seed.
     #[error("--backend redis-cluster needs at least one --redis-url (or KV_REDIS_URL)")]
     NoRedisUrl,
-    /// Redis flags with the embedded backend.
+    /// Redis flags with the embedded backend (they would be ignored).
     #[error("--redis-url and the other --redis-* flags need --backend redis-cluster")]
     RedisFlagsWithoutCluster,
     /// A seed that is not a Redis URL.
     #[error("--redis-url {0:?} is not a redis:// or rediss:// URL")]
     BadUrl(String),
+    /// The CA file cannot be read.
+    #[error("--redis-tls-ca {path}: {reason}", path = .path.display())]
+    TlsCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: std::io::ErrorKind,
+    },
 }
 
 impl StorageArgs {
@@ -155,7 +197,10 @@ impl StorageArgs {
                 if !self.redis_urls.is_empty()
                     || self.redis_user.is_some()
                     || self.redis_password.is_some()
+                    || self.redis_tls_ca.is_some()
                     || self.redis_wait_replicas.is_some()
+                    || self.redis_wait_timeout_ms.is_some()
+                    || self.redis_namespace.is_some()
                 {
                     return Err(StorageError::RedisFlagsWithoutCluster);
                 }
@@ -181,11 +226,81 @@ impl StorageArgs {
                     urls,
                     user: self.redis_user.clone(),
                     password: self.redis_password.clone(),
-                    namespace: self.redis_namespace.clone(),
+                    tls_ca: self.redis_tls_ca.clone(),
+                    namespace: self
+                        .redis_namespace
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
                     wait_replicas: self.redis_wait_replicas,
-                    wait_timeout: Duration::from_millis(self.redis_wait_timeout_ms),
+                    wait_timeout: Duration::from_millis(
+                        self.redis_wait_timeout_ms
+                            .unwrap_or(DEFAULT_WAIT_TIMEOUT_MS),
+                    ),
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, ConfigError};
+
+    fn parse(args: &[&str]) -> Result<crate::config::Config, ConfigError> {
+        let mut all = vec!["kv-server"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().into_config()
+    }
+
+    #[test]
+    fn the_cluster_backend_takes_its_seeds_and_defaults() {
+        let config = parse(&[
+            "--backend",
+            "redis-cluster",
+            "--redis-url",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        let Storage::RedisCluster(redis) = config.storage else {
+            panic!("expected the cluster backend");
+        };
+        assert_eq!(redis.urls.len(), 2);
+        assert_eq!(redis.namespace, DEFAULT_NAMESPACE);
+        assert_eq!(redis.wait_timeout, Duration::from_millis(DEFAULT_WAIT_TIMEOUT_MS));
+        assert_eq!(redis.wait_replicas, None);
+    }
+
+    #[test]
+    fn flags_that_do_not_go_together_are_refused_by_name() {
+        let cases: [(&[&str], &str); 4] = [
+            (&["--backend", "redis-cluster"], "--redis-url"),
+            (&["--redis-url", "redis://127.0.0.1:7000"], "--backend redis-cluster"),
+            (&["--redis-namespace", "x"], "--backend redis-cluster"),
+            (
+                &["--backend", "redis-cluster", "--redis-url", "http://127.0.0.1:7000"],
+                "not a redis:// or rediss:// URL",
+            ),
+        ];
+        for (args, says) in cases {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let config = parse(&[
+            "--backend",
+            "redis-cluster",
+            "--redis-url",
+            "redis://127.0.0.1:7000",
+            "--redis-password",
+            "hunter2-secret",
+        ])
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

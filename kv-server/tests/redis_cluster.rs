@@ -66,6 +66,10 @@ async fn on_a_real_redis_cluster() {
     };
 
     let started = Instant::now();
+    parts::an_incompatible_library_is_refused(&cluster, BIN);
+    section("an incompatible library is refused", started);
+
+    let started = Instant::now();
     conformance_in_process(&seeds).await;
     section("conformance in process", started);
 
@@ -98,10 +102,23 @@ async fn on_a_real_redis_cluster() {
     section("expiry with two front-ends", started);
 
     let started = Instant::now();
+    parts::big_clear_and_delete(&cluster).await;
+    section("clear and delete of a million keys", started);
+
+    let started = Instant::now();
     parts::resharding_under_load(&mut cluster).await;
     section("resharding under load", started);
 
     let started = Instant::now();
     parts::failover_under_load(&mut cluster).await;
     section("failover under load", started);
+
+    let started = Instant::now();
+    parts::health_follows_the_cluster(&mut cluster).await;
+    section("health follows the cluster", started);
+    drop(cluster);
+
+    let started = Instant::now();
+    parts::tls_and_password(BIN).await;
+    section("a cluster with TLS and a password", started);
 }

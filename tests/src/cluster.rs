@@ -16,11 +16,21 @@
 //! The harness talks to the nodes it manages over a tiny RESP client of its
 //! own (bounded by socket timeouts, byte-exact for keys), and offers
 //! [`RedisCluster::cli`] so tests can poke nodes exactly as a person would.
+//!
+//! [`RedisCluster::start_with`] can also protect the cluster the way a
+//! production one is ([`ClusterOptions`]): a password on every node, and TLS
+//! on every connection (clients, replication, cluster bus) with a CA made
+//! for the test. In TLS mode the harness has no TLS library to speak with,
+//! so it asks the nodes through `redis-cli --tls` instead (one process per
+//! question, arguments hex-escaped on its stdin so keys stay byte-exact):
+//! slower, but every wait is bounded the same way.
 
 use std::{
+    ffi::OsString,
     io::{BufRead, BufReader, Read, Write},
+    iter::Peekable,
     net::{SocketAddr, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -48,6 +58,39 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many lines of a node's log a panic message shows.
 const LOG_TAIL_LINES: usize = 30;
 
+/// How a cluster started by [`RedisCluster::start_with`] is protected.
+///
+/// The default is what [`RedisCluster::start`] runs: no password, no TLS.
+///
+/// # Example
+///
+/// ```no_run
+/// use kv_tests::cluster::{ClusterOptions, RedisCluster};
+///
+/// let options = ClusterOptions {
+///     password: Some("s3cret".to_owned()),
+///     tls: true,
+/// };
+/// let Some(cluster) = RedisCluster::start_with(options) else {
+///     return; // skipped: no Redis, or no TLS in it
+/// };
+/// let seed = cluster.seeds()[0].clone(); // "rediss://127.0.0.1:<port>"
+/// let ca = cluster.ca_pem_path().unwrap(); // the CA to trust
+/// # let _ = (seed, ca);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// When set, every node requires it (`requirepass`), replicas use it
+    /// to reach their master (`masterauth`), and the harness sends it
+    /// (`AUTH`, `redis-cli -a`) everywhere it talks to a node.
+    pub password: Option<String>,
+    /// When set, the nodes accept only TLS connections (no plain port),
+    /// replicate and gossip over TLS too, with a server certificate for
+    /// `127.0.0.1`/`localhost` signed by a fresh CA
+    /// ([`RedisCluster::ca_pem_path`]); clients need no certificate.
+    pub tls: bool,
+}
+
 /// A running local Redis Cluster of three masters and three replicas.
 ///
 /// Roles are not fixed: a failover turns a replica into a master, a
@@ -57,6 +100,35 @@ const LOG_TAIL_LINES: usize = 30;
 /// time. Dropping it kills every process and removes their directories.
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// How the harness reaches a node (password, TLS).
+    access: Access,
+    /// The certificates, in TLS mode.
+    tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS cluster, in a directory of their own that goes
+/// with the cluster.
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: TempDir,
+}
+
+impl TlsFiles {
+    fn generate() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kv-redis-tls-")
+            .tempdir()
+            .expect("create a temp dir for the cluster's certificates");
+        let files = crate::pki::TestPki::generate().write_to(dir.path());
+        Self {
+            ca: files.ca,
+            cert: files.server_cert,
+            key: files.server_key,
+            _dir: dir,
+        }
+    }
 }
 
 /// One `redis-server` process and the directory holding its state.
@@ -138,15 +210,50 @@ impl RedisCluster {
     /// # let _ = seed;
     /// ```
     pub fn start() -> Option<Self> {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// [`start`](Self::start), with a password and/or TLS on every node
+    /// (see [`ClusterOptions`]). The harness itself, [`cli`](Self::cli) and
+    /// the levers all use them, so everything else works the same.
+    ///
+    /// Returns `None` (after printing `SKIPPED: ...`) when `redis-server`
+    /// or `redis-cli` is not on `PATH`, or TLS is asked for and either was
+    /// built without it.
+    ///
+    /// # Panics
+    ///
+    /// When something is missing and `KV_TEST_REQUIRE_ALL=1` (see
+    /// [`crate::require_all`]), or when the cluster does not come up in
+    /// time; the message names the node and shows the tail of its log.
+    pub fn start_with(options: ClusterOptions) -> Option<Self> {
         let tools = crate::tool_available("redis-server", "--version")
             && crate::tool_available("redis-cli", "--version");
         if !tools {
             println!("SKIPPED: redis-server/redis-cli not found on PATH");
             return None;
         }
+        if options.tls && !tls_supported() {
+            assert!(
+                !crate::require_all(),
+                "redis-server/redis-cli with TLS is required (KV_TEST_REQUIRE_ALL=1), \
+                 but they were built without it"
+            );
+            println!("SKIPPED: redis-server built without TLS");
+            return None;
+        }
+        let tls = options.tls.then(TlsFiles::generate);
+        let access = Access {
+            password: options.password,
+            ca: tls.as_ref().map(|files| files.ca.clone()),
+        };
         // Built before the nodes so that a panic half-way still kills the
         // processes already started (through `Drop`).
-        let mut cluster = Self { nodes: Vec::new() };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            access,
+            tls,
+        };
         for _ in 0..NODES {
             cluster.add_node();
         }
@@ -177,17 +284,34 @@ impl RedisCluster {
 
     /// The URL of every node, dead or alive, in start order: what a cluster
     /// client gets as its seed list, so it can still find the cluster while
-    /// some node is down.
+    /// some node is down. `rediss://` in TLS mode, `redis://` otherwise;
+    /// the password is not in them.
     pub fn seeds(&self) -> Vec<String> {
         self.ports()
             .into_iter()
-            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .map(|port| self.url(port))
             .collect()
+    }
+
+    /// The CA certificate (PEM file) that signed every node's certificate,
+    /// for a client to trust, in TLS mode; `None` otherwise.
+    pub fn ca_pem_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|files| files.ca.clone())
+    }
+
+    fn url(&self, port: u16) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{port}")
     }
 
     /// One URL for a client that takes a single seed: the first node, in
     /// start order, that is currently a live master (so it survives a
-    /// failover of the original first master).
+    /// failover of the original first master). Same scheme as
+    /// [`seeds`](Self::seeds).
     ///
     /// # Panics
     ///
@@ -199,7 +323,7 @@ impl RedisCluster {
             .into_iter()
             .find(|port| masters.contains(port))
             .unwrap_or_else(|| panic!("no live master in the cluster"));
-        format!("redis://127.0.0.1:{port}")
+        self.url(port)
     }
 
     /// The client port of every node, dead or alive, in start order; the
@@ -293,10 +417,12 @@ impl RedisCluster {
 
     /// Runs `redis-cli -h 127.0.0.1 -p <port> <args...>` and returns its
     /// stdout, so a test can do what a person at a terminal would (including
-    /// `-c` to follow redirections). The arguments go straight to the
-    /// process, no shell. Redis error replies are returned as text (stdout
-    /// is not a terminal, so redis-cli prints raw replies, e.g. `MOVED 42
-    /// 127.0.0.1:7001`), so tests can assert on them.
+    /// `-c` to follow redirections). With a password it also passes `-a
+    /// <password> --no-auth-warning`, in TLS mode `--tls --cacert <CA>`.
+    /// The arguments go straight to the process, no shell. Redis error
+    /// replies are returned as text (stdout is not a terminal, so redis-cli
+    /// prints raw replies, e.g. `MOVED 42 127.0.0.1:7001`), so tests can
+    /// assert on them.
     ///
     /// # Panics
     ///
@@ -306,6 +432,7 @@ impl RedisCluster {
         let mut command = Command::new("redis-cli");
         command
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(self.access.cli_args())
             .args(args);
         let what = format!("redis-cli -p {port} {args:?}");
         let out = run_bounded(&mut command, CLI_TIMEOUT, &what, self.log_dir(port));
@@ -335,13 +462,24 @@ impl RedisCluster {
                 self.log_tail_of(master)
             )
         };
-        let mut conn = Conn::open(master, Duration::from_secs(10)).unwrap_or_else(|e| fail(e));
-        match conn.call(&[b"SET", key.as_bytes(), value.as_bytes()]) {
-            Ok(Reply::Status(ok)) if ok == "OK" => {}
+        // One connection for both: WAIT waits for that connection's writes.
+        let replies = self
+            .access
+            .session(
+                master,
+                &[
+                    &[b"SET", key.as_bytes(), value.as_bytes()],
+                    &[b"WAIT", b"1", b"5000"],
+                ],
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| fail(e));
+        match &replies[0] {
+            Reply::Status(ok) if ok == "OK" => {}
             other => fail(format!("SET replied {other:?}")),
         }
-        match conn.call(&[b"WAIT", b"1", b"5000"]) {
-            Ok(Reply::Int(n)) if n >= 1 => {}
+        match &replies[1] {
+            Reply::Int(n) if *n >= 1 => {}
             other => fail(format!("WAIT 1 5000 replied {other:?}")),
         }
     }
@@ -374,12 +512,13 @@ impl RedisCluster {
     /// When `port` is not a killed node of this cluster, or the node does
     /// not come up within 10 s.
     pub fn restart_node(&mut self, port: u16) {
+        let args = self.server_args(port);
         let node = self.node_mut(port);
         assert!(
             node.child.is_none(),
             "redis node 127.0.0.1:{port} is running; kill it before restarting it"
         );
-        node.child = Some(spawn_server(port, node.dir.path()));
+        node.child = Some(spawn_server(port, node.dir.path(), &args));
         if let Err(message) = self.wait_up(port) {
             panic!(
                 "redis node 127.0.0.1:{port} did not restart: {message}{}",
@@ -504,8 +643,11 @@ impl RedisCluster {
                 b"",
                 b"0",
                 b"5000",
-                b"KEYS",
             ];
+            if let Some(password) = &self.access.password {
+                args.extend([b"AUTH".as_slice(), password.as_bytes()]);
+            }
+            args.push(b"KEYS");
             for key in &keys {
                 match key {
                     Reply::Bulk(Some(key)) => args.push(key),
@@ -513,7 +655,7 @@ impl RedisCluster {
                 }
             }
             // MIGRATE itself may wait 5 s for the target: give it more.
-            match query(from, &args, Duration::from_secs(15)) {
+            match self.access.query(from, &args, Duration::from_secs(15)) {
                 Ok(Reply::Status(s)) if s == "OK" || s == "NOKEY" => {}
                 other => panic!(
                     "MIGRATE of {} keys of slot {slot} from 127.0.0.1:{from} to \
@@ -537,7 +679,7 @@ impl RedisCluster {
         let what = format!("every live node to see slot {slot} on 127.0.0.1:{to_master}");
         self.wait_until(&what, HEALTH_TIMEOUT, |c| {
             for port in c.live_ports() {
-                let view = cluster_nodes(port)?;
+                let view = c.cluster_nodes(port)?;
                 let owner = view.iter().find(|n| n.owns(slot)).map(|n| n.id.as_str());
                 if owner != Some(to_id.as_str()) {
                     return Err(Problem::at(
@@ -561,7 +703,7 @@ impl RedisCluster {
                 .prefix("kv-redis-node-")
                 .tempdir()
                 .expect("create a temp dir for a redis node");
-            let child = spawn_server(port, dir.path());
+            let child = spawn_server(port, dir.path(), &self.server_args(port));
             self.nodes.push(Node {
                 port,
                 dir,
@@ -616,7 +758,7 @@ impl RedisCluster {
             if let Some(status) = child.try_wait().expect("poll a redis-server process") {
                 return Err(format!("redis-server exited ({status})"));
             }
-            let last = match query(port, &[b"PING"], IO_TIMEOUT) {
+            let last = match self.access.query(port, &[b"PING"], IO_TIMEOUT) {
                 Ok(Reply::Status(pong)) if pong == "PONG" => return Ok(()),
                 Ok(other) => format!("PING replied {other:?}"),
                 Err(e) => e,
@@ -636,6 +778,7 @@ impl RedisCluster {
     /// masters (redis-cli's choice for nodes given in this order).
     fn create(&self) {
         let mut command = Command::new("redis-cli");
+        command.args(self.access.cli_args());
         command.args(["--cluster", "create"]);
         command.args(self.ports().iter().map(|port| format!("127.0.0.1:{port}")));
         command.args(["--cluster-replicas", "1", "--cluster-yes"]);
@@ -660,7 +803,10 @@ impl RedisCluster {
             return Err(Problem::cluster("no live node"));
         }
         for &port in &live {
-            let info = text(query(port, &[b"CLUSTER", b"INFO"], IO_TIMEOUT), port)?;
+            let info = text(
+                self.access.query(port, &[b"CLUSTER", b"INFO"], IO_TIMEOUT),
+                port,
+            )?;
             let field = |name: &str| info_field(&info, name).unwrap_or("<missing>");
             let slots = SLOTS.to_string();
             if field("cluster_state") != "ok"
@@ -705,7 +851,7 @@ impl RedisCluster {
         }
 
         for &port in &live {
-            let view = cluster_nodes(port)?;
+            let view = self.cluster_nodes(port)?;
             let mut seen: Vec<Option<&str>> = vec![None; SLOTS];
             for node in &view {
                 for &(first, last) in &node.slots {
@@ -736,7 +882,8 @@ impl RedisCluster {
                 ));
             }
             let info = text(
-                query(replica.port, &[b"INFO", b"replication"], IO_TIMEOUT),
+                self.access
+                    .query(replica.port, &[b"INFO", b"replication"], IO_TIMEOUT),
                 replica.port,
             )?;
             let link = info_field(&info, "master_link_status").unwrap_or("<missing>");
@@ -756,7 +903,7 @@ impl RedisCluster {
         self.live_ports()
             .into_iter()
             .map(|port| {
-                cluster_nodes(port)?
+                self.cluster_nodes(port)?
                     .into_iter()
                     .find(|n| n.flags.iter().any(|f| f == "myself"))
                     .map(|mut line| {
@@ -767,6 +914,44 @@ impl RedisCluster {
                     .ok_or_else(|| Problem::at(port, "CLUSTER NODES has no `myself` line"))
             })
             .collect()
+    }
+
+    /// `CLUSTER NODES` as `port` sees it.
+    fn cluster_nodes(&self, port: u16) -> Result<Vec<NodeLine>, Problem> {
+        let text = text(
+            self.access.query(port, &[b"CLUSTER", b"NODES"], IO_TIMEOUT),
+            port,
+        )?;
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| parse_node_line(line).map_err(|e| Problem::at(port, e)))
+            .collect()
+    }
+
+    /// The `redis-server` arguments that depend on the options: where the
+    /// node listens (a plain port, or only a TLS one, with its
+    /// certificates), and its password.
+    fn server_args(&self, port: u16) -> Vec<OsString> {
+        let port = OsString::from(port.to_string());
+        let mut args: Vec<OsString> = Vec::new();
+        match &self.tls {
+            None => args.extend(["--port".into(), port]),
+            Some(files) => {
+                args.extend(["--port".into(), "0".into(), "--tls-port".into(), port]);
+                args.extend(["--tls-cert-file".into(), files.cert.clone().into()]);
+                args.extend(["--tls-key-file".into(), files.key.clone().into()]);
+                args.extend(["--tls-ca-cert-file".into(), files.ca.clone().into()]);
+                for option in ["--tls-cluster", "--tls-replication"] {
+                    args.extend([option.into(), "yes".into()]);
+                }
+                args.extend(["--tls-auth-clients".into(), "no".into()]);
+            }
+        }
+        if let Some(password) = &self.access.password {
+            args.extend(["--requirepass".into(), password.into()]);
+            args.extend(["--masterauth".into(), password.into()]);
+        }
+        args
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -809,7 +994,7 @@ impl RedisCluster {
     /// Sends one command and returns the reply; panics on an I/O failure or
     /// an error reply, naming the node.
     fn must(&self, port: u16, args: &[&[u8]]) -> Reply {
-        match query(port, args, IO_TIMEOUT) {
+        match self.access.query(port, args, IO_TIMEOUT) {
             Ok(Reply::Error(e)) | Err(e) => panic!(
                 "{} on 127.0.0.1:{port} failed: {e}{}",
                 show_command(args),
@@ -889,22 +1074,17 @@ fn kill_process(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Spawns `redis-server` for one cluster node keeping its state in `dir`.
-fn spawn_server(port: u16, dir: &Path) -> Child {
+/// Spawns `redis-server` for one cluster node keeping its state in `dir`,
+/// listening (and authenticating) as `args` say (see
+/// [`RedisCluster::server_args`]).
+fn spawn_server(port: u16, dir: &Path, args: &[OsString]) -> Child {
     let dir_arg = dir.to_str().expect("temp dir path is UTF-8");
     let log = dir.join("redis.log");
     let log_arg = log.to_str().expect("temp dir path is UTF-8");
-    let port_arg = port.to_string();
     Command::new("redis-server")
         .current_dir(dir)
-        .args([
-            "--port",
-            &port_arg,
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "no",
-        ])
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
         .args([
             "--cluster-enabled",
             "yes",
@@ -944,12 +1124,34 @@ fn signal(pid: &str, signal: &str) {
 /// Runs `command` to completion, killing it after `timeout`, with stdin
 /// closed and stdout and stderr captured.
 fn run_bounded(command: &mut Command, timeout: Duration, what: &str, log: Option<&Path>) -> Output {
+    run_for(command, &[], timeout)
+        .unwrap_or_else(|e| panic!("{what}: {e}{}", log.map(log_tail).unwrap_or_default()))
+}
+
+/// Runs `command` to completion with `input` on its stdin (closed at once
+/// when empty) and its stdout and stderr captured. `Err` when it cannot be
+/// run, or is still running after `timeout` (it is killed then, and the
+/// message has what it printed).
+fn run_for(command: &mut Command, input: &[u8], timeout: Duration) -> Result<Output, String> {
+    let stdin = if input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    };
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        .map_err(|e| format!("cannot run: {e}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // From a thread, so that a child not reading its stdin cannot
+        // block us; dropping the pipe closes it.
+        let input = input.to_vec();
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -963,28 +1165,61 @@ fn run_bounded(command: &mut Command, timeout: Duration, what: &str, log: Option
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("poll a child process") {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            waited => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = stdout.join().unwrap_or_default();
+                let stderr = stderr.join().unwrap_or_default();
+                let why = match waited {
+                    Err(e) => format!("cannot wait for it: {e}"),
+                    Ok(_) => format!("still running after {timeout:?}"),
+                };
+                return Err(format!(
+                    "{why}; stdout: {}; stderr: {}",
+                    String::from_utf8_lossy(&stdout),
+                    String::from_utf8_lossy(&stderr),
+                ));
+            }
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = stdout.join().unwrap_or_default();
-            let stderr = stderr.join().unwrap_or_default();
-            panic!(
-                "{what}: still running after {timeout:?}; stdout: {}; stderr: {}{}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr),
-                log.map(log_tail).unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(10));
     };
-    Output {
+    Ok(Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Whether `redis-server` and `redis-cli` were built with TLS: redis-cli
+/// lists `--tls` in its help, and redis-server, told to use a certificate
+/// that does not exist (and no port, so it binds nothing), fails to load
+/// it; one built without TLS would ignore the options or not know them.
+fn tls_supported() -> bool {
+    let help = run_for(Command::new("redis-cli").arg("--help"), &[], CLI_TIMEOUT);
+    let cli = help.is_ok_and(|out| {
+        [out.stdout, out.stderr]
+            .iter()
+            .any(|text| String::from_utf8_lossy(text).contains("--tls"))
+    });
+    if !cli {
+        return false;
     }
+    let dir = tempfile::tempdir().expect("create a temp dir for a TLS probe");
+    let missing = dir.path().join("missing.pem");
+    let mut probe = Command::new("redis-server");
+    probe
+        .current_dir(dir.path())
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .args(["--logfile", "", "--tls-replication", "yes"]);
+    for option in ["--tls-cert-file", "--tls-key-file", "--tls-ca-cert-file"] {
+        probe.arg(option).arg(&missing);
+    }
+    run_for(&mut probe, &[], Duration::from_secs(3)).is_ok_and(|out| {
+        let log = String::from_utf8_lossy(&out.stdout);
+        log.contains("Failed to load certificate") || log.contains("Failed to configure TLS")
+    })
 }
 
 /// The last lines of `dir/redis.log`, formatted to end a panic message.
@@ -1040,15 +1275,6 @@ impl NodeLine {
             .iter()
             .any(|&(first, last)| (first..=last).contains(&slot))
     }
-}
-
-/// `CLUSTER NODES` as `port` sees it.
-fn cluster_nodes(port: u16) -> Result<Vec<NodeLine>, Problem> {
-    let text = text(query(port, &[b"CLUSTER", b"NODES"], IO_TIMEOUT), port)?;
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| parse_node_line(line).map_err(|e| Problem::at(port, e)))
-        .collect()
 }
 
 /// Parses `<id> <ip:port@cport[,hostname]> <flags> <master|-> <ping-sent>
@@ -1119,11 +1345,231 @@ enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
-/// Opens a connection to `127.0.0.1:port`, sends one command, returns its
-/// reply; every step bounded by `timeout`, so a paused node is an error,
-/// not a hang.
-fn query(port: u16, args: &[&[u8]], timeout: Duration) -> Result<Reply, String> {
-    Conn::open(port, timeout)?.call(args)
+/// How the harness reaches a node: the password to send, and the CA to
+/// trust when the nodes speak only TLS.
+struct Access {
+    password: Option<String>,
+    /// The CA file, in TLS mode.
+    ca: Option<PathBuf>,
+}
+
+impl Access {
+    /// The `redis-cli` options for these: `--tls --cacert <CA>`, `-a
+    /// <password> --no-auth-warning`.
+    fn cli_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(ca) = &self.ca {
+            args.extend(["--tls".into(), "--cacert".into(), ca.into()]);
+        }
+        if let Some(password) = &self.password {
+            args.extend(["-a".into(), password.into(), "--no-auth-warning".into()]);
+        }
+        args
+    }
+
+    /// Opens a connection to `127.0.0.1:port`, sends one command, returns
+    /// its reply; every step bounded by `timeout`, so a paused node is an
+    /// error, not a hang.
+    fn query(&self, port: u16, args: &[&[u8]], timeout: Duration) -> Result<Reply, String> {
+        let mut replies = self.session(port, &[args], timeout)?;
+        Ok(replies.remove(0))
+    }
+
+    /// Opens one connection to `127.0.0.1:port` (authenticated, with a
+    /// password) and sends `commands` on it in order; one reply per
+    /// command, or `Err`. Bounded by `timeout` (per step on a plain
+    /// connection, in all through `redis-cli` in TLS mode).
+    fn session(
+        &self,
+        port: u16,
+        commands: &[&[&[u8]]],
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, String> {
+        if self.ca.is_some() {
+            return self.cli_session(port, commands, timeout);
+        }
+        let mut conn = Conn::open(port, timeout)?;
+        if let Some(password) = &self.password {
+            match conn.call(&[b"AUTH", password.as_bytes()])? {
+                Reply::Status(ok) if ok == "OK" => {}
+                other => return Err(format!("AUTH replied {other:?}")),
+            }
+        }
+        commands.iter().map(|args| conn.call(args)).collect()
+    }
+
+    /// [`session`](Self::session) through one `redis-cli --no-raw`
+    /// process, the commands on its stdin, one a line, every argument
+    /// quoted and hex-escaped (`"\x6b\x00"`) so any byte goes through; its
+    /// replies are read back from the formatted output, where bulk strings
+    /// are quoted and escaped too.
+    ///
+    /// Commands that redis-cli always prints raw (`INFO`, `CLUSTER NODES`,
+    /// ...) are sent alone, as arguments with `-e`, and come back as the
+    /// bulk string they print, or `Err` with the error it printed.
+    fn cli_session(
+        &self,
+        port: u16,
+        commands: &[&[&[u8]]],
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, String> {
+        let mut command = Command::new("redis-cli");
+        command
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--no-raw"])
+            .args(self.cli_args());
+        let printed = |out: &Output| {
+            format!(
+                "redis-cli -p {port} exited {}, printed {:?}, stderr {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr).trim(),
+            )
+        };
+        if let [args] = commands
+            && cli_prints_raw(args)
+        {
+            command.arg("-e");
+            for arg in *args {
+                let arg = std::str::from_utf8(arg)
+                    .map_err(|_| format!("{} has a non-UTF-8 argument", show_command(args)))?;
+                command.arg(arg);
+            }
+            let out = run_for(&mut command, &[], timeout)
+                .map_err(|e| format!("redis-cli -p {port}: {e}"))?;
+            return if out.status.success() && !out.stdout.is_empty() {
+                Ok(vec![Reply::Bulk(Some(out.stdout))])
+            } else {
+                Err(printed(&out))
+            };
+        }
+        assert!(
+            !commands.iter().any(|args| cli_prints_raw(args)),
+            "redis-cli prints some of {commands:?} raw: send them alone"
+        );
+        let mut input = Vec::new();
+        for args in commands {
+            for (i, arg) in args.iter().enumerate() {
+                input.extend_from_slice(if i == 0 { b"\"" } else { b" \"" });
+                for byte in *arg {
+                    input.extend_from_slice(format!("\\x{byte:02x}").as_bytes());
+                }
+                input.push(b'"');
+            }
+            input.push(b'\n');
+        }
+        let out = run_for(&mut command, &input, timeout)
+            .map_err(|e| format!("redis-cli -p {port}: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().peekable();
+        commands
+            .iter()
+            .map(|args| {
+                parse_cli_reply(&mut lines)
+                    .map_err(|e| format!("reply to {}: {e}; {}", show_command(args), printed(&out)))
+            })
+            .collect()
+    }
+}
+
+/// Whether `redis-cli` prints the reply to `args` raw even when told
+/// `--no-raw` (its list, as of Redis 7), so that it cannot be told apart
+/// from other replies in a stream.
+fn cli_prints_raw(args: &[&[u8]]) -> bool {
+    let is = |i: usize, word: &str| {
+        args.get(i)
+            .is_some_and(|arg| arg.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    is(0, "info")
+        || is(0, "lolwut")
+        || (args.len() == 2 && is(0, "cluster") && (is(1, "nodes") || is(1, "info")))
+        || (is(0, "client") && (is(1, "list") || is(1, "info")))
+        || (is(0, "memory") && (is(1, "malloc-stats") || is(1, "doctor")))
+        || (is(0, "latency") && (is(1, "graph") || is(1, "doctor")))
+        || (is(0, "debug") && (is(1, "htstats") || is(1, "htstats-key")))
+        || (is(0, "debug") && is(1, "client-eviction"))
+        || (is(0, "proxy") && is(1, "info"))
+}
+
+/// Reads one reply that `redis-cli --no-raw` printed: `OK` (a status),
+/// `"text"` (a bulk string, escaped), `(nil)`, `(integer) 5`, `(error)
+/// ERR ...`, `(empty array)`, or a flat array, one `N) item` a line.
+fn parse_cli_reply<'a>(
+    lines: &mut Peekable<impl Iterator<Item = &'a str>>,
+) -> Result<Reply, String> {
+    let line = lines.next().ok_or("no reply printed")?;
+    let Some(first) = cli_array_item(line, 1) else {
+        return parse_cli_item(line);
+    };
+    let mut items = vec![parse_cli_item(first)?];
+    while let Some(item) = lines
+        .peek()
+        .and_then(|&line| cli_array_item(line, items.len() + 1))
+    {
+        items.push(parse_cli_item(item)?);
+        lines.next();
+    }
+    Ok(Reply::Array(Some(items)))
+}
+
+/// The item of a printed array line (`" 9) item"`) at `index`.
+fn cli_array_item(line: &str, index: usize) -> Option<&str> {
+    line.trim_start().strip_prefix(&format!("{index}) "))
+}
+
+fn parse_cli_item(item: &str) -> Result<Reply, String> {
+    if cli_array_item(item, 1).is_some() {
+        return Err(format!("nested arrays are not supported: {item:?}"));
+    }
+    if let Some(quoted) = item.strip_prefix('"') {
+        return unquote_cli(quoted).map(|bytes| Reply::Bulk(Some(bytes)));
+    }
+    if let Some(number) = item.strip_prefix("(integer) ") {
+        return number
+            .parse()
+            .map(Reply::Int)
+            .map_err(|_| format!("bad integer {item:?}"));
+    }
+    if let Some(error) = item.strip_prefix("(error) ") {
+        return Ok(Reply::Error(error.to_owned()));
+    }
+    Ok(match item {
+        "(nil)" => Reply::Bulk(None),
+        "(empty array)" | "(empty list or set)" => Reply::Array(Some(Vec::new())),
+        status => Reply::Status(status.to_owned()),
+    })
+}
+
+/// The bytes of a string as redis-cli quotes it (`sdscatrepr`), given what
+/// follows the opening quote: `\\`, `\"`, `\n`, `\r`, `\t`, `\a`, `\b` and
+/// `\xHH` escapes, up to the closing quote, which must end the line.
+fn unquote_cli(text: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("bad quoted string \"{text}");
+    let mut bytes = text.bytes();
+    let mut out = Vec::new();
+    loop {
+        match bytes.next().ok_or_else(bad)? {
+            b'"' if bytes.next().is_none() => return Ok(out),
+            b'"' => return Err(bad()),
+            b'\\' => out.push(match bytes.next().ok_or_else(bad)? {
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'a' => 0x07,
+                b'b' => 0x08,
+                b'x' => {
+                    let hex = [bytes.next(), bytes.next()];
+                    let [Some(high), Some(low)] = hex else {
+                        return Err(bad());
+                    };
+                    let hex = [high, low];
+                    let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+                    u8::from_str_radix(hex, 16).map_err(|_| bad())?
+                }
+                other => other,
+            }),
+            byte => out.push(byte),
+        }
+    }
 }
 
 /// A minimal RESP2 connection: commands as arrays of bulk strings, so keys
@@ -1207,7 +1653,7 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use super::{RedisCluster, crc16, parse_node_line};
+    use super::{RedisCluster, Reply, crc16, parse_cli_reply, parse_node_line};
 
     #[test]
     fn crc16_is_xmodem() {
@@ -1245,5 +1691,44 @@ mod tests {
         assert!(node.is_master());
         assert_eq!(node.slots, [(0, 5460), (7000, 7000)]);
         assert!(node.owns(7000) && !node.owns(5461));
+    }
+
+    #[test]
+    fn cli_output_parses_back() {
+        // As `redis-cli --no-raw` prints SET, GET of a binary value, WAIT,
+        // GET of nothing, an error, CLUSTER GETKEYSINSLOT with 10 keys.
+        let mut text = String::from(
+            "OK\n\"\\x00a\\\"b\\nc\\\\\\xc3\\xa9\"\n(integer) 1\n(nil)\n\
+             (error) NOAUTH Authentication required.\n(empty array)\n",
+        );
+        for i in 1..=10 {
+            text.push_str(&format!("{i:>2}) \"k{i}\"\n"));
+        }
+        let mut lines = text.lines().peekable();
+        let mut next = || parse_cli_reply(&mut lines).unwrap();
+        assert!(matches!(next(), Reply::Status(s) if s == "OK"));
+        assert!(
+            matches!(next(), Reply::Bulk(Some(b)) if b == b"\0a\"b\nc\\\xc3\xa9"),
+            "binary bulk"
+        );
+        assert!(matches!(next(), Reply::Int(1)));
+        assert!(matches!(next(), Reply::Bulk(None)));
+        assert!(matches!(next(), Reply::Error(e) if e.starts_with("NOAUTH")));
+        assert!(matches!(next(), Reply::Array(Some(items)) if items.is_empty()));
+        let Reply::Array(Some(keys)) = next() else {
+            panic!("not an array")
+        };
+        let keys: Vec<Vec<u8>> = keys
+            .into_iter()
+            .map(|k| match k {
+                Reply::Bulk(Some(k)) => k,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(keys.len(), 10);
+        assert_eq!(keys[9], b"k10");
+        assert!(parse_cli_reply(&mut lines).is_err(), "no more replies");
+        let mut bad = "\"unterminated".lines().peekable();
+        assert!(parse_cli_reply(&mut bad).is_err());
     }
 }

@@ -514,3 +514,263 @@ pub(crate) async fn failover_under_load(cluster: &mut RedisCluster) {
     }
     front.stop().await;
 }
+
+/// A master running a `kv` library of another major version: a front-end
+/// refuses to start, naming the node and both versions; with the library
+/// gone it installs its own.
+pub(crate) fn an_incompatible_library_is_refused(cluster: &RedisCluster, bin: &str) {
+    let stub = "#!lua name=kv\nlocal VERSION = '9.0'\nredis.register_function('kv_version', function() return VERSION end)";
+    for master in cluster.masters() {
+        cluster.cli(master, &["FUNCTION", "LOAD", "REPLACE", stub]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.seeds().join(",");
+    let (code, stderr) = kv_tests::run_to_exit(
+        bin,
+        "127.0.0.1:0",
+        dir.path(),
+        &["--backend", "redis-cluster", "--redis-url", &urls],
+        &[],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("kv function library 9.0") && stderr.contains(kv_redis::LIBRARY_VERSION),
+        "{stderr}"
+    );
+    for master in cluster.masters() {
+        cluster.cli(master, &["FUNCTION", "DELETE", "kv"]);
+    }
+}
+
+async fn health_of(url: &str) -> Option<i32> {
+    let channel = tonic::transport::Channel::from_shared(url.to_string())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.check(tonic_health::pb::HealthCheckRequest {
+            service: "kv.v1.KvService".into(),
+        }),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(reply.into_inner().status)
+}
+
+/// A shard down (its master and its replica): health turns NOT_SERVING;
+/// both back: SERVING again, with nobody restarting the front-end, and
+/// the data written before is there.
+pub(crate) async fn health_follows_the_cluster(cluster: &mut RedisCluster) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let front = InProcessRedis::start(cluster.seeds(), "health", Config::default()).await;
+    let url = front.ctx().url.clone();
+    let kv = front.ctx().client.project("h");
+    kv.set("before", &1).await.unwrap();
+    let wait_for = |want: ServingStatus| {
+        let url = url.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if health_of(&url).await == Some(want as i32) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "health is not {want:?} within 20 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(ServingStatus::Serving).await;
+    let master = cluster.masters()[0];
+    let replica = cluster.replica_of(master).expect("a replica");
+    cluster.kill_node(replica);
+    cluster.kill_node(master);
+    wait_for(ServingStatus::NotServing).await;
+    cluster.restart_node(master);
+    cluster.restart_node(replica);
+    tokio::task::block_in_place(|| cluster.wait_healthy());
+    wait_for(ServingStatus::Serving).await;
+    assert_eq!(kv.get::<u64>("before").await.unwrap(), Some(1));
+    front.stop().await;
+}
+
+/// Fills `project` (namespace `ns`) with `n` entries written straight in
+/// the library's layout: a million through the API would take minutes.
+async fn fill(seeds: &[String], ns: &str, project: &str, n: usize) {
+    let client = redis::cluster::ClusterClient::new(seeds.to_vec()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let tag = format!("{ns}:{{{project}}}:");
+    // A JSON number: tag 0x11 and 8 bytes.
+    let value = [0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f];
+    let mut bytes = 0u64;
+    for chunk in 0..n.div_ceil(1000) {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{tag}h"));
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(format!("{tag}i"));
+        for i in chunk * 1000..((chunk + 1) * 1000).min(n) {
+            let key = format!("k{i:07}");
+            let mut entry = 1u64.to_le_bytes().to_vec();
+            entry.extend_from_slice(&0u64.to_le_bytes());
+            entry.extend_from_slice(&value);
+            bytes += (key.len() + value.len()) as u64;
+            hset.arg(&key).arg(entry);
+            zadd.arg(0).arg(&key);
+        }
+        let _: () = redis::pipe()
+            .add_command(hset)
+            .ignore()
+            .add_command(zadd)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{tag}m"))
+        .arg("v")
+        .arg(1)
+        .arg("inc")
+        .arg(0)
+        .arg("k")
+        .arg(n)
+        .arg("b")
+        .arg(bytes)
+        .arg("cv")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The longest a function ran on `port` since its slow log was reset
+/// (everything is logged: the threshold is 0), in microseconds.
+fn longest_call(cluster: &RedisCluster, port: u16, function: &str) -> u64 {
+    let log = cluster.cli(port, &["SLOWLOG", "GET", "1000"]);
+    // redis-cli prints each entry's fields on lines: id, time, duration,
+    // then the arguments; the duration precedes the command's first word.
+    let lines: Vec<&str> = log.lines().map(str::trim).collect();
+    let mut longest = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "FCALL" && lines.get(i + 1) == Some(&function) {
+            if let Some(us) = lines[..i].iter().rev().find_map(|l| l.parse::<u64>().ok().filter(|&n| n < 10_000_000_000)) {
+                longest = longest.max(us);
+            }
+        }
+    }
+    longest
+}
+
+/// Clear and DeleteProject of a project of a million keys: the master runs
+/// each for a few milliseconds at most (the memory is freed in Redis's
+/// background thread), and answers other clients meanwhile.
+pub(crate) async fn big_clear_and_delete(cluster: &RedisCluster) {
+    const N: usize = 1_000_000;
+    let config = Config {
+        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
+        ..Config::default()
+    };
+    let front = InProcessRedis::start(cluster.seeds(), "big", config).await;
+    let admin = admin_client(&front, ADMIN).await;
+    admin.admin().create_project("huge", Quota::default()).await.unwrap();
+    let master = cluster.master_of_slot(RedisCluster::slot_of("{huge}"));
+    let mut figures = Vec::new();
+    for delete in [false, true] {
+        let filled = Instant::now();
+        fill(&cluster.seeds(), "big", "huge", N).await;
+        let fill_took = filled.elapsed();
+        cluster.cli(master, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+        cluster.cli(master, &["CONFIG", "SET", "slowlog-max-len", "1000"]);
+        cluster.cli(master, &["SLOWLOG", "RESET"]);
+        let started = Instant::now();
+        let removed = if delete {
+            admin.admin().delete_project("huge").await.unwrap()
+        } else {
+            admin.project("huge").clear().await.unwrap()
+        };
+        let call = started.elapsed();
+        assert_eq!(removed, N as u64);
+        let function = if delete { "kv_drop" } else { "kv_apply" };
+        let longest = longest_call(cluster, master, function);
+        cluster.cli(master, &["CONFIG", "SET", "slowlog-log-slower-than", "10000"]);
+        figures.push(format!(
+            "{}: filled in {fill_took:.1?}; the call took {call:.1?}, {function} ran {longest} µs on the master",
+            if delete { "DeleteProject" } else { "Clear" }
+        ));
+        assert!(longest > 0, "{function} was not in the slow log");
+        assert!(longest < 50_000, "{function} held the master for {longest} µs");
+        if delete {
+            assert_eq!(admin.admin().get_project("huge").await.unwrap_err().code(), Code::NotFound);
+        } else {
+            assert_eq!(admin.project("huge").get::<Json>("k0000000").await.unwrap(), None);
+        }
+    }
+    for line in figures {
+        println!("  {line}");
+    }
+    front.stop().await;
+}
+
+/// A cluster that requires a password and speaks only TLS: front-ends with
+/// both serve (reads, writes, watches and expiry over TLS); one without
+/// the password refuses to start, saying why.
+pub(crate) async fn tls_and_password(bin: &str) {
+    let options = kv_tests::cluster::ClusterOptions {
+        password: Some("cluster-secret-0123".into()),
+        tls: true,
+    };
+    let Some(cluster) = tokio::task::spawn_blocking(move || RedisCluster::start_with(options))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let urls = cluster.seeds().join(",");
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let ca = cluster.ca_pem_path().expect("a CA in TLS mode");
+    let ca = ca.to_str().unwrap();
+    let server = kv_tests::BinaryServer::start_with_env(
+        bin,
+        &[
+            "--backend",
+            "redis-cluster",
+            "--redis-url",
+            &urls,
+            "--redis-tls-ca",
+            ca,
+        ],
+        &[("KV_REDIS_PASSWORD", "cluster-secret-0123")],
+    );
+    let ctx = kv_tests::Ctx::connect(server.addr, kv_tests::Time::Real).await;
+    for (name, case) in kv_tests::conformance_suite!(list) {
+        if matches!(
+            name,
+            "every_json_type_round_trips" | "ttl_expires_key" | "watch_reports_changes_with_causes"
+        ) {
+            case(&ctx).await;
+            println!("  over TLS: {name} ok");
+        }
+    }
+    drop(ctx);
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = kv_tests::run_to_exit(
+        bin,
+        "127.0.0.1:0",
+        dir.path(),
+        &["--backend", "redis-cluster", "--redis-url", &urls, "--redis-tls-ca", ca],
+        &[("KV_REDIS_PASSWORD", "wrong-password")],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("WRONGPASS") || stderr.contains("NOAUTH") || stderr.contains("uthentication"),
+        "{stderr}"
+    );
+}
