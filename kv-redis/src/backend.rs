@@ -121,7 +121,9 @@ impl RedisBackend {
             _ => false,
         };
         match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
-            Ok(Ok(Value::Map(answers))) => !answers.is_empty() && answers.iter().all(|(_, a)| ok(a)),
+            Ok(Ok(Value::Map(answers))) => {
+                !answers.is_empty() && answers.iter().all(|(_, a)| ok(a))
+            }
             Ok(Ok(single)) => ok(&single),
             _ => false,
         }

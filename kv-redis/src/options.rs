@@ -103,10 +103,10 @@ impl ConnectError {
                     .any(|word| said.contains(word));
                 !refused
                     && (e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_refusal()
-                    || e.is_connection_dropped()
-                    || e.is_cluster_error())
+                        || e.is_timeout()
+                        || e.is_connection_refusal()
+                        || e.is_connection_dropped()
+                        || e.is_cluster_error())
             }
             ConnectError::Unhealthy { .. } | ConnectError::Catalog(_) => true,
             ConnectError::NoSeeds

@@ -72,4 +72,3 @@ impl From<ReplicationError> for EngineError {
         EngineError::OutcomeUnknown { context: e.0 }
     }
 }
-

@@ -216,11 +216,7 @@ pub async fn connect_cluster(options: RedisOptions) -> Result<Arc<RedisBackend>,
                 );
                 return Ok(Arc::new(backend));
             }
-            Err(
-                e @ (ConnectError::Redis(_)
-                | ConnectError::Unhealthy { .. }
-                | ConnectError::Catalog(_)),
-            ) if started.elapsed() < CLUSTER_CONNECT_PATIENCE => {
+            Err(e) if e.is_transient() && started.elapsed() < CLUSTER_CONNECT_PATIENCE => {
                 tracing::warn!("{e}; trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }

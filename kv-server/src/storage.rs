@@ -269,7 +269,10 @@ mod tests {
         };
         assert_eq!(redis.urls.len(), 2);
         assert_eq!(redis.namespace, DEFAULT_NAMESPACE);
-        assert_eq!(redis.wait_timeout, Duration::from_millis(DEFAULT_WAIT_TIMEOUT_MS));
+        assert_eq!(
+            redis.wait_timeout,
+            Duration::from_millis(DEFAULT_WAIT_TIMEOUT_MS)
+        );
         assert_eq!(redis.wait_replicas, None);
     }
 
@@ -277,10 +280,18 @@ mod tests {
     fn flags_that_do_not_go_together_are_refused_by_name() {
         let cases: [(&[&str], &str); 4] = [
             (&["--backend", "redis-cluster"], "--redis-url"),
-            (&["--redis-url", "redis://127.0.0.1:7000"], "--backend redis-cluster"),
+            (
+                &["--redis-url", "redis://127.0.0.1:7000"],
+                "--backend redis-cluster",
+            ),
             (&["--redis-namespace", "x"], "--backend redis-cluster"),
             (
-                &["--backend", "redis-cluster", "--redis-url", "http://127.0.0.1:7000"],
+                &[
+                    "--backend",
+                    "redis-cluster",
+                    "--redis-url",
+                    "http://127.0.0.1:7000",
+                ],
                 "not a redis:// or rediss:// URL",
             ),
         ];

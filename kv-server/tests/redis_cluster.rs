@@ -102,6 +102,10 @@ async fn on_a_real_redis_cluster() {
     section("expiry with two front-ends", started);
 
     let started = Instant::now();
+    parts::history_is_the_trimmed_stream(&seeds).await;
+    section("history is the trimmed stream", started);
+
+    let started = Instant::now();
     parts::big_clear_and_delete(&cluster).await;
     section("clear and delete of a million keys", started);
 

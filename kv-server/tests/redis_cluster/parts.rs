@@ -578,7 +578,10 @@ pub(crate) async fn health_follows_the_cluster(cluster: &mut RedisCluster) {
                 if health_of(&url).await == Some(want as i32) {
                     return;
                 }
-                assert!(Instant::now() < deadline, "health is not {want:?} within 20 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "health is not {want:?} within 20 s"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -655,10 +658,14 @@ fn longest_call(cluster: &RedisCluster, port: u16, function: &str) -> u64 {
     let lines: Vec<&str> = log.lines().map(str::trim).collect();
     let mut longest = 0;
     for (i, line) in lines.iter().enumerate() {
-        if *line == "FCALL" && lines.get(i + 1) == Some(&function) {
-            if let Some(us) = lines[..i].iter().rev().find_map(|l| l.parse::<u64>().ok().filter(|&n| n < 10_000_000_000)) {
-                longest = longest.max(us);
-            }
+        if *line == "FCALL"
+            && lines.get(i + 1) == Some(&function)
+            && let Some(us) = lines[..i]
+                .iter()
+                .rev()
+                .find_map(|l| l.parse::<u64>().ok().filter(|&n| n < 10_000_000_000))
+        {
+            longest = longest.max(us);
         }
     }
     longest
@@ -675,7 +682,11 @@ pub(crate) async fn big_clear_and_delete(cluster: &RedisCluster) {
     };
     let front = InProcessRedis::start(cluster.seeds(), "big", config).await;
     let admin = admin_client(&front, ADMIN).await;
-    admin.admin().create_project("huge", Quota::default()).await.unwrap();
+    admin
+        .admin()
+        .create_project("huge", Quota::default())
+        .await
+        .unwrap();
     let master = cluster.master_of_slot(RedisCluster::slot_of("{huge}"));
     let mut figures = Vec::new();
     for delete in [false, true] {
@@ -695,17 +706,29 @@ pub(crate) async fn big_clear_and_delete(cluster: &RedisCluster) {
         assert_eq!(removed, N as u64);
         let function = if delete { "kv_drop" } else { "kv_apply" };
         let longest = longest_call(cluster, master, function);
-        cluster.cli(master, &["CONFIG", "SET", "slowlog-log-slower-than", "10000"]);
+        cluster.cli(
+            master,
+            &["CONFIG", "SET", "slowlog-log-slower-than", "10000"],
+        );
         figures.push(format!(
             "{}: filled in {fill_took:.1?}; the call took {call:.1?}, {function} ran {longest} µs on the master",
             if delete { "DeleteProject" } else { "Clear" }
         ));
         assert!(longest > 0, "{function} was not in the slow log");
-        assert!(longest < 50_000, "{function} held the master for {longest} µs");
+        assert!(
+            longest < 50_000,
+            "{function} held the master for {longest} µs"
+        );
         if delete {
-            assert_eq!(admin.admin().get_project("huge").await.unwrap_err().code(), Code::NotFound);
+            assert_eq!(
+                admin.admin().get_project("huge").await.unwrap_err().code(),
+                Code::NotFound
+            );
         } else {
-            assert_eq!(admin.project("huge").get::<Json>("k0000000").await.unwrap(), None);
+            assert_eq!(
+                admin.project("huge").get::<Json>("k0000000").await.unwrap(),
+                None
+            );
         }
     }
     for line in figures {
@@ -761,16 +784,60 @@ pub(crate) async fn tls_and_password(bin: &str) {
     assert!(status.success(), "{status}");
 
     let dir = tempfile::tempdir().unwrap();
+    let refused = Instant::now();
     let (code, stderr) = kv_tests::run_to_exit(
         bin,
         "127.0.0.1:0",
         dir.path(),
-        &["--backend", "redis-cluster", "--redis-url", &urls, "--redis-tls-ca", ca],
+        &[
+            "--backend",
+            "redis-cluster",
+            "--redis-url",
+            &urls,
+            "--redis-tls-ca",
+            ca,
+        ],
         &[("KV_REDIS_PASSWORD", "wrong-password")],
+    );
+    println!(
+        "  a wrong password: refused in {:.1?}: {}",
+        refused.elapsed(),
+        stderr.lines().last().unwrap_or("")
     );
     assert_ne!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains("WRONGPASS") || stderr.contains("NOAUTH") || stderr.contains("uthentication"),
+        stderr.contains("WRONGPASS")
+            || stderr.contains("NOAUTH")
+            || stderr.contains("uthentication"),
         "{stderr}"
     );
+}
+
+/// Where the cluster differs: the watch history is the project's stream,
+/// trimmed by Redis to about `--watch-history-events` changes (at least
+/// that many are kept); a resume point older than what is kept is refused
+/// with OUT_OF_RANGE, never answered with a gap.
+pub(crate) async fn history_is_the_trimmed_stream(seeds: &[String]) {
+    let mut config = Config::default();
+    config.engine.watch_history_events = 100;
+    let front = InProcessRedis::start(seeds.to_vec(), "history", config).await;
+    let kv = front.ctx().client.project("h");
+    for i in 0..1000u64 {
+        kv.set("k", &i).await.unwrap();
+    }
+    let refused = kv
+        .watch(WatchOptions::all().from_version(1))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused}");
+    // At least the last 100 are kept: a watcher 100 behind resumes exactly.
+    let mut resumed = kv
+        .watch(WatchOptions::all().from_version(900))
+        .await
+        .unwrap();
+    for version in 901..=1000 {
+        assert_eq!(next(&mut resumed).await.version, version);
+    }
+    front.stop().await;
 }
