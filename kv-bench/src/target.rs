@@ -241,8 +241,10 @@ impl Conn {
         match self {
             Conn::Sdk(project) => sdk(project, op, shared).await,
             Conn::Unary(client) => unary(client, op, shared).await,
-            Conn::Redis(conn) => redis_op(conn, op, shared).await,
-            Conn::RedisCluster(conn) => redis_cluster(conn, op, shared).await,
+            Conn::Redis(conn) => plain_redis(conn, op, shared, None).await,
+            Conn::RedisCluster(ClusterConn { conn, tag }) => {
+                plain_redis(conn, op, shared, tag.as_deref()).await
+            }
             Conn::Etcd(client) => etcd(client, op, shared).await,
         }
     }
@@ -381,85 +383,16 @@ async fn unary(
     }
 }
 
-async fn redis_op(
-    conn: &mut redis::aio::MultiplexedConnection,
+/// An operation as plain Redis commands, on one node or on a cluster. In a
+/// cluster a pipeline must stay in one slot, so batch keys carry the
+/// task's hash tag (always set for batch workloads; see `Conn::for_task`).
+async fn plain_redis<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
     op: &Op,
     shared: &Shared,
+    tag: Option<&str>,
 ) -> Result<u64, OpError> {
     let name = |n: &u64| shared.keys.name(*n);
-    let value = shared.payload.raw.as_ref();
-    let ttl_ms = shared.ttl_ms(true).unwrap_or(u64::MAX);
-    let set = |key: &u64, ttl: bool| {
-        if ttl {
-            let mut cmd = redis::cmd("PSETEX");
-            cmd.arg(name(key)).arg(ttl_ms).arg(value);
-            cmd
-        } else {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(name(key)).arg(value);
-            cmd
-        }
-    };
-    match op {
-        Op::Get(key) => {
-            let found: Option<bytes::Bytes> =
-                redis::cmd("GET").arg(name(key)).query_async(conn).await?;
-            Ok(missing(found.is_some()))
-        }
-        Op::Set { key, ttl } => {
-            let () = set(key, *ttl).query_async(conn).await?;
-            Ok(0)
-        }
-        Op::Has(key) => {
-            let exists: u64 = redis::cmd("EXISTS")
-                .arg(name(key))
-                .query_async(conn)
-                .await?;
-            Ok(missing(exists > 0))
-        }
-        Op::Delete(key) => {
-            let _deleted: u64 = redis::cmd("DEL").arg(name(key)).query_async(conn).await?;
-            Ok(0)
-        }
-        Op::GetMany(keys) => {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.cmd("GET").arg(name(key));
-            }
-            let found: Vec<Option<bytes::Bytes>> = pipe.query_async(conn).await?;
-            Ok(found.iter().filter(|v| v.is_none()).count() as u64)
-        }
-        Op::SetMany { keys, ttl } => {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.add_command(set(key, *ttl)).ignore();
-            }
-            let () = pipe.query_async(conn).await?;
-            Ok(0)
-        }
-    }
-}
-
-/// `SET key value`, with `PX ttl_ms` when given.
-fn cluster_set(name: String, value: &[u8], ttl_ms: Option<u64>) -> redis::Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(name).arg(value);
-    if let Some(ttl_ms) = ttl_ms {
-        cmd.arg("PX").arg(ttl_ms);
-    }
-    cmd
-}
-
-async fn redis_cluster(
-    cluster: &mut ClusterConn,
-    op: &Op,
-    shared: &Shared,
-) -> Result<u64, OpError> {
-    let ClusterConn { conn, tag } = cluster;
-    let tag = tag.as_deref();
-    let name = |n: &u64| shared.keys.name(*n);
-    // A pipeline must stay in one slot: batch keys carry the task's tag
-    // (always set for batch workloads; see `Conn::for_task`).
     let batch_name = |n: &u64| match tag {
         Some(tag) => shared.keys.tagged_name(tag, *n),
         None => shared.keys.name(*n),
@@ -472,7 +405,7 @@ async fn redis_cluster(
             Ok(missing(found.is_some()))
         }
         Op::Set { key, ttl } => {
-            let () = cluster_set(name(key), value, shared.ttl_ms(*ttl))
+            let () = redis_set(name(key), value, shared.ttl_ms(*ttl))
                 .query_async(conn)
                 .await?;
             Ok(0)
@@ -499,13 +432,23 @@ async fn redis_cluster(
         Op::SetMany { keys, ttl } => {
             let mut pipe = redis::pipe();
             for key in keys {
-                pipe.add_command(cluster_set(batch_name(key), value, shared.ttl_ms(*ttl)))
+                pipe.add_command(redis_set(batch_name(key), value, shared.ttl_ms(*ttl)))
                     .ignore();
             }
             let () = pipe.query_async(conn).await?;
             Ok(0)
         }
     }
+}
+
+/// `SET key value`, with `PX ttl_ms` when given.
+fn redis_set(name: String, value: &[u8], ttl_ms: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(name).arg(value);
+    if let Some(ttl_ms) = ttl_ms {
+        cmd.arg("PX").arg(ttl_ms);
+    }
+    cmd
 }
 
 /// `--preload` on Redis Cluster: the names the run will read.
@@ -525,7 +468,7 @@ async fn cluster_write_range(
                 let tag = batch_tag(task);
                 let mut pipe = redis::pipe();
                 for n in from..to {
-                    pipe.add_command(cluster_set(shared.keys.tagged_name(&tag, n), value, None))
+                    pipe.add_command(redis_set(shared.keys.tagged_name(&tag, n), value, None))
                         .ignore();
                 }
                 let () = pipe.query_async(&mut conn).await?;
@@ -536,7 +479,7 @@ async fn cluster_write_range(
         None => {
             let mut sets = tokio::task::JoinSet::new();
             for n in from..to {
-                let cmd = cluster_set(shared.keys.name(n), value, None);
+                let cmd = redis_set(shared.keys.name(n), value, None);
                 let mut conn = cluster.conn.clone();
                 sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
             }

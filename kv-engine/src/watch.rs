@@ -223,30 +223,7 @@ impl Hub {
         incarnation: u64,
     ) -> Result<Subscription, WatchError> {
         let h = self.lock();
-        let asked = from;
-        let from = match from {
-            Some(0) => Some(incarnation),
-            Some(from) if from < incarnation => {
-                return Err(WatchError::Recreated { from, incarnation });
-            }
-            other => other,
-        };
-        let cursor = match from {
-            None => h.last,
-            Some(from) if from > h.last => {
-                return Err(WatchError::Ahead {
-                    from,
-                    current: h.last,
-                });
-            }
-            Some(from) if from < h.floor => {
-                return Err(WatchError::TooOld {
-                    from: asked.unwrap_or(from),
-                    oldest: h.floor,
-                });
-            }
-            Some(from) => from,
-        };
+        let cursor = start_cursor(from, incarnation, h.floor, h.last)?;
         drop(h);
         Ok(Subscription {
             source: Source::Hub {
@@ -257,6 +234,51 @@ impl Hub {
             cursor,
             incarnation,
         })
+    }
+}
+
+/// Where a watcher starts, by the rules every backend shares: `from` 0 is
+/// the incarnation's first change; a version before the incarnation
+/// belongs to another project; the history holds `floor + 1 ..= last`;
+/// `None` starts after `last`.
+///
+/// ```
+/// use kv_engine::{WatchError, watch::start_cursor};
+/// assert_eq!(start_cursor(None, 0, 5, 9).unwrap(), 9);
+/// assert_eq!(start_cursor(Some(0), 100, 100, 120).unwrap(), 100);
+/// assert!(matches!(start_cursor(Some(3), 0, 5, 9), Err(WatchError::TooOld { .. })));
+/// assert!(matches!(start_cursor(Some(10), 0, 5, 9), Err(WatchError::Ahead { .. })));
+/// assert!(matches!(start_cursor(Some(50), 100, 100, 120), Err(WatchError::Recreated { .. })));
+/// ```
+///
+/// # Errors
+///
+/// The [`WatchError`] naming which rule the start breaks.
+pub fn start_cursor(
+    from: Option<u64>,
+    incarnation: u64,
+    floor: u64,
+    last: u64,
+) -> Result<u64, WatchError> {
+    let asked = from;
+    let from = match from {
+        Some(0) => Some(incarnation),
+        Some(from) if from < incarnation => {
+            return Err(WatchError::Recreated { from, incarnation });
+        }
+        other => other,
+    };
+    match from {
+        None => Ok(last),
+        Some(from) if from > last => Err(WatchError::Ahead {
+            from,
+            current: last,
+        }),
+        Some(from) if from < floor => Err(WatchError::TooOld {
+            from: asked.unwrap_or(from),
+            oldest: floor,
+        }),
+        Some(from) => Ok(from),
     }
 }
 

@@ -3,7 +3,7 @@
 //! front-ends creating (or deleting) one name at once exactly one wins.
 
 use kv_engine::{
-    EngineError,
+    EngineError, Quota,
     catalog::CatalogChange,
     memory::Usage,
     project::ProjectName,
@@ -77,49 +77,14 @@ impl RedisBackend {
         match change {
             AdminChange::CreateProject { project, quota } => {
                 let created = generation();
-                let reply = self
-                    .catalog_call("kv_catalog_put_project", |cmd| {
-                        cmd.arg(project.as_str()).arg(&created);
-                        cmd.arg(quota.max_keys.map_or(String::new(), |n| n.to_string()));
-                        cmd.arg(quota.max_bytes.map_or(String::new(), |n| n.to_string()));
-                        cmd.arg("create");
-                    })
+                self.put_project(&project, quota, &created, "create")
                     .await?;
-                if status(&reply)? == "exists" {
-                    return Err(EngineError::ProjectExists { project });
-                }
                 self.inner.generations.insert(project.clone(), created);
-                catalog.apply(&CatalogChange::PutProject {
-                    project: project.clone(),
-                    quota,
-                });
-                let (_, incarnation) = self.usage(&project).await?;
-                Ok(AdminOutcome {
-                    removed: 0,
-                    incarnation,
-                })
+                self.registered(project, quota).await
             }
             AdminChange::SetQuota { project, quota } => {
-                let reply = self
-                    .catalog_call("kv_catalog_put_project", |cmd| {
-                        cmd.arg(project.as_str()).arg("");
-                        cmd.arg(quota.max_keys.map_or(String::new(), |n| n.to_string()));
-                        cmd.arg(quota.max_bytes.map_or(String::new(), |n| n.to_string()));
-                        cmd.arg("quota");
-                    })
-                    .await?;
-                if status(&reply)? == "missing" {
-                    return Err(EngineError::ProjectNotFound { project });
-                }
-                catalog.apply(&CatalogChange::PutProject {
-                    project: project.clone(),
-                    quota,
-                });
-                let (_, incarnation) = self.usage(&project).await?;
-                Ok(AdminOutcome {
-                    removed: 0,
-                    incarnation,
-                })
+                self.put_project(&project, quota, "", "quota").await?;
+                self.registered(project, quota).await
             }
             AdminChange::DeleteProject { project } => {
                 if catalog.project(&project).is_none() {
@@ -193,6 +158,54 @@ impl RedisBackend {
                 })
             }
         }
+    }
+
+    /// `kv_catalog_put_project` in `mode` ("create" refuses an existing
+    /// project, "quota" a missing one and keeps its generation).
+    async fn put_project(
+        &self,
+        project: &ProjectName,
+        quota: Quota,
+        generation: &str,
+        mode: &str,
+    ) -> Result<(), EngineError> {
+        let limit = |l: Option<u64>| l.map_or(String::new(), |n| n.to_string());
+        let reply = self
+            .catalog_call("kv_catalog_put_project", |cmd| {
+                cmd.arg(project.as_str())
+                    .arg(generation)
+                    .arg(limit(quota.max_keys))
+                    .arg(limit(quota.max_bytes))
+                    .arg(mode);
+            })
+            .await?;
+        match status(&reply)? {
+            "exists" => Err(EngineError::ProjectExists {
+                project: project.clone(),
+            }),
+            "missing" => Err(EngineError::ProjectNotFound {
+                project: project.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// This front-end's catalog learns at once what the cluster's holds;
+    /// the outcome carries the project's incarnation.
+    async fn registered(
+        &self,
+        project: ProjectName,
+        quota: Quota,
+    ) -> Result<AdminOutcome, EngineError> {
+        self.inner.catalog.apply(&CatalogChange::PutProject {
+            project: project.clone(),
+            quota,
+        });
+        let (_, incarnation) = self.usage(&project).await?;
+        Ok(AdminOutcome {
+            removed: 0,
+            incarnation,
+        })
     }
 
     async fn incarnation_now(&self, project: &ProjectName) -> Result<u64, EngineError> {

@@ -14,7 +14,7 @@ use kv_engine::{
 use redis::Value;
 
 use crate::{
-    codec::{array, bytes, malformed, text},
+    codec::{array, bytes, malformed, stream_entries, text},
     inner::{Inner, dedicated},
 };
 
@@ -300,19 +300,9 @@ pub(crate) async fn follow(inner: std::sync::Weak<Inner>, mut last_id: String) {
 }
 
 fn apply_events(inner: &Inner, reply: Value, last_id: &mut String) -> Result<(), EngineError> {
-    for stream in array(reply)? {
-        let entries = array(stream)?
-            .into_iter()
-            .nth(1)
-            .ok_or_else(|| malformed("an XREAD stream without entries"))?;
-        for entry in array(entries)? {
-            let mut entry = array(entry)?.into_iter();
-            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
-                return Err(malformed("an XREAD entry without fields"));
-            };
-            apply_event(inner, array(fields)?)?;
-            *last_id = text(&id)?.to_string();
-        }
+    for (id, fields) in stream_entries(reply)? {
+        apply_event(inner, fields)?;
+        *last_id = text(&id)?.to_string();
     }
     Ok(())
 }

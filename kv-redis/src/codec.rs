@@ -116,6 +116,25 @@ pub(crate) fn text(value: &Value) -> Result<&str, EngineError> {
     }
 }
 
+/// The entries of an XREAD answer: (id, fields as name, value, ...).
+pub(crate) fn stream_entries(reply: Value) -> Result<Vec<(Value, Vec<Value>)>, EngineError> {
+    let mut out = Vec::new();
+    for stream in array(reply)? {
+        let entries = array(stream)?
+            .into_iter()
+            .nth(1)
+            .ok_or_else(|| malformed("an XREAD stream without entries"))?;
+        for entry in array(entries)? {
+            let mut entry = array(entry)?.into_iter();
+            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                return Err(malformed("an XREAD entry without fields"));
+            };
+            out.push((id, array(fields)?));
+        }
+    }
+    Ok(out)
+}
+
 /// The stored entries of an HMGET answer.
 pub(crate) fn entries(value: Value) -> Result<Vec<Option<Stored>>, EngineError> {
     array(value)?

@@ -7,12 +7,12 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 use kv_engine::{
     WatchError, WatchTarget,
     project::ProjectName,
-    watch::{Event, EventKind, FeedSender, Lagged, Subscription},
+    watch::{Event, EventKind, FeedSender, Lagged, Subscription, start_cursor},
 };
 use redis::{Value, aio::MultiplexedConnection};
 
 use crate::{
-    codec::{Stored, array, bytes, int, malformed},
+    codec::{Stored, array, bytes, int, malformed, stream_entries},
     // How long one blocking read waits is also how often a quiet watcher
     // looks whether its project was deleted and its client is gone.
     inner::{BLOCKING_READ, Inner, dedicated},
@@ -34,34 +34,9 @@ pub(crate) async fn subscribe(
         .await
         .map_err(|context| WatchError::Unavailable { context })?;
     inner.saw_incarnation(&project, incarnation);
-    // The same rules as the embedded history: 0 is the incarnation's first
-    // change; before the incarnation is another project; the stream holds
-    // `oldest..=version`.
-    let asked = from;
-    let from = match from {
-        Some(0) => Some(incarnation),
-        Some(from) if from < incarnation => {
-            return Err(WatchError::Recreated { from, incarnation });
-        }
-        other => other,
-    };
+    // The stream holds `oldest..=version` (nothing when empty).
     let floor = if oldest == 0 { version } else { oldest - 1 };
-    let cursor = match from {
-        None => version,
-        Some(from) if from > version => {
-            return Err(WatchError::Ahead {
-                from,
-                current: version,
-            });
-        }
-        Some(from) if from < floor => {
-            return Err(WatchError::TooOld {
-                from: asked.unwrap_or(from),
-                oldest: floor,
-            });
-        }
-        Some(from) => from,
-    };
+    let cursor = start_cursor(from, incarnation, floor, version)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(feed(inner, project, incarnation, cursor, tx));
     Ok(Subscription::from_feed(target, incarnation, cursor, rx))
@@ -215,23 +190,13 @@ async fn confirmed_version(inner: &Inner, project: &ProjectName) -> Result<u64, 
 
 fn events_of(reply: Value) -> Result<Vec<Arc<Event>>, kv_engine::EngineError> {
     let mut out = Vec::new();
-    for stream in array(reply)? {
-        let mut parts = array(stream)?.into_iter();
-        let entries = parts
-            .nth(1)
-            .ok_or_else(|| malformed("an XREAD stream without entries"))?;
-        for entry in array(entries)? {
-            let mut entry = array(entry)?.into_iter();
-            let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
-                return Err(malformed("an XREAD entry without fields"));
-            };
-            let id = bytes(id)?.ok_or_else(|| malformed("an XREAD entry without an id"))?;
-            let version = std::str::from_utf8(&id)
-                .ok()
-                .and_then(|s| s.split('-').next()?.parse().ok())
-                .ok_or_else(|| malformed("a stream id that is not VERSION-0"))?;
-            out.push(Arc::new(event(version, array(fields)?)?));
-        }
+    for (id, fields) in stream_entries(reply)? {
+        let id = bytes(id)?.ok_or_else(|| malformed("an XREAD entry without an id"))?;
+        let version = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|s| s.split('-').next()?.parse().ok())
+            .ok_or_else(|| malformed("a stream id that is not VERSION-0"))?;
+        out.push(Arc::new(event(version, fields)?));
     }
     Ok(out)
 }
