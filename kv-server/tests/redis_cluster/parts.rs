@@ -305,6 +305,36 @@ pub(crate) async fn quota_is_exact_across_front_ends(seeds: &[String]) {
     assert_eq!(clients[1].admin().get_project("q").await.unwrap().keys, 100);
     a.stop().await;
     b.stop().await;
+
+    // Keys past their deadline do not count against the quota, even
+    // before any expiry task has swept them (this front-end's sweeps
+    // are a minute apart, the longest allowed).
+    let config = Config {
+        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
+        expiry_interval: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let front = InProcessRedis::start(seeds.to_vec(), "quota-dead", config).await;
+    let admin = admin_client(&front, ADMIN).await;
+    let quota = Quota {
+        max_keys: Some(10),
+        max_bytes: None,
+    };
+    admin.admin().create_project("d", quota).await.unwrap();
+    let kv = admin.project("d");
+    for i in 0..10 {
+        kv.set_with_ttl(&format!("old{i}"), &i, Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    let full = kv.set("one-too-many", &0).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..10 {
+        kv.set(&format!("new{i}"), &i).await.unwrap();
+    }
+    assert_eq!(admin.admin().get_project("d").await.unwrap().keys, 10);
+    front.stop().await;
 }
 
 /// 10 000 keys with deadlines spread over two seconds, with both
