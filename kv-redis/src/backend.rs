@@ -158,15 +158,19 @@ impl RedisBackend {
     }
 }
 
-/// Whether any master of the cluster has a replica.
+/// Whether the cluster has replicas: a node flagged as one, or a master
+/// that serves no slot (right after `redis-cli --cluster create`, gossip
+/// still shows the replicas-to-be as masters without slots for a few
+/// seconds; counting only the flag would then silently wait for none).
 async fn has_replicas(
     conn: &mut redis::cluster_async::ClusterConnection,
 ) -> Result<bool, redis::RedisError> {
     let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
     Ok(nodes.lines().any(|line| {
-        line.split(' ')
-            .nth(2)
-            .is_some_and(|flags| flags.contains("slave"))
+        let fields: Vec<&str> = line.split(' ').collect();
+        let flags = fields.get(2).copied().unwrap_or("");
+        // Fields 8 on are the node's slot ranges.
+        flags.contains("slave") || (flags.contains("master") && fields.len() <= 8)
     }))
 }
 

@@ -15,7 +15,8 @@
 --   kv:{P}:r:ID     string: outcome of request id ID (8-byte LE
 --                   incarnation, 8-byte fingerprint, outcome); one of an
 --                   earlier incarnation is ignored
---   kv:{P}:w:W      string: outcome of write W (a front-end's random id)
+--   kv:{P}:w:W      string: outcome of write W (a front-end's random id),
+--                   for 30 s: long enough for any resend of the call
 --
 -- Every key a function touches is declared (KEYS), so while a slot
 -- migrates the cluster answers ASK or TRYAGAIN instead of letting a
@@ -174,7 +175,7 @@ local function apply(keys, args)
     if has_request == '1' then
       redis.call('SET', rkey, record, 'PX', window)
     end
-    redis.call('SET', wkey, record, 'PX', 120000)
+    redis.call('SET', wkey, record, 'PX', 30000)
   end
   local last = v
   while at + 3 <= #args do

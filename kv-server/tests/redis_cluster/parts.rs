@@ -50,6 +50,11 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 /// the results are exactly 1..=64000.
 pub(crate) async fn increments_across_front_ends_are_exact(seeds: &[String]) {
     let (a, b) = fronts(seeds, "incr", Config::default()).await;
+    // The cluster has replicas: by default every write waits for one.
+    assert_eq!(
+        (a.backend.wait_replicas(), b.backend.wait_replicas()),
+        (1, 1)
+    );
     let clients = [a.ctx().client.clone(), b.ctx().client.clone()];
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..64 {
