@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
+        // A request that does not decode is the caller's INVALID_ARGUMENT.
+        .codec_path("crate::codec::RequestCodec")
         .bytes(".")
         .out_dir(&wire_dir)
         .compile_fds(values_as_bytes(fds))?;

@@ -33,6 +33,8 @@
 //! assert_eq!(get.key, "greeting");
 //! ```
 
+pub mod codec;
+
 /// Messages, client and server of `kv.v1` as users see them.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod v1 {
