@@ -5,6 +5,10 @@
 //! The service validates requests and resolves the project, then calls a
 //! [`Backend`] with plain Rust values. [`memory::MemoryStore`] holds the
 //! state; [`wal::DurableStore`], the embedded default, makes it durable.
+//! The second backend, `kv-redis`, keeps the state in a Redis Cluster and
+//! runs this crate's evaluator ([`txn::Overlay`]) against a snapshot of
+//! what a write touches ([`txn::State`]); its crate docs trace its own
+//! life of a write and of an expiry.
 //! Project names ([`project`]) and stored JSON values ([`value`]) are
 //! defined here, so every backend and the server agree on them.
 //!
