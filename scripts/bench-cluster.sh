@@ -80,12 +80,9 @@ SERVER_WORKERS=${SERVER_WORKERS:-1}
 CLIENT_THREADS=${CLIENT_THREADS:-1}
 OUT_DIR=${OUT_DIR:-target/bench-cluster/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+# die, free_port, listening_addr, stop, preload.
+source scripts/bench-lib.sh
 NODES=6
-
-die() {
-    echo "error: $*" >&2
-    exit 1
-}
 
 command -v redis-server >/dev/null || die "redis-server is not on PATH (Debian: apt-get install redis-server)"
 command -v redis-cli >/dev/null || die "redis-cli is not on PATH (Debian: apt-get install redis-tools)"
@@ -121,10 +118,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # cluster_ports N: N distinct free loopback ports whose cluster bus ports
 # (port + 10000) are free too.
 cluster_ports() {
@@ -147,32 +140,6 @@ while len(ports) < int(sys.argv[1]):
         ports.append(port)
 print(" ".join(map(str, ports)))
 EOF
-}
-
-# Waits for "listening on ADDR" in log $1 (from process $2) and prints ADDR.
-listening_addr() {
-    local log=$1 pid=$2 i
-    for ((i = 0; i < 600; i++)); do
-        if grep -q "listening on " "$log" 2>/dev/null; then
-            grep -m 1 -o 'listening on [0-9.:]*' "$log" | sed 's/listening on //'
-            return
-        fi
-        kill -0 "$pid" 2>/dev/null || die "server exited; log: $(cat "$log")"
-        sleep 0.1
-    done
-    die "server did not report its address; log: $(cat "$log")"
-}
-
-# stop PID: stops one server started here (SIGTERM, then waits for it), and
-# forgets it, so the cleanup never signals a reused process id.
-stop() {
-    local pid kept=()
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do
-        [[ $pid == "$1" ]] || kept+=("$pid")
-    done
-    PIDS=("${kept[@]}")
 }
 
 # info_field PORT SECTION FIELD: one field of a node's INFO (or CLUSTER INFO
@@ -374,25 +341,6 @@ bench() {
         HEADER_SHOWN=1
     fi
     printf '   %-18s %s\n' "$name" "$(sed -n 2p "$OUT_DIR/$name.txt")"
-}
-
-# preload NAME ARGS...: writes the key space (then 1 s of gets, which must
-# all hit).
-preload() {
-    local name=$1
-    shift
-    "$BENCH" run "$@" --keys "$KEYS" --value-bytes "$VALUE_BYTES" --workload get --preload \
-        --concurrency 8 --duration 1s --warmup 0s --json "$OUT_DIR/preload-$name.json" \
-        >/dev/null 2>"$OUT_DIR/preload-$name.log" || {
-        cat "$OUT_DIR/preload-$name.log" >&2
-        die "preloading $name failed"
-    }
-    python3 - "$OUT_DIR/preload-$name.json" "$name" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-note = "" if r["misses"] == 0 and r["errors"] == 0 else f"  WARNING: {r['misses']} misses, {r['errors']} errors after the preload"
-print(f"   preloaded {sys.argv[2]}: {r['keys']} keys in {r['preload_s']:.2f} s{note}")
-EOF
 }
 
 echo "== setup: $(nproc) cores, shared by every process below; KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES" \

@@ -86,11 +86,8 @@ EXPIRY_SERVER_ARGS=${EXPIRY_SERVER_ARGS:-}
 CHART=${CHART:-docs/throughput-vs-concurrency.png}
 OUT_DIR=${OUT_DIR:-target/bench-vs-redis/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-
-die() {
-    echo "error: $*" >&2
-    exit 1
-}
+# die, free_port, listening_addr, stop, preload.
+source scripts/bench-lib.sh
 
 command -v redis-server >/dev/null || die "redis-server is not on PATH (Debian: apt-get install redis-server)"
 command -v redis-cli >/dev/null || die "redis-cli is not on PATH (Debian: apt-get install redis-tools)"
@@ -120,24 +117,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Waits for "listening on ADDR" in log $1 (from process $2) and prints ADDR.
-listening_addr() {
-    local log=$1 pid=$2 i
-    for ((i = 0; i < 600; i++)); do
-        if grep -q "listening on " "$log" 2>/dev/null; then
-            grep -m 1 -o 'listening on [0-9.:]*' "$log" | sed 's/listening on //'
-            return
-        fi
-        kill -0 "$pid" 2>/dev/null || die "server exited; log: $(cat "$log")"
-        sleep 0.1
-    done
-    die "server did not report its address; log: $(cat "$log")"
-}
 
 # start_kv NAME FSYNC [FLAGS...]: kv-server on a free port, data in
 # $WORK/NAME-data; sets KV_ADDR.
@@ -187,18 +166,6 @@ start_etcd() {
     PIDS+=($!)
     ETCD_ADDR=127.0.0.1:$client
     echo "   etcd: $(etcd --version | sed -n 1p) on $ETCD_ADDR"
-}
-
-# stop PID: stops one server started above (SIGTERM, then waits for it),
-# and forgets it, so the cleanup never signals a reused process id.
-stop() {
-    local pid kept=()
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do
-        [[ $pid == "$1" ]] || kept+=("$pid")
-    done
-    PIDS=("${kept[@]}")
 }
 
 # Microseconds since the epoch, without forking (bash 5's EPOCHREALTIME;
@@ -251,25 +218,6 @@ bench() {
         HEADER_SHOWN=1
     fi
     printf '   %-28s %s\n' "$name" "$(sed -n 2p "$OUT_DIR/$name.txt")"
-}
-
-# preload NAME ARGS...: writes the key space (then 1 s of gets, which must
-# all hit).
-preload() {
-    local name=$1
-    shift
-    "$BENCH" run "$@" --keys "$KEYS" --value-bytes "$VALUE_BYTES" --workload get --preload \
-        --concurrency 8 --duration 1s --warmup 0s --json "$OUT_DIR/preload-$name.json" \
-        >/dev/null 2>"$OUT_DIR/preload-$name.log" || {
-        cat "$OUT_DIR/preload-$name.log" >&2
-        die "preloading $name failed"
-    }
-    python3 - "$OUT_DIR/preload-$name.json" "$name" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-note = "" if r["misses"] == 0 else f"  WARNING: {r['misses']} misses after the preload"
-print(f"   preloaded {sys.argv[2]}: {r['keys']} keys in {r['preload_s']:.2f} s{note}")
-EOF
 }
 
 # wants N...: whether any of sections N... is to run.
