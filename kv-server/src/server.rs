@@ -126,23 +126,7 @@ pub async fn run_durable(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    config.validate()?;
-    let expiry = ExpiryTask::spawn(Arc::clone(&store), config.expiry_interval);
-    let auth = Arc::new(Auth::new(
-        config.admin_token.clone(),
-        Arc::clone(store.catalog()),
-    ));
-    let admin = AdminService::new(Arc::clone(&store), Arc::clone(&auth));
-    let served = serve(
-        &config,
-        Arc::clone(&store),
-        auth,
-        Some(admin),
-        listener,
-        shutdown,
-    )
-    .await;
-    expiry.stop().await;
+    let served = run_cataloged(&config, Arc::clone(&store), None, listener, shutdown).await;
     let closed = store.close().await.map_err(ServeError::Close);
     served.and(closed)
 }
@@ -244,13 +228,6 @@ pub async fn run_redis(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    config.validate()?;
-    let expiry = ExpiryTask::spawn(Arc::clone(&backend), config.expiry_interval);
-    let auth = Arc::new(Auth::new(
-        config.admin_token.clone(),
-        Arc::clone(backend.catalog()),
-    ));
-    let admin = AdminService::new(Arc::clone(&backend), Arc::clone(&auth));
     let (report, healthy) = tokio::sync::watch::channel(true);
     let checked = Arc::clone(&backend);
     let checker = tokio::spawn(async move {
@@ -268,17 +245,38 @@ pub async fn run_redis(
             }
         }
     });
+    let served = run_cataloged(&config, backend, Some(healthy), listener, shutdown).await;
+    checker.abort();
+    served
+}
+
+/// Serves a store that has a catalog (tokens, the admin API) with its
+/// expiry task, until `shutdown` resolves; health follows `healthy` when
+/// given.
+async fn run_cataloged<S: Backend + AdminStore>(
+    config: &Config,
+    store: Arc<S>,
+    healthy: Option<tokio::sync::watch::Receiver<bool>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let expiry = ExpiryTask::spawn(Arc::clone(&store), config.expiry_interval);
+    let auth = Arc::new(Auth::new(
+        config.admin_token.clone(),
+        Arc::clone(store.catalog()),
+    ));
+    let admin = AdminService::new(Arc::clone(&store), Arc::clone(&auth));
     let served = serve_with(
-        &config,
-        Arc::clone(&backend),
+        config,
+        store,
         auth,
         Some(admin),
-        Some(healthy),
+        healthy,
         listener,
         shutdown,
     )
     .await;
-    checker.abort();
     expiry.stop().await;
     served
 }

@@ -15,7 +15,7 @@ use prost_types::{ListValue, Struct, Value, value::Kind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
-use crate::Ctx;
+use crate::ctx::{Ctx, next_event};
 
 const MAX_KEY_BYTES: usize = 4096;
 const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
@@ -709,15 +709,6 @@ pub async fn concurrent_writers_lose_no_acknowledged_set(ctx: &Ctx) {
         written.contains(&hot),
         "hot = {hot:?} was written by some task"
     );
-}
-
-/// Reads the next watch event within 5 s.
-async fn next_event(watch: &mut kv_client::Watch) -> kv_client::Event {
-    tokio::time::timeout(Duration::from_secs(5), watch.next_event())
-        .await
-        .expect("an event within 5 s")
-        .expect("the stream is open")
-        .expect("an event, not an error")
 }
 
 /// Every change of a project gets its next version; Get returns the entry's

@@ -74,3 +74,16 @@ impl Ctx {
         matches!(self.time, Time::Manual(_))
     }
 }
+
+/// Reads the next event of `watch` within 5 s.
+///
+/// # Panics
+///
+/// When none comes, the stream ends, or it fails.
+pub async fn next_event(watch: &mut kv_client::Watch) -> kv_client::Event {
+    tokio::time::timeout(Duration::from_secs(5), watch.next_event())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream is open")
+        .expect("an event, not an error")
+}

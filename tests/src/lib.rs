@@ -41,7 +41,7 @@ pub mod cluster;
 pub mod conformance;
 mod ctx;
 pub mod redis;
-pub use ctx::{CLOCK_START_MS, Ctx, Time};
+pub use ctx::{CLOCK_START_MS, Ctx, Time, next_event};
 pub mod pki;
 mod rng;
 pub use rng::Rng;

@@ -11,11 +11,19 @@ use std::{
 
 use kv_client::{Client, EventKind, IncrOptions, Quota, WatchOptions};
 use kv_server::{auth::AdminToken, config::Config};
-use kv_tests::{cluster::RedisCluster, redis::InProcessRedis};
+use kv_tests::{cluster::RedisCluster, next_event, redis::InProcessRedis};
 use serde_json::{Value as Json, json};
 use tonic::Code;
 
 const ADMIN: &str = "cluster-admin-token-0123456789";
+
+/// A front-end's configuration that requires the admin token.
+fn with_admin() -> Config {
+    Config {
+        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
+        ..Config::default()
+    }
+}
 
 async fn fronts(
     seeds: &[String],
@@ -120,14 +128,6 @@ pub(crate) async fn compare_and_swap_across_front_ends(seeds: &[String]) {
     b.stop().await;
 }
 
-async fn next(watch: &mut kv_client::Watch) -> kv_client::Event {
-    tokio::time::timeout(Duration::from_secs(10), watch.next_event())
-        .await
-        .expect("an event within 10 s")
-        .expect("the stream is open")
-        .expect("an event")
-}
-
 /// A watch on front-end B sees every write made through A, in version
 /// order; when B goes away, the consumer resumes on A from the last
 /// version it had, and misses and repeats nothing.
@@ -147,7 +147,7 @@ pub(crate) async fn watch_across_front_ends_and_resume(seeds: &[String]) {
         }
     });
     for i in 0..150u64 {
-        let event = next(&mut watch).await;
+        let event = next_event(&mut watch).await;
         assert_eq!(
             (event.kind, event.key.as_str(), event.version),
             (EventKind::Set, format!("k{i:03}").as_str(), i + 1)
@@ -164,7 +164,7 @@ pub(crate) async fn watch_across_front_ends_and_resume(seeds: &[String]) {
         .await
         .unwrap();
     for i in last..300 {
-        let event = next(&mut resumed).await;
+        let event = next_event(&mut resumed).await;
         assert_eq!(
             (event.key.as_str(), event.version),
             (format!("k{i:03}").as_str(), i + 1)
@@ -186,10 +186,7 @@ async fn admin_client(front: &InProcessRedis, token: &str) -> Client {
 /// once; a revocation or a deletion through one ends the open streams of
 /// the other.
 pub(crate) async fn catalog_across_front_ends(seeds: &[String]) {
-    let config = Config {
-        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
-        ..Config::default()
-    };
+    let config = with_admin();
     let (a, b) = fronts(seeds, "catalog", config).await;
     let admin_a = admin_client(&a, ADMIN).await;
     let admin_b = admin_client(&b, ADMIN).await;
@@ -270,10 +267,7 @@ pub(crate) async fn catalog_across_front_ends(seeds: &[String]) {
 
 /// A key quota holds exactly under concurrent writers on both front-ends.
 pub(crate) async fn quota_is_exact_across_front_ends(seeds: &[String]) {
-    let config = Config {
-        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
-        ..Config::default()
-    };
+    let config = with_admin();
     let (a, b) = fronts(seeds, "quota", config).await;
     let clients = [admin_client(&a, ADMIN).await, admin_client(&b, ADMIN).await];
     let quota = Quota {
@@ -315,9 +309,8 @@ pub(crate) async fn quota_is_exact_across_front_ends(seeds: &[String]) {
     // before any expiry task has swept them (this front-end's sweeps
     // are a minute apart, the longest allowed).
     let config = Config {
-        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
         expiry_interval: Duration::from_secs(60),
-        ..Config::default()
+        ..with_admin()
     };
     let front = InProcessRedis::start(seeds.to_vec(), "quota-dead", config).await;
     let admin = admin_client(&front, ADMIN).await;
@@ -711,10 +704,7 @@ fn longest_call(cluster: &RedisCluster, port: u16, function: &str) -> u64 {
 /// background thread), and answers other clients meanwhile.
 pub(crate) async fn big_clear_and_delete(cluster: &RedisCluster) {
     const N: usize = 1_000_000;
-    let config = Config {
-        admin_token: Some(AdminToken::new(ADMIN).unwrap()),
-        ..Config::default()
-    };
+    let config = with_admin();
     let front = InProcessRedis::start(cluster.seeds(), "big", config).await;
     let admin = admin_client(&front, ADMIN).await;
     admin
@@ -872,7 +862,7 @@ pub(crate) async fn history_is_the_trimmed_stream(seeds: &[String]) {
         .await
         .unwrap();
     for version in 901..=1000 {
-        assert_eq!(next(&mut resumed).await.version, version);
+        assert_eq!(next_event(&mut resumed).await.version, version);
     }
     front.stop().await;
 }
