@@ -103,7 +103,7 @@ async fn on_a_real_redis_cluster() {
 
     let started = Instant::now();
     parts::history_is_the_trimmed_stream(&seeds).await;
-    section("history is the trimmed stream", started);
+    section("history and request ids as documented", started);
 
     let started = Instant::now();
     parts::big_clear_and_delete(&cluster).await;

@@ -841,7 +841,8 @@ pub(crate) async fn tls_and_password(bin: &str) {
 /// Where the cluster differs: the watch history is the project's stream,
 /// trimmed by Redis to about `--watch-history-events` changes (at least
 /// that many are kept); a resume point older than what is kept is refused
-/// with OUT_OF_RANGE, never answered with a gap.
+/// with OUT_OF_RANGE, never answered with a gap. The history's byte budget
+/// and the count of remembered request ids do not apply there.
 pub(crate) async fn history_is_the_trimmed_stream(seeds: &[String]) {
     let mut config = Config::default();
     config.engine.watch_history_events = 100;
@@ -864,5 +865,32 @@ pub(crate) async fn history_is_the_trimmed_stream(seeds: &[String]) {
     for version in 901..=1000 {
         assert_eq!(next_event(&mut resumed).await.version, version);
     }
+    front.stop().await;
+
+    // The byte budget of the history and the count of remembered request
+    // ids do not apply: the stream keeps changes by count, request ids
+    // live out their window as keys.
+    let mut config = Config::default();
+    config.engine.watch_history_bytes = 1024;
+    config.engine.idempotency_max_ids = 1;
+    let front = InProcessRedis::start(seeds.to_vec(), "budgets", config).await;
+    let kv = front.ctx().client.project("b");
+    let big = "x".repeat(200);
+    for i in 0..20 {
+        kv.set(&format!("k{i}"), &big).await.unwrap();
+    }
+    let mut all = kv.watch(WatchOptions::all().from_version(0)).await.unwrap();
+    for version in 1..=20 {
+        assert_eq!(next_event(&mut all).await.version, version);
+    }
+    let once = |id: &'static str| IncrOptions::new().request_id(id);
+    let first = kv.incr_with("n", 1.0, once("r1")).await.unwrap();
+    kv.incr_with("n", 1.0, once("r2")).await.unwrap();
+    let retried = kv.incr_with("n", 1.0, once("r1")).await.unwrap();
+    assert_eq!(
+        (retried.value, retried.version),
+        (first.value, first.version)
+    );
+    assert_eq!(kv.get::<f64>("n").await.unwrap(), Some(2.0));
     front.stop().await;
 }
