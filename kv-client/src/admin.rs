@@ -4,13 +4,27 @@ use kv_proto::v1 as pb;
 
 use crate::{Client, Error};
 
-/// Limits on what a project holds; `None` means the server's default.
+/// Limits on what a project holds and how fast it calls; `None` means the
+/// server's default.
+///
+/// ```
+/// let quota = kv_client::Quota { ops_per_second: Some(100), ..Default::default() };
+/// assert_eq!(quota.max_keys, None);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
     /// Most keys.
     pub max_keys: Option<u64>,
     /// Most bytes of keys plus encoded values.
     pub max_bytes: Option<u64>,
+    /// Most calls per one-second window (every call counts one, whatever
+    /// its number of keys). `Some(0)`: unlimited, whatever the server
+    /// default. Over it, calls fail with `RESOURCE_EXHAUSTED` and a
+    /// `retry-after-ms` hint.
+    pub ops_per_second: Option<u64>,
+    /// Most bytes written (keys plus encoded values) per one-second window.
+    /// `Some(0)`: unlimited, whatever the server default.
+    pub write_bytes_per_second: Option<u64>,
 }
 
 /// A project with its usage, quota and incarnation; from the [`Admin`]
@@ -80,6 +94,8 @@ fn project(p: pb::Project) -> ProjectInfo {
         quota: Quota {
             max_keys: quota.max_keys,
             max_bytes: quota.max_bytes,
+            ops_per_second: quota.ops_per_second,
+            write_bytes_per_second: quota.write_bytes_per_second,
         },
         incarnation: p.incarnation,
     }
@@ -98,6 +114,8 @@ fn quota(q: Quota) -> Option<pb::Quota> {
     Some(pb::Quota {
         max_keys: q.max_keys,
         max_bytes: q.max_bytes,
+        ops_per_second: q.ops_per_second,
+        write_bytes_per_second: q.write_bytes_per_second,
     })
 }
 
@@ -120,7 +138,7 @@ impl Admin {
     ///
     /// ```no_run
     /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
-    /// let quota = kv_client::Quota { max_keys: Some(10_000), max_bytes: None };
+    /// let quota = kv_client::Quota { max_keys: Some(10_000), ..Default::default() };
     /// admin.create_project("shop", quota).await?;
     /// # Ok(())
     /// # }
@@ -214,7 +232,13 @@ impl Admin {
     ///
     /// ```no_run
     /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
-    /// admin.set_quota("shop", kv_client::Quota { max_keys: Some(50_000), max_bytes: Some(1 << 30) }).await?;
+    /// let quota = kv_client::Quota {
+    ///     max_keys: Some(50_000),
+    ///     max_bytes: Some(1 << 30),
+    ///     ops_per_second: Some(1_000),
+    ///     write_bytes_per_second: None,
+    /// };
+    /// admin.set_quota("shop", quota).await?;
     /// # Ok(())
     /// # }
     /// ```
@@ -348,7 +372,8 @@ mod tests {
             bytes: 40,
             quota: Some(pb::Quota {
                 max_keys: Some(10),
-                max_bytes: None,
+                ops_per_second: Some(50),
+                ..Default::default()
             }),
             incarnation: 1_700_000_000_000,
         });
@@ -360,7 +385,8 @@ mod tests {
                 bytes: 40,
                 quota: Quota {
                     max_keys: Some(10),
-                    max_bytes: None,
+                    ops_per_second: Some(50),
+                    ..Quota::default()
                 },
                 incarnation: 1_700_000_000_000,
             }

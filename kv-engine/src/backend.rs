@@ -112,6 +112,13 @@ pub trait Backend: Send + Sync + 'static {
     /// incarnation reaches a caller admitted for another.
     fn incarnation(&self, project: &ProjectName) -> u64;
 
+    /// The clock the backend judges time by (deadlines, TTLs): the service
+    /// reads the same one for anything timed in front of it (rate-limit
+    /// windows), so a test's manual clock governs both.
+    fn clock(&self) -> Arc<dyn crate::Clock> {
+        Arc::new(crate::SystemClock)
+    }
+
     /// Stores `value` under `key`, expiring `ttl_ms` milliseconds from now,
     /// or never when `None` (which also drops any earlier TTL).
     fn set(

@@ -180,10 +180,7 @@ impl Catalog {
     /// `default`'s.
     pub fn effective_quota(&self, project: &ProjectName, default: Quota) -> Quota {
         match self.project(project) {
-            Some(own) => Quota {
-                max_keys: own.max_keys.or(default.max_keys),
-                max_bytes: own.max_bytes.or(default.max_bytes),
-            },
+            Some(own) => own.or(default),
             None => default,
         }
     }

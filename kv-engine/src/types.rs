@@ -342,11 +342,54 @@ pub struct Applied {
     pub removed: u64,
 }
 
-/// Per-project limits on what a project may hold. `None` is unlimited.
+/// Per-project limits on what a project may hold and how fast it may call.
+/// `None` is unlimited (or, for a project's own quota, the server default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
     /// Most keys the project may hold.
     pub max_keys: Option<u64>,
     /// Most bytes (keys plus encoded values) the project may hold.
     pub max_bytes: Option<u64>,
+    /// Most calls per one-second window. `Some(0)` is unlimited: a
+    /// project's own 0 lifts the server default for it. Enforced by the
+    /// service in front of the engine, not by the engine.
+    pub ops_per_second: Option<u64>,
+    /// Most bytes written (keys plus encoded values of writes) per
+    /// one-second window; `Some(0)` as for `ops_per_second`.
+    pub write_bytes_per_second: Option<u64>,
+}
+
+impl Quota {
+    /// No limit at all.
+    ///
+    /// ```
+    /// assert_eq!(kv_engine::Quota::UNLIMITED, kv_engine::Quota::default());
+    /// ```
+    pub const UNLIMITED: Self = Self {
+        max_keys: None,
+        max_bytes: None,
+        ops_per_second: None,
+        write_bytes_per_second: None,
+    };
+
+    /// This quota's fields where set, else `default`'s.
+    ///
+    /// ```
+    /// use kv_engine::Quota;
+    /// let own = Quota { max_keys: Some(5), ..Quota::default() };
+    /// let default = Quota { max_keys: Some(9), ops_per_second: Some(100), ..Quota::default() };
+    /// let both = own.or(default);
+    /// assert_eq!((both.max_keys, both.ops_per_second), (Some(5), Some(100)));
+    /// ```
+    #[must_use]
+    pub fn or(self, default: Self) -> Self {
+        Self {
+            max_keys: self.max_keys.or(default.max_keys),
+            max_bytes: self.max_bytes.or(default.max_bytes),
+            ops_per_second: self.ops_per_second.or(default.ops_per_second),
+            write_bytes_per_second: self
+                .write_bytes_per_second
+                .or(default.write_bytes_per_second),
+        }
+    }
 }

@@ -176,7 +176,9 @@ impl RedisBackend {
                     .arg(generation)
                     .arg(limit(quota.max_keys))
                     .arg(limit(quota.max_bytes))
-                    .arg(mode);
+                    .arg(mode)
+                    .arg(limit(quota.ops_per_second))
+                    .arg(limit(quota.write_bytes_per_second));
             })
             .await?;
         match status(&reply)? {

@@ -18,18 +18,28 @@ use crate::{
     inner::{Inner, dedicated},
 };
 
-/// A project's catalog record: "generation|max keys|max bytes", empty for
-/// no limit. The generation is random per creation: a token is stored
-/// only for the creation of the project its caller saw. (`library.lua`
-/// writes it; this is its reader's mirror.)
+/// A project's catalog record: "generation|max keys|max bytes", then
+/// "|ops per second|write bytes per second" only when a rate is set (so
+/// records from before rate limits read unchanged); empty for no limit.
+/// The generation is random per creation: a token is stored only for the
+/// creation of the project its caller saw. (`library.lua` writes it; this
+/// is its reader's mirror.)
 #[cfg(test)]
 fn project_record(generation: &str, quota: Quota) -> String {
     let limit = |l: Option<u64>| l.map_or(String::new(), |n| n.to_string());
-    format!(
+    let mut record = format!(
         "{generation}|{}|{}",
         limit(quota.max_keys),
         limit(quota.max_bytes)
-    )
+    );
+    if quota.ops_per_second.is_some() || quota.write_bytes_per_second.is_some() {
+        record += &format!(
+            "|{}|{}",
+            limit(quota.ops_per_second),
+            limit(quota.write_bytes_per_second)
+        );
+    }
+    record
 }
 
 fn parse_project(record: &str) -> Option<(String, Quota)> {
@@ -43,9 +53,20 @@ fn parse_project(record: &str) -> Option<(String, Quota)> {
             part.parse().ok().map(Some)
         }
     };
+    let (max_keys, max_bytes) = (limit()?, limit()?);
+    // Absent in records written before rate limits.
+    let (ops_per_second, write_bytes_per_second) = match limit() {
+        Some(ops) => (ops, limit()?),
+        None => (None, None),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
     let quota = Quota {
-        max_keys: limit()?,
-        max_bytes: limit()?,
+        max_keys,
+        max_bytes,
+        ops_per_second,
+        write_bytes_per_second,
     };
     Some((generation, quota))
 }
@@ -329,11 +350,20 @@ mod tests {
     fn records_round_trip() {
         let quota = Quota {
             max_keys: Some(10),
-            max_bytes: None,
+            ..Quota::UNLIMITED
         };
+        // Without rates the record is the one written before rate limits.
         assert_eq!(project_record("g1", quota), "g1|10|");
         assert_eq!(parse_project("g1|10|"), Some(("g1".into(), quota)));
         assert_eq!(parse_project("g1|x|"), None);
+        let rated = Quota {
+            ops_per_second: Some(100),
+            ..quota
+        };
+        assert_eq!(project_record("g1", rated), "g1|10||100|");
+        assert_eq!(parse_project("g1|10||100|"), Some(("g1".into(), rated)));
+        assert_eq!(parse_project("g1|10||100"), None);
+        assert_eq!(parse_project("g1|10||100||7"), None);
         let token = TokenMeta {
             id: "abc".into(),
             project: ProjectName::parse("shop").unwrap(),

@@ -321,7 +321,10 @@ local function catalog_load(keys, args)
 end
 
 -- ARGV = name, generation, max keys, max bytes, mode ("create" refuses an
--- existing project, "quota" a missing one and keeps its generation).
+-- existing project, "quota" a missing one and keeps its generation), then
+-- (since 1.1) ops per second, write bytes per second. The rates are
+-- appended to the record only when one is set, so a record without them
+-- reads as before ("generation|keys|bytes").
 local function catalog_put_project(keys, args)
   local name, generation, mode = args[1], args[2], args[5]
   local old = redis.call('HGET', keys[P], name)
@@ -335,6 +338,10 @@ local function catalog_put_project(keys, args)
     generation = string.match(old, '^([^|]*)|')
   end
   local record = generation .. '|' .. args[3] .. '|' .. args[4]
+  local ops, write_bytes = args[6] or '', args[7] or ''
+  if ops ~= '' or write_bytes ~= '' then
+    record = record .. '|' .. ops .. '|' .. write_bytes
+  end
   redis.call('HSET', keys[P], name, record)
   catalog_event(keys, {'o', 'P', 'n', name, 'r', record})
   return {'ok', record}

@@ -16,7 +16,7 @@ use redis::{
 use crate::options::ConnectError;
 
 /// The version of the function library this build installs.
-pub const LIBRARY_VERSION: &str = "1.0";
+pub const LIBRARY_VERSION: &str = "1.1";
 
 const SOURCE: &str = include_str!("library.lua");
 

@@ -122,6 +122,8 @@ impl<S: AdminStore> AdminService<S> {
             quota: Some(pb::Quota {
                 max_keys: quota.max_keys,
                 max_bytes: quota.max_bytes,
+                ops_per_second: quota.ops_per_second,
+                write_bytes_per_second: quota.write_bytes_per_second,
             }),
             incarnation,
         })
@@ -140,6 +142,8 @@ fn quota(quota: Option<pb::Quota>) -> Quota {
     quota.map_or_else(Quota::default, |q| Quota {
         max_keys: q.max_keys,
         max_bytes: q.max_bytes,
+        ops_per_second: q.ops_per_second,
+        write_bytes_per_second: q.write_bytes_per_second,
     })
 }
 

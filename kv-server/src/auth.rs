@@ -264,6 +264,11 @@ impl Auth {
         Self { admin, catalog }
     }
 
+    /// The catalog tokens are looked up in.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// Whether no authentication is required.
     pub fn is_open(&self) -> bool {
         self.admin.is_none()

@@ -517,6 +517,16 @@ pub struct Cli {
     #[arg(long, env = "KV_DEFAULT_MAX_BYTES", default_value_t = 0)]
     pub default_max_bytes: u64,
 
+    /// Most calls each project may make per one-second window (0:
+    /// unlimited); a project's quota may set its own.
+    #[arg(long, env = "KV_DEFAULT_OPS_PER_SECOND", default_value_t = 0)]
+    pub default_ops_per_second: u64,
+
+    /// Most bytes (keys plus encoded values) each project may write per
+    /// one-second window (0: unlimited); a project's quota may set its own.
+    #[arg(long, env = "KV_DEFAULT_WRITE_BYTES_PER_SECOND", default_value_t = 0)]
+    pub default_write_bytes_per_second: u64,
+
     /// Require authentication: the admin token is the content of this file
     /// (surrounding whitespace ignored).
     #[arg(long, env = "KV_ADMIN_TOKEN_FILE")]
@@ -587,6 +597,10 @@ impl Cli {
                 quota: Quota {
                     max_keys: (self.default_max_keys > 0).then_some(self.default_max_keys),
                     max_bytes: (self.default_max_bytes > 0).then_some(self.default_max_bytes),
+                    ops_per_second: (self.default_ops_per_second > 0)
+                        .then_some(self.default_ops_per_second),
+                    write_bytes_per_second: (self.default_write_bytes_per_second > 0)
+                        .then_some(self.default_write_bytes_per_second),
                 },
             },
             limits: Limits {

@@ -11,6 +11,7 @@
 //!   expiry, the durable embedded default (write-ahead log, group commit,
 //!   snapshots, crash recovery), project names and stored values.
 //! - [`limits`]: connection count, idle and request-time limits.
+//! - [`rate`]: per-project operations and bytes written per second.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -43,6 +44,7 @@ pub mod auth;
 pub mod config;
 pub mod limits;
 pub mod metadata;
+pub mod rate;
 pub mod server;
 pub mod service;
 pub mod status;

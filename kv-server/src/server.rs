@@ -23,6 +23,7 @@ use crate::{
     auth::Auth,
     config::{Config, ConfigError, TlsFiles},
     limits::{RequestLimitsLayer, guard_connections},
+    rate::RateLimits,
     service::KvService,
 };
 
@@ -317,7 +318,9 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
+    let rate = RateLimits::new(auth.catalog().clone(), config.log.quota, backend.clock());
     let kv = KvService::new(backend, config.limits.clone(), auth)
+        .with_rate_limits(Arc::new(rate))
         .with_stopping(stopping)
         .with_max_call_time(config.max_request_time);
     let kv = KvServiceServer::new(kv)

@@ -224,6 +224,7 @@ async fn projects_tokens_and_quotas_survive_restart_and_delete_cleans_up() {
             Quota {
                 max_keys: Some(2),
                 max_bytes: None,
+                ..Quota::default()
             },
         )
         .await
@@ -271,6 +272,7 @@ async fn projects_tokens_and_quotas_survive_restart_and_delete_cleans_up() {
             Quota {
                 max_keys: Some(3),
                 max_bytes: None,
+                ..Quota::default()
             },
         )
         .await

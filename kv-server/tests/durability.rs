@@ -443,6 +443,7 @@ async fn the_catalog_survives_snapshots() {
     let quota = Quota {
         max_keys: Some(7),
         max_bytes: None,
+        ..Quota::default()
     };
     store
         .admin(AdminChange::CreateProject {

@@ -16,6 +16,7 @@ fn config(max_keys: Option<u64>, max_bytes: Option<u64>) -> Config {
             quota: Quota {
                 max_keys,
                 max_bytes,
+                ..Quota::default()
             },
             ..LogOptions::default()
         },

@@ -114,4 +114,8 @@ impl Backend for MemoryStore {
     fn incarnation(&self, project: &ProjectName) -> u64 {
         MemoryStore::incarnation(self, project)
     }
+
+    fn clock(&self) -> std::sync::Arc<dyn crate::Clock> {
+        std::sync::Arc::clone(MemoryStore::clock(self))
+    }
 }

@@ -16,7 +16,10 @@
 //! 2 Delete project_len: u8, project, key_len: u32, key
 //! 3 Clear  project_len: u8, project
 //! 4 End    count: u64          (last frame of a snapshot)
-//! 5 PutProject     project, has: u8 (bit 0 max_keys, bit 1 max_bytes), max_keys: u64, max_bytes: u64
+//! 5 PutProject     project, has: u8 (bit 0 max_keys, bit 1 max_bytes, bit 2
+//!                  ops_per_second, bit 3 write_bytes_per_second), max_keys: u64,
+//!                  max_bytes: u64, [ops_per_second: u64, write_bytes_per_second: u64]
+//!                  (the bracketed pair only when bit 2 or 3 is set)
 //! 6 DeleteProject  project
 //! 7 PutToken       id_len: u32, id, project, read_only: u8, secret_sha256: [u8; 32], created_at_ms: u64
 //! 8 RevokeToken    id_len: u32, id
@@ -41,6 +44,9 @@
 //! one Txn record each, so a transaction is all or nothing on disk too).
 //! Version 3 added incarnations (kinds 11 and 12). Files of version 1
 //! (kinds 1-8, no versions) are still read: replay numbers their changes.
+//! Rate limits in PutProject (has bits 2 and 3) came later within version
+//! 3: a record without them is byte for byte the earlier encoding, so
+//! logs and snapshots written before decode unchanged.
 //!
 //! Written by hand rather than with a serialisation crate: the format is the
 //! product's durability contract, and its torn-tail versus corruption rules
@@ -67,6 +73,9 @@ const TXN: u8 = 9;
 const VERSION: u8 = 10;
 const INCARNATION: u8 = 11;
 const RETIRED: u8 = 12;
+
+/// PutProject's `has` bits of the rate limits.
+const RATE_BITS: u8 = 4 | 8;
 
 const CHANGE_SET: u8 = 1;
 const CHANGE_DELETE: u8 = 2;
@@ -380,11 +389,18 @@ pub(crate) fn encode_catalog(out: &mut Vec<u8>, change: &CatalogChange) {
         CatalogChange::PutProject { project, quota } => {
             payload.push(PUT_PROJECT);
             put_project(payload, project);
-            let has =
-                u8::from(quota.max_keys.is_some()) | (u8::from(quota.max_bytes.is_some()) << 1);
+            let has = u8::from(quota.max_keys.is_some())
+                | (u8::from(quota.max_bytes.is_some()) << 1)
+                | (u8::from(quota.ops_per_second.is_some()) << 2)
+                | (u8::from(quota.write_bytes_per_second.is_some()) << 3);
             payload.push(has);
             payload.extend_from_slice(&quota.max_keys.unwrap_or(0).to_le_bytes());
             payload.extend_from_slice(&quota.max_bytes.unwrap_or(0).to_le_bytes());
+            if has & RATE_BITS != 0 {
+                payload.extend_from_slice(&quota.ops_per_second.unwrap_or(0).to_le_bytes());
+                let bytes = quota.write_bytes_per_second.unwrap_or(0);
+                payload.extend_from_slice(&bytes.to_le_bytes());
+            }
         }
         CatalogChange::DeleteProject { project } => {
             payload.push(DELETE_PROJECT);
@@ -476,11 +492,19 @@ pub fn decode_payload_cached(
             let project = r.project()?;
             let has = r.u8()?;
             let (max_keys, max_bytes) = (r.u64()?, r.u64()?);
+            // Records from before rate limits end here (has <= 3).
+            let (ops, write_bytes) = if has & RATE_BITS != 0 {
+                (r.u64()?, r.u64()?)
+            } else {
+                (0, 0)
+            };
             Record::Catalog(CatalogChange::PutProject {
                 project,
                 quota: Quota {
                     max_keys: (has & 1 != 0).then_some(max_keys),
                     max_bytes: (has & 2 != 0).then_some(max_bytes),
+                    ops_per_second: (has & 4 != 0).then_some(ops),
+                    write_bytes_per_second: (has & 8 != 0).then_some(write_bytes),
                 },
             })
         }
@@ -675,3 +699,6 @@ impl<'a> Cursor<'a, '_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod quota_tests;

@@ -379,6 +379,10 @@ impl Backend for DurableStore {
         self.mem.incarnation(project)
     }
 
+    fn clock(&self) -> Arc<dyn crate::Clock> {
+        Arc::clone(self.mem.clock())
+    }
+
     async fn expire_due(&self, limit: usize) -> usize {
         let due = self.mem.take_due(limit);
         let consumed = due.len();

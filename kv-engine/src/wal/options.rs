@@ -94,10 +94,7 @@ impl LogOptions {
         repair: false,
         snapshot_min_log_bytes: 64 << 20,
         segment_bytes: 64 << 20,
-        quota: Quota {
-            max_keys: None,
-            max_bytes: None,
-        },
+        quota: Quota::UNLIMITED,
     };
 }
 

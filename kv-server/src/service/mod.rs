@@ -119,6 +119,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         for (i, key) in keys.iter().enumerate() {
             self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
         }
+        self.rate.admit(&scope.project, 0)?;
         let entries = self
             .backend
             .get_many(&scope.project, keys)
@@ -175,6 +176,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             }
             n => n as usize,
         };
+        self.rate.admit(&scope.project, 0)?;
         let query = ListQuery {
             prefix: r.prefix.clone(),
             start_after: r.start_after.clone(),

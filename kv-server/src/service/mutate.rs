@@ -19,7 +19,7 @@ use super::{
     respond,
     shared::{KvService, Scope},
 };
-use crate::status::engine_status;
+use crate::{rate, status::engine_status};
 
 /// A request that writes: its transaction and its response.
 pub(super) trait Mutating: Message + Clone {
@@ -80,6 +80,7 @@ impl<B: Backend> KvService<B> {
         request: &M,
     ) -> Result<impl Future<Output = Result<M::Response, Status>> + Send + 'static, Status> {
         let (checks, ops) = request.txn(self)?;
+        self.rate.admit(&scope.project, rate::write_bytes(&ops))?;
         let id = Self::request_id(
             M::METHOD,
             request.request_id(),

@@ -75,6 +75,7 @@ fn reply(id: u64, result: Result<Res, Status>) -> Reply {
         Err(status) => Res::Error(CallError {
             code: status.code() as i32,
             message: status.message().to_string(),
+            retry_after_ms: crate::rate::retry_after_ms(status.metadata()),
         }),
     };
     Reply {

@@ -11,6 +11,7 @@ use super::respond;
 use crate::{
     auth::{Access, Auth},
     config::Limits,
+    rate::RateLimits,
     status::engine_status,
 };
 
@@ -41,6 +42,8 @@ pub struct KvService<B> {
     /// Longest a pipelined call may run (`--max-request-time-ms`): the
     /// transport's per-request cap sees only the stream, not its calls.
     pub(super) max_call_time: std::time::Duration,
+    /// Per-project calls and bytes written per second.
+    pub(super) rate: Arc<RateLimits>,
 }
 
 // Not derived: that would require `B: Clone`, and the backend is shared.
@@ -52,6 +55,7 @@ impl<B> Clone for KvService<B> {
             auth: self.auth.clone(),
             stopping: self.stopping.clone(),
             max_call_time: self.max_call_time,
+            rate: self.rate.clone(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl<B> KvService<B> {
             auth,
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
             max_call_time: crate::config::Config::default().max_request_time,
+            rate: Arc::default(),
         }
     }
 
@@ -113,6 +118,24 @@ impl<B> KvService<B> {
         self.max_call_time = limit;
         self
     }
+
+    /// Admits calls under `rate` (none are limited without it).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{Quota, SystemClock, memory::MemoryStore};
+    /// use kv_server::{auth::Auth, config::Limits, rate::RateLimits, service::KvService};
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let per_second = Quota { ops_per_second: Some(1_000), ..Quota::default() };
+    /// let rate = RateLimits::new(auth.catalog().clone(), per_second, Arc::new(SystemClock));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
+    ///     .with_rate_limits(Arc::new(rate));
+    /// # let _ = service;
+    /// ```
+    pub fn with_rate_limits(mut self, rate: Arc<RateLimits>) -> Self {
+        self.rate = rate;
+        self
+    }
 }
 
 // The unary methods' work, shared with `Pipeline`, which runs the same
@@ -148,6 +171,7 @@ impl<B: Backend> KvService<B> {
         r: &GetRequest,
     ) -> Result<GetResponse, Status> {
         let key = self.key(&r.key)?;
+        self.rate.admit(&scope.project, 0)?;
         let entry = self
             .backend
             .get(&scope.project, key)
@@ -163,6 +187,7 @@ impl<B: Backend> KvService<B> {
         r: &HasRequest,
     ) -> Result<HasResponse, Status> {
         let key = self.key(&r.key)?;
+        self.rate.admit(&scope.project, 0)?;
         let exists = self
             .backend
             .has(&scope.project, key)

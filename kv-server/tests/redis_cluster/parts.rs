@@ -273,6 +273,7 @@ pub(crate) async fn quota_is_exact_across_front_ends(seeds: &[String]) {
     let quota = Quota {
         max_keys: Some(100),
         max_bytes: None,
+        ..Quota::default()
     };
     clients[0].admin().create_project("q", quota).await.unwrap();
     eventually("B knows the quota", || {
@@ -317,6 +318,7 @@ pub(crate) async fn quota_is_exact_across_front_ends(seeds: &[String]) {
     let quota = Quota {
         max_keys: Some(10),
         max_bytes: None,
+        ..Quota::default()
     };
     admin.admin().create_project("d", quota).await.unwrap();
     let kv = admin.project("d");
