@@ -66,4 +66,36 @@ impl Error {
             Error::Protocol(_) => Code::Internal,
         }
     }
+
+    /// How long the server asked to wait before trying again: set when a
+    /// call was refused by its project's rate limit (`RESOURCE_EXHAUSTED`
+    /// with the `retry-after-ms` trailer, or its pipelined equivalent).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut status = tonic::Status::resource_exhausted("over the limit");
+    /// status.metadata_mut().insert("retry-after-ms", 340.into());
+    /// let e = kv_client::Error::from(status);
+    /// assert_eq!(e.retry_after(), Some(Duration::from_millis(340)));
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        let Error::Status(status) = self else {
+            return None;
+        };
+        let ms = status.metadata().get(RETRY_AFTER_HEADER)?.to_str().ok()?;
+        ms.parse().ok().map(Duration::from_millis)
+    }
+}
+
+/// The trailer of a call refused by a rate limit: ms until it may pass.
+pub(crate) const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+
+/// The status a pipelined call's error stands for, with its retry hint
+/// as the unary call's trailer.
+pub(crate) fn call_status(e: kv_proto::v1::CallError) -> tonic::Status {
+    let mut status = tonic::Status::new(Code::from_i32(e.code), e.message);
+    if let Some(ms) = e.retry_after_ms {
+        status.metadata_mut().insert(RETRY_AFTER_HEADER, ms.into());
+    }
+    status
 }

@@ -178,6 +178,7 @@ async fn pipelined(call: pb::Call, project: &str) -> Option<Result<pb::Reply, St
         "bad" => pb::reply::Response::Error(pb::CallError {
             code: Code::InvalidArgument as i32,
             message: "bad is a bad key".into(),
+            retry_after_ms: None,
         }),
         "slow" => {
             tokio::time::sleep(TIMEOUT / 2).await;

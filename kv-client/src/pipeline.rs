@@ -246,9 +246,7 @@ impl Pipeline {
                                 continue;
                             };
                             let outcome = match reply.response {
-                                Some(Res::Error(e)) => {
-                                    Err(Status::new(Code::from_i32(e.code), e.message))
-                                }
+                                Some(Res::Error(e)) => Err(crate::error::call_status(e)),
                                 Some(response) => Ok(response),
                                 None => Err(Status::internal("a pipeline reply without a result")),
                             };
