@@ -39,6 +39,9 @@ pub(crate) enum Command {
     /// Writes keys with TTLs while watching the project, and measures how
     /// long after each key's deadline its EXPIRED event arrives.
     Expiry(ExpiryArgs),
+    /// A quiet project's latency at a fixed rate: alone, beside a flooding
+    /// project, and beside the flooder under a rate limit.
+    NoisyNeighbour(crate::neighbours::NeighbourArgs),
 }
 
 /// What `run` drives.

@@ -36,6 +36,11 @@
 //!   spread_ms, value_bytes, batch, concurrency, timeout_s, project,
 //!   seed`), then `early` and `server_lag_ms`. Exit 1 when the watch is
 //!   cut off or a write fails.
+//! - `noisy-neighbour --quiet-rate R --flood-limit L`: a quiet project's
+//!   latency at R calls/s alone, beside a project flooding at full speed,
+//!   and beside the flooder limited to L ops/s by its quota (see
+//!   `neighbours.rs`); prints the quiet p50/p99/max per phase and the p99
+//!   ratios.
 //!
 //! # The harness
 //!
@@ -73,6 +78,7 @@ use clap::Parser;
 mod chart;
 mod cli;
 mod expiry;
+mod neighbours;
 mod reference;
 mod report;
 mod runner;
@@ -104,6 +110,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             finish(runtime(args.threads).and_then(|rt| rt.block_on(expiry::run(&args))))
+        }
+        Command::NoisyNeighbour(args) => {
+            finish(runtime(2).and_then(|rt| rt.block_on(neighbours::run(&args))))
         }
     }
 }
