@@ -5,7 +5,7 @@
 //! due on a fixed schedule and measured from when it was due, so a stall is
 //! charged to every call behind it; gets and sets 80/20 over its own keys)
 //! while its latency is recorded (hdrhistogram, µs). Three phases, one after
-//! the other in one run, each `--phase` long after `--warmup`:
+//! the other in one run, each `--phase-ms` long after `--warmup-ms`:
 //!
 //! 1. `alone`: the quiet project only;
 //! 2. `flood`: plus a flooder project writing as fast as it can from
@@ -33,8 +33,6 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use kv_client::{Client, Code, Quota};
 use serde::Serialize;
-
-use crate::cli::parse_duration;
 
 /// Flags of `noisy-neighbour`.
 #[derive(Args, Debug)]
@@ -80,13 +78,13 @@ pub(crate) struct NeighbourArgs {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) keys: u64,
 
-    /// How long each phase measures, like `10s`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) phase: Duration,
+    /// How long each phase measures, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) phase_ms: u64,
 
-    /// How long each phase runs before measuring.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub(crate) warmup: Duration,
+    /// How long each phase runs before measuring, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) warmup_ms: u64,
 
     /// Also write the result as JSON to this file.
     #[arg(long)]
@@ -195,13 +193,13 @@ pub(crate) async fn run(args: &NeighbourArgs) -> Result<(), String> {
                 }));
             }
         }
-        tokio::time::sleep(args.warmup).await;
+        tokio::time::sleep(Duration::from_millis(args.warmup_ms)).await;
         let (admitted0, refused0) = (
             counts.admitted.load(Ordering::Relaxed),
             counts.refused.load(Ordering::Relaxed),
         );
         let (hist, calls, errors) = quiet_phase(&quiet, args, &value).await?;
-        let secs = args.phase.as_secs_f64();
+        let secs = args.phase_ms as f64 / 1000.0;
         let admitted = counts.admitted.load(Ordering::Relaxed) - admitted0;
         let refused = counts.refused.load(Ordering::Relaxed) - refused0;
         stop.store(true, Ordering::Relaxed);
@@ -228,7 +226,7 @@ pub(crate) async fn run(args: &NeighbourArgs) -> Result<(), String> {
         flood_clients: args.flood_clients,
         flood_limit: args.flood_limit,
         value_bytes: args.value_bytes,
-        phase_s: args.phase.as_secs_f64(),
+        phase_s: args.phase_ms as f64 / 1000.0,
         p99_flood_over_alone: ratio(1),
         p99_limited_over_alone: ratio(2),
         phases,
@@ -253,7 +251,7 @@ async fn quiet_phase(
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
     let interval = Duration::from_secs(1) / args.quiet_rate;
-    let total = (args.phase.as_secs_f64() * f64::from(args.quiet_rate)) as u64;
+    let total = args.phase_ms * u64::from(args.quiet_rate) / 1000;
     let start = Instant::now();
     // One call in flight at a time; a late call is charged from when it
     // was due, so a stall shows in every call behind it.
