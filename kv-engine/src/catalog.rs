@@ -22,6 +22,40 @@ pub struct TokenMeta {
     pub secret_sha256: [u8; 32],
     /// Creation time, unix ms.
     pub created_at_ms: u64,
+    /// The token's own rate limits, on top of its project's.
+    pub limits: TokenLimits,
+}
+
+/// Rate limits of one token, applied on top of its project's: a call made
+/// with the token is admitted only if both admit it. `None` or `Some(0)`:
+/// no limit of the token's own (the project's still holds). Enforced by
+/// the service in front of the engine, not by the engine.
+///
+/// ```
+/// use kv_engine::catalog::TokenLimits;
+/// assert!(TokenLimits::default().is_unlimited());
+/// assert!(TokenLimits { ops_per_second: Some(0), ..TokenLimits::default() }.is_unlimited());
+/// assert!(!TokenLimits { ops_per_second: Some(20), ..TokenLimits::default() }.is_unlimited());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Most calls per one-second window made with the token.
+    pub ops_per_second: Option<u64>,
+    /// Most bytes written (keys plus encoded values) per one-second window
+    /// with the token.
+    pub write_bytes_per_second: Option<u64>,
+}
+
+impl TokenLimits {
+    /// Whether neither limit restricts anything.
+    pub fn is_unlimited(&self) -> bool {
+        self.ops_per_second.unwrap_or(0) == 0 && self.write_bytes_per_second.unwrap_or(0) == 0
+    }
+
+    /// Whether either field is set (even to 0): such limits are stored.
+    pub fn is_set(&self) -> bool {
+        self.ops_per_second.is_some() || self.write_bytes_per_second.is_some()
+    }
 }
 
 impl std::fmt::Debug for TokenMeta {
@@ -32,6 +66,7 @@ impl std::fmt::Debug for TokenMeta {
             .field("project", &self.project)
             .field("read_only", &self.read_only)
             .field("created_at_ms", &self.created_at_ms)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }

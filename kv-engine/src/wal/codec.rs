@@ -21,7 +21,10 @@
 //!                  max_bytes: u64, [ops_per_second: u64, write_bytes_per_second: u64]
 //!                  (the bracketed pair only when bit 2 or 3 is set)
 //! 6 DeleteProject  project
-//! 7 PutToken       id_len: u32, id, project, read_only: u8, secret_sha256: [u8; 32], created_at_ms: u64
+//! 7 PutToken       id_len: u32, id, project, read_only: u8, secret_sha256: [u8; 32], created_at_ms: u64,
+//!                  [has: u8 (bit 0 ops_per_second, bit 1 write_bytes_per_second),
+//!                  ops_per_second: u64, write_bytes_per_second: u64] (only for a
+//!                  token with rate limits; see `codec/token.rs`)
 //! 8 RevokeToken    id_len: u32, id
 //! 9 Txn      project, at_ms: u64, count: u32, count x change, has_request: u8, [request]
 //!            change  = version: u64, tag: u8, then by tag:
@@ -57,7 +60,7 @@ pub(crate) use super::frame::{FILE_HEADER_LEN, LOG_MAGIC, SNAPSHOT_MAGIC, file_h
 pub use super::frame::{FrameDamage, FrameError, FrameReader};
 use crate::{
     Deadline, Mutation, OpOutcome, Quota, TxnOutcome, Versioned,
-    catalog::{CatalogChange, TokenMeta},
+    catalog::CatalogChange,
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
 };
 
@@ -179,6 +182,9 @@ pub enum DecodeError {
     /// An empty key.
     #[error("empty key")]
     EmptyKey,
+    /// A token's limit flags name no limit, or one this build does not know.
+    #[error("bad token limit flags {0:#04x}")]
+    TokenLimitFlags(u8),
 }
 
 /// Appends one framed record for `mutation` of `project` to `out`, in the
@@ -406,14 +412,7 @@ pub(crate) fn encode_catalog(out: &mut Vec<u8>, change: &CatalogChange) {
             payload.push(DELETE_PROJECT);
             put_project(payload, project);
         }
-        CatalogChange::PutToken(token) => {
-            payload.push(PUT_TOKEN);
-            put_bytes(payload, token.id.as_bytes());
-            put_project(payload, &token.project);
-            payload.push(u8::from(token.read_only));
-            payload.extend_from_slice(&token.secret_sha256);
-            payload.extend_from_slice(&token.created_at_ms.to_le_bytes());
-        }
+        CatalogChange::PutToken(token) => token::encode(payload, token),
         CatalogChange::RevokeToken { id } => {
             payload.push(REVOKE_TOKEN);
             put_bytes(payload, id.as_bytes());
@@ -511,20 +510,7 @@ pub fn decode_payload_cached(
         DELETE_PROJECT => Record::Catalog(CatalogChange::DeleteProject {
             project: r.project()?,
         }),
-        PUT_TOKEN => {
-            let id = r.text()?;
-            let project = r.project()?;
-            let read_only = r.u8()? != 0;
-            let secret_sha256 = r.take(32)?.try_into().expect("32 bytes");
-            let created_at_ms = r.u64()?;
-            Record::Catalog(CatalogChange::PutToken(TokenMeta {
-                id,
-                project,
-                read_only,
-                secret_sha256,
-                created_at_ms,
-            }))
-        }
+        PUT_TOKEN => Record::Catalog(CatalogChange::PutToken(token::decode(&mut r)?)),
         REVOKE_TOKEN => Record::Catalog(CatalogChange::RevokeToken { id: r.text()? }),
         TXN => {
             let project = r.project()?;
@@ -702,3 +688,8 @@ mod tests;
 
 #[cfg(test)]
 mod quota_tests;
+
+mod token;
+
+#[cfg(test)]
+mod token_tests;
