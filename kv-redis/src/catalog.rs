@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 
 use kv_engine::{
     EngineError, Quota,
-    catalog::{Catalog, CatalogChange, TokenMeta},
+    catalog::{Catalog, CatalogChange, TokenLimits, TokenMeta},
     project::ProjectName,
 };
 use redis::Value;
@@ -72,15 +72,27 @@ fn parse_project(record: &str) -> Option<(String, Quota)> {
 }
 
 /// A token as stored: project name length and name, read-only flag,
-/// SHA-256 of the secret, creation time (the library reads the project).
+/// SHA-256 of the secret, creation time (the library reads the project),
+/// then, only for a token with rate limits, a flags byte (bit 0 ops per
+/// second, bit 1 write bytes per second) and both limits as u64 (so a
+/// token without them is the record written before token limits).
 pub(crate) fn token_record(token: &TokenMeta) -> Vec<u8> {
     let name = token.project.as_str().as_bytes();
-    let mut out = Vec::with_capacity(1 + name.len() + 1 + 32 + 8);
+    let mut out = Vec::with_capacity(1 + name.len() + 1 + 32 + 8 + 17);
     out.push(u8::try_from(name.len()).expect("project names are short"));
     out.extend_from_slice(name);
     out.push(u8::from(token.read_only));
     out.extend_from_slice(&token.secret_sha256);
     out.extend_from_slice(&token.created_at_ms.to_le_bytes());
+    let limits = token.limits;
+    if limits.is_set() {
+        out.push(
+            u8::from(limits.ops_per_second.is_some())
+                | (u8::from(limits.write_bytes_per_second.is_some()) << 1),
+        );
+        out.extend_from_slice(&limits.ops_per_second.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&limits.write_bytes_per_second.unwrap_or(0).to_le_bytes());
+    }
     out
 }
 
@@ -88,15 +100,23 @@ fn parse_token(id: &str, raw: &[u8]) -> Option<TokenMeta> {
     let n = usize::from(*raw.first()?);
     let project = ProjectName::parse(std::str::from_utf8(raw.get(1..1 + n)?).ok()?).ok()?;
     let rest = raw.get(1 + n..)?;
-    if rest.len() != 1 + 32 + 8 {
-        return None;
-    }
+    let u64_at = |at: usize| rest[at..at + 8].try_into().ok().map(u64::from_le_bytes);
+    let limits = match rest.len() {
+        // Written before token limits.
+        41 => TokenLimits::default(),
+        58 if matches!(rest[41], 1..=3) => TokenLimits {
+            ops_per_second: (rest[41] & 1 != 0).then_some(u64_at(42)?),
+            write_bytes_per_second: (rest[41] & 2 != 0).then_some(u64_at(50)?),
+        },
+        _ => return None,
+    };
     Some(TokenMeta {
         id: id.to_string(),
         project,
         read_only: rest[0] != 0,
         secret_sha256: rest[1..33].try_into().ok()?,
-        created_at_ms: u64::from_le_bytes(rest[33..41].try_into().ok()?),
+        created_at_ms: u64_at(33)?,
+        limits,
     })
 }
 
@@ -370,12 +390,35 @@ mod tests {
             read_only: true,
             secret_sha256: [7; 32],
             created_at_ms: 1_700_000_000_000,
+            limits: TokenLimits::default(),
         };
         let raw = token_record(&token);
         // The library reads the project from the record's head.
         assert_eq!(raw[0] as usize, 4);
         assert_eq!(&raw[1..5], b"shop");
-        assert_eq!(parse_token("abc", &raw), Some(token));
+        assert_eq!(parse_token("abc", &raw), Some(token.clone()));
         assert_eq!(parse_token("abc", &raw[..raw.len() - 1]), None);
+        // Without limits the record is the one written before token limits.
+        let mut old = vec![4];
+        old.extend_from_slice(b"shop");
+        old.push(1);
+        old.extend_from_slice(&[7; 32]);
+        old.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+        assert_eq!(raw, old);
+        let limited = TokenMeta {
+            limits: TokenLimits {
+                ops_per_second: Some(20),
+                write_bytes_per_second: None,
+            },
+            ..token
+        };
+        let raw = token_record(&limited);
+        assert_eq!(raw.len(), old.len() + 17);
+        assert_eq!(&raw[1..5], b"shop");
+        assert_eq!(parse_token("abc", &raw), Some(limited));
+        assert_eq!(parse_token("abc", &raw[..raw.len() - 1]), None);
+        let mut bad_flags = raw.clone();
+        bad_flags[old.len()] = 4;
+        assert_eq!(parse_token("abc", &bad_flags), None);
     }
 }

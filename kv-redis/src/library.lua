@@ -27,7 +27,8 @@
 --   kv:{#catalog}:p  hash: project -> "generation|max keys|max bytes"
 --   kv:{#catalog}:t  hash: token id -> token record (project name length,
 --                    name, read-only flag, SHA-256 of the secret, creation
---                    time): never the secret
+--                    time, then the token's rate limits if it has any; only
+--                    the head is read here): never the secret
 --   kv:{#catalog}:s  stream: every catalog change, which every front-end
 --                    follows to keep its copy current
 -- (No project name holds `#`, so these never meet a project's keys.)
