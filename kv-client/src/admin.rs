@@ -65,6 +65,30 @@ pub struct TokenInfo {
     pub read_only: bool,
     /// Creation time, unix ms.
     pub created_at_ms: u64,
+    /// The token's own rate limits (none set: only its project's apply).
+    pub limits: TokenLimits,
+}
+
+/// Rate limits of one token, on top of its project's quota: a call made
+/// with the token is admitted only if both admit it. `None` or `Some(0)`:
+/// no limit of the token's own. Over one, calls fail with
+/// `RESOURCE_EXHAUSTED` naming the token id, with a `retry-after-ms` hint
+/// ([`Error::retry_after`]). Set when the token is created
+/// ([`Admin::create_token_with`]); to change them, create another token
+/// and revoke this one.
+///
+/// ```
+/// let limits = kv_client::TokenLimits { ops_per_second: Some(20), ..Default::default() };
+/// assert_eq!(limits.write_bytes_per_second, None);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// Most calls per one-second window made with the token (counted as
+    /// for [`Quota::ops_per_second`]).
+    pub ops_per_second: Option<u64>,
+    /// Most bytes written per one-second window with the token (counted
+    /// as for [`Quota::write_bytes_per_second`]).
+    pub write_bytes_per_second: Option<u64>,
 }
 
 /// A token just created: its secret is shown here only.
@@ -107,6 +131,10 @@ fn token(t: pb::TokenInfo) -> TokenInfo {
         project: t.project,
         read_only: t.read_only,
         created_at_ms: t.created_at_ms,
+        limits: t.limits.map_or_else(TokenLimits::default, |l| TokenLimits {
+            ops_per_second: l.ops_per_second,
+            write_bytes_per_second: l.write_bytes_per_second,
+        }),
     }
 }
 
@@ -272,9 +300,39 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn create_token(&self, project: &str, read_only: bool) -> Result<NewToken, Error> {
+        self.create_token_with(project, read_only, TokenLimits::default())
+            .await
+    }
+
+    /// Creates a token for `project` with rate limits of its own, on top
+    /// of the project's.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
+    /// let limits = kv_client::TokenLimits { ops_per_second: Some(20), ..Default::default() };
+    /// let batch_job = admin.create_token_with("shop", false, limits).await?;
+    /// assert_eq!(batch_job.info.limits, limits);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// See [`Admin`].
+    pub async fn create_token_with(
+        &self,
+        project: &str,
+        read_only: bool,
+        limits: TokenLimits,
+    ) -> Result<NewToken, Error> {
+        let set = limits.ops_per_second.is_some() || limits.write_bytes_per_second.is_some();
         let request = self.client.request(pb::CreateTokenRequest {
             project: project.into(),
             read_only,
+            limits: set.then_some(pb::TokenLimits {
+                ops_per_second: limits.ops_per_second,
+                write_bytes_per_second: limits.write_bytes_per_second,
+            }),
         });
         let reply = self
             .client

@@ -165,7 +165,7 @@ mod pipeline;
 mod project;
 mod watch;
 
-pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
+pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo, TokenLimits};
 pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,

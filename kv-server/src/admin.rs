@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use kv_engine::{
     Clock, EngineError, Quota,
-    catalog::{Catalog, TokenMeta},
+    catalog::{Catalog, TokenLimits, TokenMeta},
     memory::Usage,
     project::ProjectName,
     wal::{AdminChange, AdminOutcome, DurableStore},
@@ -153,6 +153,10 @@ fn token_info(meta: TokenMeta) -> pb::TokenInfo {
         project: meta.project.to_string(),
         read_only: meta.read_only,
         created_at_ms: meta.created_at_ms,
+        limits: meta.limits.is_set().then_some(pb::TokenLimits {
+            ops_per_second: meta.limits.ops_per_second,
+            write_bytes_per_second: meta.limits.write_bytes_per_second,
+        }),
     }
 }
 
@@ -241,15 +245,24 @@ impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         self.auth.require_admin(request.metadata())?;
-        let CreateTokenRequest { project, read_only } = request.into_inner();
+        let CreateTokenRequest {
+            project,
+            read_only,
+            limits,
+        } = request.into_inner();
+        let limits = limits.map_or_else(TokenLimits::default, |l| TokenLimits {
+            ops_per_second: l.ops_per_second,
+            write_bytes_per_second: l.write_bytes_per_second,
+        });
         let project = self.project(&project)?;
         self.registered(&project)?;
         // The incarnation seen now: if the project is deleted (and maybe
         // recreated) before the token is stored, the store refuses it.
         let (_, incarnation) = self.store.usage(&project).await.map_err(engine_status)?;
         let now = self.store.now_ms();
-        let token = new_token(project, read_only, now)
+        let mut token = new_token(project, read_only, now)
             .map_err(|e| Status::unavailable(format!("no randomness for a token: {e}")))?;
+        token.meta.limits = limits;
         self.store
             .admin(AdminChange::CreateToken {
                 token: token.meta.clone(),
@@ -257,7 +270,7 @@ impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
             })
             .await
             .map_err(engine_status)?;
-        tracing::info!(id = %token.meta.id, project = %token.meta.project, read_only, "token created");
+        tracing::info!(id = %token.meta.id, project = %token.meta.project, read_only, ?limits, "token created");
         Ok(Response::new(CreateTokenResponse {
             token: token.secret,
             info: Some(token_info(token.meta)),

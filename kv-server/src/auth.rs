@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Status, metadata::MetadataMap};
 
 use kv_engine::{
-    catalog::{Catalog, TokenMeta},
+    catalog::{Catalog, TokenLimits, TokenMeta},
     project::ProjectName,
 };
 
@@ -145,7 +145,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Creates a token for `project`.
+/// Creates a token for `project` (without rate limits of its own: set
+/// `meta.limits` before storing it for some).
 ///
 /// # Errors
 ///
@@ -166,6 +167,7 @@ pub fn new_token(
         read_only,
         secret_sha256: sha256(secret_hex.as_bytes()),
         created_at_ms: now_ms,
+        limits: TokenLimits::default(),
     };
     Ok(NewToken {
         secret: format!("{TOKEN_PREFIX}{}_{secret_hex}", meta.id),

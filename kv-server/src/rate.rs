@@ -22,8 +22,18 @@
 //! (`--default-ops-per-second`, `--default-write-bytes-per-second`); 0 is
 //! unlimited, so a project's own 0 lifts the default for it.
 //!
-//! Cost: a project without a limit touches no state beyond the catalog
-//! lookup. A limited one updates its window under one shard lock of a
+//! A project token may carry limits of its own ([`TokenRate`], set when
+//! the token is created): a call made with it is admitted only if both the
+//! token's window and the project's admit it, and is then counted in both;
+//! refused by either, it counts in neither. Both windows are checked and
+//! counted under their locks (the token's taken first, always), so
+//! concurrent calls cannot overrun either limit. Calls without a token
+//! (open mode, the admin token) only meet their project's limits. Token
+//! windows are keyed by token id; they are swept like the projects', and a
+//! revoked token's window goes at the next sweep even if it was busy.
+//!
+//! Cost: a project without a limit, called without a limited token,
+//! touches no state beyond the catalog lookup. A limited one updates its window under one shard lock of a
 //! [`DashMap`] (no global lock). Windows of projects idle for a full second
 //! are swept once per second by the first call of the new second, so the
 //! state is bounded by the projects active in the last two seconds.
@@ -37,8 +47,15 @@ use std::sync::{
 };
 
 use dashmap::DashMap;
-use kv_engine::{Clock, Op, Quota, SystemClock, catalog::Catalog, project::ProjectName};
+use dashmap::mapref::one::RefMut;
+use kv_engine::{
+    Clock, Op, Quota, SystemClock,
+    catalog::{Catalog, TokenLimits},
+    project::ProjectName,
+};
 use tonic::{Code, Status, metadata::MetadataMap};
+
+use crate::auth::Caller;
 
 /// The status metadata key (a trailer, for a refused call) carrying the
 /// milliseconds until the refused call may be admitted.
@@ -46,7 +63,7 @@ pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
 const WINDOW_MS: u64 = 1000;
 
-/// Counts of one project in one window.
+/// Counts of one project or token in one window.
 #[derive(Debug, Default)]
 struct Window {
     /// `now_ms / 1000` of the window.
@@ -77,6 +94,8 @@ pub struct RateLimits {
     defaults: Quota,
     clock: Arc<dyn Clock>,
     windows: DashMap<ProjectName, Window>,
+    /// Windows of limited tokens, by token id.
+    token_windows: DashMap<Arc<str>, Window>,
     /// The second whose stale windows were last swept.
     swept: AtomicU64,
 }
@@ -86,6 +105,7 @@ impl std::fmt::Debug for RateLimits {
         f.debug_struct("RateLimits")
             .field("defaults", &self.defaults)
             .field("windows", &self.windows.len())
+            .field("token_windows", &self.token_windows.len())
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +137,7 @@ impl RateLimits {
             defaults,
             clock,
             windows: DashMap::new(),
+            token_windows: DashMap::new(),
             swept: AtomicU64::new(0),
         }
     }
@@ -130,31 +151,67 @@ impl RateLimits {
     /// [`RETRY_AFTER_HEADER`] trailer unless the write alone is larger than
     /// the bytes limit (it can never be admitted).
     pub fn admit(&self, project: &ProjectName, write_bytes: u64) -> Result<(), Status> {
+        self.admit_with(project, None, write_bytes)
+    }
+
+    /// [`RateLimits::admit`] for a call made with `token` (if it has
+    /// limits): admitted only if both the token's and the project's
+    /// windows have room; counted in both, or, refused, in neither.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{ManualClock, Quota, catalog::{Catalog, TokenLimits}, project::ProjectName};
+    /// use kv_server::rate::{RateLimits, TokenRate};
+    /// let clock = Arc::new(ManualClock::new(10_000));
+    /// let limits = RateLimits::new(Arc::new(Catalog::default()), Quota::UNLIMITED, clock);
+    /// let shop = ProjectName::parse("shop").unwrap();
+    /// let one = TokenLimits { ops_per_second: Some(1), ..TokenLimits::default() };
+    /// let token = TokenRate::new("0a1b", one).unwrap();
+    /// assert!(limits.admit_with(&shop, Some(&token), 0).is_ok());
+    /// let refused = limits.admit_with(&shop, Some(&token), 0).unwrap_err();
+    /// assert!(refused.message().starts_with("token 0a1b is over its limit of 1 operations per second"));
+    /// // The project itself is not limited.
+    /// assert!(limits.admit(&shop, 0).is_ok());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RateLimits::admit`], naming the token when its limit refused.
+    pub fn admit_with(
+        &self,
+        project: &ProjectName,
+        token: Option<&TokenRate>,
+        write_bytes: u64,
+    ) -> Result<(), Status> {
         let own = self.catalog.project(project).unwrap_or_default();
         let quota = own.or(self.defaults);
         let ops = quota.ops_per_second.filter(|&n| n > 0);
         let bytes = quota.write_bytes_per_second.filter(|&n| n > 0);
-        if ops.is_none() && bytes.is_none() {
+        let project_limited = ops.is_some() || bytes.is_some();
+        if !project_limited && token.is_none() {
             return Ok(());
         }
         let now = self.clock.now_ms();
         let second = now / WINDOW_MS;
         self.sweep(second);
-        let over = match self.windows.get_mut(project) {
-            Some(mut window) => count(&mut window, second, ops, bytes, write_bytes),
-            None => count(
-                &mut self.windows.entry(project.clone()).or_default(),
-                second,
-                ops,
-                bytes,
-                write_bytes,
-            ),
-        };
-        let Err(over) = over else {
-            return Ok(());
-        };
         let retry_after = (second + 1) * WINDOW_MS - now;
-        Err(refusal(project, &own, over, write_bytes, retry_after))
+        let project_refusal =
+            |over| refusal(&Subject::Project(project, &own), over, write_bytes, retry_after);
+        let Some(token) = token else {
+            let mut window = window(&self.windows, project);
+            return count(&mut window, second, ops, bytes, write_bytes).map_err(project_refusal);
+        };
+        // Token first, then project: every caller nests the locks in this
+        // order, so two calls cannot wait on each other.
+        let mut token_window = window(&self.token_windows, &token.id);
+        check(&mut token_window, second, token.ops, token.bytes, write_bytes)
+            .map_err(|over| refusal(&Subject::Token(token), over, write_bytes, retry_after))?;
+        if project_limited {
+            let mut window = window(&self.windows, project);
+            count(&mut window, second, ops, bytes, write_bytes).map_err(project_refusal)?;
+        }
+        add(&mut token_window, write_bytes);
+        Ok(())
     }
 
     /// Drops the windows of projects idle since before the last second,
@@ -170,6 +227,8 @@ impl RateLimits {
             return;
         }
         self.windows.retain(|_, w| w.second + 1 >= second);
+        self.token_windows
+            .retain(|id, w| w.second + 1 >= second && self.catalog.token(id).is_some());
     }
 
     /// Windows held now (for tests of the sweep).
@@ -177,10 +236,94 @@ impl RateLimits {
     pub fn windows_held(&self) -> usize {
         self.windows.len()
     }
+
+    /// Token windows held now (for tests of the sweep).
+    #[doc(hidden)]
+    pub fn token_windows_held(&self) -> usize {
+        self.token_windows.len()
+    }
+}
+
+/// The limits of the project token a call was made with, for
+/// [`RateLimits::admit_with`]. Only a token with a limit has one: calls
+/// with any other token meet their project's limits alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRate {
+    id: Arc<str>,
+    ops: Option<u64>,
+    bytes: Option<u64>,
+}
+
+impl TokenRate {
+    /// The rate of token `id` under `limits`; `None` when they limit
+    /// nothing (absent or 0).
+    ///
+    /// ```
+    /// use kv_engine::catalog::TokenLimits;
+    /// use kv_server::rate::TokenRate;
+    /// assert!(TokenRate::new("0a1b", TokenLimits::default()).is_none());
+    /// let twenty = TokenLimits { ops_per_second: Some(20), ..TokenLimits::default() };
+    /// assert_eq!(TokenRate::new("0a1b", twenty).unwrap().id(), "0a1b");
+    /// ```
+    pub fn new(id: &str, limits: TokenLimits) -> Option<Self> {
+        if limits.is_unlimited() {
+            return None;
+        }
+        Some(Self {
+            id: id.into(),
+            ops: limits.ops_per_second.filter(|&n| n > 0),
+            bytes: limits.write_bytes_per_second.filter(|&n| n > 0),
+        })
+    }
+
+    /// The rate of the token `caller` authenticated with, if it is a
+    /// project token with limits.
+    pub fn of(caller: &Caller) -> Option<Self> {
+        match caller {
+            Caller::Project(token) => Self::new(&token.id, token.limits),
+            Caller::Open | Caller::Admin => None,
+        }
+    }
+
+    /// The token's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The window of `key`, created empty on first use.
+fn window<'a, K, Q>(map: &'a DashMap<K, Window>, key: &Q) -> RefMut<'a, K, Window>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q> + Clone,
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+{
+    match map.get_mut(key) {
+        Some(window) => window,
+        None => map.entry(key.to_owned()).or_default(),
+    }
 }
 
 /// Counts a call into `window` if both limits leave room for it.
 fn count(
+    window: &mut Window,
+    second: u64,
+    ops: Option<u64>,
+    bytes: Option<u64>,
+    write_bytes: u64,
+) -> Result<(), Over> {
+    check(window, second, ops, bytes, write_bytes)?;
+    add(window, write_bytes);
+    Ok(())
+}
+
+fn add(window: &mut Window, write_bytes: u64) {
+    window.ops += 1;
+    window.bytes += write_bytes;
+}
+
+/// Whether both limits leave room in `window` (moved to `second` first)
+/// for a call, without counting it.
+fn check(
     window: &mut Window,
     second: u64,
     ops: Option<u64>,
@@ -212,50 +355,59 @@ fn count(
             });
         }
     }
-    window.ops += 1;
-    window.bytes += write_bytes;
     Ok(())
 }
 
-fn refusal(
-    project: &ProjectName,
-    own: &Quota,
-    over: Over,
-    write_bytes: u64,
-    retry_after: u64,
-) -> Status {
-    let source = |own: Option<u64>, field: &str, flag: &str| {
+/// Whose limit refused a call.
+enum Subject<'a> {
+    /// The project, with its own quota (absent fields: server defaults).
+    Project(&'a ProjectName, &'a Quota),
+    Token(&'a TokenRate),
+}
+
+fn refusal(subject: &Subject<'_>, over: Over, write_bytes: u64, retry_after: u64) -> Status {
+    let project_source = |own: Option<u64>, field: &str, flag: &str| {
         if own.is_some() {
             format!("quota {field}")
         } else {
             format!("server default --{flag}")
         }
     };
-    let message = match over {
-        Over::Ops(limit) => format!(
-            "project {project} is over its limit of {limit} operations per second ({}); retry after {retry_after} ms",
-            source(
+    // Who is over, where the limit comes from, and how to get under a
+    // limit a single write exceeds (a token's limits are fixed at
+    // creation, so the remedy is another token).
+    let (who, ops_source, bytes_source, remedy) = match subject {
+        Subject::Project(project, own) => (
+            format!("project {project}"),
+            project_source(
                 own.ops_per_second,
                 "ops_per_second",
-                "default-ops-per-second"
+                "default-ops-per-second",
             ),
-        ),
-        Over::Bytes { limit, used } => format!(
-            "project {project} is over its limit of {limit} bytes written per second ({}): {used} written in this second, this write is {write_bytes}; retry after {retry_after} ms",
-            source(
+            project_source(
                 own.write_bytes_per_second,
                 "write_bytes_per_second",
-                "default-write-bytes-per-second"
+                "default-write-bytes-per-second",
             ),
+            "split it or raise the limit",
+        ),
+        Subject::Token(token) => (
+            format!("token {}", token.id),
+            "token ops_per_second".to_string(),
+            "token write_bytes_per_second".to_string(),
+            "split it or use a token with a higher limit",
+        ),
+    };
+    let message = match over {
+        Over::Ops(limit) => format!(
+            "{who} is over its limit of {limit} operations per second ({ops_source}); retry after {retry_after} ms"
+        ),
+        Over::Bytes { limit, used } => format!(
+            "{who} is over its limit of {limit} bytes written per second ({bytes_source}): {used} written in this second, this write is {write_bytes}; retry after {retry_after} ms"
         ),
         Over::Never(limit) => {
             return Status::resource_exhausted(format!(
-                "a write of {write_bytes} bytes is larger than project {project}'s limit of {limit} bytes written per second ({}); it can never be admitted: split it or raise the limit",
-                source(
-                    own.write_bytes_per_second,
-                    "write_bytes_per_second",
-                    "default-write-bytes-per-second"
-                ),
+                "a write of {write_bytes} bytes is larger than {who}'s limit of {limit} bytes written per second ({bytes_source}); it can never be admitted: {remedy}"
             ));
         }
     };
@@ -287,6 +439,9 @@ pub(crate) fn write_bytes(ops: &[Op]) -> u64 {
         } as u64)
         .sum()
 }
+
+#[cfg(test)]
+mod token_tests;
 
 #[cfg(test)]
 mod tests {

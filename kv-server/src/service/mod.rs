@@ -42,6 +42,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::Access,
     config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT},
+    rate::TokenRate,
     status::engine_status,
 };
 
@@ -119,7 +120,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         for (i, key) in keys.iter().enumerate() {
             self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
         }
-        self.rate.admit(&scope.project, 0)?;
+        self.admit_rate(&scope, 0)?;
         let entries = self
             .backend
             .get_many(&scope.project, keys)
@@ -176,7 +177,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             }
             n => n as usize,
         };
-        self.rate.admit(&scope.project, 0)?;
+        self.admit_rate(&scope, 0)?;
         let query = ListQuery {
             prefix: r.prefix.clone(),
             start_after: r.start_after.clone(),
@@ -231,7 +232,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let caller = self.auth.caller_of(request.metadata())?;
         let bound = caller
             .bound_project(request.metadata())?
-            .map(|project| self.scope_of(project));
+            .map(|project| self.scope_of(project, TokenRate::of(&caller)));
         if bound.is_some() {
             caller.project(request.metadata(), None, Access::Read)?;
         }

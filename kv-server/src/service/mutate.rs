@@ -80,7 +80,7 @@ impl<B: Backend> KvService<B> {
         request: &M,
     ) -> Result<impl Future<Output = Result<M::Response, Status>> + Send + 'static, Status> {
         let (checks, ops) = request.txn(self)?;
-        self.rate.admit(&scope.project, rate::write_bytes(&ops))?;
+        self.admit_rate(scope, rate::write_bytes(&ops))?;
         let id = Self::request_id(
             M::METHOD,
             request.request_id(),

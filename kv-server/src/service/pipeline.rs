@@ -37,7 +37,10 @@ use super::{
 };
 use kv_engine::Backend;
 
-use crate::auth::{Access, Caller};
+use crate::{
+    auth::{Access, Caller},
+    rate::TokenRate,
+};
 
 use wire::{call::Request as Req, reply::Response as Res};
 
@@ -218,7 +221,7 @@ impl Scopes<'_> {
                 // on: if it is gone, its calls fail rather than reach a
                 // successor.
                 Some(bound) if bound.project == project => bound.clone(),
-                _ => service.scope_of(project),
+                _ => service.scope_of(project, TokenRate::of(&self.caller)),
             });
         self.known
             .push((named.to_string(), access, resolved.clone()));

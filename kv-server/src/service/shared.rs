@@ -11,7 +11,7 @@ use super::respond;
 use crate::{
     auth::{Access, Auth},
     config::Limits,
-    rate::RateLimits,
+    rate::{RateLimits, TokenRate},
     status::engine_status,
 };
 
@@ -23,6 +23,8 @@ use crate::{
 pub(crate) struct Scope {
     pub(crate) project: ProjectName,
     pub(crate) incarnation: u64,
+    /// The rate limits of the token the call was made with, if it has any.
+    pub(crate) token: Option<TokenRate>,
 }
 
 /// The status of a call or stream whose project was deleted.
@@ -143,16 +145,25 @@ impl<B> KvService<B> {
 impl<B: Backend> KvService<B> {
     /// Admits a call: its project and the incarnation it is admitted to.
     pub(super) fn scope(&self, metadata: &MetadataMap, access: Access) -> Result<Scope, Status> {
-        let project = self.auth.project_for(metadata, access)?;
-        Ok(self.scope_of(project))
+        let caller = self.auth.caller_of(metadata)?;
+        let project = caller.project(metadata, None, access)?;
+        Ok(self.scope_of(project, TokenRate::of(&caller)))
     }
 
-    pub(crate) fn scope_of(&self, project: ProjectName) -> Scope {
+    pub(crate) fn scope_of(&self, project: ProjectName, token: Option<TokenRate>) -> Scope {
         let incarnation = self.backend.incarnation(&project);
         Scope {
             project,
             incarnation,
+            token,
         }
+    }
+
+    /// Admits a call of `scope` writing `write_bytes` (0 for a read) under
+    /// its project's and its token's rate limits.
+    pub(super) fn admit_rate(&self, scope: &Scope, write_bytes: u64) -> Result<(), Status> {
+        self.rate
+            .admit_with(&scope.project, scope.token.as_ref(), write_bytes)
     }
 
     /// Refuses what a read found when the project it was admitted to is no
@@ -171,7 +182,7 @@ impl<B: Backend> KvService<B> {
         r: &GetRequest,
     ) -> Result<GetResponse, Status> {
         let key = self.key(&r.key)?;
-        self.rate.admit(&scope.project, 0)?;
+        self.admit_rate(scope, 0)?;
         let entry = self
             .backend
             .get(&scope.project, key)
@@ -187,7 +198,7 @@ impl<B: Backend> KvService<B> {
         r: &HasRequest,
     ) -> Result<HasResponse, Status> {
         let key = self.key(&r.key)?;
-        self.rate.admit(&scope.project, 0)?;
+        self.admit_rate(scope, 0)?;
         let exists = self
             .backend
             .has(&scope.project, key)

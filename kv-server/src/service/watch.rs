@@ -54,7 +54,7 @@ impl<B: Backend> KvService<B> {
                 WatchTarget::Prefix(prefix.as_str().into())
             }
         };
-        self.rate.admit(&scope.project, 0)?;
+        self.admit_rate(&scope, 0)?;
         // Subscribed before the response starts: once a client holds the
         // stream, every later change reaches it.
         let mut subscription = self
