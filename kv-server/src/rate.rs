@@ -195,8 +195,14 @@ impl RateLimits {
         let second = now / WINDOW_MS;
         self.sweep(second);
         let retry_after = (second + 1) * WINDOW_MS - now;
-        let project_refusal =
-            |over| refusal(&Subject::Project(project, &own), over, write_bytes, retry_after);
+        let project_refusal = |over| {
+            refusal(
+                &Subject::Project(project, &own),
+                over,
+                write_bytes,
+                retry_after,
+            )
+        };
         let Some(token) = token else {
             let mut window = window(&self.windows, project);
             return count(&mut window, second, ops, bytes, write_bytes).map_err(project_refusal);
@@ -204,8 +210,14 @@ impl RateLimits {
         // Token first, then project: every caller nests the locks in this
         // order, so two calls cannot wait on each other.
         let mut token_window = window(&self.token_windows, &token.id);
-        check(&mut token_window, second, token.ops, token.bytes, write_bytes)
-            .map_err(|over| refusal(&Subject::Token(token), over, write_bytes, retry_after))?;
+        check(
+            &mut token_window,
+            second,
+            token.ops,
+            token.bytes,
+            write_bytes,
+        )
+        .map_err(|over| refusal(&Subject::Token(token), over, write_bytes, retry_after))?;
         if project_limited {
             let mut window = window(&self.windows, project);
             count(&mut window, second, ops, bytes, write_bytes).map_err(project_refusal)?;

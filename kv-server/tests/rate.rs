@@ -1,7 +1,9 @@
 //! Per-project rate limits: exact admission counts per one-second window on
 //! the manual clock (unary and pipelined calls, bytes written), the
 //! `retry-after-ms` hint, server defaults against a project's own quota, a
-//! flooding project next to a quiet one, and the real binary's trailer.
+//! flooding project next to a quiet one, and the real binary's trailer;
+//! then per-token limits on top of the project's (unary, bytes, pipelined,
+//! the binary with a token created through the admin API).
 
 use std::{sync::Arc, time::Duration};
 
@@ -360,5 +362,330 @@ async fn the_binary_sends_the_trailer_and_applies_quotas_set_through_the_admin_a
             .await
             .unwrap();
     }
+    assert!(server.terminate().success());
+}
+
+// Per-token limits, on top of the project's.
+
+const ADMIN: &str = "admin-secret-0123456789abcdef";
+
+/// A durable server requiring authentication, with `defaults`.
+async fn start_authenticated(dir: &std::path::Path, defaults: Quota) -> InProcessDurable {
+    let config = Config {
+        admin_token: Some(kv_server::auth::AdminToken::new(ADMIN).unwrap()),
+        ..config(defaults)
+    };
+    InProcessDurable::start_in(dir, config, Arc::new(ManualClock::new(CLOCK_START_MS))).await
+}
+
+async fn client_with(url: &str, token: &str) -> kv_client::Client {
+    kv_client::Client::builder(url.to_string())
+        .token(token)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn token_ops(n: u64) -> kv_client::TokenLimits {
+    kv_client::TokenLimits {
+        ops_per_second: Some(n),
+        ..Default::default()
+    }
+}
+
+/// A unary call with `token`: even `i` sets, odd `i` gets.
+async fn call_with(
+    raw: &mut KvServiceClient<Channel>,
+    token: &str,
+    i: usize,
+) -> Result<(), Status> {
+    if i.is_multiple_of(2) {
+        raw.set(bearer(token, set(&format!("k{i}"), 1))).await?;
+    } else {
+        let get = GetRequest {
+            key: format!("k{}", i - 1),
+        };
+        raw.get(bearer(token, get)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_token_is_admitted_exactly_up_to_its_limit_and_another_token_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_authenticated(dir.path(), Quota::UNLIMITED).await;
+    let url = server.ctx().url.clone();
+    let admin = client_with(&url, ADMIN).await.admin();
+    admin
+        .create_project("shop", kv_client::Quota::default())
+        .await
+        .unwrap();
+    let limited = admin
+        .create_token_with("shop", false, token_ops(20))
+        .await
+        .unwrap();
+    assert_eq!(limited.info.limits, token_ops(20));
+    let free = admin.create_token("shop", false).await.unwrap();
+    assert_eq!(free.info.limits, kv_client::TokenLimits::default());
+    let listed = admin.list_tokens(Some("shop")).await.unwrap();
+    let listed_limited = listed.iter().find(|t| t.id == limited.info.id).unwrap();
+    assert_eq!(listed_limited.limits, token_ops(20));
+
+    let mut raw = KvServiceClient::connect(url.clone()).await.unwrap();
+    let id = &limited.info.id;
+    server.clock.advance(250);
+    for window in 0..2 {
+        for i in 0..20 {
+            call_with(&mut raw, &limited.token, i)
+                .await
+                .unwrap_or_else(|e| panic!("window {window}, call {i}: {e:?}"));
+        }
+        for _ in 0..3 {
+            let refused = call_with(&mut raw, &limited.token, 0).await.unwrap_err();
+            assert_refused(
+                &refused,
+                &format!(
+                    "token {id} is over its limit of 20 operations per second (token ops_per_second); retry after 750 ms"
+                ),
+                750,
+            );
+        }
+        // The other token of the same project, and the admin token, are
+        // not held back.
+        for i in 0..60 {
+            call_with(&mut raw, &free.token, i).await.unwrap();
+        }
+        let mut as_admin = bearer(ADMIN, GetRequest { key: "k0".into() });
+        as_admin
+            .metadata_mut()
+            .insert("x-kv-project", "shop".parse().unwrap());
+        raw.get(as_admin).await.unwrap();
+        server.clock.advance(1000);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_project_limit_still_holds_across_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_authenticated(dir.path(), Quota::UNLIMITED).await;
+    let url = server.ctx().url.clone();
+    let admin = client_with(&url, ADMIN).await.admin();
+    admin
+        .create_project("shop", ops(10).into_client())
+        .await
+        .unwrap();
+    let a = admin
+        .create_token_with("shop", false, token_ops(6))
+        .await
+        .unwrap();
+    let b = admin.create_token("shop", false).await.unwrap();
+    let mut raw = KvServiceClient::connect(url).await.unwrap();
+    for i in 0..6 {
+        call_with(&mut raw, &a.token, i).await.unwrap();
+    }
+    // Refused by the token's limit: not counted toward the project's.
+    for _ in 0..5 {
+        let refused = call_with(&mut raw, &a.token, 0).await.unwrap_err();
+        assert_refused(
+            &refused,
+            &format!("token {} is over its limit of 6", a.info.id),
+            1000,
+        );
+    }
+    for i in 0..4 {
+        call_with(&mut raw, &b.token, i).await.unwrap();
+    }
+    let refused = call_with(&mut raw, &b.token, 0).await.unwrap_err();
+    assert_refused(
+        &refused,
+        "project shop is over its limit of 10 operations per second (quota ops_per_second)",
+        1000,
+    );
+    server.clock.advance(1000);
+    call_with(&mut raw, &b.token, 0).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_per_second_are_limited_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_authenticated(dir.path(), Quota::UNLIMITED).await;
+    let url = server.ctx().url.clone();
+    let admin = client_with(&url, ADMIN).await.admin();
+    admin
+        .create_project("shop", kv_client::Quota::default())
+        .await
+        .unwrap();
+    let limits = kv_client::TokenLimits {
+        write_bytes_per_second: Some(100),
+        ..Default::default()
+    };
+    let a = admin
+        .create_token_with("shop", false, limits)
+        .await
+        .unwrap();
+    let b = admin.create_token("shop", false).await.unwrap();
+    let mut raw = KvServiceClient::connect(url).await.unwrap();
+    // 49 bytes each (see `bytes_written_per_second_are_limited_and_reads_are_not`).
+    raw.set(bearer(&a.token, set("a", 46))).await.unwrap();
+    raw.set(bearer(&a.token, set("b", 46))).await.unwrap();
+    let refused = raw.set(bearer(&a.token, set("c", 1))).await.unwrap_err();
+    assert_refused(
+        &refused,
+        &format!(
+            "token {} is over its limit of 100 bytes written per second (token write_bytes_per_second): 98 written in this second, this write is 4",
+            a.info.id
+        ),
+        1000,
+    );
+    // Reads write nothing; the other token writes freely.
+    for _ in 0..20 {
+        raw.get(bearer(&a.token, GetRequest { key: "a".into() }))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        raw.set(bearer(&b.token, set(&format!("b{i}"), 100)))
+            .await
+            .unwrap();
+    }
+    let huge = raw.set(bearer(&a.token, set("d", 120))).await.unwrap_err();
+    assert!(
+        huge.message().contains(&format!(
+            "larger than token {}'s limit of 100 bytes written per second",
+            a.info.id
+        )),
+        "{huge:?}"
+    );
+    assert_eq!(retry_after(&huge), None);
+    server.clock.advance(1000);
+    raw.set(bearer(&a.token, set("c", 1))).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_with_a_limited_token_are_counted_and_carry_the_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_authenticated(dir.path(), Quota::UNLIMITED).await;
+    let url = server.ctx().url.clone();
+    let admin = client_with(&url, ADMIN).await.admin();
+    admin
+        .create_project("shop", kv_client::Quota::default())
+        .await
+        .unwrap();
+    let limited = admin
+        .create_token_with("shop", false, token_ops(10))
+        .await
+        .unwrap();
+    server.clock.advance(600);
+    // The SDK sends concurrent calls over its Pipeline stream.
+    let kv = client_with(&url, &limited.token).await.project("shop");
+    let calls: Vec<_> = (0..25)
+        .map(|i| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.set(&format!("k{i}"), &i).await })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    let says = format!(
+        "token {} is over its limit of 10 operations per second",
+        limited.info.id
+    );
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => admitted += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+                assert!(e.to_string().contains(&says), "{e}");
+                assert_eq!(e.retry_after(), Some(Duration::from_millis(400)));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((admitted, refused), (10, 15));
+    // The admin's calls on the same project are not the token's.
+    let as_admin = client_with(&url, ADMIN).await.project("shop");
+    assert_eq!(
+        as_admin.get::<i32>("k0").await.unwrap().is_some(),
+        admitted > 0
+    );
+    server.clock.advance(400);
+    kv.get::<i32>("k0").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_limits_a_token_created_through_the_admin_api_and_keeps_it_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--fsync", "never", "--admin-token", ADMIN];
+    let server = BinaryServer::start_in(BIN, dir.path(), &args);
+    let url = format!("http://{}", server.addr);
+    let admin = client_with(&url, ADMIN).await.admin();
+    admin
+        .create_project("shop", kv_client::Quota::default())
+        .await
+        .unwrap();
+    let limited = admin
+        .create_token_with("shop", false, token_ops(5))
+        .await
+        .unwrap();
+    let mut raw = KvServiceClient::connect(url.clone()).await.unwrap();
+    let until_refused = async |raw: &mut KvServiceClient<Channel>| {
+        for i in 0..100 {
+            if let Err(status) = raw
+                .set(bearer(&limited.token, set(&format!("k{i}"), 1)))
+                .await
+            {
+                return (i, status);
+            }
+        }
+        panic!("100 calls with a token limited to 5 per second were all admitted");
+    };
+    let (admitted, refused) = until_refused(&mut raw).await;
+    // The calls may straddle a window boundary.
+    assert!((5..=10).contains(&admitted), "{admitted} admitted");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "token {} is over its limit of 5 operations per second (token ops_per_second)",
+            limited.info.id
+        )),
+        "{refused:?}"
+    );
+    let wait = retry_after(&refused).expect("a retry-after-ms trailer");
+    assert!((1..=1000).contains(&wait), "retry after {wait} ms");
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    raw.set(bearer(&limited.token, set("again", 1)))
+        .await
+        .unwrap();
+    assert!(server.terminate().success());
+
+    // The limits are in the log: after a restart they are listed and held.
+    let server = BinaryServer::start_in(BIN, dir.path(), &args);
+    let url = format!("http://{}", server.addr);
+    let admin = client_with(&url, ADMIN).await.admin();
+    let listed = admin.list_tokens(Some("shop")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].limits, token_ops(5));
+    let mut raw = KvServiceClient::connect(url).await.unwrap();
+    let (admitted, refused) = until_refused(&mut raw).await;
+    assert!((5..=10).contains(&admitted), "{admitted} admitted");
+    assert!(retry_after(&refused).is_some(), "{refused:?}");
+    // Revoked, the token is refused as unknown, not as over a limit.
+    assert!(admin.revoke_token(&limited.info.id).await.unwrap());
+    let status = raw
+        .set(bearer(&limited.token, set("k", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(server.terminate().success());
 }

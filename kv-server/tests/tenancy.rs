@@ -280,6 +280,7 @@ impl Admin {
         let request = Self::request(pb::CreateTokenRequest {
             project: project.into(),
             read_only,
+            limits: None,
         });
         let reply = self
             .raw

@@ -610,6 +610,7 @@ impl World {
                 pb::CreateTokenRequest {
                     project: NAMES[p].into(),
                     read_only,
+                    limits: None,
                 },
                 ADMIN,
                 None,
