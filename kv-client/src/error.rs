@@ -26,9 +26,37 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The call did not finish within the configured timeout.
-    #[error("kv call timed out after {0:?}")]
-    Timeout(Duration),
+    /// The call did not succeed within its deadline (the client's
+    /// [`timeout`](crate::ClientBuilder::timeout)), retries included.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = kv_client::Error::Timeout {
+    ///     timeout: Duration::from_secs(5),
+    ///     attempts: 4,
+    ///     may_have_applied: true,
+    ///     request_id: Some("r-1".into()),
+    /// };
+    /// assert_eq!(e.code(), kv_client::Code::DeadlineExceeded);
+    /// assert!(e.to_string().starts_with("deadline of 5 s passed after 4 attempts; the outcome is unknown"));
+    /// ```
+    #[error(
+        "{}",
+        crate::retry::deadline_message(timeout, attempts, may_have_applied, request_id)
+    )]
+    Timeout {
+        /// The deadline the call had.
+        timeout: Duration,
+        /// Attempts made (the one cut off by the deadline included).
+        attempts: u32,
+        /// A write that may have been applied: an attempt may have reached
+        /// the server. False for reads, and when every attempt surely
+        /// failed before it could apply.
+        may_have_applied: bool,
+        /// The write's request id: sending the write again with it is
+        /// safe (it applies at most once).
+        request_id: Option<String>,
+    },
     /// The SDK refused the input before sending it (bad project name, a
     /// number JSON cannot carry exactly, a TTL of zero...).
     #[error("invalid argument: {0}")]
@@ -60,7 +88,7 @@ impl Error {
         match self {
             Error::Status(status) => status.code(),
             Error::Connect { .. } => Code::Unavailable,
-            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::InvalidArgument(_) | Error::Encode(_) => Code::InvalidArgument,
             Error::Decode(_) => Code::FailedPrecondition,
             Error::Protocol(_) => Code::Internal,

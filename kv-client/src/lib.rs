@@ -154,6 +154,7 @@
 mod admin;
 mod batch;
 mod client;
+mod endpoints;
 mod error;
 mod json;
 mod list;
@@ -163,6 +164,7 @@ mod mock_tests;
 mod options;
 mod pipeline;
 mod project;
+mod retry;
 mod watch;
 
 pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo};
@@ -170,6 +172,7 @@ pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,
 };
+pub use endpoints::IntoEndpoints;
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use list::{ListEntry, ListOptions, Page};
@@ -178,6 +181,7 @@ pub use options::{
     MergeOptions, SetManyOptions, SetOptions, new_request_id,
 };
 pub use project::{ClearOutcome, DeleteOutcome, Entry, Project, SetOutcome, Versioned};
+pub use retry::{RETRY_AFTER_HEADER, RetryPolicy};
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 
