@@ -27,6 +27,8 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
+mod retry;
+
 /// Answers unary calls from the requests alone; with `pipeline`, also
 /// serves the `Pipeline` stream, recording every frame in `frames`; with
 /// `call_projects` too, says so in the stream's headers, as a server that
@@ -44,6 +46,8 @@ struct Stub {
     revoked: Arc<AtomicBool>,
     /// Unary single-key calls as (`x-kv-project`, key), in arrival order.
     unary: Arc<Mutex<Vec<(String, String)>>>,
+    /// The request id of every write, by call kind, in arrival order.
+    ids: Arc<Mutex<Vec<(&'static str, String)>>>,
 }
 
 /// One frame as it arrived: its project and each call's (project, key).
@@ -65,6 +69,11 @@ impl Stub {
 
     fn streams(&self) -> usize {
         self.streams.load(Ordering::SeqCst)
+    }
+
+    /// Records a write's request id.
+    fn id(&self, kind: &'static str, id: &str) {
+        self.ids.lock().unwrap().push((kind, id.to_string()));
     }
 
     /// Records a unary single-key call.
@@ -204,6 +213,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("set", &r.request_id);
         if r.request_id == "reused" {
             return Err(Status::failed_precondition("request id reused"));
         }
@@ -228,6 +238,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("delete", &r.request_id);
         Ok(Response::new(pb::DeleteResponse {
             deleted: r.if_version.is_none_or(|v| v == 3),
             version: r.if_version.unwrap_or(50) + r.request_id.len() as u64,
@@ -239,6 +250,7 @@ impl KvService for Stub {
         r: Request<pb::ClearRequest>,
     ) -> Result<Response<pb::ClearResponse>, Status> {
         check(&r, true)?;
+        self.id("clear", &r.get_ref().request_id);
         Ok(Response::new(pb::ClearResponse {
             deleted: r.get_ref().request_id.len() as u64,
             version: 99,
@@ -252,6 +264,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("incr", &r.request_id);
         Ok(Response::new(pb::IncrResponse {
             value: r.delta * 2.0,
             version: r.ttl_ms.unwrap_or(1),
@@ -265,6 +278,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("merge", &r.request_id);
         Ok(Response::new(pb::MergeResponse {
             value: r.patch,
             version: r.ttl_ms.unwrap_or(5),
@@ -278,6 +292,7 @@ impl KvService for Stub {
         use pb::op_result::Result as R;
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("batch", &r.request_id);
         if let Some(index) = r.checks.iter().position(|c| c.key == "taken") {
             return Ok(Response::new(pb::BatchResponse {
                 applied: false,
@@ -324,6 +339,7 @@ impl KvService for Stub {
     ) -> Result<Response<pb::SetManyResponse>, Status> {
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("set_many", &r.request_id);
         Ok(Response::new(pb::SetManyResponse {
             versions: r
                 .entries
@@ -340,6 +356,7 @@ impl KvService for Stub {
     ) -> Result<Response<pb::DeleteManyResponse>, Status> {
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("delete_many", &r.request_id);
         Ok(Response::new(pb::DeleteManyResponse {
             deleted: (r.keys.len() + r.request_id.len()) as u64,
         }))
@@ -398,6 +415,7 @@ impl KvService for Stub {
         self.streams.fetch_add(1, Ordering::SeqCst);
         let mut frames = r.into_inner();
         let seen = self.frames.clone();
+        let ids = self.ids.clone();
         let sets = self.sets.clone();
         let call_projects = self.call_projects;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -412,6 +430,17 @@ impl KvService for Stub {
                         .collect(),
                 });
                 for call in &frame.calls {
+                    use pb::call::Request as Req;
+                    let id = match &call.request {
+                        Some(Req::Set(r)) => Some(("set", &r.request_id)),
+                        Some(Req::Delete(r)) => Some(("delete", &r.request_id)),
+                        Some(Req::Incr(r)) => Some(("incr", &r.request_id)),
+                        Some(Req::Merge(r)) => Some(("merge", &r.request_id)),
+                        _ => None,
+                    };
+                    if let Some((kind, id)) = id {
+                        ids.lock().unwrap().push((kind, id.clone()));
+                    }
                     if let Some(pb::call::Request::Set(set)) = &call.request
                         && let Some(prost_types::value::Kind::NumberValue(n)) =
                             set.value.as_ref().and_then(|v| v.kind.clone())
