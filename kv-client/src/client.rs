@@ -2,6 +2,8 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use kv_proto::contract::PROJECT_HEADER;
 use kv_proto::v1::{admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient};
 use tonic::{
@@ -545,6 +547,70 @@ impl Client {
             retry: RetryPolicy::default(),
             auto_request_ids: true,
             honour_retry_after: false,
+        }
+    }
+}
+
+impl Client {
+    /// Runs `attempt` until it succeeds, fails for good, runs out of
+    /// attempts or the call's deadline passes. Each attempt gets the
+    /// endpoint to use and the time left.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        safety: Safety,
+        request_id: Option<&str>,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Arc<Conn>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut attempts = 0u32;
+        let mut may_have_applied = false;
+        let deadline_passed = |attempts, may_have_applied| Error::Timeout {
+            timeout,
+            attempts,
+            may_have_applied,
+            request_id: request_id.map(str::to_owned),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(deadline_passed(attempts, may_have_applied));
+            }
+            attempts += 1;
+            let (index, conn) = self.endpoints.pick();
+            let failure = match tokio::time::timeout_at(deadline, attempt(conn, left)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    let applied = may_have_applied || safety != Safety::Read;
+                    return Err(deadline_passed(attempts, applied));
+                }
+            };
+            if failure.failover {
+                self.endpoints.failed(index);
+            }
+            let honoured = failure.retry_after.filter(|_| self.honour_retry_after);
+            let may_apply = failure.maybe_sent && safety != Safety::Read;
+            may_have_applied |= may_apply;
+            let retry = (failure.retryable || honoured.is_some())
+                && attempts < self.retry.attempts()
+                && !(may_apply && safety == Safety::Unsafe);
+            if !retry {
+                return Err(failure.error);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = match honoured {
+                // Waiting past the deadline would only end in a timeout:
+                // the caller learns the limit now.
+                Some(hint) if hint >= left => return Err(failure.error),
+                Some(hint) => hint,
+                None => self.retry.backoff(attempts).min(left),
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }

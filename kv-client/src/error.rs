@@ -42,7 +42,7 @@ pub enum Error {
     /// ```
     #[error(
         "{}",
-        crate::retry::deadline_message(timeout, attempts, may_have_applied, request_id)
+        deadline_message(timeout, attempts, may_have_applied, request_id)
     )]
     Timeout {
         /// The deadline the call had.
@@ -94,4 +94,40 @@ impl Error {
             Error::Protocol(_) => Code::Internal,
         }
     }
+}
+
+/// `5 s`, `1.5 s`, `300 ms`: a deadline as people write it.
+fn human(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{} s", duration.as_secs())
+    } else if duration >= Duration::from_secs(1) {
+        format!("{} s", duration.as_secs_f64())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
+/// The message of [`Error::Timeout`].
+pub(crate) fn deadline_message(
+    timeout: &Duration,
+    attempts: &u32,
+    may_have_applied: &bool,
+    request_id: &Option<String>,
+) -> String {
+    let tries = if *attempts == 1 {
+        "attempt"
+    } else {
+        "attempts"
+    };
+    let outcome = match (may_have_applied, request_id) {
+        (false, _) => "the outcome is known: nothing was applied".to_string(),
+        (true, Some(id)) => format!(
+            "the outcome is unknown: an attempt may have been applied (retrying with the same request id {id:?} is safe)"
+        ),
+        (true, None) => "the outcome is unknown: an attempt may have been applied (the call had no request id, so retrying it may apply it twice)".to_string(),
+    };
+    format!(
+        "deadline of {} passed after {attempts} {tries}; {outcome}",
+        human(*timeout)
+    )
 }

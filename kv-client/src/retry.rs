@@ -9,12 +9,11 @@
 //! write is when it carries a request id (the server answers a retry with
 //! the first outcome) or when the attempt surely never reached the server.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::time::Duration;
 
-use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::{Client, Error, endpoints::Conn};
+use crate::Error;
 
 /// Metadata key of the hint a rate-limited call (`RESOURCE_EXHAUSTED`)
 /// carries: how long to wait, in whole milliseconds.
@@ -203,106 +202,6 @@ fn surely_not_sent(status: &Status) -> bool {
     false
 }
 
-/// `5 s`, `1.5 s`, `300 ms`: a deadline as people write it.
-fn human(duration: Duration) -> String {
-    if duration.subsec_nanos() == 0 {
-        format!("{} s", duration.as_secs())
-    } else if duration >= Duration::from_secs(1) {
-        format!("{} s", duration.as_secs_f64())
-    } else {
-        format!("{} ms", duration.as_millis())
-    }
-}
-
-/// The message of [`Error::Timeout`].
-pub(crate) fn deadline_message(
-    timeout: &Duration,
-    attempts: &u32,
-    may_have_applied: &bool,
-    request_id: &Option<String>,
-) -> String {
-    let tries = if *attempts == 1 {
-        "attempt"
-    } else {
-        "attempts"
-    };
-    let outcome = match (may_have_applied, request_id) {
-        (false, _) => "the outcome is known: nothing was applied".to_string(),
-        (true, Some(id)) => format!(
-            "the outcome is unknown: an attempt may have been applied (retrying with the same request id {id:?} is safe)"
-        ),
-        (true, None) => "the outcome is unknown: an attempt may have been applied (the call had no request id, so retrying it may apply it twice)".to_string(),
-    };
-    format!(
-        "deadline of {} passed after {attempts} {tries}; {outcome}",
-        human(*timeout)
-    )
-}
-
-impl Client {
-    /// Runs `attempt` until it succeeds, fails for good, runs out of
-    /// attempts or the call's deadline passes. Each attempt gets the
-    /// endpoint to use and the time left.
-    pub(crate) async fn retrying<T, F, Fut>(
-        &self,
-        safety: Safety,
-        request_id: Option<&str>,
-        mut attempt: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut(Arc<Conn>, Duration) -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        let timeout = self.timeout;
-        let deadline = Instant::now() + timeout;
-        let mut attempts = 0u32;
-        let mut may_have_applied = false;
-        let deadline_passed = |attempts, may_have_applied| Error::Timeout {
-            timeout,
-            attempts,
-            may_have_applied,
-            request_id: request_id.map(str::to_owned),
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(deadline_passed(attempts, may_have_applied));
-            }
-            attempts += 1;
-            let (index, conn) = self.endpoints.pick();
-            let failure = match tokio::time::timeout_at(deadline, attempt(conn, left)).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(failure)) => failure,
-                Err(_) => {
-                    let applied = may_have_applied || safety != Safety::Read;
-                    return Err(deadline_passed(attempts, applied));
-                }
-            };
-            if failure.failover {
-                self.endpoints.failed(index);
-            }
-            let honoured = failure.retry_after.filter(|_| self.honour_retry_after);
-            let may_apply = failure.maybe_sent && safety != Safety::Read;
-            may_have_applied |= may_apply;
-            let retry = (failure.retryable || honoured.is_some())
-                && attempts < self.retry.max_attempts
-                && !(may_apply && safety == Safety::Unsafe);
-            if !retry {
-                return Err(failure.error);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = match honoured {
-                // Waiting past the deadline would only end in a timeout:
-                // the caller learns the limit now.
-                Some(hint) if hint >= left => return Err(failure.error),
-                Some(hint) => hint,
-                None => self.retry.backoff(attempts).min(left),
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,12 +225,13 @@ mod tests {
 
     #[test]
     fn deadline_messages_say_attempts_and_outcome() {
-        let unknown = deadline_message(&Duration::from_secs(5), &4, &true, &Some("r-1".into()));
+        let unknown =
+            crate::error::deadline_message(&Duration::from_secs(5), &4, &true, &Some("r-1".into()));
         assert_eq!(
             unknown,
             "deadline of 5 s passed after 4 attempts; the outcome is unknown: an attempt may have been applied (retrying with the same request id \"r-1\" is safe)"
         );
-        let known = deadline_message(&Duration::from_millis(300), &1, &false, &None);
+        let known = crate::error::deadline_message(&Duration::from_millis(300), &1, &false, &None);
         assert_eq!(
             known,
             "deadline of 300 ms passed after 1 attempt; the outcome is known: nothing was applied"
