@@ -36,18 +36,21 @@ pub(crate) async fn sdk_fails_over_when_a_front_end_dies(seeds: &[String], bin: 
         front_end(bin, seeds, "sdk-loss"),
         front_end(bin, seeds, "sdk-loss"),
     );
-    let client = Client::builder(vec![format!("http://{}", a.addr), format!("http://{}", b.addr)])
-        .timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(1))
-        .retry(
-            RetryPolicy::default()
-                .max_attempts(1000)
-                .initial_backoff(Duration::from_millis(10))
-                .max_backoff(Duration::from_millis(100)),
-        )
-        .connect()
-        .await
-        .unwrap();
+    let client = Client::builder(vec![
+        format!("http://{}", a.addr),
+        format!("http://{}", b.addr),
+    ])
+    .timeout(Duration::from_secs(30))
+    .connect_timeout(Duration::from_secs(1))
+    .retry(
+        RetryPolicy::default()
+            .max_attempts(1000)
+            .initial_backoff(Duration::from_millis(10))
+            .max_backoff(Duration::from_millis(100)),
+    )
+    .connect()
+    .await
+    .unwrap();
     let kv = client.project("loss");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
