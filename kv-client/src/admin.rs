@@ -1,8 +1,10 @@
 //! The admin API: projects, quotas, usage and tokens.
 
+use std::{future::Future, sync::Arc};
+
 use kv_proto::v1 as pb;
 
-use crate::{Client, Error};
+use crate::{Client, Error, endpoints::Conn, retry::Safety};
 
 /// Limits on what a project holds and how fast it calls; `None` means the
 /// server's default.
@@ -134,6 +136,20 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// An admin call, retried as the client's policy says. Admin writes
+    /// have no request ids, so they are retried only when an attempt surely
+    /// did not reach the server.
+    async fn call<M, T, F, Fut>(&self, safety: Safety, message: M, call: F) -> Result<T, Error>
+    where
+        M: Clone,
+        F: Fn(Arc<Conn>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.client
+            .unary(safety, None, None, false, message, call)
+            .await
+    }
+
     /// Registers a project.
     ///
     /// ```no_run
@@ -148,13 +164,14 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn create_project(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
-        let request = self.client.request(pb::CreateProjectRequest {
+        let message = pb::CreateProjectRequest {
             name: name.into(),
             quota: quota(limits),
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().create_project(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().create_project(r).await
+            })
             .await?;
         Ok(project(reply))
     }
@@ -173,12 +190,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn delete_project(&self, name: &str) -> Result<u64, Error> {
-        let request = self
-            .client
-            .request(pb::DeleteProjectRequest { name: name.into() });
+        let message = pb::DeleteProjectRequest { name: name.into() };
         let reply = self
-            .client
-            .call(self.client.admin.clone().delete_project(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().delete_project(r).await
+            })
             .await?;
         Ok(reply.deleted_keys)
     }
@@ -197,13 +213,12 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn get_project(&self, name: &str) -> Result<ProjectInfo, Error> {
-        let request = self
-            .client
-            .request(pb::GetProjectRequest { name: name.into() });
+        let message = pb::GetProjectRequest { name: name.into() };
         Ok(project(
-            self.client
-                .call(self.client.admin.clone().get_project(request))
-                .await?,
+            self.call(Safety::Read, message, |conn, r| async move {
+                conn.admin().get_project(r).await
+            })
+            .await?,
         ))
     }
 
@@ -220,10 +235,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn list_projects(&self) -> Result<Vec<ProjectInfo>, Error> {
-        let request = self.client.request(pb::ListProjectsRequest {});
+        let message = pb::ListProjectsRequest {};
         let reply = self
-            .client
-            .call(self.client.admin.clone().list_projects(request))
+            .call(Safety::Read, message, |conn, r| async move {
+                conn.admin().list_projects(r).await
+            })
             .await?;
         Ok(reply.projects.into_iter().map(project).collect())
     }
@@ -247,14 +263,15 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn set_quota(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
-        let request = self.client.request(pb::SetQuotaRequest {
+        let message = pb::SetQuotaRequest {
             name: name.into(),
             quota: quota(limits),
-        });
+        };
         Ok(project(
-            self.client
-                .call(self.client.admin.clone().set_quota(request))
-                .await?,
+            self.call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().set_quota(r).await
+            })
+            .await?,
         ))
     }
 
@@ -272,13 +289,14 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn create_token(&self, project: &str, read_only: bool) -> Result<NewToken, Error> {
-        let request = self.client.request(pb::CreateTokenRequest {
+        let message = pb::CreateTokenRequest {
             project: project.into(),
             read_only,
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().create_token(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().create_token(r).await
+            })
             .await?;
         let info = reply
             .info
@@ -302,12 +320,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
-        let request = self
-            .client
-            .request(pb::RevokeTokenRequest { id: id.into() });
+        let message = pb::RevokeTokenRequest { id: id.into() };
         Ok(self
-            .client
-            .call(self.client.admin.clone().revoke_token(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().revoke_token(r).await
+            })
             .await?
             .revoked)
     }
@@ -325,12 +342,13 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn list_tokens(&self, project: Option<&str>) -> Result<Vec<TokenInfo>, Error> {
-        let request = self.client.request(pb::ListTokensRequest {
+        let message = pb::ListTokensRequest {
             project: project.unwrap_or_default().into(),
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().list_tokens(request))
+            .call(Safety::Read, message, |conn, r| async move {
+                conn.admin().list_tokens(r).await
+            })
             .await?;
         Ok(reply.tokens.into_iter().map(token).collect())
     }

@@ -40,9 +40,7 @@ use dashmap::DashMap;
 use kv_engine::{Clock, Op, Quota, SystemClock, catalog::Catalog, project::ProjectName};
 use tonic::{Code, Status, metadata::MetadataMap};
 
-/// The status metadata key (a trailer, for a refused call) carrying the
-/// milliseconds until the refused call may be admitted.
-pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+pub use kv_proto::contract::RETRY_AFTER_HEADER;
 
 const WINDOW_MS: u64 = 1000;
 
