@@ -11,6 +11,7 @@
 //!   expiry, the durable embedded default (write-ahead log, group commit,
 //!   snapshots, crash recovery), project names and stored values.
 //! - [`limits`]: connection count, idle and request-time limits.
+//! - [`memory`]: the memory limit (`--max-memory`) and how usage is measured.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -42,6 +43,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod memory;
 pub mod metadata;
 pub mod server;
 pub mod service;

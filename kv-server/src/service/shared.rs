@@ -41,6 +41,8 @@ pub struct KvService<B> {
     /// Longest a pipelined call may run (`--max-request-time-ms`): the
     /// transport's per-request cap sees only the stream, not its calls.
     pub(super) max_call_time: std::time::Duration,
+    /// The memory limit writes that add data are checked against.
+    pub(super) memory: Option<crate::memory::MemoryBudget>,
 }
 
 // Not derived: that would require `B: Clone`, and the backend is shared.
@@ -52,6 +54,7 @@ impl<B> Clone for KvService<B> {
             auth: self.auth.clone(),
             stopping: self.stopping.clone(),
             max_call_time: self.max_call_time,
+            memory: self.memory.clone(),
         }
     }
 }
@@ -75,7 +78,25 @@ impl<B> KvService<B> {
             auth,
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
             max_call_time: crate::config::Config::default().max_request_time,
+            memory: None,
         }
+    }
+
+    /// Refuses writes that would take the process past `budget`'s limit,
+    /// and new watches once it is reached (see [`crate::memory`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::memory::MemoryStore;
+    /// use kv_server::{auth::Auth, config::Limits, memory::MemoryBudget, service::KvService};
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
+    ///     .with_memory(MemoryBudget::new(256 << 20));
+    /// # let _ = service;
+    /// ```
+    pub fn with_memory(mut self, budget: crate::memory::MemoryBudget) -> Self {
+        self.memory = Some(budget);
+        self
     }
 
     /// Ends open watches (UNAVAILABLE, naming the version to resume from)

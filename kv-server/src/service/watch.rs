@@ -33,6 +33,9 @@ impl<B: Backend> KvService<B> {
         request: Request<WatchRequest>,
     ) -> Result<WatchStream, Status> {
         let scope = self.scope(request.metadata(), Access::Read)?;
+        if let Some(memory) = &self.memory {
+            memory.admit_stream()?;
+        }
         let r = request.get_ref();
         let target = match &r.target {
             None => WatchTarget::All,
