@@ -7,12 +7,13 @@
 //! The `kv-server` binary installs a [`CountingAllocator`] around its
 //! allocator: every allocation and free adds to one atomic counter, so the
 //! live heap is known exactly and cheaply before every write. The binary
-//! then calls [`install_allocator_meter`]. A server run in-process
-//! (tests, embedding) whose program has not installed the counting
-//! allocator falls back to the resident set size from `/proc/self/status`,
-//! read at most every [`RSS_SAMPLE_INTERVAL`], which also counts the code,
-//! the stacks and pages the allocator keeps: a stricter reading of the same
-//! limit.
+//! then calls [`install_allocator_meter`]. Usage is the larger of that
+//! count and the anonymous resident memory (`RssAnon` of
+//! `/proc/self/status`, read at most every [`RSS_SAMPLE_INTERVAL`]): the
+//! allocator keeps pages after frees, and threads have stacks, which the
+//! heap count does not see but the kernel (and its OOM killer) does. A
+//! server run in-process (tests, embedding) whose program has not installed
+//! the counting allocator uses the resident reading alone.
 //!
 //! # Default
 //!
@@ -231,13 +232,22 @@ pub trait Meter: Send + Sync {
     fn describe(&self) -> &'static str;
 }
 
-impl<A: Send + Sync> Meter for CountingAllocator<A> {
+/// The live heap counted by the allocator, or the anonymous resident
+/// memory if that is more (pages the allocator keeps after frees, thread
+/// stacks, its own metadata): the count reacts at once to every
+/// allocation, the resident reading bounds what the heap count misses.
+struct Counted<A: 'static> {
+    allocator: &'static CountingAllocator<A>,
+    rss: &'static Rss,
+}
+
+impl<A: Send + Sync> Meter for Counted<A> {
     fn in_use(&self) -> u64 {
-        self.allocated() as u64
+        (self.allocator.allocated() as u64).max(self.rss.in_use())
     }
 
     fn describe(&self) -> &'static str {
-        "live heap bytes, counted by the allocator"
+        "the larger of the live heap (counted by the allocator) and the anonymous resident memory"
     }
 }
 
@@ -245,9 +255,14 @@ static INSTALLED: OnceLock<&'static dyn Meter> = OnceLock::new();
 
 /// Makes `allocator`, the program's global allocator, the meter of every
 /// server this process starts from now on. Without it servers measure the
-/// resident set size instead.
+/// anonymous resident memory alone, read at most every
+/// [`RSS_SAMPLE_INTERVAL`].
 pub fn install_allocator_meter<A: Send + Sync>(allocator: &'static CountingAllocator<A>) {
-    let _ = INSTALLED.set(allocator);
+    let counted: &'static Counted<A> = Box::leak(Box::new(Counted {
+        allocator,
+        rss: rss(),
+    }));
+    let _ = INSTALLED.set(counted);
 }
 
 /// The resident set size from `/proc/self/status`, read at most every
@@ -271,7 +286,7 @@ impl Meter for Rss {
                 .is_ok()
         {
             let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-            if let Some(bytes) = vm_rss(&status) {
+            if let Some(bytes) = rss_anon(&status).or_else(|| vm_rss(&status)) {
                 self.bytes.store(bytes, Ordering::Relaxed);
             }
         }
@@ -279,8 +294,19 @@ impl Meter for Rss {
     }
 
     fn describe(&self) -> &'static str {
-        "resident set size (no counting allocator installed)"
+        "the anonymous resident memory (no counting allocator installed)"
     }
+}
+
+/// `RssAnon` of a `/proc/<pid>/status` text, in bytes: the resident memory
+/// besides the mapped binary and files, which the limit is about.
+///
+/// ```
+/// let status = "VmRSS:\t   30720 kB\nRssAnon:\t   10240 kB\n";
+/// assert_eq!(kv_server::memory::rss_anon(status), Some(10 << 20));
+/// ```
+pub fn rss_anon(status: &str) -> Option<u64> {
+    status_kib(status, "RssAnon:")
 }
 
 /// `VmRSS` of a `/proc/<pid>/status` text, in bytes.
@@ -290,9 +316,13 @@ impl Meter for Rss {
 /// assert_eq!(kv_server::memory::vm_rss(status), Some(20 << 20));
 /// ```
 pub fn vm_rss(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS:")
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let kib: u64 = line
-            .strip_prefix("VmRSS:")?
+            .strip_prefix(field)?
             .trim()
             .trim_end_matches("kB")
             .trim()
@@ -302,15 +332,19 @@ pub fn vm_rss(status: &str) -> Option<u64> {
     })
 }
 
-fn meter() -> &'static dyn Meter {
+fn rss() -> &'static Rss {
     static RSS: OnceLock<Rss> = OnceLock::new();
+    RSS.get_or_init(|| Rss {
+        started: Instant::now(),
+        read_at: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    })
+}
+
+fn meter() -> &'static dyn Meter {
     match INSTALLED.get() {
         Some(meter) => *meter,
-        None => RSS.get_or_init(|| Rss {
-            started: Instant::now(),
-            read_at: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-        }),
+        None => rss(),
     }
 }
 
@@ -415,6 +449,22 @@ impl MemoryBudget {
             return Ok(());
         }
         Err(self.exhausted(in_use, "a new watch"))
+    }
+
+    /// Whether the process is at or past the limit now.
+    pub fn over_limit(&self) -> bool {
+        self.meter.in_use() >= self.limit
+    }
+
+    /// The status that ends a watcher which is not keeping up while the
+    /// server is at its limit: every event queued for it is a copy the
+    /// server holds on its behalf.
+    pub fn watcher_cut(&self, resume: u64) -> Status {
+        Status::resource_exhausted(format!(
+            "the server is at its memory limit: {} in use of {} (--max-memory), and this watch is not keeping up with its changes; watch again with from_version {resume}",
+            human(self.meter.in_use()),
+            human(self.limit),
+        ))
     }
 
     fn exhausted(&self, in_use: u64, what: &str) -> Status {
