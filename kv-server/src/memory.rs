@@ -178,8 +178,12 @@ pub fn default_limit_from(
         (None, Some(t)) => (t, LimitSource::MemTotal),
         (None, None) => return (FALLBACK_LIMIT, LimitSource::Fallback),
     };
-    let limit = (bytes / 100).saturating_mul(DEFAULT_FRACTION_PERCENT);
+    let limit = percent(bytes, DEFAULT_FRACTION_PERCENT);
     (limit.max(MIN_LIMIT), source)
+}
+
+fn percent(bytes: u64, percent: u64) -> u64 {
+    (u128::from(bytes) * u128::from(percent) / 100) as u64
 }
 
 /// The default limit of this machine (read once): see
@@ -362,7 +366,7 @@ pub const HISTORY_SHARE_PERCENT: u64 = 25;
 /// assert!(capped.watch_history_bytes <= 16 << 20);
 /// ```
 pub fn cap_history(mut settings: kv_engine::Settings, limit: u64) -> kv_engine::Settings {
-    let share = usize::try_from(limit / 100 * HISTORY_SHARE_PERCENT).unwrap_or(usize::MAX);
+    let share = usize::try_from(percent(limit, HISTORY_SHARE_PERCENT)).unwrap_or(usize::MAX);
     settings.watch_history_total_bytes = settings.watch_history_total_bytes.min(share);
     settings.watch_history_bytes = settings
         .watch_history_bytes
@@ -524,25 +528,25 @@ mod tests {
         let (limit, source) = default_limit_from(Some("2147483648\n"), None, Some(MEMINFO));
         assert_eq!(
             (limit, source),
-            (2147483648 / 100 * 75, LimitSource::Cgroup)
+            (2147483648 * 75 / 100, LimitSource::Cgroup)
         );
         // A cgroup larger than the machine does not count.
         let (limit, source) = default_limit_from(Some("68719476736\n"), None, Some(MEMINFO));
-        assert_eq!((limit, source), (TOTAL / 100 * 75, LimitSource::MemTotal));
+        assert_eq!((limit, source), (TOTAL * 75 / 100, LimitSource::MemTotal));
         let (limit, source) = default_limit_from(Some("max\n"), None, Some(MEMINFO));
-        assert_eq!((limit, source), (TOTAL / 100 * 75, LimitSource::MemTotal));
+        assert_eq!((limit, source), (TOTAL * 75 / 100, LimitSource::MemTotal));
     }
 
     #[test]
     fn default_reads_cgroup_v1_and_its_unlimited() {
         let (limit, source) = default_limit_from(None, Some("536870912\n"), Some(MEMINFO));
-        assert_eq!((limit, source), (536870912 / 100 * 75, LimitSource::Cgroup));
+        assert_eq!((limit, source), (536870912 * 75 / 100, LimitSource::Cgroup));
         let unlimited = "9223372036854771712\n";
         let (limit, source) = default_limit_from(None, Some(unlimited), Some(MEMINFO));
-        assert_eq!((limit, source), (TOTAL / 100 * 75, LimitSource::MemTotal));
+        assert_eq!((limit, source), (TOTAL * 75 / 100, LimitSource::MemTotal));
         // Both versions present: the smaller wins.
         let (limit, _) = default_limit_from(Some("1073741824"), Some("536870912"), None);
-        assert_eq!(limit, 536870912 / 100 * 75);
+        assert_eq!(limit, 536870912 * 75 / 100);
     }
 
     #[test]
