@@ -175,6 +175,9 @@ pub struct Config {
     pub engine: Settings,
     /// The embedded engine, or a Redis Cluster.
     pub storage: Storage,
+    /// Memory limit in bytes (`--max-memory`): writes adding data past it
+    /// are refused; see [`crate::memory`].
+    pub max_memory: u64,
 }
 
 impl Default for Config {
@@ -200,6 +203,7 @@ impl Default for Config {
             tls: None,
             admin_token: None,
             storage: Storage::Embedded,
+            max_memory: crate::memory::default_limit().0,
         }
     }
 }
@@ -339,6 +343,12 @@ impl Config {
             self.expiry_interval.as_millis() as u64,
             1,
             60_000,
+        )?;
+        check(
+            "--max-memory",
+            self.max_memory,
+            crate::memory::MIN_LIMIT,
+            u64::MAX,
         )?;
         check("--segment-bytes", self.log.segment_bytes, 4096, 1 << 40)?;
         if let FsyncPolicy::Interval(every) = self.log.fsync {
@@ -548,6 +558,13 @@ pub struct Cli {
     #[arg(long, env = "KV_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Memory limit: writes that would take the process past it are
+    /// refused (RESOURCE_EXHAUSTED); reads, deletes and clears still work.
+    /// Bytes or a size such as 512MiB or 2GiB; default 75% of the smaller
+    /// of the cgroup limit and the machine's memory.
+    #[arg(long, env = "KV_MAX_MEMORY", value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
+
     /// The storage engine and its flags.
     #[command(flatten)]
     pub storage: StorageArgs,
@@ -586,6 +603,9 @@ impl Cli {
         };
         let config = Config {
             storage: self.storage.storage()?,
+            max_memory: self
+                .max_memory
+                .unwrap_or_else(|| crate::memory::default_limit().0),
             admin_token,
             listen: self.listen,
             data_dir: self.data_dir,

@@ -103,7 +103,8 @@ pub async fn open_store(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<DurableStore>, ServeError> {
     config.validate()?;
-    let (dir, options, settings) = (config.data_dir.clone(), config.log.clone(), config.engine);
+    let settings = crate::memory::cap_history(config.engine, config.max_memory);
+    let (dir, options) = (config.data_dir.clone(), config.log.clone());
     let opened = tokio::task::spawn_blocking(move || {
         DurableStore::open_with(&dir, options, clock, settings)
     })
@@ -317,12 +318,20 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
+    let memory = crate::memory::MemoryBudget::new(config.max_memory);
+    tracing::info!(
+        "memory limit {} (--max-memory), measured as {}; {} in use now",
+        crate::memory::human(memory.limit()),
+        memory.describe(),
+        crate::memory::human(memory.in_use()),
+    );
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let rate = RateLimits::new(auth.catalog().clone(), config.log.quota, backend.clock());
     let kv = KvService::new(backend, config.limits.clone(), auth)
         .with_rate_limits(Arc::new(rate))
         .with_stopping(stopping)
-        .with_max_call_time(config.max_request_time);
+        .with_max_call_time(config.max_request_time)
+        .with_memory(memory.clone());
     let kv = KvServiceServer::new(kv)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
