@@ -110,7 +110,7 @@ pub mod watch;
 pub use backend::{Backend, MAX_QUEUED_WRITES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deadline::Deadline;
-pub use error::{EngineError, QuotaExceeded, WatchError};
+pub use error::{EngineError, QueueFull, QuotaExceeded, WatchError};
 pub use types::{
     Applied, Check, Entry, ListPage, ListQuery, Mutation, Op, OpOutcome, Quota, RequestId,
     Settings, Ttl, Txn, TxnOutcome, Versioned, WatchTarget,
