@@ -53,6 +53,20 @@ pub enum AdminChange {
     },
 }
 
+impl AdminChange {
+    /// The project it changes; none for a token revocation, which names
+    /// only the token.
+    pub(super) fn project(&self) -> Option<&ProjectName> {
+        match self {
+            Self::CreateProject { project, .. }
+            | Self::SetQuota { project, .. }
+            | Self::DeleteProject { project } => Some(project),
+            Self::CreateToken { token, .. } => Some(&token.project),
+            Self::RevokeToken { .. } => None,
+        }
+    }
+}
+
 /// What an [`AdminChange`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AdminOutcome {

@@ -5,12 +5,16 @@
 //!
 //! - Memory ([`MemoryStore`]) serves every read; the log on disk is the
 //!   source of truth across restarts.
-//! - A write is encoded by the caller, then handed to one writer thread.
-//!   The writer gathers everything pending into one `write` and, under
-//!   [`FsyncPolicy::Always`], one `fdatasync`; only then does it apply the
-//!   batch to memory, in log order, and answer each caller. So the log
+//! - A write is queued in its project's lane (bounded by count and bytes,
+//!   see `queue.rs`), then handed to one writer thread. The writer gathers
+//!   pending writes, the projects served round-robin, into one `write` and,
+//!   under [`FsyncPolicy::Always`], one `fdatasync`; only then does it apply
+//!   the batch to memory, in log order, and answer each caller. So the log
 //!   order is the apply order for every key, readers never see a write that
 //!   is not in the log, and a write that cannot be logged is never applied.
+//! - A failed fsync is never retried: writes are refused
+//!   ([`crate::EngineError::WritesStopped`]) until the writer has
+//!   re-verified the log (`verify.rs`); reads go on.
 //! - Records carry the resulting state (value with its absolute deadline,
 //!   delete, clear), so replay is idempotent over a fuzzy snapshot.
 //! - When the log outgrows the live data (twice its size, and at least
@@ -278,15 +282,16 @@ impl DurableStore {
         change: Change,
     ) -> Result<oneshot::Receiver<Result<Answer, EngineError>>, EngineError> {
         let (reply, answer) = oneshot::channel();
-        match &change {
-            Change::Txn { project, .. } => {
-                let (project, bytes) = (project.clone(), change.approx_len());
-                self.queue
-                    .push(&project, bytes, Submission { change, reply }, closed)?;
+        let bytes = change.approx_len();
+        let project = change.project().cloned();
+        let submission = Submission { change, reply };
+        match (&submission.change, project) {
+            (Change::Txn { .. }, Some(project)) => {
+                self.queue.push(&project, bytes, submission, closed)?;
             }
-            Change::Expire(_) | Change::Admin(_) => {
+            (_, project) => {
                 self.queue
-                    .push_system(Submission { change, reply }, closed)?;
+                    .push_system(project.as_ref(), bytes, submission, closed)?;
             }
         }
         Ok(answer)
@@ -401,11 +406,27 @@ impl Backend for DurableStore {
     async fn expire_due(&self, limit: usize) -> usize {
         let due = self.mem.take_due(limit);
         let consumed = due.len();
-        if consumed > 0 {
-            // Expiries are changes like any other: logged, versioned and
-            // published by the writer. If it cannot log them, the entries
-            // stay invisible (reads check deadlines) and a restart drops them.
-            if let Err(e) = self.send(Change::Expire(due)).await {
+        // Expiries are changes like any other: logged, versioned and
+        // published by the writer, each project's in its order. If it cannot
+        // log them, the entries stay invisible (reads check deadlines) and a
+        // restart drops them.
+        let mut by_project: Vec<Vec<crate::memory::expiry::Due>> = Vec::new();
+        for due in due {
+            match by_project.iter_mut().find(|d| d[0].project == due.project) {
+                Some(same) => same.push(due),
+                None => by_project.push(vec![due]),
+            }
+        }
+        let sent: Vec<_> = by_project
+            .into_iter()
+            .map(|due| self.enqueue(Change::Expire(due)))
+            .collect();
+        for answer in sent {
+            let logged = match answer {
+                Ok(answer) => answer.await.map_err(|_| closed()).and_then(|a| a),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = logged {
                 tracing::warn!("could not log expiries: {e}");
             }
         }

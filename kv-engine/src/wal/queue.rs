@@ -15,9 +15,11 @@
 //! larger than the byte bound is admitted only when the queue (or, for the
 //! share, its project's lane) is empty, so it never waits forever.
 //!
-//! The server's own changes (expiries, admin changes) go in a separate
-//! unbounded lane, served first in every group commit: they are few and
-//! must not be lost to a busy queue.
+//! The server's own changes (expiries, admin changes) are not bounded:
+//! they are few and must not be lost to a busy queue. Those of a project
+//! wait in its lane like its writes, so they keep their place in its order
+//! (a project deletion removes exactly what was written before it); the
+//! rest (token revocations) go in a lane of their own, served first.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -64,8 +66,17 @@ pub struct QueueStats {
     pub bytes: usize,
 }
 
+/// A queued item: its bytes, and whether it counts against the bounds.
+struct Item<T> {
+    item: T,
+    bytes: usize,
+    bounded: bool,
+}
+
 struct Lane<T> {
-    items: VecDeque<(T, usize)>,
+    items: VecDeque<Item<T>>,
+    /// Bounded writes in `items`, and their bytes.
+    writes: usize,
     bytes: usize,
     /// Credit left of this lane's turns; negative after a write larger
     /// than the credit went.
@@ -94,6 +105,23 @@ struct State<T> {
 }
 
 impl<T> State<T> {
+    fn enqueue(&mut self, project: &ProjectName, item: Item<T>) {
+        let lane = self.lanes.entry(project.clone()).or_insert_with(|| {
+            self.ring.push_back(project.clone());
+            Lane {
+                items: VecDeque::new(),
+                writes: 0,
+                bytes: 0,
+                deficit: 0,
+            }
+        });
+        if item.bounded {
+            lane.writes += 1;
+            lane.bytes += item.bytes;
+        }
+        lane.items.push_back(item);
+    }
+
     fn has_work(&self) -> bool {
         #[cfg(test)]
         if self.paused {
@@ -177,7 +205,7 @@ impl<T> Queue<T> {
         let (lane_writes, lane_bytes) = state
             .lanes
             .get(project)
-            .map_or((0, 0), |lane| (lane.items.len(), lane.bytes));
+            .map_or((0, 0), |lane| (lane.writes, lane.bytes));
         if lane_writes >= limits.share_writes() {
             return Err(EngineError::QueueFull(QueueFull::ProjectWrites {
                 project: project.clone(),
@@ -203,30 +231,31 @@ impl<T> Queue<T> {
                 limit: limits.max_bytes,
             }));
         }
-        let state = &mut *state;
-        let lane = state.lanes.entry(project.clone()).or_insert_with(|| {
-            state.ring.push_back(project.clone());
-            Lane {
-                items: VecDeque::new(),
-                bytes: 0,
-                deficit: 0,
-            }
-        });
-        lane.items.push_back((item, bytes));
-        lane.bytes += bytes;
         state.queued.writes += 1;
         state.queued.bytes += bytes;
+        state.enqueue(
+            project,
+            Item {
+                item,
+                bytes,
+                bounded: true,
+            },
+        );
         self.ready.notify_one();
         Ok(())
     }
 
-    /// Queues one of the server's own changes (not bounded).
+    /// Queues one of the server's own changes (not bounded): behind the
+    /// writes of `project` already queued, or, without a project, ahead of
+    /// every project's.
     ///
     /// # Errors
     ///
     /// As [`Queue::push`], except the bounds.
     pub(super) fn push_system(
         &self,
+        project: Option<&ProjectName>,
+        bytes: usize,
         item: T,
         closed: fn() -> EngineError,
     ) -> Result<(), EngineError> {
@@ -239,7 +268,17 @@ impl<T> Queue<T> {
                 reason: Arc::clone(reason),
             });
         }
-        state.system.push_back(item);
+        match project {
+            Some(project) => state.enqueue(
+                project,
+                Item {
+                    item,
+                    bytes,
+                    bounded: false,
+                },
+            ),
+            None => state.system.push_back(item),
+        }
         self.ready.notify_one();
         Ok(())
     }
@@ -332,13 +371,21 @@ impl<T> Queue<T> {
             };
             lane.deficit = lane.deficit.saturating_add(QUANTUM);
             while lane.deficit > 0 && taken < max_bytes {
-                let Some((item, bytes)) = lane.items.pop_front() else {
+                let Some(Item {
+                    item,
+                    bytes,
+                    bounded,
+                }) = lane.items.pop_front()
+                else {
                     break;
                 };
                 lane.deficit = lane.deficit.saturating_sub(bytes as i64);
-                lane.bytes -= bytes;
-                state.queued.writes -= 1;
-                state.queued.bytes -= bytes;
+                if bounded {
+                    lane.writes -= 1;
+                    lane.bytes -= bytes;
+                    state.queued.writes -= 1;
+                    state.queued.bytes -= bytes;
+                }
                 taken += bytes;
                 batch.push(item);
             }
@@ -505,9 +552,9 @@ mod tests {
         queue.set_stopped(Some("disk gone".into()));
         let e = queue.push(&a, 10, 2, closed).unwrap_err();
         assert!(e.to_string().starts_with("disk gone"), "{e}");
-        assert!(queue.push_system(3, closed).is_err());
+        assert!(queue.push_system(None, 10, 3, closed).is_err());
         queue.set_stopped(None);
-        queue.push_system(4, closed).unwrap();
+        queue.push_system(None, 10, 4, closed).unwrap();
         queue.close(None);
         assert!(matches!(
             queue.push(&a, 10, 5, closed),
@@ -516,5 +563,28 @@ mod tests {
         // System changes first, then what was queued before the close.
         assert_eq!(batch(&queue, usize::MAX), [4, 1]);
         assert!(matches!(queue.take(usize::MAX, None), Take::Stop(_)));
+    }
+
+    /// A project's system changes (an expiry, a deletion) keep their
+    /// place among its writes, are admitted whatever the bounds, and are
+    /// not counted in them.
+    #[test]
+    fn system_changes_of_a_project_keep_their_place_in_its_order() {
+        let queue = Queue::new(Limits {
+            max_writes: 2,
+            max_bytes: MIB,
+        });
+        let (a, b) = (project("a"), project("b"));
+        queue.push(&a, 10, "a-write", closed).unwrap();
+        queue.push_system(Some(&a), 10, "a-expiry", closed).unwrap();
+        queue.push(&b, 10, "b-write", closed).unwrap();
+        queue.push_system(Some(&b), 10, "b-delete", closed).unwrap();
+        queue.push_system(None, 10, "revoke", closed).unwrap();
+        assert_eq!(queue.stats().writes, 2);
+        assert_eq!(
+            batch(&queue, usize::MAX),
+            ["revoke", "a-write", "a-expiry", "b-write", "b-delete"]
+        );
+        assert_eq!(queue.stats(), QueueStats::default());
     }
 }

@@ -50,6 +50,15 @@ const EXPIRY_APPROX: usize = 64;
 const ADMIN_APPROX: usize = 128;
 
 impl Change {
+    /// The one project whose order it takes its place in, if any.
+    pub(super) fn project(&self) -> Option<&ProjectName> {
+        match self {
+            Self::Txn { project, .. } => Some(project),
+            Self::Expire(due) => due.first().map(|d| &d.project),
+            Self::Admin(change) => change.project(),
+        }
+    }
+
     /// Roughly the bytes it will log, to bound a batch and the queue.
     pub(super) fn approx_len(&self) -> usize {
         match self {
