@@ -14,6 +14,9 @@ use std::{
 
 use kv_client::Code;
 use kv_tests::{BinaryServer, tool_available};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 
@@ -107,6 +110,35 @@ async fn write_once_resumed(kv: &kv_client::Project, key: &str, patience: Durati
     }
 }
 
+/// Waits (5 s at most) for the server's health to be `want`.
+async fn assert_health(server: &BinaryServer, want: ServingStatus) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health is {status:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The failure scenario common to both fsync policies: returns the keys
 /// acknowledged and the keys refused.
 async fn fail_and_heal(faulty: &Faulty, server: &BinaryServer) -> (Vec<String>, Vec<String>) {
@@ -128,6 +160,7 @@ async fn fail_and_heal(faulty: &Faulty, server: &BinaryServer) -> (Vec<String>, 
         assert_stopped(&kv.set(&key, &i).await.unwrap_err());
         refused.push(key);
     }
+    assert_health(server, ServingStatus::NotServing).await;
     // Reads go on and do not see the refused writes.
     assert_eq!(kv.get::<i64>("before-3").await.unwrap(), Some(3));
     for key in &refused {
@@ -142,6 +175,7 @@ async fn fail_and_heal(faulty: &Faulty, server: &BinaryServer) -> (Vec<String>, 
     faulty.fail(false);
     write_once_resumed(&kv, "resumed", Duration::from_secs(15)).await;
     acked.push("resumed".into());
+    assert_health(server, ServingStatus::Serving).await;
     for i in 0..5 {
         let key = format!("after-{i}");
         kv.set(&key, &i).await.unwrap();
