@@ -58,6 +58,9 @@ pub const DEFAULT_FSYNC: &str = "always";
 pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = LogOptions::DEFAULT.snapshot_min_log_bytes;
 /// Default segment size (the engine's, 64 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = LogOptions::DEFAULT.segment_bytes;
+/// Default most bytes of writes queued for the log writer (the engine's,
+/// 64 MiB).
+pub const DEFAULT_MAX_QUEUED_WRITE_BYTES: usize = LogOptions::DEFAULT.max_queued_bytes;
 /// Default most connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default most concurrent requests (HTTP/2 streams) per connection.
@@ -351,6 +354,12 @@ impl Config {
             u64::MAX,
         )?;
         check("--segment-bytes", self.log.segment_bytes, 4096, 1 << 40)?;
+        check(
+            "--max-queued-write-bytes",
+            self.log.max_queued_bytes as u64,
+            1 << 20,
+            1 << 40,
+        )?;
         if let FsyncPolicy::Interval(every) = self.log.fsync {
             check("--fsync interval", every.as_millis() as u64, 1, 60_000)?;
         }
@@ -436,6 +445,11 @@ pub struct Cli {
     /// Size at which a log segment is closed and the next one started.
     #[arg(long, env = "KV_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES)]
     pub segment_bytes: u64,
+
+    /// Most bytes of writes waiting for the log writer (one project may
+    /// fill half); past it writes are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KV_MAX_QUEUED_WRITE_BYTES", default_value_t = DEFAULT_MAX_QUEUED_WRITE_BYTES)]
+    pub max_queued_write_bytes: usize,
 
     /// Largest key, in bytes.
     #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
@@ -614,6 +628,7 @@ impl Cli {
                 repair: self.repair,
                 snapshot_min_log_bytes: self.snapshot_min_log_bytes,
                 segment_bytes: self.segment_bytes,
+                max_queued_bytes: self.max_queued_write_bytes,
                 quota: Quota {
                     max_keys: (self.default_max_keys > 0).then_some(self.default_max_keys),
                     max_bytes: (self.default_max_bytes > 0).then_some(self.default_max_bytes),

@@ -116,8 +116,15 @@ pub async fn open_store(
     Ok(Arc::new(opened))
 }
 
+/// How often the server looks whether the log writer has stopped writes
+/// (a failed fsync): health turns NOT_SERVING within this of the failure,
+/// and SERVING again within this of the log being re-verified.
+const WRITES_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Runs the server on an opened durable store until `shutdown` resolves,
-/// then drains, stops the expiry task, and closes the log.
+/// then drains, stops the expiry task, and closes the log. Health is
+/// NOT_SERVING while writes are stopped after a failed fsync (reads are
+/// still served).
 ///
 /// # Errors
 ///
@@ -128,7 +135,28 @@ pub async fn run_durable(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let served = run_cataloged(&config, Arc::clone(&store), None, listener, shutdown).await;
+    let (report, healthy) = tokio::sync::watch::channel(true);
+    let checked = Arc::clone(&store);
+    let checker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WRITES_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            // The writer logs why and when writes stop and resume.
+            report.send_if_modified(|ok| {
+                let now = checked.writes_stopped().is_none();
+                std::mem::replace(ok, now) != now
+            });
+        }
+    });
+    let served = run_cataloged(
+        &config,
+        Arc::clone(&store),
+        Some(healthy),
+        listener,
+        shutdown,
+    )
+    .await;
+    checker.abort();
     let closed = store.close().await.map_err(ServeError::Close);
     served.and(closed)
 }

@@ -16,8 +16,8 @@ use crate::{catalog::Catalog, memory::MemoryStore};
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and
 /// older snapshots. Failures are logged: the older files stay, so a
-/// recovery still finds everything.
-pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) {
+/// recovery still finds everything. True when the snapshot is durable.
+pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> bool {
     let started = std::time::Instant::now();
     tracing::info!(snapshot = base, "snapshot started");
     match write_file(dir, mem, catalog, base) {
@@ -29,8 +29,12 @@ pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64)
                 "snapshot written"
             );
             remove_older(dir, base);
+            true
         }
-        Err(e) => tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}"),
+        Err(e) => {
+            tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}");
+            false
+        }
     }
 }
 
