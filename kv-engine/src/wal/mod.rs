@@ -49,6 +49,8 @@ use crate::{
 pub mod codec;
 mod dir;
 mod frame;
+#[cfg(test)]
+mod history_tests;
 mod options;
 mod recovery;
 mod snapshot;
