@@ -155,6 +155,11 @@ impl Budget {
             frozen: std::sync::atomic::AtomicBool::new(false),
         }
     }
+
+    /// Whether changes published now are recorded.
+    pub(crate) fn recording(&self) -> bool {
+        !self.frozen.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Hub {
@@ -204,7 +209,7 @@ impl Hub {
         budget: &Budget,
         event: impl FnOnce() -> Event,
     ) {
-        if budget.frozen.load(std::sync::atomic::Ordering::Relaxed) {
+        if !budget.recording() {
             return;
         }
         let mut h = self.lock();
