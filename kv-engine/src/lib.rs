@@ -106,8 +106,20 @@
 //!    each expiry the project's next version, logs them, and applies them
 //!    with `apply_commit`: the memory is reclaimed and watchers get an
 //!    EXPIRED event.
-//! 5. At recovery (`wal/recovery.rs`), a logged set whose deadline has
-//!    passed replays as an expiry, so nothing expired comes back.
+//! 5. At recovery (`wal/recovery.rs`, `MemoryStore::replay_commit`), a
+//!    logged set whose deadline has passed leaves its key absent, so
+//!    nothing expired comes back; the watch history still records it as
+//!    the set it was, as live watchers saw it (a logged expiry replays as
+//!    the EXPIRED event it was).
+//!
+//! # The watch history across a restart
+//!
+//! A snapshot (`wal/snapshot.rs`) writes each project's history window
+//! (record kinds 13 and 14 of [`wal::codec`]); recovery restores it, then
+//! replays the segments after the snapshot through the live apply path, so
+//! every logged change is published into the same bounded history
+//! ([`watch`]). A snapshot's entries publish nothing: they are states, and
+//! the snapshot's own history says what changed.
 
 mod backend;
 pub mod catalog;

@@ -24,6 +24,15 @@
 //!   are the older segments removed.
 //! - Start-up loads the newest snapshot and replays the segments after it
 //!   (see [`DurableStore::open`]).
+//! - The watch history ([`crate::watch`]) survives restarts: a snapshot
+//!   writes each project's history window (its floor and events), since
+//!   the segments it replaces are the only other place those changes are
+//!   kept, and replay publishes every logged change into the same bounded
+//!   history as live application does. So a watcher resumes across a
+//!   restart from any version still in the window, and versions and the
+//!   feed agree after SIGTERM or SIGKILL. Keeping segments for the window
+//!   instead would keep a deleted tenant's values on disk, and let one
+//!   rarely written project pin every segment after its oldest change.
 //! - Admin changes (projects, tokens) go through the same writer, which
 //!   checks their preconditions in log order ([`AdminChange`]): of two
 //!   concurrent creates of a name exactly one succeeds. A project deletion
@@ -53,6 +62,8 @@ mod admin;
 pub mod codec;
 mod dir;
 mod frame;
+#[cfg(test)]
+mod history_tests;
 mod options;
 mod queue;
 mod recovery;
@@ -108,7 +119,8 @@ impl DurableStore {
     /// Opens (creating if needed) the data directory `dir`: takes its lock,
     /// loads the newest snapshot, replays the log after it, and starts the
     /// writer on a new segment. Keys whose deadline passed while the server
-    /// was down are not loaded.
+    /// was down are not loaded (their sets stay in the watch history, which
+    /// the snapshot and the replay rebuild within the history settings).
     ///
     /// A torn tail (an append interrupted by a crash) is cut off with a
     /// warning. Any other damage stops start-up with an error naming the file
