@@ -1,8 +1,10 @@
 //! The admin API: projects, quotas, usage and tokens.
 
+use std::{future::Future, sync::Arc};
+
 use kv_proto::v1 as pb;
 
-use crate::{Client, Error};
+use crate::{Client, Error, endpoints::Conn, retry::Safety};
 
 /// Limits on what a project holds and how fast it calls; `None` means the
 /// server's default.
@@ -162,6 +164,20 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// An admin call, retried as the client's policy says. Admin writes
+    /// have no request ids, so they are retried only when an attempt surely
+    /// did not reach the server.
+    async fn call<M, T, F, Fut>(&self, safety: Safety, message: M, call: F) -> Result<T, Error>
+    where
+        M: Clone,
+        F: Fn(Arc<Conn>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.client
+            .unary(safety, None, None, false, message, call)
+            .await
+    }
+
     /// Registers a project.
     ///
     /// ```no_run
@@ -176,13 +192,14 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn create_project(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
-        let request = self.client.request(pb::CreateProjectRequest {
+        let message = pb::CreateProjectRequest {
             name: name.into(),
             quota: quota(limits),
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().create_project(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().create_project(r).await
+            })
             .await?;
         Ok(project(reply))
     }
@@ -201,12 +218,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn delete_project(&self, name: &str) -> Result<u64, Error> {
-        let request = self
-            .client
-            .request(pb::DeleteProjectRequest { name: name.into() });
+        let message = pb::DeleteProjectRequest { name: name.into() };
         let reply = self
-            .client
-            .call(self.client.admin.clone().delete_project(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().delete_project(r).await
+            })
             .await?;
         Ok(reply.deleted_keys)
     }
@@ -225,13 +241,12 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn get_project(&self, name: &str) -> Result<ProjectInfo, Error> {
-        let request = self
-            .client
-            .request(pb::GetProjectRequest { name: name.into() });
+        let message = pb::GetProjectRequest { name: name.into() };
         Ok(project(
-            self.client
-                .call(self.client.admin.clone().get_project(request))
-                .await?,
+            self.call(Safety::Read, message, |conn, r| async move {
+                conn.admin().get_project(r).await
+            })
+            .await?,
         ))
     }
 
@@ -248,10 +263,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn list_projects(&self) -> Result<Vec<ProjectInfo>, Error> {
-        let request = self.client.request(pb::ListProjectsRequest {});
+        let message = pb::ListProjectsRequest {};
         let reply = self
-            .client
-            .call(self.client.admin.clone().list_projects(request))
+            .call(Safety::Read, message, |conn, r| async move {
+                conn.admin().list_projects(r).await
+            })
             .await?;
         Ok(reply.projects.into_iter().map(project).collect())
     }
@@ -275,14 +291,15 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn set_quota(&self, name: &str, limits: Quota) -> Result<ProjectInfo, Error> {
-        let request = self.client.request(pb::SetQuotaRequest {
+        let message = pb::SetQuotaRequest {
             name: name.into(),
             quota: quota(limits),
-        });
+        };
         Ok(project(
-            self.client
-                .call(self.client.admin.clone().set_quota(request))
-                .await?,
+            self.call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().set_quota(r).await
+            })
+            .await?,
         ))
     }
 
@@ -326,17 +343,18 @@ impl Admin {
         limits: TokenLimits,
     ) -> Result<NewToken, Error> {
         let set = limits.ops_per_second.is_some() || limits.write_bytes_per_second.is_some();
-        let request = self.client.request(pb::CreateTokenRequest {
+        let message = pb::CreateTokenRequest {
             project: project.into(),
             read_only,
             limits: set.then_some(pb::TokenLimits {
                 ops_per_second: limits.ops_per_second,
                 write_bytes_per_second: limits.write_bytes_per_second,
             }),
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().create_token(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().create_token(r).await
+            })
             .await?;
         let info = reply
             .info
@@ -360,12 +378,11 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
-        let request = self
-            .client
-            .request(pb::RevokeTokenRequest { id: id.into() });
+        let message = pb::RevokeTokenRequest { id: id.into() };
         Ok(self
-            .client
-            .call(self.client.admin.clone().revoke_token(request))
+            .call(Safety::Unsafe, message, |conn, r| async move {
+                conn.admin().revoke_token(r).await
+            })
             .await?
             .revoked)
     }
@@ -383,12 +400,13 @@ impl Admin {
     ///
     /// See [`Admin`].
     pub async fn list_tokens(&self, project: Option<&str>) -> Result<Vec<TokenInfo>, Error> {
-        let request = self.client.request(pb::ListTokensRequest {
+        let message = pb::ListTokensRequest {
             project: project.unwrap_or_default().into(),
-        });
+        };
         let reply = self
-            .client
-            .call(self.client.admin.clone().list_tokens(request))
+            .call(Safety::Read, message, |conn, r| async move {
+                conn.admin().list_tokens(r).await
+            })
             .await?;
         Ok(reply.tokens.into_iter().map(token).collect())
     }

@@ -221,10 +221,15 @@ impl Batch {
     /// number: nothing is written); [`Error::Timeout`]. A check that does
     /// not hold is not an error: it is `applied = false`.
     pub async fn commit(self) -> Result<BatchOutcome, Error> {
-        let (project, message) = self.into_request()?;
+        let (project, mut message) = self.into_request()?;
         let kinds: Vec<OpKind> = message.ops.iter().map(OpKind::of).collect();
-        let request = project.request(message)?;
-        let reply = project.call(project.kv().batch(request)).await?;
+        let safety = project.client.write_safety(&mut message.request_id);
+        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
+        let reply = project
+            .unary(safety, id, message.clone(), |conn, r| async move {
+                conn.kv().batch(r).await
+            })
+            .await?;
         BatchOutcome::from_proto(&kinds, reply)
     }
 }

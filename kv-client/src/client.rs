@@ -1,7 +1,10 @@
 //! The connection: [`Client`], its builder and TLS settings.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
+use kv_proto::contract::PROJECT_HEADER;
 use kv_proto::v1::{admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient};
 use tonic::{
     Request,
@@ -9,7 +12,13 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::{Error, pipeline::Pipeline};
+use crate::{
+    Error, IntoEndpoints, RetryPolicy,
+    endpoints::{Conn, Endpoints},
+    new_request_id,
+    pipeline::Pipeline,
+    retry::{Failure, Safety},
+};
 
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,7 +28,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// own, smaller, limits).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A connection to a kv server. Clones share the connection.
+/// A connection to a kv server (or to several, see [`Client::builder`]).
+/// Clones share the connection.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), kv_client::Error> {
@@ -30,23 +40,29 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) grpc: KvServiceClient<Channel>,
-    pub(crate) admin: AdminServiceClient<Channel>,
+    /// One connection (and auto-batching stream) per endpoint.
+    pub(crate) endpoints: Arc<Endpoints>,
+    /// Each call's deadline, retries included.
     pub(crate) timeout: Duration,
     /// `Bearer <token>`, sent with every call.
     pub(crate) authorization: Option<AsciiMetadataValue>,
-    /// The auto-batching stream of every project, shared by all clones;
-    /// `None` when auto-batching is off.
-    pub(crate) pipeline: Option<Arc<Pipeline>>,
+    pub(crate) retry: RetryPolicy,
+    /// Writes without a request id get a fresh one.
+    pub(crate) auto_request_ids: bool,
+    pub(crate) honour_retry_after: bool,
 }
 
 impl std::fmt::Debug for Client {
     // The token is a secret: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
+            .field("endpoints", &self.endpoints.len())
             .field("timeout", &self.timeout)
             .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
-            .field("auto_batching", &self.pipeline.is_some())
+            .field("auto_batching", &self.endpoints.any().pipeline.is_some())
+            .field("retry", &self.retry)
+            .field("auto_request_ids", &self.auto_request_ids)
+            .field("honour_retry_after", &self.honour_retry_after)
             .finish_non_exhaustive()
     }
 }
@@ -66,20 +82,24 @@ impl std::fmt::Debug for Client {
 /// ```
 #[derive(Clone)]
 pub struct ClientBuilder {
-    pub(crate) url: String,
+    pub(crate) urls: Vec<String>,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_message_bytes: usize,
     pub(crate) tls: Option<Tls>,
     pub(crate) token: Option<String>,
     pub(crate) auto_batching: bool,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) auto_request_ids: bool,
+    pub(crate) honour_retry_after: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
             .field("tls", &self.tls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
@@ -169,11 +189,13 @@ impl Tls {
 }
 
 impl ClientBuilder {
-    /// Per-call timeout (default 10 s). A call that takes longer fails with
-    /// [`Error::Timeout`] (`DEADLINE_EXCEEDED`); the deadline is also sent to
-    /// the server so it can drop the work. A write that timed out may or may
-    /// not have been applied: read it back, or write again (sets are
-    /// idempotent).
+    /// Each call's deadline (default 10 s), retries included. A call that
+    /// has not succeeded by then fails with [`Error::Timeout`]
+    /// (`DEADLINE_EXCEEDED`), whose message says how many attempts were
+    /// made and whether one may have been applied; each attempt sends the
+    /// time left to the server so it can drop the work. Every write
+    /// carries a request id (see [`ClientBuilder::auto_request_ids`]), so
+    /// retrying one that timed out with the id the error gives is safe.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -223,41 +245,98 @@ impl ClientBuilder {
         self
     }
 
-    pub(crate) fn endpoint(&self) -> Result<Endpoint, Error> {
-        let endpoint =
-            Endpoint::from_shared(self.url.clone()).map_err(|source| Error::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
+    /// How failed calls are retried (default [`RetryPolicy::default`]:
+    /// up to 10 attempts with exponential backoff and jitter, within the
+    /// call's [`timeout`](Self::timeout)). [`RetryPolicy::none`] turns
+    /// retries off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kv_client::RetryPolicy;
+    /// let builder = kv_client::Client::builder("http://127.0.0.1:50051")
+    ///     .timeout(Duration::from_secs(30))
+    ///     .retry(RetryPolicy::default().max_attempts(50).max_backoff(Duration::from_secs(2)));
+    /// # let _ = builder;
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Whether every write the caller gave no request id gets a fresh one
+    /// ([`new_request_id`](crate::new_request_id)), which makes it safe to
+    /// retry (default on). Off, a write without an id is retried only
+    /// when the failed attempt surely never reached the server (the
+    /// connection was refused, the stream refused before processing, the
+    /// call never left the SDK); otherwise it fails with the attempt's
+    /// error. Ids given by the caller are always sent as given.
+    ///
+    /// ```
+    /// let builder = kv_client::Client::builder("http://127.0.0.1:50051").auto_request_ids(false);
+    /// # let _ = builder;
+    /// ```
+    pub fn auto_request_ids(mut self, on: bool) -> Self {
+        self.auto_request_ids = on;
+        self
+    }
+
+    /// Whether a call refused with `RESOURCE_EXHAUSTED` that carries a
+    /// retry-after hint (the status metadata `retry-after-ms: <ms>`, which
+    /// the server's rate limits send) is retried after the hinted delay
+    /// (default off: it fails at once, for the caller to decide). The
+    /// retry happens only if the delay ends before the call's deadline;
+    /// otherwise the call fails at once with the server's status. A
+    /// `RESOURCE_EXHAUSTED` without a hint (a size limit, a quota) is never
+    /// retried. A call that went over the auto-batching stream gets the
+    /// same hint in its call error.
+    ///
+    /// ```
+    /// let builder = kv_client::Client::builder("http://127.0.0.1:50051").honour_retry_after(true);
+    /// # let _ = builder;
+    /// ```
+    pub fn honour_retry_after(mut self, on: bool) -> Self {
+        self.honour_retry_after = on;
+        self
+    }
+
+    fn connect_error(&self, url: &str, source: tonic::transport::Error) -> Error {
+        Error::Connect {
+            url: url.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|source| self.connect_error(url, source))?;
         // Without TCP_NODELAY a serial caller waits on delayed ACKs.
         let endpoint = endpoint
             .tcp_nodelay(true)
             .connect_timeout(self.connect_timeout);
         let tls = match &self.tls {
             Some(tls) => Some(tls.clone()),
-            None if self.url.starts_with("https://") => Some(Tls::new()),
+            None if url.starts_with("https://") => Some(Tls::new()),
             None => None,
         };
         match tls {
             Some(tls) => endpoint
                 .tls_config(tls.config())
-                .map_err(|source| Error::Connect {
-                    url: self.url.clone(),
-                    source,
-                }),
+                .map_err(|source| self.connect_error(url, source)),
             None => Ok(endpoint),
         }
     }
 
-    pub(crate) fn client(&self, channel: Channel) -> Result<Client, Error> {
-        let authorization = self
-            .token
+    fn authorization(&self) -> Result<Option<AsciiMetadataValue>, Error> {
+        self.token
             .as_ref()
             .map(|token| {
                 MetadataValue::try_from(format!("Bearer {token}"))
                     .map_err(|_| Error::InvalidArgument("the token is not printable ASCII".into()))
             })
-            .transpose()?;
+            .transpose()
+    }
+
+    fn conn(&self, channel: Channel, authorization: &Option<AsciiMetadataValue>) -> Conn {
         let grpc = KvServiceClient::new(channel.clone())
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes);
@@ -265,36 +344,79 @@ impl ClientBuilder {
             // Only what every call carries: the stream serves every project,
             // so it names none (each frame and call does).
             let mut metadata = MetadataMap::new();
-            if let Some(authorization) = &authorization {
+            if let Some(authorization) = authorization {
                 metadata.insert("authorization", authorization.clone());
             }
             Arc::new(Pipeline::new(grpc.clone(), metadata))
         });
-        Ok(Client {
+        Conn {
             grpc,
             admin: AdminServiceClient::new(channel),
+            pipeline,
+        }
+    }
+
+    fn client(&self, channels: Vec<Channel>, current: usize) -> Result<Client, Error> {
+        let authorization = self.authorization()?;
+        let conns = channels
+            .into_iter()
+            .map(|channel| self.conn(channel, &authorization))
+            .collect();
+        Ok(Client {
+            endpoints: Arc::new(Endpoints::new(conns, current)),
             timeout: self.timeout,
             authorization,
-            pipeline,
+            retry: self.retry,
+            auto_request_ids: self.auto_request_ids,
+            honour_retry_after: self.honour_retry_after,
         })
     }
 
-    /// Connects now.
+    fn no_endpoints(&self) -> Result<(), Error> {
+        if self.urls.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no endpoint: give the client at least one URL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Connects now: to the first endpoint that answers, in the order
+    /// given (the others connect when first needed).
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the URL is invalid or the server is not
-    /// reachable within the connect timeout.
+    /// [`Error::Connect`] when a URL is invalid or no endpoint is reachable
+    /// within the connect timeout (the error names the last one tried);
+    /// [`Error::InvalidArgument`] when no URL was given.
     pub async fn connect(self) -> Result<Client, Error> {
-        let channel = self
-            .endpoint()?
-            .connect()
-            .await
-            .map_err(|source| Error::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
-        self.client(channel)
+        self.no_endpoints()?;
+        let endpoints = self
+            .urls
+            .iter()
+            .map(|url| self.endpoint(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut last_error = None;
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    let channels = endpoints
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            if i == index {
+                                channel.clone()
+                            } else {
+                                e.connect_lazy()
+                            }
+                        })
+                        .collect();
+                    return self.client(channels, index);
+                }
+                Err(source) => last_error = Some(self.connect_error(&self.urls[index], source)),
+            }
+        }
+        Err(last_error.expect("at least one endpoint was tried"))
     }
 
     /// Returns at once; connects on the first call (and reconnects after a
@@ -302,22 +424,21 @@ impl ClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the URL is invalid.
+    /// [`Error::Connect`] when a URL is invalid; [`Error::InvalidArgument`]
+    /// when no URL was given.
     pub fn connect_lazy(self) -> Result<Client, Error> {
-        let channel = self.endpoint()?.connect_lazy();
-        self.client(channel)
+        self.no_endpoints()?;
+        let channels = self
+            .urls
+            .iter()
+            .map(|url| Ok(self.endpoint(url)?.connect_lazy()))
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.client(channels, 0)
     }
 }
 
 impl Client {
-    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = self.request_without_deadline(message);
-        request.set_timeout(self.timeout);
-        request
-    }
-
-    /// A request without a `grpc-timeout`: for streams, which outlive the
-    /// per-call timeout.
+    /// A request with this client's credentials and no deadline.
     pub(crate) fn request_without_deadline<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(authorization) = &self.authorization {
@@ -328,17 +449,60 @@ impl Client {
         request
     }
 
-    pub(crate) async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    /// A unary call (or the start of a stream), retried as the policy
+    /// says. `call` makes one attempt on the endpoint it is given; each
+    /// request carries the credentials, `project` when given and (unless
+    /// `stream`) the time left as its deadline.
+    pub(crate) async fn unary<M, T, F, Fut>(
+        &self,
+        safety: Safety,
+        request_id: Option<&str>,
+        project: Option<&AsciiMetadataValue>,
+        stream: bool,
+        message: M,
+        call: F,
+    ) -> Result<T, Error>
     where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        M: Clone,
+        F: Fn(Arc<Conn>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(reply) => Ok(reply?.into_inner()),
-            Err(_) => Err(Error::Timeout(self.timeout)),
+        self.retrying(safety, request_id, |conn, left| {
+            let mut request = self.request_without_deadline(message.clone());
+            if let Some(project) = project {
+                request
+                    .metadata_mut()
+                    .insert(PROJECT_HEADER, project.clone());
+            }
+            if !stream {
+                request.set_timeout(left);
+            }
+            let reply = call(conn, request);
+            async move {
+                reply
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(Failure::from_status)
+            }
+        })
+        .await
+    }
+
+    /// The safety of a write whose request id is `id`, giving it a fresh
+    /// one first when it has none and ids are automatic.
+    pub(crate) fn write_safety(&self, id: &mut String) -> Safety {
+        if id.is_empty() && self.auto_request_ids {
+            *id = new_request_id();
+        }
+        if id.is_empty() {
+            Safety::Unsafe
+        } else {
+            Safety::Idempotent
         }
     }
 
-    /// Connects to `url` (like `http://127.0.0.1:50051`) with default options.
+    /// Connects to `url` (like `http://127.0.0.1:50051`, or several URLs:
+    /// see [`Client::builder`]) with default options.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), kv_client::Error> {
@@ -349,27 +513,103 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the URL is invalid or nothing answers there.
-    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+    /// [`Error::Connect`] when a URL is invalid or nothing answers there.
+    pub async fn connect(url: impl IntoEndpoints) -> Result<Self, Error> {
         Self::builder(url).connect().await
     }
 
-    /// Options for a connection to `url`.
+    /// Options for a connection to one URL or several.
+    ///
+    /// Several URLs are endpoints of one service (front-ends over one
+    /// cluster, or a server and its stand-in), in order of preference:
+    /// calls go to one at a time; when it fails at the transport or says
+    /// `UNAVAILABLE`, the retry goes to the next one, and the failed one is
+    /// passed over for a second before it is tried again (its connection
+    /// re-opens by itself when next used). With one URL, retries wait for
+    /// that server (for instance through a restart on the same port).
     ///
     /// ```
-    /// let builder = kv_client::Client::builder("http://127.0.0.1:50051")
+    /// let one = kv_client::Client::builder("http://127.0.0.1:50051")
     ///     .timeout(std::time::Duration::from_millis(500));
-    /// # let _ = builder;
+    /// let two = kv_client::Client::builder(["http://10.0.0.1:50051", "http://10.0.0.2:50051"]);
+    /// # let _ = (one, two);
     /// ```
-    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+    pub fn builder(urls: impl IntoEndpoints) -> ClientBuilder {
         ClientBuilder {
-            url: url.into(),
+            urls: urls.into_endpoints(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
             token: None,
             auto_batching: true,
+            retry: RetryPolicy::default(),
+            auto_request_ids: true,
+            honour_retry_after: false,
+        }
+    }
+}
+
+impl Client {
+    /// Runs `attempt` until it succeeds, fails for good, runs out of
+    /// attempts or the call's deadline passes. Each attempt gets the
+    /// endpoint to use and the time left.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        safety: Safety,
+        request_id: Option<&str>,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Arc<Conn>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut attempts = 0u32;
+        let mut may_have_applied = false;
+        let deadline_passed = |attempts, may_have_applied| Error::Timeout {
+            timeout,
+            attempts,
+            may_have_applied,
+            request_id: request_id.map(str::to_owned),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(deadline_passed(attempts, may_have_applied));
+            }
+            attempts += 1;
+            let (index, conn) = self.endpoints.pick();
+            let failure = match tokio::time::timeout_at(deadline, attempt(conn, left)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    let applied = may_have_applied || safety != Safety::Read;
+                    return Err(deadline_passed(attempts, applied));
+                }
+            };
+            if failure.failover {
+                self.endpoints.failed(index);
+            }
+            let honoured = failure.retry_after.filter(|_| self.honour_retry_after);
+            let may_apply = failure.maybe_sent && safety != Safety::Read;
+            may_have_applied |= may_apply;
+            let retry = (failure.retryable || honoured.is_some())
+                && attempts < self.retry.attempts()
+                && !(may_apply && safety == Safety::Unsafe);
+            if !retry {
+                return Err(failure.error);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = match honoured {
+                // Waiting past the deadline would only end in a timeout:
+                // the caller learns the limit now.
+                Some(hint) if hint >= left => return Err(failure.error),
+                Some(hint) => hint,
+                None => self.retry.backoff(attempts).min(left),
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -26,9 +26,37 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The call did not finish within the configured timeout.
-    #[error("kv call timed out after {0:?}")]
-    Timeout(Duration),
+    /// The call did not succeed within its deadline (the client's
+    /// [`timeout`](crate::ClientBuilder::timeout)), retries included.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = kv_client::Error::Timeout {
+    ///     timeout: Duration::from_secs(5),
+    ///     attempts: 4,
+    ///     may_have_applied: true,
+    ///     request_id: Some("r-1".into()),
+    /// };
+    /// assert_eq!(e.code(), kv_client::Code::DeadlineExceeded);
+    /// assert!(e.to_string().starts_with("deadline of 5 s passed after 4 attempts; the outcome is unknown"));
+    /// ```
+    #[error(
+        "{}",
+        deadline_message(timeout, attempts, may_have_applied, request_id)
+    )]
+    Timeout {
+        /// The deadline the call had.
+        timeout: Duration,
+        /// Attempts made (the one cut off by the deadline included).
+        attempts: u32,
+        /// A write that may have been applied: an attempt may have reached
+        /// the server. False for reads, and when every attempt surely
+        /// failed before it could apply.
+        may_have_applied: bool,
+        /// The write's request id: sending the write again with it is
+        /// safe (it applies at most once).
+        request_id: Option<String>,
+    },
     /// The SDK refused the input before sending it (bad project name, a
     /// number JSON cannot carry exactly, a TTL of zero...).
     #[error("invalid argument: {0}")]
@@ -60,7 +88,7 @@ impl Error {
         match self {
             Error::Status(status) => status.code(),
             Error::Connect { .. } => Code::Unavailable,
-            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::InvalidArgument(_) | Error::Encode(_) => Code::InvalidArgument,
             Error::Decode(_) => Code::FailedPrecondition,
             Error::Protocol(_) => Code::Internal,
@@ -82,20 +110,54 @@ impl Error {
         let Error::Status(status) = self else {
             return None;
         };
-        let ms = status.metadata().get(RETRY_AFTER_HEADER)?.to_str().ok()?;
-        ms.parse().ok().map(Duration::from_millis)
+        crate::retry::retry_after(status)
     }
 }
-
-/// The trailer of a call refused by a rate limit: ms until it may pass.
-pub(crate) const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
 /// The status a pipelined call's error stands for, with its retry hint
 /// as the unary call's trailer.
 pub(crate) fn call_status(e: kv_proto::v1::CallError) -> tonic::Status {
     let mut status = tonic::Status::new(Code::from_i32(e.code), e.message);
     if let Some(ms) = e.retry_after_ms {
-        status.metadata_mut().insert(RETRY_AFTER_HEADER, ms.into());
+        status
+            .metadata_mut()
+            .insert(kv_proto::contract::RETRY_AFTER_HEADER, ms.into());
     }
     status
+}
+
+/// `5 s`, `1.5 s`, `300 ms`: a deadline as people write it.
+fn human(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{} s", duration.as_secs())
+    } else if duration >= Duration::from_secs(1) {
+        format!("{} s", duration.as_secs_f64())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
+/// The message of [`Error::Timeout`].
+pub(crate) fn deadline_message(
+    timeout: &Duration,
+    attempts: &u32,
+    may_have_applied: &bool,
+    request_id: &Option<String>,
+) -> String {
+    let tries = if *attempts == 1 {
+        "attempt"
+    } else {
+        "attempts"
+    };
+    let outcome = match (may_have_applied, request_id) {
+        (false, _) => "the outcome is known: nothing was applied".to_string(),
+        (true, Some(id)) => format!(
+            "the outcome is unknown: an attempt may have been applied (retrying with the same request id {id:?} is safe)"
+        ),
+        (true, None) => "the outcome is unknown: an attempt may have been applied (the call had no request id, so retrying it may apply it twice)".to_string(),
+    };
+    format!(
+        "deadline of {} passed after {attempts} {tries}; {outcome}",
+        human(*timeout)
+    )
 }

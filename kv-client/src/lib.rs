@@ -39,6 +39,7 @@
 //!     prefix or everything, from a version of an incarnation) gives a
 //!     [`Watch`], a stream of [`Event`]s ([`EventKind`]).
 //! - [`Error`]: the one error type; [`Error::code`] gives its gRPC code.
+//! - [`RetryPolicy`]: how calls are retried (see below).
 //!
 //! # Versions
 //!
@@ -71,7 +72,9 @@
 //! made concurrently on one [`Client`] share frames of one long-lived
 //! `Pipeline` stream, like Redis pipelining without changing your code. A
 //! call made while nothing else is pending is sent at once; each keeps its
-//! own result, error and timeout; calls on a key apply in the order made.
+//! own result, error and timeout; calls on a key apply in the order made
+//! (a call retried after the stream broke is sent again after the calls
+//! already queued: await a write before the next when order matters).
 //!
 //! One client, with all its clones and [`Project`] handles, uses one such
 //! stream for every project: a gateway serving thousands of tenants through
@@ -82,19 +85,68 @@
 //! (`x-kv-call-projects`), that it honours those names; with an older
 //! server (or one without the stream at all) every call is its own unary
 //! call with its own `x-kv-project`, slower but never run in the wrong
-//! project. When the stream breaks, or the server ends it (a revoked token
-//! ends it with `UNAUTHENTICATED`), the calls it carried fail with that
-//! code and the next call opens a new one.
+//! project. When the stream breaks at the transport (or the server ends it
+//! with `UNAVAILABLE`), the calls it carried are retried on a new stream,
+//! as [below](#retries-and-request-ids) says; when the server ends it with
+//! another status (a revoked token ends it with `UNAUTHENTICATED`), they
+//! fail with that code, and the next call opens a new one.
 //! [`ClientBuilder::auto_batching`] turns it off.
 //!
 //! # Retries and request ids
 //!
-//! A write that timed out may or may not have been applied. Every mutating
-//! call's options take a `request_id` (1 to [`MAX_REQUEST_ID_BYTES`] bytes;
-//! [`new_request_id`] makes a random one): retrying with the same id within
-//! the server's idempotency window returns the first call's outcome instead
-//! of applying the write again, so even [`Project::incr_with`] is safe to
-//! retry. Reusing an id for a different request is `FAILED_PRECONDITION`.
+//! A write that failed mid-way may or may not have been applied, so every
+//! mutating call carries a request id (1 to [`MAX_REQUEST_ID_BYTES`]
+//! bytes): the one its options give, or else a fresh random one
+//! ([`new_request_id`]) unless [`ClientBuilder::auto_request_ids`] is off.
+//! Retrying with the same id within the server's idempotency window (10
+//! minutes by default, kept across restarts) returns the first call's
+//! outcome instead of applying the write again, so even
+//! [`Project::incr`] is safe to retry. Reusing an id for a different
+//! request is `FAILED_PRECONDITION`.
+//!
+//! The SDK retries by itself, with exponential backoff and full jitter
+//! ([`RetryPolicy`], set with [`ClientBuilder::retry`]), when an attempt
+//! fails at the transport (connection refused, reset, cut), the server
+//! says `UNAVAILABLE` or refuses the HTTP/2 stream, or the auto-batching
+//! stream breaks under the call. Reads are always retried; a write when it
+//! has a request id, or when the attempt surely never reached the server.
+//! All attempts share the call's deadline ([`ClientBuilder::timeout`]);
+//! when it passes, the call fails with [`Error::Timeout`]
+//! (`DEADLINE_EXCEEDED`), whose message says how many attempts were made
+//! and whether one may have been applied, and which gives the request id
+//! to retry with. With [`ClientBuilder::honour_retry_after`], a rate
+//! limit's `RESOURCE_EXHAUSTED` carrying a `retry-after-ms` hint
+//! ([`RETRY_AFTER_HEADER`]) is retried after that delay if the deadline
+//! allows. Other errors are returned at once.
+//!
+//! [`Client::builder`] takes one URL or several ([`IntoEndpoints`]): calls
+//! use one endpoint at a time and move to the next when it fails at the
+//! transport or says `UNAVAILABLE`; the failed one is passed over for a
+//! second, and its connection re-opens by itself when next used.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kv_client::{Client, Error, IncrOptions, RetryPolicy};
+//!
+//! # async fn demo() -> Result<(), Error> {
+//! let client = Client::builder(["http://10.0.0.1:50051", "http://10.0.0.2:50051"])
+//!     .timeout(Duration::from_secs(30))
+//!     .retry(RetryPolicy::default().max_attempts(50))
+//!     .honour_retry_after(true)
+//!     .connect()
+//!     .await?;
+//! let kv = client.project("shop");
+//! match kv.incr("orders", 1.0).await {
+//!     Ok(n) => println!("order #{n}"),
+//!     Err(Error::Timeout { may_have_applied: true, request_id: Some(id), .. }) => {
+//!         // Later, the same id: applied at most once in all.
+//!         kv.incr_with("orders", 1.0, IncrOptions::new().request_id(id)).await?;
+//!     }
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Numbers
 //!
@@ -154,6 +206,7 @@
 mod admin;
 mod batch;
 mod client;
+mod endpoints;
 mod error;
 mod json;
 mod list;
@@ -163,6 +216,7 @@ mod mock_tests;
 mod options;
 mod pipeline;
 mod project;
+mod retry;
 mod watch;
 
 pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo, TokenLimits};
@@ -170,6 +224,7 @@ pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,
 };
+pub use endpoints::IntoEndpoints;
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use list::{ListEntry, ListOptions, Page};
@@ -178,6 +233,7 @@ pub use options::{
     MergeOptions, SetManyOptions, SetOptions, new_request_id,
 };
 pub use project::{ClearOutcome, DeleteOutcome, Entry, Project, SetOutcome, Versioned};
+pub use retry::{RETRY_AFTER_HEADER, RetryPolicy};
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 

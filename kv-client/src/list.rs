@@ -186,8 +186,12 @@ impl Project {
     /// over 1000), [`Error::Timeout`], [`Error::InvalidArgument`] for a bad
     /// project name.
     pub async fn list(&self, options: ListOptions) -> Result<Page, Error> {
-        let request = self.request(options.to_request())?;
-        Page::from_proto(self.call(self.kv().list(request)).await?)
+        let reply = self
+            .read(options.to_request(), |conn, r| async move {
+                conn.kv().list(r).await
+            })
+            .await?;
+        Page::from_proto(reply)
     }
 
     /// Every key starting with `prefix` (`""` for all), with values, walking

@@ -42,8 +42,11 @@ impl Project {
             return Ok(Vec::new());
         }
         let count = keys.len();
-        let request = self.request(pb::GetManyRequest { keys })?;
-        let reply = self.call(self.kv().get_many(request)).await?;
+        let reply = self
+            .read(pb::GetManyRequest { keys }, |conn, r| async move {
+                conn.kv().get_many(r).await
+            })
+            .await?;
         get_many_results(count, reply)
     }
 
@@ -109,8 +112,14 @@ impl Project {
             return Ok(Vec::new());
         }
         let count = entries.len();
-        let request = self.request(options.to_request(entries)?)?;
-        let reply = self.call(self.kv().set_many(request)).await?;
+        let mut message = options.to_request(entries)?;
+        let safety = self.client.write_safety(&mut message.request_id);
+        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
+        let reply = self
+            .unary(safety, id, message.clone(), |conn, r| async move {
+                conn.kv().set_many(r).await
+            })
+            .await?;
         if reply.versions.len() != count {
             return Err(Error::Protocol(format!(
                 "SetMany reply has {} versions for {count} entries",
@@ -170,8 +179,15 @@ impl Project {
         if keys.is_empty() {
             return Ok(0);
         }
-        let request = self.request(options.to_request(keys)?)?;
-        Ok(self.call(self.kv().delete_many(request)).await?.deleted)
+        let mut message = options.to_request(keys)?;
+        let safety = self.client.write_safety(&mut message.request_id);
+        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
+        let reply = self
+            .unary(safety, id, message.clone(), |conn, r| async move {
+                conn.kv().delete_many(r).await
+            })
+            .await?;
+        Ok(reply.deleted)
     }
 }
 

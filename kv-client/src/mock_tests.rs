@@ -27,6 +27,8 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
+mod retry;
+
 /// Answers unary calls from the requests alone; with `pipeline`, also
 /// serves the `Pipeline` stream, recording every frame in `frames`; with
 /// `call_projects` too, says so in the stream's headers, as a server that
@@ -44,6 +46,8 @@ struct Stub {
     revoked: Arc<AtomicBool>,
     /// Unary single-key calls as (`x-kv-project`, key), in arrival order.
     unary: Arc<Mutex<Vec<(String, String)>>>,
+    /// The request id of every write, by call kind, in arrival order.
+    ids: Arc<Mutex<Vec<(&'static str, String)>>>,
 }
 
 /// One frame as it arrived: its project and each call's (project, key).
@@ -65,6 +69,11 @@ impl Stub {
 
     fn streams(&self) -> usize {
         self.streams.load(Ordering::SeqCst)
+    }
+
+    /// Records a write's request id.
+    fn id(&self, kind: &'static str, id: &str) {
+        self.ids.lock().unwrap().push((kind, id.to_string()));
     }
 
     /// Records a unary single-key call.
@@ -205,6 +214,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("set", &r.request_id);
         if r.request_id == "reused" {
             return Err(Status::failed_precondition("request id reused"));
         }
@@ -229,6 +239,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("delete", &r.request_id);
         Ok(Response::new(pb::DeleteResponse {
             deleted: r.if_version.is_none_or(|v| v == 3),
             version: r.if_version.unwrap_or(50) + r.request_id.len() as u64,
@@ -240,6 +251,7 @@ impl KvService for Stub {
         r: Request<pb::ClearRequest>,
     ) -> Result<Response<pb::ClearResponse>, Status> {
         check(&r, true)?;
+        self.id("clear", &r.get_ref().request_id);
         Ok(Response::new(pb::ClearResponse {
             deleted: r.get_ref().request_id.len() as u64,
             version: 99,
@@ -253,6 +265,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("incr", &r.request_id);
         Ok(Response::new(pb::IncrResponse {
             value: r.delta * 2.0,
             version: r.ttl_ms.unwrap_or(1),
@@ -266,6 +279,7 @@ impl KvService for Stub {
         let project = check(&r, true)?;
         let r = r.into_inner();
         self.saw(project, &r.key);
+        self.id("merge", &r.request_id);
         Ok(Response::new(pb::MergeResponse {
             value: r.patch,
             version: r.ttl_ms.unwrap_or(5),
@@ -279,6 +293,7 @@ impl KvService for Stub {
         use pb::op_result::Result as R;
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("batch", &r.request_id);
         if let Some(index) = r.checks.iter().position(|c| c.key == "taken") {
             return Ok(Response::new(pb::BatchResponse {
                 applied: false,
@@ -325,6 +340,7 @@ impl KvService for Stub {
     ) -> Result<Response<pb::SetManyResponse>, Status> {
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("set_many", &r.request_id);
         Ok(Response::new(pb::SetManyResponse {
             versions: r
                 .entries
@@ -341,6 +357,7 @@ impl KvService for Stub {
     ) -> Result<Response<pb::DeleteManyResponse>, Status> {
         check(&r, true)?;
         let r = r.into_inner();
+        self.id("delete_many", &r.request_id);
         Ok(Response::new(pb::DeleteManyResponse {
             deleted: (r.keys.len() + r.request_id.len()) as u64,
         }))
@@ -399,6 +416,7 @@ impl KvService for Stub {
         self.streams.fetch_add(1, Ordering::SeqCst);
         let mut frames = r.into_inner();
         let seen = self.frames.clone();
+        let ids = self.ids.clone();
         let sets = self.sets.clone();
         let call_projects = self.call_projects;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -413,6 +431,17 @@ impl KvService for Stub {
                         .collect(),
                 });
                 for call in &frame.calls {
+                    use pb::call::Request as Req;
+                    let id = match &call.request {
+                        Some(Req::Set(r)) => Some(("set", &r.request_id)),
+                        Some(Req::Delete(r)) => Some(("delete", &r.request_id)),
+                        Some(Req::Incr(r)) => Some(("incr", &r.request_id)),
+                        Some(Req::Merge(r)) => Some(("merge", &r.request_id)),
+                        _ => None,
+                    };
+                    if let Some((kind, id)) = id {
+                        ids.lock().unwrap().push((kind, id.clone()));
+                    }
                     if let Some(pb::call::Request::Set(set)) = &call.request
                         && let Some(prost_types::value::Kind::NumberValue(n)) =
                             set.value.as_ref().and_then(|v| v.kind.clone())
@@ -538,9 +567,13 @@ async fn client_of(stub: Stub) -> Client {
             .add_service(KvServiceServer::new(stub))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    // The stub echoes request ids' lengths into its answers, so these
+    // tests see exactly the ids they give; `retry_tests` covers the ids the
+    // SDK adds by itself.
     Client::builder(format!("http://{addr}"))
         .timeout(TIMEOUT)
         .token("secret")
+        .auto_request_ids(false)
         .connect()
         .await
         .unwrap()
@@ -824,7 +857,7 @@ async fn a_watch_outlives_the_per_call_timeout() {
 async fn a_watch_that_cannot_start_fails() {
     let kv = client().await.project("p");
     let err = kv.watch(WatchOptions::key("hang")).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
     let err = kv
         .watch(WatchOptions::key("w").from_version(1))
         .await
@@ -922,7 +955,10 @@ async fn each_pipelined_call_keeps_its_own_deadline() {
         kv.get::<Value>("quick"),
     );
     let err = hung.unwrap_err();
-    assert!(matches!(err, Error::Timeout(t) if t == TIMEOUT), "{err}");
+    assert!(
+        matches!(err, Error::Timeout { timeout, .. } if timeout == TIMEOUT),
+        "{err}"
+    );
     assert!(started.elapsed() >= TIMEOUT);
     assert!(started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
     assert_eq!(slow.unwrap(), Some(json!({"key": "slow"})));

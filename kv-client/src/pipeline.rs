@@ -24,7 +24,11 @@
 //! for a revoked token, `NOT_FOUND` once a project token's project is
 //! deleted), the calls it carried fail with that code, since they may or
 //! may not have run, and the next call opens a new stream; with
-//! credentials still bad, that call fails with the server's status.
+//! credentials still bad, that call fails with the server's status. A
+//! break at the transport, or an end with `UNAVAILABLE`, is worth a retry:
+//! the caller's retry loop sends such calls again (on a new stream,
+//! perhaps to another endpoint), and knows which of them never left the
+//! SDK (those are safe to send again even without a request id).
 //!
 //! Order: frames go out in queue order and the server runs a stream's
 //! calls on a key in the order sent, so calls a task makes one after the
@@ -43,7 +47,7 @@ use kv_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status, metadata::MetadataMap, transport::Channel};
 
-use crate::Error;
+use crate::{Error, retry::Failure};
 
 /// Most calls in one frame: bounds the server's work per frame.
 const MAX_FRAME_CALLS: usize = 1024;
@@ -65,7 +69,7 @@ const FRAMES_IN_FLIGHT: usize = 2;
 // stream's own project.
 use kv_proto::contract::CALL_PROJECTS_HEADER;
 
-type Outcome = Result<Res, Status>;
+type Outcome = Result<Res, Failure>;
 
 struct Queued {
     /// Shared with the handle that made the call: no allocation per call.
@@ -80,8 +84,36 @@ struct Queued {
 struct Waiting {
     /// Set (under the lock) once the stream has ended: nothing more will be
     /// answered, so nothing more may wait.
-    closed: Option<Status>,
+    closed: Option<Ended>,
     calls: HashMap<u64, oneshot::Sender<Outcome>>,
+}
+
+/// How a stream ended.
+struct Ended {
+    status: Status,
+    /// A transport failure or `UNAVAILABLE`: its calls are worth a retry.
+    retryable: bool,
+}
+
+impl Ended {
+    fn of(status: Status) -> Self {
+        // tonic keeps the transport error as the source of the statuses it
+        // makes itself; one the server sent has none.
+        let retryable =
+            std::error::Error::source(&status).is_some() || status.code() == Code::Unavailable;
+        Ended { status, retryable }
+    }
+
+    /// The failure of a call the stream carried (`sent`) or never sent.
+    fn failure(&self, message: String, sent: bool) -> Failure {
+        Failure {
+            error: Error::Status(Status::new(self.status.code(), message)),
+            retryable: self.retryable,
+            maybe_sent: sent,
+            failover: self.retryable,
+            retry_after: None,
+        }
+    }
 }
 
 /// One open stream.
@@ -118,24 +150,23 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
     waiting.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The status of a call that was never sent because the stream ended:
+/// The failure of a call that was never sent because the stream ended:
 /// the code the server ended the stream with (a revoked token's calls are
 /// UNAUTHENTICATED, not merely unavailable), and that it did not run.
-fn unsent(waiting: &Mutex<Waiting>) -> Status {
+fn unsent(waiting: &Mutex<Waiting>) -> Failure {
     match &lock(waiting).closed {
-        Some(status) => Status::new(
-            status.code(),
+        Some(ended) => ended.failure(
             format!(
                 "{}; the call was not sent, so it did not run",
-                status.message()
+                ended.status.message()
             ),
+            false,
         ),
-        None => not_sent("the stream to the server ended"),
+        None => Ended::of(Status::unavailable("the stream to the server ended")).failure(
+            "the stream to the server ended; the call was not sent, so it did not run".into(),
+            false,
+        ),
     }
-}
-
-fn not_sent(why: &str) -> Status {
-    Status::unavailable(format!("{why}; the call was not sent, so it did not run"))
 }
 
 impl Pipeline {
@@ -147,44 +178,41 @@ impl Pipeline {
         }
     }
 
-    /// Runs `request` on `project` over the stream. Gives the request back
-    /// when the server cannot take it on a shared stream: the caller then
-    /// makes the unary call.
+    /// Runs `request` on `project` over the stream, with `left` to go
+    /// before the call's deadline (the caller stops waiting then). Gives
+    /// the request back when the server cannot take it on a shared stream:
+    /// the caller then makes the unary call.
     pub(crate) async fn call(
         &self,
         project: &Arc<str>,
         request: Req,
-        timeout: Duration,
-    ) -> Result<Result<Res, Error>, Req> {
-        let deadline = Instant::now() + timeout;
-        let link = match tokio::time::timeout(timeout, self.link()).await {
-            Ok(Ok(Some(link))) => link,
-            Ok(Ok(None)) => return Err(request),
-            Ok(Err(status)) => return Ok(Err(Error::from(status))),
-            Err(_) => return Ok(Err(Error::Timeout(timeout))),
-        };
-        let wait = async {
-            let (reply, answer) = oneshot::channel();
-            let queued = Queued {
-                project: project.clone(),
-                request,
-                deadline,
-                reply,
-            };
-            if let Err(mpsc::error::SendError(queued)) = link.queue.send(queued) {
-                // The stream ended between the check and the send.
-                let _ = queued.reply.send(Err(unsent(&link.waiting)));
-            }
-            match answer.await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(status)) => Err(Error::from(status)),
-                Err(_) => Err(Error::from(unsent(&link.waiting))),
+        left: Duration,
+    ) -> Result<Result<Res, Failure>, Req> {
+        let deadline = Instant::now() + left;
+        let link = match self.link().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Err(request),
+            Err(status) => {
+                // No call went out on a stream that did not open.
+                let mut failure = Failure::from_status(status);
+                failure.maybe_sent = false;
+                return Ok(Err(failure));
             }
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        Ok(match tokio::time::timeout(left, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout(timeout)),
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            project: project.clone(),
+            request,
+            deadline,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(queued)) = link.queue.send(queued) {
+            // The stream ended between the check and the send.
+            let _ = queued.reply.send(Err(unsent(&link.waiting)));
+        }
+        Ok(match answer.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(unsent(&link.waiting)),
         })
     }
 
@@ -246,9 +274,13 @@ impl Pipeline {
                                 continue;
                             };
                             let outcome = match reply.response {
-                                Some(Res::Error(e)) => Err(crate::error::call_status(e)),
+                                Some(Res::Error(e)) => {
+                                    Err(Failure::from_status(crate::error::call_status(e)))
+                                }
                                 Some(response) => Ok(response),
-                                None => Err(Status::internal("a pipeline reply without a result")),
+                                None => Err(Failure::fatal(Error::Protocol(
+                                    "a pipeline reply without a result".into(),
+                                ))),
                             };
                             // The caller may have timed out and gone.
                             let _ = caller.send(outcome);
@@ -258,21 +290,23 @@ impl Pipeline {
                     Err(status) => break status,
                 }
             };
+            let end = Ended::of(status);
+            let message = format!(
+                "the stream to the server ended before this call was answered (it may or may not have run): {}",
+                end.status.message()
+            );
             let orphans = {
                 let mut waiting = lock(&answers);
-                waiting.closed = Some(status.clone());
+                waiting.closed = Some(Ended {
+                    status: end.status.clone(),
+                    retryable: end.retryable,
+                });
                 std::mem::take(&mut waiting.calls)
             };
             for (_, caller) in orphans {
                 // Sent, maybe run: the caller cannot know, as with a unary
                 // call cut off mid-way.
-                let _ = caller.send(Err(Status::new(
-                    status.code(),
-                    format!(
-                        "the stream to the server ended before this call was answered (it may or may not have run): {}",
-                        status.message()
-                    ),
-                )));
+                let _ = caller.send(Err(end.failure(message.clone(), true)));
             }
             let _ = ended.send(());
         });
@@ -360,9 +394,15 @@ async fn send_frames(
             // Registered before the frame is sent, under one lock, unless
             // the stream has already ended (then nothing would answer).
             let mut w = lock(&waiting);
-            if let Some(status) = &w.closed {
+            if let Some(ended) = &w.closed {
                 for (_, reply) in replies {
-                    let _ = reply.send(Err(Status::new(status.code(), status.message())));
+                    let _ = reply.send(Err(ended.failure(
+                        format!(
+                            "{}; the call was not sent, so it did not run",
+                            ended.status.message()
+                        ),
+                        false,
+                    )));
                 }
                 continue;
             }

@@ -2,20 +2,21 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use kv_proto::contract::PROJECT_HEADER;
 use kv_proto::v1::{
     self as pb, GetRequest, HasRequest, call::Request as Req, reply::Response as Res,
 };
-use kv_proto::{contract::PROJECT_HEADER, v1::kv_service_client::KvServiceClient};
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::{
     Request,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::Channel,
 };
 
 use crate::{
-    ClearOptions, Client, DeleteOptions, Error, IncrOptions, MergeOptions, SetOptions, json,
-    pipeline,
+    ClearOptions, Client, DeleteOptions, Error, IncrOptions, MergeOptions, SetOptions,
+    endpoints::Conn,
+    json, pipeline,
+    retry::{Failure, Safety},
 };
 
 pub(crate) fn project_header(name: &str) -> Result<AsciiMetadataValue, String> {
@@ -52,77 +53,127 @@ impl std::fmt::Debug for Project {
 }
 
 impl Project {
-    pub(crate) fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
-        let mut request = self.stream_request(message)?;
-        request.set_timeout(self.client.timeout);
-        Ok(request)
+    /// This project's header, or the reason its name is refused.
+    fn header(&self) -> Result<&AsciiMetadataValue, Error> {
+        self.header
+            .as_ref()
+            .as_ref()
+            .map_err(|e| Error::InvalidArgument(e.clone()))
     }
 
-    /// A request without a deadline (the per-call timeout then bounds only
-    /// the wait for the response headers, through [`Project::call`]).
-    pub(crate) fn stream_request<T>(&self, message: T) -> Result<Request<T>, Error> {
-        let header = (*self.header).clone().map_err(Error::InvalidArgument)?;
-        let mut request = self.client.request_without_deadline(message);
-        request.metadata_mut().insert(PROJECT_HEADER, header);
-        Ok(request)
-    }
-
-    pub(crate) fn kv(&self) -> KvServiceClient<Channel> {
-        self.client.grpc.clone()
-    }
-
-    pub(crate) async fn call<T, F>(&self, call: F) -> Result<T, Error>
+    /// A unary call on this project, retried as the client's policy says;
+    /// see [`Client::unary`].
+    pub(crate) async fn unary<M, T, F, Fut>(
+        &self,
+        safety: Safety,
+        request_id: Option<&str>,
+        message: M,
+        call: F,
+    ) -> Result<T, Error>
     where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        M: Clone,
+        F: Fn(Arc<Conn>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.client.call(call).await
+        let header = self.header()?;
+        self.client
+            .unary(safety, request_id, Some(header), false, message, call)
+            .await
+    }
+
+    /// A read (safe to retry) on this project.
+    pub(crate) async fn read<M, T, F, Fut>(&self, message: M, call: F) -> Result<T, Error>
+    where
+        M: Clone,
+        F: Fn(Arc<Conn>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.unary(Safety::Read, None, message, call).await
+    }
+
+    /// The start of a stream on this project: a read, and without a
+    /// deadline (the stream outlives the per-call timeout).
+    pub(crate) async fn open_stream<M, T, F, Fut>(&self, message: M, call: F) -> Result<T, Error>
+    where
+        M: Clone,
+        F: Fn(Arc<Conn>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let header = self.header()?;
+        self.client
+            .unary(Safety::Read, None, Some(header), true, message, call)
+            .await
     }
 
     /// A single-key call: over the auto-batching stream when there is one,
-    /// otherwise (or when the server has none) as its unary call.
-    pub(crate) async fn run(&self, request: Req) -> Result<Res, Error> {
-        if let Err(e) = &*self.header {
-            return Err(Error::InvalidArgument(e.clone()));
-        }
-        let request = match &self.client.pipeline {
-            Some(pipeline) if request.encoded_len() <= pipeline::MAX_CALL_BYTES => {
-                match pipeline
-                    .call(&self.name, request, self.client.timeout)
-                    .await
-                {
-                    Ok(result) => return result,
-                    Err(request) => request,
-                }
-            }
-            _ => request,
+    /// otherwise (or when the server has none) as its unary call; retried
+    /// as the client's policy says. A write without a request id gets one
+    /// unless automatic ids are off.
+    pub(crate) async fn run(&self, mut request: Req) -> Result<Res, Error> {
+        self.header()?;
+        let client = &self.client;
+        let safety = match &mut request {
+            Req::Get(_) | Req::Has(_) => Safety::Read,
+            Req::Set(r) => client.write_safety(&mut r.request_id),
+            Req::Delete(r) => client.write_safety(&mut r.request_id),
+            Req::Incr(r) => client.write_safety(&mut r.request_id),
+            Req::Merge(r) => client.write_safety(&mut r.request_id),
         };
-        let kv = self.kv();
-        match request {
-            Req::Get(r) => self
-                .call(kv.clone().get(self.request(r)?))
-                .await
-                .map(Res::Get),
-            Req::Set(r) => self
-                .call(kv.clone().set(self.request(r)?))
-                .await
-                .map(Res::Set),
-            Req::Has(r) => self
-                .call(kv.clone().has(self.request(r)?))
-                .await
-                .map(Res::Has),
-            Req::Delete(r) => self
-                .call(kv.clone().delete(self.request(r)?))
-                .await
-                .map(Res::Delete),
-            Req::Incr(r) => self
-                .call(kv.clone().incr(self.request(r)?))
-                .await
-                .map(Res::Incr),
-            Req::Merge(r) => self
-                .call(kv.clone().merge(self.request(r)?))
-                .await
-                .map(Res::Merge),
+        let request_id = match &request {
+            Req::Set(r) => Some(r.request_id.as_str()),
+            Req::Delete(r) => Some(r.request_id.as_str()),
+            Req::Incr(r) => Some(r.request_id.as_str()),
+            Req::Merge(r) => Some(r.request_id.as_str()),
+            Req::Get(_) | Req::Has(_) => None,
         }
+        .filter(|id| !id.is_empty());
+        let batchable = request.encoded_len() <= pipeline::MAX_CALL_BYTES;
+        let request = &request;
+        client
+            .retrying(safety, request_id, |conn, left| async move {
+                let Some(pipeline) = conn.pipeline.as_ref().filter(|_| batchable) else {
+                    return self.run_unary(&conn, request.clone(), left).await;
+                };
+                match pipeline.call(&self.name, request.clone(), left).await {
+                    Ok(outcome) => outcome,
+                    Err(request) => self.run_unary(&conn, request, left).await,
+                }
+            })
+            .await
+    }
+
+    /// One attempt of a single-key call as its unary call.
+    async fn run_unary(&self, conn: &Conn, request: Req, left: Duration) -> Result<Res, Failure> {
+        let header = self.header().map_err(Failure::fatal)?;
+        fn with<M>(
+            mut request: Request<M>,
+            header: &AsciiMetadataValue,
+            left: Duration,
+        ) -> Request<M> {
+            request
+                .metadata_mut()
+                .insert(PROJECT_HEADER, header.clone());
+            request.set_timeout(left);
+            request
+        }
+        macro_rules! make {
+            ($message:expr) => {
+                with(self.client.request_without_deadline($message), header, left)
+            };
+        }
+        let mut kv = conn.kv();
+        let reply = match request {
+            Req::Get(r) => kv.get(make!(r)).await.map(|r| Res::Get(r.into_inner())),
+            Req::Set(r) => kv.set(make!(r)).await.map(|r| Res::Set(r.into_inner())),
+            Req::Has(r) => kv.has(make!(r)).await.map(|r| Res::Has(r.into_inner())),
+            Req::Delete(r) => kv
+                .delete(make!(r))
+                .await
+                .map(|r| Res::Delete(r.into_inner())),
+            Req::Incr(r) => kv.incr(make!(r)).await.map(|r| Res::Incr(r.into_inner())),
+            Req::Merge(r) => kv.merge(make!(r)).await.map(|r| Res::Merge(r.into_inner())),
+        };
+        reply.map_err(Failure::from_status)
     }
 
     /// Reads `key` as a `T`; `None` when the key is missing or expired.
@@ -440,8 +491,14 @@ impl Project {
     ///
     /// As [`Project::has`]; [`Error::InvalidArgument`] for a bad request id.
     pub async fn clear_with(&self, options: ClearOptions) -> Result<ClearOutcome, Error> {
-        let request = self.request(options.to_request()?)?;
-        let reply = self.call(self.kv().clear(request)).await?;
+        let mut message = options.to_request()?;
+        let safety = self.client.write_safety(&mut message.request_id);
+        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
+        let reply = self
+            .unary(safety, id, message.clone(), |conn, r| async move {
+                conn.kv().clear(r).await
+            })
+            .await?;
         Ok(ClearOutcome {
             deleted: reply.deleted,
             version: reply.version,

@@ -331,8 +331,11 @@ impl Project {
     /// the per-call timeout, [`Error::InvalidArgument`] for a bad project
     /// name.
     pub async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
-        let request = self.stream_request(options.to_request())?;
-        let inner = self.call(self.kv().watch(request)).await?;
+        let inner = self
+            .open_stream(options.to_request(), |conn, r| async move {
+                conn.kv().watch(r).await
+            })
+            .await?;
         Ok(Watch {
             inner,
             last_version: None,

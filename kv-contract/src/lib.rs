@@ -23,6 +23,11 @@ pub const PROJECT_HEADER: &str = "x-kv-project";
 /// several projects on a stream whose headers lack it.
 pub const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
 
+/// Status metadata (a trailer, for a refused call) of a call refused by a
+/// rate limit (`RESOURCE_EXHAUSTED`): the whole milliseconds until it may
+/// be admitted. A pipelined call's error carries it as `retry_after_ms`.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+
 /// The project of a call that names none.
 pub const DEFAULT_PROJECT: &str = "default";
 

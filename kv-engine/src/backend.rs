@@ -10,7 +10,10 @@ use crate::{
 /// Most client transactions a backend queues ahead of its writer; past
 /// it, [`Backend::submit`] refuses with [`EngineError::Overloaded`]. About
 /// a second of writes at the log writer's measured peak, so a burst is
-/// absorbed and a sustained overload is refused within a second.
+/// absorbed and a sustained overload is refused within a second. The
+/// durable store also bounds the queue's bytes
+/// ([`crate::wal::LogOptions::max_queued_bytes`]) and lets one project
+/// fill at most half of either bound.
 pub const MAX_QUEUED_WRITES: usize = 65_536;
 
 /// A storage engine holding every project's keys.
@@ -71,17 +74,21 @@ pub trait Backend: Send + Sync + 'static {
     /// # Ordering
     ///
     /// The transaction is queued before this call returns, not when the
-    /// returned future is first polled. So of two `submit` calls made one
-    /// after the other on one thread, awaited or not, the first is
-    /// evaluated and applied first: a stream that submits its writes in
-    /// the order it received them applies them in that order. The future
-    /// holds no borrow of the backend.
+    /// returned future is first polled. So of two `submit` calls for the
+    /// same project made one after the other on one thread, awaited or
+    /// not, the first is evaluated and applied first: a stream that submits
+    /// its writes in the order it received them applies them in that
+    /// order. Writes of different projects may be reordered (the durable
+    /// store serves projects round-robin, so one cannot starve another).
+    /// The future holds no borrow of the backend.
     ///
     /// # Backpressure
     ///
-    /// The queue is bounded ([`MAX_QUEUED_WRITES`]). When it is full the
-    /// future resolves at once with [`EngineError::Overloaded`] and nothing
-    /// is applied: load shows as refusals to retry, never as memory growth.
+    /// The queue is bounded ([`MAX_QUEUED_WRITES`], and by bytes in the
+    /// durable store). When it is full the future resolves at once with
+    /// [`EngineError::Overloaded`] (or [`EngineError::QueueFull`]) and
+    /// nothing is applied: load shows as refusals to retry, never as memory
+    /// growth.
     fn submit(
         &self,
         project: &ProjectName,

@@ -164,6 +164,22 @@ pub enum EngineError {
         /// The queue's capacity.
         capacity: usize,
     },
+    /// The write queue's byte bound, or the calling project's share of the
+    /// queue, is used up: nothing was applied; retry with backoff.
+    #[error("{0}")]
+    QueueFull(QueueFull),
+    /// A fsync of the write-ahead log failed. The writes of that group were
+    /// not applied and no write is accepted until the log has been
+    /// re-verified (the writer tries again every second, and a restart
+    /// verifies it too); reads go on.
+    #[error(
+        "{reason}; nothing was applied; writes are stopped until the log is re-verified; reads go on"
+    )]
+    WritesStopped {
+        /// What failed, e.g. `the write-ahead log could not be synced
+        /// (fdatasync failed: Input/output error)`.
+        reason: std::sync::Arc<str>,
+    },
     /// The incarnation of the project the call was admitted for is gone:
     /// the project was deleted (and maybe recreated) meanwhile.
     #[error("project {project} was deleted while this call was in flight; nothing was applied")]
@@ -219,5 +235,44 @@ pub enum QuotaExceeded {
         usage: u64,
         /// Bytes the project would hold after the write.
         after: u64,
+    },
+}
+
+/// Which bound of the write queue refused a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueFull {
+    /// All projects' queued writes together reached the byte bound.
+    #[error(
+        "the server is overloaded: {queued} bytes of writes are already waiting to be logged, the limit is {limit} bytes (--max-queued-write-bytes); nothing was applied, retry with backoff"
+    )]
+    Bytes {
+        /// Bytes queued.
+        queued: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// The project already has its share (half) of the queue's writes.
+    #[error(
+        "project {project} already has {queued} writes waiting to be logged; its share is at most {limit} (half the write queue); nothing was applied, retry with backoff"
+    )]
+    ProjectWrites {
+        /// The project.
+        project: ProjectName,
+        /// Its writes queued.
+        queued: usize,
+        /// Its share.
+        limit: usize,
+    },
+    /// The project already has its share (half) of the queue's bytes.
+    #[error(
+        "project {project} already has {queued} bytes of writes waiting to be logged; its share is at most {limit} bytes (half of --max-queued-write-bytes); nothing was applied, retry with backoff"
+    )]
+    ProjectBytes {
+        /// The project.
+        project: ProjectName,
+        /// Its bytes queued.
+        queued: usize,
+        /// Its share.
+        limit: usize,
     },
 }

@@ -36,9 +36,11 @@
 //!   quotas, tokens; [`jsonops`]: increments and merge patches.
 //! - [`wal`]: the write-ahead log. `wal/mod.rs` the [`wal::DurableStore`],
 //!   `options.rs` its settings, `dir.rs` file names and segments,
-//!   [`wal::codec`] the record format, `writer.rs` the writer thread (group
-//!   commit, admin changes, snapshot triggers), `snapshot.rs` snapshots,
-//!   `recovery.rs` start-up.
+//!   [`wal::codec`] the record format, `queue.rs` the bounded, fair queue
+//!   into the writer, `writer.rs` the writer thread (group commit,
+//!   snapshot triggers, stopping writes when a fsync fails), `admin.rs`
+//!   admin changes' conditions, `verify.rs` re-verifying the log after a
+//!   failed fsync, `snapshot.rs` snapshots, `recovery.rs` start-up.
 //!
 //! # Life of a write
 //!
@@ -52,17 +54,31 @@
 //!    `service/validate.rs`) validates the request into a [`Txn`] (key,
 //!    canonical value, TTL, conditions, request-id fingerprint, the
 //!    incarnation) and calls [`Backend::submit`].
-//! 3. `wal/mod.rs` (`DurableStore::submit`) queues it for the writer
-//!    before returning (bounded by [`MAX_QUEUED_WRITES`]): this is where
-//!    the order of writes is fixed.
-//! 4. `wal/writer.rs` (`Writer::commit`) takes everything queued, evaluates
-//!    each transaction in order with `txn.rs` (`Overlay::evaluate`: checks,
-//!    quota, version, request id) and encodes the resulting state with
+//! 3. `wal/mod.rs` (`DurableStore::submit`) queues it in the project's
+//!    lane of `wal/queue.rs` before returning: this is where the order of
+//!    the project's writes is fixed. The queue is bounded by
+//!    [`MAX_QUEUED_WRITES`] and by [`wal::LogOptions::max_queued_bytes`]
+//!    (64 MiB), one project at most half of each; past a bound the write
+//!    is refused at once ([`EngineError::Overloaded`],
+//!    [`EngineError::QueueFull`]), so load never grows memory.
+//! 4. `wal/writer.rs` (`Writer::run`) takes the next group commit: the
+//!    project lanes served round-robin with a byte deficit (64 KiB a turn,
+//!    a larger write goes whole and the lane's next turns pay for it), up
+//!    to 8 MiB, so one project's large batches delay another's single write
+//!    by about one batch. `Writer::commit` evaluates each transaction in
+//!    that order with `txn.rs` (`Overlay::evaluate`: checks, quota,
+//!    version, request id) and encodes the resulting state with
 //!    [`wal::codec`] into one buffer.
 //! 5. `wal/writer.rs` (`Writer::append`) writes the buffer with one
 //!    `write` and, under [`wal::FsyncPolicy::Always`], one `fdatasync`: the
 //!    write is now durable. A failed append refuses every write of the
-//!    batch and none is applied.
+//!    batch and none is applied. A failed `fdatasync` is never retried (the
+//!    kernel may have dropped the pages it could not write): the writer
+//!    cuts the batch from the file, and refuses every write with
+//!    [`EngineError::WritesStopped`] (reads go on) until it has
+//!    re-verified the log (`wal/verify.rs`: the segment re-read up to its
+//!    last synced write, the rest cut durably, a new segment synced, and a
+//!    snapshot when acknowledged writes were not yet synced).
 //! 6. `memory/apply.rs` (`MemoryStore::apply_commit`) applies the mutations
 //!    under the namespace's consistency lock, publishes each change to the
 //!    project's history ([`watch`]), and remembers the request id.
@@ -90,8 +106,20 @@
 //!    each expiry the project's next version, logs them, and applies them
 //!    with `apply_commit`: the memory is reclaimed and watchers get an
 //!    EXPIRED event.
-//! 5. At recovery (`wal/recovery.rs`), a logged set whose deadline has
-//!    passed replays as an expiry, so nothing expired comes back.
+//! 5. At recovery (`wal/recovery.rs`, `MemoryStore::replay_commit`), a
+//!    logged set whose deadline has passed leaves its key absent, so
+//!    nothing expired comes back; the watch history still records it as
+//!    the set it was, as live watchers saw it (a logged expiry replays as
+//!    the EXPIRED event it was).
+//!
+//! # The watch history across a restart
+//!
+//! A snapshot (`wal/snapshot.rs`) writes each project's history window
+//! (record kinds 13 and 14 of [`wal::codec`]); recovery restores it, then
+//! replays the segments after the snapshot through the live apply path, so
+//! every logged change is published into the same bounded history
+//! ([`watch`]). A snapshot's entries publish nothing: they are states, and
+//! the snapshot's own history says what changed.
 
 mod backend;
 pub mod catalog;
@@ -110,7 +138,7 @@ pub mod watch;
 pub use backend::{Backend, MAX_QUEUED_WRITES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deadline::Deadline;
-pub use error::{EngineError, QuotaExceeded, WatchError};
+pub use error::{EngineError, QueueFull, QuotaExceeded, WatchError};
 pub use types::{
     Applied, Check, Entry, ListPage, ListQuery, Mutation, Op, OpOutcome, Quota, RequestId,
     Settings, Ttl, Txn, TxnOutcome, Versioned, WatchTarget,

@@ -21,6 +21,16 @@
 //! together (`watch_history_total_bytes`, shared by all projects): a
 //! project publishing past the shared budget drops its own oldest events,
 //! so memory stays bounded however many projects there are.
+//!
+//! # Across restarts
+//!
+//! The durable store rebuilds every ring at start-up, so a watcher resumes
+//! across a restart as across a reconnection: a snapshot holds each
+//! project's ring (its `floor` and events, see [`crate::wal::codec`]), and
+//! replaying the log after it publishes every logged change through the
+//! same path as live application, into the same bounded rings. While a
+//! snapshot's state loads, its entries publish nothing: they are states,
+//! not changes, and the snapshot's own ring says what happened.
 
 use std::{
     collections::VecDeque,
@@ -88,6 +98,36 @@ struct History {
 }
 
 impl History {
+    /// Appends `event` (newer than `last`), then drops the oldest events
+    /// past the project's and the shared bounds.
+    fn push(&mut self, event: Arc<Event>, settings: &Settings, budget: &Budget) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if event.version != self.last + 1 {
+            // A gap (a log cut by a repair, say): the ring can only hold
+            // contiguous versions, so it starts again after the gap, and a
+            // resume from before it is out of range rather than silently
+            // missing changes.
+            self.forget(budget);
+            self.floor = event.version - 1;
+        }
+        self.last = event.version;
+        let size = event.size();
+        self.bytes += size;
+        budget.used.fetch_add(size, Relaxed);
+        self.events.push_back(event);
+        while self.events.len() > settings.watch_history_events.max(1)
+            || (self.bytes > settings.watch_history_bytes && self.events.len() > 1)
+            || budget.used.load(Relaxed) > settings.watch_history_total_bytes
+        {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.size();
+            budget.used.fetch_sub(old.size(), Relaxed);
+            self.floor = old.version;
+        }
+    }
+
     /// Drops every event held, and their bytes from the shared budget.
     fn forget(&mut self, budget: &Budget) {
         self.events.clear();
@@ -102,17 +142,23 @@ impl History {
 pub(crate) struct Budget {
     /// Bytes held by all rings.
     pub(crate) used: std::sync::atomic::AtomicUsize,
-    /// Off while a recovery replays the log: nobody can watch yet, and
-    /// copying a million values into history would only slow the start.
-    pub(crate) recording: std::sync::atomic::AtomicBool,
+    /// On while a recovery loads a snapshot's entries: they are the state
+    /// at the snapshot, not changes, so publishing them would put events
+    /// out of order into the ring the snapshot restores ([`Hub::restore`]).
+    pub(crate) frozen: std::sync::atomic::AtomicBool,
 }
 
 impl Budget {
     pub(crate) fn new() -> Self {
         Self {
             used: std::sync::atomic::AtomicUsize::new(0),
-            recording: std::sync::atomic::AtomicBool::new(true),
+            frozen: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether changes published now are recorded.
+    pub(crate) fn recording(&self) -> bool {
+        !self.frozen.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -152,10 +198,10 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records change `version`; `event` builds it only when history is
-    /// being kept. It runs under the hub's lock, so it may read the map
-    /// (lock order: hub, then map shard; nothing takes them the other way
-    /// round).
+    /// Records change `version`; `event` builds it under the hub's lock,
+    /// so it may read the map (lock order: hub, then map shard; nothing
+    /// takes them the other way round). Nothing is recorded while a
+    /// snapshot's state loads.
     pub(crate) fn publish(
         &self,
         version: u64,
@@ -163,41 +209,56 @@ impl Hub {
         budget: &Budget,
         event: impl FnOnce() -> Event,
     ) {
-        use std::sync::atomic::Ordering::Relaxed;
+        if !budget.recording() {
+            return;
+        }
         let mut h = self.lock();
         if version <= h.last || h.closed {
             // Replays of changes already counted (a fuzzy snapshot's
             // overlap), or a deleted project's hub, which nothing reads.
             return;
         }
-        h.last = version;
-        if !budget.recording.load(Relaxed) {
-            h.forget(budget);
-            h.floor = version;
-        } else {
-            let event = Arc::new(event());
-            let size = event.size();
-            h.bytes += size;
-            budget.used.fetch_add(size, Relaxed);
-            h.events.push_back(event);
-            while h.events.len() > settings.watch_history_events.max(1)
-                || (h.bytes > settings.watch_history_bytes && h.events.len() > 1)
-                || budget.used.load(Relaxed) > settings.watch_history_total_bytes
-            {
-                let Some(old) = h.events.pop_front() else {
-                    break;
-                };
-                h.bytes -= old.size();
-                budget.used.fetch_sub(old.size(), Relaxed);
-                h.floor = old.version;
-            }
-        }
+        h.push(Arc::new(event()), settings, budget);
         drop(h);
         // Only a wake-up for waiting watchers (they read the history, not
         // this value): skip it, and its lock, when nobody waits.
         if self.latest.receiver_count() > 0 {
             self.latest.send_replace(version);
         }
+    }
+
+    /// Restarts the ring as holding nothing after `floor` (loading a
+    /// snapshot's ring, whose events follow).
+    pub(crate) fn restore(&self, floor: u64, budget: &Budget) {
+        let mut h = self.lock();
+        if h.closed {
+            return;
+        }
+        h.forget(budget);
+        h.floor = floor;
+        h.last = floor;
+        drop(h);
+        self.latest.send_replace(floor);
+    }
+
+    /// Appends an event of a snapshot's ring after [`Hub::restore`], under
+    /// the same bounds as a live change.
+    pub(crate) fn restore_event(&self, event: Event, settings: &Settings, budget: &Budget) {
+        let mut h = self.lock();
+        if event.version <= h.last || h.closed {
+            return;
+        }
+        let version = event.version;
+        h.push(Arc::new(event), settings, budget);
+        drop(h);
+        self.latest.send_replace(version);
+    }
+
+    /// The ring as of now: `floor` and the events after it, shared, not
+    /// copied (writing a snapshot); `None` once the project is deleted.
+    pub(crate) fn window(&self) -> Option<(u64, Vec<Arc<Event>>)> {
+        let h = self.lock();
+        (!h.closed).then(|| (h.floor, h.events.iter().cloned().collect()))
     }
 
     /// Adopts `version` as the project's current version without an event

@@ -58,6 +58,9 @@ pub const DEFAULT_FSYNC: &str = "always";
 pub const DEFAULT_SNAPSHOT_MIN_LOG_BYTES: u64 = LogOptions::DEFAULT.snapshot_min_log_bytes;
 /// Default segment size (the engine's, 64 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = LogOptions::DEFAULT.segment_bytes;
+/// Default most bytes of writes queued for the log writer (the engine's,
+/// 64 MiB).
+pub const DEFAULT_MAX_QUEUED_WRITE_BYTES: usize = LogOptions::DEFAULT.max_queued_bytes;
 /// Default most connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default most concurrent requests (HTTP/2 streams) per connection.
@@ -175,6 +178,9 @@ pub struct Config {
     pub engine: Settings,
     /// The embedded engine, or a Redis Cluster.
     pub storage: Storage,
+    /// Memory limit in bytes (`--max-memory`): writes adding data past it
+    /// are refused; see [`crate::memory`].
+    pub max_memory: u64,
 }
 
 impl Default for Config {
@@ -200,6 +206,7 @@ impl Default for Config {
             tls: None,
             admin_token: None,
             storage: Storage::Embedded,
+            max_memory: crate::memory::default_limit().0,
         }
     }
 }
@@ -340,7 +347,19 @@ impl Config {
             1,
             60_000,
         )?;
+        check(
+            "--max-memory",
+            self.max_memory,
+            crate::memory::MIN_LIMIT,
+            u64::MAX,
+        )?;
         check("--segment-bytes", self.log.segment_bytes, 4096, 1 << 40)?;
+        check(
+            "--max-queued-write-bytes",
+            self.log.max_queued_bytes as u64,
+            1 << 20,
+            1 << 40,
+        )?;
         if let FsyncPolicy::Interval(every) = self.log.fsync {
             check("--fsync interval", every.as_millis() as u64, 1, 60_000)?;
         }
@@ -426,6 +445,11 @@ pub struct Cli {
     /// Size at which a log segment is closed and the next one started.
     #[arg(long, env = "KV_SEGMENT_BYTES", default_value_t = DEFAULT_SEGMENT_BYTES)]
     pub segment_bytes: u64,
+
+    /// Most bytes of writes waiting for the log writer (one project may
+    /// fill half); past it writes are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KV_MAX_QUEUED_WRITE_BYTES", default_value_t = DEFAULT_MAX_QUEUED_WRITE_BYTES)]
+    pub max_queued_write_bytes: usize,
 
     /// Largest key, in bytes.
     #[arg(long, env = "KV_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
@@ -548,6 +572,13 @@ pub struct Cli {
     #[arg(long, env = "KV_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Memory limit: writes that would take the process past it are
+    /// refused (RESOURCE_EXHAUSTED); reads, deletes and clears still work.
+    /// Bytes or a size such as 512MiB or 2GiB; default 75% of the smaller
+    /// of the cgroup limit and the machine's memory.
+    #[arg(long, env = "KV_MAX_MEMORY", value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
+
     /// The storage engine and its flags.
     #[command(flatten)]
     pub storage: StorageArgs,
@@ -586,6 +617,9 @@ impl Cli {
         };
         let config = Config {
             storage: self.storage.storage()?,
+            max_memory: self
+                .max_memory
+                .unwrap_or_else(|| crate::memory::default_limit().0),
             admin_token,
             listen: self.listen,
             data_dir: self.data_dir,
@@ -594,6 +628,7 @@ impl Cli {
                 repair: self.repair,
                 snapshot_min_log_bytes: self.snapshot_min_log_bytes,
                 segment_bytes: self.segment_bytes,
+                max_queued_bytes: self.max_queued_write_bytes,
                 quota: Quota {
                     max_keys: (self.default_max_keys > 0).then_some(self.default_max_keys),
                     max_bytes: (self.default_max_bytes > 0).then_some(self.default_max_bytes),

@@ -12,6 +12,7 @@
 //!   snapshots, crash recovery), project names and stored values.
 //! - [`limits`]: connection count, idle and request-time limits.
 //! - [`rate`]: per-project operations and bytes written per second.
+//! - [`memory`]: the memory limit (`--max-memory`) and how usage is measured.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod memory;
 pub mod metadata;
 pub mod rate;
 pub mod server;

@@ -55,11 +55,9 @@ use kv_engine::{
 };
 use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::auth::Caller;
+pub use kv_proto::contract::RETRY_AFTER_HEADER;
 
-/// The status metadata key (a trailer, for a refused call) carrying the
-/// milliseconds until the refused call may be admitted.
-pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+use crate::auth::Caller;
 
 const WINDOW_MS: u64 = 1000;
 

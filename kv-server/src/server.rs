@@ -103,7 +103,8 @@ pub async fn open_store(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<DurableStore>, ServeError> {
     config.validate()?;
-    let (dir, options, settings) = (config.data_dir.clone(), config.log.clone(), config.engine);
+    let settings = crate::memory::cap_history(config.engine, config.max_memory);
+    let (dir, options) = (config.data_dir.clone(), config.log.clone());
     let opened = tokio::task::spawn_blocking(move || {
         DurableStore::open_with(&dir, options, clock, settings)
     })
@@ -115,8 +116,15 @@ pub async fn open_store(
     Ok(Arc::new(opened))
 }
 
+/// How often the server looks whether the log writer has stopped writes
+/// (a failed fsync): health turns NOT_SERVING within this of the failure,
+/// and SERVING again within this of the log being re-verified.
+const WRITES_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Runs the server on an opened durable store until `shutdown` resolves,
-/// then drains, stops the expiry task, and closes the log.
+/// then drains, stops the expiry task, and closes the log. Health is
+/// NOT_SERVING while writes are stopped after a failed fsync (reads are
+/// still served).
 ///
 /// # Errors
 ///
@@ -127,7 +135,28 @@ pub async fn run_durable(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let served = run_cataloged(&config, Arc::clone(&store), None, listener, shutdown).await;
+    let (report, healthy) = tokio::sync::watch::channel(true);
+    let checked = Arc::clone(&store);
+    let checker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WRITES_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            // The writer logs why and when writes stop and resume.
+            report.send_if_modified(|ok| {
+                let now = checked.writes_stopped().is_none();
+                std::mem::replace(ok, now) != now
+            });
+        }
+    });
+    let served = run_cataloged(
+        &config,
+        Arc::clone(&store),
+        Some(healthy),
+        listener,
+        shutdown,
+    )
+    .await;
+    checker.abort();
     let closed = store.close().await.map_err(ServeError::Close);
     served.and(closed)
 }
@@ -317,12 +346,20 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
+    let memory = crate::memory::MemoryBudget::new(config.max_memory);
+    tracing::info!(
+        "memory limit {} (--max-memory), measured as {}; {} in use now",
+        crate::memory::human(memory.limit()),
+        memory.describe(),
+        crate::memory::human(memory.in_use()),
+    );
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let rate = RateLimits::new(auth.catalog().clone(), config.log.quota, backend.clock());
     let kv = KvService::new(backend, config.limits.clone(), auth)
         .with_rate_limits(Arc::new(rate))
         .with_stopping(stopping)
-        .with_max_call_time(config.max_request_time);
+        .with_max_call_time(config.max_request_time)
+        .with_memory(memory.clone());
     let kv = KvServiceServer::new(kv)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

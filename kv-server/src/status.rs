@@ -13,6 +13,10 @@ pub fn engine_status(e: EngineError) -> Status {
             tracing::warn!(error = %e, "write failed in storage");
             Status::unavailable(e.to_string())
         }
+        EngineError::WritesStopped { .. } => {
+            tracing::warn!(error = %e, "write refused: the log is not writable");
+            Status::unavailable(e.to_string())
+        }
         EngineError::Unreachable { .. } | EngineError::OutcomeUnknown { .. } => {
             tracing::warn!(error = %e, "storage call failed");
             Status::unavailable(e.to_string())
@@ -21,7 +25,8 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
         EngineError::QuotaExceeded(_)
         | EngineError::MergedTooLarge { .. }
-        | EngineError::Overloaded { .. } => Status::resource_exhausted(e.to_string()),
+        | EngineError::Overloaded { .. }
+        | EngineError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
         EngineError::NotANumber { .. }
         | EngineError::NumberOutOfRange { .. }
         | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),

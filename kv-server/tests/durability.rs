@@ -626,9 +626,9 @@ async fn a_deleted_project_stays_deleted_through_restarts_and_its_snapshot() {
         assert_eq!(mem.usage(&b).keys, 0);
         assert_eq!(store.catalog().token(&token.id), None);
         assert!(store.catalog().project(&b).is_some());
-        // From 0 is the new incarnation's start (out of range once a
-        // restart has dropped the history after it); old versions are
-        // refused as such.
+        // From 0 is the new incarnation's start (out of range once the
+        // bounded history has moved past it); old versions are refused as
+        // such.
         match mem.subscribe(&b, kv_engine::WatchTarget::All, Some(0)) {
             Ok(from_zero) => assert_eq!(from_zero.incarnation(), recreated.incarnation),
             Err(e) => assert!(

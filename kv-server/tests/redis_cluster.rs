@@ -5,6 +5,8 @@
 //! under load. One cluster, because starting one takes seconds: the
 //! sections use namespaces of their own so they never see each other.
 
+#[path = "redis_cluster/front_end_loss.rs"]
+mod front_end_loss;
 #[path = "redis_cluster/parts.rs"]
 mod parts;
 
@@ -80,6 +82,10 @@ async fn on_a_real_redis_cluster() {
     let started = Instant::now();
     parts::increments_across_front_ends_are_exact(&seeds).await;
     section("increments across front-ends", started);
+
+    let started = Instant::now();
+    front_end_loss::sdk_fails_over_when_a_front_end_dies(&seeds, BIN).await;
+    section("the SDK fails over when a front-end dies", started);
 
     let started = Instant::now();
     parts::compare_and_swap_across_front_ends(&seeds).await;

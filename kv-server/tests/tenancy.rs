@@ -1099,9 +1099,9 @@ async fn no_trace_of(
     assert_eq!(refused.code(), Code::Unauthenticated, "{what}: {refused:?}");
 
     // A watch from 0 delivers the new tenant's history and new writes,
-    // never the old tenant's. History lives in memory, so a tenant that
-    // wrote before the restart may be refused as too old: then it is
-    // watched from its listing instead.
+    // never the old tenant's. A tenant whose changes outgrew the history
+    // (rebuilt at each restart, bounded) may be refused as too old: then
+    // it is watched from its listing instead.
     let listed = kv.list().await.unwrap().version;
     let too_old = |status: &Status| !new_keys.is_empty() && status.code() == Code::OutOfRange;
     let mut watch = match kv.watch(watch_from(0)).await {

@@ -331,6 +331,21 @@ impl BinaryServer {
         Self::spawn(binary, Some(dir), args, &[])
     }
 
+    /// [`BinaryServer::start_in`] with extra environment variables (a
+    /// restart test that also injects faults).
+    ///
+    /// # Panics
+    ///
+    /// As [`BinaryServer::start`].
+    pub fn start_in_with_env(
+        binary: &str,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(binary, Some(dir), args, env)
+    }
+
     /// [`BinaryServer::start`] with extra environment variables.
     ///
     /// # Panics

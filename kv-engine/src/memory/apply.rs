@@ -121,19 +121,22 @@ impl MemoryStore {
                 expires_at,
             } => {
                 let key: Arc<str> = key;
+                // The event's copy is taken before the value moves into the
+                // map (looking the entry up again costs a shard lock and a
+                // hash, which a replay of millions of records feels), and
+                // only when the history records changes.
+                let copy = self
+                    .history
+                    .recording()
+                    .then(|| Bytes::copy_from_slice(&value));
                 self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
                 // Published once the value is in place, so a watcher reading
-                // the key after the event sees at least this write. The
-                // event copies the value only when history is kept; only
-                // this thread writes, so the entry is still this write's.
+                // the key after the event sees at least this write.
                 ns.hub.publish(version, settings, &self.history, || Event {
                     version,
                     kind: EventKind::Set,
                     key: Arc::clone(&key),
-                    value: ns
-                        .entries
-                        .get(&*key)
-                        .map(|e| Bytes::copy_from_slice(&e.value)),
+                    value: copy,
                     expires_at,
                 });
                 Applied::default()
@@ -174,6 +177,37 @@ impl MemoryStore {
         };
         ns.version.fetch_max(version, Ordering::AcqRel);
         applied
+    }
+
+    /// Replays a set whose deadline `at` had passed when the log was read:
+    /// the key is left absent, as its expiry would have (whatever it held
+    /// before goes), and the change is recorded as the set it was, with its
+    /// value and deadline, so a watcher resuming across the restart sees
+    /// what live watchers saw.
+    pub(super) fn apply_lapsed(
+        &self,
+        project: &ProjectName,
+        ns: &Namespace,
+        version: u64,
+        key: Arc<str>,
+        value: Box<[u8]>,
+        at: Deadline,
+    ) {
+        let version = match version {
+            0 => ns.version.load(Ordering::Acquire) + 1,
+            v => v,
+        };
+        let now = self.clock.now_ms();
+        self.apply_delete(project, ns, &key, now);
+        ns.hub
+            .publish(version, &self.settings, &self.history, || Event {
+                version,
+                kind: EventKind::Set,
+                key,
+                value: Some(Bytes::from(value)),
+                expires_at: Some(at),
+            });
+        ns.version.fetch_max(version, Ordering::AcqRel);
     }
 
     pub(super) fn apply_set(

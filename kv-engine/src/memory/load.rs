@@ -84,19 +84,62 @@ impl OrderBuild {
 }
 
 impl MemoryStore {
-    /// Puts the store in bulk loading, for a recovery: no change history is
-    /// recorded (nobody can watch yet) and the ordered key indexes are not
-    /// kept key by key (see [`MemoryStore::end_load`]).
+    /// Puts the store in bulk loading, for a recovery: the ordered key
+    /// indexes are not kept key by key (see [`MemoryStore::end_load`]),
+    /// and until [`MemoryStore::begin_log_replay`] writes publish nothing
+    /// (a snapshot's entries are states; its own records restore the
+    /// change history).
     pub(crate) fn begin_load(&self) {
-        self.history.recording.store(false, Ordering::Relaxed);
+        self.history.frozen.store(true, Ordering::Relaxed);
         self.loading.store(true, Ordering::Relaxed);
+    }
+
+    /// The snapshot is loaded; what is replayed from now on are the logged
+    /// changes, published into the change history as live application
+    /// publishes them.
+    pub(crate) fn begin_log_replay(&self) {
+        self.history.frozen.store(false, Ordering::Relaxed);
+    }
+
+    /// Replays one logged transaction: as [`MemoryStore::apply_commit`],
+    /// except that a set whose deadline has passed at `now` leaves the key
+    /// absent (it expired while the server was down) yet is recorded in
+    /// the change history as the set it was.
+    pub(crate) fn replay_commit(
+        &self,
+        project: &ProjectName,
+        mutations: Vec<Versioned>,
+        request: Option<(Box<str>, Remembered)>,
+        now: u64,
+    ) {
+        if !mutations.is_empty() {
+            let ns = self.namespace_or_create(project);
+            let _exclusive = write_lock(&ns.consistency);
+            for m in mutations {
+                match m.mutation {
+                    Mutation::Set {
+                        key,
+                        value,
+                        expires_at: Some(at),
+                    } if at.passed(now) => {
+                        self.apply_lapsed(project, &ns, m.version, key, value, at);
+                    }
+                    mutation => {
+                        self.apply_in(project, &ns, Versioned { mutation, ..m });
+                    }
+                }
+            }
+        }
+        if let Some((id, remembered)) = request {
+            self.remember(project, id, remembered);
+        }
     }
 
     /// Ends the bulk load. Small namespaces get their ordered index at
     /// once; the others are returned, to be built by [`OrderBuild::run`]
     /// while the store serves (their Lists wait until then).
     pub(crate) fn end_load(&self) -> OrderBuild {
-        self.history.recording.store(true, Ordering::Relaxed);
+        self.history.frozen.store(false, Ordering::Relaxed);
         self.loading.store(false, Ordering::Relaxed);
         let mut namespaces: Vec<_> = self
             .namespaces()

@@ -61,6 +61,7 @@ mod alone;
 mod apply;
 pub(crate) mod expiry;
 mod hash;
+mod history;
 mod idempotency;
 pub(crate) mod load;
 mod locks;

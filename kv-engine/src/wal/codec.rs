@@ -41,15 +41,25 @@
 //!                                     numbered after `base`)
 //! 12 Retired project, last: u64      (a deleted name and the newest version
 //!                                     it used, in snapshots)
+//! 13 History project, incarnation: u64, floor: u64
+//!            (snapshots: the project's change history holds every version
+//!             after `floor`; its events follow, oldest first)
+//! 14 HistoryEvent project, incarnation: u64, version: u64, kind: u8
+//!            (1 set, 2 deleted, 3 expired, 4 cleared), key_len: u32, key
+//!            (empty for a clear), expires_at: u64, has_value: u8,
+//!            [value_len: u32, value]
 //! ```
 //!
 //! Format version 2 added versions (kinds 9 and 10; writes are logged as
 //! one Txn record each, so a transaction is all or nothing on disk too).
-//! Version 3 added incarnations (kinds 11 and 12). Files of version 1
-//! (kinds 1-8, no versions) are still read: replay numbers their changes.
-//! Rate limits in PutProject (has bits 2 and 3) came later within version
-//! 3: a record without them is byte for byte the earlier encoding, so
-//! logs and snapshots written before decode unchanged.
+//! Version 3 added incarnations (kinds 11 and 12). Version 4 added change
+//! histories to snapshots (kinds 13 and 14): a snapshot of version 3 or
+//! older loads with empty histories, starting at each project's version.
+//! Files of version 1 (kinds 1-8, no versions) are still read: replay
+//! numbers their changes.
+//! Rate limits in PutProject (has bits 2 and 3) came within version 3: a
+//! record without them is byte for byte the earlier encoding, so logs and
+//! snapshots written before decode unchanged.
 //!
 //! Written by hand rather than with a serialisation crate: the format is the
 //! product's durability contract, and its torn-tail versus corruption rules
@@ -63,6 +73,7 @@ use crate::{
     catalog::CatalogChange,
     project::{MAX_PROJECT_NAME_LEN, ProjectName},
 };
+pub(crate) use history::{encode_history, encode_history_event};
 
 const SET: u8 = 1;
 const DELETE: u8 = 2;
@@ -137,6 +148,25 @@ pub enum Record {
         /// Its newest version.
         last: u64,
     },
+    /// Where a project's change history starts (snapshots): it holds
+    /// every version after `floor`; [`Record::HistoryEvent`]s follow.
+    History {
+        /// The project.
+        project: ProjectName,
+        /// The incarnation the history belongs to.
+        incarnation: u64,
+        /// The newest version it no longer holds.
+        floor: u64,
+    },
+    /// One change of a project's history (snapshots), oldest first.
+    HistoryEvent {
+        /// The project.
+        project: ProjectName,
+        /// The incarnation the change belongs to.
+        incarnation: u64,
+        /// The change as watchers receive it.
+        event: crate::watch::Event,
+    },
     /// The end of a snapshot, with how many entries it holds.
     End {
         /// Entries in the snapshot.
@@ -182,6 +212,15 @@ pub enum DecodeError {
     /// An empty key.
     #[error("empty key")]
     EmptyKey,
+    /// A history event kind this build does not know.
+    #[error("unknown event kind {0}")]
+    EventKind(u8),
+    /// A history event's value flag is neither 0 nor 1.
+    #[error("bad value flag {0}")]
+    ValueFlag(u8),
+    /// A history event of version 0, which no change has.
+    #[error("history event of version 0")]
+    EventVersion,
     /// A token's limit flags name no limit, or one this build does not know.
     #[error("bad token limit flags {0:#04x}")]
     TokenLimitFlags(u8),
@@ -567,6 +606,8 @@ pub fn decode_payload_cached(
             project: r.project()?,
             last: r.u64()?,
         },
+        history::HISTORY => history::decode_history(&mut r)?,
+        history::HISTORY_EVENT => history::decode_history_event(&mut r)?,
         other => return Err(DecodeError::Kind(other)),
     };
     if !r.0.is_empty() {
@@ -683,6 +724,7 @@ impl<'a> Cursor<'a, '_> {
     }
 }
 
+mod history;
 #[cfg(test)]
 mod tests;
 

@@ -13,7 +13,7 @@ pub(crate) const LOG_MAGIC: [u8; 6] = *b"KVLOG\0";
 pub(crate) const SNAPSHOT_MAGIC: [u8; 6] = *b"KVSNAP";
 
 /// The format version this build writes.
-pub(crate) const FORMAT_VERSION: u16 = 3;
+pub(crate) const FORMAT_VERSION: u16 = 4;
 
 /// The oldest format version this build reads.
 pub(crate) const OLDEST_READABLE_VERSION: u16 = 1;

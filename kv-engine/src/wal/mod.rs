@@ -5,12 +5,16 @@
 //!
 //! - Memory ([`MemoryStore`]) serves every read; the log on disk is the
 //!   source of truth across restarts.
-//! - A write is encoded by the caller, then handed to one writer thread.
-//!   The writer gathers everything pending into one `write` and, under
-//!   [`FsyncPolicy::Always`], one `fdatasync`; only then does it apply the
-//!   batch to memory, in log order, and answer each caller. So the log
+//! - A write is queued in its project's lane (bounded by count and bytes,
+//!   see `queue.rs`), then handed to one writer thread. The writer gathers
+//!   pending writes, the projects served round-robin, into one `write` and,
+//!   under [`FsyncPolicy::Always`], one `fdatasync`; only then does it apply
+//!   the batch to memory, in log order, and answer each caller. So the log
 //!   order is the apply order for every key, readers never see a write that
 //!   is not in the log, and a write that cannot be logged is never applied.
+//! - A failed fsync is never retried: writes are refused
+//!   ([`crate::EngineError::WritesStopped`]) until the writer has
+//!   re-verified the log (`verify.rs`); reads go on.
 //! - Records carry the resulting state (value with its absolute deadline,
 //!   delete, clear), so replay is idempotent over a fuzzy snapshot.
 //! - When the log outgrows the live data (twice its size, and at least
@@ -20,6 +24,15 @@
 //!   are the older segments removed.
 //! - Start-up loads the newest snapshot and replays the segments after it
 //!   (see [`DurableStore::open`]).
+//! - The watch history ([`crate::watch`]) survives restarts: a snapshot
+//!   writes each project's history window (its floor and events), since
+//!   the segments it replaces are the only other place those changes are
+//!   kept, and replay publishes every logged change into the same bounded
+//!   history as live application does. So a watcher resumes across a
+//!   restart from any version still in the window, and versions and the
+//!   feed agree after SIGTERM or SIGKILL. Keeping segments for the window
+//!   instead would keep a deleted tenant's values on disk, and let one
+//!   rarely written project pin every segment after its oldest change.
 //! - Admin changes (projects, tokens) go through the same writer, which
 //!   checks their preconditions in log order ([`AdminChange`]): of two
 //!   concurrent creates of a name exactly one succeeds. A project deletion
@@ -31,13 +44,12 @@
 //! `<seq>.snap.tmp` (an unfinished snapshot, removed at start).
 
 use std::{
+    future::Future,
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     time::Instant,
 };
-
-use std::{future::Future, sync::atomic::AtomicUsize};
 
 use tokio::sync::oneshot;
 
@@ -46,20 +58,30 @@ use crate::{
     WatchTarget, catalog::Catalog, memory::MemoryStore, project::ProjectName, watch::Subscription,
 };
 
+mod admin;
 pub mod codec;
 mod dir;
 mod frame;
+#[cfg(test)]
+mod history_tests;
 mod options;
+mod queue;
 mod recovery;
 mod snapshot;
+mod verify;
 mod writer;
 
+#[cfg(test)]
+mod fairness_tests;
+
+pub use admin::{AdminChange, AdminOutcome};
 pub use dir::LOCK_FILE;
 pub use options::{FsyncPolicy, LogOptions};
+pub use queue::QueueStats;
+use queue::{Limits, Queue};
 use recovery::io_error;
 pub use recovery::{Damage, OpenError, Recovered};
-pub use writer::{AdminChange, AdminOutcome};
-use writer::{Answer, Change, Command, Submission};
+use writer::{Answer, Change, Submission};
 
 /// The durable store: a [`MemoryStore`] behind an append-only log.
 ///
@@ -83,9 +105,8 @@ use writer::{Answer, Change, Command, Submission};
 pub struct DurableStore {
     mem: Arc<MemoryStore>,
     catalog: Arc<Catalog>,
-    commands: mpsc::Sender<Command>,
-    /// Client transactions queued and not yet taken by the writer.
-    queued: Arc<AtomicUsize>,
+    /// Every change on its way to the writer.
+    queue: Arc<Queue<Submission>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Builds the ordered key indexes after start-up; joined on close so
     /// no work of this store outlives it.
@@ -98,7 +119,8 @@ impl DurableStore {
     /// Opens (creating if needed) the data directory `dir`: takes its lock,
     /// loads the newest snapshot, replays the log after it, and starts the
     /// writer on a new segment. Keys whose deadline passed while the server
-    /// was down are not loaded.
+    /// was down are not loaded (their sets stay in the watch history, which
+    /// the snapshot and the replay rebuild within the history settings).
     ///
     /// A torn tail (an append interrupted by a crash) is cut off with a
     /// warning. Any other damage stops start-up with an error naming the file
@@ -167,8 +189,11 @@ impl DurableStore {
             "recovered"
         );
 
-        let queued = Arc::new(AtomicUsize::new(0));
-        let (commands, handle) = writer::spawn(writer::Parts {
+        let queue = Arc::new(Queue::new(Limits {
+            max_writes: crate::MAX_QUEUED_WRITES,
+            max_bytes: options.max_queued_bytes,
+        }));
+        let handle = writer::spawn(writer::Parts {
             dir: dir.to_path_buf(),
             mem: Arc::clone(&mem),
             catalog: Arc::clone(&catalog),
@@ -177,14 +202,13 @@ impl DurableStore {
             seq,
             log_bytes,
             lock,
-            queued: Arc::clone(&queued),
+            queue: Arc::clone(&queue),
         })
         .map_err(io_error("cannot start the log writer thread"))?;
         Ok(Self {
             mem,
             catalog,
-            commands,
-            queued,
+            queue,
             writer: Mutex::new(Some(handle)),
             indexer: Mutex::new(indexer),
             dir: dir.to_path_buf(),
@@ -234,6 +258,18 @@ impl DurableStore {
         }
     }
 
+    /// Client writes waiting for the log writer, and their bytes.
+    pub fn write_queue(&self) -> QueueStats {
+        self.queue.stats()
+    }
+
+    /// Why writes are refused, while they are: a fsync of the log failed
+    /// and the log has not been re-verified yet (see
+    /// [`EngineError::WritesStopped`]). Reads are served meanwhile.
+    pub fn writes_stopped(&self) -> Option<Arc<str>> {
+        self.queue.stopped()
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -245,36 +281,30 @@ impl DurableStore {
     }
 
     async fn send(&self, change: Change) -> Result<Answer, EngineError> {
-        self.enqueue(change, false)?.await.map_err(|_| closed())?
+        self.enqueue(change)?.await.map_err(|_| closed())?
     }
 
-    /// Hands `change` to the writer now; `bounded` changes (client
-    /// transactions) are refused when [`crate::MAX_QUEUED_WRITES`] are
-    /// already waiting. Expiries and admin changes are not bounded: they
-    /// are the server's own, few, and must not be lost to a busy queue.
+    /// Hands `change` to the writer now. Client transactions wait in their
+    /// project's lane of the bounded queue (see [`crate::MAX_QUEUED_WRITES`]
+    /// and [`LogOptions::max_queued_bytes`]); expiries and admin changes
+    /// are not bounded: they are the server's own, few, and must not be
+    /// lost to a busy queue.
     fn enqueue(
         &self,
         change: Change,
-        bounded: bool,
     ) -> Result<oneshot::Receiver<Result<Answer, EngineError>>, EngineError> {
-        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
-        if bounded && self.queued.fetch_add(1, AcqRel) >= crate::MAX_QUEUED_WRITES {
-            self.queued.fetch_sub(1, Relaxed);
-            return Err(EngineError::Overloaded {
-                capacity: crate::MAX_QUEUED_WRITES,
-            });
-        }
         let (reply, answer) = oneshot::channel();
-        let submission = Submission {
-            change,
-            reply,
-            bounded,
-        };
-        if self.commands.send(Command::Write(submission)).is_err() {
-            if bounded {
-                self.queued.fetch_sub(1, Relaxed);
+        let bytes = change.approx_len();
+        let project = change.project().cloned();
+        let submission = Submission { change, reply };
+        match (&submission.change, project) {
+            (Change::Txn { .. }, Some(project)) => {
+                self.queue.push(&project, bytes, submission, closed)?;
             }
-            return Err(closed());
+            (_, project) => {
+                self.queue
+                    .push_system(project.as_ref(), bytes, submission, closed)?;
+            }
         }
         Ok(answer)
     }
@@ -287,11 +317,9 @@ impl DurableStore {
     /// The final flush or fsync failed.
     pub async fn close(&self) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
-        let flushed = if self.commands.send(Command::Shutdown(reply)).is_ok() {
-            answer.await.unwrap_or(Ok(()))
-        } else {
-            Ok(())
-        };
+        self.queue.close(Some(reply));
+        // No answer: the writer had already stopped (a second close).
+        let flushed = answer.await.unwrap_or(Ok(()));
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
             // The writer also waits for a snapshot in progress.
@@ -306,6 +334,14 @@ impl DurableStore {
             let _ = tokio::task::spawn_blocking(move || indexer.join()).await;
         }
         flushed
+    }
+}
+
+impl Drop for DurableStore {
+    fn drop(&mut self) {
+        // Without a close: the writer still logs everything queued, then
+        // stops on its own.
+        self.queue.close(None);
     }
 }
 
@@ -354,7 +390,7 @@ impl Backend for DurableStore {
             txn,
         };
         // Queued here, before the future exists: see the trait's ordering.
-        let queued = self.enqueue(change, true);
+        let queued = self.enqueue(change);
         async move {
             match queued?.await.map_err(|_| closed())?? {
                 Answer::Txn(outcome) => Ok(outcome),
@@ -386,11 +422,27 @@ impl Backend for DurableStore {
     async fn expire_due(&self, limit: usize) -> usize {
         let due = self.mem.take_due(limit);
         let consumed = due.len();
-        if consumed > 0 {
-            // Expiries are changes like any other: logged, versioned and
-            // published by the writer. If it cannot log them, the entries
-            // stay invisible (reads check deadlines) and a restart drops them.
-            if let Err(e) = self.send(Change::Expire(due)).await {
+        // Expiries are changes like any other: logged, versioned and
+        // published by the writer, each project's in its order. If it cannot
+        // log them, the entries stay invisible (reads check deadlines) and a
+        // restart drops them.
+        let mut by_project: Vec<Vec<crate::memory::expiry::Due>> = Vec::new();
+        for due in due {
+            match by_project.iter_mut().find(|d| d[0].project == due.project) {
+                Some(same) => same.push(due),
+                None => by_project.push(vec![due]),
+            }
+        }
+        let sent: Vec<_> = by_project
+            .into_iter()
+            .map(|due| self.enqueue(Change::Expire(due)))
+            .collect();
+        for answer in sent {
+            let logged = match answer {
+                Ok(answer) => answer.await.map_err(|_| closed()).and_then(|a| a),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = logged {
                 tracing::warn!("could not log expiries: {e}");
             }
         }

@@ -1,5 +1,5 @@
 //! How the write-ahead log behaves: fsync policy, segment and snapshot
-//! sizes, repair, quotas.
+//! sizes, repair, quotas, the write queue's byte bound.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -78,6 +78,11 @@ pub struct LogOptions {
     /// What each project may hold. Checked by the writer, one write at a
     /// time in log order, so concurrent writers can never overshoot it.
     pub quota: Quota,
+    /// Most bytes of client writes queued for the writer (keys, values and
+    /// patches, plus a small overhead each), besides the count bound
+    /// [`crate::MAX_QUEUED_WRITES`]; one project may fill at most half.
+    /// Past it, writes are refused with [`crate::EngineError::QueueFull`].
+    pub max_queued_bytes: usize,
 }
 
 impl LogOptions {
@@ -95,6 +100,7 @@ impl LogOptions {
         snapshot_min_log_bytes: 64 << 20,
         segment_bytes: 64 << 20,
         quota: Quota::UNLIMITED,
+        max_queued_bytes: 64 << 20,
     };
 }
 

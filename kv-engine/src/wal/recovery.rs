@@ -222,6 +222,9 @@ pub(super) fn recover(
         recovered.snapshot = Some(base);
     }
     let base = base.unwrap_or(0);
+    // From here on, records are changes: they rebuild the change history
+    // after the snapshot's, as live application built it.
+    mem.begin_log_replay();
 
     let to_replay: Vec<u64> = segments.range(base..).copied().collect();
     let mut log_bytes = 0;
@@ -326,23 +329,6 @@ fn corrupt(path: &Path, offset: u64, damage: Damage) -> OpenError {
     }
 }
 
-/// A replayed set whose deadline has passed acts as an expiry: it must
-/// still override what came before it.
-fn replayed(versioned: Versioned, now: u64) -> Versioned {
-    let mutation = match versioned.mutation {
-        Mutation::Set {
-            key,
-            expires_at: Some(at),
-            ..
-        } if at.passed(now) => Mutation::Expire { key },
-        other => other,
-    };
-    Versioned {
-        version: versioned.version,
-        mutation,
-    }
-}
-
 /// Replays a single-mutation record of the first log format.
 fn apply_replayed(
     mem: &MemoryStore,
@@ -350,11 +336,12 @@ fn apply_replayed(
     versioned: Versioned,
     now: u64,
 ) {
-    mem.apply_commit(project, vec![replayed(versioned, now)], None);
+    mem.replay_commit(project, vec![versioned], None, now);
 }
 
 /// Replays a Txn record: its changes, then its remembered outcome, through
-/// the same apply path as the writer.
+/// the writer's apply path (a set whose deadline has passed acts as an
+/// expiry: it must still override what came before it).
 fn apply_txn_record(
     mem: &MemoryStore,
     project: &crate::project::ProjectName,
@@ -363,7 +350,6 @@ fn apply_txn_record(
     request: Option<(Box<str>, u64, crate::TxnOutcome)>,
     now: u64,
 ) {
-    let mutations = mutations.into_iter().map(|m| replayed(m, now)).collect();
     let request = request.map(|(id, fingerprint, outcome)| {
         let remembered = Remembered {
             fingerprint,
@@ -372,7 +358,7 @@ fn apply_txn_record(
         };
         (id, remembered)
     });
-    mem.apply_commit(project, mutations, request);
+    mem.replay_commit(project, mutations, request, now);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -447,6 +433,25 @@ fn apply_record(
         }
         Record::Retired { project, last } => {
             mem.restore_retired(&project, last);
+            Ok(0)
+        }
+        Record::History { .. } | Record::HistoryEvent { .. } if kind == FileKind::Segment => {
+            Err(misplaced("snapshot history"))
+        }
+        Record::History {
+            project,
+            incarnation,
+            floor,
+        } => {
+            mem.restore_history(&project, incarnation, floor);
+            Ok(0)
+        }
+        Record::HistoryEvent {
+            project,
+            incarnation,
+            event,
+        } => {
+            mem.restore_history_event(&project, incarnation, event);
             Ok(0)
         }
         Record::End { .. } => Err(misplaced("snapshot end")),

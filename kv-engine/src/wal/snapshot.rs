@@ -16,8 +16,8 @@ use crate::{catalog::Catalog, memory::MemoryStore};
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and
 /// older snapshots. Failures are logged: the older files stay, so a
-/// recovery still finds everything.
-pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) {
+/// recovery still finds everything. True when the snapshot is durable.
+pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> bool {
     let started = std::time::Instant::now();
     tracing::info!(snapshot = base, "snapshot started");
     match write_file(dir, mem, catalog, base) {
@@ -29,8 +29,12 @@ pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64)
                 "snapshot written"
             );
             remove_older(dir, base);
+            true
         }
-        Err(e) => tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}"),
+        Err(e) => {
+            tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}");
+            false
+        }
     }
 }
 
@@ -70,6 +74,28 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
             codec::encode_version(&mut record, &project, version);
             out.write_all(&record)?;
         }
+        // Each project's change history after its counter, before the
+        // entries: the older segments go once this file is in place, so
+        // the history window must be here for a watcher to resume across
+        // a restart. Its events are collected after the counters, so a
+        // history never ends below its project's counter.
+        let events = mem.for_each_history(|window| {
+            record.clear();
+            codec::encode_history(
+                &mut record,
+                window.project,
+                window.incarnation,
+                window.floor,
+            );
+            out.write_all(&record)?;
+            for event in window.events {
+                record.clear();
+                codec::encode_history_event(&mut record, window.project, window.incarnation, event);
+                out.write_all(&record)?;
+            }
+            Ok::<(), io::Error>(())
+        })?;
+        tracing::debug!(snapshot = base, events, "history written");
         let count = mem.for_each_live(|project, key, value, expires_at, version| {
             record.clear();
             codec::encode_entry(&mut record, project, key, value, expires_at, version);

@@ -1,89 +1,33 @@
-//! The log writer thread: group commit, rotation, snapshot triggering.
+//! The log writer thread: group commit, rotation, snapshot triggering,
+//! and stopping writes when the log cannot be synced.
 
 use std::{
     fs::File,
     io::{self, Write},
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::Arc,
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
 
 use super::{
+    admin::{self, AdminChange, AdminOutcome, AdminOverlay, Admitted},
     codec,
-    dir::create_segment,
+    dir::{create_segment, segment_name},
     options::{FsyncPolicy, LogOptions},
-    snapshot,
+    queue::{Queue, Take},
+    snapshot, verify,
 };
 use crate::{
-    EngineError, Quota, Txn, TxnOutcome, Versioned,
-    catalog::{Catalog, CatalogChange, TokenMeta, apply_logged},
+    EngineError, Txn, TxnOutcome, Versioned,
+    catalog::{Catalog, CatalogChange, apply_logged},
     memory::MemoryStore,
     memory::expiry::Due,
     project::ProjectName,
     txn::{Commit, Evaluated, Overlay},
 };
-
-pub(super) enum Command {
-    Write(Submission),
-    /// Flush, fsync and stop once everything queued before has been written.
-    Shutdown(oneshot::Sender<io::Result<()>>),
-}
-
-/// A change to the catalog of projects and tokens, with the condition
-/// under which it applies. The writer judges the condition in log order,
-/// against every change before it, so two concurrent admin calls can
-/// never both pass a check that only one of them should.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminChange {
-    /// Registers `project`; [`EngineError::ProjectExists`] if it is. A name
-    /// deleted before becomes a new incarnation sharing nothing with the
-    /// old one; a name holding unregistered data (open mode) keeps it.
-    CreateProject {
-        /// The project.
-        project: ProjectName,
-        /// Its quota.
-        quota: Quota,
-    },
-    /// Replaces a registered project's quota.
-    SetQuota {
-        /// The project.
-        project: ProjectName,
-        /// Its quota.
-        quota: Quota,
-    },
-    /// Deletes a registered project: data, history, request ids, tokens.
-    DeleteProject {
-        /// The project.
-        project: ProjectName,
-    },
-    /// Stores a token of a registered project, if the project is still
-    /// the incarnation the caller saw ([`EngineError::ProjectGone`]
-    /// otherwise: a token meant for a deleted project never opens its
-    /// successor).
-    CreateToken {
-        /// The token.
-        token: TokenMeta,
-        /// The incarnation the token is for.
-        incarnation: u64,
-    },
-    /// Removes a token (no error when unknown).
-    RevokeToken {
-        /// Its id.
-        id: String,
-    },
-}
-
-/// What an [`AdminChange`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdminOutcome {
-    /// Live keys a deletion removed; 1 when a revoke removed a token.
-    pub removed: u64,
-    /// The project's incarnation after the change.
-    pub incarnation: u64,
-}
 
 /// A change the writer evaluates, logs and then applies.
 pub(super) enum Change {
@@ -106,8 +50,17 @@ const EXPIRY_APPROX: usize = 64;
 const ADMIN_APPROX: usize = 128;
 
 impl Change {
-    /// Roughly the bytes it will log, to bound a batch.
-    fn approx_len(&self) -> usize {
+    /// The one project whose order it takes its place in, if any.
+    pub(super) fn project(&self) -> Option<&ProjectName> {
+        match self {
+            Self::Txn { project, .. } => Some(project),
+            Self::Expire(due) => due.first().map(|d| &d.project),
+            Self::Admin(change) => change.project(),
+        }
+    }
+
+    /// Roughly the bytes it will log, to bound a batch and the queue.
+    pub(super) fn approx_len(&self) -> usize {
         match self {
             Self::Txn { txn, .. } => txn
                 .ops
@@ -140,8 +93,6 @@ pub(super) enum Answer {
 pub(super) struct Submission {
     pub(super) change: Change,
     pub(super) reply: oneshot::Sender<Result<Answer, EngineError>>,
-    /// Counted in the store's bounded queue (client transactions).
-    pub(super) bounded: bool,
 }
 
 /// A submission evaluated and waiting for its batch to be logged.
@@ -153,39 +104,6 @@ enum Pending {
     Admin(Admitted),
 }
 
-/// An admin change whose condition held, as what it logs and applies.
-struct Admitted {
-    /// A new incarnation to start before the catalog change.
-    incarnation: Option<(ProjectName, u64)>,
-    change: CatalogChange,
-    /// The project's incarnation after the change.
-    after: u64,
-}
-
-/// What the admin changes evaluated earlier in a group will have done to
-/// the catalog, so each judges its condition as if they were applied.
-#[derive(Default)]
-struct AdminOverlay {
-    registered: std::collections::HashMap<ProjectName, bool>,
-    tokens: std::collections::HashMap<String, bool>,
-}
-
-impl AdminOverlay {
-    fn registered(&self, catalog: &Catalog, project: &ProjectName) -> bool {
-        self.registered
-            .get(project)
-            .copied()
-            .unwrap_or_else(|| catalog.project(project).is_some())
-    }
-
-    fn token_exists(&self, catalog: &Catalog, id: &str) -> bool {
-        self.tokens
-            .get(id)
-            .copied()
-            .unwrap_or_else(|| catalog.token(id).is_some())
-    }
-}
-
 /// How long the writer, idle, waits before looking again whether a
 /// snapshot it was asked for can start (one is still being written).
 const SNAPSHOT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -193,6 +111,21 @@ const SNAPSHOT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// Most bytes gathered into one write; a single larger record still goes
 /// alone.
 const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// How long writes stay stopped after a failed fsync before the writer
+/// tries to re-verify the log (and again after each failed try).
+const REVERIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes are stopped: a fsync of the log failed.
+struct Stopped {
+    reason: Arc<str>,
+    /// When to try re-verifying the log next.
+    retry_at: Instant,
+    /// Acknowledged writes may be missing from the disk (they were written
+    /// but not yet synced under an interval or never policy): writes resume
+    /// only once a snapshot holds them all.
+    needs_snapshot: bool,
+}
 
 /// The open segment and everything the writer tracks.
 struct Writer {
@@ -214,87 +147,182 @@ struct Writer {
     /// A snapshot was asked for (a project was deleted): one starts as soon
     /// as none is running, whatever the log's size.
     snapshot_wanted: bool,
-    /// Bounded submissions queued and not yet taken.
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    queue: Arc<Queue<Submission>>,
+    /// Set while writes are stopped after a failed fsync.
+    stopped: Option<Stopped>,
     /// Held (locked) for as long as the writer runs.
     _lock: File,
 }
 
 impl Writer {
-    fn run(mut self, commands: mpsc::Receiver<Command>) {
-        let mut batch = Vec::new();
+    fn run(mut self) {
+        /// However the writer ends, even by a panic, nothing queued is left
+        /// waiting for it.
+        struct Abandon(Arc<Queue<Submission>>);
+        impl Drop for Abandon {
+            fn drop(&mut self) {
+                self.0.abandon();
+            }
+        }
+        let _abandon = Abandon(Arc::clone(&self.queue));
         let mut buf = Vec::new();
         loop {
-            let Some(first) = self.next_command(&commands) else {
-                // Every sender is gone: flush what was written and stop.
-                let _ = self.finish();
-                return;
-            };
-            let mut shutdown = None;
-            let mut bytes = 0;
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Write(submission) => {
-                        if submission.bounded {
-                            self.queued
-                                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            match self.queue.take(MAX_BATCH_BYTES, self.wake_at()) {
+                Take::Batch(mut batch) => {
+                    if let Some(stopped) = &self.stopped {
+                        // Queued before writes stopped: refused like the
+                        // ones after.
+                        for Submission { reply, .. } in batch.drain(..) {
+                            let _ = reply.send(Err(EngineError::WritesStopped {
+                                reason: Arc::clone(&stopped.reason),
+                            }));
                         }
-                        bytes += submission.change.approx_len();
-                        batch.push(submission);
+                        continue;
                     }
-                    Command::Shutdown(reply) => {
-                        shutdown = Some(reply);
-                        break;
+                    self.commit(&mut batch, &mut buf);
+                    self.after_batch();
+                }
+                Take::Idle => self.on_idle(),
+                Take::Stop(replies) => {
+                    let finished = self.finish();
+                    for reply in replies {
+                        let copy = match &finished {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = reply.send(copy);
                     }
-                }
-                if bytes < MAX_BATCH_BYTES {
-                    next = commands.try_recv().ok();
+                    return;
                 }
             }
-            if !batch.is_empty() {
-                self.commit(&mut batch, &mut buf);
-            }
-            if let Some(reply) = shutdown {
-                let _ = reply.send(self.finish());
-                return;
-            }
-            self.after_batch();
         }
     }
 
-    /// Waits for the next command; under an interval policy, fsyncs when
-    /// the interval ends with nothing new.
-    fn next_command(&mut self, commands: &mpsc::Receiver<Command>) -> Option<Command> {
-        loop {
-            let sync_at = match (self.options.fsync, self.unsynced) {
-                (FsyncPolicy::Interval(every), Some(since)) => Some(since + every),
-                _ => None,
-            };
-            let snapshot_at = self.snapshot_wanted.then(|| Instant::now() + SNAPSHOT_POLL);
-            let Some(deadline) = sync_at.into_iter().chain(snapshot_at).min() else {
-                return commands.recv().ok();
-            };
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match commands.recv_timeout(wait) {
-                Ok(command) => return Some(command),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if sync_at.is_some_and(|at| at <= Instant::now()) {
-                        self.sync_in_background();
-                    }
-                    if self.snapshot_wanted {
-                        self.after_batch();
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+    /// When the writer must wake with nothing queued: an interval fsync
+    /// due, a snapshot asked for, a re-verification to try.
+    fn wake_at(&self) -> Option<Instant> {
+        if let Some(stopped) = &self.stopped {
+            return Some(stopped.retry_at);
+        }
+        let sync_at = match (self.options.fsync, self.unsynced) {
+            (FsyncPolicy::Interval(every), Some(since)) => Some(since + every),
+            _ => None,
+        };
+        let snapshot_at = self.snapshot_wanted.then(|| Instant::now() + SNAPSHOT_POLL);
+        sync_at.into_iter().chain(snapshot_at).min()
+    }
+
+    fn on_idle(&mut self) {
+        if self.stopped.is_some() {
+            if self
+                .stopped
+                .as_ref()
+                .is_some_and(|s| s.retry_at <= Instant::now())
+            {
+                self.reverify();
             }
+            return;
+        }
+        if let (FsyncPolicy::Interval(every), Some(since)) = (self.options.fsync, self.unsynced)
+            && since + every <= Instant::now()
+        {
+            self.sync_in_background();
+        }
+        if self.snapshot_wanted && self.stopped.is_none() {
+            self.after_batch();
         }
     }
 
     fn sync_in_background(&mut self) {
         match self.file.sync_data() {
             Ok(()) => self.unsynced = None,
-            Err(e) => tracing::error!(segment = self.seq, "interval fsync failed: {e}"),
+            // Writes of the interval were acknowledged: only a snapshot
+            // can make them durable now.
+            Err(e) => self.stop_writes("fdatasync", &e, true),
+        }
+    }
+
+    /// A fsync of the log failed: refuse every write until the log is
+    /// re-verified. The failed fsync is never tried again, since the kernel
+    /// may have dropped the pages it failed to write and a second fsync
+    /// would then report success for data that is not on disk.
+    fn stop_writes(&mut self, call: &str, e: &io::Error, acknowledged_at_risk: bool) {
+        let reason: Arc<str> = format!(
+            "the write-ahead log could not be synced ({call} of {} failed: {e})",
+            segment_name(self.seq)
+        )
+        .into();
+        tracing::error!(
+            "{reason}; writes are stopped until the log is re-verified (tried every {} ms); reads go on",
+            REVERIFY_EVERY.as_millis()
+        );
+        self.queue.set_stopped(Some(Arc::clone(&reason)));
+        let needs_snapshot =
+            acknowledged_at_risk || self.stopped.as_ref().is_some_and(|s| s.needs_snapshot);
+        self.stopped = Some(Stopped {
+            reason,
+            retry_at: Instant::now() + REVERIFY_EVERY,
+            needs_snapshot,
+        });
+    }
+
+    /// Whether writes acknowledged but not yet synced may be in the file.
+    fn unsynced_acknowledged(&self) -> bool {
+        self.options.fsync != FsyncPolicy::Always
+    }
+
+    /// Re-verifies the log after a failed fsync: the current segment must
+    /// read back whole up to its last synced write; what follows (the
+    /// refused group) is cut, durably; a new segment is started and
+    /// synced, and, if acknowledged writes may be missing from the disk, a
+    /// snapshot of memory (which holds exactly the acknowledged writes) is
+    /// written. Only then do writes resume; on any failure they stay
+    /// stopped and this is tried again later.
+    fn reverify(&mut self) {
+        let Some(stopped) = &self.stopped else {
+            return;
+        };
+        let needs_snapshot = stopped.needs_snapshot;
+        let renewed = verify::verify_and_cut(&self.dir, self.seq, self.file_len).and_then(|()| {
+            let seq = self.seq + 1;
+            create_segment(&self.dir, seq).map(|file| (seq, file))
+        });
+        let (seq, file) = match renewed {
+            Ok(renewed) => renewed,
+            Err(e) => return self.still_stopped(&e.to_string()),
+        };
+        self.file = file;
+        self.seq = seq;
+        self.file_len = codec::FILE_HEADER_LEN as u64;
+        self.log_bytes += self.file_len;
+        self.unsynced = None;
+        self.dirty_tail = false;
+        if needs_snapshot {
+            if let Some(handle) = self.snapshot.take() {
+                let _ = handle.join();
+            }
+            // Nothing is applied while writes are stopped: memory is the
+            // state of every acknowledged write, and of nothing else.
+            if !snapshot::write(&self.dir, &self.mem, &self.catalog, seq) {
+                return self.still_stopped("the snapshot of the acknowledged writes failed");
+            }
+            self.log_bytes = self.file_len;
+        }
+        tracing::info!(
+            segment = seq,
+            "the write-ahead log is re-verified; writes resume"
+        );
+        self.stopped = None;
+        self.queue.set_stopped(None);
+    }
+
+    fn still_stopped(&mut self, why: &str) {
+        tracing::warn!(
+            segment = self.seq,
+            "the write-ahead log could not be re-verified ({why}); writes stay stopped"
+        );
+        if let Some(stopped) = &mut self.stopped {
+            stopped.retry_at = Instant::now() + REVERIFY_EVERY;
         }
     }
 
@@ -309,7 +337,7 @@ impl Writer {
         let mut admin = AdminOverlay::default();
         let mut pending: Vec<(Pending, oneshot::Sender<Result<Answer, EngineError>>)> =
             Vec::with_capacity(batch.len());
-        for Submission { change, reply, .. } in batch.drain(..) {
+        for Submission { change, reply } in batch.drain(..) {
             match change {
                 Change::Txn { project, txn } => {
                     let quota = self.catalog.effective_quota(&project, self.options.quota);
@@ -351,7 +379,14 @@ impl Writer {
                     }
                     pending.push((Pending::Expire(expired), reply));
                 }
-                Change::Admin(change) => match self.admit(change, now, &mut overlay, &mut admin) {
+                Change::Admin(change) => match admin::admit(
+                    &self.mem,
+                    &self.catalog,
+                    change,
+                    now,
+                    &mut overlay,
+                    &mut admin,
+                ) {
                     Ok(admitted) => {
                         if let Some((project, base)) = &admitted.incarnation {
                             codec::encode_incarnation(buf, project, *base);
@@ -380,10 +415,16 @@ impl Writer {
                 pending.len()
             );
             for (_, reply) in pending {
-                let _ = reply.send(Err(EngineError::Storage {
-                    context: format!("could not append to the log in {}", self.dir.display()),
-                    source: io::Error::new(e.kind(), e.to_string()),
-                }));
+                let refused = match &self.stopped {
+                    Some(stopped) => EngineError::WritesStopped {
+                        reason: Arc::clone(&stopped.reason),
+                    },
+                    None => EngineError::Storage {
+                        context: format!("could not append to the log in {}", self.dir.display()),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    },
+                };
+                let _ = reply.send(Err(refused));
             }
             return;
         }
@@ -426,146 +467,67 @@ impl Writer {
         }
     }
 
-    /// Judges an admin change's condition against the catalog and the
-    /// changes before it in the group; what it will log and apply.
-    fn admit(
-        &self,
-        change: AdminChange,
-        now: u64,
-        overlay: &mut Overlay,
-        admin: &mut AdminOverlay,
-    ) -> Result<Admitted, EngineError> {
-        let registered = |admin: &AdminOverlay, project: &ProjectName| {
-            if admin.registered(&self.catalog, project) {
-                Ok(())
-            } else {
-                Err(EngineError::ProjectNotFound {
-                    project: project.clone(),
-                })
-            }
-        };
-        Ok(match change {
-            AdminChange::CreateProject { project, quota } => {
-                if admin.registered(&self.catalog, &project) {
-                    return Err(EngineError::ProjectExists { project });
-                }
-                admin.registered.insert(project.clone(), true);
-                let current = overlay.incarnation(&*self.mem, &project);
-                let held = overlay.holds_namespace(&*self.mem, &project);
-                // A name never used starts at 0 when first written; one
-                // holding unregistered data (open mode) keeps it. A name
-                // used before starts above the old numbering and above
-                // the clock, so the new versions say nothing of how many
-                // changes the deleted project had.
-                let incarnation = if held || current == 0 {
-                    None
-                } else {
-                    let base = current.max(now);
-                    overlay.begin(&project, base);
-                    Some((project.clone(), base))
-                };
-                Admitted {
-                    after: incarnation.as_ref().map_or(current, |(_, base)| *base),
-                    incarnation,
-                    change: CatalogChange::PutProject { project, quota },
-                }
-            }
-            AdminChange::SetQuota { project, quota } => {
-                registered(admin, &project)?;
-                Admitted {
-                    after: overlay.incarnation(&*self.mem, &project),
-                    incarnation: None,
-                    change: CatalogChange::PutProject { project, quota },
-                }
-            }
-            AdminChange::DeleteProject { project } => {
-                registered(admin, &project)?;
-                admin.registered.insert(project.clone(), false);
-                for token in self.catalog.tokens(Some(&project)) {
-                    admin.tokens.insert(token.id, false);
-                }
-                overlay.drop_project(&*self.mem, &project);
-                Admitted {
-                    after: overlay.incarnation(&*self.mem, &project),
-                    incarnation: None,
-                    change: CatalogChange::DeleteProject { project },
-                }
-            }
-            AdminChange::CreateToken { token, incarnation } => {
-                registered(admin, &token.project)?;
-                if overlay.incarnation(&*self.mem, &token.project) != incarnation {
-                    return Err(EngineError::ProjectGone {
-                        project: token.project,
-                    });
-                }
-                admin.tokens.insert(token.id.clone(), true);
-                Admitted {
-                    after: incarnation,
-                    incarnation: None,
-                    change: CatalogChange::PutToken(token),
-                }
-            }
-            AdminChange::RevokeToken { id } => {
-                if !admin.token_exists(&self.catalog, &id) {
-                    return Err(EngineError::TokenNotFound { id });
-                }
-                admin.tokens.insert(id.clone(), false);
-                Admitted {
-                    after: 0,
-                    incarnation: None,
-                    change: CatalogChange::RevokeToken { id },
-                }
-            }
-        })
-    }
-
+    /// Writes `buf` at the end of the segment and, as the policy says,
+    /// syncs it. Nothing of a failed append is left in the file (as far
+    /// as the file system lets it be cut); a failed fsync also stops writes.
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.dirty_tail {
             self.rollback()?;
         }
         let before = self.file_len;
-        let written = self
-            .file
-            .write_all(buf)
-            .and_then(|()| match self.options.fsync {
-                FsyncPolicy::Always => self.file.sync_data(),
-                FsyncPolicy::Interval(every) => {
-                    let since = *self.unsynced.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= every {
-                        self.file.sync_data()?;
-                        self.unsynced = None;
-                    }
+        if let Err(e) = self.file.write_all(buf) {
+            // Cut the partial batch so disk never holds a write that was
+            // refused; if even that fails, retry before the next append.
+            self.dirty_tail = true;
+            if let Err(cut) = self.rollback() {
+                tracing::error!(segment = self.seq, "could not cut a failed append: {cut}");
+            }
+            return Err(e);
+        }
+        let synced = match self.options.fsync {
+            FsyncPolicy::Always => self.file.sync_data(),
+            FsyncPolicy::Interval(every) => {
+                let since = *self.unsynced.get_or_insert_with(Instant::now);
+                if since.elapsed() >= every {
+                    self.file.sync_data().map(|()| self.unsynced = None)
+                } else {
                     Ok(())
                 }
-                FsyncPolicy::Never => Ok(()),
-            });
-        match written {
-            Ok(()) => {
-                self.file_len += buf.len() as u64;
-                self.log_bytes += buf.len() as u64;
-                Ok(())
             }
-            Err(e) => {
-                // Cut the partial batch so disk never holds a write that was
-                // refused; if even that fails, retry before the next append.
-                self.file_len = before;
-                self.dirty_tail = true;
-                if let Err(cut) = self.rollback() {
-                    tracing::error!(segment = self.seq, "could not cut a failed append: {cut}");
-                }
-                Err(e)
+            FsyncPolicy::Never => Ok(()),
+        };
+        if let Err(e) = synced {
+            // The refused group must not come back at a restart: cut it now
+            // (without a fsync, which could not be trusted); re-verifying
+            // makes the cut durable before writes resume.
+            if let Err(cut) = self.file.set_len(before) {
+                tracing::error!(
+                    segment = self.seq,
+                    "could not cut a write whose fsync failed: {cut}"
+                );
             }
+            self.stop_writes("fdatasync", &e, self.unsynced_acknowledged());
+            return Err(e);
         }
+        self.file_len += buf.len() as u64;
+        self.log_bytes += buf.len() as u64;
+        Ok(())
     }
 
     fn rollback(&mut self) -> io::Result<()> {
         self.file.set_len(self.file_len)?;
-        self.file.sync_data()?;
+        if let Err(e) = self.file.sync_data() {
+            self.stop_writes("fdatasync", &e, self.unsynced_acknowledged());
+            return Err(e);
+        }
         self.dirty_tail = false;
         Ok(())
     }
 
     fn after_batch(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
         if let Some(handle) = self.snapshot.take_if(|h| h.is_finished()) {
             let _ = handle.join();
         }
@@ -609,7 +571,9 @@ impl Writer {
         self.log_bytes = self.file_len;
         let spawned = std::thread::Builder::new()
             .name("kv-snapshot".into())
-            .spawn(move || snapshot::write(&dir, &mem, &catalog, base));
+            .spawn(move || {
+                snapshot::write(&dir, &mem, &catalog, base);
+            });
         match spawned {
             Ok(handle) => self.snapshot = Some(handle),
             Err(e) => tracing::warn!("could not start the snapshot thread: {e}"),
@@ -618,7 +582,10 @@ impl Writer {
 
     /// Closes the current segment and starts the next one.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
+        if let Err(e) = self.file.sync_data() {
+            self.stop_writes("fdatasync", &e, self.unsynced_acknowledged());
+            return Err(e);
+        }
         let seq = self.seq + 1;
         let file = create_segment(&self.dir, seq)?;
         self.file = file;
@@ -652,13 +619,13 @@ pub(super) struct Parts {
     pub(super) log_bytes: u64,
     /// The data directory's lock, held for as long as the writer runs.
     pub(super) lock: File,
-    /// Bounded submissions queued and not yet taken; the writer counts
-    /// them out as it takes them.
-    pub(super) queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where every change comes from.
+    pub(super) queue: Arc<Queue<Submission>>,
 }
 
-/// Starts the writer thread; every write goes through the returned sender.
-pub(super) fn spawn(parts: Parts) -> io::Result<(mpsc::Sender<Command>, JoinHandle<()>)> {
+/// Starts the writer thread; it takes every change from `parts.queue`
+/// until the queue is closed.
+pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
     let header = codec::FILE_HEADER_LEN as u64;
     let writer = Writer {
         dir: parts.dir,
@@ -673,12 +640,11 @@ pub(super) fn spawn(parts: Parts) -> io::Result<(mpsc::Sender<Command>, JoinHand
         unsynced: None,
         dirty_tail: false,
         snapshot_wanted: false,
-        queued: parts.queued,
+        queue: parts.queue,
+        stopped: None,
         _lock: parts.lock,
     };
-    let (commands, receiver) = mpsc::channel();
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("kv-log-writer".into())
-        .spawn(move || writer.run(receiver))?;
-    Ok((commands, handle))
+        .spawn(move || writer.run())
 }

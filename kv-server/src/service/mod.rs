@@ -10,7 +10,7 @@
 //!   ([`RequestError`]); `respond.rs` (engine results into wire messages);
 //!   `mutate.rs` (every writing request: one trait, one path to the engine).
 //! - `watch.rs`, `pipeline.rs`: the long-lived streams, both under the rule
-//!   of `guard.rs`.
+//!   of `guard.rs`, their replies queued in `queue.rs` (bounded by bytes).
 //!
 //! Errors of the engine map to statuses in [`crate::status`].
 
@@ -18,6 +18,7 @@ mod error;
 mod guard;
 mod mutate;
 mod pipeline;
+mod queue;
 mod respond;
 mod shared;
 mod validate;
@@ -243,11 +244,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             bound,
             Access::Read,
         );
-        let (tx, rx) = tokio::sync::mpsc::channel(pipeline::PIPELINE_QUEUE);
+        let (tx, rx) = queue::channel(pipeline::PIPELINE_QUEUE, pipeline::PIPELINE_QUEUE_BYTES);
         tokio::spawn(self.clone().serve_pipeline(metadata, guard, calls, tx));
-        let mut response = Response::new(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as Self::PipelineStream
-        );
+        let mut response = Response::new(Box::pin(rx) as Self::PipelineStream);
         // Tells clients this server runs each call on the project it names:
         // one that did not would run them all on the stream's project.
         response.metadata_mut().insert(

@@ -80,6 +80,9 @@ impl<B: Backend> KvService<B> {
         request: &M,
     ) -> Result<impl Future<Output = Result<M::Response, Status>> + Send + 'static, Status> {
         let (checks, ops) = request.txn(self)?;
+        if let Some(memory) = &self.memory {
+            memory.admit(adds(&ops, request.request_id()))?;
+        }
         self.admit_rate(scope, rate::write_bytes(&ops))?;
         let id = Self::request_id(
             M::METHOD,
@@ -94,6 +97,27 @@ impl<B: Backend> KvService<B> {
             let outcome = submitted.await.map_err(engine_status)?;
             M::respond(&outcome)
         })
+    }
+}
+
+/// About how many bytes `ops` add to what the server holds: 0 for
+/// deletes and clears, which are never refused for memory.
+fn adds(ops: &[Op], request_id: &str) -> usize {
+    use crate::memory::WRITE_OVERHEAD;
+    let data: usize = ops
+        .iter()
+        .map(|op| match op {
+            Op::Set { key, value, .. } => key.len() + value.len() + WRITE_OVERHEAD,
+            // A number's encoding is at most 24 bytes.
+            Op::Incr { key, .. } => key.len() + 24 + WRITE_OVERHEAD,
+            Op::Merge { key, patch, .. } => key.len() + patch.len() + WRITE_OVERHEAD,
+            Op::Delete { .. } | Op::Clear => 0,
+        })
+        .sum();
+    if data == 0 {
+        0
+    } else {
+        data + request_id.len()
     }
 }
 

@@ -47,6 +47,9 @@ use wire::{call::Request as Req, reply::Response as Res};
 /// Response frames queued for the connection before the stream stops
 /// reading calls: bounds a slow reader's memory.
 pub(super) const PIPELINE_QUEUE: usize = 16;
+/// Bytes of reply frames queued for the connection: a client that stops
+/// reading its replies (of large values, say) pins at most this much.
+pub(super) const PIPELINE_QUEUE_BYTES: u32 = 4 << 20;
 
 /// Replies are sent in frames of at most this many bytes (about), so a
 /// frame of large values never nears the message limit.
@@ -58,7 +61,7 @@ type Pending = Pin<Box<dyn Future<Output = Answered> + Send>>;
 type Write = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>>;
 
 /// The sender of a stream's reply frames.
-pub(super) type ReplySender = tokio::sync::mpsc::Sender<Result<PipelineResponse, Status>>;
+pub(super) type ReplySender = super::queue::Sender<Result<PipelineResponse, Status>>;
 
 /// A finished write: its call id, its key (to release the key for
 /// reads), its result.
@@ -124,9 +127,12 @@ impl Outbox {
         if self.replies.is_empty() {
             return true;
         }
-        self.bytes = 0;
+        let bytes = std::mem::take(&mut self.bytes);
         let replies = std::mem::take(&mut self.replies);
-        self.tx.send(Ok(PipelineResponse { replies })).await.is_ok()
+        self.tx
+            .send(Ok(PipelineResponse { replies }), bytes)
+            .await
+            .is_ok()
     }
 }
 
@@ -283,9 +289,12 @@ impl<B: Backend> KvService<B> {
                     // Everything started was answered; frames not read yet
                     // were not run.
                     let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the server is shutting down; calls not yet answered were not run",
-                        )))
+                        .send(
+                            Err(Status::unavailable(
+                                "the server is shutting down; calls not yet answered were not run",
+                            )),
+                            0,
+                        )
                         .await;
                     return;
                 }
@@ -300,7 +309,7 @@ impl<B: Backend> KvService<B> {
                 () = guard.changed() => {
                     if let Err(status) = guard.check(&*this.backend) {
                         let _ = out.flush().await;
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(status), 0).await;
                         return;
                     }
                 }
@@ -345,7 +354,7 @@ impl<B: Backend> KvService<B> {
                     Ok(caller) => caller,
                     Err(status) => {
                         let _ = out.flush().await;
-                        let _ = out.tx.send(Err(status)).await;
+                        let _ = out.tx.send(Err(status), 0).await;
                         return false;
                     }
                 };
@@ -367,7 +376,7 @@ impl<B: Backend> KvService<B> {
             }
             // The client is gone or sent garbage; tonic has the reason.
             Err(status) => {
-                let _ = out.tx.send(Err(status)).await;
+                let _ = out.tx.send(Err(status), 0).await;
                 false
             }
         }
@@ -381,7 +390,7 @@ impl<B: Backend> KvService<B> {
             Ok(()) => true,
             Err(status) => {
                 let _ = out.flush().await;
-                let _ = out.tx.send(Err(status)).await;
+                let _ = out.tx.send(Err(status), 0).await;
                 false
             }
         }

@@ -46,6 +46,8 @@ pub struct KvService<B> {
     pub(super) max_call_time: std::time::Duration,
     /// Per-project calls and bytes written per second.
     pub(super) rate: Arc<RateLimits>,
+    /// The memory limit writes that add data are checked against.
+    pub(super) memory: Option<crate::memory::MemoryBudget>,
 }
 
 // Not derived: that would require `B: Clone`, and the backend is shared.
@@ -58,6 +60,7 @@ impl<B> Clone for KvService<B> {
             stopping: self.stopping.clone(),
             max_call_time: self.max_call_time,
             rate: self.rate.clone(),
+            memory: self.memory.clone(),
         }
     }
 }
@@ -82,7 +85,25 @@ impl<B> KvService<B> {
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
             max_call_time: crate::config::Config::default().max_request_time,
             rate: Arc::default(),
+            memory: None,
         }
+    }
+
+    /// Refuses writes that would take the process past `budget`'s limit,
+    /// and new watches once it is reached (see [`crate::memory`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::memory::MemoryStore;
+    /// use kv_server::{auth::Auth, config::Limits, memory::MemoryBudget, service::KvService};
+    /// let auth = Arc::new(Auth::new(None, Default::default()));
+    /// let service = KvService::new(Arc::new(MemoryStore::new()), Limits::default(), auth)
+    ///     .with_memory(MemoryBudget::new(256 << 20));
+    /// # let _ = service;
+    /// ```
+    pub fn with_memory(mut self, budget: crate::memory::MemoryBudget) -> Self {
+        self.memory = Some(budget);
+        self
     }
 
     /// Ends open watches (UNAVAILABLE, naming the version to resume from)

@@ -13,7 +13,7 @@ use tonic::{Request, Status};
 
 use super::{
     error::RequestError,
-    guard, respond,
+    guard, queue, respond,
     shared::{KvService, WatchStream, project_deleted, until_true},
 };
 use crate::{auth::Access, status::watch_status};
@@ -24,6 +24,12 @@ const WATCH_BATCH: usize = 256;
 /// Events queued for one watcher's connection before the history itself
 /// has to hold them.
 const WATCH_QUEUE: usize = 64;
+/// Bytes of events queued for one watcher's connection: a watcher that
+/// stops reading pins at most this much (or one event) of values the
+/// history has since dropped.
+const WATCH_QUEUE_BYTES: u32 = 256 << 10;
+/// An event's bytes besides its key and value.
+const EVENT_OVERHEAD: usize = 48;
 
 impl<B: Backend> KvService<B> {
     /// Validates a Watch, subscribes, and starts the task that delivers
@@ -33,6 +39,9 @@ impl<B: Backend> KvService<B> {
         request: Request<WatchRequest>,
     ) -> Result<WatchStream, Status> {
         let scope = self.scope(request.metadata(), Access::Read)?;
+        if let Some(memory) = &self.memory {
+            memory.admit_stream()?;
+        }
         let r = request.get_ref();
         let target = match &r.target {
             None => WatchTarget::All,
@@ -76,8 +85,9 @@ impl<B: Backend> KvService<B> {
                 incarnation,
             }));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
+        let (tx, rx) = queue::channel(WATCH_QUEUE, WATCH_QUEUE_BYTES);
         let mut stopping = self.stopping.clone();
+        let memory = self.memory.clone();
         let backend = Arc::clone(&self.backend);
         let project = scope.project.clone();
         let mut guard = guard::StreamGuard::new(
@@ -102,7 +112,7 @@ impl<B: Backend> KvService<B> {
                         let status = Status::unavailable(format!(
                             "the server is shutting down; watch again with from_version {resume}"
                         ));
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(status), 0).await;
                         return;
                     }
                 };
@@ -111,12 +121,12 @@ impl<B: Backend> KvService<B> {
                     Woke::Batch(Ok(events)) => events,
                     Woke::Batch(Err(lagged @ Lagged::Behind { .. })) => {
                         let _ = tx
-                            .send(Err(Status::resource_exhausted(lagged.to_string())))
+                            .send(Err(Status::resource_exhausted(lagged.to_string())), 0)
                             .await;
                         return;
                     }
                     Woke::Batch(Err(Lagged::Deleted)) => {
-                        let _ = tx.send(Err(project_deleted(&project))).await;
+                        let _ = tx.send(Err(project_deleted(&project)), 0).await;
                         return;
                     }
                 };
@@ -124,12 +134,26 @@ impl<B: Backend> KvService<B> {
                 // revocation or deletion is applied after the catalog
                 // change, so a batch holding one fails this check.
                 if let Err(status) = guard.check(&*backend) {
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Err(status), 0).await;
                     return;
                 }
                 for event in events {
+                    // A watcher with events still queued is behind; at the
+                    // memory limit it is cut (resumable) rather than given
+                    // more copies to hold.
+                    if let Some(memory) = &memory
+                        && tx.queued_bytes() > 0
+                        && memory.over_limit()
+                    {
+                        let resume = event.version.saturating_sub(1);
+                        let _ = tx.send(Err(memory.watcher_cut(resume)), 0).await;
+                        return;
+                    }
+                    let bytes = EVENT_OVERHEAD
+                        + event.key.len()
+                        + event.value.as_ref().map_or(0, |v| v.len());
                     if tx
-                        .send(Ok(respond::watch_event(&event, incarnation)))
+                        .send(Ok(respond::watch_event(&event, incarnation)), bytes)
                         .await
                         .is_err()
                     {
@@ -138,6 +162,6 @@ impl<B: Backend> KvService<B> {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Box::pin(rx))
     }
 }

@@ -384,3 +384,81 @@ proptest! {
         let _ = decode_payload(&read);
     }
 }
+
+#[test]
+fn history_records_round_trip_and_bad_ones_are_refused() {
+    use crate::watch::{Event, EventKind};
+    let p = project("h");
+    let events = [
+        Event {
+            version: 8,
+            kind: EventKind::Set,
+            key: "k".into(),
+            value: Some(bytes::Bytes::from_static(&[0x20, 0x01])),
+            expires_at: Deadline::at(99),
+        },
+        Event {
+            version: 9,
+            kind: EventKind::Deleted,
+            key: "k".into(),
+            value: None,
+            expires_at: None,
+        },
+        Event {
+            version: 10,
+            kind: EventKind::Expired,
+            key: "j".into(),
+            value: None,
+            expires_at: None,
+        },
+        Event {
+            version: 11,
+            kind: EventKind::Cleared,
+            key: "".into(),
+            value: None,
+            expires_at: None,
+        },
+    ];
+    let mut out = Vec::new();
+    encode_history(&mut out, &p, 5, 7);
+    assert_eq!(
+        decode_payload(&out[FRAME_HEADER_LEN..]).unwrap(),
+        Record::History {
+            project: p.clone(),
+            incarnation: 5,
+            floor: 7
+        }
+    );
+    for event in &events {
+        out.clear();
+        encode_history_event(&mut out, &p, 5, event);
+        let payload = &out[FRAME_HEADER_LEN..];
+        assert_eq!(
+            decode_payload(payload).unwrap(),
+            Record::HistoryEvent {
+                project: p.clone(),
+                incarnation: 5,
+                event: event.clone()
+            }
+        );
+        // Every cut is refused, never misread.
+        for cut in 0..payload.len() {
+            assert!(decode_payload(&payload[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+    // Kind byte: after the record kind, the project (1 + 1 byte) and two u64s.
+    out.clear();
+    encode_history_event(&mut out, &p, 5, &events[0]);
+    let mut payload = out[FRAME_HEADER_LEN..].to_vec();
+    payload[1 + 2 + 16] = 9;
+    assert_eq!(decode_payload(&payload), Err(DecodeError::EventKind(9)));
+    // A set's key may not be empty (only a clear's is).
+    let mut empty = events[1].clone();
+    empty.key = "".into();
+    out.clear();
+    encode_history_event(&mut out, &p, 5, &empty);
+    assert_eq!(
+        decode_payload(&out[FRAME_HEADER_LEN..]),
+        Err(DecodeError::EmptyKey)
+    );
+}
