@@ -224,7 +224,7 @@ pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,
 };
-pub use endpoints::IntoEndpoints;
+pub use endpoints::{EndpointState, IntoEndpoints};
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use list::{ListEntry, ListOptions, Page};

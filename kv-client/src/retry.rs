@@ -138,6 +138,11 @@ pub(crate) struct Failure {
     pub(crate) failover: bool,
     /// The server asked to wait this long before trying again.
     pub(crate) retry_after: Option<Duration>,
+    /// Attempts this failure stands for: more than one when the
+    /// auto-batching stream replayed the call after breaks.
+    pub(crate) attempts: u32,
+    /// The call's deadline passed while it waited for a replay.
+    pub(crate) deadline: bool,
 }
 
 impl Failure {
@@ -149,6 +154,8 @@ impl Failure {
             maybe_sent: false,
             failover: false,
             retry_after: None,
+            attempts: 1,
+            deadline: false,
         }
     }
 
@@ -168,6 +175,8 @@ impl Failure {
             maybe_sent: !not_sent && (transport || code != Code::ResourceExhausted),
             failover: transport || code == Code::Unavailable,
             retry_after,
+            attempts: 1,
+            deadline: false,
             error: Error::Status(status),
         }
     }
