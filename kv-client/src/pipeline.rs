@@ -262,9 +262,7 @@ impl Pipeline {
             progress: progress.clone(),
             reply,
         };
-        if let Err(request) = submit(&self.shared, queued) {
-            return Err(request);
-        }
+        submit(&self.shared, queued)?;
         let answer = tokio::time::timeout_at(deadline.into(), answer).await;
         let attempts = progress.attempts.load(Ordering::Acquire).max(1);
         let sent = progress.sent.load(Ordering::Acquire);
@@ -365,10 +363,8 @@ async fn reopen(shared: Arc<Shared>) {
             drained.await;
         }
         let tried = {
-            let state = lock(&shared.state);
+            let mut state = lock(&shared.state);
             if state.backlog.is_empty() {
-                drop(state);
-                let mut state = lock(&shared.state);
                 state.reopening = false;
                 return;
             }

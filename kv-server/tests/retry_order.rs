@@ -251,7 +251,11 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     let expected: Vec<u64> = (1..=WAVES * WAVE).collect();
     for t in 0..TASKS {
         let last: Option<u64> = kv.get(&format!("k{t}")).await.unwrap();
-        assert_eq!(last, Some(WAVES * WAVE), "k{t} does not hold the last value set");
+        assert_eq!(
+            last,
+            Some(WAVES * WAVE),
+            "k{t} does not hold the last value set"
+        );
     }
     let seen = tokio::time::timeout_at(deadline, watcher)
         .await

@@ -94,7 +94,14 @@ async fn a_down_endpoint_is_reconnected_in_the_background_and_taken_over_at_once
     // Without retries the call that found B gone fails; the next goes to
     // A at once.
     kv.set("a1", &1).await.unwrap();
-    assert!(before.elapsed() < Duration::from_secs(1), "{:?}", before.elapsed());
-    assert_eq!(*stub_a.unary.lock().unwrap(), [("p".to_string(), "a1".to_string())]);
+    assert!(
+        before.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        before.elapsed()
+    );
+    assert_eq!(
+        *stub_a.unary.lock().unwrap(),
+        [("p".to_string(), "a1".to_string())]
+    );
     assert_eq!(states(&client), [(true, true), (false, false)]);
 }
