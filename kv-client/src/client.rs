@@ -5,7 +5,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use kv_proto::contract::PROJECT_HEADER;
-use kv_proto::v1::{admin_service_client::AdminServiceClient, kv_service_client::KvServiceClient};
 use tonic::{
     Request,
     metadata::{AsciiMetadataValue, MetadataMap, MetadataValue},
@@ -40,8 +39,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    /// One connection (and auto-batching stream) per endpoint.
+    /// One connection per endpoint.
     pub(crate) endpoints: Arc<Endpoints>,
+    /// The auto-batching stream, when on.
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
     /// Each call's deadline, retries included.
     pub(crate) timeout: Duration,
     /// `Bearer <token>`, sent with every call.
@@ -59,7 +60,7 @@ impl std::fmt::Debug for Client {
             .field("endpoints", &self.endpoints.len())
             .field("timeout", &self.timeout)
             .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
-            .field("auto_batching", &self.endpoints.any().pipeline.is_some())
+            .field("auto_batching", &self.pipeline.is_some())
             .field("retry", &self.retry)
             .field("auto_request_ids", &self.auto_request_ids)
             .field("honour_retry_after", &self.honour_retry_after)
@@ -336,34 +337,34 @@ impl ClientBuilder {
             .transpose()
     }
 
-    fn conn(&self, channel: Channel, authorization: &Option<AsciiMetadataValue>) -> Conn {
-        let grpc = KvServiceClient::new(channel.clone())
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes);
+    fn client(
+        &self,
+        targets: Vec<Endpoint>,
+        channels: Vec<Channel>,
+        current: usize,
+        down: &[usize],
+    ) -> Result<Client, Error> {
+        let authorization = self.authorization()?;
+        let endpoints = Endpoints::new(
+            self.urls.clone(),
+            targets,
+            channels,
+            self.max_message_bytes,
+            current,
+            down,
+        );
         let pipeline = self.auto_batching.then(|| {
             // Only what every call carries: the stream serves every project,
             // so it names none (each frame and call does).
             let mut metadata = MetadataMap::new();
-            if let Some(authorization) = authorization {
+            if let Some(authorization) = &authorization {
                 metadata.insert("authorization", authorization.clone());
             }
-            Arc::new(Pipeline::new(grpc.clone(), metadata))
+            Arc::new(Pipeline::new(endpoints.clone(), metadata, self.retry))
         });
-        Conn {
-            grpc,
-            admin: AdminServiceClient::new(channel),
-            pipeline,
-        }
-    }
-
-    fn client(&self, channels: Vec<Channel>, current: usize) -> Result<Client, Error> {
-        let authorization = self.authorization()?;
-        let conns = channels
-            .into_iter()
-            .map(|channel| self.conn(channel, &authorization))
-            .collect();
         Ok(Client {
-            endpoints: Arc::new(Endpoints::new(conns, current)),
+            endpoints,
+            pipeline,
             timeout: self.timeout,
             authorization,
             retry: self.retry,
@@ -382,7 +383,9 @@ impl ClientBuilder {
     }
 
     /// Connects now: to the first endpoint that answers, in the order
-    /// given (the others connect when first needed).
+    /// given. Those before it that did not answer are marked down and
+    /// reconnected in the background; those after it connect when first
+    /// needed.
     ///
     /// # Errors
     ///
@@ -411,7 +414,9 @@ impl ClientBuilder {
                             }
                         })
                         .collect();
-                    return self.client(channels, index);
+                    // Those that did not answer reconnect in the background.
+                    let down: Vec<usize> = (0..index).collect();
+                    return self.client(endpoints, channels, index, &down);
                 }
                 Err(source) => last_error = Some(self.connect_error(&self.urls[index], source)),
             }
@@ -428,12 +433,13 @@ impl ClientBuilder {
     /// when no URL was given.
     pub fn connect_lazy(self) -> Result<Client, Error> {
         self.no_endpoints()?;
-        let channels = self
+        let targets = self
             .urls
             .iter()
-            .map(|url| Ok(self.endpoint(url)?.connect_lazy()))
+            .map(|url| self.endpoint(url))
             .collect::<Result<Vec<_>, Error>>()?;
-        self.client(channels, 0)
+        let channels = targets.iter().map(Endpoint::connect_lazy).collect();
+        self.client(targets, channels, 0, &[])
     }
 }
 
@@ -523,10 +529,14 @@ impl Client {
     /// Several URLs are endpoints of one service (front-ends over one
     /// cluster, or a server and its stand-in), in order of preference:
     /// calls go to one at a time; when it fails at the transport or says
-    /// `UNAVAILABLE`, the retry goes to the next one, and the failed one is
-    /// passed over for a second before it is tried again (its connection
-    /// re-opens by itself when next used). With one URL, retries wait for
-    /// that server (for instance through a restart on the same port).
+    /// `UNAVAILABLE`, the retry goes to the next one that is up, and the
+    /// failed one is marked down and reconnected in the background (backoff
+    /// from 100 ms doubling to 2 s, jittered) until it answers; no call
+    /// waits on that while another endpoint is up. Calls stay on the
+    /// endpoint they moved to: a recovered one is a standby, ready for the
+    /// next failover ([`Client::endpoint_states`] shows which is which).
+    /// With one URL, retries wait for that server (for instance through a
+    /// restart on the same port).
     ///
     /// ```
     /// let one = kv_client::Client::builder("http://127.0.0.1:50051")
@@ -551,6 +561,23 @@ impl Client {
 }
 
 impl Client {
+    /// What this client knows of its endpoints, in the order given: which
+    /// are up (never failed, or reconnected in the background since),
+    /// which one calls go to, and how many times each was reconnected.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), kv_client::Error> {
+    /// let client = kv_client::Client::connect(["http://10.0.0.1:50051", "http://10.0.0.2:50051"]).await?;
+    /// for endpoint in client.endpoint_states() {
+    ///     println!("{} up={} current={}", endpoint.url, endpoint.up, endpoint.current);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn endpoint_states(&self) -> Vec<crate::EndpointState> {
+        self.endpoints.states()
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, runs out of
     /// attempts or the call's deadline passes. Each attempt gets the
     /// endpoint to use and the time left.
@@ -589,6 +616,12 @@ impl Client {
                     return Err(deadline_passed(attempts, applied));
                 }
             };
+            // A call the auto-batching stream replayed had several.
+            attempts += failure.attempts.saturating_sub(1);
+            if failure.deadline {
+                let applied = may_have_applied || (failure.maybe_sent && safety != Safety::Read);
+                return Err(deadline_passed(attempts, applied));
+            }
             if failure.failover {
                 self.endpoints.failed(index);
             }

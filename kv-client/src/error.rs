@@ -110,7 +110,7 @@ impl Error {
         let Error::Status(status) = self else {
             return None;
         };
-        crate::retry::retry_after(status)
+        retry_after(status)
     }
 }
 
@@ -160,4 +160,14 @@ pub(crate) fn deadline_message(
         "deadline of {} passed after {attempts} {tries}; {outcome}",
         human(*timeout)
     )
+}
+
+/// The `retry-after-ms` hint of a status, if it has a valid one.
+pub(crate) fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    let value = status
+        .metadata()
+        .get(kv_proto::contract::RETRY_AFTER_HEADER)?
+        .to_str()
+        .ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_millis)
 }

@@ -73,8 +73,8 @@
 //! `Pipeline` stream, like Redis pipelining without changing your code. A
 //! call made while nothing else is pending is sent at once; each keeps its
 //! own result, error and timeout; calls on a key apply in the order made
-//! (a call retried after the stream broke is sent again after the calls
-//! already queued: await a write before the next when order matters).
+//! (after a break too: the calls the stream carried are replayed in their
+//! order, ahead of any call made after them).
 //!
 //! One client, with all its clones and [`Project`] handles, uses one such
 //! stream for every project: a gateway serving thousands of tenants through
@@ -86,8 +86,12 @@
 //! server (or one without the stream at all) every call is its own unary
 //! call with its own `x-kv-project`, slower but never run in the wrong
 //! project. When the stream breaks at the transport (or the server ends it
-//! with `UNAVAILABLE`), the calls it carried are retried on a new stream,
-//! as [below](#retries-and-request-ids) says; when the server ends it with
+//! with `UNAVAILABLE`), the calls it carried that are still unanswered are
+//! replayed first on the next stream (perhaps to another endpoint), writes
+//! with their request ids so none applies twice; a write without an id
+//! that may have run fails instead, and a call whose deadline passes while
+//! it waits fails with [`Error::Timeout`]. Each stream a call was sent on
+//! counts as one of its [`RetryPolicy`] attempts; when the server ends it with
 //! another status (a revoked token ends it with `UNAUTHENTICATED`), they
 //! fail with that code, and the next call opens a new one.
 //! [`ClientBuilder::auto_batching`] turns it off.
@@ -121,8 +125,13 @@
 //!
 //! [`Client::builder`] takes one URL or several ([`IntoEndpoints`]): calls
 //! use one endpoint at a time and move to the next when it fails at the
-//! transport or says `UNAVAILABLE`; the failed one is passed over for a
-//! second, and its connection re-opens by itself when next used.
+//! transport or says `UNAVAILABLE`; the failed one is reconnected in the
+//! background and becomes a standby for the next failover (calls do not
+//! move back to it by themselves; see [`Client::endpoint_states`]). A
+//! broken auto-batching stream replays the calls it carried, in order,
+//! ahead of newer ones (see "Auto-batching"). An open [`Watch`] whose
+//! endpoint goes down ends with an error: resume it with
+//! [`WatchOptions::from_version`] from [`Watch::last_version`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -224,7 +233,7 @@ pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,
 };
-pub use endpoints::IntoEndpoints;
+pub use endpoints::{EndpointState, IntoEndpoints};
 pub use error::Error;
 pub use json::{MAX_DEPTH, MAX_SAFE_INTEGER};
 pub use list::{ListEntry, ListOptions, Page};

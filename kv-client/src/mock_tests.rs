@@ -27,6 +27,7 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 
+mod reconnect;
 mod retry;
 
 /// Answers unary calls from the requests alone; with `pipeline`, also

@@ -131,10 +131,13 @@ impl Project {
         let request = &request;
         client
             .retrying(safety, request_id, |conn, left| async move {
-                let Some(pipeline) = conn.pipeline.as_ref().filter(|_| batchable) else {
+                let Some(pipeline) = client.pipeline.as_ref().filter(|_| batchable) else {
                     return self.run_unary(&conn, request.clone(), left).await;
                 };
-                match pipeline.call(&self.name, request.clone(), left).await {
+                match pipeline
+                    .call(&self.name, request.clone(), safety, left)
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(request) => self.run_unary(&conn, request, left).await,
                 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use crate::Error;
+use crate::{Error, error::retry_after};
 
 pub use kv_proto::contract::RETRY_AFTER_HEADER;
 
@@ -138,6 +138,11 @@ pub(crate) struct Failure {
     pub(crate) failover: bool,
     /// The server asked to wait this long before trying again.
     pub(crate) retry_after: Option<Duration>,
+    /// Attempts this failure stands for: more than one when the
+    /// auto-batching stream replayed the call after breaks.
+    pub(crate) attempts: u32,
+    /// The call's deadline passed while it waited for a replay.
+    pub(crate) deadline: bool,
 }
 
 impl Failure {
@@ -149,6 +154,8 @@ impl Failure {
             maybe_sent: false,
             failover: false,
             retry_after: None,
+            attempts: 1,
+            deadline: false,
         }
     }
 
@@ -168,15 +175,11 @@ impl Failure {
             maybe_sent: !not_sent && (transport || code != Code::ResourceExhausted),
             failover: transport || code == Code::Unavailable,
             retry_after,
+            attempts: 1,
+            deadline: false,
             error: Error::Status(status),
         }
     }
-}
-
-/// The `retry-after-ms` hint of a status, if it has a valid one.
-pub(crate) fn retry_after(status: &Status) -> Option<Duration> {
-    let value = status.metadata().get(RETRY_AFTER_HEADER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_millis)
 }
 
 /// Whether the transport error behind `status` shows the request never
@@ -223,13 +226,24 @@ mod tests {
 
     #[test]
     fn deadline_messages_say_attempts_and_outcome() {
-        let unknown =
-            crate::error::deadline_message(&Duration::from_secs(5), &4, &true, &Some("r-1".into()));
+        let unknown = Error::Timeout {
+            timeout: Duration::from_secs(5),
+            attempts: 4,
+            may_have_applied: true,
+            request_id: Some("r-1".into()),
+        }
+        .to_string();
         assert_eq!(
             unknown,
             "deadline of 5 s passed after 4 attempts; the outcome is unknown: an attempt may have been applied (retrying with the same request id \"r-1\" is safe)"
         );
-        let known = crate::error::deadline_message(&Duration::from_millis(300), &1, &false, &None);
+        let known = Error::Timeout {
+            timeout: Duration::from_millis(300),
+            attempts: 1,
+            may_have_applied: false,
+            request_id: None,
+        }
+        .to_string();
         assert_eq!(
             known,
             "deadline of 300 ms passed after 1 attempt; the outcome is known: nothing was applied"

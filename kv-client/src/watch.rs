@@ -244,8 +244,11 @@ impl Watch {
     ///
     /// [`Error::Status`] when the server ends the watch with an error
     /// (`OUT_OF_RANGE` for a `from_version` older than its history,
-    /// `RESOURCE_EXHAUSTED` for a watcher too far behind); then the stream
-    /// ends. [`Error::Protocol`] for an event the SDK cannot read.
+    /// `RESOURCE_EXHAUSTED` for a watcher too far behind), or when its
+    /// endpoint goes down or the connection breaks (`UNAVAILABLE` or the
+    /// transport's status: the watch is not resumed by itself); then the
+    /// stream ends. Resume from [`last_version`](Self::last_version), as
+    /// shown there. [`Error::Protocol`] for an event the SDK cannot read.
     pub async fn next_event(&mut self) -> Option<Result<Event, Error>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }

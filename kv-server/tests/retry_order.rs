@@ -1,0 +1,276 @@
+//! Per-key order through a broken auto-batching stream, against the real
+//! binary behind a TCP proxy on loopback that cuts every connection after
+//! 10-60 ms. Many tasks each make waves of concurrent `set`s of increasing
+//! values on their own key through one client (made in order, not awaited
+//! one by one); when the stream breaks under a wave, the SDK must replay
+//! the calls it carried in their order ahead of newer ones. A watch on a
+//! direct connection then sees, for every key, each value exactly once
+//! and in increasing order, and the key ends at the last value issued.
+//!
+//! The proxy is a copy of the one in kv-server/tests/retry_proxy.rs.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use kv_client::{RetryPolicy, WatchOptions};
+use kv_tests::BinaryServer;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
+    task::JoinHandle,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
+const TASKS: usize = 32;
+const WAVES: u64 = 30;
+/// Concurrent sets per wave, on one key.
+const WAVE: u64 = 16;
+/// Bounds the whole test.
+const LIMIT: Duration = Duration::from_secs(45);
+
+/// A loopback proxy to `upstream` that, while `faults` is on, cuts each
+/// connection after 10-60 ms and delays or stalls the bytes it forwards.
+struct Proxy {
+    addr: SocketAddr,
+    faults: Arc<AtomicBool>,
+    /// Connections cut on purpose.
+    cuts: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults = Arc::new(AtomicBool::new(true));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (f, c) = (faults.clone(), cuts.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(connection(client, upstream, f.clone(), c.clone()));
+            }
+        });
+        Proxy {
+            addr,
+            faults,
+            cuts,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn stop_faults(&self) {
+        self.faults.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Forwards one connection both ways until either side closes or, with
+/// faults on, its random lifetime ends; then drops both sockets.
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    faults: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
+) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let lifetime = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(10..60))).await;
+            if faults.load(Ordering::SeqCst) {
+                cuts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = pump(client_read, server_write, faults.clone()) => {}
+        _ = pump(server_read, client_write, faults.clone()) => {}
+        _ = lifetime => {}
+    }
+}
+
+/// Copies `from` to `to`; with faults on, some chunks wait 1-5 ms and a
+/// few stall for 30-100 ms.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if faults.load(Ordering::Relaxed) {
+            let roll = fastrand::u32(0..1000);
+            if roll < 5 {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..100))).await;
+            } else if roll < 100 {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Polls `futures` together, each first in the order given (which is the
+/// order their calls are made), and returns their outputs in that order.
+async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
+    let server = BinaryServer::start(BIN, &["--fsync", "never"]);
+    let proxy = Proxy::start(server.addr).await;
+    let client = kv_client::Client::builder(proxy.url())
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(1))
+        .retry(
+            RetryPolicy::default()
+                .max_attempts(1000)
+                .initial_backoff(Duration::from_millis(2))
+                .max_backoff(Duration::from_millis(50)),
+        )
+        .connect_lazy()
+        .unwrap();
+    let kv = client.project("order");
+    // The project exists once written; the watch needs it first.
+    kv.set("started", &true).await.unwrap();
+
+    let direct = kv_client::Client::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let mut watch = direct
+        .project("order")
+        .watch(WatchOptions::prefix("k"))
+        .await
+        .unwrap();
+    let watcher = tokio::spawn(async move {
+        let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut finished = 0;
+        while finished < TASKS {
+            let event = match watch.next_event().await {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => panic!("the watch failed: {e}"),
+                None => panic!("the watch ended"),
+            };
+            let value = event
+                .value
+                .as_ref()
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| panic!("{}: unexpected value {:?}", event.key, event.value));
+            if value == WAVES * WAVE {
+                finished += 1;
+            }
+            seen.entry(event.key).or_default().push(value);
+        }
+        seen
+    });
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                let key = format!("k{t}");
+                for wave in 0..WAVES {
+                    let sets = (1..=WAVE).map(|j| {
+                        let (kv, key) = (kv.clone(), key.clone());
+                        let value = wave * WAVE + j;
+                        async move { (value, kv.set(&key, &value).await) }
+                    });
+                    for (value, outcome) in join_in_order(sets.collect()).await {
+                        if let Err(e) = outcome {
+                            panic!("{key}: set to {value}: {e}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    for task in tasks {
+        tokio::time::timeout_at(deadline, task)
+            .await
+            .unwrap_or_else(|_| panic!("writers still running after {LIMIT:?}"))
+            .unwrap_or_else(|e| panic!("a writer failed: {e}"));
+    }
+    let cuts = proxy.cuts.load(Ordering::Relaxed);
+    eprintln!(
+        "{} sets in {:?}, {cuts} connections cut",
+        TASKS as u64 * WAVES * WAVE,
+        started.elapsed()
+    );
+    assert!(cuts >= 10, "the proxy cut only {cuts} connections");
+
+    proxy.stop_faults();
+    let expected: Vec<u64> = (1..=WAVES * WAVE).collect();
+    for t in 0..TASKS {
+        let last: Option<u64> = kv.get(&format!("k{t}")).await.unwrap();
+        assert_eq!(
+            last,
+            Some(WAVES * WAVE),
+            "k{t} does not hold the last value set"
+        );
+    }
+    let seen = tokio::time::timeout_at(deadline, watcher)
+        .await
+        .expect("the watch did not see every key's last value in time")
+        .unwrap();
+    for t in 0..TASKS {
+        let key = format!("k{t}");
+        let values = &seen[&key];
+        // Each value once (no set applied twice) and in the order issued.
+        let out_of_order = values.windows(2).position(|w| w[0] >= w[1]);
+        assert!(
+            out_of_order.is_none() && *values == expected,
+            "{key}: values applied out of order or not exactly once, first disorder at {out_of_order:?}: {values:?}"
+        );
+    }
+    drop(proxy);
+    server.terminate();
+}
