@@ -13,6 +13,8 @@
 //! SIGKILL restart, with the other tests. `KV_TEST_SEED` replays a run's
 //! random choices (the scheduling still varies).
 
+#[path = "soak/bulk.rs"]
+mod bulk;
 #[path = "soak/model.rs"]
 mod model;
 #[path = "soak/watcher.rs"]
