@@ -221,9 +221,25 @@ async fn check_watcher(kv: &kv_client::Project, prefix: &str, report: &WatchRepo
         "watcher of {kv:?} {prefix:?} saw version {} past the project's {version}",
         report.last_version
     );
-    let replayed: Vec<&String> = report.state.keys().collect();
-    let current: Vec<&String> = listed.keys().collect();
-    assert_eq!(replayed, current, "watcher of {kv:?} {prefix:?}: keys");
+    let only_replayed: Vec<_> = report
+        .state
+        .iter()
+        .filter(|(key, _)| !listed.contains_key(*key))
+        .collect();
+    let only_listed: Vec<_> = listed
+        .iter()
+        .filter(|(key, _)| !report.state.contains_key(*key))
+        .collect();
+    assert!(
+        only_replayed.is_empty() && only_listed.is_empty(),
+        "watcher of {kv:?} {prefix:?} (last version {}, project at {version}, {} events, \
+         {} resumes, {} OUT_OF_RANGE): only in the replay {only_replayed:?}, only in the \
+         project {only_listed:?}",
+        report.last_version,
+        report.events,
+        report.resumes,
+        report.out_of_range
+    );
     for (key, read) in &listed {
         let (value, deadline) = &report.state[key];
         assert!(
