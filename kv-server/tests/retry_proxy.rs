@@ -5,132 +5,26 @@
 //! retries) and every write must apply exactly once: the automatic request
 //! ids make the server answer a retry with the first outcome.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use kv_client::{OpResult, RetryPolicy};
-use kv_tests::BinaryServer;
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
-    task::JoinHandle,
+use kv_tests::{
+    BinaryServer,
+    proxy::{Proxy, ProxyConfig},
 };
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const TASKS: usize = 64;
 /// Bounds every part: all its tasks must be done by then.
 const PART_LIMIT: Duration = Duration::from_secs(40);
 
-/// A loopback proxy to `upstream` that, while `faults` is on, cuts each
-/// connection after 10-60 ms and delays or stalls the bytes it forwards.
-struct Proxy {
-    addr: SocketAddr,
-    faults: Arc<AtomicBool>,
-    /// Connections cut on purpose.
-    cuts: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let faults = Arc::new(AtomicBool::new(true));
-        let cuts = Arc::new(AtomicU64::new(0));
-        let (f, c) = (faults.clone(), cuts.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(connection(client, upstream, f.clone(), c.clone()));
-            }
-        });
-        Proxy {
-            addr,
-            faults,
-            cuts,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stop_faults(&self) {
-        self.faults.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Forwards one connection both ways until either side closes or, with
-/// faults on, its random lifetime ends; then drops both sockets.
-async fn connection(
-    client: TcpStream,
-    upstream: SocketAddr,
-    faults: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-) {
-    let Ok(server) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    let _ = (client.set_nodelay(true), server.set_nodelay(true));
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
-    let lifetime = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(10..60))).await;
-            if faults.load(Ordering::SeqCst) {
-                cuts.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = pump(client_read, server_write, faults.clone()) => {}
-        _ = pump(server_read, client_write, faults.clone()) => {}
-        _ = lifetime => {}
-    }
-}
-
-/// Copies `from` to `to`; with faults on, some chunks wait 1-5 ms and a
-/// few stall for 30-100 ms.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if faults.load(Ordering::Relaxed) {
-            let roll = fastrand::u32(0..1000);
-            if roll < 5 {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..100))).await;
-            } else if roll < 100 {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
-            }
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A server, the proxy in front of it and a client through the proxy whose
-/// calls may retry for up to 30 s.
+/// A server, the proxy in front of it (its default faults: connections cut
+/// after 10-60 ms, some chunks delayed 1-5 ms, a few stalled 30-100 ms) and
+/// a client through the proxy whose calls may retry for up to 30 s.
 async fn setup() -> (BinaryServer, Proxy, kv_client::Client) {
     let server = BinaryServer::start(BIN, &["--fsync", "never"]);
-    let proxy = Proxy::start(server.addr).await;
+    let proxy = Proxy::start(server.addr, ProxyConfig::default()).await;
     let client = kv_client::Client::builder(proxy.url())
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(1))
@@ -195,7 +89,7 @@ async fn writes_through_a_cutting_proxy_apply_exactly_once() {
     all.sort_unstable();
     let expected: Vec<u64> = (1..=(TASKS * INCRS) as u64).collect();
     assert!(all == expected, "incr results are not exactly 1..=64000");
-    let cuts_after_incr = proxy.cuts.load(Ordering::Relaxed);
+    let cuts_after_incr = proxy.stats().cuts;
     assert!(
         cuts_after_incr >= 10,
         "the proxy cut only {cuts_after_incr} connections"
@@ -316,12 +210,12 @@ async fn writes_through_a_cutting_proxy_apply_exactly_once() {
         assert_eq!(own, Some(BATCHES as f64), "own{t}");
     }
 
-    proxy.stop_faults();
+    proxy.set_faults(false);
     let incr: Option<f64> = client.project("incr").get("counter").await.unwrap();
     assert_eq!(incr, Some((TASKS * INCRS) as f64));
     eprintln!(
         "connections cut: {} ({cuts_after_incr} during the increments)",
-        proxy.cuts.load(Ordering::Relaxed)
+        proxy.stats().cuts
     );
     drop(proxy);
     server.terminate();

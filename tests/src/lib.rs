@@ -12,6 +12,8 @@
 //! - [`Target`]: how a test file starts and stops one server.
 //! - [`InProcess`]: the server in this process on `127.0.0.1:0` with a
 //!   manual clock; [`BinaryServer`]: the real binary as a child process.
+//! - [`proxy::Proxy`]: a TCP proxy that cuts, delays and stalls
+//!   connections, for tests of clients on a bad network.
 //!
 //! # Example
 //!
@@ -43,6 +45,7 @@ mod ctx;
 pub mod redis;
 pub use ctx::{CLOCK_START_MS, Ctx, Time, next_event};
 pub mod pki;
+pub mod proxy;
 mod rng;
 pub use rng::Rng;
 
