@@ -179,37 +179,6 @@ impl MemoryStore {
         applied
     }
 
-    /// Replays a set whose deadline `at` had passed when the log was read:
-    /// the key is left absent, as its expiry would have (whatever it held
-    /// before goes), and the change is recorded as the set it was, with its
-    /// value and deadline, so a watcher resuming across the restart sees
-    /// what live watchers saw.
-    pub(super) fn apply_lapsed(
-        &self,
-        project: &ProjectName,
-        ns: &Namespace,
-        version: u64,
-        key: Arc<str>,
-        value: Box<[u8]>,
-        at: Deadline,
-    ) {
-        let version = match version {
-            0 => ns.version.load(Ordering::Acquire) + 1,
-            v => v,
-        };
-        let now = self.clock.now_ms();
-        self.apply_delete(project, ns, &key, now);
-        ns.hub
-            .publish(version, &self.settings, &self.history, || Event {
-                version,
-                kind: EventKind::Set,
-                key,
-                value: Some(Bytes::from(value)),
-                expires_at: Some(at),
-            });
-        ns.version.fetch_max(version, Ordering::AcqRel);
-    }
-
     pub(super) fn apply_set(
         &self,
         project: &ProjectName,

@@ -101,33 +101,24 @@ impl MemoryStore {
         self.history.frozen.store(false, Ordering::Relaxed);
     }
 
-    /// Replays one logged transaction: as [`MemoryStore::apply_commit`],
-    /// except that a set whose deadline has passed at `now` leaves the key
-    /// absent (it expired while the server was down) yet is recorded in
-    /// the change history as the set it was.
+    /// Replays one logged transaction as [`MemoryStore::apply_commit`]
+    /// applied it. A set whose deadline passed while the server was down
+    /// is loaded as it was: reads already treat it as absent, and the
+    /// expiry task expires it right after start-up like any due key, so
+    /// the removal is logged and watchers get its `EXPIRED` event with a
+    /// version of its own (dropping it here would leave a resumed watch
+    /// believing the key still exists).
     pub(crate) fn replay_commit(
         &self,
         project: &ProjectName,
         mutations: Vec<Versioned>,
         request: Option<(Box<str>, Remembered)>,
-        now: u64,
     ) {
         if !mutations.is_empty() {
             let ns = self.namespace_or_create(project);
             let _exclusive = write_lock(&ns.consistency);
             for m in mutations {
-                match m.mutation {
-                    Mutation::Set {
-                        key,
-                        value,
-                        expires_at: Some(at),
-                    } if at.passed(now) => {
-                        self.apply_lapsed(project, &ns, m.version, key, value, at);
-                    }
-                    mutation => {
-                        self.apply_in(project, &ns, Versioned { mutation, ..m });
-                    }
-                }
+                self.apply_in(project, &ns, m);
             }
         }
         if let Some((id, remembered)) = request {

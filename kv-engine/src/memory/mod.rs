@@ -392,8 +392,12 @@ impl MemoryStore {
         self.data_bytes.load(Ordering::Relaxed)
     }
 
-    /// Calls `f` with every live entry (project, key, encoded value,
-    /// deadline, version) and returns how many there were.
+    /// Calls `f` with every stored entry (project, key, encoded value,
+    /// deadline, version) and returns how many there were. Entries whose
+    /// deadline has passed but that the expiry task has not removed yet
+    /// are included: their removal is a change of its own (logged, with a
+    /// version and an `EXPIRED` event), which must still happen after a
+    /// snapshot is loaded.
     ///
     /// The walk is fuzzy: it holds one shard's read lock at a time, so
     /// writes to other shards go on meanwhile, and an entry written during
@@ -403,27 +407,24 @@ impl MemoryStore {
     /// # Errors
     ///
     /// The first error `f` returns, which stops the walk.
-    pub fn for_each_live<E>(
+    pub fn for_each_stored<E>(
         &self,
         mut f: impl FnMut(&ProjectName, &str, &[u8], Option<Deadline>, u64) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let now = self.clock.now_ms();
         let mut count = 0;
         for (project, ns) in self.live_namespaces() {
             for entry in ns.entries.iter() {
                 if ns.deleted.load(Ordering::Relaxed) {
                     break;
                 }
-                if entry.is_live(now) {
-                    f(
-                        &project,
-                        entry.key(),
-                        &entry.value,
-                        entry.expires_at,
-                        entry.version,
-                    )?;
-                    count += 1;
-                }
+                f(
+                    &project,
+                    entry.key(),
+                    &entry.value,
+                    entry.expires_at,
+                    entry.version,
+                )?;
+                count += 1;
             }
         }
         Ok(count)

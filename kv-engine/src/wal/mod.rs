@@ -119,8 +119,11 @@ impl DurableStore {
     /// Opens (creating if needed) the data directory `dir`: takes its lock,
     /// loads the newest snapshot, replays the log after it, and starts the
     /// writer on a new segment. Keys whose deadline passed while the server
-    /// was down are not loaded (their sets stay in the watch history, which
-    /// the snapshot and the replay rebuild within the history settings).
+    /// was down are loaded as they were: reads treat them as absent, and
+    /// the expiry task removes them right after start-up as it removes any
+    /// due key (logged, with a version and an `EXPIRED` event), so a watch
+    /// resumed across the restart learns they are gone. The watch history
+    /// is rebuilt from the snapshot and the replay within its settings.
     ///
     /// A torn tail (an append interrupted by a crash) is cut off with a
     /// warning. Any other damage stops start-up with an error naming the file

@@ -214,11 +214,10 @@ pub(super) fn recover(
     let mem = Arc::new(MemoryStore::with_settings(clock, settings));
     mem.begin_load();
     let catalog = Arc::new(Catalog::default());
-    let now = mem.clock().now_ms();
 
     let base = snapshots.last().copied();
     if let Some(base) = base {
-        load_snapshot(dir, base, &mem, &catalog, now, repair, &mut recovered)?;
+        load_snapshot(dir, base, &mem, &catalog, repair, &mut recovered)?;
         recovered.snapshot = Some(base);
     }
     let base = base.unwrap_or(0);
@@ -230,15 +229,7 @@ pub(super) fn recover(
     let mut log_bytes = 0;
     for (i, &seq) in to_replay.iter().enumerate() {
         let last = i + 1 == to_replay.len();
-        match replay_segment(
-            dir,
-            seq,
-            (&mem, &catalog),
-            now,
-            last,
-            repair,
-            &mut recovered,
-        )? {
+        match replay_segment(dir, seq, (&mem, &catalog), last, repair, &mut recovered)? {
             SegmentEnd::Complete(len) => log_bytes += len,
             SegmentEnd::Cut(len) => {
                 log_bytes += len;
@@ -330,25 +321,18 @@ fn corrupt(path: &Path, offset: u64, damage: Damage) -> OpenError {
 }
 
 /// Replays a single-mutation record of the first log format.
-fn apply_replayed(
-    mem: &MemoryStore,
-    project: &crate::project::ProjectName,
-    versioned: Versioned,
-    now: u64,
-) {
-    mem.replay_commit(project, vec![versioned], None, now);
+fn apply_replayed(mem: &MemoryStore, project: &crate::project::ProjectName, versioned: Versioned) {
+    mem.replay_commit(project, vec![versioned], None);
 }
 
 /// Replays a Txn record: its changes, then its remembered outcome, through
-/// the writer's apply path (a set whose deadline has passed acts as an
-/// expiry: it must still override what came before it).
+/// the writer's apply path.
 fn apply_txn_record(
     mem: &MemoryStore,
     project: &crate::project::ProjectName,
     at: u64,
     mutations: Vec<Versioned>,
     request: Option<(Box<str>, u64, crate::TxnOutcome)>,
-    now: u64,
 ) {
     let request = request.map(|(id, fingerprint, outcome)| {
         let remembered = Remembered {
@@ -358,7 +342,7 @@ fn apply_txn_record(
         };
         (id, remembered)
     });
-    mem.replay_commit(project, mutations, request, now);
+    mem.replay_commit(project, mutations, request);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -384,7 +368,6 @@ fn apply_record(
     mem: &MemoryStore,
     catalog: &Catalog,
     record: Record,
-    now: u64,
     kind: FileKind,
 ) -> Result<u64, Damage> {
     let misplaced = |record| Damage::Misplaced {
@@ -397,7 +380,7 @@ fn apply_record(
             Err(misplaced("change other than a set"))
         }
         Record::Mutation { project, mutation } => {
-            apply_replayed(mem, &project, Versioned::unnumbered(mutation), now);
+            apply_replayed(mem, &project, Versioned::unnumbered(mutation));
             Ok(1)
         }
         Record::Txn { mutations, .. }
@@ -412,7 +395,7 @@ fn apply_record(
             request,
         } => {
             let entries = mutations.len() as u64;
-            apply_txn_record(mem, &project, at, mutations, request, now);
+            apply_txn_record(mem, &project, at, mutations, request);
             Ok(entries)
         }
         Record::Catalog(change) => {
@@ -463,7 +446,6 @@ fn load_snapshot(
     base: u64,
     mem: &MemoryStore,
     catalog: &Catalog,
-    now: u64,
     repair: bool,
     recovered: &mut Recovered,
 ) -> Result<(), OpenError> {
@@ -498,7 +480,7 @@ fn load_snapshot(
             Ok(())
         }
         record => {
-            entries += apply_record(mem, catalog, record, now, FileKind::Snapshot)?;
+            entries += apply_record(mem, catalog, record, FileKind::Snapshot)?;
             Ok(())
         }
     });
@@ -569,7 +551,6 @@ fn replay_segment(
     dir: &Path,
     seq: u64,
     (mem, catalog): (&MemoryStore, &Catalog),
-    now: u64,
     last: bool,
     repair: bool,
     recovered: &mut Recovered,
@@ -625,7 +606,7 @@ fn replay_segment(
     };
     let mut records = 0;
     let streamed = for_each_record(reader, |_, record| {
-        apply_record(mem, catalog, record, now, FileKind::Segment)?;
+        apply_record(mem, catalog, record, FileKind::Segment)?;
         records += 1;
         Ok(())
     });

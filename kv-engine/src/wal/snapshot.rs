@@ -96,7 +96,7 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
             Ok::<(), io::Error>(())
         })?;
         tracing::debug!(snapshot = base, events, "history written");
-        let count = mem.for_each_live(|project, key, value, expires_at, version| {
+        let count = mem.for_each_stored(|project, key, value, expires_at, version| {
             record.clear();
             codec::encode_entry(&mut record, project, key, value, expires_at, version);
             out.write_all(&record)
