@@ -225,6 +225,7 @@ mod mock_tests;
 mod options;
 mod pipeline;
 mod project;
+mod resume;
 mod retry;
 mod watch;
 
