@@ -56,7 +56,7 @@ async fn a_watch_sees_every_acknowledged_write_once_across_sigterm_and_sigkill()
     let writer = client(addr).await.project("feed");
     // Its own connection: the writers' do not carry it.
     let watcher = client(addr).await.project("feed");
-    let mut watch = watcher.watch(WatchOptions::prefix("w:").resume(false)).await.unwrap();
+    let mut watch = watcher.watch(WatchOptions::prefix("w:")).await.unwrap();
 
     // Reads until the `w:done` event; any error fails the test.
     let reader = tokio::spawn(async move {
