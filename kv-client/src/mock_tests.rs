@@ -52,8 +52,11 @@ struct Stub {
     ids: Arc<Mutex<Vec<(&'static str, String)>>>,
     /// Watches of the scripted `resume*` keys, as (key, from_version,
     /// incarnation), in arrival order.
-    watches: Arc<Mutex<Vec<(String, Option<u64>, Option<u64>)>>>,
+    watches: Arc<Mutex<Vec<WatchAsked>>>,
 }
+
+/// A watch as the stub got it: key, from_version, incarnation.
+type WatchAsked = (String, Option<u64>, Option<u64>);
 
 /// One frame as it arrived: its project and each call's (project, key).
 #[derive(Debug, Clone)]

@@ -312,7 +312,8 @@ pub struct Watch {
 type Reopening = Pin<Box<dyn Future<Output = Result<Opened, Error>> + Send>>;
 
 enum State {
-    Open(tonic::Streaming<pb::WatchEvent>),
+    /// Boxed: the stream is large and the other states small.
+    Open(Box<tonic::Streaming<pb::WatchEvent>>),
     Reopening(Reopening),
     Ended,
 }
@@ -338,7 +339,7 @@ impl Watch {
     fn new(project: Project, options: WatchOptions, opened: Opened) -> Self {
         Watch {
             project,
-            state: State::Open(opened.stream),
+            state: State::Open(Box::new(opened.stream)),
             resume_from: opened.start.or(options.from_version),
             incarnation: opened.incarnation.or(options.incarnation),
             options,
@@ -462,14 +463,14 @@ impl Stream for Watch {
                     Poll::Ready(Ok(opened)) => {
                         this.resumes += 1;
                         this.incarnation = this.incarnation.or(opened.incarnation);
-                        this.state = State::Open(opened.stream);
+                        this.state = State::Open(Box::new(opened.stream));
                     }
                     Poll::Ready(Err(error)) => {
                         this.state = State::Ended;
                         return Poll::Ready(Some(Err(error)));
                     }
                 },
-                State::Open(stream) => match Pin::new(stream).poll_next(cx) {
+                State::Open(stream) => match Pin::new(&mut **stream).poll_next(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => {
                         this.state = State::Ended;
