@@ -257,7 +257,9 @@ pub use retry::{RETRY_AFTER_HEADER, RetryPolicy};
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 
-pub use kv_proto::contract::PROJECT_HEADER;
+pub use kv_proto::contract::{
+    INCARNATION_HEADER, PROJECT_HEADER, RESUME_FROM_HEADER, WATCH_START_HEADER,
+};
 #[cfg(test)]
 mod tests {
     #[test]
