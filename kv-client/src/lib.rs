@@ -129,9 +129,19 @@
 //! background and becomes a standby for the next failover (calls do not
 //! move back to it by themselves; see [`Client::endpoint_states`]). A
 //! broken auto-batching stream replays the calls it carried, in order,
-//! ahead of newer ones (see "Auto-batching"). An open [`Watch`] whose
-//! endpoint goes down ends with an error: resume it with
-//! [`WatchOptions::from_version`] from [`Watch::last_version`].
+//! ahead of newer ones (see "Auto-batching").
+//!
+//! An open [`Watch`] whose stream breaks (the connection drops, the server
+//! restarts or shuts down, its endpoint goes down, the server cuts a slow
+//! watcher at its memory limit) reopens itself with the same policy,
+//! backoff and failover, after the last event it delivered and in the
+//! incarnation it saw: the caller sees no error, no gap and no repeat, and
+//! [`Watch::resumes`] counts the reopenings. It still ends with an error
+//! when the resume point has left the server's history (`OUT_OF_RANGE`),
+//! the project was recreated (`FAILED_PRECONDITION`) or deleted, the token
+//! was revoked, the history left a slow watcher behind, or the policy's
+//! attempts in a row all failed; see [`Watch`] and
+//! [`WatchOptions::resume`] to turn it off.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -225,6 +235,7 @@ mod mock_tests;
 mod options;
 mod pipeline;
 mod project;
+mod resume;
 mod retry;
 mod watch;
 
@@ -246,7 +257,9 @@ pub use retry::{RETRY_AFTER_HEADER, RetryPolicy};
 pub use tonic::Code;
 pub use watch::{Event, EventKind, Watch, WatchOptions};
 
-pub use kv_proto::contract::PROJECT_HEADER;
+pub use kv_proto::contract::{
+    INCARNATION_HEADER, PROJECT_HEADER, RESUME_FROM_HEADER, WATCH_START_HEADER,
+};
 #[cfg(test)]
 mod tests {
     #[test]

@@ -29,6 +29,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 mod reconnect;
 mod retry;
+mod watch_resume;
 
 /// Answers unary calls from the requests alone; with `pipeline`, also
 /// serves the `Pipeline` stream, recording every frame in `frames`; with
@@ -49,7 +50,13 @@ struct Stub {
     unary: Arc<Mutex<Vec<(String, String)>>>,
     /// The request id of every write, by call kind, in arrival order.
     ids: Arc<Mutex<Vec<(&'static str, String)>>>,
+    /// Watches of the scripted `resume*` keys, as (key, from_version,
+    /// incarnation), in arrival order.
+    watches: Arc<Mutex<Vec<WatchAsked>>>,
 }
+
+/// A watch as the stub got it: key, from_version, incarnation.
+type WatchAsked = (String, Option<u64>, Option<u64>);
 
 /// One frame as it arrived: its project and each call's (project, key).
 #[derive(Debug, Clone)]
@@ -492,6 +499,9 @@ impl KvService for Stub {
             Some(pb::watch_request::Target::Key(key)) => key,
             _ => return Err(Status::invalid_argument("the stub watches keys only")),
         };
+        if key.starts_with("resume") {
+            return watch_resume::scripted(self, key, r.from_version, r.incarnation);
+        }
         if key == "hang" {
             tokio::time::sleep(TIMEOUT * 3).await;
         }

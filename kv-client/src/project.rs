@@ -54,7 +54,7 @@ impl std::fmt::Debug for Project {
 
 impl Project {
     /// This project's header, or the reason its name is refused.
-    fn header(&self) -> Result<&AsciiMetadataValue, Error> {
+    pub(crate) fn header(&self) -> Result<&AsciiMetadataValue, Error> {
         self.header
             .as_ref()
             .as_ref()

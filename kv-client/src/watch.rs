@@ -1,6 +1,7 @@
 //! Change feeds: a stream of the changes to one key, a prefix or a project.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -9,7 +10,10 @@ use kv_proto::v1 as pb;
 use serde::de::DeserializeOwned;
 use tokio_stream::Stream;
 
-use crate::{Error, Project, json};
+use crate::{
+    Error, Project, json,
+    resume::{self, End, Opened},
+};
 
 /// Which keys [`Project::watch`] follows, and from which version (of which
 /// incarnation of the project).
@@ -21,11 +25,23 @@ use crate::{Error, Project, json};
 /// let everything = WatchOptions::all();
 /// # let _ = (one_key, users, everything);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchOptions {
     target: Target,
     from_version: Option<u64>,
     incarnation: Option<u64>,
+    resume: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            target: Target::All,
+            from_version: None,
+            incarnation: None,
+            resume: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,6 +105,21 @@ impl WatchOptions {
     /// ```
     pub fn incarnation(mut self, incarnation: u64) -> Self {
         self.incarnation = Some(incarnation);
+        self
+    }
+
+    /// Whether the watch reopens itself when its stream breaks (default
+    /// on): see [`Watch`] for when it does and what it guarantees. Off, a
+    /// broken stream ends the watch with its error, for the caller to
+    /// resume from [`Watch::last_version`].
+    ///
+    /// ```
+    /// use kv_client::WatchOptions;
+    /// let manual = WatchOptions::prefix("job:").resume(false);
+    /// # let _ = manual;
+    /// ```
+    pub fn resume(mut self, on: bool) -> Self {
+        self.resume = on;
         self
     }
 
@@ -197,13 +228,52 @@ impl Event {
 /// A live change feed; from [`Project::watch`].
 ///
 /// A [`Stream`] of events in version order (also readable with
-/// [`next_event`](Self::next_event)). It ends with `None` when the server
-/// closes it, after an error: `RESOURCE_EXHAUSTED` when this watcher fell
-/// too far behind, `UNAVAILABLE` when the connection dropped... Resume with
+/// [`next_event`](Self::next_event)). Dropping it cancels the watch.
+///
+/// # Resuming by itself
+///
+/// When its stream breaks in a way another stream can pick up from, the
+/// watch opens a new one and carries on, and the caller sees no error:
+///
+/// - the connection broke or the server went away (a transport error);
+/// - the server said `UNAVAILABLE` (it is shutting down; its store is
+///   unreachable);
+/// - the server cut this watcher for not keeping up while at its memory
+///   limit (`RESOURCE_EXHAUSTED` naming the version to resume after).
+///
+/// The new stream starts after the last event delivered (or after the
+/// version the server said the watch had reached, or where the watch
+/// started if nothing was delivered yet), in the incarnation last seen,
+/// so no change is missed and none is delivered twice: the first event
+/// after a resume is the next one in the feed's version order. Reopening
+/// uses the client's [`RetryPolicy`](crate::RetryPolicy): a jittered
+/// backoff before each attempt (growing while resumes deliver nothing),
+/// the next endpoint when one is down, each attempt bounded by the
+/// per-call timeout, and at most the policy's attempts in a row (the count
+/// starts again once the server accepts a reopened watch). A rate limit or
+/// memory limit refusing a reopen is retried within those attempts (after
+/// the server's retry-after hint when it gives one).
+/// [`resumes`](Self::resumes) counts the streams opened this way.
+///
+/// The watch still ends with an error, then `None`, when resuming cannot
+/// help or does not work:
+///
+/// - `OUT_OF_RANGE`: the resume point has left the server's history (it
+///   was down or unreachable for longer than the history covers): read
+///   the state again and watch from its version;
+/// - `FAILED_PRECONDITION`: the project was deleted and created again;
+/// - `RESOURCE_EXHAUSTED` for a watcher the history left behind (its
+///   changes are gone), `UNAUTHENTICATED` / `PERMISSION_DENIED` for a
+///   revoked token, `NOT_FOUND` for a deleted project;
+/// - the last reopen attempt's error once the policy's attempts are spent
+///   (`UNAVAILABLE`, a transport status, [`Error::Timeout`]);
+/// - any error, with [`WatchOptions::resume`] off, or from a server too
+///   old to say where a watch with no event delivered yet started.
+///
+/// Then resume by hand if it makes sense, with
 /// [`WatchOptions::from_version`] and [`last_version`](Self::last_version)
 /// (and [`WatchOptions::incarnation`] with
 /// [`last_incarnation`](Self::last_incarnation)).
-/// Dropping it cancels the watch.
 ///
 /// ```no_run
 /// use kv_client::{EventKind, WatchOptions};
@@ -217,18 +287,70 @@ impl Event {
 ///         EventKind::Cleared => println!("all gone"),
 ///     }
 /// }
+/// println!("reopened {} times on the way", watch.resumes());
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct Watch {
-    inner: tonic::Streaming<pb::WatchEvent>,
+    project: Project,
+    options: WatchOptions,
+    state: State,
+    /// The version the next stream must start after: the last event
+    /// delivered, or further when the server said so.
+    resume_from: Option<u64>,
+    /// The incarnation to resume in.
+    incarnation: Option<u64>,
     last_version: Option<u64>,
     last_incarnation: Option<u64>,
+    resumes: u64,
+    /// Resumes since an event was last delivered: grows the wait before
+    /// the next one, so a server that accepts and drops watches at once
+    /// is not hammered.
+    idle_resumes: u32,
+}
+
+type Reopening = Pin<Box<dyn Future<Output = Result<Opened, Error>> + Send>>;
+
+enum State {
+    /// Boxed: the stream is large and the other states small.
+    Open(Box<tonic::Streaming<pb::WatchEvent>>),
+    Reopening(Reopening),
+    Ended,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Open(_) => "open",
+            State::Reopening(_) => "reopening",
+            State::Ended => "ended",
+        };
+        f.debug_struct("Watch")
+            .field("options", &self.options)
+            .field("state", &state)
+            .field("last_version", &self.last_version)
+            .field("last_incarnation", &self.last_incarnation)
+            .field("resumes", &self.resumes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Watch {
-    /// The next change; `None` once the stream has ended.
+    fn new(project: Project, options: WatchOptions, opened: Opened) -> Self {
+        Watch {
+            project,
+            state: State::Open(Box::new(opened.stream)),
+            resume_from: opened.start.or(options.from_version),
+            incarnation: opened.incarnation.or(options.incarnation),
+            options,
+            last_version: None,
+            last_incarnation: None,
+            resumes: 0,
+            idle_resumes: 0,
+        }
+    }
+
+    /// The next change; `None` once the watch has ended.
     ///
     /// ```no_run
     /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
@@ -242,13 +364,11 @@ impl Watch {
     ///
     /// # Errors
     ///
-    /// [`Error::Status`] when the server ends the watch with an error
-    /// (`OUT_OF_RANGE` for a `from_version` older than its history,
-    /// `RESOURCE_EXHAUSTED` for a watcher too far behind), or when its
-    /// endpoint goes down or the connection breaks (`UNAVAILABLE` or the
-    /// transport's status: the watch is not resumed by itself); then the
-    /// stream ends. Resume from [`last_version`](Self::last_version), as
-    /// shown there. [`Error::Protocol`] for an event the SDK cannot read.
+    /// [`Error::Status`] (or [`Error::Timeout`]) when the watch ends for
+    /// good, as listed under [`Watch`]; then it ends. A broken stream that
+    /// can be resumed is not an error: the watch reopens it and goes on.
+    /// [`Error::Protocol`] for an event the SDK cannot read (the watch goes
+    /// on).
     pub async fn next_event(&mut self) -> Option<Result<Event, Error>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
@@ -278,26 +398,122 @@ impl Watch {
     pub fn last_incarnation(&self) -> Option<u64> {
         self.last_incarnation
     }
+
+    /// How many times the watch reopened its stream by itself (see
+    /// [`Watch`]): each one a stream the server accepted after the
+    /// previous one broke.
+    ///
+    /// ```no_run
+    /// # async fn demo(kv: kv_client::Project) -> Result<(), kv_client::Error> {
+    /// let mut watch = kv.watch(kv_client::WatchOptions::all()).await?;
+    /// while let Some(event) = watch.next_event().await {
+    ///     let _ = event?;
+    /// }
+    /// println!("the stream was reopened {} times", watch.resumes());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn resumes(&self) -> u64 {
+        self.resumes
+    }
+
+    /// What to do about a stream that ended with `status`: reopen it, or
+    /// hand the error to the caller.
+    fn ended(&mut self, status: tonic::Status) -> Option<Error> {
+        if !self.options.resume {
+            return Some(Error::Status(status));
+        }
+        let End::Resumable { after } = resume::classify(&status) else {
+            return Some(Error::Status(status));
+        };
+        // Every change up to the server's resume point was sent before
+        // its status: skipping ahead to it misses nothing.
+        let from = match (self.resume_from, after) {
+            (Some(mine), Some(theirs)) => Some(mine.max(theirs)),
+            (mine, theirs) => mine.or(theirs),
+        };
+        let Some(from) = from else {
+            return Some(Error::Status(status));
+        };
+        self.resume_from = Some(from);
+        let mut request = self.options.to_request();
+        request.from_version = Some(from);
+        request.incarnation = self.incarnation;
+        self.idle_resumes = self.idle_resumes.saturating_add(1);
+        let wait = self.project.client.retry.backoff(self.idle_resumes);
+        self.state = State::Reopening(Box::pin(resume::reopen(
+            self.project.clone(),
+            request,
+            wait,
+        )));
+        None
+    }
 }
 
 impl Stream for Watch {
     type Item = Result<Event, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(item) => item,
-        };
-        Poll::Ready(item.map(|event| {
-            let event = Event::from_proto(event?)?;
-            self.last_version = Some(event.version);
-            self.last_incarnation = Some(event.incarnation);
-            Ok(event)
-        }))
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Reopening(reopening) => match reopening.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(opened)) => {
+                        this.resumes += 1;
+                        this.incarnation = this.incarnation.or(opened.incarnation);
+                        this.state = State::Open(Box::new(opened.stream));
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.state = State::Ended;
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                },
+                State::Open(stream) => match Pin::new(&mut **stream).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        this.state = State::Ended;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        if let Some(error) = this.ended(status) {
+                            this.state = State::Ended;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(event))) => {
+                        // A resumed stream starts after the resume point,
+                        // which is at or past every delivered version; this
+                        // guards the promise of no duplicate regardless.
+                        if this.last_version.is_some_and(|last| event.version <= last) {
+                            continue;
+                        }
+                        let event = match Event::from_proto(event) {
+                            Ok(event) => event,
+                            Err(error) => return Poll::Ready(Some(Err(error))),
+                        };
+                        this.last_version = Some(event.version);
+                        this.last_incarnation = Some(event.incarnation);
+                        this.resume_from = Some(
+                            this.resume_from
+                                .map_or(event.version, |from| from.max(event.version)),
+                        );
+                        this.incarnation = Some(event.incarnation);
+                        this.idle_resumes = 0;
+                        return Poll::Ready(Some(Ok(event)));
+                    }
+                },
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
+        match &self.state {
+            State::Open(stream) => (stream.size_hint().0, None),
+            State::Reopening(_) => (0, None),
+            State::Ended => (0, Some(0)),
+        }
     }
 }
 
@@ -306,8 +522,8 @@ impl Project {
     /// project, from now or from a version.
     ///
     /// The per-call timeout bounds only the start (until the server accepts
-    /// the watch); the stream then lasts until dropped, the server ends it
-    /// or the connection fails.
+    /// the watch); the watch then lasts until dropped or it ends for good,
+    /// resuming by itself when its stream breaks (see [`Watch`]).
     ///
     /// ```no_run
     /// use kv_client::{ListOptions, WatchOptions};
@@ -334,16 +550,13 @@ impl Project {
     /// the per-call timeout, [`Error::InvalidArgument`] for a bad project
     /// name.
     pub async fn watch(&self, options: WatchOptions) -> Result<Watch, Error> {
-        let inner = self
+        let opened = self
             .open_stream(options.to_request(), |conn, r| async move {
-                conn.kv().watch(r).await
+                let opened = Opened::new(conn.kv().watch(r).await?);
+                Ok(tonic::Response::new(opened))
             })
             .await?;
-        Ok(Watch {
-            inner,
-            last_version: None,
-            last_incarnation: None,
-        })
+        Ok(Watch::new(self.clone(), options, opened))
     }
 }
 

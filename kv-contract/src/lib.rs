@@ -28,6 +28,23 @@ pub const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
 /// be admitted. A pipelined call's error carries it as `retry_after_ms`.
 pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
+/// Response metadata of `Watch`: the version the watch delivers changes
+/// after (its `from_version`, or the project's version when it started
+/// "from now"). A client that loses the stream before any event resumes
+/// from it.
+pub const WATCH_START_HEADER: &str = "x-kv-watch-start";
+
+/// Response metadata of `Watch`: the incarnation of the project watched,
+/// to resume with.
+pub const INCARNATION_HEADER: &str = "x-kv-incarnation";
+
+/// Status metadata (a trailer) of a watch the server ended but that may be
+/// opened again without a gap (the server is shutting down, or cut a
+/// lagging watcher at its memory limit): the version to resume after.
+/// Every change up to it that the watch follows has been sent before the
+/// status.
+pub const RESUME_FROM_HEADER: &str = "x-kv-resume-from";
+
 /// The project of a call that names none.
 pub const DEFAULT_PROJECT: &str = "default";
 

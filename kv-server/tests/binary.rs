@@ -61,7 +61,9 @@ async fn sigterm_exits_zero_after_logging_shutdown() {
 async fn sigterm_ends_open_watches_with_the_version_to_resume_from() {
     let server = BinaryServer::start(BIN, &["--shutdown-grace-ms", "20000"]);
     let kv = server.project("p").await;
-    let mut watch = kv.watch(kv_client::WatchOptions::all()).await.unwrap();
+    // Not resumed by itself, so the server's status reaches the test.
+    let options = kv_client::WatchOptions::all().resume(false);
+    let mut watch = kv.watch(options).await.unwrap();
     kv.set("k", &1).await.unwrap();
     let event = watch.next_event().await.unwrap().unwrap();
     assert_eq!(event.version, 1);
@@ -79,6 +81,11 @@ async fn sigterm_ends_open_watches_with_the_version_to_resume_from() {
     let err = ended.expect_err("the watch ends with an error");
     assert_eq!(err.code(), kv_client::Code::Unavailable, "{err}");
     assert!(err.to_string().contains("from_version 1"), "{err}");
+    let kv_client::Error::Status(status) = err else {
+        panic!("not a status: {err}")
+    };
+    let trailer = status.metadata().get(kv_client::RESUME_FROM_HEADER);
+    assert_eq!(trailer.and_then(|v| v.to_str().ok()), Some("1"));
 }
 
 #[test]

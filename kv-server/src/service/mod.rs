@@ -262,6 +262,6 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.open_watch(request).await.map(Response::new)
+        self.open_watch(request).await
     }
 }

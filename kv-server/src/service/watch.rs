@@ -8,8 +8,11 @@ use kv_engine::{
     Backend, WatchError, WatchTarget,
     watch::{Event, Lagged},
 };
-use kv_proto::wire::{self, WatchRequest};
-use tonic::{Request, Status};
+use kv_proto::{
+    contract::{INCARNATION_HEADER, RESUME_FROM_HEADER, WATCH_START_HEADER},
+    wire::{self, WatchRequest},
+};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use super::{
     error::RequestError,
@@ -33,11 +36,12 @@ const EVENT_OVERHEAD: usize = 48;
 
 impl<B: Backend> KvService<B> {
     /// Validates a Watch, subscribes, and starts the task that delivers
-    /// its events.
+    /// its events. The response headers say where the watch starts and in
+    /// which incarnation, so a client that loses it can resume it.
     pub(super) async fn open_watch(
         &self,
         request: Request<WatchRequest>,
-    ) -> Result<WatchStream, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let scope = self.scope(request.metadata(), Access::Read)?;
         if let Some(memory) = &self.memory {
             memory.admit_stream()?;
@@ -85,6 +89,7 @@ impl<B: Backend> KvService<B> {
                 incarnation,
             }));
         }
+        let start = subscription.cursor();
         let (tx, rx) = queue::channel(WATCH_QUEUE, WATCH_QUEUE_BYTES);
         let mut stopping = self.stopping.clone();
         let memory = self.memory.clone();
@@ -112,7 +117,7 @@ impl<B: Backend> KvService<B> {
                         let status = Status::unavailable(format!(
                             "the server is shutting down; watch again with from_version {resume}"
                         ));
-                        let _ = tx.send(Err(status), 0).await;
+                        let _ = tx.send(Err(resumable(status, resume)), 0).await;
                         return;
                     }
                 };
@@ -146,7 +151,8 @@ impl<B: Backend> KvService<B> {
                         && memory.over_limit()
                     {
                         let resume = event.version.saturating_sub(1);
-                        let _ = tx.send(Err(memory.watcher_cut(resume)), 0).await;
+                        let status = resumable(memory.watcher_cut(resume), resume);
+                        let _ = tx.send(Err(status), 0).await;
                         return;
                     }
                     let bytes = EVENT_OVERHEAD
@@ -162,6 +168,19 @@ impl<B: Backend> KvService<B> {
                 }
             }
         });
-        Ok(Box::pin(rx))
+        let mut response = Response::new(Box::pin(rx) as WatchStream);
+        let headers = response.metadata_mut();
+        headers.insert(WATCH_START_HEADER, MetadataValue::from(start));
+        headers.insert(INCARNATION_HEADER, MetadataValue::from(incarnation));
+        Ok(response)
     }
+}
+
+/// `status` marked as the end of a watch that may be opened again after
+/// `resume` without a gap: every change up to it was queued before it.
+fn resumable(mut status: Status, resume: u64) -> Status {
+    status
+        .metadata_mut()
+        .insert(RESUME_FROM_HEADER, MetadataValue::from(resume));
+    status
 }
