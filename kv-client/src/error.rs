@@ -114,7 +114,6 @@ impl Error {
     }
 }
 
-
 /// The status a pipelined call's error stands for, with its retry hint
 /// as the unary call's trailer.
 pub(crate) fn call_status(e: kv_proto::v1::CallError) -> tonic::Status {

@@ -274,7 +274,9 @@ impl Pipeline {
                                 continue;
                             };
                             let outcome = match reply.response {
-                                Some(Res::Error(e)) => Err(Failure::from_status(crate::error::call_status(e))),
+                                Some(Res::Error(e)) => {
+                                    Err(Failure::from_status(crate::error::call_status(e)))
+                                }
                                 Some(response) => Ok(response),
                                 None => Err(Failure::fatal(Error::Protocol(
                                     "a pipeline reply without a result".into(),

@@ -734,7 +734,9 @@ mod tests {
                 outcome.results[..],
                 [OpOutcome::Delete { deleted: false, .. }]
             ));
-            store.write_now(&project, with_id(Op::Clear, "c", 2)).unwrap();
+            store
+                .write_now(&project, with_id(Op::Clear, "c", 2))
+                .unwrap();
             assert!(!store.has_namespace(&project), "{project}");
             // Nothing remembered: the id is free for another request.
             store
@@ -757,9 +759,21 @@ mod tests {
                 }),
             )
             .unwrap();
-        let delete = with_id(Op::Delete { key: "absent".into() }, "d", 1);
+        let delete = with_id(
+            Op::Delete {
+                key: "absent".into(),
+            },
+            "d",
+            1,
+        );
         store.write_now(&project, delete).unwrap();
-        let reused = with_id(Op::Delete { key: "other".into() }, "d", 2);
+        let reused = with_id(
+            Op::Delete {
+                key: "other".into(),
+            },
+            "d",
+            2,
+        );
         assert!(matches!(
             store.write_now(&project, reused),
             Err(EngineError::RequestIdReused { .. })
