@@ -19,14 +19,16 @@
 //!   [`SMALL_MESSAGE`] bytes of any method, so reads, deletes and small
 //!   calls still get through while large writes fill the budget;
 //! - a large `Set`, `SetMany` or `Merge` (which always add data) is refused
-//!   before it is received when the process is already at the memory
-//!   limit: it would be refused once decoded anyway.
+//!   before it is received when twice its size (the bytes received and the
+//!   values decoded from them), plus the bytes other requests have
+//!   reserved, would take the process past the memory
+//!   limit.
 //!
 //! The reservation is released as the message is handed to the decoder
 //! (the decoded message is then counted by the memory meter like any other
 //! allocation) or when the request ends. Bytes HTTP/2 has received but the
 //! server has not yet read are bounded separately, by the flow-control
-//! windows of [`connection_window`].
+//! window [`CONNECTION_WINDOW`] of each connection.
 
 use std::{
     pin::Pin,
@@ -59,21 +61,13 @@ const ADDING: [&str; 6] = ["Set", "SetMany", "Incr", "Merge", "Batch", "Pipeline
 /// Methods that always add data: refused before receipt at the limit.
 const ALWAYS_ADDING: [&str; 3] = ["Set", "SetMany", "Merge"];
 
-/// The HTTP/2 flow-control window of each connection and stream: an eighth
-/// of the memory limit shared by `max_connections`, between 64 KiB and
-/// 1 MiB. HTTP/2 buffers at most this much of a connection's request data
-/// that the server has not read yet.
-///
-/// ```
-/// use kv_server::inflight::connection_window;
-/// assert_eq!(connection_window(64 << 20, 10_000), 64 << 10);
-/// assert_eq!(connection_window(8 << 30, 1_000), 1 << 20);
-/// assert_eq!(connection_window(1 << 30, 1_000), 134_217);
-/// ```
-pub fn connection_window(limit: u64, max_connections: usize) -> u32 {
-    let share = limit / 8 / (max_connections.max(1) as u64);
-    share.clamp(64 << 10, 1 << 20) as u32
-}
+/// The HTTP/2 flow-control window of each connection (and of each stream
+/// within it): HTTP/2 buffers at most this much of a connection's request
+/// data that the server has not read yet, so all connections together at
+/// most `--max-connections` times this. Windows derived from the memory
+/// limit (64 KiB for a 64 MiB server of 10000 connections) held memory
+/// after large writes stalled on them, so the window is fixed at 1 MiB.
+pub const CONNECTION_WINDOW: u32 = 1 << 20;
 
 /// The server's budget of request bytes in flight.
 #[derive(Debug)]
@@ -119,7 +113,9 @@ impl InflightBudget {
     fn reserve(&self, bytes: u64, method: &str) -> Result<(), Status> {
         let adding = ADDING.contains(&method);
         if ALWAYS_ADDING.contains(&method) && bytes > SMALL_MESSAGE {
-            self.memory.admit(bytes as usize)?;
+            // Held twice while decoded (the bytes received and the values
+            // decoded from them), beside what other requests will receive.
+            self.memory.admit((2 * bytes + self.held()) as usize)?;
         }
         let ceiling = if adding && bytes > SMALL_MESSAGE {
             self.budget

@@ -394,9 +394,9 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
         builder = builder.tls_config(server_tls(tls)?)?;
     }
     // HTTP/2 buffers up to a window of request data per connection that
-    // no handler has read yet: outside the in-flight budget, so held to a
-    // share of the limit across all connections (see `inflight`).
-    let window = crate::inflight::connection_window(memory.limit(), config.max_connections);
+    // no handler has read yet, outside the in-flight budget: set
+    // explicitly so the bound is ours, not a dependency's default.
+    let window = crate::inflight::CONNECTION_WINDOW;
     let inflight = Arc::new(InflightBudget::new(memory.clone(), max_message));
     let serving = builder
         .max_concurrent_streams(config.max_concurrent_streams)

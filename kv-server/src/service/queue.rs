@@ -241,6 +241,10 @@ impl<T> Sender<T> {
             let space = self.shared.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
+            // Behind at the limit: no more copies for it to hold.
+            if memory.is_some_and(MemoryBudget::over_limit) && self.queued_bytes() > 0 {
+                return Err(Refused::Lagging(item));
+            }
             match self.try_push(item, bytes)? {
                 None => return Ok(()),
                 Some(back) => item = back,
