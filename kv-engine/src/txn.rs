@@ -276,6 +276,12 @@ impl Overlay {
         if !local.is_empty() {
             self.keys.entry(project.clone()).or_default().extend(local);
         }
+        // A write that changed nothing in a project that has no state (a
+        // delete or clear where nothing exists) has an outcome that holds
+        // without storing anything: a retry finds the same nothing. Its
+        // request id is not remembered, so such calls create no namespace
+        // and take no memory, however many projects they name.
+        let request = request.filter(|_| !out.is_empty() || self.holds_namespace(mem, project));
         self.versions.insert(project.clone(), version);
         self.usage.insert(project.clone(), usage);
         if !out.is_empty() || request.is_some() {
@@ -697,5 +703,80 @@ impl<S: State + ?Sized> Eval<'_, S> {
             count += i64::from(live_now) - i64::from(live_below);
         }
         count.max(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        EngineError, Op, RequestId, Txn, memory::MemoryStore, project::ProjectName,
+        types::OpOutcome,
+    };
+
+    fn with_id(op: Op, id: &str, fingerprint: u64) -> Txn {
+        Txn {
+            request: Some(RequestId {
+                id: id.into(),
+                fingerprint,
+            }),
+            ..Txn::op(op)
+        }
+    }
+
+    #[test]
+    fn deletes_and_clears_where_nothing_exists_store_nothing() {
+        let store = MemoryStore::new();
+        for p in 0..100 {
+            let project = ProjectName::parse(&format!("gone{p}")).unwrap();
+            let delete = with_id(Op::Delete { key: "k".into() }, "d", 1);
+            let outcome = store.write_now(&project, delete).unwrap();
+            assert!(matches!(
+                outcome.results[..],
+                [OpOutcome::Delete { deleted: false, .. }]
+            ));
+            store
+                .write_now(&project, with_id(Op::Clear, "c", 2))
+                .unwrap();
+            assert!(!store.has_namespace(&project), "{project}");
+            // Nothing remembered: the id is free for another request.
+            store
+                .write_now(&project, with_id(Op::Delete { key: "x".into() }, "d", 3))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_write_that_changes_nothing_in_an_existing_project_is_remembered() {
+        let store = MemoryStore::new();
+        let project = ProjectName::parse("here").unwrap();
+        store
+            .write_now(
+                &project,
+                Txn::op(Op::Set {
+                    key: "k".into(),
+                    value: vec![0x20, 0x01].into(),
+                    ttl: crate::Ttl::Never,
+                }),
+            )
+            .unwrap();
+        let delete = with_id(
+            Op::Delete {
+                key: "absent".into(),
+            },
+            "d",
+            1,
+        );
+        store.write_now(&project, delete).unwrap();
+        let reused = with_id(
+            Op::Delete {
+                key: "other".into(),
+            },
+            "d",
+            2,
+        );
+        assert!(matches!(
+            store.write_now(&project, reused),
+            Err(EngineError::RequestIdReused { .. })
+        ));
     }
 }

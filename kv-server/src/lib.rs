@@ -13,6 +13,7 @@
 //! - [`limits`]: connection count, idle and request-time limits.
 //! - [`rate`]: per-project operations and bytes written per second.
 //! - [`memory`]: the memory limit (`--max-memory`) and how usage is measured.
+//! - [`inflight`]: request bytes being received, bounded by a share of that limit.
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -43,6 +44,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod inflight;
 pub mod limits;
 pub mod memory;
 pub mod metadata;

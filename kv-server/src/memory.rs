@@ -25,12 +25,13 @@
 
 use std::{
     sync::{
-        OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use tokio::sync::Notify;
 use tonic::Status;
 
 /// Share of the machine's (or cgroup's) memory the default limit takes.
@@ -381,7 +382,22 @@ pub fn cap_history(mut settings: kv_engine::Settings, limit: u64) -> kv_engine::
 pub struct MemoryBudget {
     limit: u64,
     meter: &'static dyn Meter,
+    pressure: Arc<Pressure>,
 }
+
+/// Wakes whoever holds memory on others' behalf (watchers not keeping up)
+/// when something was refused for memory, at most every
+/// [`PRESSURE_INTERVAL`].
+struct Pressure {
+    notify: Notify,
+    started: Instant,
+    /// Milliseconds since `started` of the last wake-up, plus one.
+    last: AtomicU64,
+}
+
+/// Least time between two wake-ups of the watchers at the limit: refusals
+/// can come by the thousand a second.
+pub const PRESSURE_INTERVAL: Duration = Duration::from_millis(10);
 
 impl std::fmt::Debug for MemoryBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -404,7 +420,33 @@ impl MemoryBudget {
         Self {
             limit,
             meter: meter(),
+            pressure: Arc::new(Pressure {
+                notify: Notify::new(),
+                started: Instant::now(),
+                last: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// Tells the watchers that are not keeping up that something was
+    /// refused for memory, so they give up what they hold (see
+    /// [`MemoryBudget::pressured`]).
+    pub fn under_pressure(&self) {
+        let p = &*self.pressure;
+        let now = p.started.elapsed().as_millis() as u64 + 1;
+        let last = p.last.load(Ordering::Relaxed);
+        if (last == 0 || now - last >= PRESSURE_INTERVAL.as_millis() as u64)
+            && p.last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            p.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves at the next [`MemoryBudget::under_pressure`].
+    pub async fn pressured(&self) {
+        self.pressure.notify.notified().await;
     }
 
     /// The limit, in bytes.
@@ -437,6 +479,7 @@ impl MemoryBudget {
         if in_use.saturating_add(adding as u64) <= self.limit {
             return Ok(());
         }
+        self.under_pressure();
         Err(self.exhausted(in_use, "this write"))
     }
 
@@ -452,6 +495,7 @@ impl MemoryBudget {
         if in_use < self.limit {
             return Ok(());
         }
+        self.under_pressure();
         Err(self.exhausted(in_use, "a new watch"))
     }
 

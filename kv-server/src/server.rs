@@ -22,6 +22,7 @@ use crate::{
     admin::{AdminService, AdminStore},
     auth::Auth,
     config::{Config, ConfigError, TlsFiles},
+    inflight::{InflightBudget, InflightLayer},
     limits::{RequestLimitsLayer, guard_connections},
     rate::RateLimits,
     service::KvService,
@@ -420,14 +421,22 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(server_tls(tls)?)?;
     }
+    // HTTP/2 buffers up to a window of request data per connection that
+    // no handler has read yet, outside the in-flight budget: set
+    // explicitly so the bound is ours, not a dependency's default.
+    let window = crate::inflight::CONNECTION_WINDOW;
+    let inflight = Arc::new(InflightBudget::new(memory.clone(), max_message));
     let serving = builder
         .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_connection_window_size(window)
+        .initial_stream_window_size(window)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(RequestLimitsLayer::new(
             config.limits.clone(),
             config.max_request_time,
         ))
+        .layer(InflightLayer::new(inflight))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -244,7 +244,11 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
             bound,
             Access::Read,
         );
-        let (tx, rx) = queue::channel(pipeline::PIPELINE_QUEUE, pipeline::PIPELINE_QUEUE_BYTES);
+        let (tx, rx) = queue::channel(
+            pipeline::PIPELINE_QUEUE,
+            pipeline::PIPELINE_QUEUE_BYTES,
+            Arc::clone(&self.reply_bytes),
+        );
         tokio::spawn(self.clone().serve_pipeline(metadata, guard, calls, tx));
         let mut response = Response::new(Box::pin(rx) as Self::PipelineStream);
         // Tells clients this server runs each call on the project it names:

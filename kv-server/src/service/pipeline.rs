@@ -309,7 +309,7 @@ impl<B: Backend> KvService<B> {
                 () = guard.changed() => {
                     if let Err(status) = guard.check(&*this.backend) {
                         let _ = out.flush().await;
-                        let _ = tx.send(Err(status), 0).await;
+                        tx.finish(Err(status));
                         return;
                     }
                 }
@@ -354,7 +354,7 @@ impl<B: Backend> KvService<B> {
                     Ok(caller) => caller,
                     Err(status) => {
                         let _ = out.flush().await;
-                        let _ = out.tx.send(Err(status), 0).await;
+                        out.tx.finish(Err(status));
                         return false;
                     }
                 };
@@ -376,7 +376,7 @@ impl<B: Backend> KvService<B> {
             }
             // The client is gone or sent garbage; tonic has the reason.
             Err(status) => {
-                let _ = out.tx.send(Err(status), 0).await;
+                out.tx.finish(Err(status));
                 false
             }
         }
@@ -390,7 +390,7 @@ impl<B: Backend> KvService<B> {
             Ok(()) => true,
             Err(status) => {
                 let _ = out.flush().await;
-                let _ = out.tx.send(Err(status), 0).await;
+                out.tx.finish(Err(status));
                 false
             }
         }

@@ -48,6 +48,10 @@ pub struct KvService<B> {
     pub(super) rate: Arc<RateLimits>,
     /// The memory limit writes that add data are checked against.
     pub(super) memory: Option<crate::memory::MemoryBudget>,
+    /// Bytes queued for all watchers together.
+    pub(super) watch_bytes: Arc<super::queue::QueueBudget>,
+    /// Bytes of pipeline replies queued for all streams together.
+    pub(super) reply_bytes: Arc<super::queue::QueueBudget>,
 }
 
 // Not derived: that would require `B: Clone`, and the backend is shared.
@@ -61,6 +65,8 @@ impl<B> Clone for KvService<B> {
             max_call_time: self.max_call_time,
             rate: self.rate.clone(),
             memory: self.memory.clone(),
+            watch_bytes: self.watch_bytes.clone(),
+            reply_bytes: self.reply_bytes.clone(),
         }
     }
 }
@@ -86,11 +92,17 @@ impl<B> KvService<B> {
             max_call_time: crate::config::Config::default().max_request_time,
             rate: Arc::default(),
             memory: None,
+            watch_bytes: super::queue::QueueBudget::new(u64::MAX),
+            reply_bytes: super::queue::QueueBudget::new(u64::MAX),
         }
     }
 
     /// Refuses writes that would take the process past `budget`'s limit,
-    /// and new watches once it is reached (see [`crate::memory`]).
+    /// and new watches once it is reached (see [`crate::memory`]). Events
+    /// queued for all watchers together, and pipeline replies queued for
+    /// all streams together, are each held to an eighth of the limit; a
+    /// watcher that is behind when its share runs out, or when something
+    /// is refused for memory, is cut (resumable).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -102,6 +114,9 @@ impl<B> KvService<B> {
     /// # let _ = service;
     /// ```
     pub fn with_memory(mut self, budget: crate::memory::MemoryBudget) -> Self {
+        let share = budget.limit() / super::queue::SHARED_BUDGET_DIVISOR;
+        self.watch_bytes = super::queue::QueueBudget::new(share);
+        self.reply_bytes = super::queue::QueueBudget::new(share);
         self.memory = Some(budget);
         self
     }

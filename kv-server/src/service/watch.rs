@@ -36,8 +36,7 @@ const EVENT_OVERHEAD: usize = 48;
 
 impl<B: Backend> KvService<B> {
     /// Validates a Watch, subscribes, and starts the task that delivers
-    /// its events. The response headers say where the watch starts and in
-    /// which incarnation, so a client that loses it can resume it.
+    /// its events.
     pub(super) async fn open_watch(
         &self,
         request: Request<WatchRequest>,
@@ -90,7 +89,11 @@ impl<B: Backend> KvService<B> {
             }));
         }
         let start = subscription.cursor();
-        let (tx, rx) = queue::channel(WATCH_QUEUE, WATCH_QUEUE_BYTES);
+        let (tx, rx) = queue::channel(
+            WATCH_QUEUE,
+            WATCH_QUEUE_BYTES,
+            Arc::clone(&self.watch_bytes),
+        );
         let mut stopping = self.stopping.clone();
         let memory = self.memory.clone();
         let backend = Arc::clone(&self.backend);
@@ -106,32 +109,44 @@ impl<B: Backend> KvService<B> {
             enum Woke {
                 Batch(Result<Vec<Arc<Event>>, Lagged>),
                 Recheck,
+                Pressure,
             }
             loop {
                 let woke = tokio::select! {
                     batch = subscription.next_batch(WATCH_BATCH) => Woke::Batch(batch),
                     () = tx.closed() => return,
                     () = guard.changed() => Woke::Recheck,
+                    () = pressured(memory.as_ref()) => Woke::Pressure,
                     () = until_true(&mut stopping) => {
                         let resume = subscription.cursor();
                         let status = Status::unavailable(format!(
                             "the server is shutting down; watch again with from_version {resume}"
                         ));
-                        let _ = tx.send(Err(resumable(status, resume)), 0).await;
+                        tx.finish(Err(resumable(status, resume)));
                         return;
                     }
                 };
                 let events = match woke {
                     Woke::Recheck => Vec::new(),
+                    Woke::Pressure => {
+                        // Events still queued: this watcher is behind, and
+                        // holds copies the server needs back.
+                        if let Some(memory) = &memory
+                            && tx.queued_bytes() > 0
+                            && memory.over_limit()
+                        {
+                            cut(&tx, memory, subscription.cursor());
+                            return;
+                        }
+                        continue;
+                    }
                     Woke::Batch(Ok(events)) => events,
                     Woke::Batch(Err(lagged @ Lagged::Behind { .. })) => {
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(lagged.to_string())), 0)
-                            .await;
+                        tx.finish(Err(Status::resource_exhausted(lagged.to_string())));
                         return;
                     }
                     Woke::Batch(Err(Lagged::Deleted)) => {
-                        let _ = tx.send(Err(project_deleted(&project)), 0).await;
+                        tx.finish(Err(project_deleted(&project)));
                         return;
                     }
                 };
@@ -139,31 +154,30 @@ impl<B: Backend> KvService<B> {
                 // revocation or deletion is applied after the catalog
                 // change, so a batch holding one fails this check.
                 if let Err(status) = guard.check(&*backend) {
-                    let _ = tx.send(Err(status), 0).await;
+                    tx.finish(Err(status));
                     return;
                 }
                 for event in events {
-                    // A watcher with events still queued is behind; at the
-                    // memory limit it is cut (resumable) rather than given
-                    // more copies to hold.
-                    if let Some(memory) = &memory
-                        && tx.queued_bytes() > 0
-                        && memory.over_limit()
-                    {
-                        let resume = event.version.saturating_sub(1);
-                        let status = resumable(memory.watcher_cut(resume), resume);
-                        let _ = tx.send(Err(status), 0).await;
-                        return;
-                    }
                     let bytes = EVENT_OVERHEAD
                         + event.key.len()
                         + event.value.as_ref().map_or(0, |v| v.len());
-                    if tx
-                        .send(Ok(respond::watch_event(&event, incarnation)), bytes)
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    let item = Ok(respond::watch_event(&event, incarnation));
+                    match tx.send_or_lag(item, bytes, memory.as_ref()).await {
+                        Ok(()) => {}
+                        Err(queue::Refused::Closed(_)) => return,
+                        Err(queue::Refused::Lagging(_)) => {
+                            // Not keeping up while the server needs the
+                            // memory its queue holds: cut, resumable from
+                            // the first event it has not been given.
+                            let cause = lag_cause(memory.as_ref());
+                            tx.cut(|first| {
+                                let resume = first_version(first)
+                                    .unwrap_or(event.version)
+                                    .saturating_sub(1);
+                                Err(resumable(cause(resume), resume))
+                            });
+                            return;
+                        }
                     }
                 }
             }
@@ -173,6 +187,52 @@ impl<B: Backend> KvService<B> {
         headers.insert(WATCH_START_HEADER, MetadataValue::from(start));
         headers.insert(INCARNATION_HEADER, MetadataValue::from(incarnation));
         Ok(response)
+    }
+}
+
+/// Resolves when `memory` reports something refused for memory; never
+/// without a limit.
+async fn pressured(memory: Option<&crate::memory::MemoryBudget>) {
+    match memory {
+        Some(memory) => memory.pressured().await,
+        None => std::future::pending().await,
+    }
+}
+
+type Item = Result<wire::WatchEvent, Status>;
+
+fn first_version(first: Option<&Item>) -> Option<u64> {
+    match first {
+        Some(Ok(event)) => Some(event.version),
+        _ => None,
+    }
+}
+
+/// Cuts a watcher that is behind at the memory limit: the events queued
+/// for it are dropped now, and it is told to resume from just before the
+/// first of them (or from `cursor`, the next it would have been sent).
+fn cut(tx: &queue::Sender<Item>, memory: &crate::memory::MemoryBudget, cursor: u64) {
+    tx.cut(|first| {
+        let resume = first_version(first).map_or(cursor, |v| v.saturating_sub(1));
+        Err(resumable(memory.watcher_cut(resume), resume))
+    });
+}
+
+/// Why a watcher that lags is cut: the memory limit, or the budget of
+/// events queued for all watchers.
+fn lag_cause(
+    memory: Option<&crate::memory::MemoryBudget>,
+) -> Box<dyn FnOnce(u64) -> Status + Send> {
+    match memory {
+        Some(memory) if memory.over_limit() => {
+            let memory = memory.clone();
+            Box::new(move |resume| memory.watcher_cut(resume))
+        }
+        _ => Box::new(move |resume| {
+            Status::resource_exhausted(format!(
+                "this watch is not keeping up with its changes and the events queued for all watchers have reached their limit (an eighth of --max-memory); watch again with from_version {resume}"
+            ))
+        }),
     }
 }
 
