@@ -6,30 +6,21 @@
 //! the calls it carried in their order ahead of newer ones. A watch on a
 //! direct connection then sees, for every key, each value exactly once
 //! and in increasing order, and the key ends at the last value issued.
-//!
-//! The proxy is a copy of the one in kv-server/tests/retry_proxy.rs.
 
 use std::{
     collections::HashMap,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     task::Poll,
     time::{Duration, Instant},
 };
 
 use kv_client::{RetryPolicy, WatchOptions};
-use kv_tests::BinaryServer;
-use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, tcp::OwnedReadHalf, tcp::OwnedWriteHalf},
-    task::JoinHandle,
+use kv_tests::{
+    BinaryServer,
+    proxy::{Proxy, ProxyConfig},
 };
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 const TASKS: usize = 32;
@@ -38,104 +29,6 @@ const WAVES: u64 = 30;
 const WAVE: u64 = 16;
 /// Bounds the whole test.
 const LIMIT: Duration = Duration::from_secs(45);
-
-/// A loopback proxy to `upstream` that, while `faults` is on, cuts each
-/// connection after 10-60 ms and delays or stalls the bytes it forwards.
-struct Proxy {
-    addr: SocketAddr,
-    faults: Arc<AtomicBool>,
-    /// Connections cut on purpose.
-    cuts: Arc<AtomicU64>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let faults = Arc::new(AtomicBool::new(true));
-        let cuts = Arc::new(AtomicU64::new(0));
-        let (f, c) = (faults.clone(), cuts.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(connection(client, upstream, f.clone(), c.clone()));
-            }
-        });
-        Proxy {
-            addr,
-            faults,
-            cuts,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stop_faults(&self) {
-        self.faults.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Forwards one connection both ways until either side closes or, with
-/// faults on, its random lifetime ends; then drops both sockets.
-async fn connection(
-    client: TcpStream,
-    upstream: SocketAddr,
-    faults: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-) {
-    let Ok(server) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    let _ = (client.set_nodelay(true), server.set_nodelay(true));
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
-    let lifetime = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(10..60))).await;
-            if faults.load(Ordering::SeqCst) {
-                cuts.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = pump(client_read, server_write, faults.clone()) => {}
-        _ = pump(server_read, client_write, faults.clone()) => {}
-        _ = lifetime => {}
-    }
-}
-
-/// Copies `from` to `to`; with faults on, some chunks wait 1-5 ms and a
-/// few stall for 30-100 ms.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if faults.load(Ordering::Relaxed) {
-            let roll = fastrand::u32(0..1000);
-            if roll < 5 {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..100))).await;
-            } else if roll < 100 {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
-            }
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 /// Polls `futures` together, each first in the order given (which is the
 /// order their calls are made), and returns their outputs in that order.
@@ -165,7 +58,7 @@ async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     let server = BinaryServer::start(BIN, &["--fsync", "never"]);
-    let proxy = Proxy::start(server.addr).await;
+    let proxy = Proxy::start(server.addr, ProxyConfig::default()).await;
     let client = kv_client::Client::builder(proxy.url())
         .timeout(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(1))
@@ -239,7 +132,7 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
             .unwrap_or_else(|_| panic!("writers still running after {LIMIT:?}"))
             .unwrap_or_else(|e| panic!("a writer failed: {e}"));
     }
-    let cuts = proxy.cuts.load(Ordering::Relaxed);
+    let cuts = proxy.stats().cuts;
     eprintln!(
         "{} sets in {:?}, {cuts} connections cut",
         TASKS as u64 * WAVES * WAVE,
@@ -247,7 +140,7 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     );
     assert!(cuts >= 10, "the proxy cut only {cuts} connections");
 
-    proxy.stop_faults();
+    proxy.set_faults(false);
     let expected: Vec<u64> = (1..=WAVES * WAVE).collect();
     for t in 0..TASKS {
         let last: Option<u64> = kv.get(&format!("k{t}")).await.unwrap();
