@@ -106,11 +106,13 @@
 //!    each expiry the project's next version, logs them, and applies them
 //!    with `apply_commit`: the memory is reclaimed and watchers get an
 //!    EXPIRED event.
-//! 5. At recovery (`wal/recovery.rs`, `MemoryStore::replay_commit`), a
-//!    logged set whose deadline has passed leaves its key absent, so
-//!    nothing expired comes back; the watch history still records it as
-//!    the set it was, as live watchers saw it (a logged expiry replays as
-//!    the EXPIRED event it was).
+//! 5. At recovery (`wal/recovery.rs`, through the same `apply_commit`), a
+//!    logged set whose deadline passed while the server was down is
+//!    loaded as it was (snapshots keep such entries too): reads treat it
+//!    as absent from the first moment, and step 3 runs right after
+//!    start-up, so its removal is logged with a version of its own and
+//!    watchers, including those resuming across the restart, get its
+//!    EXPIRED event (a logged expiry replays as the EXPIRED event it was).
 //!
 //! # The watch history across a restart
 //!

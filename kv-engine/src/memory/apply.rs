@@ -80,7 +80,11 @@ impl MemoryStore {
     /// together to multi-key readers, then the outcome remembered under
     /// its request id. The one apply path of every writer: the log writer
     /// after its append, the store used alone, and recovery replaying a
-    /// record, so the three cannot drift apart.
+    /// record, so the three cannot drift apart. (A set replayed after its
+    /// deadline passed while the server was down is applied as it was:
+    /// reads treat it as absent, and the expiry task removes it right
+    /// after start-up as a logged change with its `EXPIRED` event, so a
+    /// watch resumed across the restart learns it is gone.)
     pub(crate) fn apply_commit(
         &self,
         project: &ProjectName,

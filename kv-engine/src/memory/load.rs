@@ -101,31 +101,6 @@ impl MemoryStore {
         self.history.frozen.store(false, Ordering::Relaxed);
     }
 
-    /// Replays one logged transaction as [`MemoryStore::apply_commit`]
-    /// applied it. A set whose deadline passed while the server was down
-    /// is loaded as it was: reads already treat it as absent, and the
-    /// expiry task expires it right after start-up like any due key, so
-    /// the removal is logged and watchers get its `EXPIRED` event with a
-    /// version of its own (dropping it here would leave a resumed watch
-    /// believing the key still exists).
-    pub(crate) fn replay_commit(
-        &self,
-        project: &ProjectName,
-        mutations: Vec<Versioned>,
-        request: Option<(Box<str>, Remembered)>,
-    ) {
-        if !mutations.is_empty() {
-            let ns = self.namespace_or_create(project);
-            let _exclusive = write_lock(&ns.consistency);
-            for m in mutations {
-                self.apply_in(project, &ns, m);
-            }
-        }
-        if let Some((id, remembered)) = request {
-            self.remember(project, id, remembered);
-        }
-    }
-
     /// Ends the bulk load. Small namespaces get their ordered index at
     /// once; the others are returned, to be built by [`OrderBuild::run`]
     /// while the store serves (their Lists wait until then).

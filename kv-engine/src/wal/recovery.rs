@@ -322,7 +322,7 @@ fn corrupt(path: &Path, offset: u64, damage: Damage) -> OpenError {
 
 /// Replays a single-mutation record of the first log format.
 fn apply_replayed(mem: &MemoryStore, project: &crate::project::ProjectName, versioned: Versioned) {
-    mem.replay_commit(project, vec![versioned], None);
+    mem.apply_commit(project, vec![versioned], None);
 }
 
 /// Replays a Txn record: its changes, then its remembered outcome, through
@@ -342,7 +342,7 @@ fn apply_txn_record(
         };
         (id, remembered)
     });
-    mem.replay_commit(project, mutations, request);
+    mem.apply_commit(project, mutations, request);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
