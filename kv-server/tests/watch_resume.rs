@@ -118,23 +118,14 @@ async fn a_watch_sees_every_acknowledged_write_once_across_sigterm_and_sigkill()
             acknowledged.load(Ordering::Relaxed) > before,
             "no write went through before the restart (graceful: {graceful})"
         );
-        let old = server;
-        tokio::task::spawn_blocking(move || {
-            if graceful {
-                assert!(old.terminate().success(), "SIGTERM ends the server cleanly");
-            } else {
-                old.kill();
-            }
-        })
-        .await
-        .unwrap();
         // Down for a moment: the watcher's reopening meets a refused
         // connection meanwhile.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let dir = dir.path().to_path_buf();
-        server = tokio::task::spawn_blocking(move || start(&dir, Some(addr)))
-            .await
-            .unwrap();
+        server = server
+            .bounce(graceful, Duration::from_millis(200), move || {
+                start(&dir, Some(addr))
+            })
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);

@@ -41,6 +41,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub mod cluster;
 pub mod conformance;
+pub mod counters;
 mod ctx;
 pub mod redis;
 pub use ctx::{CLOCK_START_MS, Ctx, Time, next_event};
@@ -492,6 +493,40 @@ impl BinaryServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the server, gracefully (SIGTERM, which must end it cleanly)
+    /// or not (SIGKILL), leaves it down for `down`, and returns what
+    /// `start` starts in its place (on the same data directory and port,
+    /// for a client that must ride through a restart). Blocking work runs
+    /// off the async runtime.
+    ///
+    /// # Panics
+    ///
+    /// When a SIGTERM does not end the server cleanly.
+    pub async fn bounce(
+        self,
+        graceful: bool,
+        down: Duration,
+        start: impl FnOnce() -> BinaryServer + Send + 'static,
+    ) -> BinaryServer {
+        tokio::task::spawn_blocking(move || {
+            if graceful {
+                let status = self.terminate();
+                assert!(
+                    status.success(),
+                    "SIGTERM ends the server cleanly: {status}"
+                );
+            } else {
+                self.kill();
+            }
+        })
+        .await
+        .expect("the stop ran");
+        tokio::time::sleep(down).await;
+        tokio::task::spawn_blocking(start)
+            .await
+            .expect("the restart ran")
     }
 }
 

@@ -1,16 +1,10 @@
 //! The SDK given two front-ends over the one cluster rides through the loss
 //! of one: its own file, as `parts.rs` is already long.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use kv_client::{Client, RetryPolicy, WatchOptions};
-use kv_tests::BinaryServer;
+use kv_tests::{BinaryServer, counters::Counters};
 
 fn front_end(bin: &str, seeds: &[String], namespace: &str) -> BinaryServer {
     BinaryServer::start(
@@ -78,64 +72,18 @@ pub(crate) async fn sdk_fails_over_when_a_front_end_dies(seeds: &[String], bin: 
             }
         }
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..64)
-        .map(|t| {
-            let (kv, stop, done) = (kv.clone(), stop.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut own = 0u64;
-                let mut shared = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    own += 1;
-                    let got = kv
-                        .incr(&format!("own{t}"), 1.0)
-                        .await
-                        .unwrap_or_else(|e| panic!("task {t}, own incr {own}: {e}"));
-                    assert_eq!(got, own as f64, "task {t}'s counter");
-                    let got = kv
-                        .incr("shared", 1.0)
-                        .await
-                        .unwrap_or_else(|e| panic!("task {t}, shared incr: {e}"));
-                    shared.push(got as u64);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                (own, shared)
-            })
-        })
-        .collect();
+    let counters = Counters::start(&kv, 64);
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_kill = done.load(Ordering::Relaxed);
+    let before_kill = counters.done();
     assert!(before_kill > 0, "no write went through front-end A");
     tokio::task::spawn_blocking(move || a.kill()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    stop.store(true, Ordering::SeqCst);
-
-    let mut total = 0;
-    let mut all_shared = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    for (t, task) in tasks.into_iter().enumerate() {
-        let (own, shared) = tokio::time::timeout_at(deadline, task)
-            .await
-            .unwrap_or_else(|_| panic!("task {t} still running 40 s after the kill"))
-            .unwrap_or_else(|e| panic!("task {t} failed: {e}"));
-        let stored: Option<f64> = kv.get(&format!("own{t}")).await.unwrap();
-        assert_eq!(stored, Some(own as f64), "task {t}'s counter as stored");
-        total += own;
-        all_shared.extend(shared);
-    }
+    let total = counters.finish(&kv, Duration::from_secs(40)).await;
     assert!(
         total > before_kill,
         "no write went through front-end B after A died"
     );
-    all_shared.sort_unstable();
-    assert!(
-        all_shared == (1..=total).collect::<Vec<_>>(),
-        "the shared counter's results are not exactly 1..={total}"
-    );
-    let stored: Option<f64> = kv.get("shared").await.unwrap();
-    assert_eq!(stored, Some(total as f64));
     last_tx.send(total).unwrap();
     let (watched, resumes) = tokio::time::timeout(Duration::from_secs(30), watcher)
         .await
