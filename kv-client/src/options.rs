@@ -8,7 +8,12 @@ use crate::Error;
 
 pub use kv_proto::contract::MAX_REQUEST_ID_BYTES;
 
-/// A fresh random request id: 128 bits as 32 lowercase hex digits.
+/// A fresh request id, unique to this call: 128 bits as 32 lowercase hex
+/// digits, a random 64-bit prefix drawn once per process followed by a
+/// 64-bit counter. Ids of one process never repeat; two processes share
+/// ids only if they drew the same prefix (a chance of 2^-64 per pair).
+/// Every write the SDK sends carries one unless told otherwise, so an id
+/// costs a counter increment, not a call into the OS for randomness.
 ///
 /// Give the same id to every retry of one write (see
 /// [`SetOptions::request_id`]): the server applies the write once and
@@ -21,35 +26,39 @@ pub use kv_proto::contract::MAX_REQUEST_ID_BYTES;
 /// assert_ne!(id, kv_client::new_request_id());
 /// ```
 pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        fallback_random(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            fallback_random(&mut bytes);
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{count:016x}")
 }
 
 /// Randomness when the OS source fails: `RandomState` keys are random per
-/// process and per call, mixed with the clock and a counter.
-fn fallback_random(bytes: &mut [u8; 16]) {
+/// process, mixed with the clock.
+fn fallback_random(bytes: &mut [u8; 8]) {
     use std::{
         collections::hash_map::RandomState,
         hash::{BuildHasher, Hasher},
-        sync::atomic::{AtomicU64, Ordering},
         time::{SystemTime, UNIX_EPOCH},
     };
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u128(nanos);
-        hasher.write_u64(count);
-        hasher.write_usize(i);
-        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    bytes.copy_from_slice(&hasher.finish().to_le_bytes());
 }
 
 /// The wire form of an optional request id, checked.
@@ -671,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_random_hex() {
+    fn request_ids_are_unique_hex_with_one_prefix_per_process() {
         let a = new_request_id();
         let b = new_request_id();
         assert_eq!(a.len(), 32);
@@ -680,11 +689,15 @@ mod tests {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         );
         assert_ne!(a, b);
-        let mut x = [0u8; 16];
-        let mut y = [0u8; 16];
+        assert_eq!(a[..16], b[..16], "one random prefix per process");
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let mut x = [0u8; 8];
+        let mut y = [0u8; 8];
         fallback_random(&mut x);
         fallback_random(&mut y);
         assert_ne!(x, y);
-        assert_ne!(x, [0; 16]);
+        assert_ne!(x, [0; 8]);
     }
 }

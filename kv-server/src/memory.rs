@@ -203,11 +203,10 @@ pub fn default_limit() -> (u64, LimitSource) {
 
 // ------------------------------------------------------------ allocator
 
-/// The counting allocator the binary installs: [`cap::Cap`] around its
-/// allocator, with no cap of its own (`usize::MAX`); its count of live
-/// bytes is what the limit is checked against. The project forbids
-/// `unsafe` code, and a global allocator cannot be written without it,
-/// hence the crate.
+/// The counting allocator the binary installs: [`kv_alloc::Counting`]
+/// around its allocator; its count of live bytes is what the limit is
+/// checked against. (The workspace forbids `unsafe` code; a global
+/// allocator needs it, so it lives in that one small crate.)
 ///
 /// ```no_run
 /// #[global_allocator]
@@ -218,13 +217,14 @@ pub fn default_limit() -> (u64, LimitSource) {
 ///     kv_server::memory::install_allocator_meter(&ALLOCATOR);
 /// }
 /// ```
-pub type CountingAllocator<A> = cap::Cap<A>;
+pub type CountingAllocator<A> = kv_alloc::Counting<A>;
 
-/// Wraps `inner` so its live bytes are counted (one relaxed atomic add per
-/// allocation and per free), never refusing an allocation itself: the
-/// limit is applied to requests, not to the allocator.
+/// Wraps `inner` so its live bytes are counted (one uncontended atomic
+/// add per allocation and per free, on a counter of the thread's own),
+/// never refusing an allocation itself: the limit is applied to requests,
+/// not to the allocator.
 pub const fn counting<A>(inner: A) -> CountingAllocator<A> {
-    cap::Cap::new(inner, usize::MAX)
+    kv_alloc::Counting::new(inner)
 }
 
 // ---------------------------------------------------------------- meter
