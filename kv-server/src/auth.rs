@@ -72,6 +72,19 @@ pub enum AuthError {
 
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
+        use crate::metrics::{AuthFailure, metrics};
+        let reason = match &e {
+            AuthError::Missing => Some(AuthFailure::Missing),
+            AuthError::Malformed(_) => Some(AuthFailure::Malformed),
+            AuthError::Unknown => Some(AuthFailure::Unknown),
+            AuthError::WrongProject { .. } => Some(AuthFailure::WrongProject),
+            AuthError::ReadOnly(_) => Some(AuthFailure::ReadOnly),
+            AuthError::NotAdmin => Some(AuthFailure::NotAdmin),
+            AuthError::Project(_) => None,
+        };
+        if let Some(reason) = reason {
+            metrics().auth_failed(reason);
+        }
         match e {
             AuthError::Missing | AuthError::Malformed(_) | AuthError::Unknown => {
                 Status::unauthenticated(e.to_string())

@@ -181,6 +181,8 @@ pub struct Config {
     /// Memory limit in bytes (`--max-memory`): writes adding data past it
     /// are refused; see [`crate::memory`].
     pub max_memory: u64,
+    /// Prometheus metrics (`--metrics-listen`, `--metrics-top-projects`).
+    pub metrics: crate::metrics::options::MetricsConfig,
 }
 
 impl Default for Config {
@@ -207,6 +209,7 @@ impl Default for Config {
             admin_token: None,
             storage: Storage::Embedded,
             max_memory: crate::memory::default_limit().0,
+            metrics: Default::default(),
         }
     }
 }
@@ -582,6 +585,10 @@ pub struct Cli {
     /// The storage engine and its flags.
     #[command(flatten)]
     pub storage: StorageArgs,
+
+    /// Prometheus metrics and their flags.
+    #[command(flatten)]
+    pub metrics: crate::metrics::options::MetricsArgs,
 }
 
 impl Cli {
@@ -617,6 +624,7 @@ impl Cli {
         };
         let config = Config {
             storage: self.storage.storage()?,
+            metrics: self.metrics.config(),
             max_memory: self
                 .max_memory
                 .unwrap_or_else(|| crate::memory::default_limit().0),

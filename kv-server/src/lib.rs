@@ -14,6 +14,7 @@
 //! - [`rate`]: per-project operations and bytes written per second.
 //! - [`memory`]: the memory limit (`--max-memory`) and how usage is measured.
 //! - [`inflight`]: request bytes being received, bounded by a share of that limit.
+//! - [`metrics`]: Prometheus metrics at `/metrics` (`--metrics-listen`).
 //! - [`server`]: health, reflection and the kv service on a bound listener
 //!   until a shutdown future resolves.
 //!
@@ -48,6 +49,7 @@ pub mod inflight;
 pub mod limits;
 pub mod memory;
 pub mod metadata;
+pub mod metrics;
 pub mod rate;
 pub mod server;
 pub mod service;

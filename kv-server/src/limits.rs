@@ -38,6 +38,7 @@ use crate::config::Limits;
 pub struct GuardedStream {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _open: crate::metrics::ConnectionOpen,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
 }
@@ -62,10 +63,12 @@ where
             Ok(permit) => Some(Ok(GuardedStream {
                 inner: stream,
                 _permit: permit,
+                _open: crate::metrics::ConnectionOpen::new(),
                 idle_timeout,
                 idle: Box::pin(tokio::time::sleep(idle_timeout)),
             })),
             Err(_) => {
+                crate::metrics::metrics().connection_refused();
                 tracing::warn!(
                     peer = ?stream.peer_addr().ok(),
                     "refusing a connection: {max_connections} connections are open (--max-connections)"

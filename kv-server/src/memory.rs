@@ -480,6 +480,7 @@ impl MemoryBudget {
             return Ok(());
         }
         self.under_pressure();
+        crate::metrics::metrics().memory_refused();
         Err(self.exhausted(in_use, "this write"))
     }
 
@@ -496,6 +497,7 @@ impl MemoryBudget {
             return Ok(());
         }
         self.under_pressure();
+        crate::metrics::metrics().memory_refused();
         Err(self.exhausted(in_use, "a new watch"))
     }
 

@@ -376,6 +376,12 @@ enum Subject<'a> {
 }
 
 fn refusal(subject: &Subject<'_>, over: Over, write_bytes: u64, retry_after: u64) -> Status {
+    let limit = match over {
+        Over::Ops(_) => crate::metrics::RateLimit::Ops,
+        Over::Bytes { .. } => crate::metrics::RateLimit::Bytes,
+        Over::Never(_) => crate::metrics::RateLimit::TooLarge,
+    };
+    crate::metrics::metrics().rate_refused(matches!(subject, Subject::Token(_)), limit);
     let project_source = |own: Option<u64>, field: &str, flag: &str| {
         if own.is_some() {
             format!("quota {field}")

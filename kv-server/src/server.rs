@@ -24,6 +24,10 @@ use crate::{
     config::{Config, ConfigError, TlsFiles},
     inflight::{InflightBudget, InflightLayer},
     limits::{RequestLimitsLayer, guard_connections},
+    metrics::{
+        exposition::{Sources, StorageFigures},
+        layer::MetricsLayer,
+    },
     rate::RateLimits,
     service::KvService,
 };
@@ -55,6 +59,15 @@ pub enum ServeError {
     /// The data directory could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The metrics listener could not be bound.
+    #[error("cannot listen for metrics on {addr} (--metrics-listen): {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The final flush and fsync of the log failed: writes acknowledged
     /// under an interval or never policy may not be on stable storage.
     #[error("final log flush failed: {0}")]
@@ -149,10 +162,12 @@ pub async fn run_durable(
             });
         }
     });
+    let figures = durable_figures(&store);
     let served = run_cataloged(
         &config,
         Arc::clone(&store),
         Some(healthy),
+        figures,
         listener,
         shutdown,
     )
@@ -173,7 +188,8 @@ pub async fn run_memory(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    run_backend(config, store, listener, shutdown).await
+    let figures = memory_figures(Arc::clone(&store), None);
+    run_backend_figured(config, store, figures, listener, shutdown).await
 }
 
 /// Runs the server on any `backend` (the memory store, the Redis Cluster
@@ -189,15 +205,27 @@ pub async fn run_backend<B: Backend>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_backend_figured(config, backend, no_figures(), listener, shutdown).await
+}
+
+async fn run_backend_figured<B: Backend>(
+    config: Config,
+    backend: Arc<B>,
+    figures: StorageSource,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     config.validate()?;
     let expiry = ExpiryTask::spawn(Arc::clone(&backend), config.expiry_interval);
     // Without a catalog there are no tokens: only the admin token, if any.
     let auth = Arc::new(Auth::new(config.admin_token.clone(), Default::default()));
-    let served = serve(
+    let served = serve_figured(
         &config,
         backend,
         auth,
         None::<AdminService<DurableStore>>,
+        None,
+        figures,
         listener,
         shutdown,
     )
@@ -276,7 +304,16 @@ pub async fn run_redis(
             }
         }
     });
-    let served = run_cataloged(&config, backend, Some(healthy), listener, shutdown).await;
+    // The cluster keeps its own figures (see the README's Metrics section).
+    let served = run_cataloged(
+        &config,
+        backend,
+        Some(healthy),
+        no_figures(),
+        listener,
+        shutdown,
+    )
+    .await;
     checker.abort();
     served
 }
@@ -288,6 +325,7 @@ async fn run_cataloged<S: Backend + AdminStore>(
     config: &Config,
     store: Arc<S>,
     healthy: Option<tokio::sync::watch::Receiver<bool>>,
+    figures: StorageSource,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -298,12 +336,13 @@ async fn run_cataloged<S: Backend + AdminStore>(
         Arc::clone(store.catalog()),
     ));
     let admin = AdminService::new(Arc::clone(&store), Arc::clone(&auth));
-    let served = serve_with(
+    let served = serve_figured(
         config,
         store,
         auth,
         Some(admin),
         healthy,
+        figures,
         listener,
         shutdown,
     )
@@ -346,6 +385,31 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_figured(
+        config,
+        backend,
+        auth,
+        admin,
+        healthy,
+        no_figures(),
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with`], with `/metrics` reporting the storage's `figures`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_figured<B: Backend, A: AdminStore>(
+    config: &Config,
+    backend: Arc<B>,
+    auth: Arc<Auth>,
+    admin: Option<AdminService<A>>,
+    healthy: Option<tokio::sync::watch::Receiver<bool>>,
+    figures: StorageSource,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let max_message = config.limits.max_message_bytes();
     let memory = crate::memory::MemoryBudget::new(config.max_memory);
     tracing::info!(
@@ -354,6 +418,21 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
         memory.describe(),
         crate::memory::human(memory.in_use()),
     );
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => {
+            let measured = memory.clone();
+            let sources = Sources {
+                storage: Box::new(move || figures()),
+                memory: Box::new(move || (measured.in_use(), measured.limit())),
+                top_projects: config.metrics.top_projects,
+            };
+            let (_, task) = crate::metrics::exposition::start(addr, sources)
+                .await
+                .map_err(|source| ServeError::MetricsListen { addr, source })?;
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let rate = RateLimits::new(auth.catalog().clone(), config.log.quota, backend.clock());
     let kv = KvService::new(backend, config.limits.clone(), auth)
@@ -432,6 +511,7 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
         .initial_stream_window_size(window)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(MetricsLayer)
         .layer(RequestLimitsLayer::new(
             config.limits.clone(),
             config.max_request_time,
@@ -459,6 +539,7 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
             tracing::warn!("requests still open {grace:?} after the shutdown signal; closing their connections");
         }
     }
+    drop(metrics_task);
     Ok(())
 }
 
@@ -485,4 +566,48 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kv_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reads the storage's figures for `/metrics` at scrape time.
+type StorageSource = Arc<dyn Fn() -> StorageFigures + Send + Sync>;
+
+/// A storage without figures of its own (a custom backend, the cluster).
+fn no_figures() -> StorageSource {
+    Arc::new(StorageFigures::default)
+}
+
+/// The in-memory state's figures, with the log's when `durable` is given.
+fn memory_figures(memory: Arc<MemoryStore>, durable: Option<Arc<DurableStore>>) -> StorageSource {
+    Arc::new(move || {
+        let projects = memory
+            .project_usages()
+            .into_iter()
+            .map(|(project, usage)| (project.to_string(), usage.keys, usage.bytes))
+            .collect();
+        let mut figures = StorageFigures {
+            projects: Some(projects),
+            entries: Some((memory.stored_entries() as u64, memory.data_bytes())),
+            ..StorageFigures::default()
+        };
+        if let Some(store) = &durable {
+            let queue = store.write_queue();
+            figures.write_queue = Some((queue.writes as u64, queue.bytes as u64));
+            figures.recovery_seconds = Some(store.recovered().took.as_secs_f64());
+        }
+        figures
+    })
+}
+
+fn durable_figures(store: &Arc<DurableStore>) -> StorageSource {
+    memory_figures(Arc::clone(store.memory()), Some(Arc::clone(store)))
+}
+
+/// Aborts the task when dropped, so the metrics listener stops with the
+/// server whichever way serving ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

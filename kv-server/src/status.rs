@@ -23,8 +23,11 @@ pub fn engine_status(e: EngineError) -> Status {
         }
         EngineError::Contended { .. } => Status::aborted(e.to_string()),
         EngineError::DeadlineOverflow { .. } => Status::invalid_argument(e.to_string()),
-        EngineError::QuotaExceeded(_)
-        | EngineError::MergedTooLarge { .. }
+        EngineError::QuotaExceeded(_) => {
+            crate::metrics::metrics().quota_refused();
+            Status::resource_exhausted(e.to_string())
+        }
+        EngineError::MergedTooLarge { .. }
         | EngineError::Overloaded { .. }
         | EngineError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
         EngineError::NotANumber { .. }

@@ -339,6 +339,20 @@ impl MemoryStore {
             .filter(|(_, ns)| !ns.deleted.load(Ordering::Acquire))
     }
 
+    /// What every project holds now (for usage figures: one pass, no
+    /// guard held on the projects map while reading).
+    pub fn project_usages(&self) -> Vec<(ProjectName, Usage)> {
+        self.live_namespaces()
+            .map(|(project, ns)| {
+                let usage = Usage {
+                    keys: ns.keys.load(Ordering::Relaxed),
+                    bytes: ns.bytes.load(Ordering::Relaxed),
+                };
+                (project, usage)
+            })
+            .collect()
+    }
+
     /// What `project` holds now.
     ///
     /// ```

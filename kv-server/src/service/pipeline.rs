@@ -346,6 +346,7 @@ impl<B: Backend> KvService<B> {
     ) -> bool {
         match frame {
             Ok(Some(frame)) => {
+                crate::metrics::metrics().pipeline_frame(frame.calls.len());
                 // Credentials and the stream's project are checked again
                 // for every frame, so a revoked token or a deleted project
                 // stops open streams too: the stream ends, and nothing of

@@ -199,7 +199,9 @@ impl<B: Backend> KvService<B> {
     /// its project's and its token's rate limits.
     pub(super) fn admit_rate(&self, scope: &Scope, write_bytes: u64) -> Result<(), Status> {
         self.rate
-            .admit_with(&scope.project, scope.token.as_ref(), write_bytes)
+            .admit_with(&scope.project, scope.token.as_ref(), write_bytes)?;
+        crate::metrics::metrics().project_op(scope.project.as_str());
+        Ok(())
     }
 
     /// Refuses what a read found when the project it was admitted to is no

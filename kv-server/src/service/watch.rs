@@ -105,6 +105,7 @@ impl<B: Backend> KvService<B> {
             Access::Read,
         );
         tokio::spawn(async move {
+            let _open = crate::metrics::WatcherOpen::new();
             /// What woke the watch task.
             enum Woke {
                 Batch(Result<Vec<Arc<Event>>, Lagged>),
@@ -142,6 +143,7 @@ impl<B: Backend> KvService<B> {
                     }
                     Woke::Batch(Ok(events)) => events,
                     Woke::Batch(Err(lagged @ Lagged::Behind { .. })) => {
+                        crate::metrics::metrics().watcher_cut();
                         tx.finish(Err(Status::resource_exhausted(lagged.to_string())));
                         return;
                     }
@@ -170,6 +172,7 @@ impl<B: Backend> KvService<B> {
                             // memory its queue holds: cut, resumable from
                             // the first event it has not been given.
                             let cause = lag_cause(memory.as_ref());
+                            crate::metrics::metrics().watcher_cut();
                             tx.cut(|first| {
                                 let resume = first_version(first)
                                     .unwrap_or(event.version)
@@ -212,6 +215,7 @@ fn first_version(first: Option<&Item>) -> Option<u64> {
 /// for it are dropped now, and it is told to resume from just before the
 /// first of them (or from `cursor`, the next it would have been sent).
 fn cut(tx: &queue::Sender<Item>, memory: &crate::memory::MemoryBudget, cursor: u64) {
+    crate::metrics::metrics().watcher_cut();
     tx.cut(|first| {
         let resume = first_version(first).map_or(cursor, |v| v.saturating_sub(1));
         Err(resumable(memory.watcher_cut(resume), resume))
