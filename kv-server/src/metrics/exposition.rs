@@ -69,11 +69,15 @@ where
     ConstGauge::new(value).encode(m)
 }
 
-/// Buckets scaled by `scale` (nanoseconds to seconds, say).
+/// Buckets scaled by `scale` (nanoseconds to seconds, say), each with its
+/// own count: the encoder adds them up.
 fn histogram_buckets(snap: &Snapshot, scale: f64) -> Vec<(f64, u64)> {
+    let mut below = 0;
     snap.cumulative
         .iter()
-        .map(|&(bound, n)| {
+        .map(|&(bound, cumulative)| {
+            let n = cumulative - below;
+            below = cumulative;
             let le = if bound == u64::MAX {
                 f64::INFINITY
             } else {
@@ -117,14 +121,10 @@ impl Collector for Exposition {
                 MetricType::Counter,
             )?;
             for (i, &(service, method)) in METHODS.iter().enumerate() {
-                for code in 0..CODES {
+                for (code, name) in CODE_NAMES.iter().enumerate() {
                     let n = m.requests(i, code);
                     if n > 0 {
-                        let labels = [
-                            ("service", service),
-                            ("method", method),
-                            ("code", CODE_NAMES[code]),
-                        ];
+                        let labels = [("service", service), ("method", method), ("code", name)];
                         ConstCounter::new(n).encode(f.encode_family(&labels)?)?;
                     }
                 }
@@ -255,15 +255,15 @@ impl Collector for Exposition {
             "the memory limit (--max-memory)",
             limit as i64,
         )?;
-        self.encode_storage(&mut e)?;
-        self.encode_projects(&mut e)?;
+        let mut figures = (self.0.storage)();
+        Self::encode_storage(&mut e, &figures)?;
+        self.encode_projects(&mut e, figures.projects.take())?;
         super::process::encode(&mut e)
     }
 }
 
 impl Exposition {
-    fn encode_storage(&self, e: &mut DescriptorEncoder) -> Res {
-        let figures = (self.0.storage)();
+    fn encode_storage(e: &mut DescriptorEncoder, figures: &StorageFigures) -> Res {
         if let Some((entries, bytes)) = figures.entries {
             gauge(
                 e,
@@ -303,24 +303,29 @@ impl Exposition {
         Ok(())
     }
 
-    fn encode_projects(&self, e: &mut DescriptorEncoder) -> Res {
+    fn encode_projects(
+        &self,
+        e: &mut DescriptorEncoder,
+        projects: Option<Vec<(String, u64, u64)>>,
+    ) -> Res {
         let n = self.0.top_projects;
         let ops: Vec<(String, u64)> = metrics()
             .project_ops
             .iter()
             .map(|r| (r.key().to_string(), r.value().load(Ordering::Relaxed)))
             .collect();
-        let mut f = e.encode_descriptor(
-            "kv_project_ops",
-            "data operations admitted per project (top --metrics-top-projects, the rest as project=\"_other\")",
-            None,
-            MetricType::Counter,
-        )?;
-        for (project, v) in top_n(ops, n) {
-            ConstCounter::new(v).encode(f.encode_family(&[("project", project.as_str())])?)?;
+        {
+            let mut f = e.encode_descriptor(
+                "kv_project_ops",
+                "data operations admitted per project (top --metrics-top-projects, the rest as project=\"_other\")",
+                None,
+                MetricType::Counter,
+            )?;
+            for (project, v) in top_n(ops, n) {
+                ConstCounter::new(v).encode(f.encode_family(&[("project", project.as_str())])?)?;
+            }
         }
-        drop(f);
-        let Some(projects) = (self.0.storage)().projects else {
+        let Some(projects) = projects else {
             return Ok(());
         };
         let mut keys = Vec::with_capacity(projects.len());
@@ -380,7 +385,8 @@ pub fn render(registry: &Registry) -> String {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
         tracing::warn!("encoding metrics failed: {e}");
     }
-    out
+    // The encoder writes infinity as `inf`; both formats spell it `+Inf`.
+    out.replace("le=\"inf\"", "le=\"+Inf\"")
 }
 
 /// The registry of the server's metrics over `sources`.
@@ -423,11 +429,11 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 
 /// The Prometheus text format (0.0.4) of an OpenMetrics text: a
 /// counter's `# HELP` and `# TYPE` name its samples (`x_total`), there is
-/// no `# UNIT` or `# EOF`, and infinity is `+Inf`.
+/// there is no `# UNIT` or `# EOF`.
 ///
 /// ```
 /// use kv_server::metrics::exposition::to_prometheus_text;
-/// let open = "# HELP a_b things\n# TYPE a_b counter\na_b_total 3\n# TYPE h histogram\nh_bucket{le=\"inf\"} 1\n# EOF\n";
+/// let open = "# HELP a_b things\n# TYPE a_b counter\na_b_total 3\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\n# EOF\n";
 /// assert_eq!(
 ///     to_prometheus_text(open),
 ///     "# HELP a_b_total things\n# TYPE a_b_total counter\na_b_total 3\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\n",
@@ -462,7 +468,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
                 out.push(' ');
                 out.push_str(tail);
             }
-            None => out.push_str(&line.replace("le=\"inf\"", "le=\"+Inf\"")),
+            None => out.push_str(line),
         }
         out.push('\n');
     }
