@@ -131,6 +131,7 @@ mod error;
 pub mod jsonops;
 pub mod memory;
 pub mod project;
+pub mod stats;
 pub mod txn;
 mod types;
 pub mod value;

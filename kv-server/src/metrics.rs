@@ -13,7 +13,6 @@
 //!   per-project top-N guard and the `/metrics` HTTP listener.
 
 pub mod exposition;
-pub mod histogram;
 pub mod layer;
 pub mod options;
 pub mod process;
@@ -25,7 +24,7 @@ use std::sync::{
 
 use dashmap::DashMap;
 
-pub use histogram::AtomicHistogram;
+use kv_engine::stats::{AtomicHistogram, LATENCY_NANOS};
 
 /// gRPC status codes 0..=16.
 pub const CODES: usize = 17;
@@ -177,7 +176,7 @@ impl Default for Metrics {
             requests: METHODS.iter().map(|_| Default::default()).collect(),
             latency: METHODS
                 .iter()
-                .map(|_| AtomicHistogram::new(histogram::LATENCY_NANOS))
+                .map(|_| AtomicHistogram::new(LATENCY_NANOS))
                 .collect(),
             streams_open: METHODS.iter().map(|_| AtomicI64::new(0)).collect(),
             connections_open: AtomicI64::new(0),

@@ -587,9 +587,11 @@ fn memory_figures(memory: Arc<MemoryStore>, durable: Option<Arc<DurableStore>>) 
         let mut figures = StorageFigures {
             projects: Some(projects),
             entries: Some((memory.stored_entries() as u64, memory.data_bytes())),
+            expiry: Some((memory.expired_keys(), memory.expiry_lag_ms())),
             ..StorageFigures::default()
         };
         if let Some(store) = &durable {
+            figures.log = Some(Arc::clone(store.log_stats()));
             let queue = store.write_queue();
             figures.write_queue = Some((queue.writes as u64, queue.bytes as u64));
             figures.recovery_seconds = Some(store.recovered().took.as_secs_f64());

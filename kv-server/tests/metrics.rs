@@ -27,7 +27,10 @@ const ADMIN: &str = "admin-secret-0123456789abcdef";
 /// Starts the binary with metrics on a free loopback port; returns it and
 /// the metrics address (from its "metrics on" log line).
 fn start(args: &[&str], env: &[(&str, &str)]) -> (BinaryServer, SocketAddr) {
-    let mut all = vec!["--metrics-listen", "127.0.0.1:0", "--fsync", "never"];
+    let mut all = vec!["--metrics-listen", "127.0.0.1:0"];
+    if !args.contains(&"--fsync") {
+        all.extend(["--fsync", "never"]);
+    }
     all.extend_from_slice(args);
     let server = BinaryServer::start_with_env(BIN, &all, env);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -264,6 +267,13 @@ async fn a_mixed_workload_moves_each_counter_by_exactly_its_calls() {
     assert!(value(&after, "process_open_fds") > 0.0);
     assert!(value(&after, "process_start_time_seconds") > 1.6e9);
     assert!(after.contains_key("kv_recovery_seconds"), "{text}");
+    // The log writer saw shop's 7 sets and 2 deletes, and tiny's 2 sets
+    // (the refused one is evaluated in its batch, then not logged).
+    assert_eq!(moved("kv_log_batch_writes_sum"), 11.0);
+    assert!(moved("kv_log_append_duration_seconds_count") >= 1.0);
+    assert!(moved("kv_log_appended_bytes_total") > 0.0);
+    // --fsync never: the writer never syncs while serving.
+    assert_eq!(moved("kv_log_fsync_duration_seconds_count"), 0.0);
 
     // Anything but /metrics is refused, naming where they are.
     let (status, body) = http_get(metrics, "/", None);
@@ -273,6 +283,81 @@ async fn a_mixed_workload_moves_each_counter_by_exactly_its_calls() {
     if tool_available("promtool", "--version") {
         promtool_check(&text);
     }
+}
+
+/// Scrapes until `done` holds (10 s at most).
+fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (text, now) = scrape(addr);
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_expiry_are_reported() {
+    let args = [
+        "--snapshot-min-log-bytes",
+        "4096",
+        "--expiry-interval-ms",
+        "20",
+        "--fsync",
+        "always",
+    ];
+    let (server, metrics) = start(&args, &[]);
+    let (_, before) = scrape(metrics);
+    assert!(!before.contains_key("kv_snapshot_last_timestamp_seconds"));
+    let mut kv = grpc(server.addr).await;
+    // One key rewritten: the log outgrows twice the live data, and a
+    // snapshot is taken.
+    let big = "x".repeat(100);
+    for _ in 0..80 {
+        let mut request = set("k");
+        request.value = Some(Value {
+            kind: Some(Kind::StringValue(big.clone())),
+        });
+        kv.set(on("p", None, request)).await.unwrap();
+    }
+    let after = scrape_until(metrics, "a snapshot", |m| {
+        value(m, "kv_snapshots_total") >= 1.0
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let taken = value(&after, "kv_snapshot_last_timestamp_seconds");
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&taken),
+        "snapshot at {taken}, now {now}"
+    );
+    assert!(value(&after, "kv_snapshot_last_bytes") > 100.0);
+    assert!(value(&after, "kv_snapshot_last_duration_seconds") > 0.0);
+    assert_eq!(value(&after, "kv_snapshot_failures_total"), 0.0);
+    // --fsync always: one fsync per group commit at least.
+    assert!(value(&after, "kv_log_fsync_duration_seconds_count") >= 1.0);
+    // Two keys with a 100 ms TTL: reclaimed soon after, a little late.
+    for key in ["t1", "t2"] {
+        let mut request = set(key);
+        request.ttl_ms = Some(100);
+        kv.set(on("p", None, request)).await.unwrap();
+    }
+    let expired = scrape_until(metrics, "2 expired keys", |m| {
+        value(m, "kv_expired_keys_total") >= 2.0
+    });
+    assert_eq!(value(&expired, "kv_expired_keys_total"), 2.0);
+    let lag = value(&expired, "kv_expiry_lag_seconds");
+    assert!((0.0..5.0).contains(&lag), "lag {lag}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,9 @@ pub struct MemoryStore {
     /// then a `projects` shard (creation and deletion both take it first,
     /// so a name is never half deleted for a concurrent creator).
     retired: Mutex<HashMap<ProjectName, u64, MapHasher>>,
+    /// Keys taken by the expiry task, and how late the latest batch was.
+    expired: AtomicU64,
+    expiry_lag_ms: AtomicU64,
 }
 
 impl Default for MemoryStore {
@@ -167,6 +170,8 @@ impl MemoryStore {
             loading: AtomicBool::new(false),
             write_lock: Mutex::new(()),
             retired: Mutex::default(),
+            expired: AtomicU64::new(0),
+            expiry_lag_ms: AtomicU64::new(0),
         }
     }
 
@@ -444,6 +449,18 @@ impl MemoryStore {
         Ok(count)
     }
 
+    /// Keys taken for reclaiming by the expiry task since the store was
+    /// made (a key rewritten meanwhile is then left alone).
+    pub fn expired_keys(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// How late, in ms, the expiry task reclaimed the most overdue key of
+    /// its latest batch (past its deadline): how far reclaiming lags.
+    pub fn expiry_lag_ms(&self) -> u64 {
+        self.expiry_lag_ms.load(Ordering::Relaxed)
+    }
+
     /// Deadline records waiting in the expiry index.
     pub fn pending_expiries(&self) -> usize {
         self.expiry.len()
@@ -453,9 +470,14 @@ impl MemoryStore {
     /// then be expired through the store's writer (or dropped when the
     /// entry changed meanwhile).
     pub(crate) fn take_due(&self, limit: usize) -> Vec<Due> {
-        self.expiry
-            .take_due(self.clock.now_ms(), limit)
-            .into_iter()
+        let now = self.clock.now_ms();
+        let due = self.expiry.take_due(now, limit);
+        if let Some(oldest) = due.iter().map(|r| r.at.ms()).min() {
+            self.expired.fetch_add(due.len() as u64, Ordering::Relaxed);
+            self.expiry_lag_ms
+                .store(now.saturating_sub(oldest), Ordering::Relaxed);
+        }
+        due.into_iter()
             .map(|r| Due {
                 project: r.project,
                 key: r.key,

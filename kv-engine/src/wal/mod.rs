@@ -113,6 +113,7 @@ pub struct DurableStore {
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
     recovered: Recovered,
+    stats: Arc<crate::stats::LogStats>,
 }
 
 impl DurableStore {
@@ -196,6 +197,10 @@ impl DurableStore {
             max_writes: crate::MAX_QUEUED_WRITES,
             max_bytes: options.max_queued_bytes,
         }));
+        let stats = Arc::new(crate::stats::LogStats::default());
+        stats
+            .log_bytes
+            .store(log_bytes, std::sync::atomic::Ordering::Relaxed);
         let handle = writer::spawn(writer::Parts {
             dir: dir.to_path_buf(),
             mem: Arc::clone(&mem),
@@ -206,6 +211,7 @@ impl DurableStore {
             log_bytes,
             lock,
             queue: Arc::clone(&queue),
+            stats: Arc::clone(&stats),
         })
         .map_err(io_error("cannot start the log writer thread"))?;
         Ok(Self {
@@ -216,7 +222,14 @@ impl DurableStore {
             indexer: Mutex::new(indexer),
             dir: dir.to_path_buf(),
             recovered,
+            stats,
         })
+    }
+
+    /// What the log writer and snapshots have done since the store opened
+    /// (latencies, batch sizes, bytes), for monitoring.
+    pub fn log_stats(&self) -> &Arc<crate::stats::LogStats> {
+        &self.stats
     }
 
     /// The in-memory state reads are served from.

@@ -11,17 +11,29 @@ use super::{
     codec,
     dir::{remove_older, snapshot_name, sync_dir},
 };
-use crate::{catalog::Catalog, memory::MemoryStore};
+use crate::{
+    catalog::Catalog,
+    memory::MemoryStore,
+    stats::{LogStats, nanos_since},
+};
 
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and
 /// older snapshots. Failures are logged: the older files stay, so a
 /// recovery still finds everything. True when the snapshot is durable.
-pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> bool {
+pub(super) fn write(
+    dir: &Path,
+    mem: &MemoryStore,
+    catalog: &Catalog,
+    base: u64,
+    stats: &LogStats,
+) -> bool {
     let started = std::time::Instant::now();
     tracing::info!(snapshot = base, "snapshot started");
     match write_file(dir, mem, catalog, base) {
         Ok(count) => {
+            let bytes = fs::metadata(dir.join(snapshot_name(base))).map_or(0, |m| m.len());
+            stats.snapshot_written(bytes, nanos_since(started));
             tracing::info!(
                 snapshot = base,
                 entries = count,
@@ -32,6 +44,9 @@ pub(super) fn write(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64)
             true
         }
         Err(e) => {
+            stats
+                .snapshot_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(snapshot = base, "snapshot failed, the log is kept: {e}");
             false
         }

@@ -5,7 +5,7 @@ use std::{
     fs::File,
     io::{self, Write},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -26,6 +26,7 @@ use crate::{
     memory::MemoryStore,
     memory::expiry::Due,
     project::ProjectName,
+    stats::{LogStats, nanos_since},
     txn::{Commit, Evaluated, Overlay},
 };
 
@@ -148,6 +149,8 @@ struct Writer {
     /// as none is running, whatever the log's size.
     snapshot_wanted: bool,
     queue: Arc<Queue<Submission>>,
+    /// Latencies, batch sizes and bytes, for monitoring.
+    stats: Arc<LogStats>,
     /// Set while writes are stopped after a failed fsync.
     stopped: Option<Stopped>,
     /// Held (locked) for as long as the writer runs.
@@ -303,7 +306,7 @@ impl Writer {
             }
             // Nothing is applied while writes are stopped: memory is the
             // state of every acknowledged write, and of nothing else.
-            if !snapshot::write(&self.dir, &self.mem, &self.catalog, seq) {
+            if !snapshot::write(&self.dir, &self.mem, &self.catalog, seq, &self.stats) {
                 return self.still_stopped("the snapshot of the acknowledged writes failed");
             }
             self.log_bytes = self.file_len;
@@ -331,6 +334,7 @@ impl Writer {
     /// Refused writes (quota, failed operations) are answered at once and
     /// never logged.
     fn commit(&mut self, batch: &mut Vec<Submission>, buf: &mut Vec<u8>) {
+        self.stats.batch_writes.observe(batch.len() as u64);
         buf.clear();
         let now = self.mem.clock().now_ms();
         let mut overlay = Overlay::default();
@@ -475,7 +479,10 @@ impl Writer {
             self.rollback()?;
         }
         let before = self.file_len;
-        if let Err(e) = self.file.write_all(buf) {
+        let started = Instant::now();
+        let written = self.file.write_all(buf);
+        self.stats.appends.observe(nanos_since(started));
+        if let Err(e) = written {
             // Cut the partial batch so disk never holds a write that was
             // refused; if even that fails, retry before the next append.
             self.dirty_tail = true;
@@ -485,11 +492,11 @@ impl Writer {
             return Err(e);
         }
         let synced = match self.options.fsync {
-            FsyncPolicy::Always => self.file.sync_data(),
+            FsyncPolicy::Always => self.timed_sync(),
             FsyncPolicy::Interval(every) => {
                 let since = *self.unsynced.get_or_insert_with(Instant::now);
                 if since.elapsed() >= every {
-                    self.file.sync_data().map(|()| self.unsynced = None)
+                    self.timed_sync().map(|()| self.unsynced = None)
                 } else {
                     Ok(())
                 }
@@ -511,7 +518,21 @@ impl Writer {
         }
         self.file_len += buf.len() as u64;
         self.log_bytes += buf.len() as u64;
+        self.stats
+            .appended_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.stats
+            .log_bytes
+            .store(self.log_bytes, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A fsync of the segment, timed.
+    fn timed_sync(&self) -> io::Result<()> {
+        let started = Instant::now();
+        let synced = self.file.sync_data();
+        self.stats.fsyncs.observe(nanos_since(started));
+        synced
     }
 
     fn rollback(&mut self) -> io::Result<()> {
@@ -563,16 +584,20 @@ impl Writer {
         // Every record before segment `seq` is applied: the snapshot walk
         // starts from a state that includes them all.
         let base = self.seq;
-        let (dir, mem, catalog) = (
+        let (dir, mem, catalog, stats) = (
             self.dir.clone(),
             Arc::clone(&self.mem),
             Arc::clone(&self.catalog),
+            Arc::clone(&self.stats),
         );
         self.log_bytes = self.file_len;
+        self.stats
+            .log_bytes
+            .store(self.log_bytes, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("kv-snapshot".into())
             .spawn(move || {
-                snapshot::write(&dir, &mem, &catalog, base);
+                snapshot::write(&dir, &mem, &catalog, base, &stats);
             });
         match spawned {
             Ok(handle) => self.snapshot = Some(handle),
@@ -621,6 +646,8 @@ pub(super) struct Parts {
     pub(super) lock: File,
     /// Where every change comes from.
     pub(super) queue: Arc<Queue<Submission>>,
+    /// Where the writer reports what it did.
+    pub(super) stats: Arc<LogStats>,
 }
 
 /// Starts the writer thread; it takes every change from `parts.queue`
@@ -641,6 +668,7 @@ pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
         dirty_tail: false,
         snapshot_wanted: false,
         queue: parts.queue,
+        stats: parts.stats,
         stopped: None,
         _lock: parts.lock,
     };

@@ -10,6 +10,7 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes};
+use kv_engine::stats::{LogStats, Snapshot};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
@@ -18,7 +19,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use super::{AuthFailure, CODES, METHODS, RATE_SUBJECTS, RateLimit, histogram::Snapshot, metrics};
+use super::{AuthFailure, CODES, METHODS, RATE_SUBJECTS, RateLimit, metrics};
 
 /// What the storage reports at scrape time; absent figures are left out.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +32,10 @@ pub struct StorageFigures {
     pub write_queue: Option<(u64, u64)>,
     /// Seconds start-up recovery took.
     pub recovery_seconds: Option<f64>,
+    /// The log writer's and snapshots' figures.
+    pub log: Option<Arc<LogStats>>,
+    /// Keys taken by the expiry task, and the lag of its latest batch (ms).
+    pub expiry: Option<(u64, u64)>,
 }
 
 /// Where scrape-time figures come from.
@@ -292,6 +297,23 @@ impl Exposition {
                 bytes as i64,
             )?;
         }
+        if let Some((expired, lag_ms)) = figures.expiry {
+            counter(
+                e,
+                "kv_expired_keys",
+                "expired keys taken for reclaiming by the expiry task",
+                expired,
+            )?;
+            gauge(
+                e,
+                "kv_expiry_lag_seconds",
+                "how long past its deadline the most overdue key of the expiry task's latest batch was reclaimed",
+                lag_ms as f64 / 1e3,
+            )?;
+        }
+        if let Some(log) = &figures.log {
+            encode_log(e, log)?;
+        }
         if let Some(seconds) = figures.recovery_seconds {
             gauge(
                 e,
@@ -354,6 +376,87 @@ impl Exposition {
         }
         Ok(())
     }
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    snap: &Snapshot,
+    scale: f64,
+) -> Res {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(
+        snap.sum as f64 * scale,
+        snap.count,
+        &histogram_buckets(snap, scale),
+        None,
+    )
+}
+
+fn encode_log(e: &mut DescriptorEncoder, log: &LogStats) -> Res {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    histogram(
+        e,
+        "kv_log_append_duration_seconds",
+        "time each group commit's write to the log took",
+        &log.appends.snapshot(),
+        1e-9,
+    )?;
+    histogram(
+        e,
+        "kv_log_fsync_duration_seconds",
+        "time each fsync of the log took",
+        &log.fsyncs.snapshot(),
+        1e-9,
+    )?;
+    histogram(
+        e,
+        "kv_log_batch_writes",
+        "writes gathered into each group commit",
+        &log.batch_writes.snapshot(),
+        1.0,
+    )?;
+    counter(
+        e,
+        "kv_log_appended_bytes",
+        "bytes appended to the log",
+        load(&log.appended_bytes),
+    )?;
+    gauge(
+        e,
+        "kv_log_bytes",
+        "bytes of log a recovery would replay now (since the newest snapshot)",
+        load(&log.log_bytes) as i64,
+    )?;
+    counter(e, "kv_snapshots", "snapshots written", load(&log.snapshots))?;
+    counter(
+        e,
+        "kv_snapshot_failures",
+        "snapshots that failed (the log was kept)",
+        load(&log.snapshot_failures),
+    )?;
+    if let Some(ms) = log.last_snapshot_unix_ms() {
+        gauge(
+            e,
+            "kv_snapshot_last_timestamp_seconds",
+            "when the newest snapshot was finished, Unix time",
+            ms as f64 / 1e3,
+        )?;
+        gauge(
+            e,
+            "kv_snapshot_last_bytes",
+            "size of the newest snapshot",
+            load(&log.last_snapshot_bytes) as i64,
+        )?;
+        gauge(
+            e,
+            "kv_snapshot_last_duration_seconds",
+            "how long writing the newest snapshot took",
+            load(&log.last_snapshot_nanos) as f64 / 1e9,
+        )?;
+    }
+    Ok(())
 }
 
 /// gRPC code names, as the `code` label.
