@@ -194,6 +194,7 @@ impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
             })
             .await
             .map_err(engine_status)?;
+        crate::metrics::metrics().forget_project(project.as_str());
         tracing::info!(%project, deleted_keys = outcome.removed, "project deleted; a snapshot will drop its data from disk");
         Ok(Response::new(DeleteProjectResponse {
             deleted_keys: outcome.removed,

@@ -19,7 +19,7 @@ pub mod process;
 
 use std::sync::{
     LazyLock,
-    atomic::{AtomicI64, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
 };
 
 use dashmap::DashMap;
@@ -195,11 +195,27 @@ impl Default for Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
-/// The process's counters. Counting goes on whether or not `/metrics` is
-/// served (a few relaxed atomic adds per request), so a scrape always sees
-/// everything since start.
+/// Set once a server of this process serves `/metrics`: only then are
+/// requests timed and counted per method and per project, so a server
+/// without `--metrics-listen` pays one relaxed load per request.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The process's counters.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Turns on the per-request counting (see [`enabled`]).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether per-request counting is on: requests by method and code, their
+/// latency, open calls and per-project operations. Rare events (refusals,
+/// auth failures, connections, watchers, Pipeline frames) are always
+/// counted.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 impl Metrics {
@@ -257,6 +273,9 @@ impl Metrics {
 
     /// Counts one admitted data operation of `project`.
     pub fn project_op(&self, project: &str) {
+        if !enabled() {
+            return;
+        }
         if let Some(ops) = self.project_ops.get(project) {
             ops.fetch_add(1, Ordering::Relaxed);
             return;

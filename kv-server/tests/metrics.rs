@@ -529,3 +529,13 @@ fn a_bad_metrics_address_is_refused_by_name() {
         "{stderr}"
     );
 }
+
+#[test]
+fn metrics_are_off_unless_asked_for() {
+    let server = BinaryServer::start(BIN, &[]);
+    let log = server.log();
+    assert!(
+        !log.iter().any(|l| l.contains("metrics on")),
+        "metrics served without --metrics-listen: {log:?}"
+    );
+}

@@ -632,5 +632,6 @@ pub async fn start(
     let bound = listener.local_addr()?;
     tracing::info!("metrics on http://{bound}/metrics");
     let registry = Arc::new(registry(sources));
+    super::enable();
     Ok((bound, tokio::spawn(serve(listener, registry))))
 }

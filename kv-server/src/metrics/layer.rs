@@ -16,7 +16,7 @@ use std::{
 
 use tonic::codegen::http;
 
-use super::{method_index, metrics};
+use super::{enabled, method_index, metrics};
 
 /// gRPC CANCELLED: the response was dropped before it ended.
 const CANCELLED: usize = 1;
@@ -54,15 +54,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = method_index(request.uri().path());
-        metrics().stream_open(method, 1);
-        MeteredFuture {
-            inner: self.inner.call(request),
-            call: Some(Call {
+        let call = enabled().then(|| {
+            let method = method_index(request.uri().path());
+            metrics().stream_open(method, 1);
+            Call {
                 method,
                 started: Instant::now(),
                 done: false,
-            }),
+            }
+        });
+        MeteredFuture {
+            inner: self.inner.call(request),
+            call,
         }
     }
 }
