@@ -275,6 +275,37 @@ async fn a_mixed_workload_moves_each_counter_by_exactly_its_calls() {
     // --fsync never: the writer never syncs while serving.
     assert_eq!(moved("kv_log_fsync_duration_seconds_count"), 0.0);
 
+    // The SDK batches calls into Pipeline frames: 4 one by one (a frame
+    // each), then 12 at once (as few frames as it likes).
+    let piped = Client::builder(format!("http://{}", server.addr))
+        .token(ADMIN)
+        .connect()
+        .await
+        .unwrap()
+        .project("shop");
+    for i in 0..4 {
+        piped.set(&format!("s{i}"), &i).await.unwrap();
+    }
+    let keys: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+    let together: Vec<_> = keys.iter().map(|k| piped.set(k, &1)).collect();
+    for result in futures_util::future::join_all(together).await {
+        result.unwrap();
+    }
+    let (_, piped_after) = scrape(metrics);
+    let frames = value(&piped_after, "kv_pipeline_calls_per_frame_count")
+        - value(&after, "kv_pipeline_calls_per_frame_count");
+    let calls = value(&piped_after, "kv_pipeline_calls_per_frame_sum")
+        - value(&after, "kv_pipeline_calls_per_frame_sum");
+    assert_eq!(calls, 16.0, "every call in some frame");
+    assert!((5.0..=16.0).contains(&frames), "{frames} frames");
+    let pipeline_open = "kv_calls_open{service=\"kv.v1.KvService\",method=\"Pipeline\"}";
+    assert_eq!(value(&piped_after, pipeline_open), 1.0, "the SDK's stream");
+    assert_eq!(
+        value(&piped_after, "kv_project_ops_total{project=\"shop\"}")
+            - value(&after, "kv_project_ops_total{project=\"shop\"}"),
+        16.0
+    );
+
     // Anything but /metrics is refused, naming where they are.
     let (status, body) = http_get(metrics, "/", None);
     assert_eq!(status, 404);
@@ -455,13 +486,35 @@ async fn ten_thousand_projects_make_at_most_top_n_plus_one_series() {
     for worker in 0..32 {
         let mut kv = KvServiceClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
+            // A call the transport reset (seen once in about twenty runs
+            // on a loaded machine, as RST_STREAM CANCEL from the server) is
+            // sent again: setting "k" twice is harmless, and the count of
+            // operations allows for it.
+            let mut resent = Vec::new();
             for i in (worker..PROJECTS).step_by(32) {
-                kv.set(on(&format!("p{i}"), None, set("k"))).await.unwrap();
+                let project = format!("p{i}");
+                if let Err(e) = kv.set(on(&project, None, set("k"))).await {
+                    assert_eq!(e.code(), tonic::Code::Cancelled, "{e:?}");
+                    kv.set(on(&project, None, set("k"))).await?;
+                    resent.push(e);
+                }
             }
+            Ok::<_, tonic::Status>(resent)
         }));
     }
+    let mut resent = 0;
     for task in tasks {
-        task.await.unwrap();
+        match task.await.unwrap() {
+            Ok(reset) if reset.is_empty() => {}
+            Ok(reset) => {
+                println!(
+                    "calls reset by the transport and sent again: {reset:?}; server log: {:?}",
+                    server.log()
+                );
+                resent += reset.len();
+            }
+            Err(e) => panic!("{e:?}; server log: {:?}", server.log()),
+        }
     }
     let mut kv = KvServiceClient::new(channel);
     for big in 0..TOP {
@@ -504,7 +557,12 @@ async fn ten_thousand_projects_make_at_most_top_n_plus_one_series() {
         .map(|(_, v)| v)
         .sum();
     let big_sets: usize = (0..TOP).map(|b| 2 + b).sum();
-    assert_eq!(ops_total, (PROJECTS + big_sets) as f64);
+    let expected = (PROJECTS + big_sets) as f64;
+    // A reset call may or may not have been admitted before the reset.
+    assert!(
+        (expected..=expected + resent as f64).contains(&ops_total),
+        "{ops_total} operations, {expected} sent ({resent} sent again)"
+    );
     assert!(
         text.len() < 64 * 1024,
         "the exposition grew to {} bytes",
