@@ -425,9 +425,10 @@ pub struct BackupSummary {
 }
 
 impl Admin {
-    /// Streams a consistent backup of the whole server into `out` (a file,
-    /// usually): the state after every write logged before one cut of the
-    /// log, taken while writes go on. Restore it with `kv-server restore
+    /// Streams a consistent backup of the whole server, or of `project`
+    /// alone (its data, catalog entry, quota and tokens), into `out` (a
+    /// file, usually): the state after every write logged before one cut of
+    /// the log, taken while writes go on. Restore it with `kv-server restore
     /// --from FILE --data-dir DIR`. No deadline applies: a large backup
     /// takes as long as it takes. `out` is flushed at the end; on an error
     /// it holds an incomplete file, which a restore refuses.
@@ -436,7 +437,7 @@ impl Admin {
     /// # async fn demo(admin: kv_client::Admin) -> Result<(), kv_client::Error> {
     /// // Any `AsyncWrite`: a `tokio::fs::File`, or memory.
     /// let mut backup = Vec::new();
-    /// let summary = admin.backup(&mut backup).await?;
+    /// let summary = admin.backup(None, &mut backup).await?;
     /// assert_eq!(summary.bytes, backup.len() as u64);
     /// println!("{} bytes, sha256 {}", summary.bytes, summary.checksum);
     /// # Ok(())
@@ -445,11 +446,13 @@ impl Admin {
     ///
     /// # Errors
     ///
-    /// See [`Admin`]; `UNIMPLEMENTED` from a Redis Cluster backed server;
+    /// See [`Admin`]; `NOT_FOUND` for an unknown project; `UNIMPLEMENTED`
+    /// from a Redis Cluster backed server;
     /// [`Error::Output`] when writing to `out` fails; [`Error::Protocol`]
     /// when the stream ends before the file's trailer.
     pub async fn backup(
         &self,
+        project: Option<&str>,
         mut out: impl tokio::io::AsyncWrite + Unpin + Send,
     ) -> Result<BackupSummary, Error> {
         use tokio::io::AsyncWriteExt;
@@ -460,7 +463,9 @@ impl Admin {
                 None,
                 None,
                 true,
-                pb::BackupRequest {},
+                pb::BackupRequest {
+                    project: project.map(Into::into),
+                },
                 |conn, r| async move { conn.admin().backup(r).await },
             )
             .await?;

@@ -194,10 +194,30 @@ impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         self.auth.require_admin(request.metadata())?;
-        let cut = self.store.backup_cut().await?;
+        let project = match &request.get_ref().project {
+            Some(name) => Some(self.project(name)?),
+            None => None,
+        };
+        let mut cut = self.store.backup_cut().await?;
+        if let Some(project) = project {
+            let known = self.store.catalog().project(&project).is_some()
+                || cut.versions().iter().any(|(p, _)| *p == project);
+            if !known {
+                return Err(Status::not_found(format!(
+                    "project {project} does not exist: nothing to back up"
+                )));
+            }
+            cut = tokio::task::spawn_blocking(move || cut.only(&project))
+                .await
+                .map_err(|e| Status::internal(format!("the backup's filter failed: {e}")))?
+                .map_err(|e| {
+                    Status::internal(format!("cannot narrow the backup to one project: {e}"))
+                })?;
+        }
         let created_at_ms = self.store.now_ms();
         tracing::info!(
             cut_segment = cut.seq(),
+            project = cut.project().map(|p| p.as_str()),
             files = cut.files().len(),
             projects = cut.versions().len(),
             "backup started"

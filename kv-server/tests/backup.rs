@@ -58,13 +58,18 @@ fn cut_versions(backup: &[u8]) -> HashMap<String, u64> {
     assert_eq!(&backup[..8], b"KVBACKUP");
     let mut at = 10;
     assert_eq!(backup[at], 1, "the header section comes first");
-    at += 9 + 8 + 8 + 1;
+    at += 9 + 8 + 8;
     let str_at = |at: &mut usize| {
         let len = u16::from_le_bytes([backup[*at], backup[*at + 1]]) as usize;
         let s = String::from_utf8(backup[*at + 2..*at + 2 + len].to_vec()).unwrap();
         *at += 2 + len;
         s
     };
+    let scope = backup[at];
+    at += 1;
+    if scope == 1 {
+        let _project = str_at(&mut at);
+    }
     let _server_version = str_at(&mut at);
     let count = u32::from_le_bytes(backup[at..at + 4].try_into().unwrap());
     at += 4;
@@ -154,7 +159,7 @@ async fn a_backup_under_16_writers_restores_exactly_the_writes_before_its_cut() 
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut backup = Vec::new();
-    let summary = admin.backup(&mut backup).await.expect("backup");
+    let summary = admin.backup(None, &mut backup).await.expect("backup");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -264,7 +269,7 @@ async fn damaged_backups_and_non_empty_targets_are_refused_and_nothing_is_writte
             .unwrap();
     }
     let mut backup = Vec::new();
-    admin.backup(&mut backup).await.unwrap();
+    admin.backup(None, &mut backup).await.unwrap();
     server.terminate();
 
     let refused = |name: &str, bytes: &[u8], expect: &[&str]| {
@@ -336,6 +341,97 @@ async fn damaged_backups_and_non_empty_targets_are_refused_and_nothing_is_writte
     for i in [0, 150, 299] {
         let got: Json = shop.get(&format!("k{i}")).await.unwrap().unwrap();
         assert_eq!(got["i"], json!(i));
+    }
+    restored.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_project_backup_restores_that_project_alone_with_its_tokens() {
+    let work = tempfile::tempdir().unwrap();
+    let server = BinaryServer::start_in(BIN, &work.path().join("a"), ARGS);
+    let admin = client(&server, ADMIN).await.admin();
+    let quota = Quota {
+        max_keys: Some(777),
+        ..Quota::default()
+    };
+    admin.create_project("shop", quota).await.unwrap();
+    admin
+        .create_project("other", Quota::default())
+        .await
+        .unwrap();
+    let shop_token = admin.create_token("shop", false).await.unwrap();
+    let revoked = admin.create_token("shop", true).await.unwrap();
+    let other_token = admin.create_token("other", false).await.unwrap().token;
+    let shop = client(&server, &shop_token.token).await.project("shop");
+    let other = client(&server, &other_token).await.project("other");
+    let mut versions = HashMap::new();
+    for i in 0..500 {
+        let key = format!("k{}", i % 120);
+        let outcome = shop
+            .set_with(&key, &json!({"i": i}), SetOptions::new())
+            .await
+            .unwrap();
+        versions.insert(key, (i, outcome.version));
+        other.set(&format!("o{i}"), &i).await.unwrap();
+    }
+    shop.delete("k0").await.unwrap();
+    versions.remove("k0");
+    assert!(admin.revoke_token(&revoked.info.id).await.unwrap());
+
+    let missing = admin.backup(Some("nope"), Vec::new()).await.unwrap_err();
+    assert_eq!(missing.code(), kv_client::Code::NotFound, "{missing}");
+    let mut backup = Vec::new();
+    admin.backup(Some("shop"), &mut backup).await.unwrap();
+    assert!(
+        !backup.windows(5).any(|w| w == b"other"),
+        "nothing of the other project is in the file"
+    );
+    assert_eq!(cut_versions(&backup).keys().collect::<Vec<_>>(), ["shop"]);
+    server.terminate();
+
+    let file = work.path().join("shop.backup");
+    std::fs::write(&file, &backup).unwrap();
+    let target = work.path().join("b");
+    let out = restore(&file, &target);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("project shop only"), "{stdout}");
+    let restored = BinaryServer::start_in(BIN, &target, ARGS);
+    let admin = client(&restored, ADMIN).await.admin();
+    let names: Vec<String> = admin
+        .list_projects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["shop"]);
+    assert_eq!(admin.get_project("shop").await.unwrap().quota, quota);
+    let tokens = admin.list_tokens(None).await.unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens[0].id, shop_token.info.id);
+    let shop = client(&restored, &shop_token.token).await.project("shop");
+    assert!(shop.get::<Json>("k0").await.unwrap().is_none());
+    for (key, (i, version)) in &versions {
+        let entry = shop.get_entry::<Json>(key).await.unwrap().unwrap();
+        assert_eq!((entry.value, entry.version), (json!({"i": i}), *version));
+    }
+    for token in [&revoked.token, &other_token] {
+        let refused = client(&restored, token)
+            .await
+            .project("shop")
+            .get::<Json>("k1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            kv_client::Code::Unauthenticated,
+            "{refused}"
+        );
     }
     restored.terminate();
 }

@@ -28,9 +28,28 @@ pub struct BackupCut {
     files: Vec<(String, PathBuf)>,
     seq: u64,
     versions: Vec<(ProjectName, u64)>,
+    project: Option<ProjectName>,
 }
 
 impl BackupCut {
+    /// The one project the files hold, when narrowed to one
+    /// ([`BackupCut::only`]); `None`: the whole server.
+    pub fn project(&self) -> Option<&ProjectName> {
+        self.project.as_ref()
+    }
+
+    /// The private directory of the links.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replaces the files with ones holding `project` alone.
+    pub(super) fn narrow(&mut self, files: Vec<(String, PathBuf)>, project: &ProjectName) {
+        self.files = files;
+        self.versions.retain(|(p, _)| p == project);
+        self.project = Some(project.clone());
+    }
+
     /// Each file's data-directory name and the path to read it from, the
     /// snapshot (if any) first, then the segments in order.
     pub fn files(&self) -> &[(String, PathBuf)] {
@@ -76,6 +95,7 @@ pub(super) fn link(
         files: Vec::new(),
         seq,
         versions,
+        project: None,
     };
     // A snapshot finishing meanwhile removes the segments it replaces: then
     // the listing is stale and is taken again (the new snapshot is there).

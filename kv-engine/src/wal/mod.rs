@@ -68,6 +68,7 @@ mod history_tests;
 mod options;
 mod queue;
 mod recovery;
+mod scope;
 mod snapshot;
 mod verify;
 mod writer;

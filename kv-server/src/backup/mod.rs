@@ -6,7 +6,8 @@
 //! ```text
 //! "KVBACKUP" u16:format
 //! section*    = u8:tag u64:len body[len]
-//!   1 header  = u64:created_at_ms u64:cut_segment u8:scope(0 = whole server)
+//!   1 header  = u64:created_at_ms u64:cut_segment
+//!               u8:scope (0 = whole server | 1 str:project = one project)
 //!               str:server_version u32:projects (str:name u64:version)*
 //!   2 file    = str:name content      (a snapshot or log segment, verbatim)
 //!   3 trailer = u64:sections_before sha256[32]
@@ -50,6 +51,8 @@ pub struct Header {
     pub created_at_ms: u64,
     /// The log position of the cut (the first segment not included).
     pub cut_segment: u64,
+    /// The one project backed up; `None` for the whole server.
+    pub project: Option<String>,
     /// The version of the server that wrote it.
     pub server_version: String,
     /// Each project's version at the cut.
@@ -61,7 +64,13 @@ impl Header {
         let mut out = Vec::new();
         out.extend_from_slice(&self.created_at_ms.to_le_bytes());
         out.extend_from_slice(&self.cut_segment.to_le_bytes());
-        out.push(0);
+        match &self.project {
+            None => out.push(0),
+            Some(project) => {
+                out.push(1);
+                put_str(&mut out, project);
+            }
+        }
         put_str(&mut out, &self.server_version);
         out.extend_from_slice(&(self.projects.len() as u32).to_le_bytes());
         for (name, version) in &self.projects {
@@ -75,12 +84,15 @@ impl Header {
         let mut r = Cursor { body, at: 0 };
         let created_at_ms = r.u64()?;
         let cut_segment = r.u64()?;
-        let scope = r.take(1)?[0];
-        if scope != 0 {
-            return Err(format!(
-                "scope {scope} is unknown (this build reads whole-server backups, scope 0)"
-            ));
-        }
+        let project = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(r.str()?),
+            scope => {
+                return Err(format!(
+                    "scope {scope} is unknown (0 = whole server, 1 = one project)"
+                ));
+            }
+        };
         let server_version = r.str()?;
         let count = u32::from_le_bytes(r.take(4)?.try_into().unwrap_or_default());
         let mut projects = Vec::new();
@@ -94,6 +106,7 @@ impl Header {
         Ok(Self {
             created_at_ms,
             cut_segment,
+            project,
             server_version,
             projects,
         })
@@ -156,6 +169,7 @@ pub fn write_backup(
     let header = Header {
         created_at_ms,
         cut_segment: cut.seq(),
+        project: cut.project().map(ToString::to_string),
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         projects: cut
             .versions()

@@ -390,9 +390,13 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::
     match runtime.block_on(restore(&cli.from, &cli.data_dir)) {
         Ok(done) => {
             println!(
-                "restored {} into {}: {} files, {} bytes, sha256 {}, {} projects, cut at log segment {}, taken at {} ms by server {}",
+                "restored {} into {}: {}, {} files, {} bytes, sha256 {}, {} projects, cut at log segment {}, taken at {} ms by server {}",
                 cli.from.display(),
                 cli.data_dir.display(),
+                done.header.project.as_ref().map_or_else(
+                    || "whole server".to_string(),
+                    |p| format!("project {p} only")
+                ),
                 done.files,
                 done.bytes,
                 done.checksum,
