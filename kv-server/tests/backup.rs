@@ -378,6 +378,13 @@ async fn a_one_project_backup_restores_that_project_alone_with_its_tokens() {
     versions.remove("k0");
     assert!(admin.revoke_token(&revoked.info.id).await.unwrap());
 
+    let denied = client(&server, &shop_token.token)
+        .await
+        .admin()
+        .backup(Some("shop"), Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), kv_client::Code::PermissionDenied, "{denied}");
     let missing = admin.backup(Some("nope"), Vec::new()).await.unwrap_err();
     assert_eq!(missing.code(), kv_client::Code::NotFound, "{missing}");
     let mut backup = Vec::new();
