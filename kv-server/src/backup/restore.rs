@@ -370,6 +370,8 @@ pub struct RestoreCli {
 /// 1 when refused, 2 for bad arguments.
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
     use clap::Parser;
+    // Usage lines name the whole command, not the subcommand alone.
+    let args = std::iter::once("kv-server restore".into()).chain(args.into_iter().skip(1));
     let cli = match RestoreCli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
