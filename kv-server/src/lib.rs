@@ -43,6 +43,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod inflight;
 pub mod limits;

@@ -29,6 +29,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    // A subcommand, not a flag: the server's own flags stay as they are.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
+        return kv_server::backup::restore::run(std::env::args_os().skip(1));
+    }
+
     let config = match Cli::parse().into_config() {
         Ok(config) => config,
         Err(e) => {
