@@ -34,7 +34,7 @@ pub(crate) async fn project(
         },
         ProjectCommand::Rm { name, yes } => {
             let question = format!("delete project {name:?} and all its keys?");
-            if !yes && !crate::confirm(&question) {
+            if !yes && !output::confirm(&question) {
                 return Err(Failure::new(
                     exit::ABORTED,
                     "rm aborted: nothing was deleted",

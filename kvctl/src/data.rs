@@ -50,7 +50,7 @@ pub(crate) async fn run(
                 options = options.ttl(ttl);
             }
             let done = project.incr_with(&key, delta, options).await?;
-            let value = json!(done.value);
+            let value = number(done.value);
             if json {
                 output::json_line(&json!({ "key": key, "value": value, "version": done.version }));
             } else {
@@ -80,7 +80,7 @@ pub(crate) async fn run(
         Command::Watch(args) => watch(project, json, args).await,
         Command::Clear { yes } => {
             let question = format!("delete every key of project {:?}?", project_name(global));
-            if !yes && !crate::confirm(&question) {
+            if !yes && !output::confirm(&question) {
                 return Err(Failure::new(
                     exit::ABORTED,
                     "clear aborted: nothing was deleted",
@@ -100,6 +100,17 @@ pub(crate) async fn run(
 
 fn project_name(global: &Global) -> &str {
     global.project.as_deref().unwrap_or_default()
+}
+
+/// A JSON number, integral ones without a fraction (`42`, not `42.0`), as
+/// the server stores them.
+fn number(value: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if value.fract() == 0.0 && value.abs() < EXACT {
+        json!(value as i64)
+    } else {
+        json!(value)
+    }
 }
 
 /// Parses a JSON argument, saying which one and how to quote a string.

@@ -7,35 +7,16 @@
 //! snapshot together (a key written during the export may appear in its
 //! old or its new state, or be missed if it moved across a page boundary).
 
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kv_client::{Client, ListOptions};
 use serde_json::json;
 
 use crate::{
     cli::{ExportArgs, Global},
     exit::{self, Failure},
+    output::progress,
 };
-
-/// A progress bar on stderr when it is a terminal, hidden otherwise.
-pub(crate) fn progress(total: Option<u64>, what: &str) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(total, target);
-    let template = if total.is_some() {
-        format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}")
-    } else {
-        format!("{what} {{spinner}} {{pos}} {{per_sec}} {{msg}}")
-    };
-    if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
-    }
-    bar
-}
 
 /// Runs `export`.
 pub(crate) async fn run(client: &Client, global: &Global, args: ExportArgs) -> Result<u8, Failure> {

@@ -12,15 +12,18 @@
 //!
 //! Deadlines are absolute: a key keeps the deadline it was exported with;
 //! one that has passed is skipped and counted. Versions cannot be set by a
-//! client: imported keys get the target project's next versions.
+//! client: imported keys get the target project's next versions. Projects
+//! are registered (without quotas) when the token may; quotas and tokens
+//! are not part of an export.
 
 use std::{
+    collections::HashSet,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     time::{Duration, UNIX_EPOCH},
 };
 
-use kv_client::{Client, MAX_REQUEST_ID_BYTES};
+use kv_client::{Client, Code, MAX_REQUEST_ID_BYTES, Quota};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -28,8 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     cli::{Global, ImportArgs},
     exit::{self, Failure},
-    export::progress,
-    output::now_ms,
+    output::{now_ms, progress},
 };
 
 /// One exported entry; its `version` is read but cannot be applied.
@@ -62,6 +64,20 @@ struct Counts {
     expired: u64,
     batches: u64,
     resumed_at: u64,
+    /// Projects registered (or found registered) so far.
+    registered: HashSet<String>,
+}
+
+/// Registers `name` so that it is listed (and exported) like the original:
+/// a project written without being created exists, but only registered
+/// ones are listed. A project token may not register; it writes into its
+/// own project, which is fine.
+async fn register(client: &Client, name: &str) -> Result<(), Failure> {
+    match client.admin().create_project(name, Quota::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.code(), Code::AlreadyExists | Code::PermissionDenied) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs `import`.
@@ -94,7 +110,7 @@ pub(crate) async fn run(global: &Global, args: ImportArgs) -> Result<u8, Failure
     let client = if args.dry_run {
         None
     } else {
-        Some(crate::connect(global).await?)
+        Some(crate::connect::connect(global).await?)
     };
     let mut progress_state = match (&resume_file, args.dry_run) {
         (Some(path), false) => Some(load_or_start(path, &identity)?),
@@ -249,6 +265,11 @@ async fn flush(
     let Some((first_line, first)) = batch.first() else {
         return Ok(());
     };
+    if let Some(client) = client
+        && counts.registered.insert(first.project.clone())
+    {
+        register(client, &first.project).await?;
+    }
     let now = now_ms();
     let live: Vec<&Line> = batch
         .iter()

@@ -1,10 +1,11 @@
 //! Printing: aligned tables for people, JSON for scripts.
 
 use std::{
-    io::{self, Write},
+    io::{self, BufRead, IsTerminal, Write},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 /// Milliseconds since the Unix epoch, now.
@@ -70,4 +71,41 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
 /// A limit for a table cell: the number, or `-` for none.
 pub(crate) fn limit(value: Option<u64>) -> String {
     value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+pub(crate) fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(total, target);
+    let template = if total.is_some() {
+        format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}")
+    } else {
+        format!("{what} {{spinner}} {{pos}} {{per_sec}} {{msg}}")
+    };
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Asks `question` on stderr and reads the answer from stdin: true only for
+/// `y` or `yes`. A closed stdin counts as no.
+pub(crate) fn confirm(question: &str) -> bool {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{question} [y/N] ");
+    let _ = err.flush();
+    drop(err);
+    let mut answer = String::new();
+    let stdin = std::io::stdin();
+    if stdin.lock().read_line(&mut answer).unwrap_or(0) == 0 {
+        if !stdin.is_terminal() {
+            eprintln!("(no answer on stdin; pass --yes to skip the question)");
+        }
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
