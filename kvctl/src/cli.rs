@@ -13,7 +13,16 @@ use clap::{Args, Parser, Subcommand};
 /// 5 refused by the server, 6 aborted (prompt declined, import stopped),
 /// 7 local input or file error, 8 other server error.
 #[derive(Debug, Parser)]
-#[command(name = "kvctl", version, about, long_about = None)]
+#[command(
+    name = "kvctl",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 ok, 1 not found / false / condition not met, 2 usage, \
+        3 unavailable or timed out, 4 authentication or permission, 5 refused by the server, \
+        6 aborted (prompt declined, import stopped), 7 local input or file error, \
+        8 other server error."
+)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,
