@@ -71,6 +71,18 @@ impl From<kv_client::Error> for Failure {
             }
             other => other.to_string(),
         };
-        Self::new(code_for(e.code()), message)
+        let code = match &e {
+            // A connection the transport lost under the call (a TLS peer
+            // refusing our certificate after the handshake, a reset) is
+            // reported as UNKNOWN; it is the network, not the server.
+            kv_client::Error::Status(status)
+                if status.code() == Code::Unknown
+                    && status.message().contains("transport error") =>
+            {
+                UNAVAILABLE
+            }
+            _ => code_for(e.code()),
+        };
+        Self::new(code, message)
     }
 }

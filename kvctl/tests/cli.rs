@@ -419,3 +419,117 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[test]
+fn tls_options_reach_a_mutual_tls_server() {
+    let pki = kv_tests::pki::TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki.write_to(dir.path());
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (client_cert, client_key) = (
+        write("client.pem", &pki.client.cert),
+        write("client.key", &pki.client.key),
+    );
+    let (cert, key, ca) = (
+        files.server_cert.display().to_string(),
+        files.server_key.display().to_string(),
+        files.ca.display().to_string(),
+    );
+    let server = kv_tests::BinaryServer::start_with_env(
+        &common::kv_server(),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        &[("KV_ADMIN_TOKEN", ADMIN)],
+    );
+    let kv = Kv {
+        url: format!("https://127.0.0.1:{}", server.addr.port()),
+        ..Kv::admin(&server)
+    }
+    .in_project("shop");
+    let tls = [
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &client_cert,
+        "--tls-key",
+        &client_key,
+    ];
+    let mut set = vec!["set", "a", "1"];
+    set.extend(tls);
+    kv.expect(0, &set);
+    let mut get = vec!["get", "a", "--json"];
+    get.extend(tls);
+    assert_eq!(kv.expect(0, &get).json()["value"], 1);
+    // Without the CA the server is not trusted; without the client
+    // certificate it refuses the connection: both are "unreachable".
+    kv.expect(
+        3,
+        &[
+            "get",
+            "a",
+            "--timeout",
+            "3s",
+            "--tls-cert",
+            &client_cert,
+            "--tls-key",
+            &client_key,
+        ],
+    );
+    kv.expect(3, &["get", "a", "--timeout", "3s", "--tls-ca", &ca]);
+    // A certificate without its key is a usage error.
+    kv.expect(2, &["get", "a", "--tls-cert", &client_cert]);
+}
+
+#[test]
+fn import_reads_stdin_and_names_the_line_it_cannot_read() {
+    let server = server();
+    let kv = Kv::admin(&server);
+    let lines = concat!(
+        r#"{"project":"shop","key":"a","value":{"n":1},"version":3,"expires_at_ms":null}"#,
+        "\n\n",
+        r#"{"project":"shop","key":"b","value":"x"}"#,
+        "\n",
+        r#"{"project":"blog","key":"c","value":[1,2],"expires_at_ms":1}"#,
+        "\n",
+    );
+    let done = kv.run_with_stdin(&["import", "--json"], Some(lines.as_bytes()));
+    assert_eq!(done.code, Some(0), "{done:?}");
+    // Piped: no progress bar, only the summary.
+    assert_eq!(done.stderr, "", "{done:?}");
+    let summary = done.json();
+    assert_eq!(
+        (
+            summary["written"].as_u64(),
+            summary["skipped_expired"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        kv.in_project("shop").expect(0, &["get", "a"]).stdout.trim(),
+        r#"{"n":1}"#
+    );
+    assert_eq!(
+        kv.in_project("shop").expect(0, &["get", "b"]).stdout.trim(),
+        r#""x""#
+    );
+
+    let bad = format!("{lines}{{\"project\":\"shop\",\"key\":\"d\"}}\n");
+    let refused = kv.run_with_stdin(&["import", "--dry-run"], Some(bad.as_bytes()));
+    assert_eq!(refused.code, Some(7), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("line 5: not an exported entry: missing field `value`"),
+        "{refused:?}"
+    );
+}
