@@ -18,15 +18,20 @@ use crate::{
     output::progress,
 };
 
-/// Runs `export`.
-pub(crate) async fn run(client: &Client, global: &Global, args: ExportArgs) -> Result<u8, Failure> {
+/// Runs `export` of project `only`, or of every registered project.
+pub(crate) async fn run(
+    client: &Client,
+    global: &Global,
+    only: Option<&str>,
+    args: ExportArgs,
+) -> Result<u8, Failure> {
     let admin = client.admin();
     // With a project token the admin API is closed: export that one project
     // without knowing its size.
-    let projects: Vec<(String, Option<u64>)> = match &global.project {
+    let projects: Vec<(String, Option<u64>)> = match only {
         Some(name) => {
             let keys = admin.get_project(name).await.ok().map(|p| p.keys);
-            vec![(name.clone(), keys)]
+            vec![(name.to_string(), keys)]
         }
         None => admin
             .list_projects()

@@ -17,14 +17,16 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, parser::ValueSource};
 
 use cli::{Cli, Command};
 use connect::connect;
 use exit::Failure;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let project_flag = project_on_command_line(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SERVER);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, project_flag)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("kvctl: {}", failure.message);
@@ -44,7 +46,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<u8, Failure> {
+/// Whether `--project` was given as a flag (at any level), not only through
+/// `KV_PROJECT`: `export` narrows to one project only when asked on its
+/// command line, so a shell with `KV_PROJECT` set still exports everything.
+fn project_on_command_line(matches: &ArgMatches) -> bool {
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        if m.value_source("project") == Some(ValueSource::CommandLine) {
+            return true;
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    false
+}
+
+async fn run(cli: Cli, project_flag: bool) -> Result<u8, Failure> {
     let global = &cli.global;
     match cli.command {
         Command::Completions { shell } => {
@@ -54,7 +70,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Project(command) => admin::project(&connect(global).await?, global, command).await,
         Command::Token(command) => admin::token(&connect(global).await?, global, command).await,
-        Command::Export(args) => export::run(&connect(global).await?, global, args).await,
+        Command::Export(args) => {
+            let only = global.project.as_deref().filter(|_| project_flag);
+            export::run(&connect(global).await?, global, only, args).await
+        }
         Command::Import(args) => import::run(global, args).await,
         command => {
             let name = global.project.as_deref().ok_or_else(|| {

@@ -137,7 +137,8 @@ fn export_then_import_into_a_fresh_server_gives_the_same_data_even_when_interrup
 
     // Export: one JSON line per entry, absolute deadlines, versions.
     let file = dir.path().join("all.jsonl");
-    let said = export(&Kv::admin(&source), &file, &[]);
+    // KV_PROJECT does not narrow an export: only the flag does.
+    let said = export(&Kv::admin(&source).in_project("beta"), &file, &[]);
     assert!(
         said.contains("exported 100000 entries from 4 projects"),
         "{said}"
@@ -163,7 +164,7 @@ fn export_then_import_into_a_fresh_server_gives_the_same_data_even_when_interrup
     );
     // One project only.
     let one = dir.path().join("beta.jsonl");
-    export(&Kv::admin(&source).in_project("beta"), &one, &["--json"]);
+    export(&Kv::admin(&source), &one, &["--project", "beta", "--json"]);
     let beta = std::fs::read_to_string(&one).unwrap();
     assert_eq!(beta.lines().count(), KEYS_PER_PROJECT);
     assert!(beta.lines().all(|l| l.contains(r#""project":"beta""#)));
