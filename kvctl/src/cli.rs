@@ -277,3 +277,23 @@ pub(crate) struct ImportArgs {
     #[arg(long, hide = true)]
     pub(crate) stop_after_batches: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_human_and_never_zero() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_duration("5").unwrap_err().contains("examples: 250ms"));
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

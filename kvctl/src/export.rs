@@ -41,7 +41,7 @@ pub(crate) async fn run(
             .collect(),
     };
     let total = projects.iter().map(|(_, keys)| *keys).sum::<Option<u64>>();
-    let bar = progress(total, "export");
+    let bar = progress(total, "export", "keys");
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut written = 0u64;
     for (name, _) in &projects {

@@ -124,7 +124,7 @@ pub(crate) async fn run(global: &Global, args: ImportArgs) -> Result<u8, Failure
     if skip > 0 {
         eprintln!("resuming after line {skip}");
     }
-    let bar = progress(size, "import");
+    let bar = progress(size, "import", "bytes");
     let mut batch: Vec<(u64, Line)> = Vec::new();
     let mut lines_read = 0u64;
     for (index, text) in BufReader::new(reader).lines().enumerate() {
@@ -320,4 +320,18 @@ fn request_id(run: &str, line: u64) -> String {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     let id = format!("kvctl-import-{hex}");
     id[..id.len().min(MAX_REQUEST_ID_BYTES)].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_stable_per_run_and_line_and_within_the_limit() {
+        let id = request_id("run-1", 501);
+        assert_eq!(id, request_id("run-1", 501));
+        assert_ne!(id, request_id("run-1", 1001));
+        assert_ne!(id, request_id("run-2", 501));
+        assert!(id.len() <= MAX_REQUEST_ID_BYTES, "{id}");
+    }
 }

@@ -74,17 +74,23 @@ pub(crate) fn limit(value: Option<u64>) -> String {
 }
 
 /// A progress bar on stderr when it is a terminal, hidden otherwise.
-pub(crate) fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+/// The position counts `unit`: `"keys"`, or `"bytes"` (shown as KiB, MiB).
+pub(crate) fn progress(total: Option<u64>, what: &str, unit: &str) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
     };
     let bar = ProgressBar::with_draw_target(total, target);
-    let template = if total.is_some() {
-        format!("{what} {{bar:40}} {{pos}}/{{len}} {{per_sec}} eta {{eta}} {{msg}}")
-    } else {
-        format!("{what} {{spinner}} {{pos}} {{per_sec}} {{msg}}")
+    let template = match (total.is_some(), unit) {
+        (true, "bytes") => format!(
+            "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}} {{msg}}"
+        ),
+        (false, "bytes") => format!("{what} {{spinner}} {{bytes}} {{bytes_per_sec}} {{msg}}"),
+        (true, _) => {
+            format!("{what} {{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}} {{msg}}")
+        }
+        (false, _) => format!("{what} {{spinner}} {{pos}} {unit} {{per_sec}} {{msg}}"),
     };
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style);

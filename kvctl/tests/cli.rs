@@ -533,3 +533,57 @@ fn import_reads_stdin_and_names_the_line_it_cannot_read() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_batch_applied_but_not_recorded_is_not_written_twice_on_resume() {
+    let server = server();
+    let kv = Kv::admin(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.jsonl");
+    let lines: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| format!("{{\"project\":\"shop\",\"key\":\"{k}\",\"value\":\"{k}\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let progress = dir.path().join("in.jsonl.progress");
+
+    kv.expect(
+        6,
+        &[
+            "import",
+            file_arg,
+            "--batch-size",
+            "2",
+            "--stop-after-batches",
+            "1",
+        ],
+    );
+    let shop = kv.in_project("shop");
+    let version_of = |key: &str| {
+        shop.expect(0, &["get", key, "--json"]).json()["version"]
+            .as_u64()
+            .unwrap()
+    };
+    let (a, b) = (version_of("a"), version_of("b"));
+    shop.expect(1, &["has", "c"]);
+    // As if the process died after the batch applied but before it was
+    // recorded: the re-run sends the first batch again, with its id.
+    let mut saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&progress).unwrap()).unwrap();
+    assert_eq!(saved["lines"], 2);
+    saved["lines"] = json!(0);
+    std::fs::write(&progress, saved.to_string()).unwrap();
+    let resumed = kv
+        .expect(0, &["import", file_arg, "--batch-size", "2", "--json"])
+        .json();
+    assert_eq!(resumed["written"], 4, "{resumed}");
+    // The server answered the repeated batch from memory: a and b were not
+    // written again (a write would have given them new versions).
+    assert_eq!((version_of("a"), version_of("b")), (a, b));
+    assert_eq!(shop.expect(0, &["get", "d"]).stdout.trim(), r#""d""#);
+
+    // A new import of the same file is a new run: it writes again.
+    kv.expect(0, &["import", file_arg, "--batch-size", "2"]);
+    assert!(version_of("a") > a);
+}
