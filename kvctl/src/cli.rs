@@ -126,6 +126,9 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Writes JSON lines made by `export` back, in batches, resumably.
     Import(ImportArgs),
+    /// Saves a consistent backup of the whole server (or of --project) to a
+    /// file, while writes go on (admin); `kv-server restore` brings it back.
+    Backup(BackupArgs),
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -257,6 +260,13 @@ pub(crate) struct ExportArgs {
     /// Entries fetched per call.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) page_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    /// The backup file to write (written as FILE.partial, renamed when
+    /// complete; an existing FILE is replaced only then).
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Args)]

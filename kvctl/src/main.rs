@@ -3,10 +3,11 @@
 //! Data commands (`get`, `set`, `has`, `del`, `incr`, `merge`, `ls`,
 //! `watch`, `clear`) work on one project; `project` and `token` manage
 //! projects, quotas and tokens with the admin token; `export` and `import`
-//! move entries as JSON lines. See README.md ("kvctl") for examples, the
+//! move entries as JSON lines; `backup` saves a consistent backup file. See README.md ("kvctl") for examples, the
 //! export format and the exit codes (listed in `exit.rs`).
 
 mod admin;
+mod backup;
 mod cli;
 mod connect;
 mod data;
@@ -75,6 +76,10 @@ async fn run(cli: Cli, project_flag: bool) -> Result<u8, Failure> {
             export::run(&connect(global).await?, global, only, args).await
         }
         Command::Import(args) => import::run(global, args).await,
+        Command::Backup(args) => {
+            let only = global.project.as_deref().filter(|_| project_flag);
+            backup::run(&connect(global).await?, global, only, args).await
+        }
         command => {
             let name = global.project.as_deref().ok_or_else(|| {
                 Failure::usage("no project: give --project NAME or set KV_PROJECT")

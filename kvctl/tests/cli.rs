@@ -587,3 +587,76 @@ fn a_batch_applied_but_not_recorded_is_not_written_twice_on_resume() {
     kv.expect(0, &["import", file_arg, "--batch-size", "2"]);
     assert!(version_of("a") > a);
 }
+
+#[test]
+fn backup_writes_a_complete_file_that_kv_server_restores() {
+    let server = server();
+    let kv = Kv::admin(&server).in_project("shop");
+    kv.expect(0, &["set", "a", "1"]);
+    kv.expect(0, &["set", "b", r#"{"x":2}"#, "--ttl", "1h"]);
+    let b = kv.expect(0, &["get", "b", "--json"]).json();
+    Kv::admin(&server)
+        .in_project("other")
+        .expect(0, &["set", "c", "3"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kv.backup");
+    let file_arg = file.to_str().unwrap();
+    let out = Kv::admin(&server)
+        .expect(0, &["backup", file_arg, "--json"])
+        .json();
+    let bytes = out["bytes"].as_u64().expect("bytes");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), bytes);
+    assert_eq!(out["sha256"].as_str().map(str::len), Some(64), "{out}");
+    assert!(
+        !dir.path().join("kv.backup.partial").exists(),
+        "the partial file is renamed once complete"
+    );
+    let human = Kv::admin(&server).expect(0, &["backup", file_arg]);
+    assert!(
+        human.stdout.contains("kv-server restore --from"),
+        "{human:?}"
+    );
+
+    // One project only; an unknown one is not found.
+    let shop_file = dir.path().join("shop.backup");
+    Kv::admin(&server).expect(
+        0,
+        &["backup", shop_file.to_str().unwrap(), "--project", "shop"],
+    );
+    let unknown = Kv::admin(&server).expect(
+        1,
+        &[
+            "backup",
+            dir.path().join("x").to_str().unwrap(),
+            "--project",
+            "nope",
+        ],
+    );
+    assert!(unknown.stderr.contains("NotFound"), "{unknown:?}");
+
+    let restored = dir.path().join("restored");
+    let status = std::process::Command::new(common::kv_server())
+        .args(["restore", "--from", file_arg, "--data-dir"])
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kv-server restore: {status}");
+    let again = kv_tests::BinaryServer::start_in_with_env(
+        &common::kv_server(),
+        &restored,
+        &[],
+        &[("KV_ADMIN_TOKEN", ADMIN)],
+    );
+    let kv = Kv::admin(&again).in_project("shop");
+    assert_eq!(kv.expect(0, &["get", "a"]).stdout.trim(), "1");
+    assert_eq!(kv.expect(0, &["get", "b", "--json"]).json(), b);
+    assert_eq!(
+        Kv::admin(&again)
+            .in_project("other")
+            .expect(0, &["get", "c"])
+            .stdout
+            .trim(),
+        "3"
+    );
+}
