@@ -1,0 +1,2 @@
+//! Tests of the config file loader.
+use super::*;
