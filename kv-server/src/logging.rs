@@ -51,7 +51,7 @@ pub struct LogArgs {
     #[arg(long, env = "KV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Log level of the server (error, warn, info, debug, trace), or a full
+    /// Log level of the server (off, error, warn, info, debug, trace), or a full
     /// filter such as `info,kv_engine=debug`. RUST_LOG, when set, wins.
     #[arg(long, env = "KV_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL, value_parser = parse_level)]
     pub log_level: String,
@@ -88,6 +88,13 @@ fn filter_for(level: &str) -> Result<EnvFilter, String> {
                 .map(|krate| format!("{krate}={}", LEVELS[rank]))
                 .collect();
             format!("{base},{}", own.join(","))
+        }
+        // A lone word is a target to EnvFilter: as a level it is a typo.
+        None if level.eq_ignore_ascii_case("off") => "off".to_string(),
+        None if !level.contains(['=', ',']) => {
+            return Err(format!(
+                "{level:?} is not a level (off, error, warn, info, debug, trace) or filter"
+            ));
         }
         None => level.to_string(),
     };
@@ -393,6 +400,8 @@ mod tests {
         assert!(filter_for("debug").is_ok());
         assert!(filter_for("info,kv_engine=trace").is_ok());
         assert!(filter_for("kv_server=loud").is_err());
+        assert!(filter_for("loud").is_err());
+        assert!(filter_for("off").is_ok());
         assert_eq!(code_name(0), "OK");
         assert_eq!(code_name(16), "UNAUTHENTICATED");
         assert_eq!(code_name(99), "UNKNOWN");
