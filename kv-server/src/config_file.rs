@@ -16,7 +16,7 @@ use std::{
 
 use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, parser::ValueSource};
 
-use crate::{config::Cli, logging::LogArgs};
+use crate::logging::LogArgs;
 
 /// Flags of the configuration file.
 #[derive(Args, Debug, Clone)]
@@ -89,20 +89,23 @@ pub enum ParseError {
     File(Box<FileError>, LogArgs),
 }
 
-/// The parsed command line.
-pub struct Parsed {
+/// The parsed command line of `C` (the server's is
+/// [`crate::config::Cli`]).
+pub struct Parsed<C> {
     /// The flags, with the file's values where neither a flag nor the
     /// environment gave one.
-    pub cli: Cli,
+    pub cli: C,
     matches: ArgMatches,
     file: Option<(PathBuf, Vec<String>)>,
 }
 
 /// Parses `args` (the program name first) and the environment, and the
-/// file `--config` or `KV_CONFIG` names, if any.
+/// file `--config` or `KV_CONFIG` names, if any, into the flags `C`, which
+/// must flatten [`FileArgs`] and [`LogArgs`].
 ///
 /// ```
-/// let parsed = kv_server::config_file::parse(["kv-server", "--max-key-bytes", "100"]).unwrap();
+/// use kv_server::{config::Cli, config_file};
+/// let parsed = config_file::parse::<Cli, _, _>(["kv-server", "--max-key-bytes", "100"]).unwrap();
 /// assert_eq!(parsed.cli.max_key_bytes, 100);
 /// assert!(parsed.describe().contains("max-key-bytes = 100  # flag"));
 /// ```
@@ -110,17 +113,18 @@ pub struct Parsed {
 /// # Errors
 ///
 /// [`ParseError`] naming the flag, or the file and its key.
-pub fn parse<I, T>(args: I) -> Result<Parsed, ParseError>
+pub fn parse<C, I, T>(args: I) -> Result<Parsed<C>, ParseError>
 where
+    C: CommandFactory + FromArgMatches,
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let first = Cli::command()
+    let first = C::command()
         .try_get_matches_from(&args)
         .map_err(ParseError::Clap)?;
     let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
-        let cli = Cli::from_arg_matches(&first).map_err(ParseError::Clap)?;
+        let cli = C::from_arg_matches(&first).map_err(ParseError::Clap)?;
         return Ok(Parsed {
             cli,
             matches: first,
@@ -135,9 +139,9 @@ where
             source,
         })
     })?;
-    let values = file_values(&path, &text).map_err(fail)?;
+    let values = file_values::<C>(&path, &text).map_err(fail)?;
     let keys = values.iter().map(|(key, _)| key.clone()).collect();
-    let mut command = Cli::command();
+    let mut command = C::command();
     for (key, vals) in values {
         let id = arg_of(&command, &key).map(|arg| arg.get_id().clone());
         if let Some(id) = id {
@@ -147,7 +151,7 @@ where
     let matches = command
         .try_get_matches_from(&args)
         .map_err(ParseError::Clap)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let cli = C::from_arg_matches(&matches).map_err(ParseError::Clap)?;
     Ok(Parsed {
         cli,
         matches,
@@ -155,9 +159,9 @@ where
     })
 }
 
-/// Every key the file accepts: the long flags that are settings.
-pub fn keys() -> Vec<String> {
-    Cli::command()
+/// Every key the file accepts: the long flags of `C` that are settings.
+pub fn keys<C: CommandFactory>() -> Vec<String> {
+    C::command()
         .get_arguments()
         .filter_map(Arg::get_long)
         .filter(|long| !NOT_KEYS.contains(long))
@@ -176,12 +180,15 @@ fn arg_of<'a>(command: &'a clap::Command, key: &str) -> Option<&'a Arg> {
 
 /// The file's settings as the strings the flags would be given, each
 /// checked by its flag's own parser.
-fn file_values(path: &Path, text: &str) -> Result<Vec<(String, Vec<String>)>, FileError> {
+fn file_values<C: CommandFactory>(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<(String, Vec<String>)>, FileError> {
     let document = toml_edit::Document::parse(text).map_err(|e| FileError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string().trim().to_string(),
     })?;
-    let command = Cli::command();
+    let command = C::command();
     let mut values = Vec::new();
     for (key, item) in document.as_table().iter() {
         let Some(arg) = arg_of(&command, key) else {
@@ -258,7 +265,7 @@ fn clap_reason(error: &clap::Error, value: &str, key: &str) -> String {
     }
 }
 
-impl Parsed {
+impl<C: CommandFactory> Parsed<C> {
     /// The file given with `--config`, if any.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_ref().map(|(path, _)| path.as_path())
@@ -271,7 +278,7 @@ impl Parsed {
             for key in keys {
                 let from_file = self
                     .matches
-                    .value_source(key_id(key).as_str())
+                    .value_source(key_id::<C>(key).as_str())
                     .is_some_and(|s| s == ValueSource::DefaultValue);
                 if from_file && message.contains(&format!("--{key}")) {
                     return format!(
@@ -288,7 +295,7 @@ impl Parsed {
     /// setting (source: flag, env, file or default), secrets redacted.
     /// Settings without a value are listed as comments.
     pub fn describe(&self) -> String {
-        let command = Cli::command();
+        let command = C::command();
         let mut out = String::new();
         for arg in command.get_arguments() {
             let Some(key) = arg.get_long().filter(|long| !NOT_KEYS.contains(long)) else {
@@ -341,8 +348,8 @@ impl Parsed {
     }
 }
 
-fn key_id(key: &str) -> String {
-    Cli::command()
+fn key_id<C: CommandFactory>(key: &str) -> String {
+    C::command()
         .get_arguments()
         .find(|arg| arg.get_long() == Some(key))
         .map(|arg| arg.get_id().to_string())

@@ -2,14 +2,15 @@
 //! TOML values, and the redaction of printed settings.
 
 use super::*;
+use crate::config::Cli;
 
 fn values(text: &str) -> Result<Vec<(String, Vec<String>)>, FileError> {
-    file_values(Path::new("kv.toml"), text)
+    file_values::<Cli>(Path::new("kv.toml"), text)
 }
 
 #[test]
 fn keys_are_the_long_flags_that_are_settings() {
-    let keys = keys();
+    let keys = keys::<Cli>();
     for key in [
         "max-key-bytes",
         "redis-url",

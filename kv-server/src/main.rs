@@ -20,15 +20,16 @@ static ALLOCATOR: kv_server::memory::CountingAllocator<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     kv_server::memory::install_allocator_meter(&ALLOCATOR);
-    let parsed = match kv_server::config_file::parse(std::env::args_os()) {
-        Ok(parsed) => parsed,
-        Err(ParseError::Clap(e)) => e.exit(),
-        Err(ParseError::File(e, log)) => {
-            start_logging(&log);
-            tracing::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let parsed =
+        match kv_server::config_file::parse::<kv_server::config::Cli, _, _>(std::env::args_os()) {
+            Ok(parsed) => parsed,
+            Err(ParseError::Clap(e)) => e.exit(),
+            Err(ParseError::File(e, log)) => {
+                start_logging(&log);
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
     if !start_logging(&parsed.cli.log) {
         return ExitCode::from(2);
     }
