@@ -141,6 +141,8 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
 /// id. Filled by [`note_project`] and [`note_request_id`].
 #[derive(Default)]
 struct Notes {
+    /// Whether the project is still unknown (no `x-kv-project` header).
+    wants_project: bool,
     project: OnceLock<String>,
     request_id: OnceLock<String>,
 }
@@ -152,7 +154,11 @@ tokio::task_local! {
 /// Records the project of the request being served, for its log line.
 /// Does nothing outside a logged request (a Pipeline's calls).
 pub(crate) fn note_project(project: &str) {
-    let _ = NOTES.try_with(|notes| notes.project.set(project.to_string()));
+    let _ = NOTES.try_with(|notes| {
+        if notes.wants_project {
+            let _ = notes.project.set(project.to_string());
+        }
+    });
 }
 
 /// Records the request id of the write being served, for its log line.
@@ -239,7 +245,10 @@ where
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let header_project = request.headers().get("x-kv-project").cloned();
-        let notes = Arc::new(Notes::default());
+        let notes = Arc::new(Notes {
+            wants_project: header_project.is_none(),
+            ..Notes::default()
+        });
         let slow = self.slow;
         let response = NOTES.scope(Arc::clone(&notes), self.inner.call(request));
         Box::pin(async move {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use kv_client::{Client, Code, Quota, WatchOptions};
+use kv_proto::v1::{HasRequest, kv_service_client::KvServiceClient};
 use kv_tests::BinaryServer;
 use serde_json::Value as Json;
 
@@ -92,6 +93,18 @@ async fn json_lines_carry_each_request_and_never_a_secret_or_value() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(watch);
 
+    // A token without x-kv-project: the line names the token's project.
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = KvServiceClient::new(channel);
+    let mut has = tonic::Request::new(HasRequest { key: KEY.into() });
+    has.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert!(raw.has(has).await.unwrap().into_inner().exists);
+
     // Batched calls ride one Pipeline stream, logged once when it ends.
     let batched = Client::builder(url.clone())
         .token(token.clone())
@@ -141,6 +154,8 @@ async fn json_lines_carry_each_request_and_never_a_secret_or_value() {
     assert!(!request_id.is_empty(), "a write's line has its request id");
     let get = line_for(&requests, "KvService/Get", "OK");
     assert_eq!(get["project"], "orders");
+    let has = line_for(&requests, "KvService/Has", "OK");
+    assert_eq!(has["project"], "orders", "the token's project: {has}");
     let created = line_for(&requests, "AdminService/CreateProject", "OK");
     assert!(created["latency_ms"].is_number());
     line_for(&requests, "KvService/Get", "UNAUTHENTICATED");
