@@ -228,7 +228,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let active = self.slow.is_some() || tracing::enabled!(tracing::Level::DEBUG);
+        let active = self.slow.is_some()
+            || tracing::enabled!(target: "kv_server::request", tracing::Level::DEBUG);
         if !active {
             let response = self.inner.call(request);
             return Box::pin(async move {
