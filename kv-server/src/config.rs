@@ -1,7 +1,8 @@
 //! Server configuration: command-line flags, each also read from a `KV_`
 //! environment variable, resolved into one validated [`Config`].
 //!
-//! Precedence: flag, then environment variable, then the documented default.
+//! Precedence: flag, then environment variable, then the config file
+//! ([`crate::config_file`]), then the documented default.
 //! The defaults live once, in the `DEFAULT_*` constants, and both
 //! [`Config::default`] and the flag definitions use them.
 
