@@ -224,7 +224,7 @@ pub async fn connect_cluster(options: RedisOptions) -> Result<Arc<RedisBackend>,
         match RedisBackend::connect(options.clone()).await {
             Ok(backend) => {
                 tracing::info!(
-                    seeds = ?options.seeds,
+                    seeds = ?options.seeds.iter().map(|s| crate::config_file::redact_userinfo(s)).collect::<Vec<_>>(),
                     namespace = %options.namespace,
                     wait_replicas = backend.wait_replicas(),
                     "serving from the redis cluster"
@@ -432,6 +432,7 @@ pub async fn serve_with<B: Backend, A: AdminStore>(
         .initial_stream_window_size(window)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(crate::logging::RequestLogLayer::new(config.slow_request))
         .layer(RequestLimitsLayer::new(
             config.limits.clone(),
             config.max_request_time,
