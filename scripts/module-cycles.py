@@ -20,7 +20,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRATES = ["kv-alloc", "kv-contract", "kv-proto", "kv-engine", "kv-redis", "kv-server", "kv-client", "tests", "kv-bench"]
+CRATES = ["kv-alloc", "kv-contract", "kv-proto", "kv-engine", "kv-redis", "kv-server", "kv-client", "tests", "kv-bench", "kvctl"]
 
 
 def modules(src):

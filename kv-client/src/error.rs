@@ -70,6 +70,10 @@ pub enum Error {
     /// The server sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Writing what the server sent to a local writer failed (a backup's
+    /// file, say).
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl Error {
@@ -77,7 +81,8 @@ impl Error {
     /// `UNAVAILABLE` for connection failures, `DEADLINE_EXCEEDED` for
     /// timeouts, `INVALID_ARGUMENT` for input refused by the SDK,
     /// `FAILED_PRECONDITION` when a stored value does not fit the requested
-    /// type, `INTERNAL` for protocol errors.
+    /// type, `INTERNAL` for protocol errors, `UNKNOWN` when local output
+    /// failed.
     ///
     /// ```
     /// use kv_client::{Code, Error};
@@ -92,6 +97,7 @@ impl Error {
             Error::InvalidArgument(_) | Error::Encode(_) => Code::InvalidArgument,
             Error::Decode(_) => Code::FailedPrecondition,
             Error::Protocol(_) => Code::Internal,
+            Error::Output(_) => Code::Unknown,
         }
     }
 

@@ -239,7 +239,7 @@ mod resume;
 mod retry;
 mod watch;
 
-pub use admin::{Admin, NewToken, ProjectInfo, Quota, TokenInfo, TokenLimits};
+pub use admin::{Admin, BackupSummary, NewToken, ProjectInfo, Quota, TokenInfo, TokenLimits};
 pub use batch::{Batch, BatchOutcome, OpResult};
 pub use client::{
     Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, Tls,

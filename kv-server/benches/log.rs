@@ -1,5 +1,6 @@
 //! Log benchmarks: durable set throughput per fsync policy and concurrency
-//! (engine alone, and through gRPC with the SDK), and restart time.
+//! (engine alone, and through gRPC with the SDK), restart time, and online
+//! backup and restore.
 //!
 //! `cargo bench -p kv-server --bench log` (add a filter such as `append` to
 //! run one group). Sizes follow the product's reference shape: 16-byte
@@ -222,5 +223,57 @@ fn restart(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append, grpc_set, restart);
+/// Online backup and restore of 1M keys (a snapshot plus its log tail):
+/// the backup's cut and stream into memory, and `restore` of that file
+/// into a new data directory (checked twice, written, synced, opened).
+fn backup(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut group = c.benchmark_group("backup_1m");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    const KEYS: u64 = 1_000_000;
+    let dir = filled_dir(&runtime, KEYS, 3, true);
+    let store = DurableStore::open(
+        dir.path(),
+        options(FsyncPolicy::Never),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let take = || {
+        let cut = runtime.block_on(store.backup_cut()).unwrap();
+        let mut file = Vec::new();
+        kv_server::backup::write_backup(&cut, 0, |chunk| {
+            file.extend_from_slice(&chunk);
+            true
+        })
+        .unwrap();
+        file
+    };
+    let file = take();
+    group.throughput(Throughput::Bytes(file.len() as u64));
+    group.bench_function("backup", |b| b.iter(take));
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("kv.backup");
+    std::fs::write(&path, &file).unwrap();
+    group.bench_function("restore", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let target = work.path().join(format!("restored-{i}"));
+                let started = Instant::now();
+                runtime
+                    .block_on(kv_server::backup::restore::restore(&path, &target))
+                    .unwrap();
+                total += started.elapsed();
+                std::fs::remove_dir_all(&target).unwrap();
+            }
+            total
+        });
+    });
+    group.finish();
+    runtime.block_on(store.close()).unwrap();
+}
+
+criterion_group!(benches, append, grpc_set, restart, backup);
 criterion_main!(benches);

@@ -21,7 +21,7 @@ use kv_engine::{
     catalog::{Catalog, TokenLimits, TokenMeta},
     memory::Usage,
     project::ProjectName,
-    wal::{AdminChange, AdminOutcome, DurableStore},
+    wal::{AdminChange, AdminOutcome, BackupCut, DurableStore},
 };
 use kv_redis::RedisBackend;
 
@@ -49,6 +49,13 @@ pub trait AdminStore: Send + Sync + 'static {
 
     /// Unix ms, as the store's clock reads it.
     fn now_ms(&self) -> u64;
+
+    /// Cuts the log for a backup (see [`DurableStore::backup_cut`]).
+    ///
+    /// # Errors
+    ///
+    /// The status to answer: the store cannot cut, or keeps no log.
+    fn backup_cut(&self) -> impl Future<Output = Result<BackupCut, Status>> + Send;
 }
 
 impl AdminStore for DurableStore {
@@ -70,6 +77,10 @@ impl AdminStore for DurableStore {
 
     fn now_ms(&self) -> u64 {
         self.memory().clock().now_ms()
+    }
+
+    async fn backup_cut(&self) -> Result<BackupCut, Status> {
+        DurableStore::backup_cut(self).await.map_err(engine_status)
     }
 }
 
@@ -94,6 +105,12 @@ impl AdminStore for RedisBackend {
 
     fn now_ms(&self) -> u64 {
         kv_engine::SystemClock.now_ms()
+    }
+
+    async fn backup_cut(&self) -> Result<BackupCut, Status> {
+        Err(Status::unimplemented(
+            "Backup covers the embedded store; with --redis-cluster the data lives in Redis: back it up with Redis's own persistence (RDB or AOF) on every node",
+        ))
     }
 }
 
@@ -160,8 +177,82 @@ fn token_info(meta: TokenMeta) -> pb::TokenInfo {
     }
 }
 
+/// Chunks of a backup on their way to the client.
+type BackupStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+/// Chunks buffered between the file reader and the client: a slow client
+/// holds the reader, not memory.
+const BACKUP_CHUNKS_BUFFERED: usize = 4;
+
 #[tonic::async_trait]
 impl<S: AdminStore> admin_service_server::AdminService for AdminService<S> {
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.auth.require_admin(request.metadata())?;
+        let project = match &request.get_ref().project {
+            Some(name) => Some(self.project(name)?),
+            None => None,
+        };
+        let mut cut = self.store.backup_cut().await?;
+        if let Some(project) = project {
+            let known = self.store.catalog().project(&project).is_some()
+                || cut.versions().iter().any(|(p, _)| *p == project);
+            if !known {
+                return Err(Status::not_found(format!(
+                    "project {project} does not exist: nothing to back up"
+                )));
+            }
+            cut = tokio::task::spawn_blocking(move || cut.only(&project))
+                .await
+                .map_err(|e| Status::internal(format!("the backup's filter failed: {e}")))?
+                .map_err(|e| {
+                    Status::internal(format!("cannot narrow the backup to one project: {e}"))
+                })?;
+        }
+        let created_at_ms = self.store.now_ms();
+        tracing::info!(
+            cut_segment = cut.seq(),
+            project = cut.project().map(|p| p.as_str()),
+            files = cut.files().len(),
+            projects = cut.versions().len(),
+            "backup started"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_BUFFERED);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut bytes = 0u64;
+            let sent = crate::backup::write_backup(&cut, created_at_ms, |data| {
+                bytes += data.len() as u64;
+                tx.blocking_send(Ok(pb::BackupChunk { data })).is_ok()
+            });
+            match sent {
+                Ok(digest) => tracing::info!(
+                    cut_segment = cut.seq(),
+                    bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    sha256 = %crate::backup::hex(&digest),
+                    "backup sent"
+                ),
+                Err(e) => {
+                    tracing::warn!(cut_segment = cut.seq(), bytes, "backup stopped: {e}");
+                    let _ = tx.blocking_send(Err(Status::internal(format!(
+                        "the backup stopped after {bytes} bytes: {e}"
+                    ))));
+                }
+            }
+            // The cut's links go here, once every file is read.
+            drop(cut);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn create_project(
         &self,
         request: Request<CreateProjectRequest>,

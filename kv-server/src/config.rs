@@ -1,7 +1,8 @@
 //! Server configuration: command-line flags, each also read from a `KV_`
 //! environment variable, resolved into one validated [`Config`].
 //!
-//! Precedence: flag, then environment variable, then the documented default.
+//! Precedence: flag, then environment variable, then the config file
+//! ([`crate::config_file`]), then the documented default.
 //! The defaults live once, in the `DEFAULT_*` constants, and both
 //! [`Config::default`] and the flag definitions use them.
 
@@ -181,6 +182,9 @@ pub struct Config {
     /// Memory limit in bytes (`--max-memory`): writes adding data past it
     /// are refused; see [`crate::memory`].
     pub max_memory: u64,
+    /// Requests answered slower than this are logged at WARN
+    /// (`--slow-request-ms`); `None` is never.
+    pub slow_request: Option<Duration>,
     /// Prometheus metrics (`--metrics-listen`, `--metrics-top-projects`).
     pub metrics: crate::metrics::options::MetricsConfig,
 }
@@ -209,6 +213,9 @@ impl Default for Config {
             admin_token: None,
             storage: Storage::Embedded,
             max_memory: crate::memory::default_limit().0,
+            slow_request: Some(Duration::from_millis(
+                crate::logging::DEFAULT_SLOW_REQUEST_MS,
+            )),
             metrics: Default::default(),
         }
     }
@@ -414,7 +421,7 @@ impl Config {
 
 /// Command-line flags of `kv-server`. Every flag can also be set through the
 /// environment variable shown in `--help`.
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "kv-server",
     version,
@@ -586,6 +593,14 @@ pub struct Cli {
     #[command(flatten)]
     pub storage: StorageArgs,
 
+    /// Log format, level and the slow-request warning.
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
+
+    /// The configuration file.
+    #[command(flatten)]
+    pub file: crate::config_file::FileArgs,
+
     /// Prometheus metrics and their flags.
     #[command(flatten)]
     pub metrics: crate::metrics::options::MetricsArgs,
@@ -623,6 +638,7 @@ impl Cli {
             (None, None) => None,
         };
         let config = Config {
+            slow_request: self.log.slow_request(),
             storage: self.storage.storage()?,
             metrics: self.metrics.config(),
             max_memory: self

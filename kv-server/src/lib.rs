@@ -10,6 +10,8 @@
 //!   [`kv_engine::Backend`] trait, the in-memory state with TTLs and active
 //!   expiry, the durable embedded default (write-ahead log, group commit,
 //!   snapshots, crash recovery), project names and stored values.
+//! - [`config_file`]: the `--config` TOML file beneath flags and environment.
+//! - [`logging`]: log format and level, and one line per request.
 //! - [`limits`]: connection count, idle and request-time limits.
 //! - [`rate`]: per-project operations and bytes written per second.
 //! - [`memory`]: the memory limit (`--max-memory`) and how usage is measured.
@@ -44,9 +46,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod config;
+pub mod config_file;
 pub mod inflight;
 pub mod limits;
+pub mod logging;
 pub mod memory;
 pub mod metadata;
 pub mod metrics;

@@ -1,12 +1,10 @@
 //! The `kv-server` binary: parse flags, start logging, bind, serve until
 //! SIGINT or SIGTERM, drain, exit 0.
 
-use std::{io::IsTerminal, process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc};
 
-use clap::Parser;
 use kv_engine::SystemClock;
-use kv_server::{config::Cli, storage::Storage};
-use tracing_subscriber::EnvFilter;
+use kv_server::{config_file::ParseError, logging::LogArgs, storage::Storage};
 
 // Every request and every logged write allocates a few small buffers; with
 // glibc's malloc a fifth of the server's time under load went to malloc
@@ -15,27 +13,56 @@ use tracing_subscriber::EnvFilter;
 // unchanged (314 B at 1M keys).
 //
 // Counted, so the memory limit (--max-memory) is checked against the exact
-// live heap: one atomic add per allocation and per free.
+// live heap: one uncontended atomic add per allocation and per free, on a
+// counter of the thread's own (kv-alloc).
 #[global_allocator]
 static ALLOCATOR: kv_server::memory::CountingAllocator<mimalloc::MiMalloc> =
     kv_server::memory::counting(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     kv_server::memory::install_allocator_meter(&ALLOCATOR);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // A subcommand, not a flag: the server's own flags and config file stay
+    // as they are. It logs as text at info (or as RUST_LOG says).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+        return kv_server::backup::restore::run(std::env::args_os().skip(1));
+    }
 
-    let config = match Cli::parse().into_config() {
+    let parsed =
+        match kv_server::config_file::parse::<kv_server::config::Cli, _, _>(std::env::args_os()) {
+            Ok(parsed) => parsed,
+            Err(ParseError::Clap(e)) => e.exit(),
+            Err(ParseError::File(e, log)) => {
+                start_logging(&log);
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+    if !start_logging(&parsed.cli.log) {
+        return ExitCode::from(2);
+    }
+    let description = parsed.cli.file.print_config.then(|| parsed.describe());
+    let explain = |e: &dyn std::fmt::Display| parsed.explain(&e.to_string());
+    let config = match parsed.cli.clone().into_config() {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", explain(&e));
             return ExitCode::from(2);
         }
     };
+    if let Some(description) = description {
+        print!("{description}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(file) = parsed.file() {
+        tracing::info!(file = %file.display(), "settings read from the config file");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);
@@ -45,6 +72,18 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs logging as `log` says; false (after saying why on stderr)
+/// when RUST_LOG is not a valid filter.
+fn start_logging(log: &LogArgs) -> bool {
+    match kv_server::logging::init(log) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
         }
     }
 }

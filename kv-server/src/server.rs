@@ -252,7 +252,7 @@ pub async fn connect_cluster(options: RedisOptions) -> Result<Arc<RedisBackend>,
         match RedisBackend::connect(options.clone()).await {
             Ok(backend) => {
                 tracing::info!(
-                    seeds = ?options.seeds,
+                    seeds = ?options.seeds.iter().map(|s| crate::config_file::redact_userinfo(s)).collect::<Vec<_>>(),
                     namespace = %options.namespace,
                     wait_replicas = backend.wait_replicas(),
                     "serving from the redis cluster"
@@ -512,6 +512,7 @@ async fn serve_figured<B: Backend, A: AdminStore>(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .layer(MetricsLayer)
+        .layer(crate::logging::RequestLogLayer::new(config.slow_request))
         .layer(RequestLimitsLayer::new(
             config.limits.clone(),
             config.max_request_time,

@@ -33,8 +33,13 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::NotANumber { .. }
         | EngineError::NumberOutOfRange { .. }
         | EngineError::RequestIdReused { .. } => Status::failed_precondition(e.to_string()),
-        EngineError::Internal(_) | EngineError::Unmergeable { .. } => {
+        EngineError::Internal(_) => {
             tracing::error!(error = %e, "internal error");
+            Status::internal(e.to_string())
+        }
+        // Its message names the key: the caller gets it, the log does not.
+        EngineError::Unmergeable { .. } => {
+            tracing::error!("internal error: a stored value could not be merged");
             Status::internal(e.to_string())
         }
         EngineError::ProjectGone { .. }

@@ -400,6 +400,8 @@ impl BinaryServer {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
+                    // A JSON log line goes on after the address.
+                    let addr = addr.split('"').next().unwrap_or_default();
                     let _ = addr_tx.send(addr.trim().to_string());
                 }
                 log_writer

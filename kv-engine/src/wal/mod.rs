@@ -60,6 +60,7 @@ use crate::{
 
 mod admin;
 pub mod codec;
+mod cut;
 mod dir;
 mod frame;
 #[cfg(test)]
@@ -67,6 +68,7 @@ mod history_tests;
 mod options;
 mod queue;
 mod recovery;
+mod scope;
 mod snapshot;
 mod verify;
 mod writer;
@@ -75,6 +77,7 @@ mod writer;
 mod fairness_tests;
 
 pub use admin::{AdminChange, AdminOutcome};
+pub use cut::BackupCut;
 pub use dir::LOCK_FILE;
 pub use options::{FsyncPolicy, LogOptions};
 pub use queue::QueueStats;
@@ -179,6 +182,7 @@ impl DurableStore {
                 .map_err(io_error("cannot start the index builder thread"))?;
             Some(handle)
         };
+        cut::remove_stale(dir);
         recovered.took = started.elapsed();
         tracing::info!(
             dir = %dir.display(),
@@ -268,8 +272,44 @@ impl DurableStore {
     pub async fn admin(&self, change: AdminChange) -> Result<AdminOutcome, EngineError> {
         match self.send(Change::Admin(change)).await? {
             Answer::Admin(outcome) => Ok(outcome),
-            Answer::Txn(_) | Answer::Expired => Err(EngineError::Internal(
+            Answer::Txn(_) | Answer::Expired | Answer::Cut(_) => Err(EngineError::Internal(
                 "the log writer answered an admin change with a data result",
+            )),
+        }
+    }
+
+    /// Cuts the log for an online backup: after the writes applied so
+    /// far, before any later one. The returned files (the newest snapshot
+    /// and the segments after it, linked so they outlive a snapshot that
+    /// replaces them) hold exactly the state at the cut; writes go on
+    /// while they are read. See [`BackupCut`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use kv_engine::{Backend, SystemClock, wal::{DurableStore, LogOptions}};
+    /// use kv_engine::project::ProjectName;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = DurableStore::open(dir.path(), LogOptions::default(), Arc::new(SystemClock)).unwrap();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// store.set(&p, "k", b"\x20\x01".to_vec().into(), None).await.unwrap();
+    /// let cut = store.backup_cut().await.unwrap();
+    /// assert!(!cut.files().is_empty());
+    /// assert_eq!(cut.versions(), &[(p, 1)]);
+    /// # drop(cut);
+    /// # store.close().await.unwrap();
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Storage`] when the segment cannot be switched or the
+    /// files linked; [`EngineError::WritesStopped`] while writes are.
+    pub async fn backup_cut(&self) -> Result<BackupCut, EngineError> {
+        match self.send(Change::Cut).await? {
+            Answer::Cut(cut) => Ok(cut),
+            Answer::Txn(_) | Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
+                "the log writer answered a backup cut with another result",
             )),
         }
     }
@@ -410,7 +450,7 @@ impl Backend for DurableStore {
         async move {
             match queued?.await.map_err(|_| closed())?? {
                 Answer::Txn(outcome) => Ok(outcome),
-                Answer::Expired | Answer::Admin(_) => Err(EngineError::Internal(
+                Answer::Expired | Answer::Admin(_) | Answer::Cut(_) => Err(EngineError::Internal(
                     "the log writer answered a write with a catalog result",
                 )),
             }

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::{
     admin::{self, AdminChange, AdminOutcome, AdminOverlay, Admitted},
     codec,
+    cut::{self, BackupCut},
     dir::{create_segment, segment_name},
     options::{FsyncPolicy, LogOptions},
     queue::{Queue, Take},
@@ -38,6 +39,8 @@ pub(super) enum Change {
     Expire(Vec<Due>),
     /// To the catalog of projects and tokens.
     Admin(AdminChange),
+    /// A point-in-time cut for a backup, taken between two groups.
+    Cut,
 }
 
 /// Record bytes of a change besides its key and value (version, tags,
@@ -57,6 +60,7 @@ impl Change {
             Self::Txn { project, .. } => Some(project),
             Self::Expire(due) => due.first().map(|d| &d.project),
             Self::Admin(change) => change.project(),
+            Self::Cut => None,
         }
     }
 
@@ -79,7 +83,7 @@ impl Change {
                 .sum::<usize>()
                 .max(TXN_MIN),
             Self::Expire(due) => due.len() * EXPIRY_APPROX,
-            Self::Admin(_) => ADMIN_APPROX,
+            Self::Admin(_) | Self::Cut => ADMIN_APPROX,
         }
     }
 }
@@ -89,6 +93,7 @@ pub(super) enum Answer {
     Txn(Arc<TxnOutcome>),
     Expired,
     Admin(AdminOutcome),
+    Cut(BackupCut),
 }
 
 pub(super) struct Submission {
@@ -182,7 +187,13 @@ impl Writer {
                         }
                         continue;
                     }
+                    let cuts: Vec<_> = batch
+                        .extract_if(.., |s| matches!(s.change, Change::Cut))
+                        .collect();
                     self.commit(&mut batch, &mut buf);
+                    for Submission { reply, .. } in cuts {
+                        let _ = reply.send(self.cut());
+                    }
                     self.after_batch();
                 }
                 Take::Idle => self.on_idle(),
@@ -382,6 +393,13 @@ impl Writer {
                         codec::encode_txn(buf, project, now, list, None);
                     }
                     pending.push((Pending::Expire(expired), reply));
+                }
+                Change::Cut => {
+                    // `run` takes cuts out of the batch: a cut here would
+                    // fall before the group's earlier writes are logged.
+                    let _ = reply.send(Err(EngineError::Internal(
+                        "a backup cut reached the group commit",
+                    )));
                 }
                 Change::Admin(change) => match admin::admit(
                     &self.mem,
@@ -603,6 +621,21 @@ impl Writer {
             Ok(handle) => self.snapshot = Some(handle),
             Err(e) => tracing::warn!("could not start the snapshot thread: {e}"),
         }
+    }
+
+    /// Cuts the log after everything applied so far (see `cut.rs`).
+    fn cut(&mut self) -> Result<Answer, EngineError> {
+        let dir = self.dir.clone();
+        let storage = |context: &str, e: io::Error| EngineError::Storage {
+            context: format!("{context} in {}", dir.display()),
+            source: e,
+        };
+        self.rotate()
+            .map_err(|e| storage("could not start a segment for a backup", e))?;
+        let versions = self.mem.versions();
+        cut::link(&self.dir, self.seq, versions)
+            .map(Answer::Cut)
+            .map_err(|e| storage("could not link the files of a backup", e))
     }
 
     /// Closes the current segment and starts the next one.

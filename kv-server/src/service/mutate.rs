@@ -79,6 +79,7 @@ impl<B: Backend> KvService<B> {
         scope: &Scope,
         request: &M,
     ) -> Result<impl Future<Output = Result<M::Response, Status>> + Send + 'static, Status> {
+        crate::logging::note_request_id(request.request_id());
         let (checks, ops) = request.txn(self)?;
         if let Some(memory) = &self.memory {
             memory.admit(adds(&ops, request.request_id()))?;

@@ -183,6 +183,7 @@ impl<B: Backend> KvService<B> {
     pub(super) fn scope(&self, metadata: &MetadataMap, access: Access) -> Result<Scope, Status> {
         let caller = self.auth.caller_of(metadata)?;
         let project = caller.project(metadata, None, access)?;
+        crate::logging::note_project(project.as_str());
         Ok(self.scope_of(project, TokenRate::of(&caller)))
     }
 
