@@ -1,5 +1,6 @@
 //! `kvctl backup FILE`: a consistent backup of the server (or of one
-//! project) streamed by AdminService.Backup into a file.
+//! project) streamed by AdminService.Backup into a file; `kvctl restore
+//! FILE --data-dir DIR`: the checked restore of `kv-server restore`.
 //!
 //! The file is written as `FILE.partial` and renamed to `FILE` only once
 //! the server has sent its trailer, so a `FILE` that exists is complete
@@ -20,7 +21,7 @@ use serde_json::json;
 use tokio::io::AsyncWrite;
 
 use crate::{
-    cli::{BackupArgs, Global},
+    cli::{BackupArgs, Global, RestoreArgs},
     exit::{self, Failure},
     output::progress,
 };
@@ -109,6 +110,44 @@ pub(crate) async fn run(
             summary.bytes,
             summary.checksum,
             args.file.display(),
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Runs `restore`: checks the whole file (structure and SHA-256) before
+/// writing anything, builds the directory beside the target and renames it
+/// into place only once it opened at every project's recorded version.
+pub(crate) async fn restore(global: &Global, args: RestoreArgs) -> Result<u8, Failure> {
+    let bar = progress(None, "restore", "steps");
+    bar.set_message(format!("checking and restoring {}", args.file.display()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let done = kv_server::backup::restore::restore(&args.file, &args.data_dir)
+        .await
+        .map_err(|e| Failure::input(format!("restore refused, nothing was written: {e}")))?;
+    bar.finish_and_clear();
+    if global.json {
+        println!(
+            "{}",
+            json!({
+                "file": args.file.display().to_string(),
+                "data_dir": args.data_dir.display().to_string(),
+                "project": done.header.project.as_ref().map(|p| p.to_string()),
+                "projects": done.header.projects.len(),
+                "files": done.files,
+                "bytes": done.bytes,
+                "sha256": done.checksum,
+            })
+        );
+    } else {
+        println!(
+            "restored {} into {} ({} projects, {} bytes, sha256 {}); start a server on it with: kv-server --data-dir {}",
+            args.file.display(),
+            args.data_dir.display(),
+            done.header.projects.len(),
+            done.bytes,
+            done.checksum,
+            args.data_dir.display(),
         );
     }
     Ok(exit::OK)

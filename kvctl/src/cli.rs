@@ -129,6 +129,9 @@ pub(crate) enum Command {
     /// Saves a consistent backup of the whole server (or of --project) to a
     /// file, while writes go on (admin); `kv-server restore` brings it back.
     Backup(BackupArgs),
+    /// Restores a backup file into a new data directory (offline: start a
+    /// server on it afterwards), checking the whole file first.
+    Restore(RestoreArgs),
     /// Prints a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -267,6 +270,15 @@ pub(crate) struct BackupArgs {
     /// The backup file to write (written as FILE.partial, renamed when
     /// complete; an existing FILE is replaced only then).
     pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup file (from `kvctl backup` or AdminService.Backup).
+    pub(crate) file: PathBuf,
+    /// The data directory to create; it must be absent or empty.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,8 @@
 //! Data commands (`get`, `set`, `has`, `del`, `incr`, `merge`, `ls`,
 //! `watch`, `clear`) work on one project; `project` and `token` manage
 //! projects, quotas and tokens with the admin token; `export` and `import`
-//! move entries as JSON lines; `backup` saves a consistent backup file. See README.md ("kvctl") for examples, the
+//! move entries as JSON lines; `backup` saves a consistent backup file and
+//! `restore` brings one back into a new data directory. See README.md ("kvctl") for examples, the
 //! export format and the exit codes (listed in `exit.rs`).
 
 mod admin;
@@ -76,6 +77,7 @@ async fn run(cli: Cli, project_flag: bool) -> Result<u8, Failure> {
             export::run(&connect(global).await?, global, only, args).await
         }
         Command::Import(args) => import::run(global, args).await,
+        Command::Restore(args) => backup::restore(global, args).await,
         Command::Backup(args) => {
             let only = global.project.as_deref().filter(|_| project_flag);
             backup::run(&connect(global).await?, global, only, args).await

@@ -589,7 +589,7 @@ fn a_batch_applied_but_not_recorded_is_not_written_twice_on_resume() {
 }
 
 #[test]
-fn backup_writes_a_complete_file_that_kv_server_restores() {
+fn backup_writes_a_complete_file_that_restore_brings_back() {
     let server = server();
     let kv = Kv::admin(&server).in_project("shop");
     kv.expect(0, &["set", "a", "1"]);
@@ -635,6 +635,29 @@ fn backup_writes_a_complete_file_that_kv_server_restores() {
     );
     assert!(unknown.stderr.contains("NotFound"), "{unknown:?}");
 
+    // kvctl restore refuses a damaged file and writes nothing.
+    let mut damaged = std::fs::read(&file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    let damaged_file = dir.path().join("damaged.backup");
+    std::fs::write(&damaged_file, &damaged).unwrap();
+    let nowhere = dir.path().join("nowhere");
+    let refused = Kv::admin(&server).expect(
+        7,
+        &[
+            "restore",
+            damaged_file.to_str().unwrap(),
+            "--data-dir",
+            nowhere.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        refused.stderr.contains("nothing was written"),
+        "{refused:?}"
+    );
+    assert!(!nowhere.exists());
+
+    // Both restores give the same server: kv-server's and kvctl's.
     let restored = dir.path().join("restored");
     let status = std::process::Command::new(common::kv_server())
         .args(["restore", "--from", file_arg, "--data-dir"])
@@ -642,6 +665,36 @@ fn backup_writes_a_complete_file_that_kv_server_restores() {
         .status()
         .unwrap();
     assert!(status.success(), "kv-server restore: {status}");
+    let by_kvctl = dir.path().join("by-kvctl");
+    let done = Kv::admin(&server)
+        .expect(
+            0,
+            &[
+                "restore",
+                file_arg,
+                "--data-dir",
+                by_kvctl.to_str().unwrap(),
+                "--json",
+            ],
+        )
+        .json();
+    // (The file is the second, human-readable run's backup.)
+    assert_eq!(done["sha256"].as_str().map(str::len), Some(64), "{done}");
+    assert_eq!(done["projects"], 2, "{done}");
+    let twin = kv_tests::BinaryServer::start_in_with_env(
+        &common::kv_server(),
+        &by_kvctl,
+        &[],
+        &[("KV_ADMIN_TOKEN", ADMIN)],
+    );
+    assert_eq!(
+        Kv::admin(&twin)
+            .in_project("shop")
+            .expect(0, &["get", "b", "--json"])
+            .json(),
+        b
+    );
+    drop(twin);
     let again = kv_tests::BinaryServer::start_in_with_env(
         &common::kv_server(),
         &restored,
