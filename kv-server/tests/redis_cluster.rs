@@ -7,6 +7,8 @@
 
 #[path = "redis_cluster/front_end_loss.rs"]
 mod front_end_loss;
+#[path = "redis_cluster/metrics.rs"]
+mod metrics;
 #[path = "redis_cluster/parts.rs"]
 mod parts;
 
@@ -86,6 +88,10 @@ async fn on_a_real_redis_cluster() {
     let started = Instant::now();
     front_end_loss::sdk_fails_over_when_a_front_end_dies(&seeds, BIN).await;
     section("the SDK fails over when a front-end dies", started);
+
+    let started = Instant::now();
+    metrics::health_and_metrics_on_the_cluster_backend(&seeds, BIN).await;
+    section("health and metrics on the cluster backend", started);
 
     let started = Instant::now();
     parts::compare_and_swap_across_front_ends(&seeds).await;

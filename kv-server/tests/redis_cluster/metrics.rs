@@ -1,8 +1,8 @@
-//! Health and `/metrics` of the real binary on the Redis Cluster backend
-//! (a real local cluster): the front-end's own counters move by exactly the
-//! calls made, the figures only the cluster keeps are absent, and the
-//! output passes `promtool check metrics`. Skips without redis-server and
-//! redis-cli (or promtool, for the lint) unless `KV_TEST_REQUIRE_ALL=1`.
+//! Health and `/metrics` of the real binary on the Redis Cluster backend:
+//! the front-end's own counters move by exactly the calls made, the
+//! figures only the cluster keeps are absent, and the output passes
+//! `promtool check metrics` (skipped without promtool unless
+//! `KV_TEST_REQUIRE_ALL=1`).
 
 use std::{
     collections::HashMap,
@@ -13,13 +13,11 @@ use std::{
 };
 
 use kv_proto::v1::{SetRequest, kv_service_client::KvServiceClient};
-use kv_tests::{BinaryServer, cluster::RedisCluster, tool_available};
+use kv_tests::{BinaryServer, tool_available};
 use prost_types::{Value, value::Kind};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_kv-server");
 
 fn scrape(addr: SocketAddr) -> (String, HashMap<String, f64>) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
@@ -46,17 +44,10 @@ fn scrape(addr: SocketAddr) -> (String, HashMap<String, f64>) {
     (body.to_string(), samples)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_metrics_on_the_cluster_backend() {
-    let Some(cluster) = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap()
-    else {
-        return;
-    };
-    let urls = cluster.seeds().join(",");
+pub(crate) async fn health_and_metrics_on_the_cluster_backend(seeds: &[String], bin: &str) {
+    let urls = seeds.join(",");
     let server = BinaryServer::start(
-        BIN,
+        bin,
         &[
             "--backend",
             "redis-cluster",
@@ -165,5 +156,4 @@ async fn health_and_metrics_on_the_cluster_backend() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    drop(cluster);
 }
