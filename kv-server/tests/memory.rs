@@ -142,6 +142,14 @@ async fn writes_past_the_limit_are_refused_and_the_server_stays_within_it() {
     let batched = client(&server, true).await;
     let unary = client(&server, false).await;
     let silent = client(&server, true).await;
+    // A value known to be stored before the writers race to the limit
+    // (which of theirs get in first is up to the scheduler), to read,
+    // list and delete once the limit is reached.
+    batched
+        .project("p0")
+        .set("known", &"k".repeat(256 << 10))
+        .await
+        .expect("a write well below the limit");
 
     // Watchers that never read (on their own connection, which they
     // stall), and watchers that read everything.
@@ -219,14 +227,14 @@ async fn writes_past_the_limit_are_refused_and_the_server_stays_within_it() {
     // At the limit: reads, lists, deletes and clears still work; new
     // watches and writes do not.
     let kv = batched.project("p0");
-    let first: Option<String> = kv.get("w0-0").await.expect("get at the limit");
+    let first: Option<String> = kv.get("known").await.expect("get at the limit");
     assert_eq!(first.map(|v| v.len()), Some(256 << 10));
-    assert!(kv.has("w0-0").await.expect("has at the limit"));
-    let page = kv.list_all("w0-").await.expect("list at the limit");
+    assert!(kv.has("known").await.expect("has at the limit"));
+    let page = kv.list_all("kno").await.expect("list at the limit");
     assert!(!page.is_empty());
     let refused_write = kv.set("one-more", &"x".repeat(1 << 20)).await.unwrap_err();
     assert_memory_refusal(&refused_write);
-    assert!(kv.delete("w0-0").await.expect("delete at the limit"));
+    assert!(kv.delete("known").await.expect("delete at the limit"));
 
     // Deleting frees memory: writes are admitted again.
     for p in 0..PROJECTS {
