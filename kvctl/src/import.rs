@@ -293,7 +293,16 @@ async fn flush(
             if let Some(progress) = state.as_ref() {
                 call = call.request_id(request_id(&progress.run, *first_line));
             }
-            call.commit().await.map_err(|e| {
+            let committed = match call.commit().await {
+                // The batch has no conditions, so FAILED_PRECONDITION can
+                // only be its request id, which belongs to this run and this
+                // line: an earlier attempt of this very batch was applied
+                // (killed before its progress was saved) with TTLs counted
+                // from an earlier moment, so the resend differs. It is done.
+                Err(e) if state.is_some() && e.code() == Code::FailedPrecondition => Ok(()),
+                other => other.map(drop),
+            };
+            committed.map_err(|e| {
                 let failure = Failure::from(e);
                 Failure::new(
                     failure.code,

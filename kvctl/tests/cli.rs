@@ -540,9 +540,17 @@ fn a_batch_applied_but_not_recorded_is_not_written_twice_on_resume() {
     let kv = Kv::admin(&server);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.jsonl");
+    // "a" has a deadline: its TTL is counted from each attempt's moment,
+    // so the resent first batch is not byte for byte the first one.
+    let deadline = now_ms() + 3_600_000;
     let lines: String = ["a", "b", "c", "d"]
         .iter()
-        .map(|k| format!("{{\"project\":\"shop\",\"key\":\"{k}\",\"value\":\"{k}\"}}\n"))
+        .map(|k| {
+            let expires = if *k == "a" { deadline.to_string() } else { "null".into() };
+            format!(
+                "{{\"project\":\"shop\",\"key\":\"{k}\",\"value\":\"{k}\",\"expires_at_ms\":{expires}}}\n"
+            )
+        })
         .collect();
     std::fs::write(&file, lines).unwrap();
     let file_arg = file.to_str().unwrap();
@@ -574,6 +582,7 @@ fn a_batch_applied_but_not_recorded_is_not_written_twice_on_resume() {
     assert_eq!(saved["lines"], 2);
     saved["lines"] = json!(0);
     std::fs::write(&progress, saved.to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     let resumed = kv
         .expect(0, &["import", file_arg, "--batch-size", "2", "--json"])
         .json();
