@@ -376,28 +376,9 @@ impl Record {
 
 /// The canonical name of a gRPC status code.
 fn code_name(code: i32) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     usize::try_from(code)
         .ok()
-        .and_then(|i| NAMES.get(i).copied())
+        .and_then(|i| kv_proto::contract::CODE_NAMES.get(i).copied())
         .unwrap_or("UNKNOWN")
 }
 

@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use kv_engine::stats::{AtomicHistogram, LATENCY_NANOS};
 
 /// gRPC status codes 0..=16.
-pub const CODES: usize = 17;
+pub const CODES: usize = kv_proto::contract::CODE_NAMES.len();
 
 /// The methods counted by name, as `(service, method)`; any other path
 /// counts under `("other", "other")`.

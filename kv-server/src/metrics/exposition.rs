@@ -19,7 +19,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use super::{AuthFailure, CODES, METHODS, RATE_SUBJECTS, RateLimit, metrics};
+use super::{AuthFailure, METHODS, RATE_SUBJECTS, RateLimit, metrics};
 
 /// What the storage reports at scrape time; absent figures are left out.
 #[derive(Debug, Default, Clone)]
@@ -126,7 +126,7 @@ impl Collector for Exposition {
                 MetricType::Counter,
             )?;
             for (i, &(service, method)) in METHODS.iter().enumerate() {
-                for (code, name) in CODE_NAMES.iter().enumerate() {
+                for (code, name) in kv_proto::contract::CODE_NAMES.iter().enumerate() {
                     let n = m.requests(i, code);
                     if n > 0 {
                         let labels = [("service", service), ("method", method), ("code", name)];
@@ -458,27 +458,6 @@ fn encode_log(e: &mut DescriptorEncoder, log: &LogStats) -> Res {
     }
     Ok(())
 }
-
-/// gRPC code names, as the `code` label.
-const CODE_NAMES: [&str; CODES] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// The text exposition of everything, as served at `/metrics`.
 pub fn render(registry: &Registry) -> String {
