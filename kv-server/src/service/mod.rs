@@ -58,9 +58,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         Ok(Response::new(self.get_in(&scope, request.get_ref()).await?))
     }
 
-    async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+    async fn set(&self, mut request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
@@ -71,43 +71,43 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
 
     async fn delete(
         &self,
-        request: Request<DeleteRequest>,
+        mut request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
     async fn clear(
         &self,
-        request: Request<ClearRequest>,
+        mut request: Request<ClearRequest>,
     ) -> Result<Response<ClearResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
-    async fn incr(&self, request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
+    async fn incr(&self, mut request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
     async fn merge(
         &self,
-        request: Request<MergeRequest>,
+        mut request: Request<MergeRequest>,
     ) -> Result<Response<MergeResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
     async fn batch(
         &self,
-        request: Request<BatchRequest>,
+        mut request: Request<BatchRequest>,
     ) -> Result<Response<BatchResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
@@ -147,19 +147,19 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
 
     async fn set_many(
         &self,
-        request: Request<SetManyRequest>,
+        mut request: Request<SetManyRequest>,
     ) -> Result<Response<SetManyResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 
     async fn delete_many(
         &self,
-        request: Request<DeleteManyRequest>,
+        mut request: Request<DeleteManyRequest>,
     ) -> Result<Response<DeleteManyResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
-        let response = self.start(&scope, request.get_ref())?.await?;
+        let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))
     }
 

@@ -32,8 +32,9 @@ pub(super) trait Mutating: Message + Clone {
     /// The request id the client sent ("" for none).
     fn request_id(&self) -> &str;
 
-    /// Drops the request id (the fingerprint covers everything else).
-    fn clear_request_id(&mut self);
+    /// The request id's field: taken out of the request to fingerprint
+    /// everything else without copying the request.
+    fn request_id_mut(&mut self) -> &mut String;
 
     /// Validates the request into its transaction's checks and operations.
     ///
@@ -58,8 +59,8 @@ macro_rules! request_id_field {
             &self.request_id
         }
 
-        fn clear_request_id(&mut self) {
-            self.request_id.clear();
+        fn request_id_mut(&mut self) -> &mut String {
+            &mut self.request_id
         }
     };
 }
@@ -74,10 +75,12 @@ impl<B: Backend> KvService<B> {
     /// # Errors
     ///
     /// The request's validation error; nothing was submitted.
+    ///
+    /// The request id is moved out of `request` (into the transaction).
     pub(super) fn start<M: Mutating>(
         &self,
         scope: &Scope,
-        request: &M,
+        request: &mut M,
     ) -> Result<impl Future<Output = Result<M::Response, Status>> + Send + 'static, Status> {
         crate::logging::note_request_id(request.request_id());
         let (checks, ops) = request.txn(self)?;
@@ -85,12 +88,7 @@ impl<B: Backend> KvService<B> {
             memory.admit(adds(&ops, request.request_id()))?;
         }
         self.admit_rate(scope, rate::write_bytes(&ops))?;
-        let id = Self::request_id(
-            M::METHOD,
-            request.request_id(),
-            request,
-            M::clear_request_id,
-        )?;
+        let id = Self::request_id(M::METHOD, request, M::request_id_mut)?;
         let submitted = self
             .backend
             .submit(&scope.project, self.txn(scope, checks, ops, id));

@@ -524,16 +524,15 @@ impl<B: Backend> KvService<B> {
         {
             started.map(|write| -> Write { Box::pin(async move { write.await.map(wrap) }) })
         }
-        let (key, started) = match &request {
-            Req::Set(r) => (&r.key, boxed(self.start(scope, r), Res::Set)),
-            Req::Delete(r) => (&r.key, boxed(self.start(scope, r), Res::Delete)),
-            Req::Incr(r) => (&r.key, boxed(self.start(scope, r), Res::Incr)),
-            Req::Merge(r) => (&r.key, boxed(self.start(scope, r), Res::Merge)),
+        let (key, started) = match request {
+            Req::Set(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Set)),
+            Req::Delete(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Delete)),
+            Req::Incr(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Incr)),
+            Req::Merge(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Merge)),
             Req::Get(_) | Req::Has(_) => {
                 return Some(Err(Status::internal("a read was taken for a write")));
             }
         };
-        let key = key.clone();
         let write = match started {
             Ok(write) => write,
             Err(refused) => return Some(Err(refused)),

@@ -101,31 +101,42 @@ impl<B> KvService<B> {
 
     /// The request id of a mutating call, bound to a digest of the request
     /// (without the id) so the same id with another request is caught.
-    pub(super) fn request_id<M: Message + Clone>(
+    /// The request id of `request`, moved out of it, with the
+    /// fingerprint of the rest of the request: SHA-256 over the method's
+    /// name and the request encoded without its id (so the fingerprints
+    /// of ids remembered in the log stay comparable across versions).
+    pub(super) fn request_id<M: Message>(
         method: &str,
-        id: &str,
-        request: &M,
-        clear_id: impl FnOnce(&mut M),
+        request: &mut M,
+        id_field: fn(&mut M) -> &mut String,
     ) -> Result<Option<RequestId>, RequestError> {
-        if id.is_empty() {
+        let field = id_field(request);
+        if field.is_empty() {
             return Ok(None);
         }
-        if id.len() > MAX_REQUEST_ID_BYTES {
+        if field.len() > MAX_REQUEST_ID_BYTES {
             return Err(RequestError::RequestIdTooLong {
-                len: id.len(),
+                len: field.len(),
                 max: MAX_REQUEST_ID_BYTES,
             });
         }
-        let mut bare = request.clone();
-        clear_id(&mut bare);
-        let mut digest = sha2::Sha256::new();
-        digest.update(method.as_bytes());
-        digest.update([0]);
-        digest.update(bare.encode_to_vec());
-        let digest = digest.finalize();
-        let fingerprint = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        let id = std::mem::take(field);
+        thread_local! {
+            // Reused so that fingerprinting allocates nothing per call.
+            static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let fingerprint = ENCODED.with_borrow_mut(|encoded| {
+            encoded.clear();
+            request.encode_raw(encoded);
+            let mut digest = sha2::Sha256::new();
+            digest.update(method.as_bytes());
+            digest.update([0]);
+            digest.update(&encoded[..]);
+            let digest = digest.finalize();
+            u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+        });
         Ok(Some(RequestId {
-            id: id.into(),
+            id: id.into_boxed_str(),
             fingerprint,
         }))
     }
@@ -144,5 +155,64 @@ impl<B> KvService<B> {
             max_value_bytes: self.limits.max_value_bytes,
             incarnation: Some(scope.incarnation),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_proto::wire::SetRequest;
+    use prost::Message;
+    use sha2::Digest;
+
+    use super::KvService;
+
+    /// What fingerprints were before they stopped copying the request:
+    /// ids remembered in an existing log must still match their retries.
+    fn copied_fingerprint(method: &str, request: &SetRequest) -> u64 {
+        let mut bare = request.clone();
+        bare.request_id.clear();
+        let mut digest = sha2::Sha256::new();
+        digest.update(method.as_bytes());
+        digest.update([0]);
+        digest.update(bare.encode_to_vec());
+        u64::from_le_bytes(digest.finalize()[..8].try_into().unwrap())
+    }
+
+    #[test]
+    fn the_fingerprint_covers_the_request_without_its_id_as_before() {
+        let original = SetRequest {
+            key: "cart:42".into(),
+            value: b"\x1a\x03abc".to_vec().into(),
+            ttl_ms: Some(5000),
+            request_id: "0123456789abcdef".into(),
+            ..Default::default()
+        };
+        let mut request = original.clone();
+        let id = KvService::<()>::request_id("Set", &mut request, |r| &mut r.request_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*id.id, "0123456789abcdef");
+        assert!(request.request_id.is_empty(), "the id moved out");
+        assert_eq!(id.fingerprint, copied_fingerprint("Set", &original));
+        // Another method, value or TTL with the same id is another request.
+        let mut other = original.clone();
+        let again = KvService::<()>::request_id("Delete", &mut other, |r| &mut r.request_id);
+        assert_ne!(again.unwrap().unwrap().fingerprint, id.fingerprint);
+        let mut other = SetRequest {
+            ttl_ms: Some(5001),
+            ..original.clone()
+        };
+        let again = KvService::<()>::request_id("Set", &mut other, |r| &mut r.request_id);
+        assert_ne!(again.unwrap().unwrap().fingerprint, id.fingerprint);
+        // No id: nothing to remember, nothing taken.
+        let mut bare = SetRequest {
+            request_id: String::new(),
+            ..original
+        };
+        assert!(
+            KvService::<()>::request_id("Set", &mut bare, |r| &mut r.request_id)
+                .unwrap()
+                .is_none()
+        );
     }
 }
