@@ -1,0 +1,91 @@
+'use strict';
+// Tokens: the admin token, a project token, a read-only token and a revoked
+// one, through the admin client.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+
+const { connect, KvError } = require('..');
+const { startServer } = require('./helpers/server');
+
+const ADMIN = crypto.randomBytes(24).toString('hex');
+let server;
+const open = [];
+function client(options) {
+  const kv = connect({ url: server.url, timeoutMs: 10_000, ...options });
+  open.push(kv);
+  return kv;
+}
+const code = (name) => (e) => {
+  assert.ok(e instanceof KvError, `expected a KvError, got ${e}`);
+  assert.equal(e.code, name, e.message);
+  return true;
+};
+
+test.before(async () => {
+  server = await startServer({ env: { KV_ADMIN_TOKEN: ADMIN } });
+});
+
+test.after(async () => {
+  open.forEach((kv) => kv.close());
+  await server.stop();
+});
+
+test('without a token, or with a wrong one, calls are UNAUTHENTICATED', async () => {
+  await assert.rejects(client({ project: 'shop' }).get('k'), code('UNAUTHENTICATED'));
+  await assert.rejects(client({ project: 'shop', token: 'kv_0000_wrong' }).set('k', 1), code('UNAUTHENTICATED'));
+  await assert.rejects(client({ token: 'kv_0000_wrong' }).admin.listProjects(), code('UNAUTHENTICATED'));
+});
+
+test('admin client, project token, read-only token, revocation', async () => {
+  const admin = client({ token: ADMIN }).admin;
+  const created = await admin.createProject('shop', { maxKeys: 100 });
+  assert.equal(created.name, 'shop');
+  assert.deepEqual(created.quota, { maxKeys: 100 });
+  await assert.rejects(admin.createProject('shop'), code('ALREADY_EXISTS'));
+
+  const rw = await admin.createToken('shop');
+  assert.match(rw.token, /^kv_/);
+  assert.equal(rw.info.project, 'shop');
+  assert.equal(rw.info.readOnly, false);
+  const ro = await admin.createToken('shop', { readOnly: true, limits: { opsPerSecond: 1000 } });
+  assert.equal(ro.info.readOnly, true);
+  assert.deepEqual(ro.info.limits, { opsPerSecond: 1000 });
+
+  // A project token needs no project: it is its own.
+  const shop = client({ token: rw.token });
+  await shop.set('cart:1', { items: 2 });
+  assert.deepEqual(await shop.get('cart:1'), { items: 2 });
+  assert.equal(await shop.incr('n'), 1);
+  // Naming its own project is fine, another is not.
+  assert.equal(await client({ token: rw.token, project: 'shop' }).has('cart:1'), true);
+  await assert.rejects(client({ token: rw.token, project: 'blog' }).get('k'), code('PERMISSION_DENIED'));
+  await assert.rejects(shop.admin.listProjects(), code('PERMISSION_DENIED'));
+
+  const reader = client({ token: ro.token });
+  assert.deepEqual(await reader.get('cart:1'), { items: 2 });
+  assert.equal(await reader.has('cart:1'), true);
+  await assert.rejects(reader.set('cart:1', 0), code('PERMISSION_DENIED'));
+  await assert.rejects(reader.incr('n'), code('PERMISSION_DENIED'));
+  await assert.rejects(reader.delete('cart:1'), code('PERMISSION_DENIED'));
+  await assert.rejects(reader.clear(), code('PERMISSION_DENIED'));
+  assert.deepEqual(await shop.get('cart:1'), { items: 2 }, 'nothing was written');
+
+  // The admin token reaches any project by name.
+  const asAdmin = client({ token: ADMIN, project: 'shop' });
+  assert.equal(await asAdmin.get('n'), 1);
+
+  const projects = await admin.listProjects();
+  assert.ok(projects.some((p) => p.name === 'shop' && p.keys === 2));
+  const tokens = await admin.listTokens('shop');
+  assert.equal(tokens.length, 2);
+  assert.ok(tokens.every((t) => !('token' in t)));
+  assert.equal((await admin.setQuota('shop', { maxKeys: 5 })).quota.maxKeys, 5);
+
+  assert.equal(await admin.revokeToken(rw.info.id), true);
+  assert.equal(await admin.revokeToken(rw.info.id), false);
+  await assert.rejects(shop.get('cart:1'), code('UNAUTHENTICATED'));
+  assert.equal(await admin.deleteProject('shop'), 2);
+  await assert.rejects(admin.getProject('shop'), code('NOT_FOUND'));
+});
