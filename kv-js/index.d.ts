@@ -253,6 +253,8 @@ export class Admin {
   createToken(project: string, options?: { readOnly?: boolean; limits?: TokenLimits }): Promise<{ token: string; info: TokenInfo }>;
   revokeToken(id: string): Promise<boolean>;
   listTokens(project?: string): Promise<TokenInfo[]>;
+  /** The backup file's bytes, in order. */
+  backup(options?: { project?: string }): AsyncGenerator<Buffer, void, undefined>;
 }
 
 export class Kv {

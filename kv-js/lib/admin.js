@@ -2,6 +2,7 @@
 // The admin API: projects, their quotas and usage, and tokens.
 
 const { checkKey } = require('./values');
+const { fromGrpc } = require('./errors');
 
 const QUOTA_FIELDS = ['maxKeys', 'maxBytes', 'opsPerSecond', 'writeBytesPerSecond'];
 const LIMIT_FIELDS = ['opsPerSecond', 'writeBytesPerSecond'];
@@ -106,6 +107,32 @@ class Admin {
   async revokeToken(id) {
     const r = await this._call('RevokeToken', { id: checkKey(id, 'id') }, false);
     return r.revoked;
+  }
+
+  /**
+   * A consistent backup of the whole server (or of `options.project`),
+   * streamed while writes go on: an async iterator of Buffers, the bytes of
+   * the backup file in order (`kv-server restore --from FILE` reads it).
+   * Only its opening is bounded by the deadline.
+   */
+  async *backup(options = {}) {
+    const request = {};
+    if (options.project !== undefined) request.project = checkKey(options.project, 'project');
+    const conn = this._conn;
+    const stream = conn.adminStub.Backup(request, conn.metadata(''));
+    const timer = setTimeout(() => stream.cancel(), conn.timeoutMs);
+    stream.once('metadata', () => clearTimeout(timer));
+    try {
+      for await (const chunk of stream) {
+        clearTimeout(timer);
+        yield Buffer.from(chunk.data);
+      }
+    } catch (err) {
+      throw fromGrpc(err);
+    } finally {
+      clearTimeout(timer);
+      stream.cancel();
+    }
   }
 
   /** Tokens (never their secrets), of one project or of all. */

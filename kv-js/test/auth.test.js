@@ -83,6 +83,25 @@ test('admin client, project token, read-only token, revocation', async () => {
   assert.ok(tokens.every((t) => !('token' in t)));
   assert.equal((await admin.setQuota('shop', { maxKeys: 5 })).quota.maxKeys, 5);
 
+  // A backup of the project streams the backup file's bytes.
+  const chunks = [];
+  for await (const chunk of admin.backup({ project: 'shop' })) chunks.push(chunk);
+  const file = Buffer.concat(chunks);
+  assert.ok(file.length > 32, `a backup of ${file.length} bytes`);
+  assert.ok(file.includes(Buffer.from('cart:1')), 'the backup holds the key');
+  await assert.rejects(
+    (async () => {
+      for await (const _ of admin.backup({ project: 'no-such' })) void _;
+    })(),
+    code('NOT_FOUND'),
+  );
+  await assert.rejects(
+    (async () => {
+      for await (const _ of shop.admin.backup()) void _;
+    })(),
+    code('PERMISSION_DENIED'),
+  );
+
   assert.equal(await admin.revokeToken(rw.info.id), true);
   assert.equal(await admin.revokeToken(rw.info.id), false);
   await assert.rejects(shop.get('cart:1'), code('UNAUTHENTICATED'));

@@ -56,6 +56,7 @@ async function usage(): Promise<void> {
   const { token } = await kv.admin.createToken('blog', { readOnly: true });
   token.toUpperCase();
   kv.withProject('blog').has('x');
+  for await (const chunk of kv.admin.backup({ project: 'blog' })) chunk.byteLength.toFixed();
 
   try {
     await kv.set('', 1);
