@@ -38,9 +38,16 @@ function services() {
   return loaded;
 }
 
-/** A fresh random request id: 128 bits, base64url. */
+// Request ids: a random prefix per process (96 bits) and a counter. Unique
+// across processes without reading the OS's random source for every write,
+// which cost a tenth of the client's CPU under a write load.
+const ID_PREFIX = crypto.randomBytes(12).toString('base64url');
+let idCounter = 0;
+
+/** A fresh request id, unique across processes and calls. */
 function newRequestId() {
-  return crypto.randomBytes(16).toString('base64url');
+  idCounter++;
+  return `${ID_PREFIX}.${idCounter.toString(36)}`;
 }
 
 function checkRequestId(id) {

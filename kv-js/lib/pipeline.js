@@ -28,6 +28,7 @@
 
 const { KvError, fromGrpc, fromCallError, deadlineError } = require('./errors');
 const { backoffMs, sleep } = require('./retry');
+const { encodeFrame, decodeFrame } = require('./codec');
 
 const MAX_FRAME_CALLS = 1024;
 const MAX_FRAME_BYTES = 1 << 20;
@@ -122,7 +123,12 @@ class Pipeline {
       this.opening = false;
       return;
     }
-    const stream = this.conn.kv.Pipeline(this.conn.metadata(''));
+    const stream = this.conn.kv.makeBidiStreamRequest(
+      '/kv.v1.KvService/Pipeline',
+      encodeFrame,
+      decodeFrame,
+      this.conn.metadata(''),
+    );
     const link = { stream, inflight: new Map(), writing: 0, ended: false, ready: false };
     let openTimer = setTimeout(() => {
       openTimer = null;
@@ -236,15 +242,15 @@ class Pipeline {
     this.schedule();
   }
 
-  answer(link, frame) {
-    for (const reply of frame.replies) {
+  answer(link, replies) {
+    for (const reply of replies) {
       const call = link.inflight.get(reply.id);
       if (!call) continue;
       link.inflight.delete(reply.id);
       if (call.done) continue;
-      const kind = reply.response;
+      const kind = reply.kind;
       if (kind === 'error') {
-        const error = fromCallError(reply.error);
+        const error = fromCallError(reply.response);
         if (error.code === 'UNAVAILABLE' && call.safe && call.attempts < this.conn.retry.maxAttempts) {
           // The server could not do it now (its store is unavailable):
           // worth another attempt after a backoff.
@@ -257,7 +263,7 @@ class Pipeline {
         }
         this.settle(call, error);
       } else if (kind === call.kind) {
-        this.settle(call, null, reply[kind]);
+        this.settle(call, null, reply.response);
       } else {
         this.settle(call, new KvError('INTERNAL', `the server answered a ${call.kind} call with a ${kind || 'empty'} reply`));
       }

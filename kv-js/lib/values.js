@@ -70,7 +70,7 @@ function toValue(input) {
     }
     if (value === null) {
       bytes += 2;
-      return { nullValue: 'NULL_VALUE' };
+      return { nullValue: 0 };
     }
     if (ancestors.includes(value)) {
       throw refuse('a cyclic reference', path, 'cannot be stored: the value refers to itself');
@@ -85,7 +85,7 @@ function toValue(input) {
       for (let i = 0; i < value.length; i++) {
         path.push(`[${i}]`);
         const item = value[i];
-        values[i] = item === undefined ? (bytes += 2, { nullValue: 'NULL_VALUE' }) : convert(item, String(i));
+        values[i] = item === undefined ? (bytes += 2, { nullValue: 0 }) : convert(item, String(i));
         path.pop();
       }
       bytes += 4;
