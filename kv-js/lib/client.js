@@ -5,6 +5,7 @@
 const { toValue, fromValue, checkKey, checkTtl, checkVersion } = require('./values');
 const { acquire, release } = require('./connection');
 const { UNARY } = require('./pipeline');
+const { KvError } = require('./errors');
 const { Batch } = require('./batch');
 const { Watch } = require('./watch');
 const { Admin } = require('./admin');
@@ -67,7 +68,14 @@ class Kv {
     return new Kv(this._conn, checkProject(name), false);
   }
 
+  _open() {
+    if (this._conn.closed) {
+      throw new KvError('CANCELLED', 'this kv was closed (kv.close()); call connect() again for a new one');
+    }
+  }
+
   async _single(kind, request, { safe, requestId, bytes }) {
+    this._open();
     const conn = this._conn;
     if (conn.pipeline) {
       const answer = await conn.pipeline.call(this.project, kind, request, { safe, requestId, bytes });
@@ -76,7 +84,8 @@ class Kv {
     return conn.unary(conn.kv, METHODS[kind], request, { project: this.project, safe, requestId });
   }
 
-  _unary(method, request, { safe, requestId }) {
+  async _unary(method, request, { safe, requestId }) {
+    this._open();
     return this._conn.unary(this._conn.kv, method, request, { project: this.project, safe, requestId });
   }
 

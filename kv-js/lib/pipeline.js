@@ -251,14 +251,13 @@ class Pipeline {
       const kind = reply.kind;
       if (kind === 'error') {
         const error = fromCallError(reply.response);
-        if (error.code === 'UNAVAILABLE' && call.safe && call.attempts < this.conn.retry.maxAttempts) {
-          // The server could not do it now (its store is unavailable):
-          // worth another attempt after a backoff.
+        const wait = this.retryWait(call, error);
+        if (wait !== null) {
           setTimeout(() => {
             if (call.done) return;
             this.queue.push(call);
             this.schedule();
-          }, backoffMs(this.conn.retry, call.attempts));
+          }, wait);
           continue;
         }
         this.settle(call, error);
@@ -268,6 +267,27 @@ class Pipeline {
         this.settle(call, new KvError('INTERNAL', `the server answered a ${call.kind} call with a ${kind || 'empty'} reply`));
       }
     }
+  }
+
+  /**
+   * How long to wait before sending a call the server refused again, or
+   * null to fail it: an UNAVAILABLE (its store could not do it now) is
+   * retried after a backoff when sending it twice is safe; a rate limit's
+   * refusal (it never ran) after the server's hint, when the client honours
+   * hints and the wait ends before the deadline.
+   */
+  retryWait(call, error) {
+    if (call.attempts >= this.conn.retry.maxAttempts) return null;
+    if (error.code === 'UNAVAILABLE' && call.safe) return backoffMs(this.conn.retry, call.attempts);
+    if (
+      error.code === 'RESOURCE_EXHAUSTED' &&
+      this.conn.honourRetryAfter &&
+      error.retryAfterMs !== undefined &&
+      Date.now() + error.retryAfterMs < call.deadline
+    ) {
+      return error.retryAfterMs;
+    }
+    return null;
   }
 
   /** The open stream ended: replay what may be replayed, fail the rest. */

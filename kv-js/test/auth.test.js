@@ -108,3 +108,24 @@ test('admin client, project token, read-only token, revocation', async () => {
   assert.equal(await admin.deleteProject('shop'), 2);
   await assert.rejects(admin.getProject('shop'), code('NOT_FOUND'));
 });
+
+test('a rate limit refuses with RESOURCE_EXHAUSTED and a hint, which honourRetryAfter follows', async () => {
+  const admin = client({ token: ADMIN }).admin;
+  await admin.createProject('limited', { opsPerSecond: 10 });
+  const { token } = await admin.createToken('limited');
+  const eager = client({ token });
+  const outcomes = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => eager.set(`k${i}`, i)));
+  const refused = outcomes.filter((o) => o.status === 'rejected').map((o) => o.reason);
+  assert.ok(refused.length >= 15, `${refused.length} of 30 refused`);
+  for (const e of refused) {
+    code('RESOURCE_EXHAUSTED')(e);
+    assert.ok(e.retryAfterMs >= 0 && e.retryAfterMs <= 1000, `retryAfterMs ${e.retryAfterMs}`);
+  }
+  // Waiting as told, every call gets in within its deadline.
+  const patient = client({ token, honourRetryAfter: true, timeoutMs: 10_000 });
+  await new Promise((r) => setTimeout(r, 1000));
+  const started = Date.now();
+  await Promise.all(Array.from({ length: 25 }, (_, i) => patient.incr('admitted', 1, { requestId: `admit-${i}` })));
+  assert.equal(await patient.get('admitted'), 25);
+  assert.ok(Date.now() - started >= 1000, 'the calls waited for later windows');
+});

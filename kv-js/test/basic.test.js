@@ -285,3 +285,23 @@ test('every call has a deadline', async () => {
     silent.close();
   }
 });
+
+test('large values: over a frame\'s size they go unary; over the server\'s limit they are refused', async () => {
+  const big = 'x'.repeat(2 << 20);
+  await kv.set('big', { big });
+  assert.equal((await kv.get('big')).big.length, big.length);
+  await assert.rejects(kv.set('huge', 'y'.repeat(17 << 20)), (e) => code('RESOURCE_EXHAUSTED')(e) && /16777216|16 MiB/.test(e.message));
+  assert.equal(await kv.has('huge'), false);
+});
+
+test('a closed kv refuses calls cleanly', async () => {
+  const once = connect({ url: server.url, project: 'closing' });
+  await once.set('k', 1);
+  once.close();
+  await assert.rejects(once.get('k'), code('CANCELLED'));
+  await assert.rejects(once.getMany(['k']), code('CANCELLED'));
+  // A new connect() works again.
+  const again = connect({ url: server.url, project: 'closing' });
+  assert.equal(await again.get('k'), 1);
+  again.close();
+});
