@@ -141,6 +141,12 @@ class Pipeline {
       if (link.ended) return;
       clearTimeout(openTimer);
       openTimer = null;
+      if (this.closed) {
+        // Closed while it opened: nothing will use it.
+        link.ended = true;
+        stream.cancel();
+        return;
+      }
       if (metadata.get(CALL_PROJECTS_HEADER).length === 0) {
         link.ended = true;
         stream.cancel();
@@ -221,6 +227,9 @@ class Pipeline {
       }
       if (frameProject === null) frameProject = call.project;
       const own = call.project !== frameProject;
+      // A call of the stream's own project ('') cannot say so inside a frame
+      // that names another: it starts the next frame.
+      if (own && call.project === '') break;
       const size = call.bytes + (own ? call.project.length + 2 : 0);
       if (calls.length > 0 && bytes + size > MAX_FRAME_BYTES) break;
       bytes += size;

@@ -129,3 +129,16 @@ test('a rate limit refuses with RESOURCE_EXHAUSTED and a hint, which honourRetry
   assert.equal(await patient.get('admitted'), 25);
   assert.ok(Date.now() - started >= 1000, 'the calls waited for later windows');
 });
+
+test('the admin token serves its default project and named ones on one stream', async () => {
+  const asAdmin = client({ token: ADMIN });
+  const shop2 = asAdmin.withProject('shop2');
+  await asAdmin.admin.createProject('shop2');
+  // Calls of the stream's own project ("default") and of a named one,
+  // interleaved in the same turn: each runs in its own project.
+  const writes = [];
+  for (let i = 0; i < 20; i++) writes.push(shop2.set(`k${i}`, 'shop2'), asAdmin.set(`k${i}`, 'default'));
+  await Promise.all(writes);
+  assert.deepEqual(await shop2.getMany(['k0', 'k19']), ['shop2', 'shop2']);
+  assert.deepEqual(await asAdmin.getMany(['k0', 'k19']), ['default', 'default']);
+});
