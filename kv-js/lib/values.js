@@ -13,6 +13,14 @@ function describe(value) {
   return String(value);
 }
 
+// In a `u` regex a well-formed pair is one code point, so this matches only
+// a lone surrogate: text that has no UTF-8 form, which the server refuses.
+const LONE_SURROGATE = /\p{Surrogate}/u;
+
+function wellFormed(text) {
+  return typeof text.isWellFormed === 'function' ? text.isWellFormed() : !LONE_SURROGATE.test(text);
+}
+
 function where(path) {
   return path.length ? `at ${path.join('')}` : 'as the value';
 }
@@ -47,6 +55,9 @@ function toValue(input) {
     }
     switch (typeof value) {
       case 'string':
+        if (!wellFormed(value)) {
+          throw refuse('a string with a lone surrogate', path, 'cannot be stored: it is not valid Unicode, so it has no UTF-8 form');
+        }
         bytes += value.length + 3;
         return { stringValue: value };
       case 'number':
@@ -95,6 +106,9 @@ function toValue(input) {
       for (const key of Object.keys(value)) {
         const member = value[key];
         if (member === undefined) continue;
+        if (!wellFormed(key)) {
+          throw refuse('a member name with a lone surrogate', path, 'cannot be stored: it is not valid Unicode');
+        }
         path.push(/^[A-Za-z_$][\w$]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`);
         fields[key] = convert(member, key);
         path.pop();
@@ -148,6 +162,9 @@ function fromValue(message) {
 function checkKey(key, what = 'key') {
   if (typeof key !== 'string') {
     throw new TypeError(`${what} must be a string, got ${key === null ? 'null' : typeof key}`);
+  }
+  if (!wellFormed(key)) {
+    throw new TypeError(`${what} ${JSON.stringify(key)} has a lone surrogate: it is not valid Unicode, so it has no UTF-8 form`);
   }
   return key;
 }

@@ -43,6 +43,7 @@ test('the five methods with every value type', async () => {
     object: { name: 'Ada', tags: ['a', 'b'], nested: { deep: { deeper: [] } }, nil: null, 'odd key': 1, '': 'empty key' },
     emptyList: [],
     emptyObject: {},
+    'ключ 🙂': 'ünïcødé \u{1F600} 中文',
   };
   for (const [key, value] of Object.entries(values)) {
     assert.equal(await kv.set(key, value), undefined);

@@ -26,7 +26,7 @@ function normalise(m) {
 }
 
 test('values convert like JSON.stringify', () => {
-  const samples = ['', 'text ✓', 0, -1.5, 2 ** 53, true, false, null, [], {}, [1, [2, [3]]], { a: { b: [null, 'x'] } }];
+  const samples = ['', 'text ✓', 'pair \u{1F600}', 0, -1.5, 2 ** 53, true, false, null, [], {}, [1, [2, [3]]], { a: { b: [null, 'x'] } }];
   for (const v of samples) assert.deepEqual(roundTrip(v), v);
   assert.deepEqual(roundTrip({ a: 1, gone: undefined }), { a: 1 });
   assert.deepEqual(roundTrip([1, undefined, 3]), [1, null, 3]);
@@ -61,6 +61,9 @@ test('values JSON cannot hold are refused with a TypeError naming them', () => {
     [undefined, /undefined/],
     [cyclic, /cyclic reference at \.a\[0\]/],
     [deep, /deeper than 32/],
+    ['\uD800', /lone surrogate as the value/],
+    [{ a: ['ok \u{1F600}', 'x\uDC00'] }, /lone surrogate at \.a\[1\]/],
+    [{ ['\uDBFF']: 1 }, /member name with a lone surrogate/],
   ];
   for (const [value, message] of cases) {
     assert.throws(() => toValue(value), (e) => e instanceof TypeError && message.test(e.message), String(message));
@@ -79,6 +82,8 @@ test('refused values and keys never reach the network', async () => {
       assert.throws(() => kv.batch().set('k', v), TypeError);
     }
     await assert.rejects(kv.get(7), TypeError);
+    await assert.rejects(kv.get('k\uD800'), /lone surrogate/);
+    await assert.rejects(kv.set('k', 'v\uDFFF'), /lone surrogate/);
     await assert.rejects(kv.set('k', 1, -5), /ttlMs must be a whole number/);
     await assert.rejects(kv.set('k', 1, 1.5), TypeError);
     await assert.rejects(kv.incr('k', NaN), /delta must be a finite number/);
