@@ -67,3 +67,24 @@ test('incr and watch ride through server restarts without loss or duplicates', a
     await server.stop();
   }
 });
+
+test('a watch whose resume point left the history ends with OUT_OF_RANGE', async () => {
+  const server = await startServer({ args: ['--watch-history-events', '5'] });
+  const kv = connect({ url: server.url, project: 'history' });
+  try {
+    for (let i = 0; i < 20; i++) await kv.set('k', i);
+    const old = kv.watch({ fromVersion: 1 });
+    await assert.rejects(old.next(), (e) => e.code === 'OUT_OF_RANGE' && /older than the retained history/.test(e.message));
+    // From a read's version it works.
+    const { version } = await kv.getEntry('k');
+    const fresh = kv.watch({ fromVersion: version });
+    await fresh.ready;
+    await kv.set('k', 'next');
+    const { value } = await fresh.next();
+    assert.deepEqual([value.kind, value.value, value.version], ['set', 'next', version + 1]);
+    fresh.close();
+  } finally {
+    kv.close();
+    await server.stop();
+  }
+});
