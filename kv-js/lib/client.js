@@ -81,7 +81,10 @@ class Kv {
       const answer = await conn.pipeline.call(this.project, kind, request, { safe, requestId, bytes });
       if (answer !== UNARY) return answer;
     }
-    return conn.unary(conn.kv, METHODS[kind], request, { project: this.project, safe, requestId });
+    const r = await conn.unary(conn.kv, METHODS[kind], request, { project: this.project, safe, requestId });
+    // The stream's replies come with their value already converted.
+    if (kind === 'get' || kind === 'merge') r.json = fromValue(r.value);
+    return r;
   }
 
   async _unary(method, request, { safe, requestId }) {
@@ -105,7 +108,13 @@ class Kv {
   async getEntry(key) {
     checkKey(key);
     const r = await this._single('get', { key }, { safe: true, bytes: key.length });
-    return r.found ? entryOf(r) : null;
+    if (!r.found) return null;
+    return {
+      value: r.json,
+      version: Number(r.version),
+      expiresAtMs: optionalNumber(r, 'expiresAtMs'),
+      incarnation: Number(r.incarnation || 0),
+    };
   }
 
   /** Stores `value` under `key`, expiring after `ttlMs` when given. */
@@ -221,7 +230,7 @@ class Kv {
     if (ttlMs !== undefined) request.ttlMs = ttlMs;
     const requestId = this._write(request, options.requestId);
     const r = await this._single('merge', request, { safe: !!requestId, requestId, bytes: key.length + size });
-    return fromValue(r.value);
+    return r.json;
   }
 
   /** Values of many keys as of one moment (null for missing ones), in order. */
