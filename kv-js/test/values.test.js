@@ -110,3 +110,60 @@ test('the package ships the repository\'s proto files unchanged', () => {
     );
   }
 });
+
+test('Pipeline replies decode into the values and fields the server sent', () => {
+  const protobuf = require('protobufjs');
+  const { decodeFrame } = require('../lib/codec');
+  const root = new protobuf.Root();
+  root.resolvePath = (origin, target) => (path.isAbsolute(target) ? target : path.join(__dirname, '..', 'proto', target));
+  root.loadSync('kv/v1/kv.proto');
+  const Response = root.lookupType('kv.v1.PipelineResponse');
+  const value = {
+    structValue: {
+      fields: {
+        s: { stringValue: 'ünï 🙂' },
+        n: { numberValue: -1.5e300 },
+        t: { boolValue: true },
+        z: { nullValue: 0 },
+        l: { listValue: { values: [{ numberValue: 0 }, { listValue: { values: [] } }, { structValue: { fields: {} } }] } },
+      },
+    },
+  };
+  const frame = Response.encode({
+    replies: [
+      { id: 2 ** 40 + 7, get: { found: true, value, version: 2 ** 52 + 1, expiresAtMs: 1_800_000_000_000, incarnation: 5 } },
+      { id: 2, get: { found: false } },
+      { id: 3, set: { applied: true, version: 9 } },
+      { id: 4, has: { exists: true } },
+      { id: 5, delete: { deleted: false, version: 0 } },
+      { id: 6, incr: { value: -0.25, version: 12 } },
+      { id: 7, merge: { value: { stringValue: 'm' }, version: 13 } },
+      { id: 8, error: { code: 8, message: 'over the rate limit', retryAfterMs: 250 } },
+      { id: 9, get: { found: true, value: { nullValue: 0 }, version: 1 } },
+    ],
+  }).finish();
+  // An unknown field at the end of the frame (a newer server) is skipped.
+  const extended = Buffer.concat([Buffer.from(frame), Buffer.from([0x9a, 0x01, 0x02, 0x68, 0x69])]);
+  const replies = decodeFrame(extended);
+  assert.deepEqual(
+    replies.map((r) => [r.id, r.kind]),
+    [[2 ** 40 + 7, 'get'], [2, 'get'], [3, 'set'], [4, 'has'], [5, 'delete'], [6, 'incr'], [7, 'merge'], [8, 'error'], [9, 'get']],
+  );
+  const [get, missing, set, has, del, incr, merge, error, storedNull] = replies.map((r) => r.response);
+  assert.deepEqual(get.json, { s: 'ünï 🙂', n: -1.5e300, t: true, z: null, l: [0, [], {}] });
+  assert.deepEqual([get.found, get.version, get.expiresAtMs, get.incarnation], [true, 2 ** 52 + 1, 1_800_000_000_000, 5]);
+  assert.deepEqual([missing.found, missing.json, missing.expiresAtMs], [false, null, undefined]);
+  assert.deepEqual([set.applied, set.version], [true, 9]);
+  assert.equal(has.exists, true);
+  assert.deepEqual([del.deleted, del.version], [false, 0]);
+  assert.deepEqual([incr.value, incr.version], [-0.25, 12]);
+  assert.deepEqual([merge.json, merge.version], ['m', 13]);
+  assert.deepEqual(error, { code: 8, message: 'over the rate limit', retryAfterMs: 250 });
+  assert.deepEqual([storedNull.found, storedNull.json], [true, null]);
+  // A member named __proto__ is an ordinary member.
+  const proto = Response.encode({ replies: [{ id: 1, merge: { value: { structValue: { fields: JSON.parse('{"__proto__":{"numberValue":1}}') } } } }] }).finish();
+  const merged = decodeFrame(Buffer.from(proto))[0].response.json;
+  assert.equal(Object.getPrototypeOf(merged), Object.prototype);
+  assert.deepEqual(Object.entries(merged), [['__proto__', 1]]);
+  assert.throws(() => decodeFrame(Buffer.from([0x0a, 0x05, 0x08])), /truncated/);
+});
