@@ -116,7 +116,8 @@ test('a rate limit refuses with RESOURCE_EXHAUSTED and a hint, which honourRetry
   const eager = client({ token });
   const outcomes = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => eager.set(`k${i}`, i)));
   const refused = outcomes.filter((o) => o.status === 'rejected').map((o) => o.reason);
-  assert.ok(refused.length >= 15, `${refused.length} of 30 refused`);
+  // At most two windows' worth (10 each) can get in, should the calls straddle a window's end.
+  assert.ok(refused.length >= 10, `${refused.length} of 30 refused`);
   for (const e of refused) {
     code('RESOURCE_EXHAUSTED')(e);
     assert.ok(e.retryAfterMs >= 0 && e.retryAfterMs <= 1000, `retryAfterMs ${e.retryAfterMs}`);
