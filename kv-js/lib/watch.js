@@ -160,8 +160,11 @@ class Watch {
       } catch (error) {
         if (this._done) return;
         attempts++;
-        const passing = error.code === 'UNAVAILABLE' || error.code === 'RESOURCE_EXHAUSTED';
-        if (!accepted || !passing || attempts >= retry.maxAttempts) {
+        // The server unreachable is worth another attempt, first opening
+        // included; a limit only on a reopening, since the same watch was
+        // accepted before (the memory limit, a rate limit: they pass).
+        const passing = error.code === 'UNAVAILABLE' || (accepted && error.code === 'RESOURCE_EXHAUSTED');
+        if (!passing || attempts >= retry.maxAttempts) {
           this._failed(error);
           throw error;
         }

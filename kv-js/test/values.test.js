@@ -167,3 +167,14 @@ test('Pipeline replies decode into the values and fields the server sent', () =>
   assert.deepEqual(Object.entries(merged), [['__proto__', 1]]);
   assert.throws(() => decodeFrame(Buffer.from([0x0a, 0x05, 0x08])), /truncated/);
 });
+
+test('a watch on an unreachable server fails with UNAVAILABLE after its attempts', async () => {
+  const kv = connect({ url: 'http://127.0.0.1:1', timeoutMs: 2000, retry: { maxAttempts: 3, initialBackoffMs: 10 } });
+  try {
+    const watch = kv.watch({ prefix: 'p' });
+    await assert.rejects(watch.ready, (e) => e instanceof KvError && e.code === 'UNAVAILABLE');
+    await assert.rejects(watch.next(), (e) => e instanceof KvError && e.code === 'UNAVAILABLE');
+  } finally {
+    kv.close();
+  }
+});
