@@ -90,7 +90,7 @@ pub struct Overlay {
     cleared: HashSet<ProjectName>,
     versions: HashMap<ProjectName, u64>,
     usage: HashMap<ProjectName, Usage>,
-    requests: HashMap<(ProjectName, Box<str>), (u64, Arc<TxnOutcome>)>,
+    requests: HashMap<(ProjectName, Arc<str>), (u64, Arc<TxnOutcome>)>,
     /// Incarnations begun by deletions and creations earlier in the group.
     incarnations: HashMap<ProjectName, u64>,
     /// Whether a project will have a namespace, where the group changed it
@@ -113,12 +113,12 @@ pub struct Commit {
     /// The answer.
     pub outcome: Arc<TxnOutcome>,
     /// Remember the outcome under this request id and fingerprint.
-    pub remember: Option<(Box<str>, u64)>,
+    pub remember: Option<(Arc<str>, u64)>,
 }
 
 impl Commit {
     /// The outcome to remember under the request id, as applied at `now`.
-    pub fn remembered(&mut self, now: u64) -> Option<(Box<str>, Remembered)> {
+    pub fn remembered(&mut self, now: u64) -> Option<(Arc<str>, Remembered)> {
         self.remember.take().map(|(id, fingerprint)| {
             let remembered = Remembered {
                 fingerprint,
@@ -236,7 +236,7 @@ impl Overlay {
                     Ok(Evaluated::Replay(outcome))
                 } else {
                     Err(EngineError::RequestIdReused {
-                        id: request.id.clone(),
+                        id: Box::from(&*request.id),
                     })
                 };
             }

@@ -89,8 +89,9 @@ pub enum Check {
 /// A client-chosen id that makes a write safe to retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId {
-    /// The id as sent.
-    pub id: Box<str>,
+    /// The id as sent (shared: the writer's overlay and the table of
+    /// remembered ids keep it without copying it).
+    pub id: Arc<str>,
     /// A digest of the request it came with: the same id with a different
     /// request is refused.
     pub fingerprint: u64,

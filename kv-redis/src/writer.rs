@@ -152,7 +152,7 @@ fn touched(group: &[Pending]) -> (Vec<Box<str>>, Vec<Box<str>>) {
             }
         }
         if let Some(request) = &pending.txn.request {
-            ids.push(request.id.clone());
+            ids.push(Box::from(&*request.id));
         }
     }
     (keys.into_iter().collect(), ids)

@@ -89,7 +89,7 @@ impl MemoryStore {
         &self,
         project: &ProjectName,
         mutations: Vec<Versioned>,
-        request: Option<(Box<str>, Remembered)>,
+        request: Option<(Arc<str>, Remembered)>,
     ) {
         if !mutations.is_empty() {
             let ns = self.namespace_or_create(project);

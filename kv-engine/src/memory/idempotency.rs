@@ -20,7 +20,7 @@ impl MemoryStore {
     }
 
     /// Remembers the outcome of request `id` (replay and the writer).
-    pub(crate) fn remember(&self, project: &ProjectName, id: Box<str>, remembered: Remembered) {
+    pub(crate) fn remember(&self, project: &ProjectName, id: Arc<str>, remembered: Remembered) {
         let now = self.clock.now_ms();
         if remembered
             .at
@@ -42,7 +42,7 @@ impl MemoryStore {
         for (project, ns) in self.live_namespaces() {
             // Copied out first: `f` writes a file, and the writer must not
             // wait on that to remember a new request of this project.
-            let live: Vec<(Box<str>, Remembered)> = lock(&ns.requests)
+            let live: Vec<(Arc<str>, Remembered)> = lock(&ns.requests)
                 .by_id
                 .iter()
                 .filter(|(_, r)| r.at.saturating_add(self.settings.idempotency_window_ms) > now)

@@ -23,14 +23,14 @@ pub struct Remembered {
 /// A project's remembered request ids, oldest first for eviction.
 #[derive(Default)]
 pub(super) struct RequestTable {
-    pub(super) by_id: HashMap<Box<str>, Remembered, MapHasher>,
-    pub(super) order: VecDeque<(u64, Box<str>)>,
+    pub(super) by_id: HashMap<Arc<str>, Remembered, MapHasher>,
+    pub(super) order: VecDeque<(u64, Arc<str>)>,
 }
 
 impl RequestTable {
     pub(super) fn insert(
         &mut self,
-        id: Box<str>,
+        id: Arc<str>,
         remembered: Remembered,
         now: u64,
         settings: &Settings,
@@ -45,9 +45,12 @@ impl RequestTable {
             let Some((at, id)) = self.order.pop_front() else {
                 break;
             };
-            // The id may have been remembered again since (after its window).
-            if self.by_id.get(&id).is_some_and(|r| r.at == at) {
-                self.by_id.remove(&id);
+            // The id may have been remembered again since (after its
+            // window): then it stays. One lookup either way.
+            if let Some((id, newer)) = self.by_id.remove_entry(&id)
+                && newer.at != at
+            {
+                self.by_id.insert(id, newer);
             }
         }
     }

@@ -340,7 +340,7 @@ fn apply_txn_record(
             at,
             outcome: Arc::new(outcome),
         };
-        (id, remembered)
+        (Arc::from(id), remembered)
     });
     mem.apply_commit(project, mutations, request);
 }

@@ -87,7 +87,10 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         Ok(Response::new(response))
     }
 
-    async fn incr(&self, mut request: Request<IncrRequest>) -> Result<Response<IncrResponse>, Status> {
+    async fn incr(
+        &self,
+        mut request: Request<IncrRequest>,
+    ) -> Result<Response<IncrResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Write)?;
         let response = self.start(&scope, request.get_mut())?.await?;
         Ok(Response::new(response))

@@ -2,6 +2,8 @@
 //! [`RequestError`] (INVALID_ARGUMENT or RESOURCE_EXHAUSTED, naming the
 //! field and the limit) before anything reaches the engine.
 
+use std::sync::Arc;
+
 use kv_engine::{
     Check, Op, RequestId, Ttl, Txn, jsonops,
     value::{self},
@@ -136,7 +138,7 @@ impl<B> KvService<B> {
             u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
         });
         Ok(Some(RequestId {
-            id: id.into_boxed_str(),
+            id: Arc::from(id),
             fingerprint,
         }))
     }
