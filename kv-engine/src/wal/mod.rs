@@ -111,10 +111,6 @@ pub struct DurableStore {
     /// Every change on its way to the writer.
     queue: Arc<Queue<Submission>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Under `--fsync never`, callers commit their own groups when the
-    /// writer is free (see `writer.rs`); `None` under the other policies,
-    /// whose commits may fsync and stay on the writer's thread.
-    commit_here: Option<Arc<writer::Shared>>,
     /// Builds the ordered key indexes after start-up; joined on close so
     /// no work of this store outlives it.
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -209,8 +205,7 @@ impl DurableStore {
         stats
             .log_bytes
             .store(log_bytes, std::sync::atomic::Ordering::Relaxed);
-        let commits_here = matches!(options.fsync, FsyncPolicy::Never);
-        let (handle, shared) = writer::spawn(writer::Parts {
+        let handle = writer::spawn(writer::Parts {
             dir: dir.to_path_buf(),
             mem: Arc::clone(&mem),
             catalog: Arc::clone(&catalog),
@@ -228,7 +223,6 @@ impl DurableStore {
             catalog,
             queue,
             writer: Mutex::new(Some(handle)),
-            commit_here: commits_here.then_some(shared),
             indexer: Mutex::new(indexer),
             dir: dir.to_path_buf(),
             recovered,
@@ -371,25 +365,6 @@ impl DurableStore {
         Ok(answer)
     }
 
-    /// As [`DurableStore::enqueue`] for a transaction, without waking the
-    /// writer's thread: the caller commits it or wakes the thread.
-    fn enqueue_quiet(
-        &self,
-        change: Change,
-    ) -> Result<oneshot::Receiver<Result<Answer, EngineError>>, EngineError> {
-        let Some(project) = change.project().cloned() else {
-            return self.enqueue(change);
-        };
-        if !matches!(change, Change::Txn { .. }) {
-            return self.enqueue(change);
-        }
-        let (reply, answer) = oneshot::channel();
-        let bytes = change.approx_len();
-        let submission = Submission { change, reply };
-        self.queue.push_quiet(&project, bytes, submission, closed)?;
-        Ok(answer)
-    }
-
     /// Writes everything pending, fsyncs, and stops the writer. Later
     /// writes fail with [`EngineError::Storage`].
     ///
@@ -471,22 +446,9 @@ impl Backend for DurableStore {
             txn,
         };
         // Queued here, before the future exists: see the trait's ordering.
-        let (queued, mut nudge) = match &self.commit_here {
-            // Quietly: the future's first poll commits it (with every
-            // write queued before that poll, as one group), or wakes the
-            // writer's thread; so does dropping the future unpolled.
-            Some(shared) => (
-                self.enqueue_quiet(change),
-                WakeIfUnpolled(Some(Arc::clone(shared))),
-            ),
-            None => (self.enqueue(change), WakeIfUnpolled(None)),
-        };
+        let queued = self.enqueue(change);
         async move {
-            let answer = queued?;
-            if let Some(shared) = nudge.0.take() {
-                shared.commit_here();
-            }
-            match answer.await.map_err(|_| closed())?? {
+            match queued?.await.map_err(|_| closed())?? {
                 Answer::Txn(outcome) => Ok(outcome),
                 Answer::Expired | Answer::Admin(_) | Answer::Cut(_) => Err(EngineError::Internal(
                     "the log writer answered a write with a catalog result",
@@ -541,18 +503,5 @@ impl Backend for DurableStore {
             }
         }
         consumed
-    }
-}
-
-/// Wakes the writer's thread when dropped still holding the writer: a
-/// write queued quietly whose future was dropped before its first poll
-/// must still be committed.
-struct WakeIfUnpolled(Option<Arc<writer::Shared>>);
-
-impl Drop for WakeIfUnpolled {
-    fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.wake();
-        }
     }
 }

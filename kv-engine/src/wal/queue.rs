@@ -99,9 +99,6 @@ struct State<T> {
     finished: bool,
     /// Why writes are refused for now (the log could not be synced).
     stopped: Option<Arc<str>>,
-    /// [`Queue::wake`] was called since the writer last looked: kept, so
-    /// a wake that comes before the writer waits is not lost.
-    woken: bool,
     /// Tests hold the writer back to fill the queue deterministically.
     #[cfg(test)]
     paused: bool,
@@ -134,32 +131,18 @@ impl<T> State<T> {
     }
 }
 
-/// What [`Queue::take`] takes (the tests' view of the writer's loop).
-#[cfg(test)]
+/// What the writer takes from the queue.
 pub(super) enum Take<T> {
     /// The next group commit, in the order to evaluate it.
     Batch(Vec<T>),
     /// Nothing came before the deadline.
     Idle,
-    /// The store is closing and everything queued has been taken.
-    Stop,
-}
-
-/// What [`Queue::wait`] saw.
-pub(super) enum Wait {
-    /// Something is queued.
-    Work,
-    /// Woken with nothing queued (by [`Queue::wake`], or spuriously):
-    /// the writer looks again at what it has to do.
-    Woken,
-    /// Nothing came before the deadline.
-    Idle,
-    /// The store is closing and everything queued has been taken:
-    /// finish, then answer these.
+    /// The store is closing and everything queued has been taken: finish,
+    /// then answer these.
     Stop(Vec<oneshot::Sender<io::Result<()>>>),
 }
 
-/// The queue; the store pushes; whoever holds the writer takes.
+/// The queue; the store pushes, the one writer thread takes.
 pub(super) struct Queue<T> {
     state: Mutex<State<T>>,
     /// Signalled when something is queued or the store closes.
@@ -179,7 +162,6 @@ impl<T> Queue<T> {
                 shutdown: Vec::new(),
                 finished: false,
                 stopped: None,
-                woken: false,
                 #[cfg(test)]
                 paused: false,
             }),
@@ -209,31 +191,6 @@ impl<T> Queue<T> {
         bytes: usize,
         item: T,
         closed: fn() -> EngineError,
-    ) -> Result<(), EngineError> {
-        self.push_lane(project, bytes, item, closed, true)
-    }
-
-    /// As [`Queue::push`], without waking the writer thread: for a caller
-    /// that commits the queue itself right after (see
-    /// `writer::Shared::commit_here`) and wakes the thread only if it
-    /// cannot.
-    pub(super) fn push_quiet(
-        &self,
-        project: &ProjectName,
-        bytes: usize,
-        item: T,
-        closed: fn() -> EngineError,
-    ) -> Result<(), EngineError> {
-        self.push_lane(project, bytes, item, closed, false)
-    }
-
-    fn push_lane(
-        &self,
-        project: &ProjectName,
-        bytes: usize,
-        item: T,
-        closed: fn() -> EngineError,
-        wake: bool,
     ) -> Result<(), EngineError> {
         let mut state = self.lock();
         if state.closing {
@@ -284,17 +241,8 @@ impl<T> Queue<T> {
                 bounded: true,
             },
         );
-        drop(state);
-        if wake {
-            self.ready.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Wakes the writer thread: there is work it may have to do.
-    pub(super) fn wake(&self) {
-        self.lock().woken = true;
         self.ready.notify_one();
+        Ok(())
     }
 
     /// Queues one of the server's own changes (not bounded): behind the
@@ -388,67 +336,29 @@ impl<T> Queue<T> {
     /// Waits (until `deadline`, or for ever) for something to do, then
     /// takes the next group commit: every system change, then project
     /// writes round-robin until about `max_bytes` are taken.
-    #[cfg(test)]
     pub(super) fn take(&self, max_bytes: usize, deadline: Option<Instant>) -> Take<T> {
+        let mut state = self.lock();
         loop {
-            match self.wait(deadline) {
-                Wait::Work => {
-                    if let Some(batch) = self.take_now(max_bytes) {
-                        return Take::Batch(batch);
+            if state.has_work() {
+                break;
+            }
+            if state.closing && state.system.is_empty() && state.ring.is_empty() {
+                state.finished = true;
+                return Take::Stop(std::mem::take(&mut state.shutdown));
+            }
+            state = match deadline {
+                None => self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    if wait.is_zero() {
+                        return Take::Idle;
                     }
+                    self.ready
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
-                Wait::Woken => {}
-                Wait::Idle => return Take::Idle,
-                Wait::Stop(_) => return Take::Stop,
-            }
-        }
-    }
-
-    /// Waits until there is something to take, `deadline` passes, the
-    /// store closes, or someone calls [`Queue::wake`]; takes nothing.
-    pub(super) fn wait(&self, deadline: Option<Instant>) -> Wait {
-        let mut state = self.lock();
-        if state.has_work() {
-            state.woken = false;
-            return Wait::Work;
-        }
-        if std::mem::take(&mut state.woken) {
-            return Wait::Woken;
-        }
-        if state.closing && state.system.is_empty() && state.ring.is_empty() {
-            state.finished = true;
-            return Wait::Stop(std::mem::take(&mut state.shutdown));
-        }
-        state = match deadline {
-            None => self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
-            Some(at) => {
-                let wait = at.saturating_duration_since(Instant::now());
-                if wait.is_zero() {
-                    return Wait::Idle;
-                }
-                self.ready
-                    .wait_timeout(state, wait)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
-        };
-        state.woken = false;
-        if state.has_work() {
-            Wait::Work
-        } else if deadline.is_some_and(|at| at <= Instant::now()) {
-            Wait::Idle
-        } else {
-            Wait::Woken
-        }
-    }
-
-    /// Takes the next group commit if anything is queued: every system
-    /// change, then project writes round-robin until about `max_bytes`
-    /// are taken. Never waits.
-    pub(super) fn take_now(&self, max_bytes: usize) -> Option<Vec<T>> {
-        let mut state = self.lock();
-        if !state.has_work() {
-            return None;
+            };
         }
         let state = &mut *state;
         let mut batch: Vec<T> = state.system.drain(..).collect();
@@ -487,7 +397,7 @@ impl<T> Queue<T> {
                 state.ring.push_back(project);
             }
         }
-        Some(batch)
+        Take::Batch(batch)
     }
 }
 
@@ -508,7 +418,7 @@ mod tests {
     fn batch<T>(queue: &Queue<T>, max_bytes: usize) -> Vec<T> {
         match queue.take(max_bytes, Some(Instant::now())) {
             Take::Batch(batch) => batch,
-            Take::Idle | Take::Stop => Vec::new(),
+            Take::Idle | Take::Stop(_) => Vec::new(),
         }
     }
 
@@ -652,7 +562,7 @@ mod tests {
         ));
         // System changes first, then what was queued before the close.
         assert_eq!(batch(&queue, usize::MAX), [4, 1]);
-        assert!(matches!(queue.take(usize::MAX, None), Take::Stop));
+        assert!(matches!(queue.take(usize::MAX, None), Take::Stop(_)));
     }
 
     /// A project's system changes (an expiry, a deletion) keep their

@@ -1,24 +1,11 @@
-//! The log writer: group commit, rotation, snapshot triggering, and
-//! stopping writes when the log cannot be synced.
-//!
-//! # Who commits
-//!
-//! A group is committed by whoever holds the writer: its own thread, or,
-//! under `--fsync never`, the thread that queued a write, when the writer
-//! is free (leader/follower group commit). A write that commits its own
-//! group costs no hand-off to another thread and back, so on a machine
-//! where the runtime, the writer and the clients share few cores it pays
-//! no context switch. Every group is taken from the queue by the holder of
-//! the writer's lock, so groups are committed in queue order whoever
-//! commits them. Work that may block for long (fsyncs, segment rotation,
-//! snapshots, re-verification) stays on the writer's thread: a caller that
-//! sees it due wakes the thread instead of doing it.
+//! The log writer thread: group commit, rotation, snapshot triggering,
+//! and stopping writes when the log cannot be synced.
 
 use std::{
     fs::File,
     io::{self, Write},
     path::PathBuf,
-    sync::{Arc, Mutex, TryLockError, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -31,7 +18,7 @@ use super::{
     cut::{self, BackupCut},
     dir::{create_segment, segment_name},
     options::{FsyncPolicy, LogOptions},
-    queue::{Queue, Wait},
+    queue::{Queue, Take},
     snapshot, verify,
 };
 use crate::{
@@ -171,132 +158,57 @@ struct Writer {
     stats: Arc<LogStats>,
     /// Set while writes are stopped after a failed fsync.
     stopped: Option<Stopped>,
-    /// The encoded group, reused from group to group.
-    buf: Vec<u8>,
     /// Held (locked) for as long as the writer runs.
     _lock: File,
 }
 
-/// The writer, shared by its thread and the callers that commit their own
-/// group (see the module's documentation).
-pub(super) struct Shared {
-    /// `None` once the writer has finished.
-    writer: Mutex<Option<Writer>>,
-    queue: Arc<Queue<Submission>>,
-}
-
-impl Shared {
-    /// Commits the next group on the calling thread if the writer is
-    /// free; otherwise wakes the writer's thread, which will. Called by a
-    /// caller right after it queued a write with `Queue::push_quiet`.
-    pub(super) fn commit_here(&self) {
-        let mut guard = match self.writer.try_lock() {
-            Ok(guard) => guard,
-            // Busy (its holder or its thread takes our write next) or
-            // broken by a panic (the thread gives up and fails what is
-            // queued): either way the thread decides.
-            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
-                self.queue.wake();
-                return;
-            }
-        };
-        let Some(writer) = guard.as_mut() else {
-            return;
-        };
-        let wake_at = writer.wake_at();
-        writer.round();
-        if writer.wake_at() != wake_at || writer.maintenance_due() {
-            self.queue.wake();
-        }
-    }
-
-    /// Wakes the writer's thread (a caller's write was queued quietly and
-    /// the caller will not commit it).
-    pub(super) fn wake(&self) {
-        self.queue.wake();
-    }
-}
-
-/// The writer's thread: waits for work and commits it, and does what may
-/// block (fsyncs on a timer, rotation, snapshots, re-verification).
-fn run(shared: Arc<Shared>) {
-    /// However the writer ends, even by a panic, nothing queued is left
-    /// waiting for it.
-    struct Abandon(Arc<Queue<Submission>>);
-    impl Drop for Abandon {
-        fn drop(&mut self) {
-            self.0.abandon();
-        }
-    }
-    let _abandon = Abandon(Arc::clone(&shared.queue));
-    loop {
-        // A poisoned lock: a commit panicked half way; nothing more is
-        // trusted to this writer.
-        let Ok(guard) = shared.writer.lock() else {
-            return;
-        };
-        let Some(deadline) = guard.as_ref().map(Writer::wake_at) else {
-            return;
-        };
-        drop(guard);
-        let seen = shared.queue.wait(deadline);
-        let Ok(mut guard) = shared.writer.lock() else {
-            return;
-        };
-        let Some(writer) = guard.as_mut() else {
-            return;
-        };
-        match seen {
-            Wait::Work => {
-                // Nothing, if a caller committed it meanwhile.
-                writer.round();
-                writer.after_batch();
-            }
-            Wait::Woken => writer.after_batch(),
-            Wait::Idle => writer.on_idle(),
-            Wait::Stop(replies) => {
-                let mut writer = guard.take().expect("checked above");
-                drop(guard);
-                let finished = writer.finish();
-                // Releases the data directory's lock before anyone hears
-                // the store is closed.
-                drop(writer);
-                for reply in replies {
-                    let copy = match &finished {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    };
-                    let _ = reply.send(copy);
-                }
-                return;
-            }
-        }
-    }
-}
-
 impl Writer {
-    /// Takes the next group from the queue, if any, and commits it.
-    fn round(&mut self) {
-        let Some(mut batch) = self.queue.take_now(MAX_BATCH_BYTES) else {
-            return;
-        };
-        if let Some(stopped) = &self.stopped {
-            // Queued before writes stopped: refused like the ones after.
-            for Submission { reply, .. } in batch.drain(..) {
-                let _ = reply.send(Err(EngineError::WritesStopped {
-                    reason: Arc::clone(&stopped.reason),
-                }));
+    fn run(mut self) {
+        /// However the writer ends, even by a panic, nothing queued is left
+        /// waiting for it.
+        struct Abandon(Arc<Queue<Submission>>);
+        impl Drop for Abandon {
+            fn drop(&mut self) {
+                self.0.abandon();
             }
-            return;
         }
-        let cuts: Vec<_> = batch
-            .extract_if(.., |s| matches!(s.change, Change::Cut))
-            .collect();
-        let mut buf = std::mem::take(&mut self.buf);
-        self.commit(&mut batch, &mut buf);
-        self.buf = buf;
-        for Submission { reply, .. } in cuts {
-            let _ = reply.send(self.cut());
+        let _abandon = Abandon(Arc::clone(&self.queue));
+        let mut buf = Vec::new();
+        loop {
+            match self.queue.take(MAX_BATCH_BYTES, self.wake_at()) {
+                Take::Batch(mut batch) => {
+                    if let Some(stopped) = &self.stopped {
+                        // Queued before writes stopped: refused like the
+                        // ones after.
+                        for Submission { reply, .. } in batch.drain(..) {
+                            let _ = reply.send(Err(EngineError::WritesStopped {
+                                reason: Arc::clone(&stopped.reason),
+                            }));
+                        }
+                        continue;
+                    }
+                    let cuts: Vec<_> = batch
+                        .extract_if(.., |s| matches!(s.change, Change::Cut))
+                        .collect();
+                    self.commit(&mut batch, &mut buf);
+                    for Submission { reply, .. } in cuts {
+                        let _ = reply.send(self.cut());
+                    }
+                    self.after_batch();
+                }
+                Take::Idle => self.on_idle(),
+                Take::Stop(replies) => {
+                    let finished = self.finish();
+                    for reply in replies {
+                        let copy = match &finished {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = reply.send(copy);
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -663,7 +575,11 @@ impl Writer {
             self.start_snapshot();
             return;
         }
-        if self.want_snapshot() {
+        let live = self.mem.data_bytes();
+        let want_snapshot = self.snapshot.is_none()
+            && self.log_bytes >= self.options.snapshot_min_log_bytes
+            && self.log_bytes > live.saturating_mul(2);
+        if want_snapshot {
             self.start_snapshot();
         } else if self.file_len >= self.options.segment_bytes
             && let Err(e) = self.rotate()
@@ -673,23 +589,6 @@ impl Writer {
                 "could not start a new segment, continuing in this one: {e}"
             );
         }
-    }
-
-    /// The log holds enough besides the live data to be worth a snapshot.
-    fn want_snapshot(&self) -> bool {
-        self.snapshot.is_none()
-            && self.log_bytes >= self.options.snapshot_min_log_bytes
-            && self.log_bytes > self.mem.data_bytes().saturating_mul(2)
-    }
-
-    /// `after_batch` has something to do (a rotation or a snapshot to
-    /// start): work for the writer's thread.
-    fn maintenance_due(&self) -> bool {
-        self.stopped.is_none()
-            && (self.snapshot.as_ref().is_some_and(JoinHandle::is_finished)
-                || (self.snapshot_wanted && self.snapshot.is_none())
-                || self.want_snapshot()
-                || self.file_len >= self.options.segment_bytes)
     }
 
     fn start_snapshot(&mut self) {
@@ -785,9 +684,8 @@ pub(super) struct Parts {
 }
 
 /// Starts the writer thread; it takes every change from `parts.queue`
-/// until the queue is closed. The handle it returns lets callers commit
-/// their own groups too (see the module's documentation).
-pub(super) fn spawn(parts: Parts) -> io::Result<(JoinHandle<()>, Arc<Shared>)> {
+/// until the queue is closed.
+pub(super) fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
     let header = codec::FILE_HEADER_LEN as u64;
     let writer = Writer {
         dir: parts.dir,
@@ -805,16 +703,9 @@ pub(super) fn spawn(parts: Parts) -> io::Result<(JoinHandle<()>, Arc<Shared>)> {
         queue: parts.queue,
         stats: parts.stats,
         stopped: None,
-        buf: Vec::new(),
         _lock: parts.lock,
     };
-    let shared = Arc::new(Shared {
-        queue: Arc::clone(&writer.queue),
-        writer: Mutex::new(Some(writer)),
-    });
-    let thread = Arc::clone(&shared);
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("kv-log-writer".into())
-        .spawn(move || run(thread))?;
-    Ok((handle, shared))
+        .spawn(move || writer.run())
 }
