@@ -68,6 +68,7 @@ mod locks;
 pub mod namespace;
 mod order;
 mod read;
+pub(crate) mod replay;
 pub mod requests;
 mod state;
 #[cfg(test)]

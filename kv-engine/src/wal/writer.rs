@@ -462,7 +462,7 @@ impl Writer {
                 }
                 Pending::Expire(expired) => {
                     for (project, list) in expired {
-                        self.mem.apply_commit(&project, list, None);
+                        self.mem.apply_expiries(&project, list);
                     }
                     Answer::Expired
                 }
