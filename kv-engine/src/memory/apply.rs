@@ -44,7 +44,7 @@ impl MemoryStore {
         let old = {
             let mut retired = lock(&self.retired);
             retired.remove(project);
-            let fresh = Arc::new(Namespace::new(self.loading(), base));
+            let fresh = Arc::new(self.new_namespace(project, base));
             self.projects.insert(project.clone(), fresh)
         };
         if let Some(old) = old {

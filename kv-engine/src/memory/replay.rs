@@ -358,6 +358,11 @@ fn hand_over(mem: &MemoryStore, held: &mut Vec<Held>) {
         if !held.order.is_empty() {
             let loading = mem.loading();
             let mut order = write_lock(&ns.order);
+            if let OrderIndex::Building(pending) = &mut *order {
+                // At most this many more keys: one allocation, not a
+                // doubling per worker's share.
+                pending.loaded.reserve_exact(held.order.len());
+            }
             for change in held.order {
                 order.change(change, loading);
             }

@@ -69,6 +69,7 @@ mod options;
 mod queue;
 mod recovery;
 mod scope;
+mod sizes;
 mod snapshot;
 mod verify;
 mod writer;

@@ -218,6 +218,12 @@ pub(super) fn recover(
     let (snapshots, segments) = list(dir, &mut recovered)?;
     let mem = Arc::new(MemoryStore::with_settings(clock, settings));
     mem.begin_load();
+    // What the projects held when the log was last closed cleanly, if
+    // nothing was written since: their maps are made that size at once.
+    let last = segments
+        .last()
+        .and_then(|&seq| Some((seq, fs::metadata(dir.join(segment_name(seq))).ok()?.len())));
+    mem.expect_sizes(super::sizes::take(dir, last));
     let catalog = Arc::new(Catalog::default());
 
     let base = snapshots.last().copied();
