@@ -56,7 +56,7 @@ pub(super) fn write(dir: &Path, seq: u64, len: u64, projects: &[(ProjectName, u6
 
 /// Reads and removes the hint; the projects' key counts when it was
 /// written for segment `seq` of `len` bytes, the directory's last.
-pub(super) fn take(dir: &Path, last: Option<(u64, u64)>) -> Vec<(ProjectName, u64)> {
+pub(super) fn take(dir: &Path, last: Option<(u64, u64)>) -> Sizes {
     let path = dir.join(SIZES_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -77,7 +77,11 @@ pub(super) fn take(dir: &Path, last: Option<(u64, u64)>) -> Vec<(ProjectName, u6
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<(u64, u64, Vec<(ProjectName, u64)>)> {
+/// Projects and their key counts.
+type Sizes = Vec<(ProjectName, u64)>;
+
+/// The segment number and length a hint names, and its projects.
+fn parse(bytes: &[u8]) -> Option<(u64, u64, Sizes)> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32c::crc32c(body).to_le_bytes() != crc {
         return None;
