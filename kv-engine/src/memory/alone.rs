@@ -31,7 +31,7 @@ impl MemoryStore {
         let mut overlay = Overlay::default();
         for due in due {
             if let Some(expire) = overlay.expire(self, &due, self.clock.now_ms()) {
-                self.apply_versioned(&due.project, expire);
+                self.apply_expiries(&due.project, vec![expire]);
             }
         }
         consumed

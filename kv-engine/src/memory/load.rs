@@ -16,6 +16,10 @@ pub(crate) struct OrderBuild {
 /// avoids.
 pub(super) const INLINE_BUILD_KEYS: usize = 4096;
 
+/// Projects with fewer keys are left out of the sizes a clean stop
+/// records: their maps grow in little time.
+pub(crate) const MIN_HINTED_KEYS: u64 = 4096;
+
 impl OrderBuild {
     /// Whether there is anything left to build.
     pub(crate) fn is_empty(&self) -> bool {
@@ -94,6 +98,50 @@ impl MemoryStore {
         self.loading.store(true, Ordering::Relaxed);
     }
 
+    /// Sizes the maps of the projects named, when the load creates them,
+    /// for the keys given (what they held when the log was closed): a map
+    /// grown by doubling rehashes every key about twenty times on the way
+    /// to a million and touches twice its final memory.
+    pub(crate) fn expect_sizes(&self, sizes: Vec<(ProjectName, u64)>) {
+        let mut expected = lock(&self.expected);
+        for (project, keys) in sizes {
+            expected.insert(project, usize::try_from(keys).unwrap_or(usize::MAX));
+        }
+    }
+
+    /// The projects holding at least [`MIN_HINTED_KEYS`] keys, with their
+    /// key counts (for the next start's [`Self::expect_sizes`]).
+    pub(crate) fn large_projects(&self) -> Vec<(ProjectName, u64)> {
+        self.project_usages()
+            .into_iter()
+            .filter(|(_, usage)| usage.keys >= MIN_HINTED_KEYS)
+            .map(|(project, usage)| (project, usage.keys))
+            .collect()
+    }
+
+    /// How many entries `project`'s map can hold without growing.
+    #[cfg(test)]
+    pub(crate) fn map_capacity(&self, project: &ProjectName) -> usize {
+        self.namespace(project)
+            .map_or(0, |ns| ns.entries.capacity())
+    }
+
+    /// A namespace for `project`, the next incarnation after `base`;
+    /// during a load, its map sized as expected.
+    pub(super) fn new_namespace(&self, project: &ProjectName, base: u64) -> Namespace {
+        let loading = self.loading();
+        let mut ns = Namespace::new(loading, base);
+        if loading && let Some(&keys) = lock(&self.expected).get(project) {
+            ns.entries = DashMap::with_capacity_and_hasher(keys, MapHasher::default());
+            if let OrderIndex::Building(pending) =
+                ns.order.get_mut().unwrap_or_else(|p| p.into_inner())
+            {
+                pending.loaded.reserve_exact(keys);
+            }
+        }
+        ns
+    }
+
     /// The snapshot is loaded; what is replayed from now on are the logged
     /// changes, published into the change history as live application
     /// publishes them.
@@ -107,6 +155,7 @@ impl MemoryStore {
     pub(crate) fn end_load(&self) -> OrderBuild {
         self.history.frozen.store(false, Ordering::Relaxed);
         self.loading.store(false, Ordering::Relaxed);
+        *lock(&self.expected) = HashMap::default();
         let mut namespaces: Vec<_> = self
             .namespaces()
             .into_iter()

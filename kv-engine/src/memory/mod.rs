@@ -68,6 +68,7 @@ mod locks;
 pub mod namespace;
 mod order;
 mod read;
+pub(crate) mod replay;
 pub mod requests;
 mod state;
 #[cfg(test)]
@@ -124,6 +125,9 @@ pub struct MemoryStore {
     /// Keys taken by the expiry task, and how late the latest batch was.
     expired: AtomicU64,
     expiry_lag_ms: AtomicU64,
+    /// While a recovery loads: the keys expected per project (see
+    /// `MemoryStore::expect_sizes`).
+    expected: Mutex<HashMap<ProjectName, usize, MapHasher>>,
 }
 
 impl Default for MemoryStore {
@@ -172,6 +176,7 @@ impl MemoryStore {
             retired: Mutex::default(),
             expired: AtomicU64::new(0),
             expiry_lag_ms: AtomicU64::new(0),
+            expected: Mutex::default(),
         }
     }
 
@@ -199,7 +204,7 @@ impl MemoryStore {
             // A name used before continues its numbering above the deleted
             // project's (see `incarnation`).
             let base = retired.remove(project).map_or(0, |last| last + 1);
-            Arc::new(Namespace::new(self.loading(), base))
+            Arc::new(self.new_namespace(project, base))
         }))
     }
 

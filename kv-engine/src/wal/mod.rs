@@ -39,9 +39,15 @@
 //!   asks for a snapshot at once, so the deleted tenant's values leave the
 //!   disk as soon as it is written (the older segments are then removed).
 //!
+//! - Start-up applies the keys' changes on one worker per core by key hash
+//!   (`memory/replay.rs`), and sizes the maps of large projects from the
+//!   key counts a clean stop recorded (`sizes.rs`).
+//!
 //! Files in the data directory: `LOCK`, `<seq>.log` (segments),
-//! `<seq>.snap` (the state of every segment before `<seq>`), and
-//! `<seq>.snap.tmp` (an unfinished snapshot, removed at start).
+//! `<seq>.snap` (the state of every segment before `<seq>`),
+//! `<seq>.snap.tmp` (an unfinished snapshot, removed at start), and
+//! `SIZES` (large projects' key counts at the last clean stop, a hint
+//! removed at start).
 
 use std::{
     future::Future,
@@ -69,6 +75,7 @@ mod options;
 mod queue;
 mod recovery;
 mod scope;
+mod sizes;
 mod snapshot;
 mod verify;
 mod writer;

@@ -22,7 +22,12 @@ use super::{
 use crate::{
     Clock, Mutation, Versioned,
     catalog::{Catalog, apply_logged},
-    memory::{MemoryStore, load::OrderBuild, requests::Remembered},
+    memory::{
+        MemoryStore,
+        load::OrderBuild,
+        replay::{Replayer, replay_workers},
+        requests::Remembered,
+    },
 };
 
 /// Why a data directory could not be opened.
@@ -213,36 +218,27 @@ pub(super) fn recover(
     let (snapshots, segments) = list(dir, &mut recovered)?;
     let mem = Arc::new(MemoryStore::with_settings(clock, settings));
     mem.begin_load();
+    // What the projects held when the log was last closed cleanly, if
+    // nothing was written since: their maps are made that size at once.
+    let last = segments
+        .last()
+        .and_then(|&seq| Some((seq, fs::metadata(dir.join(segment_name(seq))).ok()?.len())));
+    mem.expect_sizes(super::sizes::take(dir, last));
     let catalog = Arc::new(Catalog::default());
 
     let base = snapshots.last().copied();
-    if let Some(base) = base {
-        load_snapshot(dir, base, &mem, &catalog, repair, &mut recovered)?;
-        recovered.snapshot = Some(base);
-    }
+    // The workers apply keys while this thread keeps everything else in
+    // log order (see `Replayer`); they are gone when the scope ends.
+    let log_bytes = std::thread::scope(|scope| {
+        let mut replayer = Replayer::start(scope, &mem, replay_workers());
+        let replay = Replay {
+            mem: &mem,
+            catalog: &catalog,
+            replayer: &mut replayer,
+        };
+        load_and_replay(dir, base, &segments, replay, repair, &mut recovered)
+    })?;
     let base = base.unwrap_or(0);
-    // From here on, records are changes: they rebuild the change history
-    // after the snapshot's, as live application built it.
-    mem.begin_log_replay();
-
-    let to_replay: Vec<u64> = segments.range(base..).copied().collect();
-    let mut log_bytes = 0;
-    for (i, &seq) in to_replay.iter().enumerate() {
-        let last = i + 1 == to_replay.len();
-        match replay_segment(dir, seq, (&mem, &catalog), last, repair, &mut recovered)? {
-            SegmentEnd::Complete(len) => log_bytes += len,
-            SegmentEnd::Cut(len) => {
-                log_bytes += len;
-                for &later in &to_replay[i + 1..] {
-                    let path = dir.join(segment_name(later));
-                    recovered.repaired_bytes += fs::metadata(&path).map_or(0, |m| m.len());
-                    remove_file_logged(&path, "segment after a repaired corruption");
-                }
-                break;
-            }
-        }
-        recovered.segments += 1;
-    }
 
     // Start a fresh segment after everything that exists.
     let next = segments.last().map_or(base, |&s| s + 1).max(base);
@@ -265,6 +261,52 @@ pub(super) fn recover(
         build,
         recovered,
     })
+}
+
+/// Where replayed records go.
+struct Replay<'a, 'env> {
+    mem: &'env MemoryStore,
+    catalog: &'a Catalog,
+    replayer: &'a mut Replayer<'env>,
+}
+
+/// Loads snapshot `base` (if any) and replays the segments after it;
+/// returns the bytes of the segments a later recovery would replay.
+fn load_and_replay(
+    dir: &Path,
+    base: Option<u64>,
+    segments: &BTreeSet<u64>,
+    mut replay: Replay<'_, '_>,
+    repair: bool,
+    recovered: &mut Recovered,
+) -> Result<u64, OpenError> {
+    if let Some(base) = base {
+        load_snapshot(dir, base, &mut replay, repair, recovered)?;
+        recovered.snapshot = Some(base);
+    }
+    // From here on, records are changes: they rebuild the change history
+    // after the snapshot's, as live application built it.
+    replay.mem.begin_log_replay();
+
+    let to_replay: Vec<u64> = segments.range(base.unwrap_or(0)..).copied().collect();
+    let mut log_bytes = 0;
+    for (i, &seq) in to_replay.iter().enumerate() {
+        let last = i + 1 == to_replay.len();
+        match replay_segment(dir, seq, &mut replay, last, repair, recovered)? {
+            SegmentEnd::Complete(len) => log_bytes += len,
+            SegmentEnd::Cut(len) => {
+                log_bytes += len;
+                for &later in &to_replay[i + 1..] {
+                    let path = dir.join(segment_name(later));
+                    recovered.repaired_bytes += fs::metadata(&path).map_or(0, |m| m.len());
+                    remove_file_logged(&path, "segment after a repaired corruption");
+                }
+                break;
+            }
+        }
+        recovered.segments += 1;
+    }
+    Ok(log_bytes)
 }
 
 fn list(
@@ -320,15 +362,10 @@ fn corrupt(path: &Path, offset: u64, damage: Damage) -> OpenError {
     }
 }
 
-/// Replays a single-mutation record of the first log format.
-fn apply_replayed(mem: &MemoryStore, project: &crate::project::ProjectName, versioned: Versioned) {
-    mem.apply_commit(project, vec![versioned], None);
-}
-
-/// Replays a Txn record: its changes, then its remembered outcome, through
-/// the writer's apply path.
+/// Replays a Txn record: its changes, then its remembered outcome, as the
+/// writer's apply path applied them.
 fn apply_txn_record(
-    mem: &MemoryStore,
+    replayer: &mut Replayer<'_>,
     project: &crate::project::ProjectName,
     at: u64,
     mutations: Vec<Versioned>,
@@ -342,7 +379,7 @@ fn apply_txn_record(
         };
         (Arc::from(id), remembered)
     });
-    mem.apply_commit(project, mutations, request);
+    replayer.apply_commit(project, mutations, request);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -364,12 +401,8 @@ impl FileKind {
 /// is its reader's business) and returns how many entries it set. A
 /// snapshot holds the state (sets, version counters, incarnations, retired
 /// names, the catalog); a segment holds changes.
-fn apply_record(
-    mem: &MemoryStore,
-    catalog: &Catalog,
-    record: Record,
-    kind: FileKind,
-) -> Result<u64, Damage> {
+fn apply_record(replay: &mut Replay, record: Record, kind: FileKind) -> Result<u64, Damage> {
+    let mem = replay.mem;
     let misplaced = |record| Damage::Misplaced {
         record,
         file: kind.name(),
@@ -380,7 +413,9 @@ fn apply_record(
             Err(misplaced("change other than a set"))
         }
         Record::Mutation { project, mutation } => {
-            apply_replayed(mem, &project, Versioned::unnumbered(mutation));
+            // A single-mutation record of the first log format.
+            let versioned = vec![Versioned::unnumbered(mutation)];
+            replay.replayer.apply_commit(&project, versioned, None);
             Ok(1)
         }
         Record::Txn { mutations, .. }
@@ -395,14 +430,18 @@ fn apply_record(
             request,
         } => {
             let entries = mutations.len() as u64;
-            apply_txn_record(mem, &project, at, mutations, request);
+            apply_txn_record(replay.replayer, &project, at, mutations, request);
             Ok(entries)
         }
+        // These replace or empty namespaces: the keys' changes before
+        // them are applied first.
         Record::Catalog(change) => {
-            apply_logged(mem, catalog, change);
+            replay.replayer.flush();
+            apply_logged(mem, replay.catalog, change);
             Ok(0)
         }
         Record::Incarnation { project, base } => {
+            replay.replayer.flush();
             mem.start_incarnation(&project, base);
             Ok(0)
         }
@@ -444,8 +483,7 @@ fn apply_record(
 fn load_snapshot(
     dir: &Path,
     base: u64,
-    mem: &MemoryStore,
-    catalog: &Catalog,
+    replay: &mut Replay,
     repair: bool,
     recovered: &mut Recovered,
 ) -> Result<(), OpenError> {
@@ -480,10 +518,13 @@ fn load_snapshot(
             Ok(())
         }
         record => {
-            entries += apply_record(mem, catalog, record, FileKind::Snapshot)?;
+            entries += apply_record(replay, record, FileKind::Snapshot)?;
             Ok(())
         }
     });
+    // Whatever comes next (the log, a repair's cut) follows the snapshot's
+    // whole state.
+    replay.replayer.flush();
     recovered.snapshot_entries = entries;
     match (streamed, end) {
         (Ok(()), Some((_, count))) if count == entries => Ok(()),
@@ -550,7 +591,7 @@ fn for_each_record(
 fn replay_segment(
     dir: &Path,
     seq: u64,
-    (mem, catalog): (&MemoryStore, &Catalog),
+    replay: &mut Replay,
     last: bool,
     repair: bool,
     recovered: &mut Recovered,
@@ -606,10 +647,11 @@ fn replay_segment(
     };
     let mut records = 0;
     let streamed = for_each_record(reader, |_, record| {
-        apply_record(mem, catalog, record, FileKind::Segment)?;
+        apply_record(replay, record, FileKind::Segment)?;
         records += 1;
         Ok(())
     });
+    replay.replayer.flush();
     recovered.records += records;
     match streamed {
         Ok(()) => Ok(SegmentEnd::Complete(len)),

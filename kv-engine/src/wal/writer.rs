@@ -19,7 +19,7 @@ use super::{
     dir::{create_segment, segment_name},
     options::{FsyncPolicy, LogOptions},
     queue::{Queue, Take},
-    snapshot, verify,
+    sizes, snapshot, verify,
 };
 use crate::{
     EngineError, Txn, TxnOutcome, Versioned,
@@ -462,7 +462,7 @@ impl Writer {
                 }
                 Pending::Expire(expired) => {
                     for (project, list) in expired {
-                        self.mem.apply_commit(&project, list, None);
+                        self.mem.apply_expiries(&project, list);
                     }
                     Answer::Expired
                 }
@@ -659,7 +659,16 @@ impl Writer {
             let _ = handle.join();
         }
         self.file.flush()?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if self.stopped.is_none() {
+            sizes::write(
+                &self.dir,
+                self.seq,
+                self.file_len,
+                &self.mem.large_projects(),
+            );
+        }
+        Ok(())
     }
 }
 

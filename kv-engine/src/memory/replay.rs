@@ -1,0 +1,524 @@
+//! Applying a recovery's records on several threads ([`Replayer`]).
+//!
+//! Replay was one thread applying record after record while another read
+//! and decoded them, and the applying thread was the bottleneck: a map
+//! insert with its cache misses, table growth and first-touch page faults
+//! per key. Keys are independent of each other, so the changes of a key
+//! go to the worker its hash picks, and each worker applies its keys in
+//! log order. What is not a single key's business stays on the calling
+//! thread, in log order: version numbering, the change history (events are
+//! published in version order as the records come), remembered request
+//! ids. A record that touches more than keys (a clear, a catalog change, a
+//! new incarnation) first waits until the workers have applied everything
+//! before it ([`Replayer::flush`]), then applies as before.
+//!
+//! Workers keep their effects on shared counters and ordered indexes to
+//! themselves until a flush, so the threads do not fight over one cache
+//! line or lock per key: usage totals are summed and index changes queued
+//! per namespace, then handed over at the flush.
+
+use std::{
+    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    thread::Scope,
+};
+
+use super::*;
+
+/// Key changes handed to a worker at once.
+const RUN: usize = 1024;
+
+/// Runs queued per worker before the caller waits for it.
+const QUEUED_RUNS: usize = 8;
+
+/// The most workers a replay uses.
+const MAX_WORKERS: usize = 4;
+
+/// Workers for a replay on this machine: one per core (up to
+/// [`MAX_WORKERS`]), none on a single core, where the calling thread
+/// applies everything itself.
+pub(crate) fn replay_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 { 0 } else { cores.min(MAX_WORKERS) }
+}
+
+/// One key's change, for the worker that owns the key.
+struct KeyChange {
+    key: Arc<str>,
+    version: u64,
+    /// The new value and deadline, or `None` for a removal.
+    set: Option<(Box<[u8]>, Option<Deadline>)>,
+}
+
+enum Job {
+    /// Changes of one namespace's keys, in log order.
+    Run {
+        project: ProjectName,
+        ns: Arc<Namespace>,
+        changes: Vec<KeyChange>,
+    },
+    /// Hand over what is kept back, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// Applies replayed records, the key changes of most of them on worker
+/// threads (see the module).
+pub(crate) struct Replayer<'env> {
+    mem: &'env MemoryStore,
+    workers: Vec<SyncSender<Job>>,
+    /// Per worker, the changes not yet sent, all of `current`'s.
+    open: Vec<Vec<KeyChange>>,
+    current: Option<(ProjectName, Arc<Namespace>)>,
+    /// Something was sent since the last flush.
+    dirty: bool,
+    hasher: MapHasher,
+}
+
+impl<'env> Replayer<'env> {
+    /// Starts `workers` threads in `scope` applying to `mem` (none: every
+    /// record is applied on the calling thread).
+    pub(crate) fn start<'scope>(
+        scope: &'scope Scope<'scope, 'env>,
+        mem: &'env MemoryStore,
+        workers: usize,
+    ) -> Self {
+        let senders = (0..workers)
+            .map(|i| {
+                let (tx, rx) = sync_channel(QUEUED_RUNS);
+                std::thread::Builder::new()
+                    .name(format!("kv-replay-{i}"))
+                    .spawn_scoped(scope, move || work(mem, rx))
+                    .map(|_| tx)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            // Without threads (the system refused one) the calling thread
+            // applies everything, as on a single core.
+            .unwrap_or_default();
+        Self {
+            mem,
+            open: senders.iter().map(|_| Vec::new()).collect(),
+            workers: senders,
+            current: None,
+            dirty: false,
+            hasher: MapHasher::default(),
+        }
+    }
+
+    /// Applies one committed transaction's record, as
+    /// [`MemoryStore::apply_commit`] does.
+    pub(crate) fn apply_commit(
+        &mut self,
+        project: &ProjectName,
+        mutations: Vec<Versioned>,
+        request: Option<(Box<str>, Remembered)>,
+    ) {
+        if self.workers.is_empty()
+            || mutations
+                .iter()
+                .any(|m| matches!(m.mutation, Mutation::Clear))
+        {
+            self.flush();
+            self.mem.apply_commit(project, mutations, request);
+            return;
+        }
+        if !mutations.is_empty() {
+            let ns = self.namespace(project);
+            let (mem, settings) = (self.mem, &self.mem.settings);
+            for Versioned { version, mutation } in mutations {
+                let version = match version {
+                    0 => ns.version.load(Ordering::Acquire) + 1,
+                    v => v,
+                };
+                let (key, set, kind) = match mutation {
+                    Mutation::Set {
+                        key,
+                        value,
+                        expires_at,
+                    } => {
+                        // Copied before the value leaves for its worker,
+                        // and only when the history records changes.
+                        let copy = mem
+                            .history
+                            .recording()
+                            .then(|| Bytes::copy_from_slice(&value));
+                        ns.hub.publish(version, settings, &mem.history, || Event {
+                            version,
+                            kind: EventKind::Set,
+                            key: Arc::clone(&key),
+                            value: copy,
+                            expires_at,
+                        });
+                        (key, Some((value, expires_at)), None)
+                    }
+                    Mutation::Delete { key } => (key, None, Some(EventKind::Deleted)),
+                    Mutation::Expire { key } => (key, None, Some(EventKind::Expired)),
+                    Mutation::Clear => unreachable!("a clear is applied above"),
+                };
+                if let Some(kind) = kind {
+                    ns.hub.publish(version, settings, &mem.history, || Event {
+                        version,
+                        kind,
+                        key: Arc::clone(&key),
+                        value: None,
+                        expires_at: None,
+                    });
+                }
+                ns.version.fetch_max(version, Ordering::AcqRel);
+                let worker = (self.hasher.hash_one(&*key) % self.workers.len() as u64) as usize;
+                self.open[worker].push(KeyChange { key, version, set });
+                if self.open[worker].len() == RUN {
+                    self.send(worker);
+                }
+            }
+        }
+        if let Some((id, remembered)) = request {
+            self.mem.remember(project, id, remembered);
+        }
+    }
+
+    /// Waits until the workers have applied everything sent to them and
+    /// handed over what they kept back: the store is then exactly as if
+    /// every record so far had been applied on this thread.
+    pub(crate) fn flush(&mut self) {
+        if !self.dirty && self.open.iter().all(Vec::is_empty) {
+            return;
+        }
+        for worker in 0..self.workers.len() {
+            self.send(worker);
+        }
+        let (done, answers) = sync_channel(self.workers.len());
+        let asked = self
+            .workers
+            .iter()
+            .filter(|w| w.send(Job::Flush(done.clone())).is_ok())
+            .count();
+        drop(done);
+        for _ in 0..asked {
+            // A worker that died (it panicked) drops its sender: the wait
+            // ends rather than hangs.
+            if answers.recv().is_err() {
+                break;
+            }
+        }
+        self.dirty = false;
+        // A record after the flush may replace a namespace.
+        self.current = None;
+    }
+
+    /// The namespace `project`'s changes go to; a change of project first
+    /// sends what is open for the previous one.
+    fn namespace(&mut self, project: &ProjectName) -> Arc<Namespace> {
+        if let Some((current, ns)) = &self.current
+            && current == project
+        {
+            return Arc::clone(ns);
+        }
+        for worker in 0..self.workers.len() {
+            self.send(worker);
+        }
+        let ns = self.mem.namespace_or_create(project);
+        self.current = Some((project.clone(), Arc::clone(&ns)));
+        ns
+    }
+
+    fn send(&mut self, worker: usize) {
+        if self.open[worker].is_empty() {
+            return;
+        }
+        let Some((project, ns)) = &self.current else {
+            return;
+        };
+        let changes = std::mem::replace(&mut self.open[worker], Vec::with_capacity(RUN));
+        let job = Job::Run {
+            project: project.clone(),
+            ns: Arc::clone(ns),
+            changes,
+        };
+        // A worker that died (it panicked) has lost its keys' changes
+        // anyway; the panic surfaces when the scope joins it.
+        let _ = self.workers[worker].send(job);
+        self.dirty = true;
+    }
+}
+
+impl Drop for Replayer<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// What a worker keeps back for one namespace until a flush.
+struct Held {
+    ns: Arc<Namespace>,
+    /// Usage deltas (two's complement, wrapping).
+    bytes: u64,
+    keys: u64,
+    order: Vec<OrderChange>,
+}
+
+/// A worker: applies the runs it receives, in order, until the replayer
+/// is gone.
+fn work(mem: &MemoryStore, jobs: Receiver<Job>) {
+    let mut held: Vec<Held> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Run {
+                project,
+                ns,
+                changes,
+            } => {
+                let at = match held.iter().rposition(|h| Arc::ptr_eq(&h.ns, &ns)) {
+                    Some(at) => at,
+                    None => {
+                        held.push(Held {
+                            ns,
+                            bytes: 0,
+                            keys: 0,
+                            order: Vec::new(),
+                        });
+                        held.len() - 1
+                    }
+                };
+                let held = &mut held[at];
+                for change in changes {
+                    apply_key(mem, &project, held, change);
+                }
+            }
+            Job::Flush(done) => {
+                hand_over(mem, &mut held);
+                let _ = done.send(());
+            }
+        }
+    }
+    hand_over(mem, &mut held);
+}
+
+/// One key's change, as [`MemoryStore::apply_set`] and
+/// [`MemoryStore::apply_delete`] make it, with the usage and index
+/// changes kept in `held`. Only this worker touches the key.
+fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: KeyChange) {
+    let KeyChange { key, version, set } = change;
+    let ns = &*held.ns;
+    match set {
+        Some((value, expires_at)) => {
+            let added = (key.len() + value.len()) as u64;
+            let entry = StoredEntry {
+                value,
+                expires_at,
+                version,
+            };
+            match ns.entries.entry(key) {
+                MapEntry::Occupied(mut slot) => {
+                    let old = slot.get().expires_at;
+                    let gone = (slot.key().len() + slot.get().value.len()) as u64;
+                    held.bytes = held.bytes.wrapping_sub(gone);
+                    if old != expires_at {
+                        let mut index = mem.expiry.shard_for(project, slot.key());
+                        if let Some(old) = old {
+                            index.remove(&ExpiryRecord::new(old, project, slot.key()));
+                        }
+                        if let Some(at) = expires_at {
+                            index.insert(ExpiryRecord::new(at, project, slot.key()));
+                        }
+                    }
+                    slot.insert(entry);
+                }
+                MapEntry::Vacant(slot) => {
+                    if let Some(at) = expires_at {
+                        mem.expiry
+                            .shard_for(project, slot.key())
+                            .insert(ExpiryRecord::new(at, project, slot.key()));
+                    }
+                    held.order.push(OrderChange::Insert(Arc::clone(slot.key())));
+                    held.keys = held.keys.wrapping_add(1);
+                    slot.insert(entry);
+                }
+            }
+            held.bytes = held.bytes.wrapping_add(added);
+        }
+        None => {
+            if let Some((key, entry)) = ns.entries.remove(&*key) {
+                mem.expiry.forget(project, &key, entry.expires_at);
+                held.bytes = held
+                    .bytes
+                    .wrapping_sub((key.len() + entry.value.len()) as u64);
+                held.keys = held.keys.wrapping_sub(1);
+                held.order.push(OrderChange::Remove(key));
+            }
+        }
+    }
+}
+
+/// Adds what the worker kept back to the shared counters and indexes.
+fn hand_over(mem: &MemoryStore, held: &mut Vec<Held>) {
+    for held in held.drain(..) {
+        let ns = &*held.ns;
+        mem.data_bytes.fetch_add(held.bytes, Ordering::Relaxed);
+        ns.bytes.fetch_add(held.bytes, Ordering::Relaxed);
+        ns.keys.fetch_add(held.keys, Ordering::Relaxed);
+        if !held.order.is_empty() {
+            let loading = mem.loading();
+            let mut order = write_lock(&ns.order);
+            if let OrderIndex::Building(pending) = &mut *order {
+                // At most this many more keys: one allocation, not a
+                // doubling per worker's share.
+                pending.loaded.reserve_exact(held.order.len());
+            }
+            for change in held.order {
+                order.change(change, loading);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+
+    /// Random records over three projects: sets (some with deadlines,
+    /// some numbered, some not), deletes, expiries, now and then a clear
+    /// or a remembered request.
+    fn records(seed: u64, n: usize) -> Vec<(ProjectName, Vec<Versioned>, Option<Box<str>>)> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let projects: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|p| ProjectName::parse(p).unwrap())
+            .collect();
+        let mut versions = [0u64; 3];
+        (0..n)
+            .map(|i| {
+                let p = rng.usize(..3);
+                let mutations = (0..rng.usize(1..4))
+                    .map(|_| {
+                        let key: Arc<str> = format!("k{:04}", rng.u64(..3000)).into();
+                        let mutation = match rng.u32(..1000) {
+                            0..=2 => Mutation::Clear,
+                            3..=599 => Mutation::Set {
+                                key,
+                                value: vec![0x20, rng.u8(..)].into_boxed_slice(),
+                                expires_at: rng
+                                    .bool()
+                                    .then(|| 1_000 + rng.u64(..100))
+                                    .and_then(Deadline::at),
+                            },
+                            600..=849 => Mutation::Delete { key },
+                            _ => Mutation::Expire { key },
+                        };
+                        // Records of the first log format carry no version.
+                        let version = if rng.u32(..10) == 0 {
+                            0
+                        } else {
+                            versions[p] + 1 + u64::from(rng.u32(..10) == 0)
+                        };
+                        versions[p] = versions[p].max(version).max(versions[p] + 1);
+                        Versioned { version, mutation }
+                    })
+                    .collect();
+                let request = (rng.u32(..20) == 0).then(|| format!("r{i}").into_boxed_str());
+                (projects[p].clone(), mutations, request)
+            })
+            .collect()
+    }
+
+    fn remembered(at: u64) -> Remembered {
+        Remembered {
+            fingerprint: 7,
+            at,
+            outcome: Arc::new(crate::TxnOutcome::default()),
+        }
+    }
+
+    /// Everything a recovery leaves that the workers touch or that is
+    /// ordered: entries, usage, versions, expiry index, ordered keys,
+    /// history, remembered requests.
+    fn state(store: &MemoryStore) -> String {
+        let mut out = Vec::new();
+        store
+            .for_each_stored(|p, k, v, at, version| {
+                out.push(format!("{p} {k} {v:?} {at:?} {version}"));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        out.sort();
+        let mut usages = store.project_usages();
+        usages.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut versions = store.versions();
+        versions.sort();
+        out.push(format!("{usages:?} {versions:?} {}", store.data_bytes()));
+        out.push(format!("expiries {}", store.pending_expiries()));
+        let mut expiries = Vec::new();
+        for shard in store.expiry.shards.iter() {
+            for r in lock(shard).iter() {
+                expiries.push(format!("{:?} {} {}", r.at, r.project, r.key));
+            }
+        }
+        expiries.sort();
+        out.extend(expiries);
+        let mut namespaces = store.namespaces();
+        namespaces.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, ns) in namespaces {
+            match &*read_lock(&ns.order) {
+                OrderIndex::Ready(tree) => out.push(format!("{p} order {tree:?}")),
+                OrderIndex::Building(_) => out.push(format!("{p} order not built")),
+            }
+            out.push(format!("{p} history {:?}", ns.hub.window()));
+        }
+        let mut requests = Vec::new();
+        store
+            .for_each_remembered(|p, id, r| {
+                requests.push(format!("{p} request {id} {}", r.at));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        requests.sort();
+        out.extend(requests);
+        out.join("\n")
+    }
+
+    fn recover(workers: usize, seed: u64) -> String {
+        let clock = Arc::new(ManualClock::new(1_050));
+        let settings = Settings {
+            watch_history_events: 500,
+            ..Settings::default()
+        };
+        let store = MemoryStore::with_settings(clock, settings);
+        store.begin_load();
+        std::thread::scope(|scope| {
+            let mut replayer = Replayer::start(scope, &store, workers);
+            let records = records(seed, 4000);
+            let (state_part, changes) = records.split_at(1000);
+            // A snapshot's part (publishing nothing), then the log's.
+            for (p, mutations, request) in state_part.iter().cloned() {
+                let request = request.map(|id| (id, remembered(1_000)));
+                replayer.apply_commit(&p, mutations, request);
+            }
+            replayer.flush();
+            store.begin_log_replay();
+            for (i, (p, mutations, request)) in changes.iter().cloned().enumerate() {
+                let request = request.map(|id| (id, remembered(1_000)));
+                replayer.apply_commit(&p, mutations, request);
+                if i % 700 == 0 {
+                    replayer.flush();
+                    store.start_incarnation(&p, store.version(&p) + 5);
+                }
+            }
+        });
+        store.end_load().run();
+        state(&store)
+    }
+
+    #[test]
+    fn workers_leave_exactly_the_state_one_thread_leaves() {
+        for seed in 0..4 {
+            let alone = recover(0, seed);
+            assert!(alone.contains("history Some"), "{alone}");
+            for workers in [1, 3] {
+                let parallel = recover(workers, seed);
+                assert!(
+                    alone == parallel,
+                    "seed {seed}, {workers} workers:\n{parallel}\n--- one thread:\n{alone}"
+                );
+            }
+        }
+    }
+}
