@@ -109,7 +109,7 @@ impl<'env> Replayer<'env> {
         &mut self,
         project: &ProjectName,
         mutations: Vec<Versioned>,
-        request: Option<(Box<str>, Remembered)>,
+        request: Option<(Arc<str>, Remembered)>,
     ) {
         if self.workers.is_empty()
             || mutations
@@ -378,7 +378,7 @@ mod tests {
     /// Random records over three projects: sets (some with deadlines,
     /// some numbered, some not), deletes, expiries, now and then a clear
     /// or a remembered request.
-    fn records(seed: u64, n: usize) -> Vec<(ProjectName, Vec<Versioned>, Option<Box<str>>)> {
+    fn records(seed: u64, n: usize) -> Vec<(ProjectName, Vec<Versioned>, Option<Arc<str>>)> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let projects: Vec<_> = ["a", "b", "c"]
             .iter()
@@ -414,7 +414,7 @@ mod tests {
                         Versioned { version, mutation }
                     })
                     .collect();
-                let request = (rng.u32(..20) == 0).then(|| format!("r{i}").into_boxed_str());
+                let request = (rng.u32(..20) == 0).then(|| Arc::from(format!("r{i}")));
                 (projects[p].clone(), mutations, request)
             })
             .collect()
