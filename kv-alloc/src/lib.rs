@@ -170,3 +170,34 @@ mod tests {
         assert_eq!(COUNTING.allocated(), before);
     }
 }
+
+/// Asks mimalloc to return to the system the memory it keeps free for
+/// reuse (pages emptied by frees, including frees made by other threads
+/// that this thread's heap has not collected yet). The memory limit reads
+/// the resident memory too, and without this a store emptied by deletes
+/// can stay "full" to it until the allocator gets round to purging.
+/// Costly (it walks the calling thread's heap): call it rarely.
+///
+/// ```
+/// kv_alloc::return_free_memory();
+/// ```
+#[cfg(feature = "mimalloc")]
+pub fn return_free_memory() {
+    mimalloc_api::mi_collect(true);
+}
+
+/// The one mimalloc function used beyond allocation, declared here rather
+/// than through libmimalloc-sys's `extended` feature (which would add a
+/// crate for C type aliases); libmimalloc-sys builds and links the
+/// library that defines it.
+#[cfg(feature = "mimalloc")]
+mod mimalloc_api {
+    use libmimalloc_sys as _;
+
+    // SAFETY: the declaration matches mimalloc's
+    // `void mi_collect(bool force)`: it takes no pointers and may be called
+    // from any thread at any time, so calling it is safe.
+    unsafe extern "C" {
+        pub(super) safe fn mi_collect(force: bool);
+    }
+}

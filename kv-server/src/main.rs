@@ -20,7 +20,7 @@ static ALLOCATOR: kv_server::memory::CountingAllocator<mimalloc::MiMalloc> =
     kv_server::memory::counting(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
-    kv_server::memory::install_allocator_meter(&ALLOCATOR);
+    kv_server::memory::install_allocator_meter(&ALLOCATOR, Some(kv_alloc::return_free_memory));
     // A subcommand, not a flag: the server's own flags and config file stay
     // as they are. It logs as text at info (or as RUST_LOG says).
     if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {

@@ -235,7 +235,24 @@ pub trait Meter: Send + Sync {
     fn in_use(&self) -> u64;
     /// What is measured, for the start-up log line.
     fn describe(&self) -> &'static str;
+    /// At the limit: if the resident memory is well above the live heap
+    /// (the allocator keeps pages that frees emptied), asks the allocator
+    /// to give them back and reads the resident memory afresh. True if it
+    /// did, so the caller measures again. At most every
+    /// [`RELIEVE_INTERVAL`]: it walks a heap.
+    fn relieve(&self) -> bool {
+        false
+    }
 }
+
+/// Least time between two [`Meter::relieve`] calls that ask the
+/// allocator for its free pages.
+pub const RELIEVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How far the resident memory may be above the live heap before a write
+/// refused at the limit asks the allocator for its free pages: thread
+/// stacks and the allocator's own metadata are resident too.
+const RELIEVE_SLACK: u64 = 8 << 20;
 
 /// The live heap counted by the allocator, or the anonymous resident
 /// memory if that is more (pages the allocator keeps after frees, thread
@@ -244,6 +261,10 @@ pub trait Meter: Send + Sync {
 struct Counted<A: 'static> {
     allocator: &'static CountingAllocator<A>,
     rss: &'static Rss,
+    /// Gives the allocator's free pages back to the system, if it can.
+    release: Option<fn()>,
+    /// Milliseconds since `rss.started` of the last release, plus one.
+    released_at: AtomicU64,
 }
 
 impl<A: Send + Sync> Meter for Counted<A> {
@@ -254,6 +275,30 @@ impl<A: Send + Sync> Meter for Counted<A> {
     fn describe(&self) -> &'static str {
         "the larger of the live heap (counted by the allocator) and the anonymous resident memory"
     }
+
+    fn relieve(&self) -> bool {
+        let Some(release) = self.release else {
+            return false;
+        };
+        if self.rss.in_use() <= (self.allocator.allocated() as u64).saturating_add(RELIEVE_SLACK) {
+            return false;
+        }
+        let now = self.rss.started.elapsed().as_millis() as u64 + 1;
+        let last = self.released_at.load(Ordering::Relaxed);
+        if last != 0 && now - last < RELIEVE_INTERVAL.as_millis() as u64 {
+            return false;
+        }
+        if self
+            .released_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        release();
+        self.rss.refresh();
+        true
+    }
 }
 
 static INSTALLED: OnceLock<&'static dyn Meter> = OnceLock::new();
@@ -262,10 +307,21 @@ static INSTALLED: OnceLock<&'static dyn Meter> = OnceLock::new();
 /// server this process starts from now on. Without it servers measure the
 /// anonymous resident memory alone, read at most every
 /// [`RSS_SAMPLE_INTERVAL`].
-pub fn install_allocator_meter<A: Send + Sync>(allocator: &'static CountingAllocator<A>) {
+///
+/// `release`, if given, makes the allocator return the pages it keeps
+/// free (`kv_alloc::return_free_memory` for mimalloc): a write refused at
+/// the limit while the resident memory is well above the live heap calls
+/// it and measures again, so a store emptied by deletes takes writes again
+/// at once rather than when the allocator purges by itself.
+pub fn install_allocator_meter<A: Send + Sync>(
+    allocator: &'static CountingAllocator<A>,
+    release: Option<fn()>,
+) {
     let counted: &'static Counted<A> = Box::leak(Box::new(Counted {
         allocator,
         rss: rss(),
+        release,
+        released_at: AtomicU64::new(0),
     }));
     let _ = INSTALLED.set(counted);
 }
@@ -279,6 +335,22 @@ struct Rss {
     bytes: AtomicU64,
 }
 
+impl Rss {
+    /// Reads the resident memory now, however recent the last reading.
+    fn refresh(&self) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.read_at.store(now, Ordering::Relaxed);
+        self.read();
+    }
+
+    fn read(&self) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(bytes) = rss_anon(&status).or_else(|| vm_rss(&status)) {
+            self.bytes.store(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Meter for Rss {
     fn in_use(&self) -> u64 {
         let now = self.started.elapsed().as_millis() as u64 + 1;
@@ -290,10 +362,7 @@ impl Meter for Rss {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-            if let Some(bytes) = rss_anon(&status).or_else(|| vm_rss(&status)) {
-                self.bytes.store(bytes, Ordering::Relaxed);
-            }
+            self.read();
         }
         self.bytes.load(Ordering::Relaxed)
     }
@@ -475,9 +544,15 @@ impl MemoryBudget {
         if adding == 0 {
             return Ok(());
         }
-        let in_use = self.meter.in_use();
+        let mut in_use = self.meter.in_use();
         if in_use.saturating_add(adding as u64) <= self.limit {
             return Ok(());
+        }
+        if self.meter.relieve() {
+            in_use = self.meter.in_use();
+            if in_use.saturating_add(adding as u64) <= self.limit {
+                return Ok(());
+            }
         }
         self.under_pressure();
         crate::metrics::metrics().memory_refused();
