@@ -189,19 +189,15 @@ impl Link {
         !self.queue.is_closed() && lock(&self.waiting).closed.is_none()
     }
 
-    /// Whether the stream can carry `request`.
+    /// Whether the stream can carry `request`: a call of many keys only
+    /// when the server said so.
     fn takes(&self, request: &Req) -> bool {
-        self.many || !is_many(request)
+        self.many
+            || !matches!(
+                request,
+                Req::GetMany(_) | Req::SetMany(_) | Req::DeleteMany(_)
+            )
     }
-}
-
-/// A call of many keys, which only a server that says so takes on the
-/// stream.
-fn is_many(request: &Req) -> bool {
-    matches!(
-        request,
-        Req::GetMany(_) | Req::SetMany(_) | Req::DeleteMany(_)
-    )
 }
 
 #[derive(Default)]
