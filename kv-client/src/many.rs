@@ -1,10 +1,12 @@
-//! Many keys in one call: GetMany, SetMany, DeleteMany.
+//! Many keys in one call: GetMany, SetMany, DeleteMany. Like single-key
+//! calls they ride the auto-batching stream when the server takes them
+//! there (see [`crate::pipeline`]), and are unary calls otherwise.
 
-use kv_proto::v1 as pb;
+use kv_proto::v1::{self as pb, call::Request as Req, reply::Response as Res};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    DeleteManyOptions, Entry, Error, Project, SetManyOptions,
+    DeleteManyOptions, Entry, Error, Project, SetManyOptions, pipeline,
     project::{encode, entry_from_proto},
 };
 
@@ -42,12 +44,10 @@ impl Project {
             return Ok(Vec::new());
         }
         let count = keys.len();
-        let reply = self
-            .read(pb::GetManyRequest { keys }, |conn, r| async move {
-                conn.kv().get_many(r).await
-            })
-            .await?;
-        get_many_results(count, reply)
+        match self.run(Req::GetMany(pb::GetManyRequest { keys })).await? {
+            Res::GetMany(reply) => get_many_results(count, reply),
+            _ => Err(pipeline::mismatch("GetMany")),
+        }
     }
 
     /// Writes many keys in one call, all or nothing, with no expiry; returns
@@ -112,14 +112,10 @@ impl Project {
             return Ok(Vec::new());
         }
         let count = entries.len();
-        let mut message = options.to_request(entries)?;
-        let safety = self.client.write_safety(&mut message.request_id);
-        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
-        let reply = self
-            .unary(safety, id, message.clone(), |conn, r| async move {
-                conn.kv().set_many(r).await
-            })
-            .await?;
+        let message = options.to_request(entries)?;
+        let Res::SetMany(reply) = self.run(Req::SetMany(message)).await? else {
+            return Err(pipeline::mismatch("SetMany"));
+        };
         if reply.versions.len() != count {
             return Err(Error::Protocol(format!(
                 "SetMany reply has {} versions for {count} entries",
@@ -179,15 +175,11 @@ impl Project {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut message = options.to_request(keys)?;
-        let safety = self.client.write_safety(&mut message.request_id);
-        let id = Some(message.request_id.as_str()).filter(|id| !id.is_empty());
-        let reply = self
-            .unary(safety, id, message.clone(), |conn, r| async move {
-                conn.kv().delete_many(r).await
-            })
-            .await?;
-        Ok(reply.deleted)
+        let message = options.to_request(keys)?;
+        match self.run(Req::DeleteMany(message)).await? {
+            Res::DeleteMany(reply) => Ok(reply.deleted),
+            _ => Err(pipeline::mismatch("DeleteMany")),
+        }
     }
 }
 

@@ -34,11 +34,14 @@ mod watch_resume;
 /// Answers unary calls from the requests alone; with `pipeline`, also
 /// serves the `Pipeline` stream, recording every frame in `frames`; with
 /// `call_projects` too, says so in the stream's headers, as a server that
-/// honours per-call projects does.
+/// honours per-call projects does; with `many_calls`, takes GetMany,
+/// SetMany and DeleteMany on the stream and says so (without it, answers
+/// them as an older server does: as calls without a request).
 #[derive(Default, Clone)]
 struct Stub {
     pipeline: bool,
     call_projects: bool,
+    many_calls: bool,
     frames: Arc<Mutex<Vec<Frame>>>,
     /// The numbers of pipelined sets, in the order they arrived.
     sets: Arc<Mutex<Vec<f64>>>,
@@ -142,9 +145,29 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status
 /// The stub's answer to one pipelined call, run in `project`. Keys steer
 /// it: `hang` is never answered, `slow` after half the timeout, `bad` is an
 /// error, `break` ends the stream, `revoke` ends it as a revoked token does.
-async fn pipelined(call: pb::Call, project: &str) -> Option<Result<pb::Reply, Status>> {
+async fn pipelined(
+    call: pb::Call,
+    project: &str,
+    many_calls: bool,
+) -> Option<Result<pb::Reply, Status>> {
     use pb::{call::Request as Req, reply::Response as Res};
     let (key, response) = match call.request? {
+        Req::GetMany(_) | Req::SetMany(_) | Req::DeleteMany(_) if !many_calls => (
+            String::new(),
+            Res::Error(pb::CallError {
+                code: Code::InvalidArgument as i32,
+                message: format!("call {} has no request", call.id),
+                retry_after_ms: None,
+            }),
+        ),
+        Req::GetMany(r) => (
+            r.keys.join(","),
+            Res::GetMany(pb::GetManyResponse {
+                results: r.keys.iter().map(|k| get(k, project)).collect(),
+            }),
+        ),
+        Req::SetMany(r) => (String::new(), Res::SetMany(set_many_reply(&r))),
+        Req::DeleteMany(r) => (String::new(), Res::DeleteMany(delete_many_reply(&r))),
         Req::Get(r) => (r.key.clone(), Res::Get(get(&r.key, project))),
         Req::Has(r) => (
             r.key.clone(),
@@ -336,9 +359,11 @@ impl KvService for Stub {
         &self,
         r: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
+        let keys = &r.get_ref().keys;
+        self.saw(project.clone(), &keys.join(","));
         Ok(Response::new(pb::GetManyResponse {
-            results: r.get_ref().keys.iter().map(|k| get(k, "p")).collect(),
+            results: keys.iter().map(|k| get(k, &project)).collect(),
         }))
     }
 
@@ -346,29 +371,22 @@ impl KvService for Stub {
         &self,
         r: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, "set_many");
         self.id("set_many", &r.request_id);
-        Ok(Response::new(pb::SetManyResponse {
-            versions: r
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| i as u64 + 1 + e.ttl_ms.unwrap_or(0) + r.request_id.len() as u64)
-                .collect(),
-        }))
+        Ok(Response::new(set_many_reply(&r)))
     }
 
     async fn delete_many(
         &self,
         r: Request<pb::DeleteManyRequest>,
     ) -> Result<Response<pb::DeleteManyResponse>, Status> {
-        check(&r, true)?;
+        let project = check(&r, true)?;
         let r = r.into_inner();
+        self.saw(project, "delete_many");
         self.id("delete_many", &r.request_id);
-        Ok(Response::new(pb::DeleteManyResponse {
-            deleted: (r.keys.len() + r.request_id.len()) as u64,
-        }))
+        Ok(Response::new(delete_many_reply(&r)))
     }
 
     async fn list(
@@ -427,6 +445,7 @@ impl KvService for Stub {
         let ids = self.ids.clone();
         let sets = self.sets.clone();
         let call_projects = self.call_projects;
+        let many_calls = self.many_calls;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             while let Ok(Some(frame)) = frames.message().await {
@@ -445,6 +464,10 @@ impl KvService for Stub {
                         Some(Req::Delete(r)) => Some(("delete", &r.request_id)),
                         Some(Req::Incr(r)) => Some(("incr", &r.request_id)),
                         Some(Req::Merge(r)) => Some(("merge", &r.request_id)),
+                        Some(Req::SetMany(r)) if many_calls => Some(("set_many", &r.request_id)),
+                        Some(Req::DeleteMany(r)) if many_calls => {
+                            Some(("delete_many", &r.request_id))
+                        }
                         _ => None,
                     };
                     if let Some((kind, id)) = id {
@@ -468,7 +491,7 @@ impl KvService for Stub {
                     // Each call on its own task: replies come back in any
                     // order, as they may from a real server.
                     tokio::spawn(async move {
-                        if let Some(reply) = pipelined(call, &project).await {
+                        if let Some(reply) = pipelined(call, &project, many_calls).await {
                             let reply = reply.map(|reply| pb::PipelineResponse {
                                 replies: vec![reply],
                             });
@@ -483,6 +506,11 @@ impl KvService for Stub {
             response
                 .metadata_mut()
                 .insert("x-kv-call-projects", "1".parse().unwrap());
+        }
+        if self.many_calls {
+            response
+                .metadata_mut()
+                .insert("x-kv-many-calls", "1".parse().unwrap());
         }
         Ok(response)
     }
@@ -553,6 +581,24 @@ impl KvService for Stub {
     }
 }
 
+/// Versions that echo each entry's place, TTL and the request id's length.
+fn set_many_reply(r: &pb::SetManyRequest) -> pb::SetManyResponse {
+    pb::SetManyResponse {
+        versions: r
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| i as u64 + 1 + e.ttl_ms.unwrap_or(0) + r.request_id.len() as u64)
+            .collect(),
+    }
+}
+
+fn delete_many_reply(r: &pb::DeleteManyRequest) -> pb::DeleteManyResponse {
+    pb::DeleteManyResponse {
+        deleted: (r.keys.len() + r.request_id.len()) as u64,
+    }
+}
+
 fn call_key(call: &pb::Call) -> String {
     use pb::call::Request as Req;
     match &call.request {
@@ -562,6 +608,9 @@ fn call_key(call: &pb::Call) -> String {
         Some(Req::Delete(r)) => r.key.clone(),
         Some(Req::Incr(r)) => r.key.clone(),
         Some(Req::Merge(r)) => r.key.clone(),
+        Some(Req::GetMany(r)) => r.keys.join(","),
+        Some(Req::SetMany(_)) => "set_many".into(),
+        Some(Req::DeleteMany(_)) => "delete_many".into(),
         None => String::new(),
     }
 }
@@ -625,7 +674,7 @@ async fn reads_carry_versions_and_deadlines() {
 
     // Without the stream, each call names its project itself.
     let unary = stub.unary.lock().unwrap().clone();
-    assert_eq!(unary.len(), 5, "{unary:?}");
+    assert_eq!(unary.len(), 6, "{unary:?}");
     assert!(unary.iter().all(|(project, _)| project == "p"), "{unary:?}");
 }
 
@@ -895,6 +944,7 @@ fn pipelining() -> Stub {
     Stub {
         pipeline: true,
         call_projects: true,
+        many_calls: true,
         ..Stub::default()
     }
 }
@@ -1230,4 +1280,60 @@ async fn a_stream_the_server_ends_fails_its_calls_with_its_code_and_the_next_cal
     );
     assert_eq!(stub.streams(), 2);
     assert!(stub.unary.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn many_key_calls_ride_the_stream_only_when_the_server_takes_them() {
+    for many_calls in [true, false] {
+        let stub = Stub {
+            many_calls,
+            ..pipelining()
+        };
+        let kv = client_of(stub.clone()).await.project("q");
+        let (got, versions, deleted, one) = tokio::join!(
+            kv.get_many::<Value, _>(["a", "missing", "whoami"]),
+            kv.set_many_with(
+                [("x", &1), ("y", &2)],
+                SetManyOptions::new()
+                    .ttl(Duration::from_millis(10))
+                    .request_id("r"),
+            ),
+            kv.delete_many(["a", "b"]),
+            kv.get::<Value>("single"),
+        );
+        let got = got.unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value, json!({"key": "a"}));
+        assert_eq!(got[0].as_ref().unwrap().version, 7);
+        assert!(got[1].is_none());
+        assert_eq!(got[2].as_ref().unwrap().value, json!({"project": "q"}));
+        assert_eq!(versions.unwrap(), [12, 13]);
+        // Two keys and no id (automatic ids are off here).
+        assert_eq!(deleted.unwrap(), 2);
+        assert_eq!(one.unwrap(), Some(json!({"key": "single"})));
+        let streamed: Vec<String> = stub
+            .frames
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|f| f.calls.iter().map(|(_, key)| key.clone()))
+            .collect();
+        let unary: Vec<String> = stub
+            .unary
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(project, key)| {
+                assert_eq!(project, "q");
+                key.clone()
+            })
+            .collect();
+        let many = ["a,missing,whoami", "set_many", "delete_many"];
+        for key in many {
+            assert_eq!(streamed.contains(&key.to_string()), many_calls, "{key}");
+            assert_eq!(unary.contains(&key.to_string()), !many_calls, "{key}");
+        }
+        assert!(streamed.contains(&"single".to_string()));
+        let ids = stub.ids.lock().unwrap().clone();
+        assert!(ids.contains(&("set_many", "r".to_string())), "{ids:?}");
+    }
 }

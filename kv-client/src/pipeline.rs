@@ -46,6 +46,11 @@
 //! with the last error. Before reopening, the SDK backs off as the policy
 //! says for the most-tried waiting call.
 //!
+//! Many keys: GetMany, SetMany and DeleteMany ride the stream too, when
+//! its headers carry `x-kv-many-calls` (a server without it would answer
+//! them as calls without a request); on a stream without it they go unary,
+//! each as its own call, like every call of a server without the stream.
+//!
 //! Order: frames go out in queue order and the server runs a stream's
 //! calls on a key in the order sent, so calls a task makes one after the
 //! other, even without awaiting, apply in that order, through breaks too.
@@ -87,7 +92,7 @@ const ENDING_WAIT: Duration = Duration::from_secs(1);
 const FRAMES_IN_FLIGHT: usize = 2;
 // A server without `CALL_PROJECTS_HEADER` would run every call in the
 // stream's own project.
-use kv_proto::contract::CALL_PROJECTS_HEADER;
+use kv_proto::contract::{CALL_PROJECTS_HEADER, MANY_CALLS_HEADER};
 
 /// What a caller gets back.
 pub(crate) enum Answer {
@@ -175,11 +180,23 @@ impl Ended {
 struct Link {
     queue: mpsc::UnboundedSender<Queued>,
     waiting: Arc<Mutex<Waiting>>,
+    /// The server takes GetMany, SetMany and DeleteMany on it.
+    many: bool,
 }
 
 impl Link {
     fn is_open(&self) -> bool {
         !self.queue.is_closed() && lock(&self.waiting).closed.is_none()
+    }
+
+    /// Whether the stream can carry `request`: a call of many keys only
+    /// when the server said so.
+    fn takes(&self, request: &Req) -> bool {
+        self.many
+            || !matches!(
+                request,
+                Req::GetMany(_) | Req::SetMany(_) | Req::DeleteMany(_)
+            )
     }
 }
 
@@ -300,6 +317,9 @@ fn submit(shared: &Arc<Shared>, mut q: Queued) -> Result<(), Req> {
     if state.backlog.is_empty()
         && let Some(link) = &state.link
     {
+        if !link.takes(&q.request) {
+            return Err(q.request);
+        }
         if link.is_open() {
             match link.queue.send(q) {
                 Ok(()) => return Ok(()),
@@ -389,6 +409,10 @@ async fn reopen(shared: Arc<Shared>) {
             Ok(Some(link)) => {
                 let backlog = std::mem::take(&mut state.backlog);
                 for (_, q) in backlog {
+                    if !link.takes(&q.request) {
+                        let _ = q.reply.send(Answer::Unary(q.request));
+                        continue;
+                    }
                     if let Err(mpsc::error::SendError(q)) = link.queue.send(q) {
                         state.backlog.insert(q.seq, q);
                     }
@@ -462,6 +486,7 @@ async fn open(
         // Dropping both ends closes the stream before any call is sent.
         return Ok(None);
     }
+    let many = response.metadata().get(MANY_CALLS_HEADER).is_some();
     let mut replies = response.into_inner();
     let (queue, queued) = mpsc::unbounded_channel();
     let waiting = Arc::new(Mutex::new(Waiting::default()));
@@ -537,7 +562,11 @@ async fn open(
         drop(state);
         let _ = ended.send(());
     });
-    Ok(Some(Arc::new(Link { queue, waiting })))
+    Ok(Some(Arc::new(Link {
+        queue,
+        waiting,
+        many,
+    })))
 }
 
 /// Takes the queued calls, everything available at once, into frames;

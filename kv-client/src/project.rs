@@ -105,7 +105,8 @@ impl Project {
             .await
     }
 
-    /// A single-key call: over the auto-batching stream when there is one,
+    /// A single-key call, or a GetMany, SetMany or DeleteMany: over the
+    /// auto-batching stream when there is one and it takes the call,
     /// otherwise (or when the server has none) as its unary call; retried
     /// as the client's policy says. A write without a request id gets one
     /// unless automatic ids are off.
@@ -113,18 +114,22 @@ impl Project {
         self.header()?;
         let client = &self.client;
         let safety = match &mut request {
-            Req::Get(_) | Req::Has(_) => Safety::Read,
+            Req::Get(_) | Req::Has(_) | Req::GetMany(_) => Safety::Read,
             Req::Set(r) => client.write_safety(&mut r.request_id),
             Req::Delete(r) => client.write_safety(&mut r.request_id),
             Req::Incr(r) => client.write_safety(&mut r.request_id),
             Req::Merge(r) => client.write_safety(&mut r.request_id),
+            Req::SetMany(r) => client.write_safety(&mut r.request_id),
+            Req::DeleteMany(r) => client.write_safety(&mut r.request_id),
         };
         let request_id = match &request {
             Req::Set(r) => Some(r.request_id.as_str()),
             Req::Delete(r) => Some(r.request_id.as_str()),
             Req::Incr(r) => Some(r.request_id.as_str()),
             Req::Merge(r) => Some(r.request_id.as_str()),
-            Req::Get(_) | Req::Has(_) => None,
+            Req::SetMany(r) => Some(r.request_id.as_str()),
+            Req::DeleteMany(r) => Some(r.request_id.as_str()),
+            Req::Get(_) | Req::Has(_) | Req::GetMany(_) => None,
         }
         .filter(|id| !id.is_empty());
         let batchable = request.encoded_len() <= pipeline::MAX_CALL_BYTES;
@@ -175,6 +180,18 @@ impl Project {
                 .map(|r| Res::Delete(r.into_inner())),
             Req::Incr(r) => kv.incr(make!(r)).await.map(|r| Res::Incr(r.into_inner())),
             Req::Merge(r) => kv.merge(make!(r)).await.map(|r| Res::Merge(r.into_inner())),
+            Req::GetMany(r) => kv
+                .get_many(make!(r))
+                .await
+                .map(|r| Res::GetMany(r.into_inner())),
+            Req::SetMany(r) => kv
+                .set_many(make!(r))
+                .await
+                .map(|r| Res::SetMany(r.into_inner())),
+            Req::DeleteMany(r) => kv
+                .delete_many(make!(r))
+                .await
+                .map(|r| Res::DeleteMany(r.into_inner())),
         };
         reply.map_err(Failure::from_status)
     }

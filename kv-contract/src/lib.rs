@@ -23,6 +23,12 @@ pub const PROJECT_HEADER: &str = "x-kv-project";
 /// several projects on a stream whose headers lack it.
 pub const CALL_PROJECTS_HEADER: &str = "x-kv-call-projects";
 
+/// Response metadata of `Pipeline`: the stream takes GetMany, SetMany and
+/// DeleteMany calls too. A client must send those as unary calls on a
+/// stream whose headers lack it (an older server answers them
+/// `INVALID_ARGUMENT`).
+pub const MANY_CALLS_HEADER: &str = "x-kv-many-calls";
+
 /// Status metadata (a trailer, for a refused call) of a call refused by a
 /// rate limit (`RESOURCE_EXHAUSTED`): the whole milliseconds until it may
 /// be admitted. A pipelined call's error carries it as `retry_after_ms`.

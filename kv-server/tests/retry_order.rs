@@ -6,6 +6,8 @@
 //! the calls it carried in their order ahead of newer ones. A watch on a
 //! direct connection then sees, for every key, each value exactly once
 //! and in increasing order, and the key ends at the last value issued.
+//! The same holds for `set_many`s of two keys each (one atomic write of
+//! both, carried on the stream like a `set`).
 
 use std::{
     collections::HashMap,
@@ -57,6 +59,26 @@ async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
+    writes_apply_in_order_through_stream_breaks(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_set_manys_apply_in_order_through_stream_breaks() {
+    writes_apply_in_order_through_stream_breaks(true).await;
+}
+
+/// The keys task `t` writes: `k{t}`, and with `many` also `k{t}:b` in the
+/// same SetMany.
+fn task_keys(t: usize, many: bool) -> Vec<String> {
+    let mut keys = vec![format!("k{t}")];
+    if many {
+        keys.push(format!("k{t}:b"));
+    }
+    keys
+}
+
+async fn writes_apply_in_order_through_stream_breaks(many: bool) {
+    let keys_per_task = if many { 2 } else { 1 };
     let server = BinaryServer::start(BIN, &["--fsync", "never"]);
     let proxy = Proxy::start(server.addr, ProxyConfig::default()).await;
     let client = kv_client::Client::builder(proxy.url())
@@ -85,7 +107,7 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     let watcher = tokio::spawn(async move {
         let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
         let mut finished = 0;
-        while finished < TASKS {
+        while finished < TASKS * keys_per_task {
             let event = match watch.next_event().await {
                 Some(Ok(event)) => event,
                 Some(Err(e)) => panic!("the watch failed: {e}"),
@@ -109,16 +131,25 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
         .map(|t| {
             let kv = kv.clone();
             tokio::spawn(async move {
-                let key = format!("k{t}");
+                let keys = task_keys(t, many);
                 for wave in 0..WAVES {
                     let sets = (1..=WAVE).map(|j| {
-                        let (kv, key) = (kv.clone(), key.clone());
+                        let (kv, keys) = (kv.clone(), keys.clone());
                         let value = wave * WAVE + j;
-                        async move { (value, kv.set(&key, &value).await) }
+                        async move {
+                            let outcome = if many {
+                                kv.set_many(keys.iter().map(|k| (k, &value)))
+                                    .await
+                                    .map(drop)
+                            } else {
+                                kv.set(&keys[0], &value).await
+                            };
+                            (value, outcome)
+                        }
                     });
                     for (value, outcome) in join_in_order(sets.collect()).await {
                         if let Err(e) = outcome {
-                            panic!("{key}: set to {value}: {e}");
+                            panic!("{keys:?}: set to {value}: {e}");
                         }
                     }
                 }
@@ -134,7 +165,7 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     }
     let cuts = proxy.stats().cuts;
     eprintln!(
-        "{} sets in {:?}, {cuts} connections cut",
+        "{} writes in {:?}, {cuts} connections cut",
         TASKS as u64 * WAVES * WAVE,
         started.elapsed()
     );
@@ -143,19 +174,25 @@ async fn concurrent_sets_on_a_key_apply_in_order_through_stream_breaks() {
     proxy.set_faults(false);
     let expected: Vec<u64> = (1..=WAVES * WAVE).collect();
     for t in 0..TASKS {
-        let last: Option<u64> = kv.get(&format!("k{t}")).await.unwrap();
+        let keys = task_keys(t, many);
+        let last: Vec<Option<u64>> = kv
+            .get_many::<u64, _>(&keys)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.map(|e| e.value))
+            .collect();
         assert_eq!(
             last,
-            Some(WAVES * WAVE),
-            "k{t} does not hold the last value set"
+            vec![Some(WAVES * WAVE); keys.len()],
+            "{keys:?} do not hold the last value set"
         );
     }
     let seen = tokio::time::timeout_at(deadline, watcher)
         .await
         .expect("the watch did not see every key's last value in time")
         .unwrap();
-    for t in 0..TASKS {
-        let key = format!("k{t}");
+    for key in (0..TASKS).flat_map(|t| task_keys(t, many)) {
         let values = &seen[&key];
         // Each value once (no set applied twice) and in the order issued.
         let out_of_order = values.windows(2).position(|w| w[0] >= w[1]);

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 pub use error::RequestError;
 use kv_engine::{Backend, ListQuery};
-pub use kv_proto::contract::{CALL_PROJECTS_HEADER, PROJECT_HEADER};
+pub use kv_proto::contract::{CALL_PROJECTS_HEADER, MANY_CALLS_HEADER, PROJECT_HEADER};
 use kv_proto::wire::{
     self as wire, BatchRequest, BatchResponse, ClearRequest, ClearResponse, DeleteManyRequest,
     DeleteManyResponse, DeleteRequest, DeleteResponse, GetManyRequest, GetManyResponse, GetRequest,
@@ -49,7 +49,7 @@ use crate::{
 
 /// An entry's bytes in a response besides its key and value (version,
 /// deadline, tags and lengths), rounded up.
-const ENTRY_OVERHEAD: usize = 32;
+pub(super) const ENTRY_OVERHEAD: usize = 32;
 
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
@@ -119,33 +119,9 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         request: Request<GetManyRequest>,
     ) -> Result<Response<GetManyResponse>, Status> {
         let scope = self.scope(request.metadata(), Access::Read)?;
-        let keys = &request.get_ref().keys;
-        self.count("keys", keys.len())?;
-        for (i, key) in keys.iter().enumerate() {
-            self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
-        }
-        self.admit_rate(&scope, 0)?;
-        let entries = self
-            .backend
-            .get_many(&scope.project, keys)
-            .await
-            .map_err(engine_status)?;
-        self.still(&scope)?;
-        let limit = self.limits.max_message_bytes();
-        let total: usize = entries
-            .iter()
-            .flatten()
-            .map(|e| e.value.len() + ENTRY_OVERHEAD)
-            .sum();
-        if total > limit {
-            return Err(RequestError::ResponseTooLarge { limit }.into());
-        }
-        Ok(Response::new(GetManyResponse {
-            results: entries
-                .into_iter()
-                .map(|e| respond::get_response(e, scope.incarnation))
-                .collect(),
-        }))
+        Ok(Response::new(
+            self.get_many_in(&scope, request.get_ref()).await?,
+        ))
     }
 
     async fn set_many(
@@ -258,6 +234,12 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         // one that did not would run them all on the stream's project.
         response.metadata_mut().insert(
             CALL_PROJECTS_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        // And that it takes GetMany, SetMany and DeleteMany on the stream:
+        // one that did not would answer them as calls without a request.
+        response.metadata_mut().insert(
+            MANY_CALLS_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
         Ok(response)

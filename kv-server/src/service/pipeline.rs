@@ -10,7 +10,8 @@
 //! while earlier writes are still in flight, so the writes of many frames
 //! share one group commit (one fsync). A read waits only for the writes of
 //! its own key sent before it; reads of other keys are answered at once,
-//! without waiting for anyone's fsync.
+//! without waiting for anyone's fsync. A SetMany or DeleteMany is in flight
+//! for each of its keys; a GetMany waits for the writes of any of its keys.
 //!
 //! Projects: each call runs on the project it names, else its frame's,
 //! else the stream's (see [`Caller::project`]), so one stream serves any
@@ -63,9 +64,27 @@ type Write = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>>;
 /// The sender of a stream's reply frames.
 pub(super) type ReplySender = super::queue::Sender<Result<PipelineResponse, Status>>;
 
-/// A finished write: its call id, its key (to release the key for
-/// reads), its result.
-type Answered = (u64, String, Result<Res, Status>);
+/// A finished write: its call id, its keys (to release them for reads),
+/// its result.
+type Answered = (u64, Keys, Result<Res, Status>);
+
+/// The keys a write in flight holds back reads of.
+enum Keys {
+    /// A single-key call's: no allocation beyond the key.
+    One(String),
+    /// A SetMany's or DeleteMany's (duplicates held once per mention).
+    Many(Vec<String>),
+}
+
+impl Keys {
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        let (one, many) = match self {
+            Keys::One(key) => (Some(key), &[][..]),
+            Keys::Many(keys) => (None, &keys[..]),
+        };
+        one.into_iter().chain(many)
+    }
+}
 
 /// Frames already received that are started before replies are sent:
 /// bounds how long finished replies wait behind new work.
@@ -98,6 +117,12 @@ fn reply_bytes(reply: &Reply) -> usize {
     let body = match &reply.response {
         Some(Res::Get(r)) => r.value.len(),
         Some(Res::Merge(r)) => r.value.len(),
+        Some(Res::GetMany(r)) => r
+            .results
+            .iter()
+            .map(|r| r.value.len() + REPLY_OVERHEAD)
+            .sum(),
+        Some(Res::SetMany(r)) => r.versions.len() * 10,
         Some(Res::Error(e)) => e.message.len(),
         _ => 0,
     };
@@ -114,7 +139,14 @@ struct Outbox {
 impl Outbox {
     /// Queues `reply`; false once the client is gone.
     async fn push(&mut self, reply: Reply) -> bool {
-        self.bytes += reply_bytes(&reply);
+        let bytes = reply_bytes(&reply);
+        // A large reply (a GetMany's can be as large as a message may be)
+        // goes in a frame of its own, so no frame outgrows the message
+        // limit by what is queued before it.
+        if bytes >= REPLY_FRAME_BYTES && !self.flush().await {
+            return false;
+        }
+        self.bytes += bytes;
         self.replies.push(reply);
         if self.bytes >= REPLY_FRAME_BYTES {
             return self.flush().await;
@@ -137,7 +169,8 @@ impl Outbox {
 }
 
 /// A stream's writes in flight, in the order they were handed to the
-/// engine, and how many of them each key has.
+/// engine, and how many of them each key has (a write of many keys counts
+/// for each).
 #[derive(Default)]
 struct InFlight {
     writes: FuturesOrdered<Pending>,
@@ -145,24 +178,34 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn push(&mut self, key: String, write: Pending) {
-        *self.keys.entry(key).or_default() += 1;
-        self.writes.push_back(write);
+    /// Counts a write of `keys` handed to the engine; its future goes to
+    /// `writes` next.
+    fn hold(&mut self, keys: &Keys) {
+        for key in keys.iter() {
+            match self.keys.get_mut(key.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    self.keys.insert(key.clone(), 1);
+                }
+            }
+        }
     }
 
-    fn release(&mut self, key: &str) {
-        if let Some(count) = self.keys.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                self.keys.remove(key);
+    fn release(&mut self, keys: &Keys) {
+        for key in keys.iter() {
+            if let Some(count) = self.keys.get_mut(key.as_str()) {
+                *count -= 1;
+                if *count == 0 {
+                    self.keys.remove(key.as_str());
+                }
             }
         }
     }
 
     /// Queues the replies of the writes finished by now, without waiting.
     async fn take_ready(&mut self, out: &mut Outbox) -> bool {
-        while let Some(Some((id, key, result))) = self.writes.next().now_or_never() {
-            self.release(&key);
+        while let Some(Some((id, keys, result))) = self.writes.next().now_or_never() {
+            self.release(&keys);
             if !out.push(reply(id, result)).await {
                 return false;
             }
@@ -170,10 +213,10 @@ impl InFlight {
         true
     }
 
-    /// Waits until no write of `key` is in flight (the writes before them
-    /// finish first: they finish in order anyway).
-    async fn wait_for(&mut self, key: &str, out: &mut Outbox) -> bool {
-        while self.keys.contains_key(key) {
+    /// Waits until no write of any of `keys` is in flight (the writes
+    /// before them finish first: they finish in order anyway).
+    async fn wait_for<K: AsRef<str>>(&mut self, keys: &[K], out: &mut Outbox) -> bool {
+        while !self.keys.is_empty() && keys.iter().any(|k| self.keys.contains_key(k.as_ref())) {
             let Some((id, done, result)) = self.writes.next().await else {
                 break;
             };
@@ -319,8 +362,8 @@ impl<B: Backend> KvService<B> {
                     shutting_down = true;
                     reading = false;
                 }
-                Some((id, key, result)) = in_flight.writes.next(), if !in_flight.writes.is_empty() => {
-                    in_flight.release(&key);
+                Some((id, keys, result)) = in_flight.writes.next(), if !in_flight.writes.is_empty() => {
+                    in_flight.release(&keys);
                     if !out.push(reply(id, result)).await {
                         return;
                     }
@@ -427,7 +470,7 @@ impl<B: Backend> KvService<B> {
             }
             let Some(request) = call.request else {
                 let empty = Status::invalid_argument(format!(
-                    "call {id} has no request; give one of get, set, has, delete, incr, merge"
+                    "call {id} has no request; give one of get, set, has, delete, incr, merge, get_many, set_many, delete_many"
                 ));
                 if !out.push(reply(id, Err(empty))).await {
                     return false;
@@ -436,7 +479,7 @@ impl<B: Backend> KvService<B> {
             };
             let result = match request {
                 Req::Get(r) => {
-                    if !in_flight.wait_for(&r.key, out).await
+                    if !in_flight.wait_for(std::slice::from_ref(&r.key), out).await
                         || !Self::still_admitted(&self.backend, scopes.guard, out).await
                     {
                         return false;
@@ -447,13 +490,26 @@ impl<B: Backend> KvService<B> {
                     }
                 }
                 Req::Has(r) => {
-                    if !in_flight.wait_for(&r.key, out).await
+                    if !in_flight.wait_for(std::slice::from_ref(&r.key), out).await
                         || !Self::still_admitted(&self.backend, scopes.guard, out).await
                     {
                         return false;
                     }
                     match scopes.scope(self, &call.project, Access::Read) {
                         Ok(scope) => self.has_in(&scope, &r).await.map(Res::Has),
+                        Err(e) => Err(e),
+                    }
+                }
+                Req::GetMany(r) => {
+                    // One moment for all its keys, after this stream's
+                    // earlier writes of any of them.
+                    if !in_flight.wait_for(&r.keys, out).await
+                        || !Self::still_admitted(&self.backend, scopes.guard, out).await
+                    {
+                        return false;
+                    }
+                    match scopes.scope(self, &call.project, Access::Read) {
+                        Ok(scope) => self.get_many_in(&scope, &r).await.map(Res::GetMany),
                         Err(e) => Err(e),
                     }
                 }
@@ -524,12 +580,35 @@ impl<B: Backend> KvService<B> {
         {
             started.map(|write| -> Write { Box::pin(async move { write.await.map(wrap) }) })
         }
-        let (key, started) = match request {
-            Req::Set(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Set)),
-            Req::Delete(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Delete)),
-            Req::Incr(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Incr)),
-            Req::Merge(mut r) => (r.key.clone(), boxed(self.start(scope, &mut r), Res::Merge)),
-            Req::Get(_) | Req::Has(_) => {
+        let (keys, started) = match request {
+            Req::Set(mut r) => (
+                Keys::One(r.key.clone()),
+                boxed(self.start(scope, &mut r), Res::Set),
+            ),
+            Req::Delete(mut r) => (
+                Keys::One(r.key.clone()),
+                boxed(self.start(scope, &mut r), Res::Delete),
+            ),
+            Req::Incr(mut r) => (
+                Keys::One(r.key.clone()),
+                boxed(self.start(scope, &mut r), Res::Incr),
+            ),
+            Req::Merge(mut r) => (
+                Keys::One(r.key.clone()),
+                boxed(self.start(scope, &mut r), Res::Merge),
+            ),
+            Req::SetMany(mut r) => {
+                let started = boxed(self.start(scope, &mut r), Res::SetMany);
+                // Validation does not consume the request: the keys are
+                // taken only once it is in flight.
+                let keys = r.entries.into_iter().map(|e| e.key).collect();
+                (Keys::Many(keys), started)
+            }
+            Req::DeleteMany(mut r) => {
+                let started = boxed(self.start(scope, &mut r), Res::DeleteMany);
+                (Keys::Many(r.keys), started)
+            }
+            Req::Get(_) | Req::Has(_) | Req::GetMany(_) => {
                 return Some(Err(Status::internal("a read was taken for a write")));
             }
         };
@@ -538,16 +617,14 @@ impl<B: Backend> KvService<B> {
             Err(refused) => return Some(Err(refused)),
         };
         let due = tokio::time::Instant::from_std(due);
-        in_flight.push(
-            key.clone(),
-            Box::pin(async move {
-                let result = match tokio::time::timeout_at(due, write).await {
-                    Ok(result) => result,
-                    Err(_) => Err(late),
-                };
-                (id, key, result)
-            }),
-        );
+        in_flight.hold(&keys);
+        in_flight.writes.push_back(Box::pin(async move {
+            let result = match tokio::time::timeout_at(due, write).await {
+                Ok(result) => result,
+                Err(_) => Err(late),
+            };
+            (id, keys, result)
+        }));
         None
     }
 }

@@ -4,10 +4,13 @@
 use std::{pin::Pin, sync::Arc};
 
 use kv_engine::{Backend, project::ProjectName};
-use kv_proto::wire::{self, GetRequest, GetResponse, HasRequest, HasResponse, PipelineResponse};
+use kv_proto::wire::{
+    self, GetManyRequest, GetManyResponse, GetRequest, GetResponse, HasRequest, HasResponse,
+    PipelineResponse,
+};
 use tonic::{Status, metadata::MetadataMap};
 
-use super::respond;
+use super::{RequestError, respond};
 use crate::{
     auth::{Access, Auth},
     config::Limits,
@@ -229,6 +232,42 @@ impl<B: Backend> KvService<B> {
             .map_err(engine_status)?;
         self.still(scope)?;
         Ok(respond::get_response(entry, scope.incarnation))
+    }
+
+    /// A GetMany: every key validated first, then all read as of one
+    /// moment; refused when the values would not fit one message.
+    pub(super) async fn get_many_in(
+        &self,
+        scope: &Scope,
+        r: &GetManyRequest,
+    ) -> Result<GetManyResponse, Status> {
+        let keys = &r.keys;
+        self.count("keys", keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
+        }
+        self.admit_rate(scope, 0)?;
+        let entries = self
+            .backend
+            .get_many(&scope.project, keys)
+            .await
+            .map_err(engine_status)?;
+        self.still(scope)?;
+        let limit = self.limits.max_message_bytes();
+        let total: usize = entries
+            .iter()
+            .flatten()
+            .map(|e| e.value.len() + super::ENTRY_OVERHEAD)
+            .sum();
+        if total > limit {
+            return Err(RequestError::ResponseTooLarge { limit }.into());
+        }
+        Ok(GetManyResponse {
+            results: entries
+                .into_iter()
+                .map(|e| respond::get_response(e, scope.incarnation))
+                .collect(),
+        })
     }
 
     pub(super) async fn has_in(
