@@ -255,6 +255,13 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "bench")]
     pub(crate) project: String,
 
+    /// Spread the key space over this many kv projects, `<project>-<i>`,
+    /// each holding an equal run of consecutive keys (kv targets,
+    /// single-key workloads; the preload still writes in batches, one per
+    /// project). 1: every key in `--project` itself.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) projects: u64,
+
     /// Bearer token sent with every call (kv targets).
     #[arg(long, env = "KV_BENCH_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
@@ -450,6 +457,23 @@ impl RunArgs {
                 "--redis-mode multiplexed shares one connection; use --redis-mode connections for --connections > 1"
                     .into(),
             );
+        }
+        if self.projects > 1 {
+            if !self.target.is_kv() {
+                return Err("--projects applies to the kv targets (sdk, unary) only".into());
+            }
+            if self.workload.is_batch() {
+                return Err(format!(
+                    "--projects spreads single-key operations; --workload {} takes keys of one project per call, use get, set, has, delete or mixed",
+                    self.workload.name()
+                ));
+            }
+            if self.projects > self.keys {
+                return Err(format!(
+                    "--projects {} is more than --keys {}: some projects would hold no key",
+                    self.projects, self.keys
+                ));
+            }
         }
         if !self.target.is_kv() && self.token.is_some() {
             return Err("--token applies to the kv targets (sdk, unary) only".into());
