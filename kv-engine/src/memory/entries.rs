@@ -4,8 +4,9 @@
 //! A sharded map costs about a kilobyte before it holds anything (one
 //! cache-line-padded lock per shard, and a table per shard once a key lands
 //! in it). Most projects of a platform with many tenants hold a handful of
-//! keys, so a namespace starts with a list searched from the front, the
-//! size of its entries and nothing more, and moves its entries to a
+//! keys, so a namespace starts with a list (searched by 16-bit tags of the
+//! keys' hashes), the size of its entries and nothing more, and moves its
+//! entries to a
 //! sharded map for good when the list would pass [`SMALL_KEYS`]. Only the
 //! writer (one at a time, see the parent module) changes the map, so the
 //! move races nothing but readers, which it holds off with the list's
@@ -18,7 +19,7 @@
 
 use std::{
     ops::Deref,
-    sync::{Arc, OnceLock, RwLock, RwLockReadGuard},
+    sync::{Arc, LazyLock, OnceLock, RwLock, RwLockReadGuard},
 };
 
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry, mapref::one::Ref};
@@ -30,10 +31,10 @@ use super::{
 use crate::Deadline;
 
 /// Keys a namespace keeps in its list; the next one moves them all to a
-/// sharded map. Small enough that a search of the list (a length compare
-/// per key, a byte compare per same-length key) costs about what hashing
-/// the key does.
-pub(super) const SMALL_KEYS: usize = 8;
+/// sharded map. A search of the list compares 16-bit tags of the keys'
+/// hashes, one cache line for all of them, and looks at a key only when
+/// its tag matches; past this many keys a sharded map is cheaper.
+pub(super) const SMALL_KEYS: usize = 16;
 
 /// One entry as the map holds it.
 pub(super) struct StoredEntry {
@@ -48,7 +49,79 @@ impl StoredEntry {
     }
 }
 
-type Small = Vec<(Arc<str>, StoredEntry)>;
+/// The list: each key's tag beside its slot, in the same order.
+#[derive(Default)]
+pub(super) struct Small {
+    tags: Vec<u16>,
+    slots: Vec<(Arc<str>, StoredEntry)>,
+}
+
+/// Hashes keys into tags; seeded at random, like the maps' hasher, so no
+/// tenant can choose keys that all share a tag.
+static TAGS: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::new);
+
+fn tag(key: &str) -> u16 {
+    // The low bits: any 16 of a good hash are as good as others.
+    TAGS.hash_one(key) as u16
+}
+
+impl Small {
+    fn position(&self, key: &str) -> Option<usize> {
+        let tag = tag(key);
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == tag)
+            .map(|(at, _)| at)
+            .find(|at| *self.slots[*at].0 == *key)
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn push(&mut self, key: Arc<str>, entry: StoredEntry) {
+        // Grown one slot at a time at first: a project of one key holds
+        // one slot, not the four a doubling vector starts with.
+        let len = self.slots.len();
+        if len == self.slots.capacity() {
+            let more = len.clamp(1, SMALL_KEYS - len);
+            self.slots.reserve_exact(more);
+            self.tags.reserve_exact(more);
+        }
+        self.tags.push(tag(&key));
+        self.slots.push((key, entry));
+    }
+
+    fn swap_remove(&mut self, at: usize) {
+        self.tags.swap_remove(at);
+        self.slots.swap_remove(at);
+        self.shrink();
+    }
+
+    fn retain(&mut self, mut f: impl FnMut(&Arc<str>, &mut StoredEntry) -> bool) {
+        let mut at = 0;
+        while at < self.slots.len() {
+            let (key, entry) = &mut self.slots[at];
+            if f(key, entry) {
+                at += 1;
+            } else {
+                self.tags.swap_remove(at);
+                self.slots.swap_remove(at);
+            }
+        }
+        self.shrink();
+    }
+
+    /// Gives back the list's room once it is mostly unused.
+    fn shrink(&mut self) {
+        if self.slots.len() * 2 <= self.slots.capacity() {
+            self.slots.shrink_to_fit();
+            self.tags.shrink_to_fit();
+        }
+    }
+}
+
 type Big = DashMap<Arc<str>, StoredEntry, MapHasher>;
 
 /// A namespace's entries by key.
@@ -70,20 +143,16 @@ impl Deref for EntryRef<'_> {
 
     fn deref(&self) -> &StoredEntry {
         match self {
-            Self::Small(list, at) => &list[*at].1,
+            Self::Small(list, at) => &list.slots[*at].1,
             Self::Big(entry) => entry.value(),
         }
     }
 }
 
-fn position(list: &Small, key: &str) -> Option<usize> {
-    list.iter().position(|(k, _)| **k == *key)
-}
-
 impl Entries {
     pub(super) fn new() -> Self {
         Self {
-            small: RwLock::new(Vec::new()),
+            small: RwLock::new(Small::default()),
             big: OnceLock::new(),
         }
     }
@@ -114,6 +183,7 @@ impl Entries {
             return None;
         }
         let mut picked: Vec<(Arc<str>, T)> = list
+            .slots
             .iter()
             .filter_map(|(key, entry)| pick(key, entry).map(|t| (Arc::clone(key), t)))
             .collect();
@@ -134,7 +204,7 @@ impl Entries {
             drop(list);
             return big.get(key).map(EntryRef::Big);
         }
-        let at = position(&list, key)?;
+        let at = list.position(key)?;
         Some(EntryRef::Small(list, at))
     }
 
@@ -162,7 +232,7 @@ impl Entries {
         if self.big().is_none() {
             let list = read_lock(&self.small);
             if self.big().is_none() {
-                return list.iter().try_for_each(|(key, entry)| f(key, entry));
+                return list.slots.iter().try_for_each(|(key, entry)| f(key, entry));
             }
         }
         let big = self.big().expect("set before the list was found empty");
@@ -190,25 +260,19 @@ impl Entries {
             drop(list);
             return upsert_big(big, key, entry, replaced, inserted, indexed);
         }
-        if let Some(at) = position(&list, &key) {
-            let slot = &mut list[at];
+        if let Some(at) = list.position(&key) {
+            let slot = &mut list.slots[at];
             replaced(&slot.0, &slot.1);
             slot.1 = entry;
             return true;
         }
         inserted(&key);
         if list.len() < SMALL_KEYS {
-            // Grown one slot at a time at first: a project of one key
-            // holds one slot, not the four a doubling vector starts with.
-            let len = list.len();
-            if len == list.capacity() {
-                list.reserve_exact(len.clamp(1, SMALL_KEYS - len));
-            }
-            list.push((key, entry));
+            list.push(key, entry);
             return false;
         }
         let big = Big::with_capacity_and_hasher(2 * SMALL_KEYS, MapHasher::default());
-        for (k, e) in std::mem::take(&mut *list) {
+        for (k, e) in std::mem::take(&mut *list).slots {
             indexed(&k);
             big.insert(k, e);
         }
@@ -235,14 +299,14 @@ impl Entries {
             drop(list);
             return big.remove_if(key, f).is_some();
         }
-        let Some(at) = position(&list, key) else {
+        let Some(at) = list.position(key) else {
             return false;
         };
-        if !f(&list[at].0, &list[at].1) {
+        let (k, e) = &list.slots[at];
+        if !f(k, e) {
             return false;
         }
         list.swap_remove(at);
-        shrink(&mut list);
         true
     }
 
@@ -251,20 +315,12 @@ impl Entries {
         if self.big().is_none() {
             let mut list = write_lock(&self.small);
             if self.big().is_none() {
-                list.retain_mut(|(key, entry)| f(key, entry));
-                shrink(&mut list);
+                list.retain(&mut f);
                 return;
             }
         }
         let big = self.big().expect("set before the list was found empty");
         big.retain(|key, entry| f(key, entry));
-    }
-}
-
-/// Gives back the list's room once it is mostly unused.
-fn shrink(list: &mut Small) {
-    if list.len() * 2 <= list.capacity() {
-        list.shrink_to_fit();
     }
 }
 
