@@ -54,6 +54,16 @@ fn per_project(settings: Settings) -> (usize, usize) {
     ((one - start) / PROJECTS, (two - one) / PROJECTS)
 }
 
+/// Heap bytes one value made by `make` holds (of a thousand kept).
+fn allocated_by<T>(make: impl Fn() -> T) -> usize {
+    let mut kept = Vec::with_capacity(1000);
+    let start = ALLOCATOR.allocated();
+    for _ in 0..1000 {
+        kept.push(make());
+    }
+    (ALLOCATOR.allocated() - start) / 1000
+}
+
 #[test]
 fn an_idle_project_of_one_small_key_costs_a_few_hundred_bytes() {
     let (with_history, second_key) = per_project(Settings::default());
@@ -67,6 +77,11 @@ fn an_idle_project_of_one_small_key_costs_a_few_hundred_bytes() {
     eprintln!(
         "heap per project of one key: {with_history} B ({without_history} B without its history \
          event); a second key in each: {second_key} B"
+    );
+    eprintln!(
+        "for reference: a watch channel {} B, an empty sharded map {} B",
+        allocated_by(|| tokio::sync::watch::Sender::new(0u64)),
+        allocated_by(dashmap::DashMap::<Arc<str>, u64>::new),
     );
     // Before namespaces started small, a sharded map (a cache-line-padded
     // lock per shard and a table), two watch channels, an ordered-index
