@@ -49,10 +49,13 @@ impl StoredEntry {
     }
 }
 
-/// The list: each key's tag beside its slot, in the same order.
+/// The list: the tag of `slots[i]`'s key in `tags[i]`. The tags live in
+/// the namespace itself (32 bytes, about what a vector of them would cost
+/// with its allocation), so a search reads no memory but the namespace's
+/// until a tag matches.
 #[derive(Default)]
 pub(super) struct Small {
-    tags: Vec<u16>,
+    tags: [u16; SMALL_KEYS],
     slots: Vec<(Arc<str>, StoredEntry)>,
 }
 
@@ -68,7 +71,7 @@ fn tag(key: &str) -> u16 {
 impl Small {
     fn position(&self, key: &str) -> Option<usize> {
         let tag = tag(key);
-        self.tags
+        self.tags[..self.slots.len()]
             .iter()
             .enumerate()
             .filter(|(_, t)| **t == tag)
@@ -87,14 +90,13 @@ impl Small {
         if len == self.slots.capacity() {
             let more = len.clamp(1, SMALL_KEYS - len);
             self.slots.reserve_exact(more);
-            self.tags.reserve_exact(more);
         }
-        self.tags.push(tag(&key));
+        self.tags[len] = tag(&key);
         self.slots.push((key, entry));
     }
 
     fn swap_remove(&mut self, at: usize) {
-        self.tags.swap_remove(at);
+        self.tags[at] = self.tags[self.slots.len() - 1];
         self.slots.swap_remove(at);
         self.shrink();
     }
@@ -106,7 +108,7 @@ impl Small {
             if f(key, entry) {
                 at += 1;
             } else {
-                self.tags.swap_remove(at);
+                self.tags[at] = self.tags[self.slots.len() - 1];
                 self.slots.swap_remove(at);
             }
         }
@@ -117,7 +119,6 @@ impl Small {
     fn shrink(&mut self) {
         if self.slots.len() * 2 <= self.slots.capacity() {
             self.slots.shrink_to_fit();
-            self.tags.shrink_to_fit();
         }
     }
 }
@@ -208,8 +209,10 @@ impl Entries {
         Some(EntryRef::Small(list, at))
     }
 
-    pub(super) fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
+    /// Generic, as the sharded map's: callers holding an `Arc<str>` pass
+    /// `&**key`.
+    pub(super) fn contains_key<Q: AsRef<str> + ?Sized>(&self, key: &Q) -> bool {
+        self.get(key.as_ref()).is_some()
     }
 
     pub(super) fn len(&self) -> usize {
