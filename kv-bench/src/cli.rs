@@ -796,6 +796,37 @@ mod tests {
     }
 
     #[test]
+    fn projects_spread_single_key_kv_workloads_only() {
+        let ok = run_args(&["--target", "sdk", "--keys", "100", "--projects", "10"]);
+        assert_eq!(ok.validate(), Ok(()));
+        let batch = run_args(&[
+            "--target",
+            "sdk",
+            "--workload",
+            "get-many",
+            "--projects",
+            "2",
+        ]);
+        assert!(batch.validate().unwrap_err().contains("single-key"));
+        let redis = run_args(&["--target", "redis", "--projects", "2"]);
+        assert!(redis.validate().unwrap_err().contains("kv targets"));
+        let sparse = run_args(&["--target", "unary", "--keys", "3", "--projects", "4"]);
+        assert!(sparse.validate().unwrap_err().contains("no key"));
+        let spread = crate::target::Spread::new(&ok);
+        assert_eq!(spread.names[0], "bench-0");
+        assert_eq!(spread.names[9], "bench-9");
+        // Ten consecutive keys per project, every key in one.
+        let held: Vec<usize> = (0..100).map(|k| spread.of(k)).collect();
+        assert!(held.windows(2).all(|w| w[0] <= w[1]));
+        assert!((0..10).all(|p| held.iter().filter(|&&h| h == p).count() == 10));
+        let one = crate::target::Spread::new(&run_args(&["--target", "sdk"]));
+        assert_eq!(
+            (one.names.as_slice(), one.of(999_999)),
+            (&["bench".to_string()][..], 0)
+        );
+    }
+
+    #[test]
     fn several_urls_are_split_and_counted() {
         let args = run_args(&[
             "--target",
