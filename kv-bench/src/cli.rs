@@ -255,6 +255,13 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "bench")]
     pub(crate) project: String,
 
+    /// Spread the key space over this many kv projects, `<project>-<i>`,
+    /// each holding an equal run of consecutive keys (kv targets,
+    /// single-key workloads; the preload still writes in batches, one per
+    /// project). 1: every key in `--project` itself.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) projects: u64,
+
     /// Bearer token sent with every call (kv targets).
     #[arg(long, env = "KV_BENCH_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
@@ -450,6 +457,23 @@ impl RunArgs {
                 "--redis-mode multiplexed shares one connection; use --redis-mode connections for --connections > 1"
                     .into(),
             );
+        }
+        if self.projects > 1 {
+            if !self.target.is_kv() {
+                return Err("--projects applies to the kv targets (sdk, unary) only".into());
+            }
+            if self.workload.is_batch() {
+                return Err(format!(
+                    "--projects spreads single-key operations; --workload {} takes keys of one project per call, use get, set, has, delete or mixed",
+                    self.workload.name()
+                ));
+            }
+            if self.projects > self.keys {
+                return Err(format!(
+                    "--projects {} is more than --keys {}: some projects would hold no key",
+                    self.projects, self.keys
+                ));
+            }
         }
         if !self.target.is_kv() && self.token.is_some() {
             return Err("--token applies to the kv targets (sdk, unary) only".into());
@@ -769,6 +793,37 @@ mod tests {
             Command::Run(args) => *args,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn projects_spread_single_key_kv_workloads_only() {
+        let ok = run_args(&["--target", "sdk", "--keys", "100", "--projects", "10"]);
+        assert_eq!(ok.validate(), Ok(()));
+        let batch = run_args(&[
+            "--target",
+            "sdk",
+            "--workload",
+            "get-many",
+            "--projects",
+            "2",
+        ]);
+        assert!(batch.validate().unwrap_err().contains("single-key"));
+        let redis = run_args(&["--target", "redis", "--projects", "2"]);
+        assert!(redis.validate().unwrap_err().contains("kv targets"));
+        let sparse = run_args(&["--target", "unary", "--keys", "3", "--projects", "4"]);
+        assert!(sparse.validate().unwrap_err().contains("no key"));
+        let spread = crate::target::Spread::new(&ok);
+        assert_eq!(spread.names[0], "bench-0");
+        assert_eq!(spread.names[9], "bench-9");
+        // Ten consecutive keys per project, every key in one.
+        let held: Vec<usize> = (0..100).map(|k| spread.of(k)).collect();
+        assert!(held.windows(2).all(|w| w[0] <= w[1]));
+        assert!((0..10).all(|p| held.iter().filter(|&&h| h == p).count() == 10));
+        let one = crate::target::Spread::new(&run_args(&["--target", "sdk"]));
+        assert_eq!(
+            (one.names.as_slice(), one.of(999_999)),
+            (&["bench".to_string()][..], 0)
+        );
     }
 
     #[test]

@@ -140,7 +140,9 @@ async fn run(args: &RunArgs) -> Result<(), String> {
     let conns = target::connect(args).await?;
     let preload_s = if args.preload {
         // etcd has no batch write here: many single puts in flight instead.
-        let parallel = if args.target == TargetKind::Etcd {
+        // Spread over projects, the preload's calls are small (one
+        // project's keys each): more of them in flight.
+        let parallel = if args.target == TargetKind::Etcd || args.projects > 1 {
             128
         } else {
             8

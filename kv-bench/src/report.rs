@@ -46,6 +46,8 @@ pub(crate) struct RunResult {
     pub(crate) key_bytes: usize,
     /// Size of the key space.
     pub(crate) keys: u64,
+    /// kv projects the key space was spread over (`--projects`).
+    pub(crate) projects: u64,
     pub(crate) ttl_share: f64,
     /// Keys per operation: `--batch` for get-many/set-many, else 1.
     pub(crate) batch: usize,
@@ -101,6 +103,7 @@ impl RunResult {
             value_bytes: args.value_bytes,
             key_bytes: args.key_bytes,
             keys: args.keys,
+            projects: args.projects,
             ttl_share: args.ttl_share,
             batch: args.keys_per_op(),
             rate: args.rate,

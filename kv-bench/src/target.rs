@@ -1,6 +1,6 @@
 //! The systems under test: how to connect, and one operation on each.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use kv_proto::v1::{
     DeleteRequest, GetManyRequest, GetRequest, HasRequest, SetManyRequest, SetOp, SetRequest,
@@ -67,8 +67,10 @@ impl From<redis::RedisError> for OpError {
 pub(crate) struct Shared {
     pub(crate) keys: KeySpace,
     pub(crate) payload: Payload,
-    /// `x-kv-project` for unary calls.
-    project: AsciiMetadataValue,
+    /// The projects the keys live in.
+    pub(crate) spread: Spread,
+    /// `x-kv-project` for unary calls, one per project of `spread`.
+    project_headers: Vec<AsciiMetadataValue>,
     /// `Bearer <token>` for unary calls.
     authorization: Option<AsciiMetadataValue>,
     etcd_serializable: bool,
@@ -79,10 +81,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(args: &RunArgs) -> Result<Self, String> {
-        let project = args
-            .project
-            .parse()
-            .map_err(|_| format!("--project {:?} is not printable ASCII", args.project))?;
+        let spread = Spread::new(args);
+        let project_headers = spread
+            .names
+            .iter()
+            .map(|name| {
+                name.parse()
+                    .map_err(|_| format!("--project {:?} is not printable ASCII", args.project))
+            })
+            .collect::<Result<_, _>>()?;
         let authorization = args
             .token
             .as_ref()
@@ -92,17 +99,20 @@ impl Shared {
         Ok(Self {
             keys: KeySpace::new(args.keys, args.key_bytes),
             payload: Payload::new(args.value_bytes, args.ttl_ms),
-            project,
+            spread,
+            project_headers,
             authorization,
             etcd_serializable: args.etcd_serializable,
             batch_tags: args.batch_tags(),
         })
     }
 
-    fn unary<T>(&self, message: T) -> Request<T> {
+    /// A unary call on the project holding `key`.
+    fn unary<T>(&self, key: u64, message: T) -> Request<T> {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
-        metadata.insert("x-kv-project", self.project.clone());
+        let project = &self.project_headers[self.spread.of(key)];
+        metadata.insert("x-kv-project", project.clone());
         if let Some(authorization) = &self.authorization {
             metadata.insert("authorization", authorization.clone());
         }
@@ -114,6 +124,55 @@ impl Shared {
     }
 }
 
+/// The kv projects a run's key space is spread over (`--projects`): one
+/// run of consecutive keys each, so a preload range splits into few
+/// per-project batches.
+pub(crate) struct Spread {
+    /// `--project` alone, or `<project>-0` to `<project>-<n-1>`.
+    pub(crate) names: Vec<String>,
+    keys: u64,
+}
+
+impl Spread {
+    pub(crate) fn new(args: &RunArgs) -> Self {
+        let names = if args.projects == 1 {
+            vec![args.project.clone()]
+        } else {
+            (0..args.projects)
+                .map(|i| format!("{}-{i}", args.project))
+                .collect()
+        };
+        Self {
+            names,
+            keys: args.keys,
+        }
+    }
+
+    /// The index in `names` of the project holding `key` (`key < keys`).
+    pub(crate) fn of(&self, key: u64) -> usize {
+        if self.names.len() == 1 {
+            return 0;
+        }
+        // 128 bits: `key * projects` overflows u64 for large key spaces.
+        let index = u128::from(key) * self.names.len() as u128 / u128::from(self.keys.max(1));
+        usize::try_from(index).map_or(self.names.len() - 1, |i| i.min(self.names.len() - 1))
+    }
+
+    /// `from..to` cut where the holding project changes, each run with its
+    /// project's index.
+    fn runs(&self, from: u64, to: u64) -> Vec<(usize, Vec<u64>)> {
+        let mut runs: Vec<(usize, Vec<u64>)> = Vec::new();
+        for key in from..to {
+            let project = self.of(key);
+            match runs.last_mut() {
+                Some((p, keys)) if *p == project => keys.push(key),
+                _ => runs.push((project, vec![key])),
+            }
+        }
+        runs
+    }
+}
+
 /// One connection (or, for the SDK, one client with its own connection).
 /// Clones share it.
 // One per task, created once and never moved on the hot path: its size
@@ -121,7 +180,8 @@ impl Shared {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum Conn {
-    Sdk(kv_client::Project),
+    /// One handle per project of the run's `Spread`, all on one client.
+    Sdk(Arc<[kv_client::Project]>),
     Unary(KvServiceClient<Channel>),
     Redis(redis::aio::MultiplexedConnection),
     RedisCluster(ClusterConn),
@@ -160,7 +220,8 @@ pub(crate) async fn connect(args: &RunArgs) -> Result<Vec<Conn>, String> {
                     .connect()
                     .await
                     .map_err(|e| format!("cannot connect to kv at {url}: {e}"))?;
-                Conn::Sdk(client.project(&args.project))
+                let spread = Spread::new(args);
+                Conn::Sdk(spread.names.iter().map(|n| client.project(n)).collect())
             }
             TargetKind::Unary => Conn::Unary(
                 KvServiceClient::new(channel(url).await?)
@@ -239,7 +300,10 @@ impl Conn {
     /// find (gets, has).
     pub(crate) async fn exec(&mut self, op: &Op, shared: &Shared) -> Result<u64, OpError> {
         match self {
-            Conn::Sdk(project) => sdk(project, op, shared).await,
+            Conn::Sdk(projects) => {
+                let project = &projects[shared.spread.of(op.first_key())];
+                sdk(project, op, shared).await
+            }
             Conn::Unary(client) => unary(client, op, shared).await,
             Conn::Redis(conn) => plain_redis(conn, op, shared, None).await,
             Conn::RedisCluster(ClusterConn { conn, tag }) => {
@@ -266,6 +330,13 @@ impl Conn {
                 Ok(())
             }
             Conn::RedisCluster(conn) => cluster_write_range(conn, from, to, shared).await,
+            _ if shared.spread.names.len() > 1 => {
+                // One batch per project: a call writes one project's keys.
+                for (_, keys) in shared.spread.runs(from, to) {
+                    self.exec(&Op::SetMany { keys, ttl: false }, shared).await?;
+                }
+                Ok(())
+            }
             _ => self
                 .exec(&Op::SetMany { keys, ttl: false }, shared)
                 .await
@@ -328,7 +399,7 @@ async fn unary(
     match op {
         Op::Get(key) => {
             let reply = client
-                .get(shared.unary(GetRequest { key: name(key) }))
+                .get(shared.unary(*key, GetRequest { key: name(key) }))
                 .await?;
             Ok(missing(reply.get_ref().found))
         }
@@ -339,12 +410,12 @@ async fn unary(
                 ttl_ms: shared.ttl_ms(*ttl),
                 ..SetRequest::default()
             };
-            client.set(shared.unary(request)).await?;
+            client.set(shared.unary(*key, request)).await?;
             Ok(0)
         }
         Op::Has(key) => {
             let reply = client
-                .has(shared.unary(HasRequest { key: name(key) }))
+                .has(shared.unary(*key, HasRequest { key: name(key) }))
                 .await?;
             Ok(missing(reply.get_ref().exists))
         }
@@ -353,14 +424,16 @@ async fn unary(
                 key: name(key),
                 ..DeleteRequest::default()
             };
-            client.delete(shared.unary(request)).await?;
+            client.delete(shared.unary(*key, request)).await?;
             Ok(0)
         }
         Op::GetMany(keys) => {
             let request = GetManyRequest {
                 keys: keys.iter().map(name).collect(),
             };
-            let reply = client.get_many(shared.unary(request)).await?;
+            let reply = client
+                .get_many(shared.unary(op.first_key(), request))
+                .await?;
             Ok(reply.get_ref().results.iter().filter(|r| !r.found).count() as u64)
         }
         Op::SetMany { keys, ttl } => {
@@ -377,7 +450,9 @@ async fn unary(
                 entries,
                 request_id: String::new(),
             };
-            client.set_many(shared.unary(request)).await?;
+            client
+                .set_many(shared.unary(op.first_key(), request))
+                .await?;
             Ok(0)
         }
     }

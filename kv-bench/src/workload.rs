@@ -60,6 +60,15 @@ impl Op {
             _ => 1,
         }
     }
+
+    /// The operation's (first) key: which project a spread key space
+    /// sends it to (batches hold keys of one project).
+    pub(crate) fn first_key(&self) -> u64 {
+        match self {
+            Op::Get(key) | Op::Set { key, .. } | Op::Has(key) | Op::Delete(key) => *key,
+            Op::GetMany(keys) | Op::SetMany { keys, .. } => keys.first().copied().unwrap_or(0),
+        }
+    }
 }
 
 /// Draws each task's operations.

@@ -34,7 +34,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
 };
 
 use bytes::Bytes;
@@ -82,8 +82,10 @@ impl Event {
 /// A project's history and its watchers.
 pub(crate) struct Hub {
     state: Mutex<History>,
-    /// The latest version, for watchers waiting for more.
-    latest: tokio::sync::watch::Sender<u64>,
+    /// The latest version, for watchers waiting for more. Made by the
+    /// first subscription (under the history's lock): a watch channel is
+    /// a few hundred bytes, and most projects are never watched.
+    latest: OnceLock<tokio::sync::watch::Sender<u64>>,
 }
 
 struct History {
@@ -114,6 +116,11 @@ impl History {
         let size = event.size();
         self.bytes += size;
         budget.used.fetch_add(size, Relaxed);
+        if self.events.capacity() == 0 {
+            // Room for one at first (a deque starts with four): most
+            // projects change rarely, and a busy one doubles from here.
+            self.events.reserve_exact(1);
+        }
         self.events.push_back(event);
         while self.events.len() > settings.watch_history_events.max(1)
             || (self.bytes > settings.watch_history_bytes && self.events.len() > 1)
@@ -174,7 +181,18 @@ impl Hub {
                 last: base,
                 closed: false,
             }),
-            latest: tokio::sync::watch::Sender::new(base),
+            latest: OnceLock::new(),
+        }
+    }
+
+    /// Wakes the watchers waiting for more, if any ever subscribed. Called
+    /// after a change to the history is made under its lock: a subscriber
+    /// makes the channel under that lock too, so either it made the
+    /// channel before the change (and is woken here) or its first read of
+    /// the history comes after the change.
+    fn wake(&self, version: u64) {
+        if let Some(latest) = self.latest.get() {
+            latest.send_replace(version);
         }
     }
 
@@ -189,7 +207,7 @@ impl Hub {
         drop(h);
         // Wakes every waiting watcher so it sees the end now, not at the
         // next change (there will be none on this hub).
-        self.latest.send_replace(last);
+        self.wake(last);
     }
 
     fn lock(&self) -> MutexGuard<'_, History> {
@@ -222,8 +240,10 @@ impl Hub {
         drop(h);
         // Only a wake-up for waiting watchers (they read the history, not
         // this value): skip it, and its lock, when nobody waits.
-        if self.latest.receiver_count() > 0 {
-            self.latest.send_replace(version);
+        if let Some(latest) = self.latest.get()
+            && latest.receiver_count() > 0
+        {
+            latest.send_replace(version);
         }
     }
 
@@ -238,7 +258,7 @@ impl Hub {
         h.floor = floor;
         h.last = floor;
         drop(h);
-        self.latest.send_replace(floor);
+        self.wake(floor);
     }
 
     /// Appends an event of a snapshot's ring after [`Hub::restore`], under
@@ -251,7 +271,7 @@ impl Hub {
         let version = event.version;
         h.push(Arc::new(event), settings, budget);
         drop(h);
-        self.latest.send_replace(version);
+        self.wake(version);
     }
 
     /// The ring as of now: `floor` and the events after it, shared, not
@@ -270,7 +290,7 @@ impl Hub {
             h.floor = version;
             h.forget(budget);
             drop(h);
-            self.latest.send_replace(version);
+            self.wake(version);
         }
     }
 
@@ -285,11 +305,16 @@ impl Hub {
     ) -> Result<Subscription, WatchError> {
         let h = self.lock();
         let cursor = start_cursor(from, incarnation, h.floor, h.last)?;
+        // Made and subscribed to under the lock (see `wake`).
+        let latest = self
+            .latest
+            .get_or_init(|| tokio::sync::watch::Sender::new(h.last))
+            .subscribe();
         drop(h);
         Ok(Subscription {
             source: Source::Hub {
                 hub: Arc::clone(self),
-                latest: self.latest.subscribe(),
+                latest,
             },
             target,
             cursor,

@@ -2,7 +2,7 @@
 //! project incarnation. Only the one writer (the log writer, or the
 //! store's write lock when used alone) calls these.
 
-use super::{requests::RequestTable, *};
+use super::*;
 use crate::Deadline;
 
 impl MemoryStore {
@@ -32,7 +32,7 @@ impl MemoryStore {
             let _exclusive = write_lock(&ns.consistency);
             self.apply_clear(project, &ns, now)
         };
-        *lock(&ns.requests) = RequestTable::default();
+        *lock(&ns.requests) = None;
         ns.hub.close(&self.history);
         Applied { removed }
     }
@@ -239,35 +239,32 @@ impl MemoryStore {
             expires_at,
             version,
         };
-        let replaced = match ns.entries.entry(key) {
-            MapEntry::Occupied(mut slot) => {
-                let old = slot.get().expires_at;
-                self.account(ns, -1, slot.key().len() + slot.get().value.len(), false);
-                if old != expires_at {
-                    let mut index = self.expiry.shard_for(project, slot.key());
-                    if let Some(old) = old {
-                        index.remove(&ExpiryRecord::new(old, project, slot.key()));
+        let replaced = ns.entries.upsert(
+            key,
+            entry,
+            |key, old| {
+                self.account(ns, -1, key.len() + old.value.len(), false);
+                if old.expires_at != expires_at {
+                    let mut index = self.expiry.shard_for(project, key);
+                    if let Some(old) = old.expires_at {
+                        index.remove(&ExpiryRecord::new(old, project, key));
                     }
                     if let Some(at) = expires_at {
-                        index.insert(ExpiryRecord::new(at, project, slot.key()));
+                        index.insert(ExpiryRecord::new(at, project, key));
                     }
                 }
-                slot.insert(entry);
-                true
-            }
-            MapEntry::Vacant(slot) => {
+            },
+            |key| {
                 if let Some(at) = expires_at {
                     self.expiry
-                        .shard_for(project, slot.key())
-                        .insert(ExpiryRecord::new(at, project, slot.key()));
+                        .shard_for(project, key)
+                        .insert(ExpiryRecord::new(at, project, key));
                 }
-                // Lock order: map shard, then the order index (readers of
-                // the index never wait for a shard while holding it).
-                self.change_order(ns, OrderChange::Insert(Arc::clone(slot.key())));
-                slot.insert(entry);
-                false
-            }
-        };
+            },
+            // Lock order: map shard, then the order index (readers of the
+            // index never wait for a shard while holding it).
+            |key| self.change_order(ns, OrderChange::Insert(Arc::clone(key))),
+        );
         self.account(ns, 1, added, !replaced);
     }
 
@@ -313,7 +310,11 @@ impl MemoryStore {
                 self.expiry.forget(project, key, entry.expires_at);
             }
             self.account(ns, -1, key.len() + entry.value.len(), true);
-            self.change_order(ns, OrderChange::Remove(Arc::clone(key)));
+            // A small namespace's keys are not in the index (see
+            // `entries`); only the writer, this thread, moves them there.
+            if ns.entries.is_big() {
+                self.change_order(ns, OrderChange::Remove(Arc::clone(key)));
+            }
             true
         });
         live
@@ -321,15 +322,17 @@ impl MemoryStore {
 
     pub(super) fn apply_clear(&self, project: &ProjectName, ns: &Namespace, now: u64) -> u64 {
         let mut live = 0;
-        // retain write-locks one shard at a time; other readers go on
-        // meanwhile.
+        // retain write-locks one shard (or the small list) at a time; other
+        // readers go on meanwhile.
         ns.entries.retain(|key, entry| {
             live += u64::from(entry.is_live(now));
             self.expiry.forget(project, key, entry.expires_at);
             self.account(ns, -1, key.len() + entry.value.len(), true);
             false
         });
-        self.change_order(ns, OrderChange::Clear);
+        if ns.entries.is_big() {
+            self.change_order(ns, OrderChange::Clear);
+        }
         live
     }
 }

@@ -13,6 +13,7 @@ impl MemoryStore {
         let ns = self.namespace(project)?;
         let table = lock(&ns.requests);
         table
+            .as_ref()?
             .by_id
             .get(id)
             .filter(|r| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
@@ -30,7 +31,12 @@ impl MemoryStore {
             return;
         }
         let ns = self.namespace_or_create(project);
-        lock(&ns.requests).insert(id, remembered, now, &self.settings);
+        lock(&ns.requests).get_or_insert_with(Box::default).insert(
+            id,
+            remembered,
+            now,
+            &self.settings,
+        );
     }
 
     /// Calls `f` with every remembered request id still in its window.
@@ -43,8 +49,8 @@ impl MemoryStore {
             // Copied out first: `f` writes a file, and the writer must not
             // wait on that to remember a new request of this project.
             let live: Vec<(Arc<str>, Remembered)> = lock(&ns.requests)
-                .by_id
                 .iter()
+                .flat_map(|table| table.by_id.iter())
                 .filter(|(_, r)| r.at.saturating_add(self.settings.idempotency_window_ms) > now)
                 .map(|(id, r)| (id.clone(), r.clone()))
                 .collect();

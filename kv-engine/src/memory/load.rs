@@ -132,7 +132,7 @@ impl MemoryStore {
         let loading = self.loading();
         let mut ns = Namespace::new(loading, base);
         if loading && let Some(&keys) = lock(&self.expected).get(project) {
-            ns.entries = DashMap::with_capacity_and_hasher(keys, MapHasher::default());
+            ns.entries = super::entries::Entries::with_capacity(keys);
             if let OrderIndex::Building(pending) =
                 ns.order.get_mut().unwrap_or_else(|p| p.into_inner())
             {

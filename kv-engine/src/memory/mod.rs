@@ -45,7 +45,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
+use dashmap::DashMap;
 
 use super::{
     Applied, Backend, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
@@ -59,6 +59,7 @@ use crate::project::ProjectName;
 // never imported by it), so no two files import each other.
 mod alone;
 mod apply;
+mod entries;
 pub(crate) mod expiry;
 mod hash;
 mod history;
@@ -312,7 +313,12 @@ impl MemoryStore {
     /// Live keys of `project` at `now`.
     pub(crate) fn live_count(&self, project: &ProjectName, now: u64) -> u64 {
         self.namespace(project).map_or(0, |ns| {
-            ns.entries.iter().filter(|e| e.is_live(now)).count() as u64
+            let mut live = 0;
+            let _ = ns.entries.try_for_each(|_, e| {
+                live += u64::from(e.is_live(now));
+                Ok::<_, std::convert::Infallible>(())
+            });
+            live
         })
     }
 
@@ -437,19 +443,15 @@ impl MemoryStore {
     ) -> Result<u64, E> {
         let mut count = 0;
         for (project, ns) in self.live_namespaces() {
-            for entry in ns.entries.iter() {
+            ns.entries.try_for_each(|key, entry| {
+                // A deletion during the walk: the rest of it is skipped.
                 if ns.deleted.load(Ordering::Relaxed) {
-                    break;
+                    return Ok(());
                 }
-                f(
-                    &project,
-                    entry.key(),
-                    &entry.value,
-                    entry.expires_at,
-                    entry.version,
-                )?;
+                f(&project, key, &entry.value, entry.expires_at, entry.version)?;
                 count += 1;
-            }
+                Ok(())
+            })?;
         }
         Ok(count)
     }

@@ -8,18 +8,17 @@ use std::{
     },
 };
 
-use dashmap::DashMap;
-
+pub(super) use super::entries::StoredEntry;
 use super::{
-    hash::MapHasher,
-    order::{Built, OrderIndex, Pending},
+    entries::Entries,
+    order::{Built, OrderIndex},
     requests::RequestTable,
 };
 use crate::{Deadline, watch::Hub};
 
 /// One project's keys.
 pub(super) struct Namespace {
-    pub(super) entries: DashMap<Arc<str>, StoredEntry, MapHasher>,
+    pub(super) entries: Entries,
     /// The same keys in byte order, for listing.
     pub(super) order: RwLock<OrderIndex>,
     /// Set once `order` is ready; Lists wait for it.
@@ -32,7 +31,9 @@ pub(super) struct Namespace {
     pub(super) version: AtomicU64,
     /// Held for writing while a multi-key transaction applies.
     pub(super) consistency: RwLock<()>,
-    pub(super) requests: Mutex<RequestTable>,
+    /// Made by the first request id remembered: most projects never send
+    /// one, and an empty table is still a hundred bytes.
+    pub(super) requests: Mutex<Option<Box<RequestTable>>>,
     pub(super) hub: Arc<Hub>,
     /// The version this incarnation's numbering starts after (0 for the
     /// first project of a name). Fixed for the namespace's life: a deleted
@@ -48,12 +49,12 @@ impl Namespace {
     /// `OrderBuild`; any other starts with an empty, ready index.
     pub(super) fn new(loading: bool, incarnation: u64) -> Self {
         let order = if loading {
-            OrderIndex::Building(Pending::default())
+            OrderIndex::Building(Box::default())
         } else {
             OrderIndex::Ready(BTreeSet::new())
         };
         Self {
-            entries: DashMap::default(),
+            entries: Entries::new(),
             order: RwLock::new(order),
             built: Built::new(!loading),
             keys: AtomicU64::new(0),
@@ -77,18 +78,6 @@ pub struct Usage {
     pub keys: u64,
     /// Bytes of keys plus encoded values.
     pub bytes: u64,
-}
-
-pub(super) struct StoredEntry {
-    pub(super) value: Box<[u8]>,
-    pub(super) expires_at: Option<Deadline>,
-    pub(super) version: u64,
-}
-
-impl StoredEntry {
-    pub(super) fn is_live(&self, now: u64) -> bool {
-        self.expires_at.is_none_or(|d| !d.passed(now))
-    }
 }
 
 /// An entry as the transaction evaluator sees it.

@@ -11,7 +11,9 @@ use super::locks::lock;
 /// A namespace's ordered keys, or what will make them.
 pub(super) enum OrderIndex {
     Ready(BTreeSet<Arc<str>>),
-    Building(Pending),
+    /// Boxed: only namespaces created during a recovery have one, and
+    /// inline it would make every namespace three vectors larger.
+    Building(Box<Pending>),
 }
 
 impl OrderIndex {
@@ -63,35 +65,55 @@ pub(super) enum OrderChange {
 
 /// Whether a namespace's ordered index is ready, for Lists to wait on:
 /// blocking callers on the condition variable, async ones on the watch.
+///
+/// Only a namespace created during a recovery ever waits; every other one
+/// is ready from the start and allocates nothing for waiting (the condition
+/// variable and the watch channel together cost about half a kilobyte,
+/// which a million idle projects would pay for nothing).
 pub(super) struct Built {
-    pub(super) done: Mutex<bool>,
-    pub(super) cond: Condvar,
-    pub(super) watch: tokio::sync::watch::Sender<bool>,
+    /// `None`: ready from the start.
+    waiting: Option<Box<Waiting>>,
+}
+
+struct Waiting {
+    done: Mutex<bool>,
+    cond: Condvar,
+    watch: tokio::sync::watch::Sender<bool>,
 }
 
 impl Built {
     pub(super) fn new(done: bool) -> Self {
         Self {
-            done: Mutex::new(done),
-            cond: Condvar::new(),
-            watch: tokio::sync::watch::Sender::new(done),
+            waiting: (!done).then(|| {
+                Box::new(Waiting {
+                    done: Mutex::new(false),
+                    cond: Condvar::new(),
+                    watch: tokio::sync::watch::Sender::new(false),
+                })
+            }),
         }
     }
 
     pub(super) fn set(&self) {
-        *lock(&self.done) = true;
-        self.cond.notify_all();
-        self.watch.send_replace(true);
+        let Some(w) = &self.waiting else {
+            return;
+        };
+        *lock(&w.done) = true;
+        w.cond.notify_all();
+        w.watch.send_replace(true);
     }
 
     pub(super) fn is_set(&self) -> bool {
-        *self.watch.borrow()
+        self.waiting.as_ref().is_none_or(|w| *w.watch.borrow())
     }
 
     pub(super) fn wait(&self) {
-        let mut done = lock(&self.done);
+        let Some(w) = &self.waiting else {
+            return;
+        };
+        let mut done = lock(&w.done);
         while !*done {
-            done = self
+            done = w
                 .cond
                 .wait(done)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -99,7 +121,10 @@ impl Built {
     }
 
     pub(super) async fn wait_async(&self) {
+        let Some(w) = &self.waiting else {
+            return;
+        };
         // The sender lives as long as the namespace, which the caller holds.
-        let _ = self.watch.subscribe().wait_for(|done| *done).await;
+        let _ = w.watch.subscribe().wait_for(|done| *done).await;
     }
 }

@@ -78,6 +78,33 @@ impl MemoryStore {
         let _consistent = read_lock(&ns.consistency);
         let version = ns.version.load(Ordering::Acquire);
         let prefix = query.prefix.as_str();
+        // A small namespace has no ordered index: its few keys are sorted
+        // here.
+        let small = ns.entries.sorted_small(|key, entry| {
+            let after_start = if query.start_after.as_str() >= prefix {
+                **key > *query.start_after
+            } else {
+                true
+            };
+            (after_start && key.starts_with(prefix) && entry.is_live(now)).then(|| Entry {
+                value: if query.keys_only {
+                    Bytes::new()
+                } else {
+                    Bytes::copy_from_slice(&entry.value)
+                },
+                version: entry.version,
+                expires_at: entry.expires_at,
+            })
+        });
+        if let Some(mut entries) = small {
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            return ListPage {
+                entries,
+                more,
+                version,
+            };
+        }
         let mut entries = Vec::new();
         let mut after: Option<Arc<str>> = None;
         let mut more = false;

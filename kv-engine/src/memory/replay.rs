@@ -120,6 +120,20 @@ impl<'env> Replayer<'env> {
             self.mem.apply_commit(project, mutations, request);
             return;
         }
+        // A namespace's changes go to the workers only once its entries
+        // are a sharded map: moving a list into a map indexes every key
+        // it holds, which must happen in log order with the list's other
+        // changes, so lists are changed on this thread alone. A list is
+        // never with a worker, so nothing need be waited for; a map never
+        // becomes a list again.
+        if !self
+            .mem
+            .namespace(project)
+            .is_some_and(|ns| ns.entries.is_big())
+        {
+            self.mem.apply_commit(project, mutations, request);
+            return;
+        }
         if !mutations.is_empty() {
             let ns = self.namespace(project);
             let (mem, settings) = (self.mem, &self.mem.settings);
@@ -306,41 +320,53 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
                 expires_at,
                 version,
             };
-            match ns.entries.entry(key) {
-                MapEntry::Occupied(mut slot) => {
-                    let old = slot.get().expires_at;
-                    let gone = (slot.key().len() + slot.get().value.len()) as u64;
-                    held.bytes = held.bytes.wrapping_sub(gone);
-                    if old != expires_at {
-                        let mut index = mem.expiry.shard_for(project, slot.key());
-                        if let Some(old) = old {
-                            index.remove(&ExpiryRecord::new(old, project, slot.key()));
+            let mut gone = 0;
+            let order = &mut held.order;
+            let replaced = ns.entries.upsert(
+                key,
+                entry,
+                |key, old| {
+                    gone = (key.len() + old.value.len()) as u64;
+                    if old.expires_at != expires_at {
+                        let mut index = mem.expiry.shard_for(project, key);
+                        if let Some(old) = old.expires_at {
+                            index.remove(&ExpiryRecord::new(old, project, key));
                         }
                         if let Some(at) = expires_at {
-                            index.insert(ExpiryRecord::new(at, project, slot.key()));
+                            index.insert(ExpiryRecord::new(at, project, key));
                         }
                     }
-                    slot.insert(entry);
-                }
-                MapEntry::Vacant(slot) => {
+                },
+                |key| {
                     if let Some(at) = expires_at {
                         mem.expiry
-                            .shard_for(project, slot.key())
-                            .insert(ExpiryRecord::new(at, project, slot.key()));
+                            .shard_for(project, key)
+                            .insert(ExpiryRecord::new(at, project, key));
                     }
-                    held.order.push(OrderChange::Insert(Arc::clone(slot.key())));
-                    held.keys = held.keys.wrapping_add(1);
-                    slot.insert(entry);
-                }
+                },
+                // Only a map's namespace reaches a worker: this is a new
+                // key of the map.
+                |key| order.push(OrderChange::Insert(Arc::clone(key))),
+            );
+            held.bytes = held.bytes.wrapping_sub(gone);
+            if !replaced {
+                held.keys = held.keys.wrapping_add(1);
             }
             held.bytes = held.bytes.wrapping_add(added);
         }
         None => {
-            if let Some((key, entry)) = ns.entries.remove(&*key) {
-                mem.expiry.forget(project, &key, entry.expires_at);
-                held.bytes = held
-                    .bytes
-                    .wrapping_sub((key.len() + entry.value.len()) as u64);
+            let mut removed = None;
+            ns.entries.remove_if(&key, |key, entry| {
+                removed = Some((
+                    Arc::clone(key),
+                    entry.expires_at,
+                    key.len() + entry.value.len(),
+                ));
+                true
+            });
+            if let Some((key, expires_at, bytes)) = removed {
+                mem.expiry.forget(project, &key, expires_at);
+                held.bytes = held.bytes.wrapping_sub(bytes as u64);
                 held.keys = held.keys.wrapping_sub(1);
                 held.order.push(OrderChange::Remove(key));
             }

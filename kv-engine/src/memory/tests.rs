@@ -4,6 +4,8 @@
 //! for it shows exactly the project's keys at the page's version.
 
 use super::{load::OrderBuild, *};
+use std::collections::BTreeMap;
+
 use crate::ManualClock;
 
 fn project() -> ProjectName {
@@ -40,12 +42,21 @@ fn ns(store: &MemoryStore) -> Arc<Namespace> {
 /// The installed index and the map's keys, both in byte order.
 fn index_and_map(store: &MemoryStore) -> (Vec<String>, Vec<String>) {
     let ns = ns(store);
-    let index = match &*read_lock(&ns.order) {
+    let index: Vec<String> = match &*read_lock(&ns.order) {
         OrderIndex::Ready(tree) => tree.iter().map(|k| k.to_string()).collect(),
         OrderIndex::Building(_) => panic!("index not installed"),
     };
-    let mut map: Vec<String> = ns.entries.iter().map(|e| e.key().to_string()).collect();
+    let mut map: Vec<String> = Vec::new();
+    let _ = ns.entries.try_for_each(|k, _| {
+        map.push(k.to_string());
+        Ok::<_, ()>(())
+    });
     map.sort_unstable();
+    if !ns.entries.is_big() {
+        // A small namespace's keys are not indexed: Lists sort them.
+        assert!(index.is_empty(), "a small namespace has an index");
+        return (map.clone(), map);
+    }
     (index, map)
 }
 
@@ -116,14 +127,14 @@ fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
         let (index, map) = index_and_map(&store);
         assert_eq!(index, map, "seed {seed}");
         let now = clock.now_ms();
-        let live: Vec<String> = ns
-            .entries
-            .iter()
-            .filter(|e| e.is_live(now))
-            .map(|e| e.key().to_string())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut live = BTreeSet::new();
+        let _ = ns.entries.try_for_each(|k, e| {
+            if e.is_live(now) {
+                live.insert(k.to_string());
+            }
+            Ok::<_, ()>(())
+        });
+        let live: Vec<String> = live.into_iter().collect();
         let page: Vec<String> = listed(&store)
             .entries
             .iter()
@@ -272,4 +283,69 @@ fn lists_during_the_build_wait_and_see_exactly_the_keys_of_their_version() {
         assert!(keys.iter().eq(model.iter()), "page at version {version}");
     }
     assert!(pages.len() >= 2);
+}
+
+/// Lists of a namespace while it is small (its keys sorted per List) and
+/// after it grew (its ordered index) agree with a sorted model: prefixes,
+/// start points, limits, expired keys, deletes and clears.
+#[test]
+fn lists_agree_with_a_model_before_and_after_the_namespace_grows() {
+    for seed in 1..=20u64 {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // Key -> deadline (0: none).
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let keys = 2 + rng.usize(..24);
+        for _ in 0..300 {
+            let key = format!("{}{}", ["a", "ab", "b"][rng.usize(..3)], rng.usize(..keys));
+            match rng.u8(..10) {
+                0..=4 => {
+                    let deadline = if rng.bool() {
+                        0
+                    } else {
+                        clock.now_ms() + 1 + rng.u64(..3)
+                    };
+                    set(&store, &key, (deadline > 0).then_some(deadline));
+                    model.insert(key, deadline);
+                }
+                5 | 6 => {
+                    remove(&store, &key, false);
+                    model.remove(&key);
+                }
+                7 if rng.u8(..20) == 0 => {
+                    store.apply(&project(), Mutation::Clear);
+                    model.clear();
+                }
+                _ => clock.advance(1),
+            }
+            let now = clock.now_ms();
+            let prefix = ["", "a", "ab", "b", "c"][rng.usize(..5)].to_string();
+            let start_after = ["", "a", "a1", "ab3", "b"][rng.usize(..5)].to_string();
+            let limit = 1 + rng.usize(..6);
+            let query = ListQuery {
+                prefix: prefix.clone(),
+                start_after: start_after.clone(),
+                limit,
+                keys_only: rng.bool(),
+            };
+            let page = store.list_now(&project(), &query);
+            let matching: Vec<&String> = model
+                .iter()
+                .filter(|(k, d)| {
+                    k.starts_with(&prefix) && **k > start_after && (**d == 0 || **d > now)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            let listed: Vec<&str> = page.entries.iter().map(|(k, _)| &**k).collect();
+            let expected: Vec<&str> = matching.iter().take(limit).map(|k| k.as_str()).collect();
+            assert_eq!(listed, expected, "seed {seed}, {query:?}");
+            assert_eq!(page.more, matching.len() > limit, "seed {seed}, {query:?}");
+            for (_, entry) in &page.entries {
+                assert_eq!(entry.value.is_empty(), query.keys_only);
+            }
+        }
+        let (index, map) = index_and_map(&store);
+        assert_eq!(index, map, "seed {seed}");
+    }
 }
