@@ -244,28 +244,36 @@ impl MemoryStore {
             entry,
             |key, old| {
                 self.account(ns, -1, key.len() + old.value.len(), false);
-                if old.expires_at != expires_at {
-                    let mut index = self.expiry.shard_for(project, key);
-                    if let Some(old) = old.expires_at {
-                        index.remove(&ExpiryRecord::new(old, project, key));
-                    }
-                    if let Some(at) = expires_at {
-                        index.insert(ExpiryRecord::new(at, project, key));
-                    }
-                }
+                self.move_deadline(project, key, old.expires_at, expires_at);
             },
-            |key| {
-                if let Some(at) = expires_at {
-                    self.expiry
-                        .shard_for(project, key)
-                        .insert(ExpiryRecord::new(at, project, key));
-                }
-            },
+            |key| self.move_deadline(project, key, None, expires_at),
             // Lock order: map shard, then the order index (readers of the
             // index never wait for a shard while holding it).
             |key| self.change_order(ns, OrderChange::Insert(Arc::clone(key))),
         );
         self.account(ns, 1, added, !replaced);
+    }
+
+    /// Moves `key`'s place in the expiry index from deadline `old` to
+    /// `new` (either may be none). Called under the key's lock, so no
+    /// concurrent write of the key slips between.
+    pub(super) fn move_deadline(
+        &self,
+        project: &ProjectName,
+        key: &Arc<str>,
+        old: Option<Deadline>,
+        new: Option<Deadline>,
+    ) {
+        if old == new {
+            return;
+        }
+        let mut index = self.expiry.shard_for(project, key);
+        if let Some(old) = old {
+            index.remove(&ExpiryRecord::new(old, project, key));
+        }
+        if let Some(at) = new {
+            index.insert(ExpiryRecord::new(at, project, key));
+        }
     }
 
     /// Counts an entry of `bytes` in (`sign` 1) or out (-1) of the totals;

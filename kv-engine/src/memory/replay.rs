@@ -327,23 +327,9 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
                 entry,
                 |key, old| {
                     gone = (key.len() + old.value.len()) as u64;
-                    if old.expires_at != expires_at {
-                        let mut index = mem.expiry.shard_for(project, key);
-                        if let Some(old) = old.expires_at {
-                            index.remove(&ExpiryRecord::new(old, project, key));
-                        }
-                        if let Some(at) = expires_at {
-                            index.insert(ExpiryRecord::new(at, project, key));
-                        }
-                    }
+                    mem.move_deadline(project, key, old.expires_at, expires_at);
                 },
-                |key| {
-                    if let Some(at) = expires_at {
-                        mem.expiry
-                            .shard_for(project, key)
-                            .insert(ExpiryRecord::new(at, project, key));
-                    }
-                },
+                |key| mem.move_deadline(project, key, None, expires_at),
                 // Only a map's namespace reaches a worker: this is a new
                 // key of the map.
                 |key| order.push(OrderChange::Insert(Arc::clone(key))),
