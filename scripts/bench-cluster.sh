@@ -102,14 +102,10 @@ PIDS=()
 PORTS=()
 NODE_PIDS=()
 
+# bench-lib.sh's cleanup, keeping the nodes' logs.
 cleanup() {
-    local pid port
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    local port
+    stop_all
     for port in "${PORTS[@]}"; do
         cp "$WORK/node-$port/redis.log" "$OUT_DIR/redis-$port.log" 2>/dev/null || true
     done

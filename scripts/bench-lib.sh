@@ -27,6 +27,24 @@ listening_addr() {
     die "server did not report its address; log: $(cat "$log")"
 }
 
+# stop_all: stops every process this script started (PIDS).
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# cleanup: the scripts' exit trap: stops what they started and removes
+# their scratch directory WORK.
+cleanup() {
+    stop_all
+    rm -rf "$WORK"
+}
+
 # stop PID: stops a process this script started and forgets it.
 stop() {
     local pid kept=()
