@@ -47,10 +47,6 @@ use crate::{
     status::engine_status,
 };
 
-/// An entry's bytes in a response besides its key and value (version,
-/// deadline, tags and lengths), rounded up.
-pub(super) const ENTRY_OVERHEAD: usize = 32;
-
 #[tonic::async_trait]
 impl<B: Backend> kv_service_server::KvService for KvService<B> {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -177,7 +173,7 @@ impl<B: Backend> kv_service_server::KvService for KvService<B> {
         let mut entries = Vec::with_capacity(page.entries.len());
         let mut cut = false;
         for (key, entry) in page.entries {
-            used += key.len() + entry.value.len() + ENTRY_OVERHEAD;
+            used += key.len() + entry.value.len() + respond::ENTRY_OVERHEAD;
             if used > budget && !entries.is_empty() {
                 cut = true;
                 break;

@@ -7,6 +7,10 @@ use kv_engine::{
 use kv_proto::wire::{self, GetResponse, WatchEvent};
 use tonic::Status;
 
+/// An entry's bytes in a response besides its key and value (version,
+/// deadline, tags and lengths), rounded up.
+pub(super) const ENTRY_OVERHEAD: usize = 32;
+
 pub(super) fn get_response(entry: Option<Entry>, incarnation: u64) -> GetResponse {
     match entry {
         Some(entry) => GetResponse {

@@ -10,7 +10,7 @@ use kv_proto::wire::{
 };
 use tonic::{Status, metadata::MetadataMap};
 
-use super::{RequestError, respond};
+use super::{error::RequestError, respond};
 use crate::{
     auth::{Access, Auth},
     config::Limits,
@@ -257,7 +257,7 @@ impl<B: Backend> KvService<B> {
         let total: usize = entries
             .iter()
             .flatten()
-            .map(|e| e.value.len() + super::ENTRY_OVERHEAD)
+            .map(|e| e.value.len() + respond::ENTRY_OVERHEAD)
             .sum();
         if total > limit {
             return Err(RequestError::ResponseTooLarge { limit }.into());
