@@ -214,7 +214,9 @@ pub fn default_limit() -> (u64, LimitSource) {
 ///     kv_server::memory::counting(std::alloc::System);
 ///
 /// fn main() {
-///     kv_server::memory::install_allocator_meter(&ALLOCATOR);
+///     // The system allocator cannot be asked to give back its free pages;
+///     // with mimalloc pass `Some(kv_alloc::return_free_memory)`.
+///     kv_server::memory::install_allocator_meter(&ALLOCATOR, None);
 /// }
 /// ```
 pub type CountingAllocator<A> = kv_alloc::Counting<A>;
