@@ -235,9 +235,14 @@ async fn silent_watchers_are_cut_at_the_limit_and_writes_resume() {
         }
     }
     // Fill until refused: every value is an event queued for 6 watchers.
+    // Refused writes go on for a while: each refusal cuts the watchers
+    // that are behind then, and on a busy machine the watchers' tasks may
+    // not have queued the latest events at the first refusals.
     let value = "x".repeat(512 << 10);
-    let (mut refused, mut i) = (0, 0);
-    while refused < 3 && i < 400 {
+    let (mut refused, mut i, mut first_refusal) = (0, 0, None::<Instant>);
+    while (refused < 3 || first_refusal.is_some_and(|at| at.elapsed() < Duration::from_millis(500)))
+        && i < 400
+    {
         if let Err(e) = kv
             .project(&format!("w{}", i % 4))
             .set(&format!("k{i}"), &value)
@@ -245,10 +250,15 @@ async fn silent_watchers_are_cut_at_the_limit_and_writes_resume() {
         {
             assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
             refused += 1;
+            first_refusal.get_or_insert_with(Instant::now);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         i += 1;
     }
-    assert_eq!(refused, 3, "the server reached its limit after {i} writes");
+    assert!(
+        refused >= 3,
+        "the server reached its limit after {i} writes"
+    );
     // Deleting the data, and the cut of the laggards, make room again.
     for p in 0..4 {
         kv.project(&format!("w{p}"))
