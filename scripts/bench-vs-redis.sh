@@ -34,7 +34,14 @@
 #      more with every key due at the same instant.
 #  10. Latency at half of peak: kv SDK and Redis multiplexed get and set,
 #      CONCURRENCY tasks; a closed-loop run finds the peak ops/s, then an
-#      open-loop run at half of it reports p50/p99/p999.
+#      open-loop run at half of it reports p50/p99/p999. Run it with
+#      PIN_CORES=1 so the load generator has a core of its own.
+#  11. The worst call of a long mixed run: kv SDK, CONCURRENCY tasks, 50%
+#      get, 40% set (70% of them with a MIXED_TTL_MS TTL), 10% delete over
+#      MIXED_KEYS keys for MIXED_DURATION, against kv-server --fsync always
+#      snapshotting every MIXED_SNAPSHOT_BYTES of log; reports p50 to max,
+#      the snapshots taken, and the calls slower than MIXED_SLOW_MS with
+#      when they started (to line them up with the server's log).
 #
 # Usage:
 #   scripts/bench-vs-redis.sh
@@ -52,7 +59,11 @@
 #   SERVER_WORKERS [1]        tokio workers of kv-server and the reference server
 #   CLIENT_THREADS [1]        tokio workers of kv-bench
 #   SWEEP ["1 2 4 8 16 32 64 128"]  concurrencies of section 6
-#   SECTIONS ["1 2 3 4 5 6 7 8 9 10"]  which sections to run
+#   SECTIONS ["1 2 3 4 5 6 7 8 9 10"]  which sections to run (11 only when named)
+#   PIN_CORES [unset]         set to 1 to run every server on CPU 0 and
+#                             kv-bench on CPU 1 (taskset): a core each
+#   MIXED_DURATION [180s], MIXED_KEYS [20000], MIXED_TTL_MS [2000],
+#   MIXED_SNAPSHOT_BYTES [16777216], MIXED_SLOW_MS [20]: section 11
 #   EXPIRY_TTL_MS [20000]     section 9: earliest deadline, ms after writing starts
 #   EXPIRY_SPREAD_MS [20000]  section 9: deadlines spread over this many ms
 #   EXPIRY_TIMEOUT [120s]     section 9: wait past the last deadline for stragglers
@@ -83,6 +94,11 @@ EXPIRY_TTL_MS=${EXPIRY_TTL_MS:-20000}
 EXPIRY_SPREAD_MS=${EXPIRY_SPREAD_MS:-20000}
 EXPIRY_TIMEOUT=${EXPIRY_TIMEOUT:-120s}
 EXPIRY_SERVER_ARGS=${EXPIRY_SERVER_ARGS:-}
+MIXED_DURATION=${MIXED_DURATION:-180s}
+MIXED_KEYS=${MIXED_KEYS:-20000}
+MIXED_TTL_MS=${MIXED_TTL_MS:-2000}
+MIXED_SNAPSHOT_BYTES=${MIXED_SNAPSHOT_BYTES:-16777216}
+MIXED_SLOW_MS=${MIXED_SLOW_MS:-20}
 CHART=${CHART:-docs/throughput-vs-concurrency.png}
 OUT_DIR=${OUT_DIR:-target/bench-vs-redis/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -100,6 +116,14 @@ fi
 BENCH=$TARGET_DIR/release/kv-bench
 KV_SERVER=$TARGET_DIR/release/kv-server
 [[ -x $BENCH && -x $KV_SERVER ]] || die "$BENCH or $KV_SERVER is missing"
+# With PIN_CORES=1 the servers share CPU 0 and the load generator has CPU 1.
+SERVER_PIN=()
+BENCH_PIN=()
+if [[ ${PIN_CORES:-} == 1 ]]; then
+    command -v taskset >/dev/null || die "PIN_CORES=1 needs taskset (Debian: util-linux)"
+    SERVER_PIN=(taskset -c 0)
+    BENCH_PIN=(taskset -c 1)
+fi
 
 mkdir -p "$OUT_DIR"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kv-bench-vs-redis.XXXXXX")
@@ -114,7 +138,7 @@ start_kv() {
     local name=$1 fsync=$2 log=$WORK/$1.log
     shift 2
     local workers=(--worker-threads "$SERVER_WORKERS")
-    "$KV_SERVER" --listen 127.0.0.1:0 --data-dir "$WORK/$name-data" --fsync "$fsync" \
+    "${SERVER_PIN[@]}" "$KV_SERVER" --listen 127.0.0.1:0 --data-dir "$WORK/$name-data" --fsync "$fsync" \
         "${workers[@]}" "$@" 2>"$log" &
     PIDS+=($!)
     KV_ADDR=$(listening_addr "$log" $!)
@@ -123,7 +147,7 @@ start_kv() {
 
 start_reference() {
     local log=$WORK/reference.log
-    "$BENCH" reference-server --addr 127.0.0.1:0 --workers "$SERVER_WORKERS" 2>"$log" &
+    "${SERVER_PIN[@]}" "$BENCH" reference-server --addr 127.0.0.1:0 --workers "$SERVER_WORKERS" 2>"$log" &
     PIDS+=($!)
     REF_ADDR=$(listening_addr "$log" $!)
     echo "   reference: kv-bench reference-server --workers $SERVER_WORKERS on $REF_ADDR"
@@ -134,7 +158,7 @@ start_redis() {
     local name=$1 port i
     shift
     port=$(free_port)
-    redis-server --port "$port" --bind 127.0.0.1 "$@" >"$WORK/$name.log" 2>&1 &
+    "${SERVER_PIN[@]}" redis-server --port "$port" --bind 127.0.0.1 "$@" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     for ((i = 0; i < 100; i++)); do
         [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && break
@@ -149,7 +173,7 @@ start_etcd() {
     local client peer
     client=$(free_port)
     peer=$(free_port)
-    etcd --name bench --data-dir "$WORK/etcd-data" \
+    "${SERVER_PIN[@]}" etcd --name bench --data-dir "$WORK/etcd-data" \
         --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "bench=http://127.0.0.1:$peer" >"$WORK/etcd.log" 2>&1 &
@@ -198,7 +222,7 @@ COMMON=(--keys "$KEYS" --value-bytes "$VALUE_BYTES" --threads "$CLIENT_THREADS"
 bench() {
     local name=$1 label=$2
     shift 2
-    if ! "$BENCH" run "${COMMON[@]}" "$@" --label "$label" --json "$OUT_DIR/$name.json" \
+    if ! "${BENCH_PIN[@]}" "$BENCH" run "${COMMON[@]}" "$@" --label "$label" --json "$OUT_DIR/$name.json" \
         >"$OUT_DIR/$name.txt" 2>"$OUT_DIR/$name.log"; then
         cat "$OUT_DIR/$name.log" >&2
         die "run $name failed"
@@ -221,6 +245,9 @@ wants() {
 
 echo "== setup: $(nproc) cores; KEYS=$KEYS VALUE_BYTES=$VALUE_BYTES DURATION=$DURATION WARMUP=$WARMUP RUNS=$RUNS"
 echo "   server workers: $SERVER_WORKERS (kv-server, reference); Redis: one command thread; client threads: $CLIENT_THREADS"
+if [[ ${PIN_CORES:-} == 1 ]]; then
+    echo "   pinned: every server on CPU 0, kv-bench on CPU 1"
+fi
 echo "   $(redis-server --version)"
 echo "   results: $OUT_DIR"
 # The shared servers, for the sections that use them (4 and 7 to 9 start
@@ -482,6 +509,35 @@ if wants 10; then
     done
 fi
 
+if wants 11; then
+    echo "== (11) mixed run of $MIXED_DURATION, --fsync always, a snapshot every $MIXED_SNAPSHOT_BYTES bytes of log: $RUNS run(s)"
+    for ((run = 1; run <= RUNS; run++)); do
+        start_kv "kv-mixed-r$run" always --snapshot-min-log-bytes "$MIXED_SNAPSHOT_BYTES"
+        KV_MIXED_PID=${PIDS[-1]}
+        name=11-mixed-r$run
+        if ! "${BENCH_PIN[@]}" "$BENCH" run --target sdk --addr "$KV_ADDR" --workload mixed \
+            --mix get=50,set=40,delete=10 --ttl-share 0.7 --ttl-ms "$MIXED_TTL_MS" --keys "$MIXED_KEYS" \
+            --value-bytes "$VALUE_BYTES" --threads "$CLIENT_THREADS" --concurrency "$C" --preload \
+            --duration "$MIXED_DURATION" --warmup "$WARMUP" --slow-ms "$MIXED_SLOW_MS" --label "$name" \
+            --json "$OUT_DIR/$name.json" >"$OUT_DIR/$name.txt" 2>"$OUT_DIR/$name.log"; then
+            cat "$OUT_DIR/$name.log" >&2
+            die "run $name failed"
+        fi
+        stop "$KV_MIXED_PID"
+        snapshots=$(grep -c 'snapshot written' "$WORK/kv-mixed-r$run.log" || true)
+        cp "$WORK/kv-mixed-r$run.log" "$OUT_DIR/$name-server.log"
+        python3 - "$OUT_DIR/$name.json" "$snapshots" <<'EOF'
+import json, sys
+path, snapshots = sys.argv[1], int(sys.argv[2])
+result = json.load(open(path))
+result["snapshots"] = snapshots
+json.dump(result, open(path, "w"))
+EOF
+        sed 's/^/   /' "$OUT_DIR/$name.txt"
+        echo "   snapshots: $snapshots (server log: $OUT_DIR/$name-server.log)"
+    done
+fi
+
 echo
 echo "== summary: medians of $RUNS run(s) (each run in brackets)"
 python3 - "$OUT_DIR" "$SWEEP" "$C" "$BATCH" <<'EOF'
@@ -618,6 +674,15 @@ for op in ["get", "set"]:
                           fmt(m(half, "ops_per_sec")), f"{m(half, 'latency_us.p50'):.0f}",
                           f"{m(half, 'latency_us.p99'):.0f}", f"{m(half, 'latency_us.p999'):.0f}",
                           errors or ""))
+mixed = runs("11-mixed")
+if mixed:
+    print()
+    print("(11) mixed run, --fsync always, µs (target: max <= 50000):")
+    table(("run", "ops/s", "p50", "p99", "p999", "max", "snapshots", "slow calls", "errors"),
+          [(i + 1, fmt(r["ops_per_sec"]), r["latency_us"]["p50"], r["latency_us"]["p99"],
+            r["latency_us"]["p999"], r["latency_us"]["max"], r.get("snapshots", "-"),
+            (r.get("slow") or {}).get("count", "-"), r["errors"]) for i, r in enumerate(mixed)])
+
 if half_rows:
     print()
     print(f"(10) open loop at half of the closed-loop peak, {conc} tasks, medians, µs:")

@@ -298,6 +298,12 @@ pub(crate) struct RunArgs {
     /// Free text stored in the result (the series name in `chart`).
     #[arg(long, default_value = "")]
     pub(crate) label: String,
+
+    /// Also list the measured operations slower than this many ms (the
+    /// slowest 100, with the UTC time each started), to line a latency
+    /// spike up with a server's log: a snapshot, an fsync, an expiry sweep.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) slow_ms: Option<u64>,
 }
 
 impl RunArgs {

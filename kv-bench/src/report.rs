@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     cli::{RunArgs, TargetKind, Workload},
-    runner::Measured,
+    runner::{Measured, SlowOp},
 };
 
 /// Latency percentiles of the successful operations of the window, in µs.
@@ -65,6 +65,18 @@ pub(crate) struct RunResult {
     /// How long `--preload` took, when given.
     pub(crate) preload_s: Option<f64>,
     pub(crate) seed: u64,
+    /// With `--slow-ms`: the threshold, how many operations passed it and
+    /// the slowest of them.
+    pub(crate) slow: Option<Slow>,
+}
+
+/// Operations slower than `--slow-ms`.
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct Slow {
+    pub(crate) threshold_ms: u64,
+    pub(crate) count: u64,
+    /// The slowest, slowest first.
+    pub(crate) slowest: Vec<SlowOp>,
 }
 
 impl RunResult {
@@ -83,6 +95,11 @@ impl RunResult {
                 mean: hist.mean(),
             }
         };
+        let slow = args.slow_ms.map(|threshold_ms| Slow {
+            threshold_ms,
+            count: measured.slow_count,
+            slowest: measured.slowest(),
+        });
         let mut errors_by_kind = measured.errors.clone();
         if measured.unfinished > 0 {
             errors_by_kind.insert("unfinished".into(), measured.unfinished);
@@ -115,6 +132,7 @@ impl RunResult {
             warmup_s: args.warmup.as_secs_f64(),
             preload_s,
             seed: args.seed,
+            slow,
         }
     }
 
@@ -158,6 +176,51 @@ impl RunResult {
                 row.push_str(&format!("{sep}{value:>width$}"));
             }
         }
-        format!("{}\n{}\n", header.trim_end(), row.trim_end())
+        let mut table = format!("{}\n{}\n", header.trim_end(), row.trim_end());
+        if let Some(slow) = &self.slow {
+            table.push_str(&format!(
+                "{} operations slower than {} ms",
+                slow.count, slow.threshold_ms
+            ));
+            if !slow.slowest.is_empty() {
+                table.push_str("; the slowest (started, UTC):");
+            }
+            table.push('\n');
+            for op in slow.slowest.iter().take(20) {
+                table.push_str(&format!(
+                    "  {}  {:<8} {:>9} µs\n",
+                    utc_time_of_day(op.started_unix_ms),
+                    op.op,
+                    op.latency_us
+                ));
+            }
+        }
+        table
+    }
+}
+
+/// `hh:mm:ss.mmm` of a Unix time in ms, as server logs print it.
+fn utc_time_of_day(unix_ms: u64) -> String {
+    let ms = unix_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_time_of_day;
+
+    #[test]
+    fn time_of_day_is_utc_with_milliseconds() {
+        // 2026-12-03T01:13:18.483Z
+        assert_eq!(utc_time_of_day(1_796_260_398_483), "01:13:18.483");
+        assert_eq!(utc_time_of_day(0), "00:00:00.000");
+        assert_eq!(utc_time_of_day(86_400_000 + 3_723_004), "01:02:03.004");
+        assert_eq!(utc_time_of_day(86_399_999), "23:59:59.999");
     }
 }

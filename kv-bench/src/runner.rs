@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use hdrhistogram::Histogram;
@@ -26,6 +26,18 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How long tasks may run past the end of the window (an operation that
 /// started just before it) before they are abandoned.
 const FINISH_GRACE: Duration = Duration::from_secs(15);
+
+/// Slow operations a run keeps (the slowest).
+const SLOW_KEPT: usize = 100;
+
+/// One operation slower than `--slow-ms`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct SlowOp {
+    /// When it started, in ms since the Unix epoch.
+    pub(crate) started_unix_ms: u64,
+    pub(crate) latency_us: u64,
+    pub(crate) op: &'static str,
+}
 
 /// Keys per call when preloading (kv-server's default limit per SetMany).
 const PRELOAD_CHUNK: u64 = 1000;
@@ -46,6 +58,11 @@ pub(crate) struct Measured {
     pub(crate) first_error: Option<(Instant, String)>,
     /// Tasks still inside an operation `FINISH_GRACE` after the window.
     pub(crate) unfinished: u64,
+    /// Operations of the window slower than `--slow-ms` (the slowest
+    /// `SLOW_KEPT`), and how many there were in all.
+    pub(crate) slow: Vec<SlowOp>,
+    pub(crate) slow_count: u64,
+    slow_after: Option<Duration>,
 }
 
 impl Measured {
@@ -58,7 +75,47 @@ impl Measured {
             errors: BTreeMap::new(),
             first_error: None,
             unfinished: 0,
+            slow: Vec::new(),
+            slow_count: 0,
+            slow_after: None,
         }
+    }
+
+    fn with_slow_after(mut self, ms: Option<u64>) -> Self {
+        self.slow_after = ms.map(Duration::from_millis);
+        self
+    }
+
+    fn note_slow(&mut self, op: &Op, latency: Duration) {
+        self.slow_count += 1;
+        let started = SystemTime::now() - latency;
+        let started_unix_ms = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.slow.push(SlowOp {
+            started_unix_ms,
+            latency_us: latency.as_micros() as u64,
+            op: op.name(),
+        });
+        self.keep_slowest();
+    }
+
+    /// Keeps the slowest `SLOW_KEPT`; sorting only when the list is twice
+    /// that keeps the cost per slow operation constant.
+    fn keep_slowest(&mut self) {
+        if self.slow.len() >= 2 * SLOW_KEPT {
+            self.slow
+                .sort_unstable_by_key(|op| std::cmp::Reverse(op.latency_us));
+            self.slow.truncate(SLOW_KEPT);
+        }
+    }
+
+    /// The kept slow operations, slowest first.
+    pub(crate) fn slowest(&self) -> Vec<SlowOp> {
+        let mut slow = self.slow.clone();
+        slow.sort_unstable_by_key(|op| std::cmp::Reverse(op.latency_us));
+        slow.truncate(SLOW_KEPT);
+        slow
     }
 
     fn observe(
@@ -78,6 +135,9 @@ impl Measured {
                     self.misses += misses;
                     let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                     self.hist.saturating_record(us.max(1));
+                    if self.slow_after.is_some_and(|after| latency > after) {
+                        self.note_slow(op, latency);
+                    }
                 }
             }
             Err(e) => {
@@ -102,6 +162,9 @@ impl Measured {
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_default() += n;
         }
+        self.slow_count += other.slow_count;
+        self.slow.extend(other.slow);
+        self.keep_slowest();
         self.first_error = match (self.first_error.take(), other.first_error) {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),
@@ -141,6 +204,7 @@ pub(crate) async fn run(args: &RunArgs, conns: &[Conn], shared: Arc<Shared>) -> 
     let counters: Arc<Vec<Counter>> =
         Arc::new((0..args.concurrency).map(|_| Counter::default()).collect());
     let mut tasks = Vec::new();
+    let slow_ms = args.slow_ms;
     for task in 0..args.concurrency {
         let conn = conns[task as usize % conns.len()]
             .clone()
@@ -156,9 +220,9 @@ pub(crate) async fn run(args: &RunArgs, conns: &[Conn], shared: Arc<Shared>) -> 
         tasks.push(tokio::spawn(async move {
             let counter = &counters[task as usize];
             match schedule {
-                None => closed_loop(conn, &shared, generator, window, counter).await,
+                None => closed_loop(conn, &shared, generator, window, counter, slow_ms).await,
                 Some(schedule) => {
-                    open_loop(conn, &shared, generator, window, counter, schedule).await
+                    open_loop(conn, &shared, generator, window, counter, schedule, slow_ms).await
                 }
             }
         }));
@@ -196,8 +260,9 @@ async fn closed_loop(
     mut generator: OpGen,
     window: Window,
     counter: &Counter,
+    slow_ms: Option<u64>,
 ) -> Measured {
-    let mut measured = Measured::new();
+    let mut measured = Measured::new().with_slow_after(slow_ms);
     loop {
         let start = Instant::now();
         if start >= window.end {
@@ -233,8 +298,9 @@ async fn open_loop(
     window: Window,
     counter: &Counter,
     schedule: Schedule,
+    slow_ms: Option<u64>,
 ) -> Measured {
-    let mut measured = Measured::new();
+    let mut measured = Measured::new().with_slow_after(slow_ms);
     for k in 0u64.. {
         let j = k * schedule.tasks + schedule.task;
         let due = window.start + Duration::from_secs_f64(j as f64 / schedule.rate);

@@ -53,6 +53,18 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The operation's name, as `--workload` spells it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Get(_) => "get",
+            Op::Set { .. } => "set",
+            Op::Has(_) => "has",
+            Op::Delete(_) => "delete",
+            Op::GetMany(_) => "get-many",
+            Op::SetMany { .. } => "set-many",
+        }
+    }
+
     /// How many keys the operation touches.
     pub(crate) fn keys(&self) -> u64 {
         match self {
