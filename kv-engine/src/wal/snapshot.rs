@@ -17,6 +17,37 @@ use crate::{
     stats::{LogStats, nanos_since},
 };
 
+/// Bytes of a snapshot written between two fsyncs of it while it is
+/// written. The log's fsync commits the filesystem's journal, and a
+/// commit first writes out the data of other files it covers; a snapshot
+/// synced only at its end can leave a hundred megabytes dirty for some
+/// log fsync to wait behind (every durable write then stalls). Syncing as
+/// it goes bounds that wait to about this much data, as Redis does for
+/// its own rewrites.
+const SYNC_EVERY: u64 = 4 << 20;
+
+/// The snapshot file, synced every [`SYNC_EVERY`] bytes.
+struct Syncing {
+    file: File,
+    unsynced: u64,
+}
+
+impl Write for Syncing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Writes the snapshot `<base>.snap` from `mem`, whose state includes every
 /// record of the segments before `base`, then removes those segments and
 /// older snapshots. Failures are logged: the older files stay, so a
@@ -57,7 +88,10 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
     let name = snapshot_name(base);
     let tmp = dir.join(format!("{name}.tmp"));
     let result = (|| {
-        let file = File::create(&tmp)?;
+        let file = Syncing {
+            file: File::create(&tmp)?,
+            unsynced: 0,
+        };
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&codec::file_header(codec::SNAPSHOT_MAGIC))?;
         // One entry encoded at a time: memory stays bounded whatever the
@@ -125,7 +159,7 @@ fn write_file(dir: &Path, mem: &MemoryStore, catalog: &Catalog, base: u64) -> io
         record.clear();
         codec::encode_end(&mut record, count);
         out.write_all(&record)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?.file;
         file.sync_all()?;
         fs::rename(&tmp, dir.join(&name))?;
         sync_dir(dir)?;
