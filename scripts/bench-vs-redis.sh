@@ -61,7 +61,8 @@
 #   SWEEP ["1 2 4 8 16 32 64 128"]  concurrencies of section 6
 #   SECTIONS ["1 2 3 4 5 6 7 8 9 10"]  which sections to run (11 only when named)
 #   PIN_CORES [unset]         set to 1 to run every server on CPU 0 and
-#                             kv-bench on CPU 1 (taskset): a core each
+#                             kv-bench on CPU 1 (taskset), and section 10's
+#                             open loop with --precise-start
 #   MIXED_DURATION [180s], MIXED_KEYS [20000], MIXED_TTL_MS [2000],
 #   MIXED_SNAPSHOT_BYTES [16777216], MIXED_SLOW_MS [20]: section 11
 #   EXPIRY_TTL_MS [20000]     section 9: earliest deadline, ms after writing starts
@@ -117,12 +118,16 @@ BENCH=$TARGET_DIR/release/kv-bench
 KV_SERVER=$TARGET_DIR/release/kv-server
 [[ -x $BENCH && -x $KV_SERVER ]] || die "$BENCH or $KV_SERVER is missing"
 # With PIN_CORES=1 the servers share CPU 0 and the load generator has CPU 1.
+# Open-loop runs then also start each operation on time to the µs
+# (kv-bench --precise-start spins its core through the last millisecond).
 SERVER_PIN=()
 BENCH_PIN=()
+PRECISE=()
 if [[ ${PIN_CORES:-} == 1 ]]; then
     command -v taskset >/dev/null || die "PIN_CORES=1 needs taskset (Debian: util-linux)"
     SERVER_PIN=(taskset -c 0)
     BENCH_PIN=(taskset -c 1)
+    PRECISE=(--precise-start)
 fi
 
 mkdir -p "$OUT_DIR"
@@ -503,7 +508,7 @@ if wants 10; then
                 rate=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ops_per_sec"] / 2)' \
                     "$OUT_DIR/10-$op-$system-peak-r$run.json")
                 bench "10-$op-$system-half-r$run" "$label" "${target[@]}" --workload $op --concurrency "$C" \
-                    --rate "$rate"
+                    --rate "$rate" "${PRECISE[@]}"
             done
         done
     done

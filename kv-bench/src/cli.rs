@@ -251,6 +251,15 @@ pub(crate) struct RunArgs {
     #[arg(long, value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,
 
+    /// With `--rate`: start each operation at its scheduled time to the
+    /// microsecond, by yielding through the last millisecond before it
+    /// instead of trusting the runtime's timer (whose 1 ms ticks start
+    /// operations up to 1 ms late, in bursts, and count that as latency).
+    /// Keeps the client's thread busy: give kv-bench a core of its own
+    /// (`taskset`).
+    #[arg(long, requires = "rate")]
+    pub(crate) precise_start: bool,
+
     /// kv project the keys live in (kv targets).
     #[arg(long, default_value = "bench")]
     pub(crate) project: String,

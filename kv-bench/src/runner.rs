@@ -216,6 +216,7 @@ pub(crate) async fn run(args: &RunArgs, conns: &[Conn], shared: Arc<Shared>) -> 
             rate,
             task: u64::from(task),
             tasks: u64::from(args.concurrency),
+            precise: args.precise_start,
         });
         tasks.push(tokio::spawn(async move {
             let counter = &counters[task as usize];
@@ -283,14 +284,41 @@ struct Schedule {
     rate: f64,
     task: u64,
     tasks: u64,
+    /// Yield through the last millisecond before each due time rather
+    /// than sleep to it (`--precise-start`).
+    precise: bool,
+}
+
+/// How far ahead of a due time a precise start stops sleeping: the timer
+/// wakes a task up to a tick (1 ms) late.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Waits until `due`: on the runtime's timer, or with `precise`, on the
+/// timer to within `TIMER_SLACK` and then by yielding to the other tasks
+/// until the clock passes `due`.
+async fn wait_until(due: Instant, precise: bool) {
+    if !precise {
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        return;
+    }
+    if let Some(early) = due.checked_sub(TIMER_SLACK)
+        && early > Instant::now()
+    {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Each task issues its operations when they are due, whether or not the
 /// server kept up, and measures each from when it was due: a stalled server
 /// shows up in the latency of every operation that waited behind it, not
 /// just one (no coordinated omission). Timers have millisecond granularity,
-/// so an operation may start up to ~1 ms after it was due; that lateness is
-/// part of its measured latency.
+/// so an operation may start up to ~1 ms after it was due, and that
+/// lateness is part of its measured latency, unless `--precise-start`.
 async fn open_loop(
     mut conn: Conn,
     shared: &Shared,
@@ -307,9 +335,7 @@ async fn open_loop(
         if due >= window.end {
             break;
         }
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
+        wait_until(due, schedule.precise).await;
         let op = generator.next_op();
         let result = conn.exec(&op, shared).await;
         let latency = due.elapsed();
