@@ -166,17 +166,15 @@ impl MemoryStore {
                 expires_at,
             } => {
                 let key: Arc<str> = key;
-                let block = Block::new(&key, &value, expires_at, version);
-                drop(value);
-                // The event shares the stored block's value instead of
-                // copying it (taken before the block moves into the map:
-                // looking the entry up again costs a shard lock and a hash,
-                // which a replay of millions of records feels), and only
-                // when the history records changes.
-                let shared = self
+                // The event's copy is taken before the value moves into the
+                // map (looking the entry up again costs a shard lock and a
+                // hash, which a replay of millions of records feels), and
+                // only when the history records changes.
+                let copy = self
                     .history
                     .recording()
-                    .then(|| Bytes::from_owner(ValueOf(block.clone())));
+                    .then(|| Bytes::copy_from_slice(&value));
+                let block = Block::new(&key, value, expires_at, version);
                 self.apply_set(project, ns, block);
                 // Published once the value is in place, so a watcher reading
                 // the key after the event sees at least this write.
@@ -184,7 +182,7 @@ impl MemoryStore {
                     version,
                     kind: EventKind::Set,
                     key: Arc::clone(&key),
-                    value: shared,
+                    value: copy,
                     expires_at,
                 });
                 Applied::default()

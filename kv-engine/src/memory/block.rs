@@ -1,17 +1,24 @@
-//! One stored entry in one heap block: a reference count, the entry's
-//! version and deadline, the key's length, then the key's bytes followed by
-//! the value's.
+//! One stored entry: a reference-counted block holding the entry's
+//! version, deadline and value (the value's own allocation, taken over from
+//! the write without a copy), followed by the key's bytes.
 //!
 //! A handle is one pointer wide. The namespace's map (or small list) and
 //! its ordered index hold handles to the same block, so a key is stored
-//! once and an entry costs one allocation: before, it took three (the key
-//! as an `Arc<str>`, shared by the map and the index, the value in a box of
-//! its own, and 40 bytes of metadata inline in a map slot that also held
-//! the key's 16-byte fat pointer).
+//! once. Before, an entry was the key as an `Arc<str>` (shared by the map
+//! and the index), the value in a box of its own, and 40 bytes of metadata
+//! inline in a map slot that also held the key's 16-byte fat pointer.
+//!
+//! The value stays in the box the write decoded (allocated on the thread
+//! that decoded the request) rather than being copied into the block on
+//! the log writer's thread: a copy would cost the single writer a memcpy
+//! per write, and an allocator with thread-local heaps (mimalloc) then
+//! holds every stored value in the writer's pages, interleaved with the
+//! change history's copies, which after a mass delete kept the resident
+//! memory well above the live heap (the memory-limit test saw it).
 //!
 //! A block never changes: an overwrite makes a new block and replaces the
-//! old one wherever it is held, so a reader holding a handle (a List page,
-//! a change event) keeps a consistent entry.
+//! old one wherever it is held, so a reader holding a handle (a List page)
+//! keeps a consistent entry.
 //!
 //! Handles hash, compare and order as their keys do as `str`, and borrow as
 //! `str`, so maps and sets of blocks are searched by `&str`.
@@ -27,13 +34,11 @@ use triomphe::ThinArc;
 
 use crate::Deadline;
 
-/// What a block holds beside its bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a block holds beside the key's bytes.
 struct Meta {
     version: u64,
     expires_at: Option<Deadline>,
-    /// Bytes of the key at the start of the slice; the value follows.
-    key_len: u32,
+    value: Box<[u8]>,
 }
 
 /// A handle to one stored entry (see the module documentation).
@@ -42,24 +47,18 @@ pub(super) struct Block(ThinArc<Meta, u8>);
 
 impl Block {
     /// A block holding `key` and `value`.
-    pub(super) fn new(key: &str, value: &[u8], expires_at: Option<Deadline>, version: u64) -> Self {
-        // Keys are bounded far below 4 GiB by the API (and the log's key
-        // length is a u32).
-        let key_len = u32::try_from(key.len()).unwrap_or(u32::MAX);
-        let key = &key.as_bytes()[..key_len as usize];
+    pub(super) fn new(
+        key: &str,
+        value: Box<[u8]>,
+        expires_at: Option<Deadline>,
+        version: u64,
+    ) -> Self {
         let meta = Meta {
             version,
             expires_at,
-            key_len,
+            value,
         };
-        let bytes = key.iter().chain(value).copied();
-        Self(ThinArc::from_header_and_iter(
-            meta,
-            Exact {
-                inner: bytes,
-                left: key.len() + value.len(),
-            },
-        ))
+        Self(ThinArc::from_header_and_slice(meta, key.as_bytes()))
     }
 
     fn meta(&self) -> &Meta {
@@ -67,18 +66,18 @@ impl Block {
     }
 
     fn key_bytes(&self) -> &[u8] {
-        &self.0.slice[..self.meta().key_len as usize]
+        &self.0.slice
     }
 
     /// The entry's key.
     pub(super) fn key(&self) -> &str {
-        // Built from a `str` (whole: its length fits the u32 checked above).
+        // Built from a `str`, whole.
         std::str::from_utf8(self.key_bytes()).expect("a block's key is the str it was built from")
     }
 
     /// The entry's value, encoded.
     pub(super) fn value(&self) -> &[u8] {
-        &self.0.slice[self.meta().key_len as usize..]
+        &self.meta().value
     }
 
     /// The version that wrote the entry.
@@ -93,7 +92,7 @@ impl Block {
 
     /// Bytes of key and value: what the entry counts in a project's usage.
     pub(super) fn size(&self) -> usize {
-        self.0.slice.len()
+        self.key_bytes().len() + self.value().len()
     }
 
     /// Whether the entry is still live at `now` (unix ms).
@@ -107,29 +106,6 @@ impl Block {
         std::ptr::eq(self.0.slice.as_ptr(), other.0.slice.as_ptr())
     }
 }
-
-/// Key bytes then value bytes, with the exact length the block's
-/// allocation is sized by (a `Chain` does not report one).
-struct Exact<I> {
-    inner: I,
-    left: usize,
-}
-
-impl<I: Iterator<Item = u8>> Iterator for Exact<I> {
-    type Item = u8;
-
-    fn next(&mut self) -> Option<u8> {
-        let next = self.inner.next()?;
-        self.left -= 1;
-        Some(next)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
-}
-
-impl<I: Iterator<Item = u8>> ExactSizeIterator for Exact<I> {}
 
 impl Borrow<str> for Block {
     fn borrow(&self) -> &str {
@@ -171,16 +147,6 @@ impl fmt::Debug for Block {
     }
 }
 
-/// The value of a block as the owner of a [`bytes::Bytes`]: a change event
-/// shares the stored block instead of copying the value.
-pub(super) struct ValueOf(pub(super) Block);
-
-impl AsRef<[u8]> for ValueOf {
-    fn as_ref(&self) -> &[u8] {
-        self.0.value()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -191,15 +157,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn holds_key_value_and_meta_in_one_thin_handle() {
+    fn holds_key_value_and_meta_behind_one_thin_handle() {
         assert_eq!(size_of::<Block>(), size_of::<usize>());
-        let b = Block::new("key", b"\x20\x01", Deadline::at(7), 3);
+        let b = Block::new("key", b"\x20\x01"[..].into(), Deadline::at(7), 3);
         assert_eq!(
             (b.key(), b.value(), b.version(), b.expires_at(), b.size()),
             ("key", &b"\x20\x01"[..], 3, Deadline::at(7), 5)
         );
         assert!(b.is_live(6) && !b.is_live(7));
-        let empty = Block::new("", b"", None, 0);
+        let empty = Block::new("", Box::default(), None, 0);
         assert_eq!(
             (empty.key(), empty.value(), empty.size()),
             ("", &b""[..], 0)
@@ -211,19 +177,19 @@ mod tests {
     fn hashes_compares_and_orders_as_its_key() {
         let hasher = ahash::RandomState::new();
         for key in ["", "a", "ab", "é", "zz"] {
-            let b = Block::new(key, b"v", None, 1);
+            let b = Block::new(key, b"v"[..].into(), None, 1);
             assert_eq!(hasher.hash_one(&b), hasher.hash_one(key));
         }
         let set: HashSet<Block> = ["a", "b"]
             .into_iter()
-            .map(|k| Block::new(k, b"v", None, 1))
+            .map(|k| Block::new(k, b"v"[..].into(), None, 1))
             .collect();
         assert!(set.contains("a") && !set.contains("c"));
         // Another value under the same key is the same element.
-        assert!(set.contains(&Block::new("b", b"other", None, 2)));
+        assert!(set.contains(&Block::new("b", b"other"[..].into(), None, 2)));
         let tree: BTreeSet<Block> = ["b", "a", "ab", "B"]
             .into_iter()
-            .map(|k| Block::new(k, b"", None, 1))
+            .map(|k| Block::new(k, Box::default(), None, 1))
             .collect();
         let keys: Vec<&str> = tree.iter().map(Block::key).collect();
         assert_eq!(keys, ["B", "a", "ab", "b"]);
@@ -232,13 +198,5 @@ mod tests {
             .map(Block::key)
             .collect();
         assert_eq!(from_a, ["a", "ab", "b"]);
-    }
-
-    #[test]
-    fn a_shared_value_outlives_the_stored_handle() {
-        let b = Block::new("k", b"value", None, 1);
-        let shared = bytes::Bytes::from_owner(ValueOf(b.clone()));
-        drop(b);
-        assert_eq!(&shared[..], b"value");
     }
 }

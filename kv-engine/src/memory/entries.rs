@@ -358,7 +358,7 @@ mod tests {
     use super::*;
 
     fn entry(key: &str, version: u64) -> Block {
-        Block::new(key, b"\x20\x01", None, version)
+        Block::new(key, b"\x20\x01"[..].into(), None, version)
     }
 
     fn keys(entries: &Entries) -> Vec<String> {

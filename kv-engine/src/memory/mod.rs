@@ -6,10 +6,10 @@
 //! from key to entry. Reads take one shard read lock of one project; projects
 //! never share a map, so one tenant's hot keys do not contend with another's.
 //!
-//! An entry is one heap block (`block`): its key, its value as canonical
-//! encoded `google.protobuf.Value` bytes, its version and its deadline as a
-//! [`crate::Deadline`] (absolute unix ms); the map holds one-pointer handles
-//! to the blocks. Every
+//! An entry is a block (`block`): its key, its version, its deadline as a
+//! [`crate::Deadline`] (absolute unix ms) and its value as canonical encoded
+//! `google.protobuf.Value` bytes (in the box the write decoded); the map
+//! holds one-pointer handles to the blocks. Every
 //! read compares the deadline with the clock, so an expired key is invisible
 //! at once. Memory is reclaimed by [`MemoryStore::purge_expired`], run by the
 //! server's expiry task: an expiry index orders `(deadline, project, key)`
@@ -78,7 +78,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use block::{Block, ValueOf};
+use block::Block;
 pub use expiry::ExpiryTask;
 use expiry::{Due, ExpiryIndex, ExpiryRecord};
 use hash::MapHasher;

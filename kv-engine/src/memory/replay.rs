@@ -315,8 +315,7 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
     match set {
         Some((value, expires_at)) => {
             let added = (key.len() + value.len()) as u64;
-            let block = Block::new(&key, &value, expires_at, version);
-            drop(value);
+            let block = Block::new(&key, value, expires_at, version);
             let mut gone = 0;
             // During a load (always, for a recovery's replay) the index is
             // built from the map afterwards: nothing to record.
