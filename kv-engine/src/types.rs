@@ -280,9 +280,10 @@ impl Default for Settings {
 
 /// A write, as the resulting state it leaves behind.
 ///
-/// Keys are `Arc<str>`: the same allocation then serves the map, the ordered
-/// index, the expiry index and change events, from decode (or evaluation)
-/// to memory, with no copy.
+/// Keys are `Arc<str>`: the same allocation serves the log record and the
+/// change event, from decode (or evaluation) on, with no copy. The memory
+/// store keeps key, value and metadata together in one block of its own
+/// (see `memory::block`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
     /// `key` now holds `value`, expiring at `expires_at` (unix ms), or never

@@ -174,7 +174,8 @@ impl MemoryStore {
                     .history
                     .recording()
                     .then(|| Bytes::copy_from_slice(&value));
-                self.apply_set(project, ns, Arc::clone(&key), value, expires_at, version);
+                let block = Block::new(&key, value, expires_at, version);
+                self.apply_set(project, ns, block);
                 // Published once the value is in place, so a watcher reading
                 // the key after the event sees at least this write.
                 ns.hub.publish(version, settings, &self.history, || Event {
@@ -224,32 +225,25 @@ impl MemoryStore {
         applied
     }
 
-    pub(super) fn apply_set(
-        &self,
-        project: &ProjectName,
-        ns: &Namespace,
-        key: Arc<str>,
-        value: Box<[u8]>,
-        expires_at: Option<Deadline>,
-        version: u64,
-    ) {
-        let added = key.len() + value.len();
-        let entry = StoredEntry {
-            value,
-            expires_at,
-            version,
-        };
+    pub(super) fn apply_set(&self, project: &ProjectName, ns: &Namespace, block: Block) {
+        let added = block.size();
+        let expires_at = block.expires_at();
+        // Lock order in every callback: map shard, then the order index or
+        // an expiry shard (readers of the index never wait for a shard
+        // while holding it).
         let replaced = ns.entries.upsert(
-            key,
-            entry,
-            |key, old| {
-                self.account(ns, -1, key.len() + old.value.len(), false);
-                self.move_deadline(project, key, old.expires_at, expires_at);
+            block,
+            |old, new| {
+                self.account(ns, -1, old.size(), false);
+                self.move_deadline(project, new.key(), old.expires_at(), expires_at);
+                // The index holds the old block (a small namespace's list
+                // has no index): replaced, or it would keep the old value.
+                if ns.entries.is_big() {
+                    self.change_order(ns, OrderChange::Put(new.clone()));
+                }
             },
-            |key| self.move_deadline(project, key, None, expires_at),
-            // Lock order: map shard, then the order index (readers of the
-            // index never wait for a shard while holding it).
-            |key| self.change_order(ns, OrderChange::Insert(Arc::clone(key))),
+            |new| self.move_deadline(project, new.key(), None, expires_at),
+            |new| self.change_order(ns, OrderChange::Put(new.clone())),
         );
         self.account(ns, 1, added, !replaced);
     }
@@ -260,7 +254,7 @@ impl MemoryStore {
     pub(super) fn move_deadline(
         &self,
         project: &ProjectName,
-        key: &Arc<str>,
+        key: &str,
         old: Option<Deadline>,
         new: Option<Deadline>,
     ) {
@@ -312,16 +306,16 @@ impl MemoryStore {
         let mut live = false;
         // The predicate runs under the shard's write lock: the index is
         // updated there so no concurrent set of the key can slip between.
-        ns.entries.remove_if(key, |key, entry| {
+        ns.entries.remove_if(key, |entry| {
             live = entry.is_live(now);
             if indexed {
-                self.expiry.forget(project, key, entry.expires_at);
+                self.expiry.forget(project, key, entry.expires_at());
             }
-            self.account(ns, -1, key.len() + entry.value.len(), true);
+            self.account(ns, -1, entry.size(), true);
             // A small namespace's keys are not in the index (see
             // `entries`); only the writer, this thread, moves them there.
             if ns.entries.is_big() {
-                self.change_order(ns, OrderChange::Remove(Arc::clone(key)));
+                self.change_order(ns, OrderChange::Remove(entry.clone()));
             }
             true
         });
@@ -332,10 +326,10 @@ impl MemoryStore {
         let mut live = 0;
         // retain write-locks one shard (or the small list) at a time; other
         // readers go on meanwhile.
-        ns.entries.retain(|key, entry| {
+        ns.entries.retain(|entry| {
             live += u64::from(entry.is_live(now));
-            self.expiry.forget(project, key, entry.expires_at);
-            self.account(ns, -1, key.len() + entry.value.len(), true);
+            self.expiry.forget(project, entry.key(), entry.expires_at());
+            self.account(ns, -1, entry.size(), true);
             false
         });
         if ns.entries.is_big() {

@@ -19,35 +19,22 @@
 
 use std::{
     ops::Deref,
-    sync::{Arc, LazyLock, OnceLock, RwLock, RwLockReadGuard},
+    sync::{LazyLock, OnceLock, RwLock, RwLockReadGuard},
 };
 
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry, mapref::one::Ref};
 
+pub(super) use super::block::Block;
 use super::{
     hash::MapHasher,
     locks::{read_lock, write_lock},
 };
-use crate::Deadline;
 
 /// Keys a namespace keeps in its list; the next one moves them all to a
 /// sharded map. A search of the list compares 16-bit tags of the keys'
 /// hashes, one cache line for all of them, and looks at a key only when
 /// its tag matches; past this many keys a sharded map is cheaper.
 pub(super) const SMALL_KEYS: usize = 16;
-
-/// One entry as the map holds it.
-pub(super) struct StoredEntry {
-    pub(super) value: Box<[u8]>,
-    pub(super) expires_at: Option<Deadline>,
-    pub(super) version: u64,
-}
-
-impl StoredEntry {
-    pub(super) fn is_live(&self, now: u64) -> bool {
-        self.expires_at.is_none_or(|d| !d.passed(now))
-    }
-}
 
 /// The list: the tag of `slots[i]`'s key in `tags[i]`. The tags live in
 /// the namespace itself (32 bytes, about what a vector of them would cost
@@ -56,7 +43,7 @@ impl StoredEntry {
 #[derive(Default)]
 pub(super) struct Small {
     tags: [u16; SMALL_KEYS],
-    slots: Vec<(Arc<str>, StoredEntry)>,
+    slots: Vec<Block>,
 }
 
 /// Hashes keys into tags; seeded at random, like the maps' hasher, so no
@@ -76,14 +63,14 @@ impl Small {
             .enumerate()
             .filter(|(_, t)| **t == tag)
             .map(|(at, _)| at)
-            .find(|at| *self.slots[*at].0 == *key)
+            .find(|at| self.slots[*at].key() == key)
     }
 
     fn len(&self) -> usize {
         self.slots.len()
     }
 
-    fn push(&mut self, key: Arc<str>, entry: StoredEntry) {
+    fn push(&mut self, block: Block) {
         // Grown one slot at a time at first: a project of one key holds
         // one slot, not the four a doubling vector starts with.
         let len = self.slots.len();
@@ -91,8 +78,8 @@ impl Small {
             let more = len.clamp(1, SMALL_KEYS - len);
             self.slots.reserve_exact(more);
         }
-        self.tags[len] = tag(&key);
-        self.slots.push((key, entry));
+        self.tags[len] = tag(block.key());
+        self.slots.push(block);
     }
 
     fn swap_remove(&mut self, at: usize) {
@@ -101,11 +88,10 @@ impl Small {
         self.shrink();
     }
 
-    fn retain(&mut self, mut f: impl FnMut(&Arc<str>, &mut StoredEntry) -> bool) {
+    fn retain(&mut self, mut f: impl FnMut(&Block) -> bool) {
         let mut at = 0;
         while at < self.slots.len() {
-            let (key, entry) = &mut self.slots[at];
-            if f(key, entry) {
+            if f(&self.slots[at]) {
                 at += 1;
             } else {
                 self.tags[at] = self.tags[self.slots.len() - 1];
@@ -123,7 +109,8 @@ impl Small {
     }
 }
 
-type Big = DashMap<Arc<str>, StoredEntry, MapHasher>;
+/// Blocks by key: a slot is one handle (8 bytes) and nothing else.
+type Big = DashMap<Block, (), MapHasher>;
 
 /// A namespace's entries by key.
 pub(super) struct Entries {
@@ -136,16 +123,16 @@ pub(super) struct Entries {
 /// A read-locked entry.
 pub(super) enum EntryRef<'a> {
     Small(RwLockReadGuard<'a, Small>, usize),
-    Big(Ref<'a, Arc<str>, StoredEntry>),
+    Big(Ref<'a, Block, ()>),
 }
 
 impl Deref for EntryRef<'_> {
-    type Target = StoredEntry;
+    type Target = Block;
 
-    fn deref(&self) -> &StoredEntry {
+    fn deref(&self) -> &Block {
         match self {
-            Self::Small(list, at) => &list.slots[*at].1,
-            Self::Big(entry) => entry.value(),
+            Self::Small(list, at) => &list.slots[*at],
+            Self::Big(entry) => entry.key(),
         }
     }
 }
@@ -192,8 +179,8 @@ impl Entries {
     /// they are a sharded map: read the ordered index then.
     pub(super) fn sorted_small<T>(
         &self,
-        mut pick: impl FnMut(&Arc<str>, &StoredEntry) -> Option<T>,
-    ) -> Option<Vec<(Arc<str>, T)>> {
+        mut pick: impl FnMut(&Block) -> Option<T>,
+    ) -> Option<Vec<(Block, T)>> {
         if self.is_big() {
             return None;
         }
@@ -201,10 +188,10 @@ impl Entries {
         if self.is_big() {
             return None;
         }
-        let mut picked: Vec<(Arc<str>, T)> = list
+        let mut picked: Vec<(Block, T)> = list
             .slots
             .iter()
-            .filter_map(|(key, entry)| pick(key, entry).map(|t| (Arc::clone(key), t)))
+            .filter_map(|block| pick(block).map(|t| (block.clone(), t)))
             .collect();
         drop(list);
         picked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -227,10 +214,9 @@ impl Entries {
         Some(EntryRef::Small(list, at))
     }
 
-    /// Generic, as the sharded map's: callers holding an `Arc<str>` pass
-    /// `&**key`.
-    pub(super) fn contains_key<Q: AsRef<str> + ?Sized>(&self, key: &Q) -> bool {
-        self.get(key.as_ref()).is_some()
+    #[cfg(test)]
+    pub(super) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
     }
 
     pub(super) fn len(&self) -> usize {
@@ -248,57 +234,58 @@ impl Entries {
     /// sharded map: one shard (or the list) is read-locked at a time.
     pub(super) fn try_for_each<E>(
         &self,
-        mut f: impl FnMut(&Arc<str>, &StoredEntry) -> Result<(), E>,
+        mut f: impl FnMut(&Block) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.big().is_none() {
             let list = read_lock(&self.small);
             if self.big().is_none() {
-                return list.slots.iter().try_for_each(|(key, entry)| f(key, entry));
+                return list.slots.iter().try_for_each(&mut f);
             }
         }
         let big = self.big().expect("set before the list was found empty");
-        big.iter().try_for_each(|e| f(e.key(), e.value()))
+        big.iter().try_for_each(|e| f(e.key()))
     }
 
-    /// Stores `entry` under `key`. Before the entry changes, under the lock
-    /// that guards it: `replaced` sees the entry it replaces, or
-    /// `inserted` the key of a new one, and `indexed` every key that enters
-    /// the sharded map (a new key there, or each key the move to it takes
-    /// along). Returns whether it replaced an entry.
+    /// Stores `block` under its key, in place of the block held there if
+    /// any (the whole block: a map that kept its old key would keep the
+    /// old block). Before the entry changes, under the lock that guards it:
+    /// `replaced` sees the block it replaces and the new one, or
+    /// `inserted` a new one, and `indexed` every block that enters the
+    /// sharded map as a new key (a new key there, or each block the move to
+    /// it takes along). Returns whether it replaced an entry.
     pub(super) fn upsert(
         &self,
-        key: Arc<str>,
-        entry: StoredEntry,
-        replaced: impl FnOnce(&Arc<str>, &StoredEntry),
-        inserted: impl FnOnce(&Arc<str>),
-        mut indexed: impl FnMut(&Arc<str>),
+        block: Block,
+        replaced: impl FnOnce(&Block, &Block),
+        inserted: impl FnOnce(&Block),
+        mut indexed: impl FnMut(&Block),
     ) -> bool {
         if let Some(big) = self.big() {
-            return upsert_big(big, key, entry, replaced, inserted, indexed);
+            return upsert_big(big, block, replaced, inserted, indexed);
         }
         let mut list = write_lock(&self.small);
         if let Some(big) = self.big() {
             drop(list);
-            return upsert_big(big, key, entry, replaced, inserted, indexed);
+            return upsert_big(big, block, replaced, inserted, indexed);
         }
-        if let Some(at) = list.position(&key) {
+        if let Some(at) = list.position(block.key()) {
             let slot = &mut list.slots[at];
-            replaced(&slot.0, &slot.1);
-            slot.1 = entry;
+            replaced(slot, &block);
+            *slot = block;
             return true;
         }
-        inserted(&key);
+        inserted(&block);
         if list.len() < SMALL_KEYS {
-            list.push(key, entry);
+            list.push(block);
             return false;
         }
         let big = Big::with_capacity_and_hasher(2 * SMALL_KEYS, MapHasher::default());
-        for (k, e) in std::mem::take(&mut *list).slots {
-            indexed(&k);
-            big.insert(k, e);
+        for b in std::mem::take(&mut *list).slots {
+            indexed(&b);
+            big.insert(b, ());
         }
-        indexed(&key);
-        big.insert(key, entry);
+        indexed(&block);
+        big.insert(block, ());
         if self.big.set(Box::new(big)).is_err() {
             unreachable!("only the list's write lock holder sets the map, once");
         }
@@ -307,24 +294,19 @@ impl Entries {
 
     /// Removes the entry under `key` if `f` (called under its lock) says
     /// so; returns whether it did.
-    pub(super) fn remove_if(
-        &self,
-        key: &str,
-        f: impl FnOnce(&Arc<str>, &StoredEntry) -> bool,
-    ) -> bool {
+    pub(super) fn remove_if(&self, key: &str, f: impl FnOnce(&Block) -> bool) -> bool {
         if let Some(big) = self.big() {
-            return big.remove_if(key, f).is_some();
+            return big.remove_if(key, |b, ()| f(b)).is_some();
         }
         let mut list = write_lock(&self.small);
         if let Some(big) = self.big() {
             drop(list);
-            return big.remove_if(key, f).is_some();
+            return big.remove_if(key, |b, ()| f(b)).is_some();
         }
         let Some(at) = list.position(key) else {
             return false;
         };
-        let (k, e) = &list.slots[at];
-        if !f(k, e) {
+        if !f(&list.slots[at]) {
             return false;
         }
         list.swap_remove(at);
@@ -332,7 +314,7 @@ impl Entries {
     }
 
     /// Keeps the entries `f` (called under their lock) says to keep.
-    pub(super) fn retain(&self, mut f: impl FnMut(&Arc<str>, &mut StoredEntry) -> bool) {
+    pub(super) fn retain(&self, mut f: impl FnMut(&Block) -> bool) {
         if self.big().is_none() {
             let mut list = write_lock(&self.small);
             if self.big().is_none() {
@@ -341,28 +323,31 @@ impl Entries {
             }
         }
         let big = self.big().expect("set before the list was found empty");
-        big.retain(|key, entry| f(key, entry));
+        big.retain(|block, ()| f(block));
     }
 }
 
 fn upsert_big(
     big: &Big,
-    key: Arc<str>,
-    entry: StoredEntry,
-    replaced: impl FnOnce(&Arc<str>, &StoredEntry),
-    inserted: impl FnOnce(&Arc<str>),
-    mut indexed: impl FnMut(&Arc<str>),
+    block: Block,
+    replaced: impl FnOnce(&Block, &Block),
+    inserted: impl FnOnce(&Block),
+    indexed: impl FnOnce(&Block),
 ) -> bool {
-    match big.entry(key) {
-        MapEntry::Occupied(mut slot) => {
-            replaced(slot.key(), slot.get());
-            slot.insert(entry);
+    // The entry keeps the new block until it is placed, out of reach.
+    let new = block.clone();
+    match big.entry(block) {
+        MapEntry::Occupied(slot) => {
+            replaced(slot.key(), &new);
+            // Puts the entry's new key (the new block) in the slot; an
+            // insert would keep the old one.
+            slot.replace_entry(());
             true
         }
         MapEntry::Vacant(slot) => {
             inserted(slot.key());
             indexed(slot.key());
-            slot.insert(entry);
+            slot.insert(());
             false
         }
     }
@@ -372,19 +357,15 @@ fn upsert_big(
 mod tests {
     use super::*;
 
-    fn entry(version: u64) -> StoredEntry {
-        StoredEntry {
-            value: vec![0x20, 0x01].into(),
-            expires_at: None,
-            version,
-        }
+    fn entry(key: &str, version: u64) -> Block {
+        Block::new(key, b"\x20\x01"[..].into(), None, version)
     }
 
     fn keys(entries: &Entries) -> Vec<String> {
         let mut keys = Vec::new();
         entries
-            .try_for_each(|k, _| {
-                keys.push(k.to_string());
+            .try_for_each(|b| {
+                keys.push(b.key().to_string());
                 Ok::<_, ()>(())
             })
             .unwrap();
@@ -400,11 +381,10 @@ mod tests {
         for i in 0..n {
             let (mut was_replaced, mut was_inserted) = (false, false);
             let replaced = entries.upsert(
-                format!("k{i:02}").into(),
-                entry(i),
+                entry(&format!("k{i:02}"), i),
                 |_, _| was_replaced = true,
                 |_| was_inserted = true,
-                |k| index.push(k.to_string()),
+                |b| index.push(b.key().to_string()),
             );
             assert!(!replaced && !was_replaced && was_inserted);
             assert_eq!(entries.is_big(), i >= SMALL_KEYS as u64);
@@ -417,16 +397,18 @@ mod tests {
         assert_eq!(index, keys(&entries));
         for i in 0..n {
             let mut old = None;
+            let new = entry(&format!("k{i:02}"), 100 + i);
             let replaced = entries.upsert(
-                format!("k{i:02}").into(),
-                entry(100 + i),
-                |_, e| old = Some(e.version),
+                new.clone(),
+                |o, n| old = Some((o.version(), n.version())),
                 |_| panic!("not new"),
                 |_| panic!("not new"),
             );
             assert!(replaced);
-            assert_eq!(old, Some(i));
-            assert_eq!(entries.get(&format!("k{i:02}")).unwrap().version, 100 + i);
+            assert_eq!(old, Some((i, 100 + i)));
+            // The whole block is replaced, key included: the map holds the
+            // new one, and the old one is no longer held.
+            assert!(entries.get(&format!("k{i:02}")).unwrap().ptr_eq(&new));
         }
         assert_eq!(keys(&entries).len() as u64, n);
         assert!(entries.get("k99").is_none());
@@ -437,26 +419,20 @@ mod tests {
         for n in [SMALL_KEYS as u64, 2 * SMALL_KEYS as u64] {
             let entries = Entries::new();
             for i in 0..n {
-                entries.upsert(
-                    format!("k{i:02}").into(),
-                    entry(i),
-                    |_, _| {},
-                    |_| {},
-                    |_| {},
-                );
+                entries.upsert(entry(&format!("k{i:02}"), i), |_, _| {}, |_| {}, |_| {});
             }
-            assert!(!entries.remove_if("k00", |_, _| false));
+            assert!(!entries.remove_if("k00", |_| false));
             assert!(entries.contains_key("k00"));
-            assert!(entries.remove_if("k00", |k, e| &**k == "k00" && e.version == 0));
+            assert!(entries.remove_if("k00", |b| b.key() == "k00" && b.version() == 0));
             assert!(!entries.contains_key("k00"));
-            assert!(!entries.remove_if("k00", |_, _| true));
-            entries.retain(|_, e| e.version % 2 == 1);
+            assert!(!entries.remove_if("k00", |_| true));
+            entries.retain(|b| b.version() % 2 == 1);
             let odd: Vec<String> = (0..n)
                 .filter(|i| i % 2 == 1)
                 .map(|i| format!("k{i:02}"))
                 .collect();
             assert_eq!(keys(&entries), odd);
-            entries.retain(|_, _| false);
+            entries.retain(|_| false);
             assert_eq!(entries.len(), 0);
         }
     }
@@ -465,28 +441,28 @@ mod tests {
     fn a_small_list_sorts_what_it_picks_and_a_big_map_does_not_answer() {
         let entries = Entries::new();
         for key in ["c", "a", "d", "b"] {
-            entries.upsert(key.into(), entry(0), |_, _| {}, |_| {}, |_| {});
+            entries.upsert(entry(key, 0), |_, _| {}, |_| {}, |_| {});
         }
         let picked = entries
-            .sorted_small(|k, e| (&**k != "c").then_some(e.version))
+            .sorted_small(|b| (b.key() != "c").then_some(b.version()))
             .unwrap();
-        let keys: Vec<&str> = picked.iter().map(|(k, _)| &**k).collect();
+        let keys: Vec<&str> = picked.iter().map(|(b, _)| b.key()).collect();
         assert_eq!(keys, ["a", "b", "d"]);
         for i in 0..SMALL_KEYS {
-            entries.upsert(format!("x{i}").into(), entry(0), |_, _| {}, |_| {}, |_| {});
+            entries.upsert(entry(&format!("x{i}"), 0), |_, _| {}, |_| {}, |_| {});
         }
         assert!(entries.is_big());
-        assert!(entries.sorted_small(|_, _| Some(())).is_none());
+        assert!(entries.sorted_small(|_| Some(())).is_none());
     }
 
     #[test]
     fn a_walk_stops_at_the_first_failure() {
         let entries = Entries::new();
         for i in 0..3 {
-            entries.upsert(format!("k{i}").into(), entry(i), |_, _| {}, |_| {}, |_| {});
+            entries.upsert(entry(&format!("k{i}"), i), |_, _| {}, |_| {}, |_| {});
         }
         let mut seen = 0;
-        let failed = entries.try_for_each(|_, _| {
+        let failed = entries.try_for_each(|_| {
             seen += 1;
             if seen == 2 { Err("stop") } else { Ok(()) }
         });

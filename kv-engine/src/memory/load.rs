@@ -40,39 +40,31 @@ impl OrderBuild {
         }
     }
 
-    /// The namespace's keys as of the end of its load, in order. Only
-    /// the gathering and the install take the index's lock; sorting (the
-    /// slow part) holds nothing, so writers go on meanwhile.
-    pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Arc<str>> {
-        let (mut keys, mut removed) = match &mut *write_lock(&ns.order) {
-            OrderIndex::Building(pending) => (
-                std::mem::take(&mut pending.loaded),
-                std::mem::take(&mut pending.removed),
-            ),
-            OrderIndex::Ready(_) => return BTreeSet::new(),
-        };
-        // The map yields keys unordered: an unstable sort is the fastest
-        // way to order them, and a BTreeSet collected from sorted keys is
-        // built in one linear pass.
-        keys.sort_unstable();
-        keys.dedup();
-        if !removed.is_empty() {
-            removed.sort_unstable();
-            removed.dedup();
-            // A key removed during the load may have been added again. The
-            // map is asked now, not as of the load's end: a change since
-            // then is also queued in `changes`, and the install replays
-            // it over whatever was seen here.
-            keys.retain(|key| {
-                removed.binary_search(key).is_err() || ns.entries.contains_key(&**key)
-            });
+    /// The namespace's blocks, in key order, read from its map after the
+    /// load. Nothing but the map's shards (one at a time) is locked, so
+    /// writers go on meanwhile: the walk is fuzzy, but every change since
+    /// the load ended is also queued in `changes`, and the install replays
+    /// those over whatever the walk saw (each leaves its key as the last
+    /// change made it).
+    pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Block> {
+        if matches!(&*read_lock(&ns.order), OrderIndex::Ready(_)) {
+            return BTreeSet::new();
         }
-        keys.into_iter().collect()
+        let mut blocks = Vec::with_capacity(ns.entries.len());
+        let _ = ns.entries.try_for_each(|block| {
+            blocks.push(block.clone());
+            Ok::<_, std::convert::Infallible>(())
+        });
+        // The map yields keys unordered, each once: an unstable sort is
+        // the fastest way to order them, and a BTreeSet collected from
+        // sorted keys is built in one linear pass.
+        blocks.sort_unstable();
+        blocks.into_iter().collect()
     }
 
     /// Replays the changes queued since the load onto `tree` and makes it
     /// the namespace's index.
-    pub(super) fn install(ns: &Namespace, mut tree: BTreeSet<Arc<str>>) {
+    pub(super) fn install(ns: &Namespace, mut tree: BTreeSet<Block>) {
         {
             let mut order = write_lock(&ns.order);
             if let OrderIndex::Building(pending) = &mut *order {
@@ -133,11 +125,6 @@ impl MemoryStore {
         let mut ns = Namespace::new(loading, base);
         if loading && let Some(&keys) = lock(&self.expected).get(project) {
             ns.entries = super::entries::Entries::with_capacity(keys);
-            if let OrderIndex::Building(pending) =
-                ns.order.get_mut().unwrap_or_else(|p| p.into_inner())
-            {
-                pending.loaded.reserve_exact(keys);
-            }
         }
         ns
     }
@@ -162,7 +149,7 @@ impl MemoryStore {
             .filter_map(|(project, ns)| {
                 let loaded = match &*read_lock(&ns.order) {
                     OrderIndex::Ready(_) => return None,
-                    OrderIndex::Building(pending) => pending.loaded.len(),
+                    OrderIndex::Building(_) => ns.entries.len(),
                 };
                 Some((loaded, project, ns))
             })

@@ -6,8 +6,10 @@
 //! from key to entry. Reads take one shard read lock of one project; projects
 //! never share a map, so one tenant's hot keys do not contend with another's.
 //!
-//! An entry stores its value as canonical encoded `google.protobuf.Value`
-//! bytes and its deadline as a [`crate::Deadline`] (absolute unix ms). Every
+//! An entry is a block (`block`): its key, its version, its deadline as a
+//! [`crate::Deadline`] (absolute unix ms) and its value as canonical encoded
+//! `google.protobuf.Value` bytes (in the box the write decoded); the map
+//! holds one-pointer handles to the blocks. Every
 //! read compares the deadline with the clock, so an expired key is invisible
 //! at once. Memory is reclaimed by [`MemoryStore::purge_expired`], run by the
 //! server's expiry task: an expiry index orders `(deadline, project, key)`
@@ -18,7 +20,7 @@
 //! shard. Keys without a TTL never touch the index.
 //!
 //! Beside the map, each namespace keeps its keys in a `BTreeSet` for
-//! ordered listing (sharing the key allocation with the map), its version
+//! ordered listing (of the map's own blocks, so a key is stored once), its version
 //! counter, the outcomes of recent request ids, and its change history
 //! ([`super::watch`]). All writes are applied by one thread at a time (the
 //! log writer, or the store's write lock when used alone), so these
@@ -59,6 +61,7 @@ use crate::project::ProjectName;
 // never imported by it), so no two files import each other.
 mod alone;
 mod apply;
+mod block;
 mod entries;
 pub(crate) mod expiry;
 mod hash;
@@ -75,12 +78,13 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use block::Block;
 pub use expiry::ExpiryTask;
 use expiry::{Due, ExpiryIndex, ExpiryRecord};
 use hash::MapHasher;
 use locks::{lock, read_lock, write_lock};
 pub use namespace::Usage;
-use namespace::{Meta, Namespace, StoredEntry};
+use namespace::{Meta, Namespace};
 use order::{OrderChange, OrderIndex};
 use requests::Remembered;
 
@@ -112,8 +116,8 @@ pub struct MemoryStore {
     /// What all projects' change histories hold together.
     history: Budget,
     /// While a recovery loads, the ordered key indexes are not kept up to
-    /// date key by key; each namespace gathers its keys unordered, to be
-    /// sorted once by an `OrderBuild`.
+    /// date key by key: an `OrderBuild` sorts each namespace's blocks once,
+    /// read from its map after the load.
     loading: AtomicBool,
     /// Serialises writes when the store is used alone (the durable store's
     /// writer thread is the only writer and does not take it).
@@ -297,9 +301,9 @@ impl MemoryStore {
         let ns = self.namespace(project)?;
         let entry = ns.entries.get(key)?;
         Some(Meta {
-            expires_at: entry.expires_at,
-            version: entry.version,
-            size: (key.len() + entry.value.len()) as u64,
+            expires_at: entry.expires_at(),
+            version: entry.version(),
+            size: entry.size() as u64,
         })
     }
 
@@ -307,14 +311,14 @@ impl MemoryStore {
     pub(crate) fn value(&self, project: &ProjectName, key: &str) -> Option<Bytes> {
         let ns = self.namespace(project)?;
         let entry = ns.entries.get(key)?;
-        Some(Bytes::copy_from_slice(&entry.value))
+        Some(Bytes::copy_from_slice(entry.value()))
     }
 
     /// Live keys of `project` at `now`.
     pub(crate) fn live_count(&self, project: &ProjectName, now: u64) -> u64 {
         self.namespace(project).map_or(0, |ns| {
             let mut live = 0;
-            let _ = ns.entries.try_for_each(|_, e| {
+            let _ = ns.entries.try_for_each(|e| {
                 live += u64::from(e.is_live(now));
                 Ok::<_, std::convert::Infallible>(())
             });
@@ -392,7 +396,7 @@ impl MemoryStore {
     pub fn stored_size(&self, project: &ProjectName, key: &str) -> Option<u64> {
         let ns = self.namespace(project)?;
         let entry = ns.entries.get(key)?;
-        Some((key.len() + entry.value.len()) as u64)
+        Some(entry.size() as u64)
     }
 
     /// The absolute deadline (unix ms) of a TTL starting now.
@@ -434,12 +438,14 @@ impl MemoryStore {
     /// output arrives at the exact state.
     ///
     /// `f` is never called with a lock of the map held: the walk takes a
-    /// namespace's keys first (a reference count each), then copies each
-    /// entry out under its own short lookup. A snapshot's `f` writes a file,
-    /// and a write can wait on the filesystem's journal for as long as
-    /// someone's fsync takes; under a shard's lock that wait would stall the
-    /// log writer (and so every write) behind it. The keys cost 16 bytes
-    /// each of the largest namespace, for the walk's duration.
+    /// namespace's entries first (a reference count each: an entry's block
+    /// never changes, so each is a consistent copy), then calls `f` with
+    /// them. A snapshot's `f` writes a file, and a write can wait on the
+    /// filesystem's journal for as long as someone's fsync takes; under a
+    /// shard's lock that wait would stall the log writer (and so every
+    /// write) behind it. The handles cost 8 bytes each of the largest
+    /// namespace for the walk's duration, and a value overwritten during
+    /// the walk lives until the walk has passed it.
     ///
     /// # Errors
     ///
@@ -449,33 +455,29 @@ impl MemoryStore {
         mut f: impl FnMut(&ProjectName, &str, &[u8], Option<Deadline>, u64) -> Result<(), E>,
     ) -> Result<u64, E> {
         let mut count = 0;
-        let mut keys: Vec<Arc<str>> = Vec::new();
-        let mut value = Vec::new();
+        let mut entries: Vec<Block> = Vec::new();
         for (project, ns) in self.live_namespaces() {
-            keys.clear();
-            keys.reserve(ns.entries.len());
-            let _ = ns.entries.try_for_each(|key, _| {
-                keys.push(Arc::clone(key));
+            entries.clear();
+            entries.reserve(ns.entries.len());
+            let _ = ns.entries.try_for_each(|entry| {
+                entries.push(entry.clone());
                 Ok::<(), std::convert::Infallible>(())
             });
-            for key in keys.drain(..) {
+            for entry in entries.drain(..) {
                 // A deletion during the walk: the rest of it is skipped.
                 if ns.deleted.load(Ordering::Relaxed) {
                     break;
                 }
-                // Gone since the keys were taken: its removal is in the log
-                // after the walk began.
-                let Some(entry) = ns.entries.get(&key) else {
-                    continue;
-                };
-                value.clear();
-                value.extend_from_slice(&entry.value);
-                let (expires_at, version) = (entry.expires_at, entry.version);
-                drop(entry);
-                f(&project, &key, &value, expires_at, version)?;
+                f(
+                    &project,
+                    entry.key(),
+                    entry.value(),
+                    entry.expires_at(),
+                    entry.version(),
+                )?;
                 count += 1;
             }
-            keys.shrink_to(1024);
+            entries.shrink_to(1024);
         }
         Ok(count)
     }

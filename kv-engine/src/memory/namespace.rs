@@ -8,7 +8,6 @@ use std::{
     },
 };
 
-pub(super) use super::entries::StoredEntry;
 use super::{
     entries::Entries,
     order::{Built, OrderIndex},

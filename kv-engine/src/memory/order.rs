@@ -3,14 +3,19 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Condvar, Mutex},
+    sync::{Condvar, Mutex},
 };
 
-use super::locks::lock;
+use super::{entries::Block, locks::lock};
 
 /// A namespace's ordered keys, or what will make them.
+///
+/// The index holds the map's own blocks (one pointer each), ordered by
+/// key: no second copy of a key. A block replaced in the map is replaced
+/// here too, under the key's lock, so the index never keeps an old value
+/// alive.
 pub(super) enum OrderIndex {
-    Ready(BTreeSet<Arc<str>>),
+    Ready(BTreeSet<Block>),
     /// Boxed: only namespaces created during a recovery have one, and
     /// inline it would make every namespace three vectors larger.
     Building(Box<Pending>),
@@ -18,48 +23,44 @@ pub(super) enum OrderIndex {
 
 impl OrderIndex {
     /// Records a change of the key set. `loading`: the store is still
-    /// recovering, so nothing but the builder will read the change.
+    /// recovering; the build reads the map as the load left it, so a
+    /// change during the load needs no record.
     pub(super) fn change(&mut self, change: OrderChange, loading: bool) {
         match (self, loading) {
-            (Self::Ready(tree), _) => match change {
-                OrderChange::Insert(key) => {
-                    tree.insert(key);
-                }
-                OrderChange::Remove(key) => {
-                    tree.remove(&key);
-                }
-                OrderChange::Clear => tree.clear(),
-            },
-            (Self::Building(pending), true) => match change {
-                OrderChange::Insert(key) => pending.loaded.push(key),
-                OrderChange::Remove(key) => pending.removed.push(key),
-                OrderChange::Clear => {
-                    pending.loaded.clear();
-                    pending.removed.clear();
-                }
-            },
+            (Self::Ready(tree), _) => apply(tree, change),
+            (Self::Building(_), true) => {}
             (Self::Building(pending), false) => pending.changes.push(change),
         }
+    }
+}
+
+fn apply(tree: &mut BTreeSet<Block>, change: OrderChange) {
+    match change {
+        OrderChange::Put(block) => {
+            // `replace`, not `insert`: an insert of a present key would
+            // keep the old block (and its value).
+            tree.replace(block);
+        }
+        OrderChange::Remove(block) => {
+            tree.remove(&block);
+        }
+        OrderChange::Clear => tree.clear(),
     }
 }
 
 /// Key-set changes waiting for an index being built.
 #[derive(Default)]
 pub(super) struct Pending {
-    /// Keys added during the load, unordered, a key again each time it
-    /// was added anew.
-    pub(super) loaded: Vec<Arc<str>>,
-    /// Keys removed during the load: those of `loaded` the map must be
-    /// asked about (a key never removed is still there).
-    pub(super) removed: Vec<Arc<str>>,
     /// Changes since the load ended, in the order they were applied, to be
     /// replayed onto the built tree.
     pub(super) changes: Vec<OrderChange>,
 }
 
 pub(super) enum OrderChange {
-    Insert(Arc<str>),
-    Remove(Arc<str>),
+    /// The block now held under its key: a new key, or a new block for a
+    /// key already indexed.
+    Put(Block),
+    Remove(Block),
     Clear,
 }
 

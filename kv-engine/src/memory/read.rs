@@ -27,10 +27,10 @@ impl MemoryStore {
             value: if keys_only {
                 Bytes::new()
             } else {
-                Bytes::copy_from_slice(&entry.value)
+                Bytes::copy_from_slice(entry.value())
             },
-            version: entry.version,
-            expires_at: entry.expires_at,
+            version: entry.version(),
+            expires_at: entry.expires_at(),
         })
     }
 
@@ -80,9 +80,10 @@ impl MemoryStore {
         let prefix = query.prefix.as_str();
         // A small namespace has no ordered index: its few keys are sorted
         // here.
-        let small = ns.entries.sorted_small(|key, entry| {
+        let small = ns.entries.sorted_small(|entry| {
+            let key = entry.key();
             let after_start = if query.start_after.as_str() >= prefix {
-                **key > *query.start_after
+                key > query.start_after.as_str()
             } else {
                 true
             };
@@ -90,15 +91,21 @@ impl MemoryStore {
                 value: if query.keys_only {
                     Bytes::new()
                 } else {
-                    Bytes::copy_from_slice(&entry.value)
+                    Bytes::copy_from_slice(entry.value())
                 },
-                version: entry.version,
-                expires_at: entry.expires_at,
+                version: entry.version(),
+                expires_at: entry.expires_at(),
             })
         });
-        if let Some(mut entries) = small {
-            let more = entries.len() > limit;
-            entries.truncate(limit);
+        if let Some(mut picked) = small {
+            let more = picked.len() > limit;
+            picked.truncate(limit);
+            // A page's keys are the API's `Arc<str>`s: made for the page
+            // (the store keeps each key only in its entry's block).
+            let entries = picked
+                .into_iter()
+                .map(|(block, entry)| (Arc::from(block.key()), entry))
+                .collect();
             return ListPage {
                 entries,
                 more,
@@ -106,18 +113,18 @@ impl MemoryStore {
             };
         }
         let mut entries = Vec::new();
-        let mut after: Option<Arc<str>> = None;
+        let mut after: Option<Block> = None;
         let mut more = false;
         'pages: loop {
             // Collect candidates under the order lock, then read them with it
             // released: the lock is never held while waiting for a map shard.
-            let candidates: Vec<Arc<str>> = {
+            let candidates: Vec<Block> = {
                 let order = read_lock(&ns.order);
                 let OrderIndex::Ready(order) = &*order else {
                     unreachable!("the index was built before the lock was taken")
                 };
                 let start = match &after {
-                    Some(key) => Bound::Excluded(&**key),
+                    Some(block) => Bound::Excluded(block.key()),
                     None if query.start_after.as_str() >= prefix => {
                         Bound::Excluded(query.start_after.as_str())
                     }
@@ -125,21 +132,23 @@ impl MemoryStore {
                 };
                 order
                     .range::<str, _>((start, Bound::Unbounded))
-                    .take_while(|key| key.starts_with(prefix))
+                    .take_while(|block| block.key().starts_with(prefix))
                     .take(limit + 1 - entries.len())
                     .cloned()
                     .collect()
             };
             let exhausted = candidates.len() < limit + 1 - entries.len();
-            for key in candidates {
-                if let Some(entry) = Self::read_entry(&ns, &key, now, query.keys_only) {
+            for block in candidates {
+                // Read from the map, not the candidate's block: a write
+                // since the candidates were taken is seen, as before.
+                if let Some(entry) = Self::read_entry(&ns, block.key(), now, query.keys_only) {
                     if entries.len() == limit {
                         more = true;
                         break 'pages;
                     }
-                    entries.push((Arc::clone(&key), entry));
+                    entries.push((Arc::from(block.key()), entry));
                 }
-                after = Some(key);
+                after = Some(block);
             }
             if exhausted {
                 break;

@@ -315,25 +315,23 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
     match set {
         Some((value, expires_at)) => {
             let added = (key.len() + value.len()) as u64;
-            let entry = StoredEntry {
-                value,
-                expires_at,
-                version,
-            };
+            let block = Block::new(&key, value, expires_at, version);
             let mut gone = 0;
-            let order = &mut held.order;
+            // During a load (always, for a recovery's replay) the index is
+            // built from the map afterwards: nothing to record.
+            // Only a map's namespace reaches a worker: new or replacing,
+            // the block goes into the index.
+            let indexed = (!mem.loading()).then(|| block.clone());
             let replaced = ns.entries.upsert(
-                key,
-                entry,
-                |key, old| {
-                    gone = (key.len() + old.value.len()) as u64;
-                    mem.move_deadline(project, key, old.expires_at, expires_at);
+                block,
+                |old, _| {
+                    gone = old.size() as u64;
+                    mem.move_deadline(project, &key, old.expires_at(), expires_at);
                 },
-                |key| mem.move_deadline(project, key, None, expires_at),
-                // Only a map's namespace reaches a worker: this is a new
-                // key of the map.
-                |key| order.push(OrderChange::Insert(Arc::clone(key))),
+                |_| mem.move_deadline(project, &key, None, expires_at),
+                |_| {},
             );
+            held.order.extend(indexed.map(OrderChange::Put));
             held.bytes = held.bytes.wrapping_sub(gone);
             if !replaced {
                 held.keys = held.keys.wrapping_add(1);
@@ -342,19 +340,17 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
         }
         None => {
             let mut removed = None;
-            ns.entries.remove_if(&key, |key, entry| {
-                removed = Some((
-                    Arc::clone(key),
-                    entry.expires_at,
-                    key.len() + entry.value.len(),
-                ));
+            ns.entries.remove_if(&key, |block| {
+                removed = Some(block.clone());
                 true
             });
-            if let Some((key, expires_at, bytes)) = removed {
-                mem.expiry.forget(project, &key, expires_at);
-                held.bytes = held.bytes.wrapping_sub(bytes as u64);
+            if let Some(block) = removed {
+                mem.expiry.forget(project, &key, block.expires_at());
+                held.bytes = held.bytes.wrapping_sub(block.size() as u64);
                 held.keys = held.keys.wrapping_sub(1);
-                held.order.push(OrderChange::Remove(key));
+                if !mem.loading() {
+                    held.order.push(OrderChange::Remove(block));
+                }
             }
         }
     }
@@ -370,11 +366,6 @@ fn hand_over(mem: &MemoryStore, held: &mut Vec<Held>) {
         if !held.order.is_empty() {
             let loading = mem.loading();
             let mut order = write_lock(&ns.order);
-            if let OrderIndex::Building(pending) = &mut *order {
-                // At most this many more keys: one allocation, not a
-                // doubling per worker's share.
-                pending.loaded.reserve_exact(held.order.len());
-            }
             for change in held.order {
                 order.change(change, loading);
             }

@@ -43,12 +43,23 @@ fn ns(store: &MemoryStore) -> Arc<Namespace> {
 fn index_and_map(store: &MemoryStore) -> (Vec<String>, Vec<String>) {
     let ns = ns(store);
     let index: Vec<String> = match &*read_lock(&ns.order) {
-        OrderIndex::Ready(tree) => tree.iter().map(|k| k.to_string()).collect(),
+        OrderIndex::Ready(tree) => {
+            // The index holds the map's own blocks, never an overwritten
+            // one (which would keep its old value alive).
+            for block in tree {
+                let held = ns.entries.get(block.key());
+                assert!(
+                    held.is_some_and(|held| held.ptr_eq(block)),
+                    "the index holds a block the map does not: {block:?}"
+                );
+            }
+            tree.iter().map(|b| b.key().to_string()).collect()
+        }
         OrderIndex::Building(_) => panic!("index not installed"),
     };
     let mut map: Vec<String> = Vec::new();
-    let _ = ns.entries.try_for_each(|k, _| {
-        map.push(k.to_string());
+    let _ = ns.entries.try_for_each(|b| {
+        map.push(b.key().to_string());
         Ok::<_, ()>(())
     });
     map.sort_unstable();
@@ -128,9 +139,9 @@ fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
         assert_eq!(index, map, "seed {seed}");
         let now = clock.now_ms();
         let mut live = BTreeSet::new();
-        let _ = ns.entries.try_for_each(|k, e| {
+        let _ = ns.entries.try_for_each(|e| {
             if e.is_live(now) {
-                live.insert(k.to_string());
+                live.insert(e.key().to_string());
             }
             Ok::<_, ()>(())
         });
