@@ -118,33 +118,53 @@ impl MemoryStore {
         }
         let ns = self.namespace_or_create(project);
         let _exclusive = write_lock(&ns.consistency);
+        // The run's events are published together once its entries are
+        // gone (one history lock and one wake-up, not one per key), so a
+        // watcher reading a key after its event still finds it gone.
+        let mut events = Vec::with_capacity(expiries.len());
+        let mut newest = 0;
         for versioned in expiries {
             let Versioned {
                 version,
                 mutation: Mutation::Expire { key },
             } = versioned
             else {
+                // Anything else publishes itself: the events before it go
+                // first, so the history stays in version order.
+                self.publish_expired(&ns, &mut events, &mut newest);
                 self.apply_in(project, &ns, versioned);
                 continue;
             };
             let version = match version {
-                0 => ns.version.load(Ordering::Acquire) + 1,
+                0 => ns.version.load(Ordering::Acquire).max(newest) + 1,
                 v => v,
             };
             // A record left behind (the key was deleted and set again with
             // the same deadline meanwhile) is dropped by a later take: its
             // expiry finds no entry with that deadline.
             self.remove_entry(project, &ns, &key, self.clock.now_ms(), false);
-            ns.hub
-                .publish(version, &self.settings, &self.history, || Event {
-                    version,
-                    kind: EventKind::Expired,
-                    key,
-                    value: None,
-                    expires_at: None,
-                });
-            ns.version.fetch_max(version, Ordering::AcqRel);
+            events.push(Event {
+                version,
+                kind: EventKind::Expired,
+                key,
+                value: None,
+                expires_at: None,
+            });
+            newest = newest.max(version);
         }
+        self.publish_expired(&ns, &mut events, &mut newest);
+    }
+
+    /// Publishes the expiries applied so far as one run and makes the
+    /// newest of them the namespace's version.
+    fn publish_expired(&self, ns: &Namespace, events: &mut Vec<Event>, newest: &mut u64) {
+        if events.is_empty() {
+            return;
+        }
+        ns.hub
+            .publish_many(events.drain(..), &self.settings, &self.history);
+        ns.version.fetch_max(*newest, Ordering::AcqRel);
+        *newest = 0;
     }
 
     pub(super) fn apply_in(

@@ -134,3 +134,64 @@ async fn a_full_queue_share_of_large_batches_does_not_hold_back_other_projects()
     );
     assert!(!order.contains(&"a-refused"));
 }
+
+/// A client write to the project of a mass expiry waits behind the few
+/// expiry steps in flight, not behind the whole expiry: it is answered
+/// while most of the 100 000 due keys are still there.
+#[tokio::test]
+async fn a_client_write_is_answered_during_a_mass_expiry() {
+    const KEYS: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        fsync: super::FsyncPolicy::Never,
+        snapshot_min_log_bytes: u64::MAX,
+        ..LogOptions::default()
+    };
+    let clock = Arc::new(crate::ManualClock::new(1_000));
+    let store = Arc::new(DurableStore::open(dir.path(), options, clock.clone()).unwrap());
+    let p = ProjectName::parse("p").unwrap();
+    for chunk in 0..KEYS / 1000 {
+        let ops = (0..1000)
+            .map(|i| Op::Set {
+                key: format!("k{:06}", chunk * 1000 + i).into(),
+                value: string_value(8),
+                ttl: Ttl::After(10),
+            })
+            .collect();
+        let txn = Txn {
+            ops,
+            ..Txn::op(Op::Clear)
+        };
+        store.submit(&p, txn).await.unwrap();
+    }
+    assert_eq!(store.memory().stored_entries(), KEYS);
+    clock.advance(20);
+
+    let task =
+        crate::memory::ExpiryTask::spawn(Arc::clone(&store), std::time::Duration::from_millis(1));
+    let started = std::time::Instant::now();
+    while store.memory().stored_entries() == KEYS {
+        assert!(started.elapsed().as_secs() < 30, "the expiry never began");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.submit(&p, set("client", 8)),
+    )
+    .await
+    .expect("the client write is answered")
+    .unwrap();
+    let left = store.memory().stored_entries();
+    assert!(
+        left > KEYS / 2,
+        "the client write waited for the expiry: {left} entries left"
+    );
+    while store.memory().stored_entries() > 1 {
+        assert!(started.elapsed().as_secs() < 120, "the expiry never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    task.stop().await;
+    assert!(store.has(&p, "client").await.unwrap());
+    assert_eq!(store.memory().stored_entries(), 1);
+    store.close().await.unwrap();
+}

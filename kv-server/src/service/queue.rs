@@ -237,12 +237,25 @@ impl<T> Sender<T> {
         bytes: usize,
         memory: Option<&MemoryBudget>,
     ) -> Result<(), Refused<T>> {
+        // Behind at the limit: no more copies for it to hold.
+        let lagging = || memory.is_some_and(MemoryBudget::over_limit) && self.queued_bytes() > 0;
+        // Room now (the usual case): no waiter is registered, which costs
+        // the space notifier's lock twice per event and a mass expiry's
+        // watch sends a million events.
+        if lagging() {
+            return Err(Refused::Lagging(item));
+        }
+        match self.try_push(item, bytes)? {
+            None => return Ok(()),
+            Some(back) => item = back,
+        }
         loop {
             let space = self.shared.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            // Behind at the limit: no more copies for it to hold.
-            if memory.is_some_and(MemoryBudget::over_limit) && self.queued_bytes() > 0 {
+            // Tried again once registered, so room made meanwhile is not
+            // missed.
+            if lagging() {
                 return Err(Refused::Lagging(item));
             }
             match self.try_push(item, bytes)? {
@@ -261,7 +274,7 @@ impl<T> Sender<T> {
             tokio::select! {
                 () = space => {}
                 () = pressured => {
-                    if memory.is_some_and(MemoryBudget::over_limit) && self.queued_bytes() > 0 {
+                    if lagging() {
                         return Err(Refused::Lagging(item));
                     }
                 }
