@@ -44,7 +44,7 @@ impl OrderBuild {
     /// the gathering and the install take the index's lock; sorting (the
     /// slow part) holds nothing, so writers go on meanwhile.
     pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Arc<str>> {
-        let (mut keys, mut removed) = match &mut *write_lock(&ns.order) {
+        let (mut keys, mut removed) = match &mut *write_lock(&ns.cold().order) {
             OrderIndex::Building(pending) => (
                 std::mem::take(&mut pending.loaded),
                 std::mem::take(&mut pending.removed),
@@ -74,7 +74,7 @@ impl OrderBuild {
     /// the namespace's index.
     pub(super) fn install(ns: &Namespace, mut tree: BTreeSet<Arc<str>>) {
         {
-            let mut order = write_lock(&ns.order);
+            let mut order = write_lock(&ns.cold().order);
             if let OrderIndex::Building(pending) = &mut *order {
                 let mut ready = OrderIndex::Ready(std::mem::take(&mut tree));
                 for change in pending.changes.drain(..) {
@@ -83,7 +83,7 @@ impl OrderBuild {
                 *order = ready;
             }
         }
-        ns.built.set();
+        ns.cold().built.set();
     }
 }
 
@@ -133,9 +133,7 @@ impl MemoryStore {
         let mut ns = Namespace::new(loading, base);
         if loading && let Some(&keys) = lock(&self.expected).get(project) {
             ns.entries = super::entries::Entries::with_capacity(keys);
-            if let OrderIndex::Building(pending) =
-                ns.order.get_mut().unwrap_or_else(|p| p.into_inner())
-            {
+            if let OrderIndex::Building(pending) = &mut *write_lock(&ns.cold().order) {
                 pending.loaded.reserve_exact(keys);
             }
         }
@@ -160,7 +158,8 @@ impl MemoryStore {
             .namespaces()
             .into_iter()
             .filter_map(|(project, ns)| {
-                let loaded = match &*read_lock(&ns.order) {
+                let cold = ns.cold_if_made()?;
+                let loaded = match &*read_lock(&cold.order) {
                     OrderIndex::Ready(_) => return None,
                     OrderIndex::Building(pending) => pending.loaded.len(),
                 };
@@ -191,16 +190,16 @@ impl MemoryStore {
 
     /// Records a change of `ns`'s key set in its ordered index.
     pub(super) fn change_order(&self, ns: &Namespace, change: OrderChange) {
-        write_lock(&ns.order).change(change, self.loading());
+        write_lock(&ns.cold().order).change(change, self.loading());
     }
 
     /// Waits until `project`'s ordered index is ready (it is being built
     /// after a recovery), without blocking the thread.
     pub(crate) async fn order_ready(&self, project: &ProjectName) {
         if let Some(ns) = self.namespace(project)
-            && !ns.built.is_set()
+            && !ns.order_built()
         {
-            ns.built.wait_async().await;
+            ns.cold().built.wait_async().await;
         }
     }
 }

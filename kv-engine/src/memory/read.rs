@@ -72,8 +72,8 @@ impl MemoryStore {
         let limit = query.limit.max(1);
         // Before the consistency lock: the builder's install must not wait
         // for this reader. Once ready, an index stays ready.
-        if !ns.built.is_set() {
-            ns.built.wait();
+        if !ns.order_built() {
+            ns.cold().built.wait();
         }
         let _consistent = read_lock(&ns.consistency);
         let version = ns.version.load(Ordering::Acquire);
@@ -112,7 +112,7 @@ impl MemoryStore {
             // Collect candidates under the order lock, then read them with it
             // released: the lock is never held while waiting for a map shard.
             let candidates: Vec<Arc<str>> = {
-                let order = read_lock(&ns.order);
+                let order = read_lock(&ns.cold().order);
                 let OrderIndex::Ready(order) = &*order else {
                     unreachable!("the index was built before the lock was taken")
                 };
