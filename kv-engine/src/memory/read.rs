@@ -16,6 +16,49 @@ impl MemoryStore {
         Self::read_entry(&ns, key, now, false)
     }
 
+    /// The live entry under `key` if `project` is incarnation
+    /// `incarnation` (the outer `None` when it is not), with one lookup of
+    /// the project: the namespace read is the one whose incarnation is
+    /// compared, so a successor's entry is never answered.
+    pub fn entry_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Option<Option<Entry>> {
+        self.read_in(project, incarnation, |ns, now| {
+            Self::read_entry(ns, key, now, false)
+        })
+        .map(Option::flatten)
+    }
+
+    /// Whether `key` is live, as [`Self::entry_in`].
+    pub fn has_in(&self, project: &ProjectName, incarnation: u64, key: &str) -> Option<bool> {
+        self.read_in(project, incarnation, |ns, now| {
+            ns.entries.get(key).is_some_and(|e| e.is_live(now))
+        })
+        .map(|found| found.unwrap_or(false))
+    }
+
+    /// `read` of `project`'s namespace if it is incarnation `incarnation`
+    /// (`Some(None)`: it has none, and a namespace made now would be it).
+    fn read_in<T>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        read: impl FnOnce(&Namespace, u64) -> T,
+    ) -> Option<Option<T>> {
+        let now = self.clock.now_ms();
+        // Read under the shard guard, without cloning the namespace's Arc
+        // (a count shared by every reader of a hot project). Nothing that
+        // holds a lock of the entries takes a projects shard, so the
+        // guard cannot be waited on in a cycle.
+        if let Some(ns) = self.projects.get(project) {
+            return (ns.incarnation == incarnation).then(|| Some(read(&ns, now)));
+        }
+        (self.incarnation(project) == incarnation).then_some(None)
+    }
+
     pub(super) fn read_entry(
         ns: &Namespace,
         key: &str,
