@@ -391,6 +391,10 @@ fn the_cold_part_is_made_only_when_used() {
         set(&store, &format!("k{i}"), None);
     }
     assert!(ns(&store).cold_if_made().is_some());
-    let page = store.list_now(&project(), &ListQuery::default());
+    let query = ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let page = store.list_now(&project(), &query);
     assert_eq!(page.entries.len(), entries::SMALL_KEYS + 2);
 }
