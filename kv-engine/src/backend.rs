@@ -45,6 +45,53 @@ pub trait Backend: Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<Option<Entry>, EngineError>> + Send;
 
+    /// [`Backend::get`] of a call admitted to incarnation `incarnation` of
+    /// `project`: `None` when the project is no longer that incarnation
+    /// (deleted, or created again), so nothing of a successor is answered.
+    ///
+    /// The default reads, then compares the incarnation; a backend that
+    /// can tell which incarnation it read from answers with one lookup of
+    /// the project.
+    ///
+    /// ```
+    /// use kv_engine::{Backend, memory::MemoryStore};
+    /// use kv_engine::project::ProjectName;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// store.set(&p, "k", b"\x08\x00".to_vec().into(), None).await.unwrap();
+    /// assert!(store.get_in(&p, 0, "k").await.unwrap().unwrap().is_some());
+    /// store.delete_project(&p);
+    /// assert_eq!(store.get_in(&p, 0, "k").await.unwrap(), None);
+    /// # });
+    /// ```
+    fn get_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Option<Entry>>, EngineError>> + Send {
+        async move {
+            let entry = self.get(project, key).await?;
+            Ok((self.incarnation(project) == incarnation).then_some(entry))
+        }
+    }
+
+    /// [`Backend::has`] of a call admitted to incarnation `incarnation`,
+    /// as [`Backend::get_in`]: `None` when the project is no longer it.
+    fn has_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<bool>, EngineError>> + Send {
+        async move {
+            let exists = self.has(project, key).await?;
+            Ok((self.incarnation(project) == incarnation).then_some(exists))
+        }
+    }
+
     /// The live entries under `keys`, in order, as of one moment (no
     /// transaction is seen half applied).
     fn get_many(

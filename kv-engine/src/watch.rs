@@ -79,6 +79,14 @@ impl Event {
     }
 }
 
+/// What holds a project's history: its watchers keep it alive, so a
+/// history can live inline in its owner (the namespace) instead of in an
+/// allocation of its own.
+pub(crate) trait HubOwner: Send + Sync + 'static {
+    /// The history.
+    fn hub(&self) -> &Hub;
+}
+
 /// A project's history and its watchers.
 pub(crate) struct Hub {
     state: Mutex<History>,
@@ -331,28 +339,28 @@ impl Hub {
         }
     }
 
-    /// Starts a watcher after `from` (default: now; 0: the incarnation's
-    /// first change) on the project incarnation whose versions start after
-    /// `incarnation`.
+    /// Starts a watcher of `owner`'s history after `from` (default: now;
+    /// 0: the incarnation's first change) on the project incarnation whose
+    /// versions start after `incarnation`.
     pub(crate) fn subscribe(
-        self: &Arc<Self>,
+        owner: Arc<dyn HubOwner>,
         target: WatchTarget,
         from: Option<u64>,
         incarnation: u64,
     ) -> Result<Subscription, WatchError> {
-        let h = self.lock();
-        let cursor = start_cursor(from, incarnation, h.floor, h.last)?;
-        // Made and subscribed to under the lock (see `wake`).
-        let latest = self
-            .latest
-            .get_or_init(|| tokio::sync::watch::Sender::new(h.last))
-            .subscribe();
-        drop(h);
+        let (cursor, latest) = {
+            let hub = owner.hub();
+            let h = hub.lock();
+            let cursor = start_cursor(from, incarnation, h.floor, h.last)?;
+            // Made and subscribed to under the lock (see `wake`).
+            let latest = hub
+                .latest
+                .get_or_init(|| tokio::sync::watch::Sender::new(h.last))
+                .subscribe();
+            (cursor, latest)
+        };
         Ok(Subscription {
-            source: Source::Hub {
-                hub: Arc::clone(self),
-                latest,
-            },
+            source: Source::Hub { owner, latest },
             target,
             cursor,
             incarnation,
@@ -436,7 +444,7 @@ pub struct Subscription {
 enum Source {
     /// This process's history of the project.
     Hub {
-        hub: Arc<Hub>,
+        owner: Arc<dyn HubOwner>,
         latest: tokio::sync::watch::Receiver<u64>,
     },
     /// A task reading another store's change feed: every change in
@@ -506,8 +514,8 @@ impl Subscription {
     ///
     /// [`Lagged`] when the history no longer holds what follows the cursor.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Arc<Event>>, Lagged> {
-        let (hub, latest) = match &mut self.source {
-            Source::Hub { hub, latest } => (hub, latest),
+        let (owner, latest) = match &mut self.source {
+            Source::Hub { owner, latest } => (owner, latest),
             Source::Feed { feed, left } => {
                 return next_from_feed(feed, left, &self.target, &mut self.cursor, max).await;
             }
@@ -518,7 +526,7 @@ impl Subscription {
             latest.borrow_and_update();
             let mut out = Vec::new();
             {
-                let h = hub.lock();
+                let h = owner.hub().lock();
                 if h.closed {
                     return Err(Lagged::Deleted);
                 }

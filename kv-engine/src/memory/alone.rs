@@ -79,6 +79,24 @@ impl Backend for MemoryStore {
         Ok(self.has_now(project, key))
     }
 
+    async fn get_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Result<Option<Option<Entry>>, EngineError> {
+        Ok(self.entry_in(project, incarnation, key))
+    }
+
+    async fn has_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Result<Option<bool>, EngineError> {
+        Ok(MemoryStore::has_in(self, project, incarnation, key))
+    }
+
     async fn list(
         &self,
         project: &ProjectName,

@@ -32,7 +32,9 @@ impl MemoryStore {
             let _exclusive = write_lock(&ns.consistency);
             self.apply_clear(project, &ns, now)
         };
-        *lock(&ns.requests) = None;
+        if let Some(cold) = ns.cold_if_made() {
+            *lock(&cold.requests) = None;
+        }
         ns.hub.close(&self.history);
         Applied { removed }
     }

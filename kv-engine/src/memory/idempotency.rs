@@ -11,7 +11,7 @@ impl MemoryStore {
         now: u64,
     ) -> Option<Remembered> {
         let ns = self.namespace(project)?;
-        let table = lock(&ns.requests);
+        let table = lock(&ns.cold_if_made()?.requests);
         table
             .as_ref()?
             .by_id
@@ -31,12 +31,9 @@ impl MemoryStore {
             return;
         }
         let ns = self.namespace_or_create(project);
-        lock(&ns.requests).get_or_insert_with(Box::default).insert(
-            id,
-            remembered,
-            now,
-            &self.settings,
-        );
+        lock(&ns.cold().requests)
+            .get_or_insert_with(Box::default)
+            .insert(id, remembered, now, &self.settings);
     }
 
     /// Calls `f` with every remembered request id still in its window.
@@ -48,7 +45,10 @@ impl MemoryStore {
         for (project, ns) in self.live_namespaces() {
             // Copied out first: `f` writes a file, and the writer must not
             // wait on that to remember a new request of this project.
-            let live: Vec<(Arc<str>, Remembered)> = lock(&ns.requests)
+            let Some(cold) = ns.cold_if_made() else {
+                continue;
+            };
+            let live: Vec<(Arc<str>, Remembered)> = lock(&cold.requests)
                 .iter()
                 .flat_map(|table| table.by_id.iter())
                 .filter(|(_, r)| r.at.saturating_add(self.settings.idempotency_window_ms) > now)

@@ -47,7 +47,7 @@ impl OrderBuild {
     /// those over whatever the walk saw (each leaves its key as the last
     /// change made it).
     pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Block> {
-        if matches!(&*read_lock(&ns.order), OrderIndex::Ready(_)) {
+        if matches!(&*read_lock(&ns.cold().order), OrderIndex::Ready(_)) {
             return BTreeSet::new();
         }
         let mut blocks = Vec::with_capacity(ns.entries.len());
@@ -66,7 +66,7 @@ impl OrderBuild {
     /// the namespace's index.
     pub(super) fn install(ns: &Namespace, mut tree: BTreeSet<Block>) {
         {
-            let mut order = write_lock(&ns.order);
+            let mut order = write_lock(&ns.cold().order);
             if let OrderIndex::Building(pending) = &mut *order {
                 let mut ready = OrderIndex::Ready(std::mem::take(&mut tree));
                 for change in pending.changes.drain(..) {
@@ -75,7 +75,7 @@ impl OrderBuild {
                 *order = ready;
             }
         }
-        ns.built.set();
+        ns.cold().built.set();
     }
 }
 
@@ -147,7 +147,8 @@ impl MemoryStore {
             .namespaces()
             .into_iter()
             .filter_map(|(project, ns)| {
-                let loaded = match &*read_lock(&ns.order) {
+                let cold = ns.cold_if_made()?;
+                let loaded = match &*read_lock(&cold.order) {
                     OrderIndex::Ready(_) => return None,
                     OrderIndex::Building(_) => ns.entries.len(),
                 };
@@ -178,16 +179,16 @@ impl MemoryStore {
 
     /// Records a change of `ns`'s key set in its ordered index.
     pub(super) fn change_order(&self, ns: &Namespace, change: OrderChange) {
-        write_lock(&ns.order).change(change, self.loading());
+        write_lock(&ns.cold().order).change(change, self.loading());
     }
 
     /// Waits until `project`'s ordered index is ready (it is being built
     /// after a recovery), without blocking the thread.
     pub(crate) async fn order_ready(&self, project: &ProjectName) {
         if let Some(ns) = self.namespace(project)
-            && !ns.built.is_set()
+            && !ns.order_built()
         {
-            ns.built.wait_async().await;
+            ns.cold().built.wait_async().await;
         }
     }
 }

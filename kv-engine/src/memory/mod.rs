@@ -52,7 +52,7 @@ use dashmap::DashMap;
 use super::{
     Applied, Backend, Clock, Deadline, EngineError, Entry, ListPage, ListQuery, Mutation, Settings,
     SystemClock, Txn, TxnOutcome, Versioned, WatchError, WatchTarget,
-    watch::{Budget, Event, EventKind, Subscription},
+    watch::{Budget, Event, EventKind, Hub, Subscription},
 };
 use crate::project::ProjectName;
 
@@ -292,7 +292,8 @@ impl MemoryStore {
         from_version: Option<u64>,
     ) -> Result<Subscription, WatchError> {
         let ns = self.namespace_or_create(project);
-        ns.hub.subscribe(target, from_version, ns.incarnation)
+        let incarnation = ns.incarnation;
+        Hub::subscribe(ns, target, from_version, incarnation)
     }
 
     /// The state of `key` for the transaction evaluator: dead entries

@@ -16,6 +16,49 @@ impl MemoryStore {
         Self::read_entry(&ns, key, now, false)
     }
 
+    /// The live entry under `key` if `project` is incarnation
+    /// `incarnation` (the outer `None` when it is not), with one lookup of
+    /// the project: the namespace read is the one whose incarnation is
+    /// compared, so a successor's entry is never answered.
+    pub fn entry_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Option<Option<Entry>> {
+        self.read_in(project, incarnation, |ns, now| {
+            Self::read_entry(ns, key, now, false)
+        })
+        .map(Option::flatten)
+    }
+
+    /// Whether `key` is live, as [`Self::entry_in`].
+    pub fn has_in(&self, project: &ProjectName, incarnation: u64, key: &str) -> Option<bool> {
+        self.read_in(project, incarnation, |ns, now| {
+            ns.entries.get(key).is_some_and(|e| e.is_live(now))
+        })
+        .map(|found| found.unwrap_or(false))
+    }
+
+    /// `read` of `project`'s namespace if it is incarnation `incarnation`
+    /// (`Some(None)`: it has none, and a namespace made now would be it).
+    fn read_in<T>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        read: impl FnOnce(&Namespace, u64) -> T,
+    ) -> Option<Option<T>> {
+        let now = self.clock.now_ms();
+        // Read under the shard guard, without cloning the namespace's Arc
+        // (a count shared by every reader of a hot project). Nothing that
+        // holds a lock of the entries takes a projects shard, so the
+        // guard cannot be waited on in a cycle.
+        if let Some(ns) = self.projects.get(project) {
+            return (ns.incarnation == incarnation).then(|| Some(read(&ns, now)));
+        }
+        (self.incarnation(project) == incarnation).then_some(None)
+    }
+
     pub(super) fn read_entry(
         ns: &Namespace,
         key: &str,
@@ -72,8 +115,8 @@ impl MemoryStore {
         let limit = query.limit.max(1);
         // Before the consistency lock: the builder's install must not wait
         // for this reader. Once ready, an index stays ready.
-        if !ns.built.is_set() {
-            ns.built.wait();
+        if !ns.order_built() {
+            ns.cold().built.wait();
         }
         let _consistent = read_lock(&ns.consistency);
         let version = ns.version.load(Ordering::Acquire);
@@ -119,7 +162,7 @@ impl MemoryStore {
             // Collect candidates under the order lock, then read them with it
             // released: the lock is never held while waiting for a map shard.
             let candidates: Vec<Block> = {
-                let order = read_lock(&ns.order);
+                let order = read_lock(&ns.cold().order);
                 let OrderIndex::Ready(order) = &*order else {
                     unreachable!("the index was built before the lock was taken")
                 };

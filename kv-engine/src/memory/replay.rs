@@ -365,7 +365,7 @@ fn hand_over(mem: &MemoryStore, held: &mut Vec<Held>) {
         ns.keys.fetch_add(held.keys, Ordering::Relaxed);
         if !held.order.is_empty() {
             let loading = mem.loading();
-            let mut order = write_lock(&ns.order);
+            let mut order = write_lock(&ns.cold().order);
             for change in held.order {
                 order.change(change, loading);
             }
@@ -460,9 +460,15 @@ mod tests {
         let mut namespaces = store.namespaces();
         namespaces.sort_by(|a, b| a.0.cmp(&b.0));
         for (p, ns) in namespaces {
-            match &*read_lock(&ns.order) {
-                OrderIndex::Ready(tree) => out.push(format!("{p} order {tree:?}")),
-                OrderIndex::Building(_) => out.push(format!("{p} order not built")),
+            // No cold part: an empty index, not yet made.
+            match ns
+                .cold_if_made()
+                .map(|cold| read_lock(&cold.order))
+                .as_deref()
+            {
+                None => out.push(format!("{p} order {{}}")),
+                Some(OrderIndex::Ready(tree)) => out.push(format!("{p} order {tree:?}")),
+                Some(OrderIndex::Building(_)) => out.push(format!("{p} order not built")),
             }
             out.push(format!("{p} history {:?}", ns.hub.window()));
         }

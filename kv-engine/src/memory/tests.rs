@@ -42,7 +42,7 @@ fn ns(store: &MemoryStore) -> Arc<Namespace> {
 /// The installed index and the map's keys, both in byte order.
 fn index_and_map(store: &MemoryStore) -> (Vec<String>, Vec<String>) {
     let ns = ns(store);
-    let index: Vec<String> = match &*read_lock(&ns.order) {
+    let index: Vec<String> = match &*read_lock(&ns.cold().order) {
         OrderIndex::Ready(tree) => {
             // The index holds the map's own blocks, never an overwritten
             // one (which would keep its old value alive).
@@ -129,9 +129,9 @@ fn an_index_built_after_the_load_replays_the_changes_queued_meanwhile() {
         let (_, ns) = &build.namespaces[0];
         let tree = OrderBuild::sorted(ns);
         random_writes(&store, &clock, &mut rng, 5_000);
-        assert!(!ns.built.is_set());
+        assert!(!ns.order_built());
         OrderBuild::install(ns, tree);
-        assert!(ns.built.is_set());
+        assert!(ns.order_built());
         let (index, map) = index_and_map(&store);
         assert_eq!(index, map, "seed {seed}");
         random_writes(&store, &clock, &mut rng, 5_000);
@@ -359,4 +359,53 @@ fn lists_agree_with_a_model_before_and_after_the_namespace_grows() {
         let (index, map) = index_and_map(&store);
         assert_eq!(index, map, "seed {seed}");
     }
+}
+
+/// A read admitted to one incarnation answers from that incarnation only:
+/// not after the project is deleted, not from the project created again
+/// under its name, and a name never used reads as empty.
+#[test]
+fn reads_in_an_incarnation_never_answer_from_another() {
+    let store = MemoryStore::new();
+    let p = project();
+    assert_eq!(store.entry_in(&p, 0, "k"), Some(None));
+    assert_eq!(store.has_in(&p, 0, "k"), Some(false));
+    set(&store, "k", None);
+    let first = store.entry_in(&p, 0, "k").unwrap().unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(store.has_in(&p, 0, "k"), Some(true));
+    // Another incarnation than the one held: no answer.
+    assert_eq!(store.entry_in(&p, 7, "k"), None);
+    store.delete_project(&p);
+    let next = store.incarnation(&p);
+    assert!(next > 1);
+    assert_eq!(store.entry_in(&p, 0, "k"), None);
+    assert_eq!(store.has_in(&p, 0, "k"), None);
+    // Deleted, no namespace yet: the next incarnation reads as empty.
+    assert_eq!(store.entry_in(&p, next, "k"), Some(None));
+    set(&store, "k", None);
+    assert_eq!(store.entry_in(&p, 0, "k"), None);
+    assert!(store.entry_in(&p, next, "k").unwrap().is_some());
+}
+
+/// A project that is only written and read makes no cold part (index,
+/// build flag, request table); a request id, a List of a big namespace
+/// and a recovery's namespace do.
+#[test]
+fn the_cold_part_is_made_only_when_used() {
+    let store = MemoryStore::new();
+    set(&store, "a", None);
+    let _ = store.entry_now(&project(), "a");
+    let _ = store.list_now(&project(), &ListQuery::default());
+    assert!(ns(&store).cold_if_made().is_none());
+    for i in 0..=entries::SMALL_KEYS {
+        set(&store, &format!("k{i}"), None);
+    }
+    assert!(ns(&store).cold_if_made().is_some());
+    let query = ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let page = store.list_now(&project(), &query);
+    assert_eq!(page.entries.len(), entries::SMALL_KEYS + 2);
 }

@@ -432,6 +432,24 @@ impl Backend for DurableStore {
         Ok(self.mem.has_now(project, key))
     }
 
+    async fn get_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Result<Option<Option<Entry>>, EngineError> {
+        Ok(self.mem.entry_in(project, incarnation, key))
+    }
+
+    async fn has_in(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Result<Option<bool>, EngineError> {
+        Ok(self.mem.has_in(project, incarnation, key))
+    }
+
     async fn list(
         &self,
         project: &ProjectName,

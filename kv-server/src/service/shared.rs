@@ -225,12 +225,14 @@ impl<B: Backend> KvService<B> {
     ) -> Result<GetResponse, Status> {
         let key = self.key(&r.key)?;
         self.admit_rate(scope, 0)?;
+        // Read and checked against the admitted incarnation in one step:
+        // a successor's entry is never answered.
         let entry = self
             .backend
-            .get(&scope.project, key)
+            .get_in(&scope.project, scope.incarnation, key)
             .await
-            .map_err(engine_status)?;
-        self.still(scope)?;
+            .map_err(engine_status)?
+            .ok_or_else(|| project_deleted(&scope.project))?;
         Ok(respond::get_response(entry, scope.incarnation))
     }
 
@@ -279,10 +281,10 @@ impl<B: Backend> KvService<B> {
         self.admit_rate(scope, 0)?;
         let exists = self
             .backend
-            .has(&scope.project, key)
+            .has_in(&scope.project, scope.incarnation, key)
             .await
-            .map_err(engine_status)?;
-        self.still(scope)?;
+            .map_err(engine_status)?
+            .ok_or_else(|| project_deleted(&scope.project))?;
         Ok(HasResponse { exists })
     }
 }
