@@ -642,12 +642,20 @@ mod tests {
     /// A watcher waiting for more is woken by a run and reads all of it.
     #[tokio::test]
     async fn a_waiting_watcher_reads_the_whole_run() {
-        let hub = Arc::new(Hub::new(0));
+        struct Owner(Hub);
+        impl HubOwner for Owner {
+            fn hub(&self) -> &Hub {
+                &self.0
+            }
+        }
+        let owner = Arc::new(Owner(Hub::new(0)));
         let budget = Budget::new();
-        let mut watch = hub.subscribe(WatchTarget::All, Some(0), 0).unwrap();
+        let mut watch = Hub::subscribe(owner.clone(), WatchTarget::All, Some(0), 0).unwrap();
         let waiting = tokio::spawn(async move { watch.next_batch(100).await });
         tokio::task::yield_now().await;
-        hub.publish_many((1..=5).map(expired), &Settings::DEFAULT, &budget);
+        owner
+            .0
+            .publish_many((1..=5).map(expired), &Settings::DEFAULT, &budget);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .expect("the run wakes the watcher")
