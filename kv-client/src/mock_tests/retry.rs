@@ -62,9 +62,24 @@ fn builder(urls: impl crate::IntoEndpoints) -> crate::ClientBuilder {
 }
 
 /// A port nothing listens on.
+/// A loopback port nothing listens on, for as long as the test runs. It is
+/// picked below the range the OS hands out for port 0, so a listener that
+/// another test of this process binds meanwhile cannot land on it (a
+/// freed ephemeral port was, under load, the next one handed out).
 async fn dead_port() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = below.saturating_sub(10_000).max(1);
+    let start = 10_000 + (std::process::id() as u16 % span);
+    for offset in 0..span {
+        let port = 10_000 + (start - 10_000 + offset) % span;
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port below {below}");
 }
 
 fn assert_random_id(kind: &str, id: &str) {
