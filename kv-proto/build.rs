@@ -7,7 +7,9 @@
 //!   `google.protobuf.Value` field is its encoded bytes. Both views have the
 //!   same wire format. The server decodes values itself (so over-deep nesting
 //!   is an INVALID_ARGUMENT it words, not a codec INTERNAL error) and returns
-//!   stored values without decoding and re-encoding them.
+//!   stored values without decoding and re-encoding them. Its
+//!   `PipelineResponse` is `crate::frame::ReplyFrame`, a frame encoded as
+//!   its replies are made.
 //!
 //! Output goes to `OUT_DIR` only, never into `src/`.
 
@@ -45,6 +47,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A request that does not decode is the caller's INVALID_ARGUMENT.
         .codec_path("crate::codec::RequestCodec")
         .bytes(".")
+        // Reply frames are written as encoded bytes while the replies are
+        // made (see `frame.rs`); identical on the wire.
+        .extern_path(".kv.v1.PipelineResponse", "crate::frame::ReplyFrame")
         .out_dir(&wire_dir)
         .compile_fds(values_as_bytes(fds))?;
     Ok(())

@@ -441,6 +441,20 @@ impl Backend for DurableStore {
         Ok(self.mem.entry_in(project, incarnation, key))
     }
 
+    async fn get_with<T, F>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+        read: F,
+    ) -> Result<Option<T>, EngineError>
+    where
+        T: Send,
+        F: FnOnce(Option<crate::EntryView<'_>>) -> T + Send,
+    {
+        Ok(self.mem.entry_with(project, incarnation, key, read))
+    }
+
     async fn has_in(
         &self,
         project: &ProjectName,

@@ -6,7 +6,6 @@ use std::{pin::Pin, sync::Arc};
 use kv_engine::{Backend, project::ProjectName};
 use kv_proto::wire::{
     self, GetManyRequest, GetManyResponse, GetRequest, GetResponse, HasRequest, HasResponse,
-    PipelineResponse,
 };
 use tonic::{Status, metadata::MetadataMap};
 
@@ -301,5 +300,10 @@ pub(super) async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 pub(super) type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<wire::WatchEvent, Status>> + Send + 'static>>;
 
-pub(super) type PipelineStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<PipelineResponse, Status>> + Send + 'static>>;
+pub(super) type PipelineStream = Pin<
+    Box<
+        dyn tokio_stream::Stream<Item = Result<kv_proto::frame::ReplyFrame, Status>>
+            + Send
+            + 'static,
+    >,
+>;
