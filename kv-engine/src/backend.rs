@@ -135,11 +135,12 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// The live entries under `keys`, in order, as of one moment (no
-    /// transaction is seen half applied).
-    fn get_many(
+    /// transaction is seen half applied). Keys may be `String`s or `&str`s
+    /// borrowed from a request.
+    fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> impl Future<Output = Result<Vec<Option<Entry>>, EngineError>> + Send;
 
     /// Whether `key` is present and unexpired.

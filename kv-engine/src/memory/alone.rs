@@ -68,10 +68,10 @@ impl Backend for MemoryStore {
         Ok(self.entry_now(project, key))
     }
 
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         Ok(self.entries_now(project, keys))
     }

@@ -108,14 +108,18 @@ impl MemoryStore {
     }
 
     /// The live entries under `keys`, as of one moment.
-    pub fn entries_now(&self, project: &ProjectName, keys: &[String]) -> Vec<Option<Entry>> {
+    pub fn entries_now<K: AsRef<str>>(
+        &self,
+        project: &ProjectName,
+        keys: &[K],
+    ) -> Vec<Option<Entry>> {
         let now = self.clock.now_ms();
         let Some(ns) = self.namespace(project) else {
             return vec![None; keys.len()];
         };
         let _consistent = read_lock(&ns.consistency);
         keys.iter()
-            .map(|key| Self::read_entry(&ns, key, now, false))
+            .map(|key| Self::read_entry(&ns, key.as_ref(), now, false))
             .collect()
     }
 

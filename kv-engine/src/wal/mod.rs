@@ -420,10 +420,10 @@ impl Backend for DurableStore {
         Ok(self.mem.entry_now(project, key))
     }
 
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         Ok(self.mem.entries_now(project, keys))
     }

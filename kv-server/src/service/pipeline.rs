@@ -28,6 +28,7 @@ use std::{
 };
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
+use prost::bytes::Bytes;
 
 use kv_proto::wire::{self, Call, PipelineRequest};
 use tonic::{Status, Streaming, metadata::MetadataMap};
@@ -62,16 +63,17 @@ type Write = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>>;
 /// its result.
 type Answered = (u64, Keys, Result<Res, Status>);
 
-/// The keys a write in flight holds back reads of.
+/// The keys a write in flight holds back reads of: slices of the frame
+/// they came in, never copied.
 enum Keys {
-    /// A single-key call's: no allocation beyond the key.
-    One(String),
+    /// A single-key call's.
+    One(Bytes),
     /// A SetMany's or DeleteMany's (duplicates held once per mention).
-    Many(Vec<String>),
+    Many(Vec<Bytes>),
 }
 
 impl Keys {
-    fn iter(&self) -> impl Iterator<Item = &String> {
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
         let (one, many) = match self {
             Keys::One(key) => (Some(key), &[][..]),
             Keys::Many(keys) => (None, &keys[..]),
@@ -94,7 +96,7 @@ const MAX_IN_FLIGHT: usize = 8192;
 #[derive(Default)]
 struct InFlight {
     writes: FuturesOrdered<Pending>,
-    keys: HashMap<String, usize>,
+    keys: HashMap<Bytes, usize>,
 }
 
 impl InFlight {
@@ -102,7 +104,7 @@ impl InFlight {
     /// `writes` next.
     fn hold(&mut self, keys: &Keys) {
         for key in keys.iter() {
-            match self.keys.get_mut(key.as_str()) {
+            match self.keys.get_mut(&key[..]) {
                 Some(count) => *count += 1,
                 None => {
                     self.keys.insert(key.clone(), 1);
@@ -113,10 +115,10 @@ impl InFlight {
 
     fn release(&mut self, keys: &Keys) {
         for key in keys.iter() {
-            if let Some(count) = self.keys.get_mut(key.as_str()) {
+            if let Some(count) = self.keys.get_mut(&key[..]) {
                 *count -= 1;
                 if *count == 0 {
-                    self.keys.remove(key.as_str());
+                    self.keys.remove(&key[..]);
                 }
             }
         }
@@ -135,7 +137,7 @@ impl InFlight {
 
     /// Waits until no write of any of `keys` is in flight (the writes
     /// before them finish first: they finish in order anyway).
-    async fn wait_for<K: AsRef<str>>(&mut self, keys: &[K], out: &mut Outbox) -> bool {
+    async fn wait_for<K: AsRef<[u8]>>(&mut self, keys: &[K], out: &mut Outbox) -> bool {
         while !self.keys.is_empty() && keys.iter().any(|k| self.keys.contains_key(k.as_ref())) {
             let Some((id, done, result)) = self.writes.next().await else {
                 break;

@@ -242,15 +242,18 @@ impl<B: Backend> KvService<B> {
         scope: &Scope,
         r: &GetManyRequest,
     ) -> Result<GetManyResponse, Status> {
-        let keys = &r.keys;
-        self.count("keys", keys.len())?;
-        for (i, key) in keys.iter().enumerate() {
-            self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
-        }
+        self.count("keys", r.keys.len())?;
+        // Borrowed from the request: the keys are never copied.
+        let keys = r
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| self.key(key).map_err(|e| e.at(format!("keys[{i}]"))))
+            .collect::<Result<Vec<&str>, _>>()?;
         self.admit_rate(scope, 0)?;
         let entries = self
             .backend
-            .get_many(&scope.project, keys)
+            .get_many(&scope.project, &keys)
             .await
             .map_err(engine_status)?;
         self.still(scope)?;
