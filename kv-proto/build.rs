@@ -7,7 +7,11 @@
 //!   `google.protobuf.Value` field is its encoded bytes. Both views have the
 //!   same wire format. The server decodes values itself (so over-deep nesting
 //!   is an INVALID_ARGUMENT it words, not a codec INTERNAL error) and returns
-//!   stored values without decoding and re-encoding them.
+//!   stored values without decoding and re-encoding them. The keys of the
+//!   calls are `bytes` too, slices of the received frame rather than one
+//!   `String` each. Its
+//!   `PipelineResponse` is `crate::frame::ReplyFrame`, a frame encoded as
+//!   its replies are made.
 //!
 //! Output goes to `OUT_DIR` only, never into `src/`.
 
@@ -45,12 +49,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A request that does not decode is the caller's INVALID_ARGUMENT.
         .codec_path("crate::codec::RequestCodec")
         .bytes(".")
+        // Reply frames are written as encoded bytes while the replies are
+        // made (see `frame.rs`); identical on the wire.
+        .extern_path(".kv.v1.PipelineResponse", "crate::frame::ReplyFrame")
         .out_dir(&wire_dir)
         .compile_fds(values_as_bytes(fds))?;
     Ok(())
 }
 
-/// Rewrites every `google.protobuf.Value` field of the kv files as `bytes`.
+/// The messages of single-key and multi-key calls (the calls a Pipeline
+/// frame carries, and Batch's checks and ops) whose `key` and `keys`
+/// fields the server sees as bytes.
+const KEYED_MESSAGES: &[&str] = &[
+    "GetRequest",
+    "SetRequest",
+    "HasRequest",
+    "DeleteRequest",
+    "IncrRequest",
+    "MergeRequest",
+    "GetManyRequest",
+    "DeleteManyRequest",
+    "SetOp",
+    "DeleteOp",
+    "IncrOp",
+    "MergeOp",
+    "Check",
+];
+
+/// Rewrites every `google.protobuf.Value` field of the kv files as `bytes`,
+/// and the keys of [`KEYED_MESSAGES`] too: identical on the wire, but
+/// decoded as slices of the received buffer instead of one `String` each
+/// (the server checks that they are UTF-8).
 fn values_as_bytes(mut fds: prost_types::FileDescriptorSet) -> prost_types::FileDescriptorSet {
     // Only the data service: the admin API has no values, and the well-known
     // types would clash with prost-types.
@@ -60,8 +89,21 @@ fn values_as_bytes(mut fds: prost_types::FileDescriptorSet) -> prost_types::File
         file.message_type
             .iter_mut()
             .for_each(message_values_as_bytes);
+        for message in &mut file.message_type {
+            if KEYED_MESSAGES.contains(&message.name()) {
+                keys_as_bytes(message);
+            }
+        }
     }
     fds
+}
+
+fn keys_as_bytes(message: &mut prost_types::DescriptorProto) {
+    for field in &mut message.field {
+        if matches!(field.name(), "key" | "keys") && field.r#type() == Type::String {
+            field.set_type(Type::Bytes);
+        }
+    }
 }
 
 fn message_values_as_bytes(message: &mut prost_types::DescriptorProto) {

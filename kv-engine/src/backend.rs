@@ -3,8 +3,8 @@
 use std::{future::Future, sync::Arc};
 
 use crate::{
-    EngineError, Entry, ListPage, ListQuery, Op, OpOutcome, Ttl, Txn, TxnOutcome, WatchError,
-    WatchTarget, project::ProjectName, watch::Subscription,
+    EngineError, Entry, EntryView, ListPage, ListQuery, Op, OpOutcome, Ttl, Txn, TxnOutcome,
+    WatchError, WatchTarget, project::ProjectName, watch::Subscription,
 };
 
 /// Most client transactions a backend queues ahead of its writer; past
@@ -78,6 +78,48 @@ pub trait Backend: Send + Sync + 'static {
         }
     }
 
+    /// [`Backend::get_in`] that lends the live entry (or `None`) to `read`
+    /// instead of copying its value out: a reply can be written straight
+    /// from where the store keeps it. `read` runs only when the project is
+    /// still incarnation `incarnation` (otherwise the outer `None`); it
+    /// should be quick, as a backend may hold a lock of the entry while it
+    /// runs.
+    ///
+    /// The default reads with [`Backend::get_in`] and lends that copy.
+    ///
+    /// ```
+    /// use kv_engine::{Backend, memory::MemoryStore};
+    /// use kv_engine::project::ProjectName;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let p = ProjectName::parse("p").unwrap();
+    /// store.set(&p, "k", b"\x08\x00".to_vec().into(), None).await.unwrap();
+    /// let mut copied = Vec::new();
+    /// let read = store.get_with(&p, 0, "k", |entry| {
+    ///     copied.extend_from_slice(entry.map_or(&[][..], |e| e.value));
+    /// });
+    /// assert_eq!(read.await.unwrap(), Some(()));
+    /// assert_eq!(copied, b"\x08\x00");
+    /// # });
+    /// ```
+    fn get_with<T, F>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+        read: F,
+    ) -> impl Future<Output = Result<Option<T>, EngineError>> + Send
+    where
+        T: Send,
+        F: FnOnce(Option<EntryView<'_>>) -> T + Send,
+    {
+        async move {
+            let entry = self.get_in(project, incarnation, key).await?;
+            Ok(entry.map(|entry| read(entry.as_ref().map(Entry::view))))
+        }
+    }
+
     /// [`Backend::has`] of a call admitted to incarnation `incarnation`,
     /// as [`Backend::get_in`]: `None` when the project is no longer it.
     fn has_in(
@@ -93,11 +135,12 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// The live entries under `keys`, in order, as of one moment (no
-    /// transaction is seen half applied).
-    fn get_many(
+    /// transaction is seen half applied). Keys may be `String`s or `&str`s
+    /// borrowed from a request.
+    fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> impl Future<Output = Result<Vec<Option<Entry>>, EngineError>> + Send;
 
     /// Whether `key` is present and unexpired.

@@ -143,7 +143,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use deadline::Deadline;
 pub use error::{EngineError, QueueFull, QuotaExceeded, WatchError};
 pub use types::{
-    Applied, Check, Entry, ListPage, ListQuery, Mutation, Op, OpOutcome, Quota, RequestId,
-    Settings, Ttl, Txn, TxnOutcome, Versioned, WatchTarget,
+    Applied, Check, Entry, EntryView, ListPage, ListQuery, Mutation, Op, OpOutcome, Quota,
+    RequestId, Settings, Ttl, Txn, TxnOutcome, Versioned, WatchTarget,
 };
 pub use value::MAX_VALUE_LIMIT;

@@ -19,6 +19,29 @@ pub struct Entry {
     pub expires_at: Option<Deadline>,
 }
 
+/// A live entry lent to a reader while the store holds it (see
+/// [`crate::Backend::get_with`]): its value is the stored bytes, not a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryView<'a> {
+    /// Canonical encoded `google.protobuf.Value`.
+    pub value: &'a [u8],
+    /// The version of the change that last wrote it.
+    pub version: u64,
+    /// Its deadline in unix ms, if it has a TTL.
+    pub expires_at: Option<Deadline>,
+}
+
+impl Entry {
+    /// This entry lent as an [`EntryView`].
+    pub fn view(&self) -> EntryView<'_> {
+        EntryView {
+            value: &self.value,
+            version: self.version,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// The deadline a write gives its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {

@@ -12,7 +12,8 @@
 //! - [`wire`]: the same service as the server sees it, with every
 //!   `google.protobuf.Value` field kept as its encoded bytes. The bytes on the
 //!   wire are identical; the server uses this view to validate values itself
-//!   and to send stored values back without re-encoding them.
+//!   and to send stored values back without re-encoding them. Its
+//!   `PipelineResponse` is [`frame::ReplyFrame`], written reply by reply.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of the API and of
 //!   everything it imports, for gRPC server reflection.
 //!
@@ -34,6 +35,7 @@
 //! ```
 
 pub mod codec;
+pub mod frame;
 
 /// Messages, client and server of `kv.v1` as users see them.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

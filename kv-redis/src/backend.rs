@@ -200,15 +200,15 @@ impl Backend for RedisBackend {
         Ok(self.read(project, &[key]).await?.pop().flatten())
     }
 
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
         self.read(project, &keys).await
     }
 

@@ -168,3 +168,152 @@ async fn damaged_requests_are_invalid_argument_never_internal() {
     );
     server.stop().await;
 }
+
+/// `bytes` with the marker `BADKEY` (a key of a call) replaced by bytes
+/// that are not UTF-8.
+fn with_bad_keys(mut bytes: Vec<u8>) -> Vec<u8> {
+    let mut replaced = 0;
+    while let Some(at) = bytes.windows(6).position(|w| w == b"BADKEY") {
+        bytes[at..at + 6].copy_from_slice(b"ok\xff\xfeok");
+        replaced += 1;
+    }
+    assert!(replaced > 0, "the request has a BADKEY marker");
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_are_not_utf8_are_refused_per_call_naming_the_byte() {
+    use kv_proto::v1::{self, call::Request as Req, reply::Response as Res};
+
+    let server =
+        kv_tests::BinaryServer::start(env!("CARGO_BIN_EXE_kv-server"), &["--fsync", "never"]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let limit = std::time::Duration::from_secs(30);
+    let value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::BoolValue(true)),
+    };
+
+    // Unary: INVALID_ARGUMENT naming the key and where it stops being UTF-8.
+    let get = with_bad_keys(
+        v1::GetRequest {
+            key: "BADKEY".into(),
+        }
+        .encode_to_vec(),
+    );
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let status = tokio::time::timeout(
+        limit,
+        grpc.unary(
+            tonic::Request::new(get),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/kv.v1.KvService/Get"),
+            RawCodec,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("key is not UTF-8 (byte 2 starts"),
+        "{status:?}"
+    );
+
+    // Pipeline: the calls with such keys get that error, the others run,
+    // and the stream goes on.
+    let call = |id: u64, request: Req| v1::Call {
+        id,
+        request: Some(request),
+        ..v1::Call::default()
+    };
+    let frame = v1::PipelineRequest {
+        calls: vec![
+            call(
+                1,
+                Req::Get(v1::GetRequest {
+                    key: "BADKEY".into(),
+                }),
+            ),
+            call(
+                2,
+                Req::Set(v1::SetRequest {
+                    key: "BADKEY".into(),
+                    value: Some(value.clone()),
+                    ..v1::SetRequest::default()
+                }),
+            ),
+            call(
+                3,
+                Req::GetMany(v1::GetManyRequest {
+                    keys: vec!["fine".into(), "BADKEY".into()],
+                }),
+            ),
+            call(
+                4,
+                Req::Set(v1::SetRequest {
+                    key: "fine".into(),
+                    value: Some(value.clone()),
+                    ..v1::SetRequest::default()
+                }),
+            ),
+            call(5, Req::Get(v1::GetRequest { key: "fine".into() })),
+        ],
+        project: String::new(),
+    };
+    let frame = with_bad_keys(frame.encode_to_vec());
+    let (frames, outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    frames.send(frame).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut replies = tokio::time::timeout(
+        limit,
+        grpc.streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing)),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/kv.v1.KvService/Pipeline"),
+            RawCodec,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 5 {
+        let bytes = tokio::time::timeout(limit, replies.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream stays open");
+        for reply in v1::PipelineResponse::decode(bytes.as_slice())
+            .unwrap()
+            .replies
+        {
+            got.insert(reply.id, reply.response.unwrap());
+        }
+    }
+    for (id, at) in [(1, ""), (2, ""), (3, "keys[1]: ")] {
+        let Res::Error(error) = &got[&id] else {
+            panic!("call {id} was answered {:?}", got[&id]);
+        };
+        assert_eq!(error.code, Code::InvalidArgument as i32, "call {id}");
+        assert!(
+            error
+                .message
+                .starts_with(&format!("{at}key is not UTF-8 (byte 2 starts")),
+            "call {id}: {}",
+            error.message
+        );
+    }
+    assert!(matches!(&got[&4], Res::Set(set) if set.applied));
+    let Res::Get(found) = &got[&5] else {
+        panic!("{:?}", got[&5]);
+    };
+    assert_eq!(found.value, Some(value));
+    server.terminate();
+}

@@ -135,10 +135,10 @@ impl Backend for SlowSets {
     async fn get(&self, project: &ProjectName, key: &str) -> Result<Option<Entry>, EngineError> {
         self.inner.get(project, key).await
     }
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         self.inner.get_many(project, keys).await
     }

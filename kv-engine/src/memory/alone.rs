@@ -2,6 +2,7 @@
 //! and the [`Backend`] it serves.
 
 use super::*;
+use crate::EntryView;
 use crate::txn::{Evaluated, Overlay};
 
 impl MemoryStore {
@@ -67,10 +68,10 @@ impl Backend for MemoryStore {
         Ok(self.entry_now(project, key))
     }
 
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         Ok(self.entries_now(project, keys))
     }
@@ -86,6 +87,20 @@ impl Backend for MemoryStore {
         key: &str,
     ) -> Result<Option<Option<Entry>>, EngineError> {
         Ok(self.entry_in(project, incarnation, key))
+    }
+
+    async fn get_with<T, F>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+        read: F,
+    ) -> Result<Option<T>, EngineError>
+    where
+        T: Send,
+        F: FnOnce(Option<EntryView<'_>>) -> T + Send,
+    {
+        Ok(self.entry_with(project, incarnation, key, read))
     }
 
     async fn has_in(

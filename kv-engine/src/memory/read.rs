@@ -2,6 +2,7 @@
 //! moment of its namespace.
 
 use super::*;
+use crate::EntryView;
 
 impl MemoryStore {
     /// The live value of `key` at the clock's current time.
@@ -30,6 +31,35 @@ impl MemoryStore {
             Self::read_entry(ns, key, now, false)
         })
         .map(Option::flatten)
+    }
+
+    /// The live entry under `key` lent to `read`, as [`Self::entry_in`]
+    /// (the outer `None` when `project` is not incarnation `incarnation`,
+    /// and `read` is not run): the value is not copied, and `read` runs
+    /// while the entry's shard is read-locked.
+    pub fn entry_with<T>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+        read: impl FnOnce(Option<EntryView<'_>>) -> T,
+    ) -> Option<T> {
+        let mut read = Some(read);
+        let lent = self.read_in(project, incarnation, |ns, now| {
+            let entry = ns.entries.get(key);
+            let view = entry
+                .as_ref()
+                .filter(|e| e.is_live(now))
+                .map(|e| EntryView {
+                    value: e.value(),
+                    version: e.version(),
+                    expires_at: e.expires_at(),
+                });
+            read.take().map(|read| read(view))
+        })?;
+        // No namespace: nothing was lent yet.
+        lent.flatten()
+            .or_else(|| read.take().map(|read| read(None)))
     }
 
     /// Whether `key` is live, as [`Self::entry_in`].
@@ -78,14 +108,18 @@ impl MemoryStore {
     }
 
     /// The live entries under `keys`, as of one moment.
-    pub fn entries_now(&self, project: &ProjectName, keys: &[String]) -> Vec<Option<Entry>> {
+    pub fn entries_now<K: AsRef<str>>(
+        &self,
+        project: &ProjectName,
+        keys: &[K],
+    ) -> Vec<Option<Entry>> {
         let now = self.clock.now_ms();
         let Some(ns) = self.namespace(project) else {
             return vec![None; keys.len()];
         };
         let _consistent = read_lock(&ns.consistency);
         keys.iter()
-            .map(|key| Self::read_entry(&ns, key, now, false))
+            .map(|key| Self::read_entry(&ns, key.as_ref(), now, false))
             .collect()
     }
 
@@ -210,5 +244,65 @@ impl MemoryStore {
         self.namespace(project)
             .and_then(|ns| ns.entries.get(key).map(|e| e.is_live(now)))
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManualClock;
+
+    /// A lent entry's value, version and deadline, copied.
+    type Copied = (Vec<u8>, u64, Option<u64>);
+
+    /// Copies what [`MemoryStore::entry_with`] lends, or `None` when it
+    /// did not run `read`.
+    fn lent(
+        store: &MemoryStore,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+    ) -> Option<Option<Copied>> {
+        store.entry_with(project, incarnation, key, |entry| {
+            entry.map(|e| (e.value.to_vec(), e.version, e.expires_at.map(Deadline::ms)))
+        })
+    }
+
+    #[test]
+    fn entry_with_lends_only_live_entries_of_the_admitted_incarnation() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        let p = ProjectName::parse("p").unwrap();
+        // No namespace yet: read runs, with nothing found.
+        assert_eq!(lent(&store, &p, 0, "k"), Some(None));
+        let set = |key: &str, value: &[u8], expires_at: Option<u64>| {
+            store.apply(
+                &p,
+                Mutation::Set {
+                    key: key.into(),
+                    value: value.into(),
+                    expires_at: expires_at.and_then(Deadline::at),
+                },
+            );
+        };
+        set("k", &[0x20, 0x01], None);
+        set("t", &[0x08, 0x00], Some(2_000));
+        let incarnation = store.incarnation(&p);
+        assert_eq!(
+            lent(&store, &p, incarnation, "k"),
+            Some(Some((vec![0x20, 0x01], 1, None)))
+        );
+        assert_eq!(
+            lent(&store, &p, incarnation, "t"),
+            Some(Some((vec![0x08, 0x00], 2, Some(2_000))))
+        );
+        assert_eq!(lent(&store, &p, incarnation, "missing"), Some(None));
+        clock.advance(1_000);
+        assert_eq!(lent(&store, &p, incarnation, "t"), Some(None), "expired");
+        // Another incarnation: read does not run.
+        store.delete_project(&p);
+        let mut ran = false;
+        assert_eq!(store.entry_with(&p, incarnation, "k", |_| ran = true), None);
+        assert!(!ran);
     }
 }

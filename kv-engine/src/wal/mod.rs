@@ -420,10 +420,10 @@ impl Backend for DurableStore {
         Ok(self.mem.entry_now(project, key))
     }
 
-    async fn get_many(
+    async fn get_many<K: AsRef<str> + Sync>(
         &self,
         project: &ProjectName,
-        keys: &[String],
+        keys: &[K],
     ) -> Result<Vec<Option<Entry>>, EngineError> {
         Ok(self.mem.entries_now(project, keys))
     }
@@ -439,6 +439,20 @@ impl Backend for DurableStore {
         key: &str,
     ) -> Result<Option<Option<Entry>>, EngineError> {
         Ok(self.mem.entry_in(project, incarnation, key))
+    }
+
+    async fn get_with<T, F>(
+        &self,
+        project: &ProjectName,
+        incarnation: u64,
+        key: &str,
+        read: F,
+    ) -> Result<Option<T>, EngineError>
+    where
+        T: Send,
+        F: FnOnce(Option<crate::EntryView<'_>>) -> T + Send,
+    {
+        Ok(self.mem.entry_with(project, incarnation, key, read))
     }
 
     async fn has_in(

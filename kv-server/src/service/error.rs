@@ -25,6 +25,16 @@ pub enum RequestError {
         /// The key limit.
         max: usize,
     },
+    /// The key is not UTF-8.
+    #[error(
+        "key is not UTF-8 (byte {at} starts an invalid sequence); keys are UTF-8 text of 1 to {max} bytes"
+    )]
+    KeyNotUtf8 {
+        /// The offset of the first byte that is not UTF-8.
+        at: usize,
+        /// The key limit.
+        max: usize,
+    },
     /// The value was refused.
     #[error(transparent)]
     Value(#[from] ValueError),

@@ -10,13 +10,15 @@
 //!   ([`RequestError`]); `respond.rs` (engine results into wire messages);
 //!   `mutate.rs` (every writing request: one trait, one path to the engine).
 //! - `watch.rs`, `pipeline.rs`: the long-lived streams, both under the rule
-//!   of `guard.rs`, their replies queued in `queue.rs` (bounded by bytes).
+//!   of `guard.rs`, their replies queued in `queue.rs` (bounded by bytes);
+//!   `outbox.rs` writes a pipeline's replies straight into encoded frames.
 //!
 //! Errors of the engine map to statuses in [`crate::status`].
 
 mod error;
 mod guard;
 mod mutate;
+mod outbox;
 mod pipeline;
 mod queue;
 mod respond;

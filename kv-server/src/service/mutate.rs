@@ -155,10 +155,10 @@ impl Mutating for SetRequest {
                 .into());
             }
             vec![Check::Absent {
-                key: self.key.as_str().into(),
+                key: service.key(&self.key)?.into(),
             }]
         } else {
-            if_version(&self.key, self.if_version)?
+            if_version(service.key(&self.key)?, self.if_version)?
         };
         Ok((checks, vec![op]))
     }

@@ -22,6 +22,7 @@
 use std::{
     collections::HashMap,
     future::Future,
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -29,11 +30,12 @@ use std::{
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 
-use kv_proto::wire::{self, Call, CallError, PipelineRequest, PipelineResponse, Reply};
+use kv_proto::wire::{self, Call, PipelineRequest};
 use tonic::{Status, Streaming, metadata::MetadataMap};
 
 use super::{
     guard::StreamGuard,
+    outbox::{Outbox, ReplySender},
     shared::{KvService, Scope, until_true},
 };
 use kv_engine::Backend;
@@ -52,38 +54,41 @@ pub(super) const PIPELINE_QUEUE: usize = 16;
 /// reading its replies (of large values, say) pins at most this much.
 pub(super) const PIPELINE_QUEUE_BYTES: u32 = 4 << 20;
 
-/// Replies are sent in frames of at most this many bytes (about), so a
-/// frame of large values never nears the message limit.
-const REPLY_FRAME_BYTES: usize = 1 << 20;
-
 type Pending = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
 /// A write handed to the engine, until its reply.
 type Write = Pin<Box<dyn Future<Output = Result<Res, Status>> + Send>>;
 
-/// The sender of a stream's reply frames.
-pub(super) type ReplySender = super::queue::Sender<Result<PipelineResponse, Status>>;
-
 /// A finished write: its call id, its keys (to release them for reads),
 /// its result.
 type Answered = (u64, Keys, Result<Res, Status>);
 
-/// The keys a write in flight holds back reads of.
+/// The keys a write in flight holds back reads of, as [`key_hash`]es:
+/// nothing is allocated per key, and the received frame the keys are
+/// slices of is not kept alive while the write is in flight.
 enum Keys {
-    /// A single-key call's: no allocation beyond the key.
-    One(String),
+    /// A single-key call's.
+    One(u64),
     /// A SetMany's or DeleteMany's (duplicates held once per mention).
-    Many(Vec<String>),
+    Many(Vec<u64>),
 }
 
 impl Keys {
-    fn iter(&self) -> impl Iterator<Item = &String> {
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         let (one, many) = match self {
-            Keys::One(key) => (Some(key), &[][..]),
+            Keys::One(key) => (Some(*key), &[][..]),
             Keys::Many(keys) => (None, &keys[..]),
         };
-        one.into_iter().chain(many)
+        one.into_iter().chain(many.iter().copied())
     }
+}
+
+/// A key's 64-bit hash, the same on every stream and run. Two keys of one
+/// hash only make a read wait for a write it need not wait for (the order
+/// stays right); with a few thousand writes in flight at most, that takes
+/// a chance of about 10^-12.
+fn key_hash(key: &[u8]) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 /// Frames already received that are started before replies are sent:
@@ -94,87 +99,13 @@ const MAX_READY_FRAMES: usize = 64;
 /// past it the stream stops reading frames until some finish.
 const MAX_IN_FLIGHT: usize = 8192;
 
-fn reply(id: u64, result: Result<Res, Status>) -> Reply {
-    let response = match result {
-        Ok(response) => response,
-        Err(status) => Res::Error(CallError {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-            retry_after_ms: crate::rate::retry_after_ms(status.metadata()),
-        }),
-    };
-    Reply {
-        id,
-        response: Some(response),
-    }
-}
-
-/// A reply's bytes besides its value or message: id, tags, lengths and
-/// versions, rounded up.
-const REPLY_OVERHEAD: usize = 24;
-
-fn reply_bytes(reply: &Reply) -> usize {
-    let body = match &reply.response {
-        Some(Res::Get(r)) => r.value.len(),
-        Some(Res::Merge(r)) => r.value.len(),
-        Some(Res::GetMany(r)) => r
-            .results
-            .iter()
-            .map(|r| r.value.len() + REPLY_OVERHEAD)
-            .sum(),
-        Some(Res::SetMany(r)) => r.versions.len() * 10,
-        Some(Res::Error(e)) => e.message.len(),
-        _ => 0,
-    };
-    body + REPLY_OVERHEAD
-}
-
-/// Replies gathered for the client, sent in bounded frames.
-struct Outbox {
-    tx: ReplySender,
-    replies: Vec<Reply>,
-    bytes: usize,
-}
-
-impl Outbox {
-    /// Queues `reply`; false once the client is gone.
-    async fn push(&mut self, reply: Reply) -> bool {
-        let bytes = reply_bytes(&reply);
-        // A large reply (a GetMany's can be as large as a message may be)
-        // goes in a frame of its own, so no frame outgrows the message
-        // limit by what is queued before it.
-        if bytes >= REPLY_FRAME_BYTES && !self.flush().await {
-            return false;
-        }
-        self.bytes += bytes;
-        self.replies.push(reply);
-        if self.bytes >= REPLY_FRAME_BYTES {
-            return self.flush().await;
-        }
-        true
-    }
-
-    /// Sends what is queued; false once the client is gone.
-    async fn flush(&mut self) -> bool {
-        if self.replies.is_empty() {
-            return true;
-        }
-        let bytes = std::mem::take(&mut self.bytes);
-        let replies = std::mem::take(&mut self.replies);
-        self.tx
-            .send(Ok(PipelineResponse { replies }), bytes)
-            .await
-            .is_ok()
-    }
-}
-
 /// A stream's writes in flight, in the order they were handed to the
 /// engine, and how many of them each key has (a write of many keys counts
 /// for each).
 #[derive(Default)]
 struct InFlight {
     writes: FuturesOrdered<Pending>,
-    keys: HashMap<String, usize>,
+    keys: HashMap<u64, usize>,
 }
 
 impl InFlight {
@@ -182,21 +113,16 @@ impl InFlight {
     /// `writes` next.
     fn hold(&mut self, keys: &Keys) {
         for key in keys.iter() {
-            match self.keys.get_mut(key.as_str()) {
-                Some(count) => *count += 1,
-                None => {
-                    self.keys.insert(key.clone(), 1);
-                }
-            }
+            *self.keys.entry(key).or_insert(0) += 1;
         }
     }
 
     fn release(&mut self, keys: &Keys) {
         for key in keys.iter() {
-            if let Some(count) = self.keys.get_mut(key.as_str()) {
+            if let Some(count) = self.keys.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
-                    self.keys.remove(key.as_str());
+                    self.keys.remove(&key);
                 }
             }
         }
@@ -206,7 +132,7 @@ impl InFlight {
     async fn take_ready(&mut self, out: &mut Outbox) -> bool {
         while let Some(Some((id, keys, result))) = self.writes.next().now_or_never() {
             self.release(&keys);
-            if !out.push(reply(id, result)).await {
+            if !out.push(id, result).await {
                 return false;
             }
         }
@@ -215,13 +141,17 @@ impl InFlight {
 
     /// Waits until no write of any of `keys` is in flight (the writes
     /// before them finish first: they finish in order anyway).
-    async fn wait_for<K: AsRef<str>>(&mut self, keys: &[K], out: &mut Outbox) -> bool {
-        while !self.keys.is_empty() && keys.iter().any(|k| self.keys.contains_key(k.as_ref())) {
+    async fn wait_for<K: AsRef<[u8]>>(&mut self, keys: &[K], out: &mut Outbox) -> bool {
+        while !self.keys.is_empty()
+            && keys
+                .iter()
+                .any(|k| self.keys.contains_key(&key_hash(k.as_ref())))
+        {
             let Some((id, done, result)) = self.writes.next().await else {
                 break;
             };
             self.release(&done);
-            if !out.push(reply(id, result)).await {
+            if !out.push(id, result).await {
                 return false;
             }
         }
@@ -295,11 +225,7 @@ impl<B: Backend> KvService<B> {
         let this = Arc::new(self);
         let mut stopping = this.stopping.clone();
         let mut in_flight = InFlight::default();
-        let mut out = Outbox {
-            tx: tx.clone(),
-            replies: Vec::new(),
-            bytes: 0,
-        };
+        let mut out = Outbox::new(tx.clone());
         let mut reading = true;
         let mut shutting_down = false;
         loop {
@@ -364,7 +290,7 @@ impl<B: Backend> KvService<B> {
                 }
                 Some((id, keys, result)) = in_flight.writes.next(), if !in_flight.writes.is_empty() => {
                     in_flight.release(&keys);
-                    if !out.push(reply(id, result)).await {
+                    if !out.push(id, result).await {
                         return;
                     }
                 }
@@ -463,7 +389,7 @@ impl<B: Backend> KvService<B> {
                     "the call's {} ms ran out before it started; it was not run",
                     call.timeout_ms
                 ));
-                if !out.push(reply(id, Err(late))).await {
+                if !out.push(id, Err(late)).await {
                     return false;
                 }
                 continue;
@@ -472,7 +398,7 @@ impl<B: Backend> KvService<B> {
                 let empty = Status::invalid_argument(format!(
                     "call {id} has no request; give one of get, set, has, delete, incr, merge, get_many, set_many, delete_many"
                 ));
-                if !out.push(reply(id, Err(empty))).await {
+                if !out.push(id, Err(empty)).await {
                     return false;
                 }
                 continue;
@@ -484,8 +410,15 @@ impl<B: Backend> KvService<B> {
                     {
                         return false;
                     }
-                    match scopes.scope(self, &call.project, Access::Read) {
-                        Ok(scope) => self.get_in(&scope, &r).await.map(Res::Get),
+                    // Written into the frame as it is read; only an error
+                    // is left to answer below.
+                    let written = match scopes.scope(self, &call.project, Access::Read) {
+                        Ok(scope) => self.get_into(&scope, &r, id, out).await,
+                        Err(e) => Err(e),
+                    };
+                    match written {
+                        Ok(true) => continue,
+                        Ok(false) => return false,
                         Err(e) => Err(e),
                     }
                 }
@@ -517,7 +450,7 @@ impl<B: Backend> KvService<B> {
                     let scope = match scopes.scope(self, &call.project, Access::Write) {
                         Ok(scope) => scope,
                         Err(e) => {
-                            if !out.push(reply(id, Err(e))).await {
+                            if !out.push(id, Err(e)).await {
                                 return false;
                             }
                             continue;
@@ -530,7 +463,7 @@ impl<B: Backend> KvService<B> {
                     }
                 }
             };
-            if !out.push(reply(id, result)).await {
+            if !out.push(id, result).await {
                 return false;
             }
         }
@@ -582,31 +515,34 @@ impl<B: Backend> KvService<B> {
         }
         let (keys, started) = match request {
             Req::Set(mut r) => (
-                Keys::One(r.key.clone()),
+                Keys::One(key_hash(&r.key)),
                 boxed(self.start(scope, &mut r), Res::Set),
             ),
             Req::Delete(mut r) => (
-                Keys::One(r.key.clone()),
+                Keys::One(key_hash(&r.key)),
                 boxed(self.start(scope, &mut r), Res::Delete),
             ),
             Req::Incr(mut r) => (
-                Keys::One(r.key.clone()),
+                Keys::One(key_hash(&r.key)),
                 boxed(self.start(scope, &mut r), Res::Incr),
             ),
             Req::Merge(mut r) => (
-                Keys::One(r.key.clone()),
+                Keys::One(key_hash(&r.key)),
                 boxed(self.start(scope, &mut r), Res::Merge),
             ),
             Req::SetMany(mut r) => {
                 let started = boxed(self.start(scope, &mut r), Res::SetMany);
                 // Validation does not consume the request: the keys are
                 // taken only once it is in flight.
-                let keys = r.entries.into_iter().map(|e| e.key).collect();
+                let keys = r.entries.iter().map(|e| key_hash(&e.key)).collect();
                 (Keys::Many(keys), started)
             }
             Req::DeleteMany(mut r) => {
                 let started = boxed(self.start(scope, &mut r), Res::DeleteMany);
-                (Keys::Many(r.keys), started)
+                (
+                    Keys::Many(r.keys.iter().map(|k| key_hash(k)).collect()),
+                    started,
+                )
             }
             Req::Get(_) | Req::Has(_) | Req::GetMany(_) => {
                 return Some(Err(Status::internal("a read was taken for a write")));

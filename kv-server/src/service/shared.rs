@@ -6,7 +6,6 @@ use std::{pin::Pin, sync::Arc};
 use kv_engine::{Backend, project::ProjectName};
 use kv_proto::wire::{
     self, GetManyRequest, GetManyResponse, GetRequest, GetResponse, HasRequest, HasResponse,
-    PipelineResponse,
 };
 use tonic::{Status, metadata::MetadataMap};
 
@@ -243,15 +242,18 @@ impl<B: Backend> KvService<B> {
         scope: &Scope,
         r: &GetManyRequest,
     ) -> Result<GetManyResponse, Status> {
-        let keys = &r.keys;
-        self.count("keys", keys.len())?;
-        for (i, key) in keys.iter().enumerate() {
-            self.key(key).map_err(|e| e.at(format!("keys[{i}]")))?;
-        }
+        self.count("keys", r.keys.len())?;
+        // Borrowed from the request: the keys are never copied.
+        let keys = r
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| self.key(key).map_err(|e| e.at(format!("keys[{i}]"))))
+            .collect::<Result<Vec<&str>, _>>()?;
         self.admit_rate(scope, 0)?;
         let entries = self
             .backend
-            .get_many(&scope.project, keys)
+            .get_many(&scope.project, &keys)
             .await
             .map_err(engine_status)?;
         self.still(scope)?;
@@ -301,5 +303,10 @@ pub(super) async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
 pub(super) type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<wire::WatchEvent, Status>> + Send + 'static>>;
 
-pub(super) type PipelineStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<PipelineResponse, Status>> + Send + 'static>>;
+pub(super) type PipelineStream = Pin<
+    Box<
+        dyn tokio_stream::Stream<Item = Result<kv_proto::frame::ReplyFrame, Status>>
+            + Send
+            + 'static,
+    >,
+>;

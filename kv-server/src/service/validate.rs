@@ -19,12 +19,22 @@ use super::{
 use crate::config::MAX_REQUEST_ID_BYTES;
 
 impl<B> KvService<B> {
-    pub(super) fn key<'k>(&self, key: &'k str) -> Result<&'k str, RequestError> {
+    /// `key` checked: 1 to the key limit bytes of UTF-8. The wire view
+    /// carries keys as bytes (slices of the received frame), so this is
+    /// where text that is not UTF-8 is refused.
+    pub(super) fn key<'k>(
+        &self,
+        key: &'k (impl AsRef<[u8]> + ?Sized),
+    ) -> Result<&'k str, RequestError> {
+        let key = key.as_ref();
         let max = self.limits.max_key_bytes;
         match key.len() {
             0 => Err(RequestError::EmptyKey { max }),
             len if len > max => Err(RequestError::KeyTooLong { len, max }),
-            _ => Ok(key),
+            _ => std::str::from_utf8(key).map_err(|e| RequestError::KeyNotUtf8 {
+                at: e.valid_up_to(),
+                max,
+            }),
         }
     }
 
@@ -71,7 +81,7 @@ impl<B> KvService<B> {
 
     pub(super) fn incr_op(
         &self,
-        key: &str,
+        key: &[u8],
         delta: f64,
         ttl_ms: Option<u64>,
     ) -> Result<Op, RequestError> {
@@ -88,7 +98,7 @@ impl<B> KvService<B> {
 
     pub(super) fn merge_op(
         &self,
-        key: &str,
+        key: &[u8],
         patch: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<Op, RequestError> {
