@@ -71,7 +71,14 @@ pub(crate) fn start(
     let _ = std::thread::Builder::new()
         .name("kv-replay-scan".into())
         .spawn(move || {
-            let _ = tx.send(scan(&dir, &segments, &settings).map(Arc::new));
+            let started = std::time::Instant::now();
+            let horizons = scan(&dir, &segments, &settings);
+            tracing::debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                projects = horizons.as_ref().map_or(0, |h| h.through.len()),
+                "log scanned for the histories' horizons"
+            );
+            let _ = tx.send(horizons.map(Arc::new));
         });
     (rx, short)
 }
