@@ -46,6 +46,14 @@ now_us() {
     echo "${EPOCHREALTIME//[.,]/}"
 }
 
+# cpu_ms PID: CPU time (user + system, all threads, ended ones included)
+# the process has used, in ms: less at the mercy of other load on the
+# machine than wall time.
+TICK=$(getconf CLK_TCK)
+cpu_ms() {
+    awk -v tick="$TICK" '{ print int(($14 + $15) * 1000 / tick) }' "/proc/$1/stat"
+}
+
 # us_of LINE: the microseconds since the epoch of a log line's timestamp.
 us_of() {
     python3 -c 'import sys, datetime
@@ -85,20 +93,22 @@ for ((run = 1; run <= RUNS; run++)); do
         sleep 0.005
     done
     serving_ms=$((($(now_us) - t) / 1000))
+    serving_cpu=$(cpu_ms "$pid")
     for ((i = 0; i < 6000; i++)); do
         grep -q "ordered key indexes built" "$log" && break
         sleep 0.01
     done
     built=$(grep -m 1 "ordered key indexes built" "$log" || die "no index built: $(cat "$log")")
     ready_ms=$((($(us_of "$built") - t) / 1000))
+    ready_cpu=$(cpu_ms "$pid")
     line=$(grep -m 1 ' recovered' "$log")
     field() { grep -o " $1=[0-9]*" <<<"$line" | cut -d= -f2; }
-    printf '   run %d of %d: spawn -> serving %d ms, -> indexes ready %d ms; recovery %s ms,' \
-        "$run" "$RUNS" "$serving_ms" "$ready_ms" "$(field took_ms)"
+    printf '   run %d of %d: spawn -> serving %d ms (%d ms CPU), -> indexes ready %d ms (%d ms CPU); recovery %s ms,' \
+        "$run" "$RUNS" "$serving_ms" "$serving_cpu" "$ready_ms" "$ready_cpu" "$(field took_ms)"
     printf ' %s snapshot entries, %s log records, %s keys, presorted %s, history skipped %s\n' \
         "$(field snapshot_entries)" "$(field records)" "$(field keys)" \
         "$(field index_presorted_keys || echo -)" "$(field history_skipped || echo -)"
-    printf '{"mode":"%s","run":%d,"serving_ms":%d,"ready_ms":%d,"recovered_ms":%s,"keys":%s}\n' \
-        "$MODE" "$run" "$serving_ms" "$ready_ms" "$(field took_ms)" "$(field keys)" >"$OUT_DIR/restart-r$run.json"
+    printf '{"mode":"%s","run":%d,"serving_ms":%d,"serving_cpu_ms":%d,"ready_ms":%d,"ready_cpu_ms":%d,"recovered_ms":%s,"keys":%s}\n' \
+        "$MODE" "$run" "$serving_ms" "$serving_cpu" "$ready_ms" "$ready_cpu" "$(field took_ms)" "$(field keys)" >"$OUT_DIR/restart-r$run.json"
     stop "$pid"
 done

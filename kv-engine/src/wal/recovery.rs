@@ -575,6 +575,10 @@ fn for_each_record(
     mut each: impl FnMut(u64, Record) -> Result<(), Damage>,
 ) -> Result<(), Stop> {
     const BATCH: usize = 4096;
+    // Or fewer records, when they are large: a batch of 4096 records of a
+    // thousand changes each would be a whole segment, decoded before any
+    // of it is applied (no overlap left between the two threads).
+    const BATCH_BYTES: usize = 1 << 20;
     type Batch = Vec<Result<(u64, Record), Stop>>;
     let (batches, received) = mpsc::sync_channel::<Batch>(4);
     std::thread::scope(|scope| {
@@ -582,6 +586,7 @@ fn for_each_record(
             let mut payload = Vec::new();
             let mut last_project = None;
             let mut batch = Vec::with_capacity(BATCH);
+            let mut bytes = 0;
             loop {
                 let at = reader.offset();
                 let item = match reader.next_into(&mut payload) {
@@ -593,7 +598,9 @@ fn for_each_record(
                 };
                 let stop = item.is_err();
                 batch.push(item);
-                if stop || batch.len() == BATCH {
+                bytes += payload.len();
+                if stop || batch.len() == BATCH || bytes >= BATCH_BYTES {
+                    bytes = 0;
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     // A send fails when the consumer stopped early.
                     if batches.send(full).is_err() || stop {
