@@ -601,7 +601,11 @@ fn for_each_record(
                 bytes += payload.len();
                 if stop || batch.len() == BATCH || bytes >= BATCH_BYTES {
                     bytes = 0;
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    // The next batch sized like this one: a batch of 4096
+                    // records' room for a few large ones would be fresh
+                    // memory each time, zeroed by the kernel on first use.
+                    let room = batch.len().clamp(16, BATCH);
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(room));
                     // A send fails when the consumer stopped early.
                     if batches.send(full).is_err() || stop {
                         return;
