@@ -71,7 +71,7 @@ pub struct Event {
 
 /// An event's own allocation besides its key and value (the `Arc`, the
 /// struct, the key's and value's headers), rounded up.
-const EVENT_OVERHEAD: usize = 64;
+pub(crate) const EVENT_OVERHEAD: usize = 64;
 
 impl Event {
     fn size(&self) -> usize {

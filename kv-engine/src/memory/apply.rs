@@ -75,7 +75,7 @@ impl MemoryStore {
     pub fn apply_versioned(&self, project: &ProjectName, versioned: Versioned) -> Applied {
         let ns = self.namespace_or_create(project);
         let _exclusive = write_lock(&ns.consistency);
-        self.apply_in(project, &ns, versioned)
+        self.apply_in(project, &ns, versioned, 0)
     }
 
     /// Applies one committed transaction: its mutations, all visible
@@ -93,6 +93,18 @@ impl MemoryStore {
         mutations: Vec<Versioned>,
         request: Option<(Arc<str>, Remembered)>,
     ) {
+        self.apply_commit_through(project, mutations, request, 0);
+    }
+
+    /// [`Self::apply_commit`], publishing none of the changes up to version
+    /// `through` (a replay's, which the history would drop by its end).
+    pub(crate) fn apply_commit_through(
+        &self,
+        project: &ProjectName,
+        mutations: Vec<Versioned>,
+        request: Option<(Arc<str>, Remembered)>,
+        through: u64,
+    ) {
         if !mutations.is_empty() {
             let ns = self.namespace_or_create(project);
             // Every write holds the namespace exclusively, even a single
@@ -100,7 +112,7 @@ impl MemoryStore {
             // version covers exactly what it shows.
             let _exclusive = write_lock(&ns.consistency);
             for m in mutations {
-                self.apply_in(project, &ns, m);
+                self.apply_in(project, &ns, m, through);
             }
         }
         if let Some((id, remembered)) = request {
@@ -134,7 +146,7 @@ impl MemoryStore {
                 // Anything else publishes itself: the events before it go
                 // first, so the history stays in version order.
                 self.publish_expired(&ns, &mut events, &mut newest);
-                self.apply_in(project, &ns, versioned);
+                self.apply_in(project, &ns, versioned, 0);
                 continue;
             };
             let version = match version {
@@ -169,11 +181,14 @@ impl MemoryStore {
         *newest = 0;
     }
 
+    /// Applies one change; changes up to version `through` are not
+    /// published (see [`Self::apply_commit_through`]).
     pub(super) fn apply_in(
         &self,
         project: &ProjectName,
         ns: &Namespace,
         versioned: Versioned,
+        through: u64,
     ) -> Applied {
         let version = match versioned.version {
             0 => ns.version.load(Ordering::Acquire) + 1,
@@ -181,6 +196,7 @@ impl MemoryStore {
         };
         let now = self.clock.now_ms();
         let settings = &self.settings;
+        let publish = version > through;
         let applied = match versioned.mutation {
             Mutation::Set {
                 key,
@@ -191,55 +207,61 @@ impl MemoryStore {
                 // The event's copy is taken before the value moves into the
                 // map (looking the entry up again costs a shard lock and a
                 // hash, which a replay of millions of records feels), and
-                // only when the history records changes.
-                let copy = self
-                    .history
-                    .recording()
-                    .then(|| Bytes::copy_from_slice(&value));
+                // only when the history records changes and keeps this one.
+                let copy =
+                    (publish && self.history.recording()).then(|| Bytes::copy_from_slice(&value));
                 let block = Block::new(&key, value, expires_at, version);
                 self.apply_set(project, ns, block);
                 // Published once the value is in place, so a watcher reading
                 // the key after the event sees at least this write.
-                ns.hub.publish(version, settings, &self.history, || Event {
-                    version,
-                    kind: EventKind::Set,
-                    key: Arc::clone(&key),
-                    value: copy,
-                    expires_at,
-                });
+                if publish {
+                    ns.hub.publish(version, settings, &self.history, || Event {
+                        version,
+                        kind: EventKind::Set,
+                        key: Arc::clone(&key),
+                        value: copy,
+                        expires_at,
+                    });
+                }
                 Applied::default()
             }
             Mutation::Delete { key } => {
                 let removed = u64::from(self.apply_delete(project, ns, &key, now));
-                ns.hub.publish(version, settings, &self.history, || Event {
-                    version,
-                    kind: EventKind::Deleted,
-                    key,
-                    value: None,
-                    expires_at: None,
-                });
+                if publish {
+                    ns.hub.publish(version, settings, &self.history, || Event {
+                        version,
+                        kind: EventKind::Deleted,
+                        key,
+                        value: None,
+                        expires_at: None,
+                    });
+                }
                 Applied { removed }
             }
             Mutation::Expire { key } => {
                 let removed = u64::from(self.apply_delete(project, ns, &key, now));
-                ns.hub.publish(version, settings, &self.history, || Event {
-                    version,
-                    kind: EventKind::Expired,
-                    key,
-                    value: None,
-                    expires_at: None,
-                });
+                if publish {
+                    ns.hub.publish(version, settings, &self.history, || Event {
+                        version,
+                        kind: EventKind::Expired,
+                        key,
+                        value: None,
+                        expires_at: None,
+                    });
+                }
                 Applied { removed }
             }
             Mutation::Clear => {
                 let removed = self.apply_clear(project, ns, now);
-                ns.hub.publish(version, settings, &self.history, || Event {
-                    version,
-                    kind: EventKind::Cleared,
-                    key: "".into(),
-                    value: None,
-                    expires_at: None,
-                });
+                if publish {
+                    ns.hub.publish(version, settings, &self.history, || Event {
+                        version,
+                        kind: EventKind::Cleared,
+                        key: "".into(),
+                        value: None,
+                        expires_at: None,
+                    });
+                }
                 Applied { removed }
             }
         };

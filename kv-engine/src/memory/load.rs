@@ -7,6 +7,9 @@ use super::*;
 /// recovery; [`OrderBuild::run`] builds them (on a thread of its own).
 pub(crate) struct OrderBuild {
     pub(super) namespaces: Vec<(ProjectName, Arc<Namespace>)>,
+    /// Keys whose index is made from a snapshot's key order (a seed), not
+    /// by sorting.
+    pub(crate) presorted: usize,
 }
 
 /// Up to this many keys, all projects together, indexes are built at once
@@ -40,15 +43,25 @@ impl OrderBuild {
         }
     }
 
-    /// The namespace's blocks, in key order, read from its map after the
-    /// load. Nothing but the map's shards (one at a time) is locked, so
-    /// writers go on meanwhile: the walk is fuzzy, but every change since
-    /// the load ended is also queued in `changes`, and the install replays
-    /// those over whatever the walk saw (each leaves its key as the last
-    /// change made it).
+    /// The namespace's blocks, in key order: collected from what a
+    /// snapshot's load put into the map (its seed), or read
+    /// from its map after the load. Nothing but the map's shards (one at a
+    /// time) is locked while the tree is made, so writers go on meanwhile:
+    /// the walk is fuzzy, but every change since the load ended (and with
+    /// a seed, every change the log replay made over it) is also queued in
+    /// `changes`, and the install replays those over whatever the tree
+    /// holds (each leaves its key as the last change made it).
     pub(super) fn sorted(ns: &Namespace) -> BTreeSet<Block> {
-        if matches!(&*read_lock(&ns.cold().order), OrderIndex::Ready(_)) {
-            return BTreeSet::new();
+        let seed = match &mut *write_lock(&ns.cold().order) {
+            OrderIndex::Ready(_) => return BTreeSet::new(),
+            OrderIndex::Building(pending) => pending.seed.take(),
+        };
+        if let Some(seed) = seed {
+            // In key order, or a few runs of it (one per replay worker):
+            // the collect's stable sort finds the runs in one pass and
+            // merges them, then builds the tree in another. A key loaded
+            // twice keeps its last block, the one the map holds.
+            return seed.into_iter().collect();
         }
         let mut blocks = Vec::with_capacity(ns.entries.len());
         let _ = ns.entries.try_for_each(|block| {
@@ -70,7 +83,7 @@ impl OrderBuild {
             if let OrderIndex::Building(pending) = &mut *order {
                 let mut ready = OrderIndex::Ready(std::mem::take(&mut tree));
                 for change in pending.changes.drain(..) {
-                    ready.change(change, false);
+                    ready.change(change, Phase::Live);
                 }
                 *order = ready;
             }
@@ -111,6 +124,39 @@ impl MemoryStore {
             .collect()
     }
 
+    /// `project`'s ordered keys once its index is built, each checked to
+    /// be the block its map holds (an older one would keep an overwritten
+    /// value alive), and checked against the map's keys, for tests.
+    #[cfg(test)]
+    pub(crate) fn index_keys(&self, project: &ProjectName) -> Vec<String> {
+        let Some(ns) = self.namespace(project) else {
+            return Vec::new();
+        };
+        ns.cold().built.wait();
+        let mut map: Vec<String> = Vec::new();
+        let _ = ns.entries.try_for_each(|b| {
+            map.push(b.key().to_string());
+            Ok::<_, ()>(())
+        });
+        map.sort_unstable();
+        if !ns.entries.is_big() {
+            return map;
+        }
+        let OrderIndex::Ready(tree) = &*read_lock(&ns.cold().order) else {
+            panic!("built, yet not ready");
+        };
+        for block in tree {
+            let held = ns.entries.get(block.key());
+            assert!(
+                held.is_some_and(|held| held.ptr_eq(block)),
+                "the index holds a block the map does not: {block:?}"
+            );
+        }
+        let index: Vec<String> = tree.iter().map(|b| b.key().to_string()).collect();
+        assert_eq!(index, map, "the index and the map hold different keys");
+        index
+    }
+
     /// How many entries `project`'s map can hold without growing.
     #[cfg(test)]
     pub(crate) fn map_capacity(&self, project: &ProjectName) -> usize {
@@ -121,9 +167,11 @@ impl MemoryStore {
     /// A namespace for `project`, the next incarnation after `base`;
     /// during a load, its map sized as expected.
     pub(super) fn new_namespace(&self, project: &ProjectName, base: u64) -> Namespace {
-        let loading = self.loading();
-        let mut ns = Namespace::new(loading, base);
-        if loading && let Some(&keys) = lock(&self.expected).get(project) {
+        let phase = self.phase();
+        let mut ns = Namespace::new(phase, base);
+        if phase != Phase::Live
+            && let Some(&keys) = lock(&self.expected).get(project)
+        {
             ns.entries = super::entries::Entries::with_capacity(keys);
         }
         ns
@@ -143,14 +191,25 @@ impl MemoryStore {
         self.history.frozen.store(false, Ordering::Relaxed);
         self.loading.store(false, Ordering::Relaxed);
         *lock(&self.expected) = HashMap::default();
+        let mut presorted = 0;
         let mut namespaces: Vec<_> = self
             .namespaces()
             .into_iter()
             .filter_map(|(project, ns)| {
                 let cold = ns.cold_if_made()?;
-                let loaded = match &*read_lock(&cold.order) {
+                let loaded = match &mut *write_lock(&cold.order) {
                     OrderIndex::Ready(_) => return None,
-                    OrderIndex::Building(_) => ns.entries.len(),
+                    // Only a sharded map's keys enter a seed: a list's
+                    // index is made from the list.
+                    OrderIndex::Building(pending) if !ns.entries.is_big() => {
+                        pending.seed = None;
+                        pending.changes = Vec::new();
+                        ns.entries.len()
+                    }
+                    OrderIndex::Building(pending) => {
+                        presorted += pending.seed.as_ref().map_or(0, Vec::len);
+                        ns.entries.len()
+                    }
                 };
                 Some((loaded, project, ns))
             })
@@ -170,6 +229,7 @@ impl MemoryStore {
                 .into_iter()
                 .map(|(_, project, ns)| (project, ns))
                 .collect(),
+            presorted,
         }
     }
 
@@ -177,9 +237,19 @@ impl MemoryStore {
         self.loading.load(Ordering::Relaxed)
     }
 
+    /// Whether a recovery is loading a snapshot's state (the history is
+    /// frozen only then), replaying the log, or neither.
+    pub(super) fn phase(&self) -> Phase {
+        match (self.loading(), self.history.recording()) {
+            (false, _) => Phase::Live,
+            (true, false) => Phase::State,
+            (true, true) => Phase::Log,
+        }
+    }
+
     /// Records a change of `ns`'s key set in its ordered index.
     pub(super) fn change_order(&self, ns: &Namespace, change: OrderChange) {
-        write_lock(&ns.cold().order).change(change, self.loading());
+        write_lock(&ns.cold().order).change(change, self.phase());
     }
 
     /// Waits until `project`'s ordered index is ready (it is being built

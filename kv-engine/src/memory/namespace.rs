@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     entries::Entries,
-    order::{Built, OrderIndex},
+    order::{Built, OrderIndex, Pending, Phase},
     requests::RequestTable,
 };
 use crate::{
@@ -62,28 +62,33 @@ pub(super) struct Cold {
 }
 
 impl Cold {
-    fn new(loading: bool) -> Self {
-        let order = if loading {
-            OrderIndex::Building(Box::default())
-        } else {
-            OrderIndex::Ready(BTreeSet::new())
+    fn new(phase: Phase) -> Self {
+        let order = match phase {
+            Phase::Live => OrderIndex::Ready(BTreeSet::new()),
+            // Made by a snapshot's load: its entries come in key order.
+            Phase::State => OrderIndex::Building(Box::new(Pending {
+                changes: Vec::new(),
+                seed: Some(Vec::new()),
+            })),
+            Phase::Log => OrderIndex::Building(Box::default()),
         };
         Self {
             order: RwLock::new(order),
-            built: Built::new(!loading),
+            built: Built::new(phase == Phase::Live),
             requests: Mutex::default(),
         }
     }
 }
 
 impl Namespace {
-    /// A namespace created during a recovery gathers its keys for an
-    /// `OrderBuild` (its cold part is made at once, index building); any
-    /// other has an empty, ready index, made when first asked for.
-    pub(super) fn new(loading: bool, incarnation: u64) -> Self {
+    /// A namespace created during a recovery (`phase` other than live)
+    /// gathers its keys for an `OrderBuild` (its cold part is made at once,
+    /// index building); any other has an empty, ready index, made when
+    /// first asked for.
+    pub(super) fn new(phase: Phase, incarnation: u64) -> Self {
         let cold = OnceLock::new();
-        if loading {
-            let _ = cold.set(Box::new(Cold::new(true)));
+        if phase != Phase::Live {
+            let _ = cold.set(Box::new(Cold::new(phase)));
         }
         Self {
             entries: Entries::new(),
@@ -101,7 +106,7 @@ impl Namespace {
     /// The cold part, made now if it was not. Only namespaces made by a
     /// recovery are made with one, so one made here has a ready index.
     pub(super) fn cold(&self) -> &Cold {
-        self.cold.get_or_init(|| Box::new(Cold::new(false)))
+        self.cold.get_or_init(|| Box::new(Cold::new(Phase::Live)))
     }
 
     /// The cold part if it was made.

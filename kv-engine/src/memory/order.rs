@@ -22,16 +22,26 @@ pub(super) enum OrderIndex {
 }
 
 impl OrderIndex {
-    /// Records a change of the key set. `loading`: the store is still
-    /// recovering; the build reads the map as the load left it, so a
-    /// change during the load needs no record.
-    pub(super) fn change(&mut self, change: OrderChange, loading: bool) {
-        match (self, loading) {
+    /// Records a change of the key set, made in `phase`.
+    pub(super) fn change(&mut self, change: OrderChange, phase: Phase) {
+        match (self, phase) {
             (Self::Ready(tree), _) => apply(tree, change),
-            (Self::Building(_), true) => {}
-            (Self::Building(pending), false) => pending.changes.push(change),
+            (Self::Building(pending), Phase::Live) => pending.changes.push(change),
+            (Self::Building(pending), Phase::State) => pending.seed_state(change),
+            (Self::Building(pending), Phase::Log) => pending.seed_log(change),
         }
     }
+}
+
+/// When a key-set change is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Outside a recovery.
+    Live,
+    /// A recovery loading a snapshot's state.
+    State,
+    /// A recovery replaying the log after the snapshot.
+    Log,
 }
 
 fn apply(tree: &mut BTreeSet<Block>, change: OrderChange) {
@@ -51,9 +61,50 @@ fn apply(tree: &mut BTreeSet<Block>, change: OrderChange) {
 /// Key-set changes waiting for an index being built.
 #[derive(Default)]
 pub(super) struct Pending {
-    /// Changes since the load ended, in the order they were applied, to be
-    /// replayed onto the built tree.
+    /// Changes to replay onto the built tree, in the order they were
+    /// applied: those since the load ended, and with a `seed`, the log
+    /// replay's before them.
     pub(super) changes: Vec<OrderChange>,
+    /// The blocks a snapshot's load put into the map, in load order
+    /// (`None`: the build walks the map and sorts). A snapshot lists each
+    /// project's entries in key order, so collecting them is one linear
+    /// pass; an older snapshot's hash order is sorted by the collect.
+    pub(super) seed: Option<Vec<Block>>,
+}
+
+/// Log changes replayed over a seed beyond this share of it (one in
+/// `LOG_CHANGES_PER_SEED`, plus a thousand) give the seed up: replaying
+/// each into the tree costs a tree search, and past a point walking and
+/// sorting the final map costs less than the seed saves. It also bounds
+/// what the seed keeps alive of values the log has replaced.
+const LOG_CHANGES_PER_SEED: usize = 2;
+
+impl Pending {
+    /// A change while a snapshot's state loads: its sets enter the seed in
+    /// file order (a key set twice leaves both blocks in load order, and
+    /// the collect keeps the last of equal keys, the map's). A removal
+    /// cannot be rebuilt from a seed, so the build walks the map instead.
+    fn seed_state(&mut self, change: OrderChange) {
+        match (change, &mut self.seed) {
+            (OrderChange::Put(block), Some(seed)) => seed.push(block),
+            (_, seed) => *seed = None,
+        }
+    }
+
+    /// A change while the log is replayed during a recovery: kept to be
+    /// replayed over the seed, or nothing when the build walks the map
+    /// (which then holds it).
+    fn seed_log(&mut self, change: OrderChange) {
+        let Some(seed) = &self.seed else {
+            return;
+        };
+        if self.changes.len() >= seed.len() / LOG_CHANGES_PER_SEED + 1024 {
+            self.seed = None;
+            self.changes = Vec::new();
+            return;
+        }
+        self.changes.push(change);
+    }
 }
 
 pub(super) enum OrderChange {

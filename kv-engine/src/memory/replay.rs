@@ -18,7 +18,7 @@
 //! per namespace, then handed over at the flush.
 
 use std::{
-    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel},
     thread::Scope,
 };
 
@@ -71,6 +71,22 @@ pub(crate) struct Replayer<'env> {
     /// Something was sent since the last flush.
     dirty: bool,
     hasher: MapHasher,
+    horizon: Horizon,
+    /// The last project looked up in the horizons, with its version.
+    through: Option<(ProjectName, u64)>,
+    /// Changes applied without being published (see [`Horizon`]).
+    skipped: u64,
+}
+
+/// Which of the log's changes are published into the histories: all, or
+/// (once the log's scan says so, `wal::scan`) only those a project's ring
+/// can still hold at the end of the replay.
+enum Horizon {
+    All,
+    /// The scan is under way; the rings held this many bytes when the log
+    /// began.
+    Waiting(Receiver<Option<Arc<Horizons>>>, usize),
+    Known(Arc<Horizons>),
 }
 
 impl<'env> Replayer<'env> {
@@ -100,6 +116,57 @@ impl<'env> Replayer<'env> {
             current: None,
             dirty: false,
             hasher: MapHasher::default(),
+            horizon: Horizon::All,
+            through: None,
+            skipped: 0,
+        }
+    }
+
+    /// The snapshot is loaded: what follows are the log's changes, whose
+    /// scan sends `horizons` (when it is done: until then, and if it finds
+    /// none or they do not fit, every change is published). With `wait`
+    /// (a short log, whose scan takes a moment) the scan's answer is
+    /// awaited here.
+    pub(crate) fn begin_log(&mut self, horizons: Receiver<Option<Arc<Horizons>>>, wait: bool) {
+        let restored = self.mem.history.used.load(Ordering::Relaxed);
+        self.horizon = match wait {
+            false => Horizon::Waiting(horizons, restored),
+            true => match horizons.recv() {
+                Ok(Some(horizons)) if horizons.fits(restored, &self.mem.settings) => {
+                    Horizon::Known(horizons)
+                }
+                _ => Horizon::All,
+            },
+        };
+    }
+
+    /// Changes applied without being published, their rings being sure to
+    /// drop them.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The newest version of `project` not to publish (0: all).
+    fn through(&mut self, project: &ProjectName) -> u64 {
+        if let Horizon::Waiting(scan, restored) = &self.horizon {
+            self.horizon = match scan.try_recv() {
+                Err(TryRecvError::Empty) => return 0,
+                Ok(Some(horizons)) if horizons.fits(*restored, &self.mem.settings) => {
+                    Horizon::Known(horizons)
+                }
+                Ok(_) | Err(TryRecvError::Disconnected) => Horizon::All,
+            };
+        }
+        let Horizon::Known(horizons) = &self.horizon else {
+            return 0;
+        };
+        match &self.through {
+            Some((cached, through)) if cached == project => *through,
+            _ => {
+                let through = horizons.through(project);
+                self.through = Some((project.clone(), through));
+                through
+            }
         }
     }
 
@@ -111,13 +178,19 @@ impl<'env> Replayer<'env> {
         mutations: Vec<Versioned>,
         request: Option<(Arc<str>, Remembered)>,
     ) {
+        let through = self.through(project);
+        self.skipped += mutations
+            .iter()
+            .filter(|m| (1..=through).contains(&m.version))
+            .count() as u64;
         if self.workers.is_empty()
             || mutations
                 .iter()
                 .any(|m| matches!(m.mutation, Mutation::Clear))
         {
             self.flush();
-            self.mem.apply_commit(project, mutations, request);
+            self.mem
+                .apply_commit_through(project, mutations, request, through);
             return;
         }
         // A namespace's changes go to the workers only once its entries
@@ -131,7 +204,8 @@ impl<'env> Replayer<'env> {
             .namespace(project)
             .is_some_and(|ns| ns.entries.is_big())
         {
-            self.mem.apply_commit(project, mutations, request);
+            self.mem
+                .apply_commit_through(project, mutations, request, through);
             return;
         }
         if !mutations.is_empty() {
@@ -142,6 +216,7 @@ impl<'env> Replayer<'env> {
                     0 => ns.version.load(Ordering::Acquire) + 1,
                     v => v,
                 };
+                let publish = version > through;
                 let (key, set, kind) = match mutation {
                     Mutation::Set {
                         key,
@@ -149,25 +224,27 @@ impl<'env> Replayer<'env> {
                         expires_at,
                     } => {
                         // Copied before the value leaves for its worker,
-                        // and only when the history records changes.
-                        let copy = mem
-                            .history
-                            .recording()
-                            .then(|| Bytes::copy_from_slice(&value));
-                        ns.hub.publish(version, settings, &mem.history, || Event {
-                            version,
-                            kind: EventKind::Set,
-                            key: Arc::clone(&key),
-                            value: copy,
-                            expires_at,
-                        });
+                        // and only when the history records changes and
+                        // keeps this one.
+                        if publish && mem.history.recording() {
+                            let copy = Some(Bytes::copy_from_slice(&value));
+                            ns.hub.publish(version, settings, &mem.history, || Event {
+                                version,
+                                kind: EventKind::Set,
+                                key: Arc::clone(&key),
+                                value: copy,
+                                expires_at,
+                            });
+                        }
                         (key, Some((value, expires_at)), None)
                     }
                     Mutation::Delete { key } => (key, None, Some(EventKind::Deleted)),
                     Mutation::Expire { key } => (key, None, Some(EventKind::Expired)),
                     Mutation::Clear => unreachable!("a clear is applied above"),
                 };
-                if let Some(kind) = kind {
+                if let Some(kind) = kind
+                    && publish
+                {
                     ns.hub.publish(version, settings, &mem.history, || Event {
                         version,
                         kind,
@@ -267,6 +344,11 @@ struct Held {
     bytes: u64,
     keys: u64,
     order: Vec<OrderChange>,
+    /// Whether key-set changes are recorded: always outside a recovery
+    /// and while a snapshot's state loads (its sets seed the index in key
+    /// order); during the log's replay only over a seed, since otherwise
+    /// the index is built from the map after the load.
+    indexing: bool,
 }
 
 /// A worker: applies the runs it receives, in order, until the replayer
@@ -283,11 +365,19 @@ fn work(mem: &MemoryStore, jobs: Receiver<Job>) {
                 let at = match held.iter().rposition(|h| Arc::ptr_eq(&h.ns, &ns)) {
                     Some(at) => at,
                     None => {
+                        let indexing = match mem.phase() {
+                            Phase::Live | Phase::State => true,
+                            Phase::Log => ns.cold_if_made().is_some_and(|cold| {
+                                matches!(&*read_lock(&cold.order),
+                                    OrderIndex::Building(p) if p.seed.is_some())
+                            }),
+                        };
                         held.push(Held {
                             ns,
                             bytes: 0,
                             keys: 0,
                             order: Vec::new(),
+                            indexing,
                         });
                         held.len() - 1
                     }
@@ -317,11 +407,9 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
             let added = (key.len() + value.len()) as u64;
             let block = Block::new(&key, value, expires_at, version);
             let mut gone = 0;
-            // During a load (always, for a recovery's replay) the index is
-            // built from the map afterwards: nothing to record.
             // Only a map's namespace reaches a worker: new or replacing,
-            // the block goes into the index.
-            let indexed = (!mem.loading()).then(|| block.clone());
+            // the block goes into the index, or its seed (see `Held`).
+            let indexed = held.indexing.then(|| block.clone());
             let replaced = ns.entries.upsert(
                 block,
                 |old, _| {
@@ -348,7 +436,7 @@ fn apply_key(mem: &MemoryStore, project: &ProjectName, held: &mut Held, change: 
                 mem.expiry.forget(project, &key, block.expires_at());
                 held.bytes = held.bytes.wrapping_sub(block.size() as u64);
                 held.keys = held.keys.wrapping_sub(1);
-                if !mem.loading() {
+                if held.indexing {
                     held.order.push(OrderChange::Remove(block));
                 }
             }
@@ -364,170 +452,15 @@ fn hand_over(mem: &MemoryStore, held: &mut Vec<Held>) {
         ns.bytes.fetch_add(held.bytes, Ordering::Relaxed);
         ns.keys.fetch_add(held.keys, Ordering::Relaxed);
         if !held.order.is_empty() {
-            let loading = mem.loading();
+            let phase = mem.phase();
             let mut order = write_lock(&ns.cold().order);
             for change in held.order {
-                order.change(change, loading);
+                order.change(change, phase);
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ManualClock;
-
-    /// Random records over three projects: sets (some with deadlines,
-    /// some numbered, some not), deletes, expiries, now and then a clear
-    /// or a remembered request.
-    fn records(seed: u64, n: usize) -> Vec<(ProjectName, Vec<Versioned>, Option<Arc<str>>)> {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let projects: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|p| ProjectName::parse(p).unwrap())
-            .collect();
-        let mut versions = [0u64; 3];
-        (0..n)
-            .map(|i| {
-                let p = rng.usize(..3);
-                let mutations = (0..rng.usize(1..4))
-                    .map(|_| {
-                        let key: Arc<str> = format!("k{:04}", rng.u64(..3000)).into();
-                        let mutation = match rng.u32(..1000) {
-                            0..=2 => Mutation::Clear,
-                            3..=599 => Mutation::Set {
-                                key,
-                                value: vec![0x20, rng.u8(..)].into_boxed_slice(),
-                                expires_at: rng
-                                    .bool()
-                                    .then(|| 1_000 + rng.u64(..100))
-                                    .and_then(Deadline::at),
-                            },
-                            600..=849 => Mutation::Delete { key },
-                            _ => Mutation::Expire { key },
-                        };
-                        // Records of the first log format carry no version.
-                        let version = if rng.u32(..10) == 0 {
-                            0
-                        } else {
-                            versions[p] + 1 + u64::from(rng.u32(..10) == 0)
-                        };
-                        versions[p] = versions[p].max(version).max(versions[p] + 1);
-                        Versioned { version, mutation }
-                    })
-                    .collect();
-                let request = (rng.u32(..20) == 0).then(|| Arc::from(format!("r{i}")));
-                (projects[p].clone(), mutations, request)
-            })
-            .collect()
-    }
-
-    fn remembered(at: u64) -> Remembered {
-        Remembered {
-            fingerprint: 7,
-            at,
-            outcome: Arc::new(crate::TxnOutcome::default()),
-        }
-    }
-
-    /// Everything a recovery leaves that the workers touch or that is
-    /// ordered: entries, usage, versions, expiry index, ordered keys,
-    /// history, remembered requests.
-    fn state(store: &MemoryStore) -> String {
-        let mut out = Vec::new();
-        store
-            .for_each_stored(|p, k, v, at, version| {
-                out.push(format!("{p} {k} {v:?} {at:?} {version}"));
-                Ok::<(), ()>(())
-            })
-            .unwrap();
-        out.sort();
-        let mut usages = store.project_usages();
-        usages.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut versions = store.versions();
-        versions.sort();
-        out.push(format!("{usages:?} {versions:?} {}", store.data_bytes()));
-        out.push(format!("expiries {}", store.pending_expiries()));
-        let mut expiries = Vec::new();
-        for shard in store.expiry.shards.iter() {
-            for r in lock(shard).iter() {
-                expiries.push(format!("{:?} {} {}", r.at, r.project, r.key));
-            }
-        }
-        expiries.sort();
-        out.extend(expiries);
-        let mut namespaces = store.namespaces();
-        namespaces.sort_by(|a, b| a.0.cmp(&b.0));
-        for (p, ns) in namespaces {
-            // No cold part: an empty index, not yet made.
-            match ns
-                .cold_if_made()
-                .map(|cold| read_lock(&cold.order))
-                .as_deref()
-            {
-                None => out.push(format!("{p} order {{}}")),
-                Some(OrderIndex::Ready(tree)) => out.push(format!("{p} order {tree:?}")),
-                Some(OrderIndex::Building(_)) => out.push(format!("{p} order not built")),
-            }
-            out.push(format!("{p} history {:?}", ns.hub.window()));
-        }
-        let mut requests = Vec::new();
-        store
-            .for_each_remembered(|p, id, r| {
-                requests.push(format!("{p} request {id} {}", r.at));
-                Ok::<(), ()>(())
-            })
-            .unwrap();
-        requests.sort();
-        out.extend(requests);
-        out.join("\n")
-    }
-
-    fn recover(workers: usize, seed: u64) -> String {
-        let clock = Arc::new(ManualClock::new(1_050));
-        let settings = Settings {
-            watch_history_events: 500,
-            ..Settings::default()
-        };
-        let store = MemoryStore::with_settings(clock, settings);
-        store.begin_load();
-        std::thread::scope(|scope| {
-            let mut replayer = Replayer::start(scope, &store, workers);
-            let records = records(seed, 4000);
-            let (state_part, changes) = records.split_at(1000);
-            // A snapshot's part (publishing nothing), then the log's.
-            for (p, mutations, request) in state_part.iter().cloned() {
-                let request = request.map(|id| (id, remembered(1_000)));
-                replayer.apply_commit(&p, mutations, request);
-            }
-            replayer.flush();
-            store.begin_log_replay();
-            for (i, (p, mutations, request)) in changes.iter().cloned().enumerate() {
-                let request = request.map(|id| (id, remembered(1_000)));
-                replayer.apply_commit(&p, mutations, request);
-                if i % 700 == 0 {
-                    replayer.flush();
-                    store.start_incarnation(&p, store.version(&p) + 5);
-                }
-            }
-        });
-        store.end_load().run();
-        state(&store)
-    }
-
-    #[test]
-    fn workers_leave_exactly_the_state_one_thread_leaves() {
-        for seed in 0..4 {
-            let alone = recover(0, seed);
-            assert!(alone.contains("history Some"), "{alone}");
-            for workers in [1, 3] {
-                let parallel = recover(workers, seed);
-                assert!(
-                    alone == parallel,
-                    "seed {seed}, {workers} workers:\n{parallel}\n--- one thread:\n{alone}"
-                );
-            }
-        }
-    }
-}
+#[path = "replay_tests.rs"]
+mod tests;

@@ -72,8 +72,13 @@ mod frame;
 #[cfg(test)]
 mod history_tests;
 mod options;
+#[cfg(test)]
+mod order_tests;
 mod queue;
 mod recovery;
+mod scan;
+#[cfg(test)]
+mod scan_tests;
 mod scope;
 mod sizes;
 mod snapshot;
@@ -201,6 +206,8 @@ impl DurableStore {
             took_ms = recovered.took.as_millis() as u64,
             index_ms = recovered.index_took.as_millis() as u64,
             index_deferred_keys = recovered.index_deferred_keys,
+            index_presorted_keys = recovered.index_presorted_keys,
+            history_skipped = recovered.history_skipped,
             "recovered"
         );
 

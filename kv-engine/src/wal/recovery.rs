@@ -23,7 +23,7 @@ use crate::{
     Clock, Mutation, Versioned,
     catalog::{Catalog, apply_logged},
     memory::{
-        MemoryStore,
+        Horizons, MemoryStore,
         load::OrderBuild,
         replay::{Replayer, replay_workers},
         requests::Remembered,
@@ -154,6 +154,12 @@ pub struct Recovered {
     /// Keys of the projects whose ordered indexes are built in the
     /// background.
     pub index_deferred_keys: u64,
+    /// Keys whose index is built from a snapshot's key order, without a
+    /// sort (a snapshot of an older build lists keys in hash order).
+    pub index_presorted_keys: u64,
+    /// Logged changes replayed without rebuilding their history events:
+    /// their project's ring would have dropped them by the end.
+    pub history_skipped: u64,
 }
 
 enum SegmentEnd {
@@ -227,6 +233,11 @@ pub(super) fn recover(
     let catalog = Arc::new(Catalog::default());
 
     let base = snapshots.last().copied();
+    // Which changes the histories will keep, found while the snapshot
+    // loads. Not with a repair: a cut log would end the replay early.
+    let to_replay: Vec<u64> = segments.range(base.unwrap_or(0)..).copied().collect();
+    let horizons =
+        (!repair && !to_replay.is_empty()).then(|| super::scan::start(dir, to_replay, settings));
     // The workers apply keys while this thread keeps everything else in
     // log order (see `Replayer`); they are gone when the scope ends.
     let log_bytes = std::thread::scope(|scope| {
@@ -236,7 +247,15 @@ pub(super) fn recover(
             catalog: &catalog,
             replayer: &mut replayer,
         };
-        load_and_replay(dir, base, &segments, replay, repair, &mut recovered)
+        load_and_replay(
+            dir,
+            base,
+            &segments,
+            replay,
+            horizons,
+            repair,
+            &mut recovered,
+        )
     })?;
     let base = base.unwrap_or(0);
 
@@ -251,6 +270,7 @@ pub(super) fn recover(
     let build = mem.end_load();
     recovered.index_took = indexing.elapsed();
     recovered.index_deferred_keys = build.keys() as u64;
+    recovered.index_presorted_keys = build.presorted as u64;
     Ok(Loaded {
         mem,
         catalog,
@@ -277,6 +297,7 @@ fn load_and_replay(
     base: Option<u64>,
     segments: &BTreeSet<u64>,
     mut replay: Replay<'_, '_>,
+    horizons: Option<(mpsc::Receiver<Option<Arc<Horizons>>>, bool)>,
     repair: bool,
     recovered: &mut Recovered,
 ) -> Result<u64, OpenError> {
@@ -287,6 +308,9 @@ fn load_and_replay(
     // From here on, records are changes: they rebuild the change history
     // after the snapshot's, as live application built it.
     replay.mem.begin_log_replay();
+    if let Some((horizons, short)) = horizons {
+        replay.replayer.begin_log(horizons, short);
+    }
 
     let to_replay: Vec<u64> = segments.range(base.unwrap_or(0)..).copied().collect();
     let mut log_bytes = 0;
@@ -306,6 +330,7 @@ fn load_and_replay(
         }
         recovered.segments += 1;
     }
+    recovered.history_skipped = replay.replayer.skipped();
     Ok(log_bytes)
 }
 
@@ -550,6 +575,10 @@ fn for_each_record(
     mut each: impl FnMut(u64, Record) -> Result<(), Damage>,
 ) -> Result<(), Stop> {
     const BATCH: usize = 4096;
+    // Or fewer records, when they are large: a batch of 4096 records of a
+    // thousand changes each would be a whole segment, decoded before any
+    // of it is applied (no overlap left between the two threads).
+    const BATCH_BYTES: usize = 1 << 20;
     type Batch = Vec<Result<(u64, Record), Stop>>;
     let (batches, received) = mpsc::sync_channel::<Batch>(4);
     std::thread::scope(|scope| {
@@ -557,6 +586,7 @@ fn for_each_record(
             let mut payload = Vec::new();
             let mut last_project = None;
             let mut batch = Vec::with_capacity(BATCH);
+            let mut bytes = 0;
             loop {
                 let at = reader.offset();
                 let item = match reader.next_into(&mut payload) {
@@ -568,8 +598,14 @@ fn for_each_record(
                 };
                 let stop = item.is_err();
                 batch.push(item);
-                if stop || batch.len() == BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                bytes += payload.len();
+                if stop || batch.len() == BATCH || bytes >= BATCH_BYTES {
+                    bytes = 0;
+                    // The next batch sized like this one: a batch of 4096
+                    // records' room for a few large ones would be fresh
+                    // memory each time, zeroed by the kernel on first use.
+                    let room = batch.len().clamp(16, BATCH);
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(room));
                     // A send fails when the consumer stopped early.
                     if batches.send(full).is_err() || stop {
                         return;
