@@ -73,6 +73,8 @@ mod locks;
 pub mod namespace;
 mod order;
 mod read;
+#[cfg(test)]
+mod remembered_tests;
 pub(crate) mod replay;
 pub mod requests;
 mod state;

@@ -25,6 +25,11 @@ pub struct Remembered {
 pub(super) struct RequestTable {
     pub(super) by_id: HashMap<Arc<str>, Remembered, MapHasher>,
     pub(super) order: VecDeque<(u64, Arc<str>)>,
+    /// Entries popped from the front of `order` since the table was
+    /// made: a position in `order` plus this stays meaningful across
+    /// evictions, so a walk can copy the table in steps, letting go of
+    /// its lock between them.
+    pub(super) evicted: u64,
 }
 
 impl RequestTable {
@@ -45,6 +50,7 @@ impl RequestTable {
             let Some((at, id)) = self.order.pop_front() else {
                 break;
             };
+            self.evicted += 1;
             // The id may have been remembered again since (after its
             // window): then it stays. One lookup either way.
             if let Some((id, newer)) = self.by_id.remove_entry(&id)
