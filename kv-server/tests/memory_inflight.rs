@@ -366,8 +366,14 @@ async fn deletes_with_request_ids_into_missing_projects_take_no_memory() {
         before as f64 / MIB,
         after as f64 / MIB
     );
+    // Had the calls made their projects, 10,000 namespaces (about 1.6 KB
+    // resident each, BENCHMARKS.md) and 20,000 remembered ids would add
+    // over 16 MiB. Without them, RssAnon still moves by up to about 5 MiB
+    // either way between runs (the allocator's pages around 100 calls in
+    // flight at a time; seen on builds before and after the change this
+    // bound was first set for), so the bound sits between the two.
     assert!(
-        after <= before + (4 << 20),
+        after <= before + (8 << 20),
         "RssAnon grew from {:.1} to {:.1} MiB",
         before as f64 / MIB,
         after as f64 / MIB
