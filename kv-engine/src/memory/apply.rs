@@ -197,7 +197,7 @@ impl MemoryStore {
         let now = self.clock.now_ms();
         let settings = &self.settings;
         let publish = version > through;
-        let applied = match versioned.mutation {
+        let (applied, kind, key, value, expires_at) = match versioned.mutation {
             Mutation::Set {
                 key,
                 value,
@@ -212,59 +212,38 @@ impl MemoryStore {
                     (publish && self.history.recording()).then(|| Bytes::copy_from_slice(&value));
                 let block = Block::new(&key, value, expires_at, version);
                 self.apply_set(project, ns, block);
-                // Published once the value is in place, so a watcher reading
-                // the key after the event sees at least this write.
-                if publish {
-                    ns.hub.publish(version, settings, &self.history, || Event {
-                        version,
-                        kind: EventKind::Set,
-                        key: Arc::clone(&key),
-                        value: copy,
-                        expires_at,
-                    });
-                }
-                Applied::default()
+                (Applied::default(), EventKind::Set, key, copy, expires_at)
             }
             Mutation::Delete { key } => {
                 let removed = u64::from(self.apply_delete(project, ns, &key, now));
-                if publish {
-                    ns.hub.publish(version, settings, &self.history, || Event {
-                        version,
-                        kind: EventKind::Deleted,
-                        key,
-                        value: None,
-                        expires_at: None,
-                    });
-                }
-                Applied { removed }
+                (Applied { removed }, EventKind::Deleted, key, None, None)
             }
             Mutation::Expire { key } => {
                 let removed = u64::from(self.apply_delete(project, ns, &key, now));
-                if publish {
-                    ns.hub.publish(version, settings, &self.history, || Event {
-                        version,
-                        kind: EventKind::Expired,
-                        key,
-                        value: None,
-                        expires_at: None,
-                    });
-                }
-                Applied { removed }
+                (Applied { removed }, EventKind::Expired, key, None, None)
             }
             Mutation::Clear => {
                 let removed = self.apply_clear(project, ns, now);
-                if publish {
-                    ns.hub.publish(version, settings, &self.history, || Event {
-                        version,
-                        kind: EventKind::Cleared,
-                        key: "".into(),
-                        value: None,
-                        expires_at: None,
-                    });
-                }
-                Applied { removed }
+                (
+                    Applied { removed },
+                    EventKind::Cleared,
+                    "".into(),
+                    None,
+                    None,
+                )
             }
         };
+        // Published once the change is in place, so a watcher reading the
+        // key after the event sees at least this write.
+        if publish {
+            ns.hub.publish(version, settings, &self.history, || Event {
+                version,
+                kind,
+                key,
+                value,
+                expires_at,
+            });
+        }
         ns.version.fetch_max(version, Ordering::AcqRel);
         applied
     }
